@@ -1,0 +1,1 @@
+"""The base layer: data contract, ingestion, identity, unified history and customer features."""

@@ -1,0 +1,131 @@
+"""Typed settings, parsed once and passed down.
+
+Precedence (highest first): explicit keyword arguments, ``RAPPORT_*`` environment variables, the
+TOML file named by ``RAPPORT_CONFIG`` (or ``./rapport.toml`` when it exists), then the defaults
+below. Nothing here touches the file system or any global state at import time: directories are
+created by :meth:`Settings.ensure_dirs`, which the commands that write call explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: Development salt. Fine for synthetic data; a real deployment sets RAPPORT_IDENTITY_SALT.
+DEFAULT_SALT = "rapport-development-salt"
+
+TimeUnit = Literal["D", "W"]
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("RAPPORT_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"RAPPORT_CONFIG points to {path}, which is not a file")
+        return path
+    local = Path("rapport.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Every knob of the project. See the README's configuration section for each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAPPORT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = Field(Path("data"), description="Root of all state: database, quarantine, reports, MLflow.")
+    currency: str = Field("GBP", description="Currency of all amounts after ingestion (ISO 4217).")
+    currency_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="Rates that convert other currencies into `currency`: amount * rate. Rows in a currency "
+        "without a rate are quarantined.",
+    )
+    timezone: str = Field("UTC", description="Zone of timestamps that carry no offset; stored times are UTC.")
+    time_unit: TimeUnit = Field("D", description="Period of the lifetimes frequency/recency/T convention: D or W.")
+    identity_salt: SecretStr = Field(SecretStr(DEFAULT_SALT), description="Salt of the personal-identifier hashes.")
+    default_phone_country_code: str = Field("44", description="Calling code added to national phone numbers.")
+    default_channel: Literal["web", "app", "store", "marketplace"] = Field(
+        "web", description="Channel of generic transactions that carry none."
+    )
+    future_tolerance_hours: float = Field(
+        24.0, ge=0, description="A timestamp later than now + this tolerance is quarantined as in the future."
+    )
+    non_product_items: list[str] = Field(
+        default_factory=lambda: [
+            "POST", "DOT", "M", "C2", "D", "S", "B", "CRUK", "BANK CHARGES", "AMAZONFEE", "ADJUST",
+            "ADJUST2", "PADS", "TEST001", "TEST002", "GIFT",
+        ],
+        description="Item ids that are fees, postage or adjustments, never products (case-insensitive).",
+    )
+    duckdb_memory_limit: str = Field("3GB", description="DuckDB's memory limit (spills to disk beyond it).")
+    duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads.")
+
+    @field_validator("currency")
+    @classmethod
+    def _upper_currency(cls, value: str) -> str:
+        if len(value) != 3 or not value.isalpha():
+            raise ValueError(f"currency must be a 3-letter ISO 4217 code, got {value!r}")
+        return value.upper()
+
+    @field_validator("currency_rates")
+    @classmethod
+    def _positive_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for code, rate in value.items():
+            if rate <= 0:
+                raise ValueError(f"currency_rates[{code!r}] must be positive, got {rate}")
+        return {code.upper(): rate for code, rate in value.items()}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = _config_file()
+        if config is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config))
+        return tuple(sources)
+
+    # Paths derived from data_dir: one place decides the layout of the state folder.
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "rapport.duckdb"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.quarantine_dir, self.reports_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def salt(self) -> str:
+        return self.identity_salt.get_secret_value()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Parse the settings once (environment, TOML file, defaults) with optional explicit overrides."""
+    return Settings(**overrides)

@@ -1,0 +1,94 @@
+"""The embedded DuckDB store: table layout and connections.
+
+Raw keys never reach these tables in clear: ``record_key`` and ``identity_map.key_hash`` hold
+salted hashes (see :mod:`features.identity`). ``customer_id`` is resolved at query time by joining
+``lines.record_key`` to ``identity_map``, so a merge of two customers never rewrites history rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import ibis
+
+from features.settings import Settings
+
+SCHEMA_VERSION = 1
+
+DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS ingests (
+        ingest_id INTEGER PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP,
+        files INTEGER, accepted BIGINT, quarantined BIGINT, already_present BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS ingested_files (
+        file_id INTEGER PRIMARY KEY, ingest_id INTEGER, path VARCHAR, source VARCHAR, sha256 VARCHAR,
+        rows BIGINT, accepted BIGINT, quarantined BIGINT, already_present BIGINT)""",
+    # One row per sold line (orders, store receipts, generic transactions), gross of returns.
+    """CREATE TABLE IF NOT EXISTS lines (
+        line_key VARCHAR, order_key VARCHAR, order_id VARCHAR, line_id VARCHAR, source VARCHAR,
+        channel VARCHAR, ts TIMESTAMP, record_key VARCHAR, is_guest BOOLEAN, item_id VARCHAR,
+        quantity BIGINT, unit_price DOUBLE, discount DOUBLE, gross_amount DOUBLE,
+        store_id VARCHAR, country VARCHAR, row_hash UBIGINT, file_id INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS returns (
+        return_key VARCHAR, line_key VARCHAR, quantity BIGINT, refund_amount DOUBLE, ts TIMESTAMP,
+        row_hash UBIGINT, file_id INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS items (
+        item_id VARCHAR PRIMARY KEY, name VARCHAR, category VARCHAR, price DOUBLE, active BOOLEAN,
+        is_product BOOLEAN, file_id INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS events (
+        record_key VARCHAR, item_id VARCHAR, event_type VARCHAR, ts TIMESTAMP, row_hash UBIGINT,
+        file_id INTEGER)""",
+    # Distinct pairs of hashed keys seen on one record (key_a = key_b for a record with one key).
+    """CREATE TABLE IF NOT EXISTS identity_links (key_a VARCHAR, key_b VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS identity_map (
+        key_hash VARCHAR PRIMARY KEY, key_type VARCHAR, customer_id BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS identity_merges (
+        merged_id BIGINT, into_id BIGINT, ingest_id INTEGER, merged_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        ingest_id INTEGER, file_id INTEGER, source_file VARCHAR, source VARCHAR, row_number BIGINT,
+        reason VARCHAR, record VARCHAR)""",
+)
+
+
+def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (and on first use create) the database under ``settings.data_dir``."""
+    path: Path = settings.database_path
+    if read_only and not path.exists():
+        raise FileNotFoundError(
+            f"no database at {path}: ingest data first (rapport data ingest DIR) or set RAPPORT_DATA_DIR"
+        )
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    configure(con, settings)
+    if not read_only:
+        create_tables(con)
+    return con
+
+
+def connect_memory(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """An in-memory store with the same layout (tests, notebooks)."""
+    con = duckdb.connect(":memory:")
+    configure(con, settings)
+    create_tables(con)
+    return con
+
+
+def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
+    con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+    con.execute("SET TimeZone = 'UTC'")
+
+
+def create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in DDL:
+        con.execute(statement)
+    con.execute(
+        "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING", [str(SCHEMA_VERSION)]
+    )
+
+
+def ibis_backend(con: duckdb.DuckDBPyConnection) -> ibis.BaseBackend:
+    """The Ibis backend over an open DuckDB connection: feature code only ever sees this."""
+    return ibis.duckdb.from_connection(con)
