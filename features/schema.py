@@ -200,6 +200,7 @@ TRANSACTIONS = SourceSpec(
         _c("item_id", S, True, "Product."),
         _c("quantity", I, True, "Units sold, > 0."),
         _c("unit_price", N, True, "Price of one unit, > 0."),
+        _c("discount", N, False, "Discount on the whole line (amount, >= 0). Default 0."),
         _c("channel", S, False, "web, app, store or marketplace. Default: settings.default_channel."),
         _c("order_id", S, False, "Order number. Default: one order per customer and timestamp."),
         _c("line_id", S, False, "Line within the order. Default: position in the order."),
@@ -215,6 +216,21 @@ SOURCES: dict[str, SourceSpec] = {
     for spec in (CATALOGUE, CUSTOMER_KEYS, ORDERS, STORE_RECEIPTS, TRANSACTIONS, RETURNS, BROWSE_EVENTS)
 }
 
+#: Columns that carry a raw customer key, per source, and the kind of key each holds. Their values
+#: are hashed on the way in and never stored in clear (not even in quarantine records).
+KEY_COLUMNS: dict[str, dict[str, KeyType]] = {
+    "orders": {"account_id": KeyType.ACCOUNT, "email": KeyType.EMAIL, "device_id": KeyType.DEVICE},
+    "store_receipts": {"loyalty_card": KeyType.LOYALTY_CARD},
+    "transactions": {"customer_key": KeyType.CUSTOMER},
+    "customer_keys": {
+        "account_id": KeyType.ACCOUNT, "email": KeyType.EMAIL, "phone": KeyType.PHONE,
+        "loyalty_card": KeyType.LOYALTY_CARD, "device_id": KeyType.DEVICE,
+    },
+}
+
+#: Key types a browse event may name in its key_type column.
+EVENT_KEY_TYPES: tuple[KeyType, ...] = (KeyType.ACCOUNT, KeyType.EMAIL, KeyType.DEVICE, KeyType.LOYALTY_CARD)
+
 #: File extensions ingestion reads.
 FILE_EXTENSIONS: tuple[str, ...] = (".parquet", ".csv", ".csv.gz", ".tsv")
 
@@ -225,15 +241,18 @@ class QuarantineReason(StrEnum):
     MISSING_VALUE = "missing required value"
     BAD_TIMESTAMP = "unparseable timestamp"
     BAD_NUMBER = "unparseable number"
+    BAD_BOOLEAN = "unparseable true/false"
     FUTURE_TIMESTAMP = "timestamp in the future"
     NON_POSITIVE_PRICE = "negative or zero price on a sale"
     BAD_QUANTITY = "zero or negative quantity"
-    NEGATIVE_AMOUNT = "negative discount or refund"
+    NEGATIVE_AMOUNT = "negative discount, refund, price or line total"
     UNKNOWN_CHANNEL = "unknown channel"
     UNKNOWN_CURRENCY = "currency without a configured rate"
     DUPLICATE_LINE = "duplicate line id"
+    DUPLICATE_ITEM = "duplicate item id in the file"
     ORPHAN_RETURN = "return references no known sale"
     RETURN_EXCEEDS_SALE = "return quantity exceeds the units sold"
+    RETURN_BEFORE_SALE = "return booked before its sale"
     UNKNOWN_KEY_TYPE = "unknown key type"
     UNKNOWN_EVENT_TYPE = "unknown event type"
     NO_KEYS = "no customer key"

@@ -1,0 +1,835 @@
+"""Ingestion: raw channel files into the unified store, with a quarantine for bad rows.
+
+The rules, in the order they are applied:
+
+1. *File level* (the whole ingest fails, nothing is written): a file that cannot be read, misses a
+   required column, or whose column holds no value of the expected type at all. The error names the
+   file, the column and what was expected.
+2. *Row level* (never a crash, never a silent drop): each bad row goes to the ``quarantine`` table
+   with the file, its row number (1 = first data row) and the reason; customer keys in the stored
+   record are hashed like everywhere else.
+3. *Idempotence*: a file whose bytes were ingested before is skipped; a line whose id is already in
+   the store with identical content is counted as already present; with different content it is
+   quarantined as a duplicate line id.
+
+All files of one call are written in a single DuckDB transaction together with the identity update,
+so a failure leaves the store exactly as it was. Heavy work is SQL inside DuckDB; Python only
+orchestrates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from features.identity import IdentityUpdate, bind_salt, hash_sql, resolve
+from features.schema import (
+    CHANNELS,
+    DUCKDB_TYPES,
+    EVENT_KEY_TYPES,
+    EXPECTED,
+    FILE_EXTENSIONS,
+    KEY_COLUMNS,
+    SOURCES,
+    ColumnType,
+    EventType,
+    KeyType,
+    QuarantineReason,
+    SourceSpec,
+)
+from features.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SALES_SOURCES = ("orders", "store_receipts", "transactions")
+Q = QuarantineReason
+
+
+class IngestError(Exception):
+    """A file-level problem: the message names the file, the column and what was expected."""
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """One raw input: a file on disk or an in-memory Arrow table, and the source it feeds."""
+
+    source: str
+    label: str
+    path: Path | None = None
+    table: pa.Table | None = None
+    #: contract column -> column name in the file, for exports whose names differ.
+    mapping: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise IngestError(f"{self.label}: unknown source {self.source!r}; expected one of {', '.join(SOURCES)}")
+        if (self.path is None) == (self.table is None):
+            raise ValueError("RawInput needs exactly one of path or table")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    label: str
+    source: str
+    rows: int
+    accepted: int
+    quarantined: int
+    already_present: int
+    skipped: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    ingest_id: int
+    files: tuple[FileResult, ...]
+    #: (file label, reason, count) for every quarantined row of this ingest.
+    quarantine_counts: tuple[tuple[str, str, int], ...]
+    identity: IdentityUpdate
+    ignored_paths: tuple[tuple[str, str], ...]
+    quarantine_file: Path | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> int:
+        return sum(f.accepted for f in self.files)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(f.quarantined for f in self.files)
+
+    @property
+    def already_present(self) -> int:
+        return sum(f.already_present for f in self.files)
+
+
+# --- discovering inputs ---------------------------------------------------------------------------
+
+
+def _strip_extension(name: str) -> str | None:
+    lowered = name.lower()
+    for ext in sorted(FILE_EXTENSIONS, key=len, reverse=True):
+        if lowered.endswith(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def source_of(name: str) -> str | None:
+    """The contract source a file or folder name stands for (its name starts with the source's name)."""
+    stem = (_strip_extension(name) or name).lower()
+    for source in sorted(SOURCES, key=len, reverse=True):
+        if stem == source or stem.startswith(source + "_") or stem.startswith(source + "-"):
+            return source
+    return None
+
+
+def discover(
+    path: Path, *, source: str | None = None, mapping: Mapping[str, str] | None = None
+) -> tuple[list[RawInput], list[tuple[str, str]]]:
+    """Inputs found at ``path`` (a file, or a folder of source files / per-source folders).
+
+    Returns the inputs and the paths that were ignored with why, so that nothing is skipped unsaid.
+    """
+    mapping = dict(mapping or {})
+    if not path.exists():
+        raise IngestError(f"{path}: no such file or folder")
+    if path.is_file():
+        kind = source or source_of(path.name)
+        if kind is None:
+            raise IngestError(
+                f"{path}: cannot tell which source this file is; name it after one of "
+                f"{', '.join(SOURCES)} (e.g. orders.csv) or pass --source"
+            )
+        if _strip_extension(path.name) is None:
+            raise IngestError(f"{path}: unsupported file type; expected one of {', '.join(FILE_EXTENSIONS)}")
+        return [RawInput(kind, str(path), path=path, mapping=mapping)], []
+
+    inputs: list[RawInput] = []
+    ignored: list[tuple[str, str]] = []
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith((".", "_")):
+            ignored.append((str(entry), "hidden or underscore-prefixed"))
+            continue
+        kind = source or source_of(entry.name)
+        if kind is None:
+            ignored.append((str(entry), f"name does not start with a source name ({', '.join(SOURCES)})"))
+            continue
+        if entry.is_dir():
+            for child in sorted(entry.iterdir()):
+                if child.is_file() and _strip_extension(child.name) is not None and not child.name.startswith((".", "_")):
+                    inputs.append(RawInput(kind, str(child), path=child, mapping=mapping))
+                else:
+                    ignored.append((str(child), "not a data file"))
+        elif _strip_extension(entry.name) is not None:
+            inputs.append(RawInput(kind, str(entry), path=entry, mapping=mapping))
+        else:
+            ignored.append((str(entry), f"unsupported file type (expected {', '.join(FILE_EXTENSIONS)})"))
+    if not inputs:
+        raise IngestError(
+            f"{path}: no recognised source file; expected files named after {', '.join(SOURCES)} "
+            f"with extension {', '.join(FILE_EXTENSIONS)}"
+        )
+    return inputs, ignored
+
+
+def load_mapping_file(path: Path) -> tuple[str | None, dict[str, str]]:
+    """Read a column-mapping TOML: ``source = "transactions"`` and a ``[columns]`` table
+    of ``contract_column = "column in the file"``."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise IngestError(f"{path}: cannot read the mapping file: {exc}") from exc
+    source = data.get("source")
+    columns = data.get("columns", {})
+    if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+        raise IngestError(f"{path}: [columns] must map contract column names to column names (text)")
+    return source, dict(columns)
+
+
+def parse_map_options(options: list[str]) -> dict[str, str]:
+    """``["customer_key=Customer ID", ...]`` from repeated ``--map`` options."""
+    mapping: dict[str, str] = {}
+    for option in options:
+        contract, sep, raw = option.partition("=")
+        if not sep or not contract.strip() or not raw.strip():
+            raise IngestError(f"--map {option!r}: expected CONTRACT_COLUMN=FILE_COLUMN, e.g. customer_key='Customer ID'")
+        mapping[contract.strip()] = raw.strip()
+    return mapping
+
+
+# --- SQL building blocks --------------------------------------------------------------------------
+
+
+def _q(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """How the contract columns of one input map onto its raw columns, with their raw types."""
+
+    raw_name: dict[str, str]  # contract -> raw (present columns only)
+    raw_type: dict[str, str]  # contract -> DuckDB type of the raw column
+    ignored: tuple[str, ...]
+
+
+def _relation(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int) -> str:
+    if inp.table is not None:
+        name = f"_rapport_input_{index}"
+        con.register(name, inp.table)
+        return _q(name)
+    assert inp.path is not None
+    path = _lit(str(inp.path))
+    name = inp.path.name.lower()
+    if name.endswith(".parquet"):
+        return f"read_parquet({path})"
+    delim = ", delim = '\\t'" if name.endswith(".tsv") else ""
+    return f"read_csv({path}, all_varchar = true, header = true{delim})"
+
+
+def _resolve_columns(spec: SourceSpec, inp: RawInput, described: list[tuple[str, str]]) -> _Columns:
+    raw_types = dict(described)
+    by_lower = {name.strip().lower(): name for name in raw_types}
+    unknown = sorted(set(inp.mapping) - set(spec.column_names))
+    if unknown:
+        raise IngestError(
+            f"{inp.label}: mapping names {', '.join(unknown)}, which are not columns of {spec.name}; "
+            f"its columns are {', '.join(spec.column_names)}"
+        )
+    raw_name: dict[str, str] = {}
+    for col in spec.columns:
+        if col.name in inp.mapping:
+            mapped = inp.mapping[col.name]
+            if mapped not in raw_types:
+                raise IngestError(
+                    f"{inp.label}: mapping says column {col.name!r} is {mapped!r}, but the file has no such "
+                    f"column; its columns are {', '.join(raw_types)}"
+                )
+            raw_name[col.name] = mapped
+        elif col.name in by_lower:
+            raw_name[col.name] = by_lower[col.name]
+    missing = [c for c in spec.required if c not in raw_name]
+    if missing:
+        details = "; ".join(f"{c} ({spec.column(c).description})" for c in missing)
+        raise IngestError(
+            f"{inp.label}: missing required column(s) for {spec.name}: {details}. The file has: "
+            f"{', '.join(raw_types)}. Rename them, or map them with --map {missing[0]}=COLUMN or a mapping file."
+        )
+    used = set(raw_name.values())
+    return _Columns(
+        raw_name=raw_name,
+        raw_type={c: raw_types[r] for c, r in raw_name.items()},
+        ignored=tuple(r for r in raw_types if r not in used),
+    )
+
+
+def _raw(cols: _Columns, name: str) -> str:
+    return f"r.{_q(cols.raw_name[name])}"
+
+
+def _parsed(spec: SourceSpec, cols: _Columns, name: str, settings: Settings) -> str:
+    """SQL for a contract column parsed into its contract type (NULL where it does not parse)."""
+    ctype = spec.column(name).type
+    if name not in cols.raw_name:
+        return f"CAST(NULL AS {DUCKDB_TYPES[ctype]})".replace("TIMESTAMPTZ", "TIMESTAMP")
+    raw, rtype = _raw(cols, name), cols.raw_type[name].upper()
+    if ctype is ColumnType.STRING:
+        if rtype in ("DOUBLE", "FLOAT", "REAL"):  # ids exported as floats: 12346.0 -> "12346"
+            return f"CASE WHEN {raw} = round({raw}) THEN CAST(CAST({raw} AS BIGINT) AS VARCHAR) ELSE CAST({raw} AS VARCHAR) END"
+        return f"nullif(trim(CAST({raw} AS VARCHAR)), '')"
+    if ctype is ColumnType.INTEGER:
+        if rtype in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER"):
+            return f"CAST({raw} AS BIGINT)"
+        number = f"TRY_CAST({raw} AS DOUBLE)"
+        return f"CASE WHEN {number} = round({number}) THEN CAST({number} AS BIGINT) END"
+    if ctype is ColumnType.NUMBER:
+        return f"TRY_CAST({raw} AS DOUBLE)"
+    if ctype is ColumnType.BOOLEAN:
+        return f"TRY_CAST({raw} AS BOOLEAN)"
+    # Timestamps are stored as naive UTC. A value without an offset is in settings.timezone
+    # (the session TimeZone is set to it while ingesting).
+    if rtype.startswith("TIMESTAMP WITH TIME ZONE") or rtype == "TIMESTAMPTZ":
+        return f"timezone('UTC', {raw})"
+    if rtype.startswith("TIMESTAMP") or rtype == "DATE":
+        return f"timezone('UTC', timezone({_lit(settings.timezone)}, CAST({raw} AS TIMESTAMP)))"
+    return f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))"
+
+
+def _missing(cols: _Columns, name: str) -> str:
+    if name not in cols.raw_name:
+        return "TRUE"
+    raw = _raw(cols, name)
+    return f"({raw} IS NULL OR trim(CAST({raw} AS VARCHAR)) = '')"
+
+
+def _rate_sql(currency_expr: str, settings: Settings) -> str:
+    """Conversion rate into the base currency; NULL for a currency without a configured rate."""
+    whens = [f"WHEN {_lit(settings.currency)} THEN 1.0"]
+    whens += [f"WHEN {_lit(code)} THEN {float(rate)!r}" for code, rate in settings.currency_rates.items()
+              if code != settings.currency]
+    return f"CASE upper(coalesce({currency_expr}, {_lit(settings.currency)})) {' '.join(whens)} END"
+
+
+_PARSE_REASON = {
+    ColumnType.TIMESTAMP: Q.BAD_TIMESTAMP,
+    ColumnType.INTEGER: Q.BAD_NUMBER,
+    ColumnType.NUMBER: Q.BAD_NUMBER,
+    ColumnType.BOOLEAN: Q.BAD_BOOLEAN,
+}
+
+
+# --- the ingest -----------------------------------------------------------------------------------
+
+
+class _Ingest:
+    """State of one ingest call: the connection inside its transaction and the ids it issued."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, settings: Settings, now: datetime) -> None:
+        self.con = con
+        self.settings = settings
+        # Stored times are naive UTC; a naive `now` is taken to be UTC already.
+        self.now = now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
+        self.ingest_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests").fetchall()[0][0]
+        self.next_file_id = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM ingested_files").fetchall()[0][0]
+
+    # - per input -
+
+    def run(self, inp: RawInput, index: int) -> FileResult:
+        spec = SOURCES[inp.source]
+        digest = _file_digest(inp.path) if inp.path is not None else None
+        if digest is not None:
+            seen = self.con.execute(
+                "SELECT path, ingest_id FROM ingested_files WHERE sha256 = ? AND source = ? LIMIT 1",
+                [digest, spec.name],
+            ).fetchall()
+            if seen:
+                seen = seen[0]
+                return FileResult(inp.label, spec.name, 0, 0, 0, 0,
+                                  skipped=f"same content as {seen[0]}, ingested in ingest #{seen[1]}")
+        relation = _relation(self.con, inp, index)
+        try:
+            described = [(row[0], row[1]) for row in self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+            cols = _resolve_columns(spec, inp, described)
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT row_number() OVER () AS _row, * FROM {relation}"
+            )
+            self._check_whole_columns(spec, cols, inp.label)
+        except duckdb.Error as exc:
+            raise IngestError(f"{inp.label}: cannot be read as a {spec.name} file: {exc}") from exc
+
+        file_id = self.next_file_id
+        self.next_file_id += 1
+        self._create_checked(spec, cols)
+        notes = [f"ignored columns not in the contract: {', '.join(cols.ignored)}"] if cols.ignored else []
+        if spec.name in SALES_SOURCES:
+            self._final_sales(spec)
+            accepted = self._store_sales(spec, file_id)
+        elif spec.name == "returns":
+            self._final_returns()
+            accepted = self._store_returns(file_id)
+        elif spec.name == "catalogue":
+            self._final_simple("item_id", Q.DUPLICATE_ITEM)
+            accepted = self._store_catalogue(file_id)
+        elif spec.name == "browse_events":
+            self._final_events()
+            accepted = self._store_events(file_id)
+        else:  # customer_keys
+            self._final_simple(None, None)
+            accepted = self._store_key_links(spec)
+        rows, quarantined, present = self.con.execute(
+            "SELECT count(*), count(final_reason), count(*) FILTER (WHERE already_present) FROM _final"
+        ).fetchall()[0]
+        self._store_quarantine(spec, cols, inp.label, file_id)
+        self.con.execute(
+            "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [file_id, self.ingest_id, inp.label, spec.name, digest, rows, accepted, quarantined, present],
+        )
+        for temp in ("_final", "_checked"):
+            self.con.execute(f"DROP TABLE IF EXISTS {temp}")
+        self.con.execute("DROP VIEW IF EXISTS _raw")
+        if inp.table is not None:
+            self.con.unregister(f"_rapport_input_{index}")
+        return FileResult(inp.label, spec.name, rows, accepted, quarantined, present, notes=tuple(notes))
+
+    def _check_whole_columns(self, spec: SourceSpec, cols: _Columns, label: str) -> None:
+        """A typed column none of whose values parse is a file-level error, not 10,000 bad rows."""
+        typed = [c for c in cols.raw_name if spec.column(c).type is not ColumnType.STRING]
+        parts = ["count(*)"]  # always scan the whole file, so that a parse error surfaces here
+        for c in typed:
+            parsed, missing = _parsed(spec, cols, c, self.settings), _missing(cols, c)
+            parts += [
+                f"count(*) FILTER (WHERE NOT {missing})",
+                f"count({parsed})",
+                f"any_value(CAST({_raw(cols, c)} AS VARCHAR)) FILTER (WHERE NOT {missing})",
+            ]
+        values = self.con.execute(f"SELECT {', '.join(parts)} FROM _raw r").fetchall()[0][1:]
+        for i, c in enumerate(typed):
+            present, parsed, sample = values[3 * i: 3 * i + 3]
+            if present and not parsed:
+                ctype = spec.column(c).type
+                raise IngestError(
+                    f"{label}: column {cols.raw_name[c]!r} ({spec.name}.{c}) should hold {EXPECTED[ctype]}, "
+                    f"but none of its {present} values does (e.g. {sample!r})"
+                )
+
+    def _create_checked(self, spec: SourceSpec, cols: _Columns) -> None:
+        """``_checked``: parsed contract columns, hashed keys and the first row-level reason (or NULL)."""
+        s = self.settings
+        select = ["r._row AS _row"]
+        select += [f"{_parsed(spec, cols, c.name, s)} AS {_q(c.name)}" for c in spec.columns]
+        select += [f"{_missing(cols, c.name)} AS {_q('_m_' + c.name)}" for c in spec.columns]
+        for col, key_type in KEY_COLUMNS.get(spec.name, {}).items():
+            expr = _raw(cols, col) if col in cols.raw_name else "NULL"
+            select.append(f"{hash_sql(key_type, expr, s.default_phone_country_code)} AS {_q('_h_' + col)}")
+        if spec.name == "browse_events":
+            key = _raw(cols, "customer_key")
+            whens = " ".join(
+                f"WHEN {_lit(kt.value)} THEN {hash_sql(kt, key, s.default_phone_country_code)}" for kt in EVENT_KEY_TYPES
+            )
+            select.append(f"CASE lower(trim(CAST({_raw(cols, 'key_type')} AS VARCHAR))) {whens} END AS _h_event")
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW _parsed AS SELECT {', '.join(select)} FROM _raw r")
+
+        reasons: list[tuple[str, QuarantineReason]] = []
+        for name in spec.required:
+            reasons.append((f"{_q('_m_' + name)}", Q.MISSING_VALUE))
+        for c in spec.columns:
+            if c.type in _PARSE_REASON:
+                reasons.append((f"(NOT {_q('_m_' + c.name)} AND {_q(c.name)} IS NULL)", _PARSE_REASON[c.type]))
+        reasons += self._row_rules(spec)
+        future = self.now + timedelta(hours=s.future_tolerance_hours)
+        if "timestamp" in spec.column_names:
+            reasons.append((f"\"timestamp\" > TIMESTAMP '{future.isoformat(sep=' ')}'", Q.FUTURE_TIMESTAMP))
+        case = " ".join(f"WHEN {cond} THEN {_lit(reason.value)}" for cond, reason in reasons)
+        extra = self._derived_columns(spec)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT *, {extra} CASE {case} END AS reason FROM _parsed"
+        )
+        if spec.name == "transactions":
+            # Generic exports often have no order or line numbers: derived order ids (above), and the
+            # position within the order, in file order.
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE _checked AS SELECT * REPLACE (_order_id AS order_id) FROM _checked"
+            )
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE _checked AS SELECT * REPLACE ("
+                " coalesce(line_id, CAST(row_number() OVER (PARTITION BY order_id ORDER BY _row) AS VARCHAR)) AS line_id)"
+                " FROM _checked"
+            )
+        if spec.name in SALES_SOURCES or spec.name == "returns":
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE _checked AS SELECT *, order_id || '/' || line_id AS line_key FROM _checked"
+            )
+
+    def _row_rules(self, spec: SourceSpec) -> list[tuple[str, QuarantineReason]]:
+        s = self.settings
+        rules: list[tuple[str, QuarantineReason]] = []
+        if spec.name in SALES_SOURCES:
+            rules += [
+                ("quantity <= 0", Q.BAD_QUANTITY),
+                ("unit_price <= 0", Q.NON_POSITIVE_PRICE),
+                ("coalesce(discount, 0) < 0 OR coalesce(discount, 0) > quantity * unit_price", Q.NEGATIVE_AMOUNT),
+            ]
+            if "channel" in spec.column_names:
+                allowed = ", ".join(_lit(c) for c in CHANNELS)
+                rules.append((f"channel IS NOT NULL AND lower(channel) NOT IN ({allowed})", Q.UNKNOWN_CHANNEL))
+            rules.append((f"({_rate_sql('currency', s)}) IS NULL", Q.UNKNOWN_CURRENCY))
+        elif spec.name == "returns":
+            rules += [
+                ("quantity <= 0", Q.BAD_QUANTITY),
+                ("refund_amount < 0", Q.NEGATIVE_AMOUNT),
+                (f"({_rate_sql('currency', s)}) IS NULL", Q.UNKNOWN_CURRENCY),
+            ]
+        elif spec.name == "catalogue":
+            rules.append(("price < 0", Q.NEGATIVE_AMOUNT))
+        elif spec.name == "browse_events":
+            kinds = ", ".join(_lit(k.value) for k in EVENT_KEY_TYPES)
+            events = ", ".join(_lit(e.value) for e in EventType)
+            rules += [
+                (f"lower(key_type) NOT IN ({kinds})", Q.UNKNOWN_KEY_TYPE),
+                (f"lower(event_type) NOT IN ({events})", Q.UNKNOWN_EVENT_TYPE),
+                ("_h_event IS NULL", Q.NO_KEYS),
+            ]
+        elif spec.name == "customer_keys":
+            hashed = [f"_h_{c}" for c in KEY_COLUMNS["customer_keys"]]
+            rules.append((f"coalesce({', '.join(hashed)}) IS NULL", Q.NO_KEYS))
+        return rules
+
+    def _derived_columns(self, spec: SourceSpec) -> str:
+        """Columns computed from the parsed ones: record key, channel, order id, conversion rate."""
+        s = self.settings
+        if spec.name == "orders":
+            return (
+                "coalesce(_h_account_id, _h_email, _h_device_id) AS record_key, lower(channel) AS _channel,"
+                " _h_account_id IS NULL AND lower(channel) <> 'store' AS is_guest, CAST(NULL AS VARCHAR) AS store_id,"
+                f" {_rate_sql('currency', s)} AS rate,"
+            )
+        if spec.name == "store_receipts":
+            return (
+                "_h_loyalty_card AS record_key, 'store' AS _channel, FALSE AS is_guest, receipt_id AS order_id,"
+                f" {_rate_sql('currency', s)} AS rate,"
+            )
+        if spec.name == "transactions":
+            channel = f"lower(coalesce(channel, {_lit(s.default_channel)}))"
+            return (
+                f"_h_customer_key AS record_key, {channel} AS _channel,"
+                f" _h_customer_key IS NULL AND {channel} <> 'store' AS is_guest, CAST(NULL AS VARCHAR) AS store_id,"
+                f" {_rate_sql('currency', s)} AS rate,"
+                # Without order ids, one customer's lines at one timestamp form one order.
+                ' coalesce(order_id, coalesce(_h_customer_key, \'anonymous\') || \'@\' || strftime("timestamp", \'%Y-%m-%dT%H:%M:%S\'))'
+                " AS _order_id,"
+            )
+        if spec.name == "returns":
+            return f"{_rate_sql('currency', s)} AS rate,"
+        return ""
+
+    # - final reasons (duplicates and references need the store) -
+
+    def _final_sales(self, spec: SourceSpec) -> None:
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _final AS
+            WITH h AS (
+                SELECT c.*, hash(c.line_key, c."timestamp", c.item_id, c.quantity, c.unit_price, c.discount,
+                                 c._channel, c.record_key, c.store_id, c.country) AS row_hash
+                FROM _checked c
+            ), j AS (
+                SELECT h.*, l.row_hash AS existing_hash FROM h LEFT JOIN lines l ON l.line_key = h.line_key
+            ), k AS (
+                SELECT *, CASE
+                    WHEN reason IS NOT NULL THEN reason
+                    WHEN existing_hash IS NOT NULL AND existing_hash <> row_hash THEN {_lit(Q.DUPLICATE_LINE.value)}
+                END AS r1,
+                coalesce(reason IS NULL AND existing_hash = row_hash, FALSE) AS already_present
+                FROM j
+            )
+            SELECT *, CASE
+                WHEN r1 IS NULL AND NOT already_present AND row_number() OVER (
+                    PARTITION BY line_key, r1 IS NULL AND NOT already_present ORDER BY _row) > 1
+                THEN {_lit(Q.DUPLICATE_LINE.value)} ELSE r1 END AS final_reason
+            FROM k
+            """
+        )
+
+    def _final_returns(self) -> None:
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _final AS
+            WITH h AS (
+                SELECT c.*, return_id || '/' || line_key AS return_key,
+                       hash(return_id, line_key, quantity, refund_amount, "timestamp") AS row_hash
+                FROM _checked c
+            ), j AS (
+                SELECT h.*, l.quantity AS sold_quantity, l.ts AS sold_ts, l.line_key IS NOT NULL AS sale_known,
+                       r.row_hash AS existing_hash
+                FROM h LEFT JOIN lines l ON l.line_key = h.line_key
+                LEFT JOIN returns r ON r.return_key = h.return_key
+            ), s AS (
+                SELECT *, CASE
+                    WHEN reason IS NOT NULL THEN reason
+                    WHEN NOT sale_known THEN {_lit(Q.ORPHAN_RETURN.value)}
+                    WHEN "timestamp" < sold_ts THEN {_lit(Q.RETURN_BEFORE_SALE.value)}
+                    WHEN existing_hash IS NOT NULL AND existing_hash <> row_hash THEN {_lit(Q.DUPLICATE_LINE.value)}
+                END AS r1,
+                coalesce(reason IS NULL AND existing_hash = row_hash, FALSE) AS already_present
+                FROM j
+            ), d AS (
+                SELECT *, CASE
+                    WHEN r1 IS NULL AND NOT already_present AND row_number() OVER (
+                        PARTITION BY return_key, r1 IS NULL AND NOT already_present ORDER BY _row) > 1
+                    THEN {_lit(Q.DUPLICATE_LINE.value)} ELSE r1 END AS r2
+                FROM s
+            ), e AS (
+                SELECT d.*, coalesce(prev.returned, 0) + sum(CASE WHEN r2 IS NULL AND NOT already_present
+                    THEN quantity ELSE 0 END) OVER (PARTITION BY d.line_key ORDER BY _row
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cumulative
+                FROM d LEFT JOIN (SELECT line_key, sum(quantity) AS returned FROM returns GROUP BY 1) prev
+                    ON prev.line_key = d.line_key
+            )
+            SELECT *, CASE WHEN r2 IS NULL AND NOT already_present AND cumulative > sold_quantity
+                THEN {_lit(Q.RETURN_EXCEEDS_SALE.value)} ELSE r2 END AS final_reason
+            FROM e
+            """
+        )
+
+    def _final_simple(self, unique_column: str | None, duplicate: QuarantineReason | None) -> None:
+        if unique_column is None:
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE _final AS SELECT *, reason AS final_reason, FALSE AS already_present FROM _checked"
+            )
+            return
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _final AS
+            SELECT *, CASE WHEN reason IS NULL AND row_number() OVER (
+                PARTITION BY {_q(unique_column)}, reason IS NULL ORDER BY _row) > 1
+                THEN {_lit(duplicate.value if duplicate else '')} ELSE reason END AS final_reason,
+                FALSE AS already_present
+            FROM _checked
+            """
+        )
+
+    def _final_events(self) -> None:
+        self.con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _final AS
+            WITH h AS (
+                SELECT c.*, hash(_h_event, item_id, lower(event_type), "timestamp") AS row_hash FROM _checked c
+            )
+            SELECT h.*, h.reason AS final_reason,
+                   h.reason IS NULL AND h.row_hash IN (SELECT row_hash FROM events) AS already_present
+            FROM h
+            """
+        )
+
+    # - writing -
+
+    def _store_sales(self, spec: SourceSpec, file_id: int) -> int:
+        accepted = "final_reason IS NULL AND NOT already_present"
+        self.con.execute(
+            f"""
+            INSERT INTO lines
+            SELECT line_key, order_id, order_id, line_id, {_lit(spec.name)}, _channel, "timestamp", record_key,
+                   is_guest, item_id, quantity, unit_price * rate, coalesce(discount, 0) * rate,
+                   (quantity * unit_price - coalesce(discount, 0)) * rate, store_id, country, row_hash, ?
+            FROM _final WHERE {accepted}
+            """,
+            [file_id],
+        )
+        keys = [f"_h_{c}" for c in KEY_COLUMNS[spec.name]]
+        self._insert_links(keys, "record_key")
+        return self.con.execute(f"SELECT count(*) FROM _final WHERE {accepted}").fetchall()[0][0]
+
+    def _store_key_links(self, spec: SourceSpec) -> int:
+        keys = [f"_h_{c}" for c in KEY_COLUMNS[spec.name]]
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _final AS SELECT *, coalesce({', '.join(keys)}) AS record_key FROM _final"
+        )
+        self._insert_links(keys, "record_key")
+        return self.con.execute("SELECT count(*) FROM _final WHERE final_reason IS NULL").fetchall()[0][0]
+
+    def _insert_links(self, keys: list[str], anchor: str) -> None:
+        """Every key of an accepted record is linked to the record's anchor key (a star per record)."""
+        listed = ", ".join([anchor, *keys])
+        self.con.execute(
+            f"""
+            INSERT INTO identity_links
+            SELECT DISTINCT {anchor}, k FROM (
+                SELECT {anchor}, unnest([{listed}]) AS k FROM _final
+                WHERE final_reason IS NULL AND {anchor} IS NOT NULL
+            ) WHERE k IS NOT NULL
+            EXCEPT SELECT key_a, key_b FROM identity_links
+            """
+        )
+
+    def _store_returns(self, file_id: int) -> int:
+        accepted = "final_reason IS NULL AND NOT already_present"
+        self.con.execute(
+            f"""
+            INSERT INTO returns
+            SELECT return_key, line_key, quantity, refund_amount * rate, "timestamp", row_hash, ?
+            FROM _final WHERE {accepted}
+            """,
+            [file_id],
+        )
+        return self.con.execute(f"SELECT count(*) FROM _final WHERE {accepted}").fetchall()[0][0]
+
+    def _store_catalogue(self, file_id: int) -> int:
+        non_products = ", ".join(_lit(code.upper()) for code in self.settings.non_product_items) or "''"
+        self.con.execute(
+            f"""
+            INSERT OR REPLACE INTO items
+            SELECT item_id, name, category, price, coalesce(active, TRUE),
+                   coalesce(is_product, TRUE) AND upper(item_id) NOT IN ({non_products}), ?
+            FROM _final WHERE final_reason IS NULL
+            """,
+            [file_id],
+        )
+        return self.con.execute("SELECT count(*) FROM _final WHERE final_reason IS NULL").fetchall()[0][0]
+
+    def _store_events(self, file_id: int) -> int:
+        accepted = "final_reason IS NULL AND NOT already_present"
+        self.con.execute(
+            f"""
+            INSERT INTO events
+            SELECT _h_event, item_id, lower(event_type), "timestamp", row_hash, ? FROM _final WHERE {accepted}
+            """,
+            [file_id],
+        )
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _final AS SELECT *, _h_event AS record_key FROM _final
+            """
+        )
+        self._insert_links([], "record_key")
+        return self.con.execute(f"SELECT count(*) FROM _final WHERE {accepted}").fetchall()[0][0]
+
+    def _store_quarantine(self, spec: SourceSpec, cols: _Columns, label: str, file_id: int) -> None:
+        """Bad rows with their contract columns as found in the file; customer keys hashed."""
+        hashed = KEY_COLUMNS.get(spec.name, {})
+        if spec.name == "browse_events":
+            hashed = {"customer_key": KeyType.ACCOUNT}  # stored as the hash computed for its key type
+        parts = []
+        for contract, raw in cols.raw_name.items():
+            if contract in hashed:
+                value = "f._h_event" if spec.name == "browse_events" else f"f.{_q('_h_' + contract)}"
+            else:
+                value = f"CAST(r.{_q(raw)} AS VARCHAR)"
+            parts += [_lit(contract), value]
+        self.con.execute(
+            f"""
+            INSERT INTO quarantine
+            SELECT ?, ?, ?, ?, f._row, f.final_reason, CAST(json_object({', '.join(parts)}) AS VARCHAR)
+            FROM _final f JOIN _raw r ON r._row = f._row
+            WHERE f.final_reason IS NOT NULL
+            """,
+            [self.ingest_id, file_id, label, spec.name],
+        )
+
+    def complete_items(self) -> int:
+        """Items sold but missing from the catalogue get a row (no name/category) so that every
+        line has an item with the non-product rule applied."""
+        non_products = ", ".join(_lit(code.upper()) for code in self.settings.non_product_items) or "''"
+        before = self.con.execute("SELECT count(*) FROM items").fetchall()[0][0]
+        self.con.execute(
+            f"""
+            INSERT INTO items
+            SELECT DISTINCT l.item_id, NULL, NULL, NULL, TRUE, upper(l.item_id) NOT IN ({non_products}), NULL
+            FROM lines l ANTI JOIN items i ON i.item_id = l.item_id
+            """
+        )
+        return self.con.execute("SELECT count(*) FROM items").fetchall()[0][0] - before
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _order(inputs: list[RawInput]) -> list[RawInput]:
+    rank = {name: i for i, name in enumerate(SOURCES)}
+    return sorted(inputs, key=lambda inp: (rank[inp.source], inp.label))
+
+
+def ingest(
+    con: duckdb.DuckDBPyConnection,
+    inputs: list[RawInput],
+    settings: Settings,
+    *,
+    now: datetime,
+    ignored_paths: list[tuple[str, str]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> IngestResult:
+    """Validate and store ``inputs`` in one transaction, then resolve identities.
+
+    ``now`` decides which timestamps are "in the future"; it is an argument so that nothing here
+    depends on a hidden clock.
+    """
+    if not inputs:
+        raise IngestError("nothing to ingest")
+    bind_salt(con, settings)
+    con.execute(f"SET TimeZone = {_lit(settings.timezone)}")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        job = _Ingest(con, settings, now)
+        started = job.now
+        results = []
+        for index, inp in enumerate(_order(inputs)):
+            if progress:
+                progress(inp.label)
+            results.append(job.run(inp, index))
+        added_items = job.complete_items()
+        if progress:
+            progress("identity resolution")
+        identity = resolve(con, ingest_id=job.ingest_id, now=job.now)
+        counts = con.execute(
+            "SELECT source_file, reason, count(*) FROM quarantine WHERE ingest_id = ? GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+            [job.ingest_id],
+        ).fetchall()
+        con.execute(
+            "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [job.ingest_id, started, datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0), len(results),
+             sum(r.accepted for r in results), sum(r.quarantined for r in results),
+             sum(r.already_present for r in results)],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.execute("SET TimeZone = 'UTC'")
+    notes = []
+    if added_items:
+        notes.append(f"{added_items} item(s) sold but missing from the catalogue were added without name or category")
+    quarantine_file = None
+    if any(r.quarantined for r in results):
+        settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        quarantine_file = settings.quarantine_dir / f"ingest-{job.ingest_id:04d}.csv"
+        con.execute(
+            f"COPY (SELECT source_file, source, row_number, reason, record FROM quarantine WHERE ingest_id = ?"
+            f" ORDER BY source_file, row_number) TO {_lit(str(quarantine_file))} (HEADER)",
+            [job.ingest_id],
+        )
+    return IngestResult(
+        ingest_id=job.ingest_id,
+        files=tuple(results),
+        quarantine_counts=tuple((f, r, int(n)) for f, r, n in counts),
+        identity=identity,
+        ignored_paths=tuple(ignored_paths or ()),
+        quarantine_file=quarantine_file,
+        notes=tuple(notes),
+    )
