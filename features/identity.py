@@ -30,6 +30,8 @@ from features.settings import Settings
 
 SALT_VARIABLE = "rapport_salt"
 HASH_HEX_CHARS = 32  # 128 bits: collisions are negligible for billions of keys
+_BLANKS = " \t\r\n\f\v"  # stripped around every key, identically in SQL and Python
+_BLANKS_RE = " \\t\\r\\n\\f\\v"
 
 
 def bind_salt(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
@@ -39,7 +41,7 @@ def bind_salt(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
 
 def normalise_sql(key_type: KeyType, expr: str, phone_country_code: str) -> str:
     """SQL that normalises a raw key; NULL for an empty value. Mirrors :func:`normalise_key`."""
-    raw = f"trim(CAST({expr} AS VARCHAR))"
+    raw = f"regexp_replace(CAST({expr} AS VARCHAR), '^[{_BLANKS_RE}]+|[{_BLANKS_RE}]+$', '', 'g')"
     if key_type is KeyType.EMAIL:
         # Case and a "+tag" in the local part do not make another mailbox.
         body = f"regexp_replace(lower({raw}), '\\+[^@]*@', '@')"
@@ -75,7 +77,7 @@ def normalise_key(key_type: KeyType, value: object, phone_country_code: str = "4
     """Python twin of :func:`normalise_sql`, for request-time lookups (tested equal to the SQL)."""
     if value is None:
         return None
-    raw = str(value).strip()
+    raw = str(value).strip(_BLANKS)
     if key_type is KeyType.EMAIL:
         out = re.sub(r"\+[^@]*@", "@", raw.lower(), count=1)
     elif key_type is KeyType.PHONE:

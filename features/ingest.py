@@ -398,6 +398,7 @@ class _Ingest:
         )
         for temp in ("_final", "_checked"):
             self.con.execute(f"DROP TABLE IF EXISTS {temp}")
+        self.con.execute("DROP VIEW IF EXISTS _parsed")
         self.con.execute("DROP VIEW IF EXISTS _raw")
         if inp.table is not None:
             self.con.unregister(f"_rapport_input_{index}")

@@ -1,0 +1,381 @@
+"""The ``rapport`` command. It wires the layers together and prints what they return; it holds no
+logic of its own (every computation lives in ``features``, ``training`` or ``serving``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from features.settings import Settings, load_settings
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(help="Customer intelligence for omnichannel retailers.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Generate, ingest, inspect and report on the unified customer history.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class _State:
+    settings: Settings | None = None
+
+
+_state = _State()
+
+
+@app.callback()
+def main(
+    config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (else $RAPPORT_CONFIG or ./rapport.toml).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="State folder (else $RAPPORT_DATA_DIR or ./data).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if config is not None:
+        os.environ["RAPPORT_CONFIG"] = str(config)
+    overrides = {"data_dir": data_dir} if data_dir is not None else {}
+    _state.settings = _guard(lambda: load_settings(**overrides))
+
+
+def settings() -> Settings:
+    if _state.settings is None:
+        _state.settings = _guard(load_settings)
+    return _state.settings
+
+
+def _guard(fn):  # noqa: ANN001, ANN202 - tiny wrapper
+    """Run ``fn``; expected failures become one red line and exit code 1 instead of a traceback."""
+    from pydantic import ValidationError
+
+    from features.customer import RFMValidationError
+    from features.ingest import IngestError
+
+    try:
+        return fn()
+    except (IngestError, RFMValidationError, FileNotFoundError, ValueError, ValidationError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        yield progress
+
+
+def _date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected a date like 2024-06-30, got {value!r}", param_hint=option) from exc
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- data generate --------------------------------------------------------------------------------
+
+
+@data_app.command("generate")
+def data_generate(
+    customers: Annotated[int, typer.Option(min=10, help="Number of persons to simulate.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 42,
+    output: Annotated[Path, typer.Option(help="Folder to write the raw channel files into.")] = Path("data/raw"),
+    file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    start: Annotated[str, typer.Option(help="First day of the simulated history.")] = "2023-01-01",
+    end: Annotated[str, typer.Option(help="Last day of the simulated history.")] = "2025-12-31",
+    bad_rows: Annotated[bool, typer.Option(help="Plant a counted sprinkling of bad rows.")] = True,
+) -> None:
+    """Write synthetic raw files for every source, from a generative model with known parameters
+    (written to OUTPUT/_truth/params.json)."""
+    summary = _generate(customers, seed, output, file_format, start, end, bad_rows)
+    _print_generation(summary)
+
+
+def _generate(customers: int, seed: int, output: Path, file_format: str, start: str, end: str, bad_rows: bool):  # noqa: ANN202
+    from features.generate import generate
+
+    if file_format not in ("parquet", "csv"):
+        raise typer.BadParameter("expected parquet or csv", param_hint="--format")
+    start_d, end_d = _date(start, "--start"), _date(end, "--end")
+    with _progress() as progress:
+        task = progress.add_task("generating", total=1.0)
+
+        def report(stage: str, fraction: float) -> None:
+            progress.update(task, description=f"generating: {stage}", completed=fraction)
+
+        return _guard(lambda: generate(output, customers, seed, start=start_d.date(), end=end_d.date(),
+                                       file_format=file_format, bad_rows=bad_rows, progress=report))
+
+
+def _print_generation(summary) -> None:  # noqa: ANN001
+    table = Table(title="Synthetic data written", show_header=True)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, value in summary.counts().items():
+        table.add_row(name, f"{value:,}")
+    console.print(table)
+    console.print(f"files in [bold]{summary.output_dir}[/] (true parameters in {summary.output_dir / '_truth'}), "
+                  f"{summary.seconds:.1f} s")
+
+
+# --- data ingest ----------------------------------------------------------------------------------
+
+
+@data_app.command("ingest")
+def data_ingest(
+    path: Annotated[Path, typer.Argument(help="A source file, or a folder of source files / per-source folders.")],
+    source: Annotated[str | None, typer.Option(help="Source of every file given (else from the file names).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="CONTRACT_COLUMN=FILE_COLUMN, repeatable.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="TOML mapping file: source = ..., [columns] contract = \"file column\".")] = None,
+) -> None:
+    """Validate and store raw files; bad rows go to the quarantine, counted per reason."""
+    from features.ingest import discover, load_mapping_file, parse_map_options
+
+    def run():  # noqa: ANN202
+        columns: dict[str, str] = {}
+        kind = source
+        if mapping is not None:
+            file_source, columns = load_mapping_file(mapping)
+            kind = kind or file_source
+        columns.update(parse_map_options(map_ or []))
+        inputs, ignored = discover(path, source=kind, mapping=columns)
+        return inputs, ignored
+
+    inputs, ignored = _guard(run)
+    _ingest_and_print(inputs, ignored)
+
+
+def _ingest_and_print(inputs, ignored) -> None:  # noqa: ANN001
+    from features.ingest import ingest
+    from features.store import connect
+
+    s = settings()
+    s.ensure_dirs()
+    with _progress() as progress:
+        task = progress.add_task("ingesting", total=len(inputs) + 1)
+
+        def report(label: str) -> None:
+            progress.update(task, description=f"ingesting {label}", advance=1)
+
+        con = connect(s)
+        try:
+            result = _guard(lambda: ingest(con, inputs, s, now=_utc_now(), ignored_paths=ignored, progress=report))
+        finally:
+            con.close()
+    _print_ingest(result, s)
+
+
+def _print_ingest(result, s: Settings) -> None:  # noqa: ANN001
+    files = Table(title=f"Ingest #{result.ingest_id}")
+    for col in ("file", "source", "rows", "accepted", "quarantined", "already present"):
+        files.add_column(col, justify="right" if col not in ("file", "source") else "left")
+    for f in result.files:
+        if f.skipped:
+            files.add_row(f.label, f.source, "-", "-", "-", f"skipped: {f.skipped}")
+        else:
+            files.add_row(f.label, f.source, f"{f.rows:,}", f"{f.accepted:,}", f"{f.quarantined:,}", f"{f.already_present:,}")
+    console.print(files)
+    for f in result.files:
+        for note in f.notes:
+            console.print(f"[yellow]note[/] {f.label}: {note}")
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}")
+    for path, why in result.ignored_paths:
+        console.print(f"[yellow]ignored[/] {path}: {why}")
+    if result.quarantine_counts:
+        q = Table(title="Quarantined rows by reason")
+        q.add_column("file")
+        q.add_column("reason")
+        q.add_column("rows", justify="right")
+        for label, reason, n in result.quarantine_counts:
+            q.add_row(label, reason, f"{n:,}")
+        console.print(q)
+        console.print(f"quarantined rows with their row numbers: [bold]{result.quarantine_file}[/]")
+    else:
+        console.print("no row quarantined")
+    ident = result.identity
+    console.print(f"identity: {ident.keys:,} hashed customer keys -> {ident.customers:,} customers "
+                  f"({ident.new_customers:,} new, {ident.merges:,} merged in this ingest)")
+    console.print(f"store: [bold]{s.database_path}[/]")
+
+
+# --- data load (the real data sets we ship loaders for) --------------------------------------------
+
+
+@data_app.command("load")
+def data_load(
+    dataset: Annotated[str, typer.Argument(help="online-retail-ii or cdnow.")],
+    path: Annotated[Path | None, typer.Option(help="The Online Retail II CSV (.csv or .csv.gz).")] = None,
+    full: Annotated[bool, typer.Option(help="cdnow: the full 23,570-customer file instead of the 1/10 sample.")] = False,
+) -> None:
+    """Convert a known public data set into the contract and ingest it."""
+    from features.ingest import RawInput
+    from features.loaders import load_cdnow, load_online_retail_ii
+
+    def convert():  # noqa: ANN202
+        if dataset == "online-retail-ii":
+            if path is None:
+                raise typer.BadParameter("give the file with --path", param_hint="--path")
+            return load_online_retail_ii(path, settings())
+        if dataset == "cdnow":
+            return load_cdnow(sample=not full)
+        raise typer.BadParameter("expected online-retail-ii or cdnow", param_hint="DATASET")
+
+    with _progress() as progress:
+        progress.add_task(f"converting {dataset}", total=None)
+        tables = _guard(convert)
+    for note in tables.notes:
+        console.print(f"[cyan]{dataset}[/] {note}")
+    inputs = [RawInput(source, f"{dataset}:{source}", table=tables[source]) for source in tables]
+    _ingest_and_print(inputs, [])
+
+
+# --- data report ----------------------------------------------------------------------------------
+
+
+@data_app.command("report")
+def data_report(
+    start: Annotated[str | None, typer.Option(help="First day to include.")] = None,
+    end: Annotated[str | None, typer.Option(help="Day after the last one to include.")] = None,
+    output: Annotated[Path | None, typer.Option(help="JSON file (default: DATA_DIR/reports/kpi_report.json).")] = None,
+) -> None:
+    """Engagement KPIs overall and per channel, identity and quarantine summaries; printed and written as JSON."""
+    from features.identity import identity_summary
+    from features.report import kpi_report, render_kpi_table
+    from features.store import connect, ibis_backend
+
+    s = settings()
+    con = _guard(lambda: connect(s, read_only=True))
+    try:
+        report = kpi_report(ibis_backend(con), start=_date(start, "--start"), end=_date(end, "--end"))
+        ident = identity_summary(con)
+        quarantine = con.execute(
+            "SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    finally:
+        con.close()
+    console.print(render_kpi_table(report, currency=s.currency))
+    console.print(f"identity: {ident.keys:,} hashed keys -> {ident.customers:,} customers "
+                  f"({ident.keys_per_customer:.2f} keys per customer; {ident.merges:,} merges recorded); "
+                  f"keys by type: " + ", ".join(f"{k} {v:,}" for k, v in ident.keys_by_type.items()))
+    if quarantine:
+        console.print("quarantined rows so far: " + ", ".join(f"{r} {n:,}" for r, n in quarantine))
+    payload = {
+        "generated_at": _utc_now().isoformat(timespec="seconds"),
+        "currency": s.currency,
+        "kpis": report.to_dict(),
+        "identity": {"keys": ident.keys, "customers": ident.customers, "merges": ident.merges,
+                     "keys_by_type": ident.keys_by_type},
+        "quarantine": {reason: n for reason, n in quarantine},
+    }
+    target = output or s.reports_dir / "kpi_report.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=2, default=str))
+    console.print(f"report written to [bold]{target}[/]")
+
+
+# --- data features --------------------------------------------------------------------------------
+
+
+@data_app.command("features")
+def data_features(
+    as_of: Annotated[str, typer.Option("--as-of", help="Cutoff: only data before this day counts.")],
+    output: Annotated[Path, typer.Option(help="Parquet or CSV file (by extension).")],
+    time_unit: Annotated[str | None, typer.Option(help="D or W (default: settings.time_unit).")] = None,
+) -> None:
+    """Write per-customer features as of a cutoff (lifetimes frequency/recency/T, spend, channels...)."""
+    from features.customer import customer_features, validate_rfm
+    from features.store import connect, ibis_backend
+
+    s = settings()
+    cutoff = _date(as_of, "--as-of")
+    unit = time_unit or s.time_unit
+    con = _guard(lambda: connect(s, read_only=True))
+    try:
+        frame = _guard(lambda: validate_rfm(customer_features(ibis_backend(con), cutoff, time_unit=unit)))
+    finally:
+        con.close()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".csv":
+        frame.to_csv(output)
+    else:
+        frame.to_parquet(output)
+    console.print(f"{len(frame):,} customers' features as of {cutoff.date()} written to [bold]{output}[/]")
+
+
+# --- data contract --------------------------------------------------------------------------------
+
+
+@data_app.command("contract")
+def data_contract(
+    source: Annotated[str | None, typer.Argument(help="One source (default: all).")] = None,
+) -> None:
+    """Show the raw input contract: every source, its columns and what they must hold."""
+    from features.schema import EXPECTED, SOURCES
+
+    names = [source] if source else list(SOURCES)
+    for name in names:
+        if name not in SOURCES:
+            err.print(f"[bold red]error:[/] unknown source {name!r}; expected one of {', '.join(SOURCES)}")
+            raise typer.Exit(1)
+        spec = SOURCES[name]
+        table = Table(title=f"{spec.name}: {spec.description}", title_justify="left")
+        for col in ("column", "type", "required", "meaning"):
+            table.add_column(col)
+        for c in spec.columns:
+            table.add_row(c.name, EXPECTED[c.type].split(" such as")[0], "yes" if c.required else "", c.description)
+        console.print(table)
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+@app.command("config")
+def show_config() -> None:
+    """Show the effective settings (secrets masked)."""
+    s = settings()
+    for name, value in s.model_dump().items():
+        console.print(f"{name} = {value}")
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(
+    customers: Annotated[int, typer.Option(min=10, help="Number of persons to simulate.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+) -> None:
+    """The main job on the embedded default data: generate synthetic omnichannel files, ingest them
+    (quarantine report included), and print the KPI report."""
+    from features.ingest import discover
+
+    s = settings()
+    raw = s.data_dir / "demo" / "raw"
+    console.rule("1. synthetic omnichannel data")
+    summary = _generate(customers, seed, raw, "parquet", "2023-01-01", "2025-12-31", True)
+    _print_generation(summary)
+    console.rule("2. ingest, quarantine and identity resolution")
+    inputs, ignored = _guard(lambda: discover(raw))
+    _ingest_and_print(inputs, ignored)
+    console.rule("3. engagement KPIs")
+    data_report(start=None, end=None, output=None)
+    console.rule("done")
+    console.print(f"everything is under [bold]{s.data_dir.resolve()}[/]: raw files {raw}, store {s.database_path}, "
+                  f"quarantine {s.quarantine_dir}, reports {s.reports_dir}")
