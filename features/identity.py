@@ -30,8 +30,8 @@ from features.settings import Settings
 
 SALT_VARIABLE = "rapport_salt"
 HASH_HEX_CHARS = 32  # 128 bits: collisions are negligible for billions of keys
-_BLANKS = " \t\r\n\f\v"  # stripped around every key, identically in SQL and Python
-_BLANKS_RE = " \\t\\r\\n\\f\\v"
+_BLANKS = " \t\n\v\f\r"  # stripped around every key, identically in SQL and Python
+_BLANKS_SQL = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 
 
 def bind_salt(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
@@ -41,7 +41,7 @@ def bind_salt(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
 
 def normalise_sql(key_type: KeyType, expr: str, phone_country_code: str) -> str:
     """SQL that normalises a raw key; NULL for an empty value. Mirrors :func:`normalise_key`."""
-    raw = f"regexp_replace(CAST({expr} AS VARCHAR), '^[{_BLANKS_RE}]+|[{_BLANKS_RE}]+$', '', 'g')"
+    raw = f"trim(CAST({expr} AS VARCHAR), {_BLANKS_SQL})"
     if key_type is KeyType.EMAIL:
         # Case and a "+tag" in the local part do not make another mailbox.
         body = f"regexp_replace(lower({raw}), '\\+[^@]*@', '@')"
@@ -64,13 +64,17 @@ def normalise_sql(key_type: KeyType, expr: str, phone_country_code: str) -> str:
     return f"nullif({body}, '')"
 
 
+def hash_normalised_sql(key_type: KeyType, normalised: str) -> str:
+    """SQL for the stored form of an already normalised key (NULL stays NULL)."""
+    return (
+        f"'{key_type.value}:' || substr(sha256(getvariable('{SALT_VARIABLE}') || '|{key_type.value}|' || "
+        f"{normalised}), 1, {HASH_HEX_CHARS})"
+    )
+
+
 def hash_sql(key_type: KeyType, expr: str, phone_country_code: str) -> str:
     """SQL for the stored form of a raw key: ``'<type>:' || sha256(salt|type|normalised)[:32]``."""
-    norm = normalise_sql(key_type, expr, phone_country_code)
-    return (
-        f"CASE WHEN {norm} IS NULL THEN NULL ELSE '{key_type.value}:' || "
-        f"substr(sha256(getvariable('{SALT_VARIABLE}') || '|{key_type.value}|' || {norm}), 1, {HASH_HEX_CHARS}) END"
-    )
+    return hash_normalised_sql(key_type, normalise_sql(key_type, expr, phone_country_code))
 
 
 def normalise_key(key_type: KeyType, value: object, phone_country_code: str = "44") -> str | None:
@@ -135,75 +139,67 @@ class IdentitySummary:
 def resolve(con: duckdb.DuckDBPyConnection, *, ingest_id: int, now: datetime) -> IdentityUpdate:
     """Recompute the components of ``identity_links`` and update ``identity_map`` stably.
 
-    Runs inside the caller's transaction, so a failed ingest leaves the map as it was.
+    Keys are numbered in SQL, only integer edge arrays cross into Python for scipy's
+    ``connected_components``, and the id bookkeeping happens in SQL again. Runs inside the caller's
+    transaction, so a failed ingest leaves the map as it was.
     """
-    links = con.sql("SELECT key_a, key_b FROM identity_links").to_arrow_table()
-    if links.num_rows == 0:
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _id_keys AS SELECT key_hash, CAST(row_number() OVER () - 1 AS BIGINT) AS code "
+        "FROM (SELECT key_a AS key_hash FROM identity_links UNION SELECT key_b FROM identity_links)"
+    )
+    n = con.execute("SELECT count(*) FROM _id_keys").fetchall()[0][0]
+    if n == 0:
+        con.execute("DROP TABLE _id_keys")
         return IdentityUpdate(0, 0, 0, 0)
-    a = links.column("key_a").to_numpy(zero_copy_only=False)
-    b = links.column("key_b").to_numpy(zero_copy_only=False)
-    codes, keys = pd.factorize(np.concatenate([a, b]), sort=True)
-    n = len(keys)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (codes[: len(a)], codes[len(a):])), shape=(n, n))
+    edges = con.execute(
+        "SELECT a.code AS a, b.code AS b FROM identity_links l "
+        "JOIN _id_keys a ON a.key_hash = l.key_a JOIN _id_keys b ON b.key_hash = l.key_b"
+    ).fetchnumpy()
+    graph = coo_matrix((np.ones(len(edges["a"]), dtype=np.int8), (edges["a"], edges["b"])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
-
-    frame = pd.DataFrame({"key_hash": keys, "component": component})
-    existing = con.execute("SELECT key_hash, customer_id FROM identity_map").fetchdf()
-    frame = frame.merge(existing, on="key_hash", how="left")
-
-    per_component = frame.groupby("component")["customer_id"]
-    survivor = per_component.transform("min")
-
-    # Merges: every existing id of a component other than its survivor.
-    is_merged = (frame["customer_id"].notna() & (frame["customer_id"] != survivor)).to_numpy()
-    merged = pd.DataFrame(
-        {"customer_id": frame["customer_id"].to_numpy()[is_merged], "into_id": survivor.to_numpy()[is_merged]}
-    ).drop_duplicates("customer_id")
-
-    # New components: ids after the largest ever issued, ordered by their smallest key (deterministic).
-    issued = con.execute(
-        "SELECT greatest(coalesce((SELECT max(customer_id) FROM identity_map), 0),"
-        " coalesce((SELECT max(merged_id) FROM identity_merges), 0))"
-    ).fetchall()[0][0]
-    new_components = (
-        frame.loc[survivor.isna()].groupby("component")["key_hash"].min().sort_values().index.to_numpy()
-    )
-    new_ids = pd.Series(np.arange(issued + 1, issued + 1 + len(new_components), dtype=np.int64),
-                        index=new_components)
-    customer_id = survivor.fillna(frame["component"].map(new_ids)).astype(np.int64)
-
-    result = pd.DataFrame(
-        {
-            "key_hash": frame["key_hash"].to_numpy(),
-            "key_type": frame["key_hash"].str.split(":", n=1).str[0].to_numpy(),
-            "customer_id": customer_id.to_numpy(),
-        }
-    )
-    con.execute("DELETE FROM identity_map")
-    con.register("_identity_result", result)
+    components = pd.DataFrame({"code": np.arange(n, dtype=np.int64), "component": component.astype(np.int64)})
+    con.register("_id_components", components)
     try:
-        con.execute("INSERT INTO identity_map SELECT key_hash, key_type, customer_id FROM _identity_result")
-        if len(merged):
-            merges = pd.DataFrame(
-                {
-                    "merged_id": merged["customer_id"].astype(np.int64).to_numpy(),
-                    "into_id": merged["into_id"].astype(np.int64).to_numpy(),
-                }
+        issued = con.execute(
+            "SELECT greatest(coalesce((SELECT max(customer_id) FROM identity_map), 0),"
+            " coalesce((SELECT max(merged_id) FROM identity_merges), 0))"
+        ).fetchall()[0][0]
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _id_resolved AS
+            WITH keyed AS (
+                SELECT k.key_hash, c.component, m.customer_id AS old_id
+                FROM _id_keys k JOIN _id_components c USING (code) LEFT JOIN identity_map m USING (key_hash)
+            ), per_component AS (
+                SELECT component, min(old_id) AS survivor, min(key_hash) AS first_key FROM keyed GROUP BY component
+            ), numbered AS (
+                -- New people get ids after the largest ever issued, in the order of their smallest key.
+                SELECT component, survivor,
+                       coalesce(survivor, ? + row_number() OVER (PARTITION BY survivor IS NULL ORDER BY first_key)) AS customer_id
+                FROM per_component
             )
-            con.register("_identity_merges", merges)
-            con.execute(
-                "INSERT INTO identity_merges SELECT merged_id, into_id, ?, ? FROM _identity_merges",
-                [ingest_id, now.replace(tzinfo=None)],
-            )
-            con.unregister("_identity_merges")
+            SELECT k.key_hash, k.old_id, n.survivor, n.customer_id FROM keyed k JOIN numbered n USING (component)
+            """,
+            [issued],
+        )
+        merges = con.execute(
+            "INSERT INTO identity_merges SELECT DISTINCT old_id, customer_id, ?, ? FROM _id_resolved "
+            "WHERE old_id IS NOT NULL AND old_id <> customer_id",
+            [ingest_id, now.replace(tzinfo=None)],
+        ).fetchall()[0][0]
+        con.execute("DELETE FROM identity_map")
+        con.execute(
+            "INSERT INTO identity_map SELECT key_hash, split_part(key_hash, ':', 1), customer_id FROM _id_resolved"
+        )
+        keys, customers, new_customers = con.execute(
+            "SELECT count(*), count(DISTINCT customer_id), count(DISTINCT customer_id) FILTER (WHERE survivor IS NULL)"
+            " FROM _id_resolved"
+        ).fetchall()[0]
     finally:
-        con.unregister("_identity_result")
-    return IdentityUpdate(
-        keys=len(result),
-        customers=int(result["customer_id"].nunique()),
-        new_customers=len(new_components),
-        merges=len(merged),
-    )
+        con.unregister("_id_components")
+        con.execute("DROP TABLE IF EXISTS _id_keys")
+        con.execute("DROP TABLE IF EXISTS _id_resolved")
+    return IdentityUpdate(keys=keys, customers=customers, new_customers=new_customers, merges=merges)
 
 
 def identity_summary(con: duckdb.DuckDBPyConnection) -> IdentitySummary:

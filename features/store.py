@@ -79,6 +79,7 @@ def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
     con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # progress is the CLI's job, not the library's
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
