@@ -182,15 +182,20 @@ def _ingest_and_print(inputs, ignored) -> None:  # noqa: ANN001
     _print_ingest(result, s)
 
 
+def _short(label: str) -> str:
+    """A file's name for tables (the quarantine file keeps full paths)."""
+    return Path(label).name if "/" in label else label
+
+
 def _print_ingest(result, s: Settings) -> None:  # noqa: ANN001
     files = Table(title=f"Ingest #{result.ingest_id}")
     for col in ("file", "source", "rows", "accepted", "quarantined", "already present"):
         files.add_column(col, justify="right" if col not in ("file", "source") else "left")
     for f in result.files:
         if f.skipped:
-            files.add_row(f.label, f.source, "-", "-", "-", f"skipped: {f.skipped}")
+            files.add_row(_short(f.label), f.source, "-", "-", "-", f"skipped: {f.skipped}")
         else:
-            files.add_row(f.label, f.source, f"{f.rows:,}", f"{f.accepted:,}", f"{f.quarantined:,}", f"{f.already_present:,}")
+            files.add_row(_short(f.label), f.source, f"{f.rows:,}", f"{f.accepted:,}", f"{f.quarantined:,}", f"{f.already_present:,}")
     console.print(files)
     for f in result.files:
         for note in f.notes:
@@ -205,7 +210,7 @@ def _print_ingest(result, s: Settings) -> None:  # noqa: ANN001
         q.add_column("reason")
         q.add_column("rows", justify="right")
         for label, reason, n in result.quarantine_counts:
-            q.add_row(label, reason, f"{n:,}")
+            q.add_row(_short(label), reason, f"{n:,}")
         console.print(q)
         console.print(f"quarantined rows with their row numbers: [bold]{result.quarantine_file}[/]")
     else:
