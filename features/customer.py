@@ -176,8 +176,10 @@ def customer_feature_table(backend: ibis.BaseBackend, as_of: datetime, *, time_u
         Feature.RECENCY: _periods_between(c._last_period, c._first_period, time_unit).cast("float64"),
         Feature.T: _periods_between(as_of_period, c._first_period, time_unit).cast("float64"),
         # lifetimes: mean of the per-period sums, first period excluded, 0 without repeat periods.
+        # Rounded to 1e-6 of the currency: the difference of two sums leaves float dust (-3e-14 for a
+        # customer whose repeat purchases were all returned), which would break monetary_value >= 0.
         Feature.MONETARY_VALUE: ibis.ifelse(
-            frequency > 0, (c._net - c._first_period_net) / frequency.nullif(0), 0.0
+            frequency > 0, ((c._net - c._first_period_net) / frequency.nullif(0)).round(6), 0.0
         ).cast("float64"),
         Feature.HISTORIC_CLV: c._net.cast("float64"),
         Feature.N_ORDERS: c._n_orders.cast("int64"),

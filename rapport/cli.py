@@ -193,13 +193,15 @@ def _print_ingest(result, s: Settings) -> None:  # noqa: ANN001
         files.add_column(col, justify="right" if col not in ("file", "source") else "left")
     for f in result.files:
         if f.skipped:
-            files.add_row(_short(f.label), f.source, "-", "-", "-", f"skipped: {f.skipped}")
+            files.add_row(_short(f.label), f.source, "-", "-", "-", "skipped")
         else:
             files.add_row(_short(f.label), f.source, f"{f.rows:,}", f"{f.accepted:,}", f"{f.quarantined:,}", f"{f.already_present:,}")
     console.print(files)
     for f in result.files:
         for note in f.notes:
             console.print(f"[yellow]note[/] {f.label}: {note}")
+        if f.skipped:
+            console.print(f"[yellow]skipped[/] {f.label}: {f.skipped}")
     for note in result.notes:
         console.print(f"[yellow]note[/] {note}")
     for path, why in result.ignored_paths:

@@ -168,7 +168,7 @@ def test_customer_features_on_the_tiny_history_match_hand_computed_values(tiny):
     got = customer_features(tiny, TINY_AS_OF)
     expected = _tiny_expected_daily()
     assert list(got.columns) == list(FEATURE_COLUMNS)
-    pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_datetimelike_compat=True, rtol=1e-9)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9)
     assert got[Feature.N_ORDERS].dtype == np.int64 and got[Feature.N_CATEGORIES].dtype == np.int64
     assert got[Feature.FREQUENCY].dtype == np.float64
 

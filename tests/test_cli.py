@@ -1,0 +1,88 @@
+"""The ``rapport`` command as a user runs it: exit codes, messages and what it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rapport.cli import app
+from tests.conftest import ORDER_HEADER, write_csv
+
+pytestmark = pytest.mark.data
+
+
+@pytest.fixture
+def run(settings, monkeypatch):
+    monkeypatch.setenv("RAPPORT_DATA_DIR", str(settings.data_dir))
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_generate_ingest_report_features(run, settings, tmp_path):
+    raw = tmp_path / "raw"
+    out = run("data", "generate", "--customers", "300", "--seed", "3", "--output", str(raw))
+    assert out.exit_code == 0, out.output
+    assert (raw / "orders.parquet").exists() and (raw / "_truth" / "params.json").exists()
+
+    out = run("data", "ingest", str(raw))
+    assert out.exit_code == 0, out.output
+    assert "Quarantined rows by reason" in out.output and "unparseable timestamp" in out.output
+    assert "customers" in out.output
+
+    again = run("data", "ingest", str(raw))
+    assert again.exit_code == 0 and "same content as" in again.output and "skipped" in again.output
+
+    out = run("data", "report")
+    assert out.exit_code == 0, out.output
+    report = json.loads((settings.reports_dir / "kpi_report.json").read_text())
+    assert set(report["kpis"]["by_channel"]) <= {"web", "app", "store", "marketplace"}
+    assert report["kpis"]["overall"]["orders"] > 0 and report["identity"]["customers"] > 0
+    assert sum(report["quarantine"].values()) > 0
+
+    target = tmp_path / "features.csv"
+    out = run("data", "features", "--as-of", "2025-06-30", "--output", str(target))
+    assert out.exit_code == 0, out.output
+    assert target.read_text().startswith("customer_id,frequency,recency,T,")
+
+
+def test_a_bad_file_exits_non_zero_with_a_message_naming_it(run, tmp_path):
+    header = [c for c in ORDER_HEADER if c != "timestamp"]
+    path = write_csv(tmp_path / "raw", "orders.csv", header, [["1", "1", "A", "", "", "I1", 1, 2.0, "", "", "web", ""]])
+    out = run("data", "ingest", str(path))
+    assert out.exit_code == 1
+    assert "orders.csv" in out.output and "timestamp" in out.output
+
+
+def test_generic_export_with_map_options(run, tmp_path):
+    path = write_csv(tmp_path / "raw", "export.csv", ["Customer ID", "InvoiceDate", "StockCode", "Quantity", "Price"],
+                     [["c1", "2024-01-01 10:00", "I1", 2, 3.5], ["c2", "2024-01-02 10:00", "I2", 1, 1.0]])
+    out = run("data", "ingest", str(path), "--source", "transactions", "--map", "customer_key=Customer ID",
+              "--map", "timestamp=InvoiceDate", "--map", "item_id=StockCode", "--map", "unit_price=Price")
+    assert out.exit_code == 0, out.output
+    assert "2 customers" in out.output
+
+
+def test_report_without_data_explains_what_to_do(run):
+    out = run("data", "report")
+    assert out.exit_code == 1 and "ingest data first" in out.output
+
+
+def test_contract_lists_every_source(run):
+    out = run("data", "contract")
+    assert out.exit_code == 0
+    for source in ("orders", "store_receipts", "returns", "catalogue", "browse_events", "customer_keys", "transactions"):
+        assert source in out.output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(run, settings):
+    out = run("demo", "--customers", "400", "--seed", "2")
+    assert out.exit_code == 0, out.output
+    assert "Engagement KPIs" in out.output and "quarantine" in out.output.lower()
+    assert (settings.reports_dir / "kpi_report.json").exists()
