@@ -19,7 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from features.generate import generate
+ROOT = Path(__file__).resolve().parent.parent
+# This folder holds a features.py of its own: make sure `features` is the project's package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+sys.path.insert(0, str(ROOT))
+
+from features.generate import generate  # noqa: E402
 
 
 def _peak_rss_mb() -> float:

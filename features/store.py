@@ -79,7 +79,10 @@ def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
     con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")  # progress is the CLI's job, not the library's
+    # Progress is the CLI's job, not the library's. Inside Jupyter without ipywidgets DuckDB starts with
+    # the bar off and refuses any change to the setting (duckdb/duckdb#7590), so only switch it off when on.
+    if con.execute("SELECT current_setting('enable_progress_bar')").fetchall()[0][0]:
+        con.execute("SET enable_progress_bar = false")
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
