@@ -26,6 +26,7 @@ from types import MappingProxyType
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import store
@@ -77,6 +78,15 @@ class ContractTables:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tables)
+
+    def unconvertible_currencies(self, settings: Settings) -> list[str]:
+        """Currencies in these tables that ``settings`` can neither keep nor convert; ingesting
+        them would quarantine every row, so callers stop first and say which setting to change."""
+        found: set[str] = set()
+        for table in self.tables.values():
+            if "currency" in table.column_names:
+                found.update(v.upper() for v in pc.unique(table["currency"]).to_pylist() if v)
+        return sorted(found - {settings.currency} - set(settings.currency_rates))
 
     def write_parquet(self, directory: Path) -> list[Path]:
         """Write one ``<source>.parquet`` per table into ``directory`` (the layout ingestion reads)."""

@@ -250,6 +250,12 @@ def data_load(
         tables = _guard(convert)
     for note in tables.notes:
         console.print(f"[cyan]{dataset}[/] {note}")
+    foreign = tables.unconvertible_currencies(settings())
+    if foreign:
+        err.print(f"[bold red]error:[/] {dataset} amounts are in {', '.join(foreign)} but this store's currency is "
+                  f"{settings().currency} with no rate for it: use a separate store, e.g. RAPPORT_CURRENCY="
+                  f"{foreign[0]} RAPPORT_DATA_DIR=data/{dataset}, or set RAPPORT_CURRENCY_RATES", highlight=False)
+        raise typer.Exit(1)
     inputs = [RawInput(source, f"{dataset}:{source}", table=tables[source]) for source in tables]
     _ingest_and_print(inputs, [])
 

@@ -86,3 +86,10 @@ def test_demo_runs_end_to_end(run, settings):
     assert out.exit_code == 0, out.output
     assert "Engagement KPIs" in out.output and "quarantine" in out.output.lower()
     assert (settings.reports_dir / "kpi_report.json").exists()
+
+
+def test_loading_a_dataset_in_another_currency_says_which_setting_to_change(run, settings):
+    out = run("data", "load", "cdnow")
+    assert out.exit_code == 1
+    assert "USD" in out.output and "RAPPORT_CURRENCY" in out.output
+    assert not settings.database_path.exists()  # stopped before writing anything
