@@ -168,6 +168,7 @@ def customer_feature_table(backend: ibis.BaseBackend, as_of: datetime, *, time_u
         categories, rfm[Col.CUSTOMER_ID] == categories._c_customer_id
     )
     frequency = c._n_periods - 1
+    repeat_net = c._net - c._first_period_net
     gross = c._gross.nullif(0.0)
     first_epoch = c._first_ts.epoch_seconds()
     last_epoch = c._last_ts.epoch_seconds()
@@ -176,11 +177,9 @@ def customer_feature_table(backend: ibis.BaseBackend, as_of: datetime, *, time_u
         Feature.RECENCY: _periods_between(c._last_period, c._first_period, time_unit).cast("float64"),
         Feature.T: _periods_between(as_of_period, c._first_period, time_unit).cast("float64"),
         # lifetimes: mean of the per-period sums, first period excluded, 0 without repeat periods.
-        # Rounded to 1e-6 of the currency: the difference of two sums leaves float dust (-3e-14 for a
-        # customer whose repeat purchases were all returned), which would break monetary_value >= 0.
-        Feature.MONETARY_VALUE: ibis.ifelse(
-            frequency > 0, ((c._net - c._first_period_net) / frequency.nullif(0)).round(6), 0.0
-        ).cast("float64"),
+        Feature.MONETARY_VALUE: ibis.ifelse(frequency > 0, _no_float_dust(repeat_net) / frequency.nullif(0), 0.0).cast(
+            "float64"
+        ),
         Feature.HISTORIC_CLV: c._net.cast("float64"),
         Feature.N_ORDERS: c._n_orders.cast("int64"),
         Feature.AVG_ORDER_VALUE: (c._net / c._n_orders).cast("float64"),
@@ -197,6 +196,12 @@ def customer_feature_table(backend: ibis.BaseBackend, as_of: datetime, *, time_u
         Feature.LAST_PURCHASE: c._last_ts,
     }
     return c.select(c[Col.CUSTOMER_ID], **features)
+
+
+def _no_float_dust(amount: ir.NumericValue) -> ir.NumericValue:
+    """Zero for |amount| < 1e-9: a difference of two sums of money leaves float dust (-3e-14 for a
+    customer whose repeat purchases were all returned) that would break monetary_value >= 0."""
+    return ibis.ifelse(amount.abs() < 1e-9, 0.0, amount)
 
 
 def _to_frame(table: ir.Table, columns: Sequence[str]) -> pd.DataFrame:

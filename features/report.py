@@ -16,6 +16,7 @@ from typing import Any
 
 import ibis
 import ibis.expr.types as ir
+import pandas as pd
 from rich.table import Table
 
 from features.history import cutoff_literal, orders, product_lines, unified_lines, utc_naive
@@ -133,6 +134,19 @@ def _channel_kpis(row: Mapping[str, Any]) -> ChannelKpis:
     )
 
 
+def window_orders(backend: ibis.BaseBackend, start: datetime | None, end: datetime | None) -> ir.Table:
+    """Orders of product lines made in ``[start, end)``, net of the returns booked before ``end``:
+    the one definition of "the orders of a reporting window" every KPI shares."""
+    start_n = utc_naive(start) if start is not None else None
+    end_n = utc_naive(end) if end is not None else None
+    if start_n is not None and end_n is not None and end_n <= start_n:
+        raise ValueError(f"end ({end_n}) must be after start ({start_n})")
+    lines = product_lines(unified_lines(backend, end_n))
+    if start_n is not None:
+        lines = lines.filter(lines[Col.TS] >= cutoff_literal(start_n))
+    return orders(lines)
+
+
 def kpi_report(backend: ibis.BaseBackend, *, start: datetime | None = None, end: datetime | None = None) -> KpiReport:
     """Engagement KPIs of the orders made in ``[start, end)``, overall and per channel.
 
@@ -142,15 +156,7 @@ def kpi_report(backend: ibis.BaseBackend, *, start: datetime | None = None, end:
     channel they ordered in, and "repeat" means two orders in that channel. ``by_channel`` lists the
     channels with at least one order, in the contract's order (web, app, store, marketplace).
     """
-    start_n = utc_naive(start) if start is not None else None
-    end_n = utc_naive(end) if end is not None else None
-    if start_n is not None and end_n is not None and end_n <= start_n:
-        raise ValueError(f"end ({end_n}) must be after start ({start_n})")
-
-    lines = product_lines(unified_lines(backend, end_n))
-    if start_n is not None:
-        lines = lines.filter(lines[Col.TS] >= cutoff_literal(start_n))
-    o = orders(lines)
+    o = window_orders(backend, start, end)
 
     # One row per (channel, customer) -- anonymous orders of a channel form one NULL-customer group.
     online = o[Col.CHANNEL] != Channel.STORE.value
@@ -184,11 +190,80 @@ def kpi_report(backend: ibis.BaseBackend, *, start: datetime | None = None, end:
     found = {row["_channel"]: _channel_kpis(row) for row in rows}
     ordered = [c for c in CHANNELS if c in found] + sorted(c for c in found if c not in CHANNELS and c != ALL_CHANNELS)
     return KpiReport(
-        start=start_n,
-        end=end_n,
+        start=utc_naive(start) if start is not None else None,
+        end=utc_naive(end) if end is not None else None,
         overall=found[ALL_CHANNELS],
         by_channel={c: found[c] for c in ordered},
     )
+
+
+# --- Revenue over time ------------------------------------------------------------------------------
+
+#: Column of :func:`revenue_by_period` holding the first day of each period.
+PERIOD = "period"
+
+#: Columns of :func:`revenue_by_period`, in order (the amounts are named as in :class:`ChannelKpis`).
+PERIOD_COLUMNS: tuple[str, ...] = (PERIOD, Col.CHANNEL, "customers", "orders", "revenue", "gross_revenue", "refunds")
+
+#: Calendar periods :func:`revenue_by_period` groups by: (Ibis truncation unit, pandas frequency).
+#: Weeks start on Monday, like ISO weeks and the ``"W"`` unit of the customer features.
+PERIOD_FREQUENCIES: dict[str, tuple[str, str]] = {
+    "day": ("D", "D"),
+    "week": ("W", "W-MON"),
+    "month": ("M", "MS"),
+    "quarter": ("Q", "QS"),
+    "year": ("Y", "YS"),
+}
+
+
+def revenue_by_period(
+    backend: ibis.BaseBackend,
+    *,
+    freq: str = "month",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> pd.DataFrame:
+    """Orders and revenue per calendar period (UTC) and channel, counted as :func:`kpi_report` counts them.
+
+    The orders are those made in ``[start, end)`` (an open end when None); postage, fees and
+    adjustments are not orders. An order falls in the period of its first line; its refunds count in
+    that same period when the return was booked before ``end`` (any time when ``end`` is None), so
+    ``revenue`` is what the orders of the period are worth net of returns, and the rows of one
+    channel sum to that channel's :func:`kpi_report` orders and amounts over the same window.
+
+    One row per period from the first to the last period with an order, times every channel with an
+    order (in the contract's order), with zeros where a channel had no order in a period, so the
+    result pivots straight into a plot. ``period`` is the first day of the period (a naive UTC
+    timestamp); a window that starts or ends inside a period makes that period partial.
+    ``customers`` counts distinct identified customers with an order in the period and channel.
+    Columns: :data:`PERIOD_COLUMNS`. ``freq`` is one of :data:`PERIOD_FREQUENCIES`.
+    """
+    if freq not in PERIOD_FREQUENCIES:
+        raise ValueError(f"freq must be one of {', '.join(PERIOD_FREQUENCIES)}, got {freq!r}")
+    unit, pandas_freq = PERIOD_FREQUENCIES[freq]
+    o = window_orders(backend, start, end)
+    table = o.group_by([o[Col.TS].truncate(unit).name(PERIOD), o[Col.CHANNEL]]).aggregate(
+        customers=o[Col.CUSTOMER_ID].nunique(),
+        orders=o.count(),
+        revenue=o[Col.NET_AMOUNT].sum(),
+        gross_revenue=o[Col.GROSS_AMOUNT].sum(),
+        refunds=o[Col.REFUND_AMOUNT].sum(),
+    )
+    found = table.to_pandas()
+    found[PERIOD] = pd.to_datetime(found[PERIOD]).astype("datetime64[ns]")
+
+    seen = set(found[Col.CHANNEL])
+    channels = [c for c in CHANNELS if c in seen] + sorted(c for c in seen if c not in CHANNELS)
+    periods = (
+        pd.date_range(found[PERIOD].min(), found[PERIOD].max(), freq=pandas_freq).astype("datetime64[ns]")
+        if len(found)
+        else pd.DatetimeIndex([], dtype="datetime64[ns]")
+    )
+    grid = pd.MultiIndex.from_product([periods, channels], names=[PERIOD, Col.CHANNEL])
+    dense = found.set_index([PERIOD, Col.CHANNEL]).reindex(grid, fill_value=0).reset_index()
+    dense = dense[list(PERIOD_COLUMNS)]
+    return dense.astype({"customers": "int64", "orders": "int64", "revenue": "float64",
+                         "gross_revenue": "float64", "refunds": "float64"})
 
 
 # --- Rendering --------------------------------------------------------------------------------------

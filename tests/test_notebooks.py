@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = ROOT / "notebooks"
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_SECONDS = 300
+ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _notebooks_on_disk() -> list[Path]:
@@ -53,10 +55,10 @@ def python3_kernel(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     from jupyter_client.kernelspec import KernelSpecManager
 
     prefix = tmp_path_factory.mktemp("jupyter-prefix")
-    # install() writes PREFIX/share/jupyter/kernels/python3/kernel.json with argv[0] = sys.executable.
-    install(kernel_name=KERNEL_NAME, prefix=str(prefix))
     data_dir = prefix / "share" / "jupyter"
     monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(data_dir), os.environ.get("JUPYTER_PATH", "")]).rstrip(os.pathsep))
+    # Writes PREFIX/share/jupyter/kernels/python3/kernel.json with argv[0] = sys.executable.
+    install(kernel_name=KERNEL_NAME, prefix=str(prefix))
     # The notebooks choose their own state folders; settings from the caller's shell must not leak in.
     for name in [n for n in os.environ if n.startswith("RAPPORT_")]:
         monkeypatch.delenv(name)
@@ -85,10 +87,13 @@ def test_notebook_runs_top_to_bottom(path: Path, python3_kernel: str) -> None:
         timeout=CELL_TIMEOUT_SECONDS,
         resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
     )
+    failure = None
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError) as exc:
-        pytest.fail(f"{path.name} failed:\n{exc}", pytrace=False)
+        failure = ANSI_ESCAPES.sub("", str(exc))  # the failing cell's source and traceback, uncoloured
+    if failure is not None:
+        pytest.fail(f"{path.name} failed:\n{failure}", pytrace=False)
 
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
     assert Path(printed.strip()) == Path(sys.executable), f"the kernel ran {printed.strip()!r}"
