@@ -45,9 +45,10 @@ def cdnow() -> None:
         tables = load_cdnow(sample=True)
         result = ingest(con, [RawInput(s, s, table=tables[s]) for s in tables], settings, now=NOW)
         cutoff = datetime.combine(setup.calibration_end + timedelta(days=1), datetime.min.time())
-        rfm = validate_rfm(customer_features(ibis_backend(con), cutoff))
+        rfm = validate_rfm(customer_features(ibis_backend(con), cutoff, time_unit="W"))
         con.close()
-    bg = BetaGeoFitter().fit(rfm["frequency"], rfm["recency"] / 7, (rfm["T"] - 1) / 7)
+    # Our cutoff is exclusive (1997-10-01), the paper's end day inclusive: T is one day longer here.
+    bg = BetaGeoFitter().fit(rfm["frequency"], rfm["recency"], (rfm["T"] * 7).round().sub(1) / 7)
     paper = setup.bgnbd.as_dict()
     print(f"## CDNOW sample through ingestion ({len(rfm):,} customers; {result.quarantined} $0 rows quarantined)")
     print("| parameter | published | fitted | difference |")

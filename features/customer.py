@@ -12,7 +12,7 @@ unit, the first period is the customer's "birth", and only the periods after it 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import get_args
 
 import ibis
@@ -97,20 +97,22 @@ def _check_time_unit(time_unit: str) -> TimeUnit:
 
 
 def period_start(moment: datetime | date, time_unit: TimeUnit) -> date:
-    """The first day of the period (of ``time_unit``) a cutoff falls in: its day, or the Monday of its week."""
-    day = utc_naive(moment).date()
-    return day - timedelta(days=day.weekday()) if time_unit == "W" else day
+    """The day a cutoff falls in. Purchases are grouped by day in every time unit; the unit only
+    scales the durations (a week is 7 days, as in Fader, Hardie & Lee 2005)."""
+    del time_unit  # the same day for every unit; kept in the signature for symmetry with callers
+    return utc_naive(moment).date()
 
 
 def _period_of(ts: ir.TimestampValue, time_unit: TimeUnit) -> ir.DateValue:
-    # Calendar weeks start on Monday, as pandas' "W" (W-SUN) periods used by lifetimes.
-    return (ts.truncate("W") if time_unit == "W" else ts).date()
+    # Purchases on one day are one transaction, whatever the unit (lifetimes: freq="D").
+    del time_unit
+    return ts.date()
 
 
 def _periods_between(later: ir.DateValue, earlier: ir.DateValue, time_unit: TimeUnit) -> ir.NumericValue:
-    # Both ends are period starts, so the day difference is an exact multiple of the period length.
+    # Days measured in the unit: weeks are days / 7 (lifetimes: freq="D", freq_multiplier=7).
     days = later.delta(earlier, unit="day")
-    return days // DAYS_PER_UNIT[time_unit] if time_unit == "W" else days
+    return days / DAYS_PER_UNIT[time_unit] if time_unit == "W" else days
 
 
 def _identified_product_lines(backend: ibis.BaseBackend, as_of: datetime, since: datetime | None = None) -> ir.Table:
@@ -235,12 +237,12 @@ def customer_features(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: 
       identity map does not know have no customer and are left out.
 
     Columns (``Feature`` names), with ``p(t)`` the period of time ``t``: its UTC day for
-    ``time_unit="D"``, the Monday-to-Sunday calendar week for ``"W"`` (pandas' ``W`` periods, as in
-    ``lifetimes`` with ``freq="W"``):
+    every ``time_unit`` (several orders on one day are one transaction); durations are measured in
+    days for ``"D"`` and in weeks of 7 days for ``"W"`` (the convention of Fader, Hardie & Lee 2005):
 
-    - ``frequency``: distinct purchase periods - 1 (repeat periods).
-    - ``recency``: p(last purchase) - p(first purchase), in periods.
-    - ``T``: p(as_of) - p(first purchase), in periods.
+    - ``frequency``: distinct purchase days - 1 (repeat transactions).
+    - ``recency``: p(last purchase) - p(first purchase), in the time unit.
+    - ``T``: p(as_of) - p(first purchase), in the time unit.
     - ``monetary_value``: mean net spend of the repeat periods (each period's orders summed, first
       period excluded); 0 when ``frequency`` is 0.
     - ``historic_clv``: total net spend.
@@ -256,7 +258,8 @@ def customer_features(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: 
 
     With ``time_unit="D"`` the first four columns equal ``lifetimes.utils.summary_data_from_transaction_data``
     applied to the orders before ``as_of`` (net amount as monetary value) with
-    ``observation_period_end=as_of`` and ``freq="D"``; with ``"W"`` they equal it with ``freq="W"``.
+    ``observation_period_end=as_of`` and ``freq="D"``; with ``"W"`` they equal it with ``freq="D",
+    freq_multiplier=7``.
     Frequency, recency and T are floats, as in lifetimes.
     """
     table = customer_feature_table(backend, as_of, time_unit=time_unit)
@@ -303,7 +306,7 @@ def calibration_holdout(
     j = calibration.left_join(holdout, calibration[Col.CUSTOMER_ID] == holdout._h_customer_id)
     n_periods = j._h_periods.fill_null(0)
     spend = j._h_spend.fill_null(0.0)
-    duration = (period_start(hold_end, time_unit) - period_start(cal_end, time_unit)).days // DAYS_PER_UNIT[time_unit]
+    duration = (period_start(hold_end, time_unit) - period_start(cal_end, time_unit)).days / DAYS_PER_UNIT[time_unit]
     table = j.select(
         *(j[name] for name in (Col.CUSTOMER_ID, *FEATURE_COLUMNS)),
         **{

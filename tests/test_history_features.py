@@ -20,6 +20,7 @@ from lifetimes.utils import calibration_and_holdout_data, summary_data_from_tran
 from rich.console import Console
 
 from features.customer import (
+    DAYS_PER_UNIT,
     FEATURE_COLUMNS,
     HOLDOUT_COLUMNS,
     RFMValidationError,
@@ -176,16 +177,12 @@ def test_customer_features_on_the_tiny_history_match_hand_computed_values(tiny):
 @pytest.mark.unit
 def test_weekly_rfm_on_the_tiny_history(tiny):
     got = customer_features(tiny, TINY_AS_OF, time_unit="W")[RFM]
-    # Calendar weeks start on Monday; the cutoff 2024-03-01 (Fri) is in the week of 02-26.
-    # Alice: weeks of 01-08, 02-05, 02-19 -> frequency 2, recency 42/7 = 6, T = 49/7 = 7, monetary (30 + 20)/2.
-    # Bob: week of 01-29, T = 28/7 = 4.  Carol: weeks of 2023-12-25 and 02-26: recency = T = 63/7 = 9.
-    # Dan: week of 02-12, T = 2.
-    expected = pd.DataFrame(
-        {"frequency": [2.0, 0, 1, 0], "recency": [6.0, 0, 9, 0], "T": [7.0, 4, 9, 2],
-         "monetary_value": [25.0, 0, 15, 0]},
-        index=pd.Index([1, 2, 3, 4], name=Col.CUSTOMER_ID),
-    )
+    # Weeks are days / 7 (Fader, Hardie & Lee 2005): the same repeat purchase days as with "D",
+    # durations divided by 7, spend unchanged.
+    daily = customer_features(tiny, TINY_AS_OF, time_unit="D")[RFM]
+    expected = daily.assign(recency=daily["recency"] / 7, T=daily["T"] / 7)
     pd.testing.assert_frame_equal(got, expected)
+    assert got.loc[2, "T"] == pytest.approx(daily.loc[2, "T"] / 7) and daily.loc[2, "T"] > 0
 
 
 @pytest.mark.unit
@@ -288,7 +285,7 @@ def test_rfm_equals_lifetimes_summary_data(random_store, time_unit):
     transactions, _ = _pandas_orders(history, RANDOM_AS_OF)
     expected = summary_data_from_transaction_data(
         transactions, "customer_id", "ts", monetary_value_col="net",
-        observation_period_end=RANDOM_AS_OF, freq=time_unit,
+        observation_period_end=RANDOM_AS_OF, freq="D", freq_multiplier=DAYS_PER_UNIT[time_unit],
     )
     expected.index = expected.index.astype("int64")
     expected.index.name = Col.CUSTOMER_ID
@@ -337,13 +334,13 @@ def test_calibration_holdout_equals_lifetimes(random_store, time_unit):
     # keeps its first order's time, so the calibration/holdout boundary splits as in the store.
     o, _ = _pandas_orders(history, holdout_end)
     per_period = (
-        o.assign(period=o["ts"].dt.to_period(time_unit))
+        o.assign(period=o["ts"].dt.to_period("D"))
         .groupby(["customer_id", "period"], as_index=False)
         .agg(ts=("ts", "min"), net=("net", "sum"))
     )
     expected = calibration_and_holdout_data(
         per_period, "customer_id", "ts", calibration_period_end=calibration_end, observation_period_end=holdout_end,
-        freq=time_unit, monetary_value_col="net",
+        freq="D", freq_multiplier=DAYS_PER_UNIT[time_unit], monetary_value_col="net",
     )
     expected.index = expected.index.astype("int64").rename(Col.CUSTOMER_ID)
     assert (got[Holdout.FREQUENCY] > 0).sum() > 50

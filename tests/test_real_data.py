@@ -60,12 +60,11 @@ def test_cdnow_through_ingestion_reproduces_the_published_bgnbd_estimates(tmp_pa
     # customers of the 2,357 are not in the store.
     assert result.quarantined == 8
     cutoff = datetime.combine(setup.calibration_end + timedelta(days=1), datetime.min.time())  # exclusive
-    rfm = validate_rfm(customer_features(ibis_backend(con), cutoff))
+    rfm = validate_rfm(customer_features(ibis_backend(con), cutoff, time_unit="W"))
     assert len(rfm) == 2_357 - 8
-    # The paper's weeks are days / 7 (lifetimes: freq="D", freq_multiplier=7); our cutoff is
-    # exclusive, so T counts the calibration end day itself.
-    weeks = rfm[["frequency", "recency", "T"]].assign(recency=rfm["recency"] / 7, T=(rfm["T"] - 1) / 7)
-    bg = BetaGeoFitter().fit(weeks["frequency"], weeks["recency"], weeks["T"])
+    # Weeks are days / 7 as in the paper. Our cutoff is exclusive (1997-10-01), the paper's end day
+    # inclusive (1997-09-30): T is one day longer here.
+    bg = BetaGeoFitter().fit(rfm["frequency"], rfm["recency"], (rfm["T"] * 7).round().sub(1) / 7)
     paper = setup.bgnbd.as_dict()
     for name in ("r", "alpha", "a", "b"):
         assert bg.params_[name] == pytest.approx(paper[name], rel=0.02), (name, dict(bg.params_))
