@@ -31,7 +31,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchm
 sys.path.insert(0, str(ROOT))
 
 from features.customer import customer_features  # noqa: E402
-from features.ingest import discover, ingest  # noqa: E402
+from features.discovery import discover  # noqa: E402
+from features.ingest import ingest  # noqa: E402
 from features.settings import load_settings  # noqa: E402
 from features.store import connect, ibis_backend  # noqa: E402
 

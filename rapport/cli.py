@@ -60,7 +60,7 @@ def _guard(fn):  # noqa: ANN001, ANN202 - tiny wrapper
     from pydantic import ValidationError
 
     from features.customer import RFMValidationError
-    from features.ingest import IngestError
+    from features.discovery import IngestError
 
     try:
         return fn()
@@ -146,7 +146,7 @@ def data_ingest(
     mapping: Annotated[Path | None, typer.Option(help="TOML mapping file: source = ..., [columns] contract = \"file column\".")] = None,
 ) -> None:
     """Validate and store raw files; bad rows go to the quarantine, counted per reason."""
-    from features.ingest import discover, load_mapping_file, parse_map_options
+    from features.discovery import discover, load_mapping_file, parse_map_options
 
     def run():  # noqa: ANN202
         columns: dict[str, str] = {}
@@ -233,7 +233,7 @@ def data_load(
     full: Annotated[bool, typer.Option(help="cdnow: the full 23,570-customer file instead of the 1/10 sample.")] = False,
 ) -> None:
     """Convert a known public data set into the contract and ingest it."""
-    from features.ingest import RawInput
+    from features.discovery import RawInput
     from features.loaders import load_cdnow, load_online_retail_ii
 
     def convert():  # noqa: ANN202
@@ -377,7 +377,7 @@ def demo(
 ) -> None:
     """The main job on the embedded default data: generate synthetic omnichannel files, ingest them
     (quarantine report included), and print the KPI report."""
-    from features.ingest import discover
+    from features.discovery import discover
 
     s = settings()
     raw = s.data_dir / "demo" / "raw"

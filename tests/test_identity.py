@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from features.identity import customer_for_key, hash_key, identity_summary, normalise_key, normalise_sql
-from features.ingest import discover, ingest
+from features.discovery import discover
+from features.ingest import ingest
 from features.schema import KeyType
 from features.store import connect, connect_memory
 from tests.conftest import KEYS_HEADER, NOW, ORDER_HEADER, RECEIPT_HEADER, write_csv

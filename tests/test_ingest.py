@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from features.ingest import IngestError, RawInput, discover, ingest, load_mapping_file, parse_map_options
+from features.discovery import IngestError, RawInput, discover, load_mapping_file, parse_map_options
+from features.ingest import ingest
 from features.schema import QuarantineReason as Q
 from features.store import connect
 from tests.conftest import NOW, ORDER_HEADER, RECEIPT_HEADER, RETURN_HEADER, write_csv

@@ -14,7 +14,8 @@ import pytest
 
 from features.customer import customer_features, validate_rfm
 from features.generate import generate
-from features.ingest import discover, ingest
+from features.discovery import discover
+from features.ingest import ingest
 from features.settings import load_settings
 from features.store import connect, ibis_backend
 

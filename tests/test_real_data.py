@@ -10,7 +10,8 @@ import duckdb
 import pytest
 
 from features.customer import customer_features, validate_rfm
-from features.ingest import RawInput, ingest
+from features.discovery import RawInput
+from features.ingest import ingest
 from features.loaders import cdnow_paper_setup, load_cdnow, load_online_retail_ii
 from features.settings import load_settings
 from features.store import connect, ibis_backend
