@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     )
     duckdb_memory_limit: str = Field("3GB", description="DuckDB's memory limit (spills to disk beyond it).")
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking (and registry) URI. None: the embedded SQLite store "
+        "sqlite:///<data_dir>/mlflow/mlflow.db with artifacts under <data_dir>/mlflow/artifacts.",
+    )
+    mlflow_experiment: str = Field("rapport", min_length=1, description="MLflow experiment of every training run.")
+    clv_candidates: list[Literal["bgnbd", "mbgnbd", "paretonbd"]] = Field(
+        default_factory=lambda: ["bgnbd", "mbgnbd", "paretonbd"],
+        min_length=1,
+        description="Purchase models compared on the holdout; the lowest per-customer MAE wins, BG/NBD on ties.",
+    )
+    clv_holdout_days: int = Field(183, ge=7, description="Length of the CLV evaluation holdout before the cutoff.")
+    clv_penalizer: float = Field(0.0, ge=0, description="L2 penalizer of the lifetimes fits (0: maximum likelihood).")
+    clv_horizon_months: int = Field(12, ge=1, le=120, description="Horizon of the predicted CLV.")
+    clv_monthly_discount_rate: float = Field(0.01, ge=0, lt=1, description="Monthly discount rate of the CLV.")
 
     @field_validator("currency")
     @classmethod
@@ -117,6 +132,14 @@ class Settings(BaseSettings):
     @property
     def mlflow_dir(self) -> Path:
         return self.data_dir / "mlflow"
+
+    @property
+    def mlflow_db_path(self) -> Path:
+        return self.mlflow_dir / "mlflow.db"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.mlflow_dir / "artifacts"
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.quarantine_dir, self.reports_dir):

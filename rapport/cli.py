@@ -61,10 +61,11 @@ def _guard(fn):  # noqa: ANN001, ANN202 - tiny wrapper
 
     from features.customer import RFMValidationError
     from features.discovery import IngestError
+    from training.clv.adapter import ClvFitError
 
     try:
         return fn()
-    except (IngestError, RFMValidationError, FileNotFoundError, ValueError, ValidationError) as exc:
+    except (IngestError, RFMValidationError, ClvFitError, FileNotFoundError, ValueError, ValidationError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
 
@@ -354,6 +355,60 @@ def data_contract(
         for c in spec.columns:
             table.add_row(c.name, EXPECTED[c.type].split(" such as")[0], "yes" if c.required else "", c.description)
         console.print(table)
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+#: Training steps this version provides, in pipeline order.
+TRAIN_STEPS = ("clv",)
+
+
+@app.command("train")
+def train(
+    only: Annotated[list[str] | None, typer.Option("--only", help=f"Run only these steps ({', '.join(TRAIN_STEPS)}).")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="Train on the history before this day (backtests). "
+                                                    "Default: the day after the last sale.")] = None,
+) -> None:
+    """Fit, evaluate on a holdout, log to MLflow and register the models from the ingested history."""
+    from features.store import connect
+    from training.clv.pipeline import train_clv
+
+    steps = only or list(TRAIN_STEPS)
+    unknown = [step for step in steps if step not in TRAIN_STEPS]
+    if unknown:
+        raise typer.BadParameter(f"unknown step {', '.join(unknown)}; available: {', '.join(TRAIN_STEPS)}",
+                                 param_hint="--only")
+    s = settings()
+    when = _date(cutoff, "--cutoff")
+    con = _guard(lambda: connect(s, read_only=True))
+    try:
+        with _progress() as progress:
+            task = progress.add_task("clv", total=None)
+            result = _guard(lambda: train_clv(con, s, cutoff=when,
+                                              progress=lambda text: progress.update(task, description=f"clv: {text}")))
+    finally:
+        con.close()
+    _print_clv(result, s)
+
+
+def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
+    table = Table(title=f"CLV holdout evaluation ({result.calibration_end.date()} .. {result.cutoff.date()}, "
+                        f"time unit {s.time_unit})")
+    frame = result.candidates
+    table.add_column("model")
+    for col in frame.columns:
+        table.add_column(str(col), justify="right")
+    for name, row in frame.iterrows():
+        label = f"{name} (chosen)" if name == result.kind else str(name)
+        table.add_row(label, *(f"{v:,.3f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+    for kind, message in result.failed_candidates:
+        console.print(f"[yellow]candidate {kind} did not converge:[/] {message}")
+    verdict = "[green]eligible for promotion[/]" if result.gate.eligible else "[red]not eligible for promotion[/]"
+    console.print(f"{result.kind}: {verdict}" + ("" if result.gate.eligible else ": " + "; ".join(result.gate.reasons)))
+    console.print(f"registered [bold]{result.model_name}[/] version {result.model_version} "
+                  f"(MLflow run {result.run_id}, cutoff {result.cutoff.date()})")
+    console.print(f"plots: {s.reports_dir / 'clv'}")
 
 
 # --- config ---------------------------------------------------------------------------------------

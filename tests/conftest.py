@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from features.settings import Settings, load_settings
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests never phone home
 
 #: The "now" every ingest test runs at: no test depends on the wall clock.
 NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)

@@ -1,0 +1,431 @@
+"""Holdout evaluation of a CLV model against a naive baseline, and the gate a model must pass.
+
+Every number here comes from a calibration/holdout split (:func:`features.customer.calibration_holdout`):
+the model is fitted on the calibration columns and predicts what each customer does in the holdout.
+
+- *Repeat purchases*: the model's conditional expectation E[X(t) | frequency, recency, T] with
+  t = ``duration_holdout`` (Fader, Hardie & Lee 2005, eq. 10 for BG/NBD) against the actual
+  ``frequency_holdout``: aggregate (total predicted vs total actual) and per customer (MAE, RMSE,
+  Pearson correlation).
+- *Naive baseline*: each customer keeps buying at their historic rate, frequency / T repeat
+  purchases per time unit (0 when T = 0: a customer born on the calibration end has no rate yet),
+  times the holdout length.
+- *Spend*: for the customers with a holdout purchase, Gamma-Gamma's expected order value
+  E[M | frequency, monetary_value] (Fader & Hardie 2013, eq. 5) against their actual mean spend per
+  purchase day in the holdout (``monetary_value_holdout``); baseline: the customer's own calibration
+  mean (``monetary_value``, or ``avg_order_value`` for a customer without repeat purchases).
+
+The gate (:func:`gate`) keeps a model that does worse than the naive baseline out of promotion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from features.customer import DAYS_PER_UNIT, validate_rfm
+from features.schema import Feature, Holdout
+
+#: Calibration/holdout columns :func:`evaluate_holdout` reads.
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    Feature.FREQUENCY,
+    Feature.RECENCY,
+    Feature.T,
+    Feature.MONETARY_VALUE,
+    Feature.AVG_ORDER_VALUE,
+    Holdout.FREQUENCY,
+    Holdout.MONETARY_VALUE,
+    Holdout.DURATION,
+)
+
+#: Row name of the naive baseline in :func:`holdout_table`.
+NAIVE_BASELINE = "naive (historic rate)"
+
+#: Columns of :func:`holdout_table`.
+TABLE_COLUMNS: tuple[str, ...] = ("actual", "predicted", "aggregate_error_pct", "mae", "correlation", "spend_mae")
+
+#: Columns of :func:`holdout_by_frequency`.
+BY_FREQUENCY_COLUMNS: tuple[str, ...] = ("n_customers", "actual", "predicted", "naive")
+
+#: Human names of the time units, for titles and messages.
+UNIT_NAMES: dict[str, str] = {"D": "days", "W": "weeks"}
+
+
+@runtime_checkable
+class ClvPredictor(Protocol):
+    """What evaluation and plots need from a fitted CLV model (BG/NBD or Pareto/NBD + Gamma-Gamma).
+
+    Durations (``t``, ``recency``, ``T``) are in the model's time unit ``time_unit_`` ("D": days,
+    "W": weeks of 7 days); arguments are arrays of one value per customer (or broadcastable).
+    """
+
+    @property
+    def time_unit_(self) -> str:
+        """"D" or "W": the unit of t, recency and T."""
+        ...
+
+    @property
+    def kind_(self) -> str:
+        """The model family, as titles and tables show it (e.g. "bgnbd")."""
+        ...
+
+    def expected_purchases(self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """Expected repeat purchases in (T, T + t] given the customer's history."""
+        ...
+
+    def probability_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """Probability that the customer is still active at T."""
+        ...
+
+    def unconditional_expected_purchases(self, t: ArrayLike) -> np.ndarray:
+        """Expected repeat purchases of a customer in the t time units after their first purchase."""
+        ...
+
+    def expected_order_value(self, frequency: ArrayLike, monetary_value: ArrayLike) -> np.ndarray:
+        """Expected spend per purchase given the customer's repeat purchases and their mean value."""
+        ...
+
+
+@dataclass(frozen=True)
+class HoldoutEvaluation:
+    """How well a model predicted the holdout, next to the naive baseline.
+
+    Repeat purchases: ``actual_total`` / ``predicted_total`` summed over the ``n_customers``
+    calibration customers; ``aggregate_error`` = |predicted_total - actual_total| / actual_total (a
+    fraction; NaN without holdout purchases); ``mae``, ``rmse``, ``correlation`` (Pearson; NaN when
+    either side is constant) per customer. ``naive_*`` are the same for the historic-rate baseline.
+    ``duration`` is the holdout length in ``time_unit``.
+
+    Spend, over the ``spend_n`` customers with a holdout purchase: mean actual spend per purchase
+    day, mean predicted expected order value, and the MAE of the model and of the calibration-mean
+    baseline (all NaN when ``spend_n`` is 0).
+    """
+
+    n_customers: int
+    duration: float
+    actual_total: float
+    predicted_total: float
+    aggregate_error: float
+    mae: float
+    rmse: float
+    correlation: float
+    naive_predicted_total: float
+    naive_aggregate_error: float
+    naive_mae: float
+    naive_rmse: float
+    naive_correlation: float
+    spend_n: int
+    spend_actual_mean: float
+    spend_predicted_mean: float
+    spend_mae: float
+    spend_baseline_mae: float
+    time_unit: str
+    kind: str
+
+    def to_metrics(self) -> dict[str, float]:
+        """The numbers under stable metric names (tracking, reports); NaN where undefined."""
+        return {name: float(getattr(self, field)) for name, field in METRIC_FIELDS.items()}
+
+
+#: Metric name -> :class:`HoldoutEvaluation` field, in the order :meth:`HoldoutEvaluation.to_metrics` returns.
+METRIC_FIELDS: dict[str, str] = {
+    "holdout_customers": "n_customers",
+    "holdout_duration": "duration",
+    "holdout_actual_total": "actual_total",
+    "holdout_predicted_total": "predicted_total",
+    "holdout_aggregate_error": "aggregate_error",
+    "holdout_mae": "mae",
+    "holdout_rmse": "rmse",
+    "holdout_correlation": "correlation",
+    "naive_holdout_predicted_total": "naive_predicted_total",
+    "naive_holdout_aggregate_error": "naive_aggregate_error",
+    "naive_holdout_mae": "naive_mae",
+    "naive_holdout_rmse": "naive_rmse",
+    "naive_holdout_correlation": "naive_correlation",
+    "holdout_spend_customers": "spend_n",
+    "holdout_spend_actual_mean": "spend_actual_mean",
+    "holdout_spend_predicted_mean": "spend_predicted_mean",
+    "holdout_spend_mae": "spend_mae",
+    "naive_holdout_spend_mae": "spend_baseline_mae",
+}
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a model may be promoted, and why: one sentence per criterion, with the numbers
+    (the failed criteria when not eligible, the passed ones when eligible)."""
+
+    eligible: bool
+    reasons: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        verdict = "eligible for promotion" if self.eligible else "not eligible for promotion"
+        return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def _array(values: ArrayLike) -> np.ndarray:
+    return np.asarray(values, dtype="float64")
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; NaN when there are fewer than two values or either side is constant."""
+    if len(x) < 2:
+        return math.nan
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / denominator if denominator > 0 else math.nan
+
+
+def _relative_error(predicted_total: float, actual_total: float) -> float:
+    return abs(predicted_total - actual_total) / actual_total if actual_total > 0 else math.nan
+
+
+def _check_frame(calibration_holdout: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in calibration_holdout.columns]
+    if missing:
+        raise ValueError(
+            f"the calibration/holdout frame lacks column(s) {', '.join(missing)} "
+            "(expected the output of features.customer.calibration_holdout; "
+            f"it has {list(calibration_holdout.columns)})"
+        )
+    if calibration_holdout.empty:
+        raise ValueError("the calibration/holdout frame has no customers: nothing to evaluate")
+    validate_rfm(calibration_holdout)
+
+
+def naive_holdout_purchases(calibration_holdout: pd.DataFrame) -> np.ndarray:
+    """The naive baseline's holdout repeat purchases: frequency / T x duration_holdout (rate 0 for T = 0)."""
+    f = _array(calibration_holdout[Feature.FREQUENCY])
+    t = _array(calibration_holdout[Feature.T])
+    rate = np.divide(f, t, out=np.zeros_like(f), where=t > 0)
+    return rate * _array(calibration_holdout[Holdout.DURATION])
+
+
+def predicted_holdout_purchases(model: ClvPredictor, calibration_holdout: pd.DataFrame) -> np.ndarray:
+    """The model's expected repeat purchases of each customer over their holdout."""
+    ch = calibration_holdout
+    predicted = model.expected_purchases(
+        _array(ch[Holdout.DURATION]), _array(ch[Feature.FREQUENCY]), _array(ch[Feature.RECENCY]), _array(ch[Feature.T])
+    )
+    return np.broadcast_to(_array(predicted), (len(ch),)).copy()
+
+
+def evaluate_holdout(model: ClvPredictor, calibration_holdout: pd.DataFrame) -> HoldoutEvaluation:
+    """Evaluate ``model`` (fitted on the calibration columns) on the holdout of ``calibration_holdout``.
+
+    ``calibration_holdout`` is the frame of :func:`features.customer.calibration_holdout`, built with
+    the model's time unit. Raises ``ValueError`` naming missing columns, an empty frame, or the
+    customer and value breaking an RFM invariant.
+    """
+    _check_frame(calibration_holdout)
+    ch = calibration_holdout
+    actual = _array(ch[Holdout.FREQUENCY])
+    predicted = predicted_holdout_purchases(model, ch)
+    naive = naive_holdout_purchases(ch)
+    actual_total = float(actual.sum())
+
+    frequency = _array(ch[Feature.FREQUENCY])
+    buyers = actual > 0
+    spend_actual = _array(ch[Holdout.MONETARY_VALUE])[buyers]
+    if buyers.any():
+        spend_predicted = np.broadcast_to(
+            _array(model.expected_order_value(frequency[buyers], _array(ch[Feature.MONETARY_VALUE])[buyers])),
+            (int(buyers.sum()),),
+        )
+        own_mean = np.where(
+            frequency > 0, _array(ch[Feature.MONETARY_VALUE]), _array(ch[Feature.AVG_ORDER_VALUE])
+        )[buyers]
+        spend = {
+            "spend_actual_mean": float(spend_actual.mean()),
+            "spend_predicted_mean": float(spend_predicted.mean()),
+            "spend_mae": float(np.abs(spend_predicted - spend_actual).mean()),
+            "spend_baseline_mae": float(np.abs(own_mean - spend_actual).mean()),
+        }
+    else:
+        names = ("spend_actual_mean", "spend_predicted_mean", "spend_mae", "spend_baseline_mae")
+        spend = dict.fromkeys(names, math.nan)
+
+    return HoldoutEvaluation(
+        n_customers=len(ch),
+        duration=float(_array(ch[Holdout.DURATION]).mean()),
+        actual_total=actual_total,
+        predicted_total=float(predicted.sum()),
+        aggregate_error=_relative_error(float(predicted.sum()), actual_total),
+        mae=float(np.abs(predicted - actual).mean()),
+        rmse=float(np.sqrt(((predicted - actual) ** 2).mean())),
+        correlation=_pearson(predicted, actual),
+        naive_predicted_total=float(naive.sum()),
+        naive_aggregate_error=_relative_error(float(naive.sum()), actual_total),
+        naive_mae=float(np.abs(naive - actual).mean()),
+        naive_rmse=float(np.sqrt(((naive - actual) ** 2).mean())),
+        naive_correlation=_pearson(naive, actual),
+        spend_n=int(buyers.sum()),
+        time_unit=str(model.time_unit_),
+        kind=str(model.kind_),
+        **spend,
+    )
+
+
+def gate(evaluation: HoldoutEvaluation) -> GateDecision:
+    """A model is eligible for promotion only if it is no worse than the naive baseline on the holdout,
+    both in aggregate (relative error of the total repeat purchases) and per customer (MAE).
+
+    Undefined numbers (no repeat purchases in the holdout, predictions that are not finite) make a
+    model ineligible: nothing shows it beats the baseline. Spend errors are reported, not gated.
+    """
+    e = evaluation
+    unit = UNIT_NAMES.get(e.time_unit, e.time_unit)
+    failed: list[str] = []
+    passed: list[str] = []
+
+    if not (e.actual_total > 0):
+        failed.append(
+            f"the holdout ({e.duration:g} {unit}, {e.n_customers} customers) holds no repeat purchases, "
+            "so the aggregate error is undefined and the model cannot be compared with the naive baseline"
+        )
+    elif not math.isfinite(e.aggregate_error):
+        failed.append(
+            f"holdout aggregate error is not a number (predicted total {e.predicted_total}): "
+            "the model's predictions are not all finite"
+        )
+    else:
+        comparison = (
+            f"holdout aggregate error {e.aggregate_error:.1%} (predicted {e.predicted_total:,.1f} vs actual "
+            f"{e.actual_total:,.0f} repeat purchases over {e.duration:g} {unit})"
+        )
+        naive = f"the naive baseline's {e.naive_aggregate_error:.1%} (predicted {e.naive_predicted_total:,.1f})"
+        if e.aggregate_error > e.naive_aggregate_error:
+            failed.append(f"{comparison} is worse than {naive}")
+        else:
+            passed.append(f"{comparison} is no worse than {naive}")
+
+    if not math.isfinite(e.mae):
+        failed.append(f"per-customer holdout MAE is not a number ({e.mae}): the model's predictions are not all finite")
+    elif e.mae > e.naive_mae:
+        failed.append(f"per-customer holdout MAE {e.mae:.3f} is worse than the naive baseline's {e.naive_mae:.3f}")
+    else:
+        passed.append(f"per-customer holdout MAE {e.mae:.3f} is no worse than the naive baseline's {e.naive_mae:.3f}")
+
+    if failed:
+        return GateDecision(eligible=False, reasons=tuple(failed))
+    return GateDecision(eligible=True, reasons=tuple(passed))
+
+
+def holdout_table(evaluations: Mapping[str, HoldoutEvaluation]) -> pd.DataFrame:
+    """One row per model (named by the mapping's keys) and a last row for the naive baseline:
+    actual and predicted holdout repeat purchases, aggregate error in percent, per-customer MAE,
+    correlation and the spend MAE (the baseline's: the customers' own calibration mean).
+
+    All evaluations must be on the same holdout (same customers, duration and actual purchases).
+    """
+    if not evaluations:
+        raise ValueError("holdout_table needs at least one evaluation")
+    names = list(evaluations)
+    first = evaluations[names[0]]
+    for name in names[1:]:
+        other = evaluations[name]
+        same = (other.n_customers, other.duration, other.actual_total) == (
+            first.n_customers, first.duration, first.actual_total
+        )
+        if not same:
+            raise ValueError(
+                f"evaluations {names[0]!r} and {name!r} are on different holdouts: "
+                f"{first.n_customers} vs {other.n_customers} customers, duration {first.duration:g} vs "
+                f"{other.duration:g}, {first.actual_total:g} vs {other.actual_total:g} actual repeat purchases"
+            )
+    rows = [
+        (e.actual_total, e.predicted_total, 100 * e.aggregate_error, e.mae, e.correlation, e.spend_mae)
+        for e in evaluations.values()
+    ]
+    rows.append(
+        (first.actual_total, first.naive_predicted_total, 100 * first.naive_aggregate_error, first.naive_mae,
+         first.naive_correlation, first.spend_baseline_mae)
+    )
+    index = pd.Index([*names, NAIVE_BASELINE], name="model")
+    return pd.DataFrame(rows, index=index, columns=list(TABLE_COLUMNS)).astype("float64")
+
+
+def holdout_by_frequency(
+    model: ClvPredictor, calibration_holdout: pd.DataFrame, *, max_frequency: int = 7
+) -> pd.DataFrame:
+    """Mean actual, predicted and naive holdout repeat purchases per calibration frequency.
+
+    Indexed by the bucket label "0", "1", ..., with every customer of frequency >= ``max_frequency``
+    in the last bucket "``max_frequency``+"; empty buckets are left out. Columns: ``n_customers``,
+    ``actual``, ``predicted``, ``naive`` (the lifetimes "calibration vs holdout purchases" view).
+    """
+    if max_frequency < 1:
+        raise ValueError(f"max_frequency must be at least 1, got {max_frequency}")
+    _check_frame(calibration_holdout)
+    ch = calibration_holdout
+    bucket = np.minimum(_array(ch[Feature.FREQUENCY]), max_frequency).astype("int64")
+    frame = pd.DataFrame(
+        {
+            "bucket": bucket,
+            "actual": _array(ch[Holdout.FREQUENCY]),
+            "predicted": predicted_holdout_purchases(model, ch),
+            "naive": naive_holdout_purchases(ch),
+        }
+    )
+    grouped = frame.groupby("bucket").agg(
+        n_customers=("actual", "size"), actual=("actual", "mean"), predicted=("predicted", "mean"),
+        naive=("naive", "mean"),
+    )
+    labels = [f"{b}+" if b == max_frequency else str(b) for b in grouped.index]
+    grouped.index = pd.Index(labels, name=Feature.FREQUENCY)
+    grouped["n_customers"] = grouped["n_customers"].astype("int64")
+    return grouped[list(BY_FREQUENCY_COLUMNS)]
+
+
+def _day_index(values: pd.Series | pd.Index | pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """Timestamps as naive-UTC midnights (aware ones converted to UTC first)."""
+    index = pd.DatetimeIndex(pd.to_datetime(values))
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return index.normalize()
+
+
+def expected_cumulative_repeat_purchases(
+    model: ClvPredictor, first_purchases: pd.Series, days: pd.Series | pd.DatetimeIndex
+) -> np.ndarray:
+    """Expected cumulative repeat purchases of a population, through the end of each of ``days``.
+
+    ``first_purchases`` holds each customer's first purchase time; ``days`` consecutive or not, in
+    increasing order. A customer born on day b is, at the end of day d >= b, d + 1 - b days old (the
+    convention of T in :func:`features.customer.customer_features`: at midnight ending day d the
+    customer's T is d + 1 - b), and contributes ``unconditional_expected_purchases(age)`` (Fader,
+    Hardie & Lee 2005, eq. 9 for BG/NBD); customers not born yet contribute 0. Counted from the first
+    day of ``days``: the expected purchases made before it are subtracted, so the curve starts where
+    an actual cumulative count starting on that day starts. Customers are grouped by birth day, so
+    the model is called once, on one age per day.
+    """
+    day_index = _day_index(days)
+    if len(day_index) == 0:
+        return np.zeros(0)
+    if (np.diff(day_index.asi8) < 0).any():
+        raise ValueError("days must be in increasing order")
+    births = _day_index(first_purchases.dropna())
+    first_day, last_day = day_index[0], day_index[-1]
+    births = births[births <= last_day]
+    origin = min(first_day, births.min()) if len(births) else first_day
+    n = (last_day - origin).days + 1
+
+    # Customers per birth-day offset from the origin; E(age) for ages 1..n days.
+    counts = np.bincount(np.asarray((births - origin).days, dtype="int64"), minlength=n).astype("float64")
+    ages = np.arange(1, n + 1, dtype="float64") / DAYS_PER_UNIT[model.time_unit_]
+    expected_at_age = np.broadcast_to(_array(model.unconditional_expected_purchases(ages)), (n,))
+    # cumulative[j] = sum over birth offsets k <= j of counts[k] * E(j + 1 - k days).
+    cumulative = np.convolve(counts, expected_at_age)[:n]
+
+    offsets = np.asarray((day_index - origin).days, dtype="int64")
+    start_offset = offsets[0]
+    before_start = cumulative[start_offset - 1] if start_offset > 0 else 0.0
+    return cumulative[offsets] - before_start
+

@@ -1,0 +1,667 @@
+"""The CLV model: a purchase model (BG/NBD by default) and the Gamma-Gamma spend model, fitted on
+customer features and scoring every customer with one function (batch scores and the service alike).
+
+Outputs per customer (:data:`CLV_OUTPUT_COLUMNS`; money in the currency of the data, ``currency_``):
+
+- ``expected_purchases_30d`` / ``_90d`` / ``_365d``: expected repeat purchases in the next 30, 90
+  and 365 days, E[X(t) | frequency, recency, T] with t converted into the model's time unit;
+- ``probability_alive``; ``expected_order_value`` (Gamma-Gamma, Fader & Hardie 2013 eq. (5): the
+  population mean p v / (q - 1) for customers without repeat purchases);
+- ``clv``: the discounted value of the next ``horizon_months`` months, the sum of ``clv_cashflows``.
+  Month m ends at t_m = m * 30.4375 days; its cash flow is
+  (E[X(t_m) | history] - E[X(t_(m-1)) | history]) * expected_order_value / (1 + d)^m, lifetimes'
+  ``customer_lifetime_value`` convention with calendar-exact months;
+- ``clv_lower``/``clv_upper`` and ``expected_purchases_365d_lower``/``_upper``: a ``interval``
+  (default 80 %) interval from the uncertainty of the fitted parameters, by the delta method (below);
+- ``historic_clv`` (passed through from the features: net spend to date);
+- ``days_to_next_order``: the median wait for the next purchase of a customer who is still active,
+  (alpha + T)(2^(1 / (r + x)) - 1) (see ``adapter.median_time_to_next_purchase``), in days, and
+  ``expected_next_order_date`` = cutoff + that many days;
+- ``value_segment``: "top 20 %" / "middle" / "bottom 20 %" by ``clv``, against thresholds fixed at fit
+  time from the fitted population, so one customer scored alone lands where batch scoring puts them.
+
+Intervals (delta method). Every output y is a smooth function of the parameters theta of the purchase
+model and phi of the spend model, fitted by two separate likelihoods (so their covariance is
+block-diagonal). Var(y) ~ grad_theta(y)' Cov(theta) grad_theta(y) + grad_phi(y)' Cov(phi) grad_phi(y),
+with gradients by central finite differences (relative step :data:`SENSITIVITY_STEP`) and the
+covariances of the fits (inverse Hessians). CLV factorises as S(theta) * v(phi) (S: discounted
+expected purchases, v: expected order value), so its variance is
+v^2 Var(S) + S^2 Var(v). The interval is y +- z sd with z the normal quantile, clipped at 0. It
+reflects parameter uncertainty only, not the randomness of a customer's purchases. The delta method
+costs 2 x 4 extra evaluations of the purchase model, done on distinct (frequency, recency, T) rows,
+with the hypergeometric part on distinct (frequency, T) pairs; drawing parameter samples would need
+hundreds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from contextlib import AbstractContextManager
+from functools import cache
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import ndtri
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import ThreadpoolController
+
+from features.customer import DAYS_PER_UNIT, RFMValidationError, validate_rfm
+from features.history import utc_naive
+from features.schema import Feature
+from training.clv.adapter import (
+    PURCHASE_MODELS,
+    SPEND_MODEL,
+    ClvFitError,
+    FittedParams,
+    expected_order_value,
+    expected_purchases,
+    expected_purchases_given_alive,
+    fit_purchase_model,
+    fit_spend_model,
+    median_time_to_next_purchase,
+    population_order_value,
+    probability_alive,
+    unconditional_expected_purchases,
+    unique_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float64]
+
+#: Columns of :meth:`ClvModel.predict`, in order.
+CLV_OUTPUT_COLUMNS: tuple[str, ...] = (
+    "expected_purchases_30d",
+    "expected_purchases_90d",
+    "expected_purchases_365d",
+    "expected_purchases_365d_lower",
+    "expected_purchases_365d_upper",
+    "probability_alive",
+    "expected_order_value",
+    "clv",
+    "clv_lower",
+    "clv_upper",
+    "clv_cashflows",
+    "historic_clv",
+    "expected_next_order_date",
+    "days_to_next_order",
+    "value_segment",
+)
+
+#: Unit of each output column; "currency" means the model's ``currency_`` (``predict`` puts the
+#: resolved units in the frame's ``attrs["units"]``).
+CLV_OUTPUT_UNITS: dict[str, str] = {
+    "expected_purchases_30d": "repeat purchases in the next 30 days",
+    "expected_purchases_90d": "repeat purchases in the next 90 days",
+    "expected_purchases_365d": "repeat purchases in the next 365 days",
+    "expected_purchases_365d_lower": "repeat purchases in the next 365 days",
+    "expected_purchases_365d_upper": "repeat purchases in the next 365 days",
+    "probability_alive": "probability",
+    "expected_order_value": "currency per order",
+    "clv": "currency, discounted, over the horizon",
+    "clv_lower": "currency, discounted, over the horizon",
+    "clv_upper": "currency, discounted, over the horizon",
+    "clv_cashflows": "currency per month, discounted, month 1 first",
+    "historic_clv": "currency, net spend to date",
+    "expected_next_order_date": "timestamp (naive UTC)",
+    "days_to_next_order": "days after the cutoff",
+    "value_segment": "label",
+}
+
+#: Horizons of the expected-purchases outputs, in days.
+PURCHASE_HORIZON_DAYS: tuple[int, ...] = (30, 90, 365)
+#: Length of a month of the CLV horizon: 365.25 / 12 days.
+DAYS_PER_MONTH = 30.4375
+#: Supported time units (days, weeks of 7 days).
+TIME_UNITS: tuple[str, ...] = tuple(DAYS_PER_UNIT)
+#: Relative step of the central finite differences of the delta method.
+SENSITIVITY_STEP = 1e-4
+#: Label of the customers between the two segment thresholds.
+MIDDLE_SEGMENT = "middle"
+
+#: Artefact format written by :meth:`ClvModel.to_dict`.
+ARTEFACT_FORMAT = "rapport.clv_model"
+ARTEFACT_VERSION = 1
+
+_SETTINGS = ("kind", "time_unit", "penalizer", "horizon_months", "monthly_discount_rate", "interval",
+             "segment_shares")
+_FITTED = ("kind", "time_unit", "cutoff", "currency", "purchase_params", "spend_params", "segment_thresholds",
+           "n_customers", "n_spend_customers", "n_spend_excluded")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class ClvArtefactError(ValueError):
+    """A CLV model artefact (``ClvModel.to_dict()`` output) cannot be loaded: wrong format or
+    version, a missing or malformed field, or fields that contradict each other."""
+
+
+@dataclass(frozen=True)
+class _Settings:
+    kind: str
+    time_unit: str
+    penalizer: float
+    horizon_months: int
+    monthly_discount_rate: float
+    interval: float
+    segment_shares: tuple[float, float]
+
+    @property
+    def days_per_unit(self) -> float:
+        return float(DAYS_PER_UNIT[self.time_unit])
+
+    def segment_labels(self) -> tuple[str, str, str]:
+        bottom, top = self.segment_shares
+        return f"bottom {bottom * 100:g} %", MIDDLE_SEGMENT, f"top {top * 100:g} %"
+
+
+def _check_settings(
+    kind: Any, time_unit: Any, penalizer: Any, horizon_months: Any, monthly_discount_rate: Any, interval: Any,
+    segment_shares: Any,
+) -> _Settings:
+    """The settings, checked; ``ValueError`` names the first bad one, its value and what is expected."""
+
+    def fail(name: str, value: Any, expected: str) -> None:
+        raise ValueError(f"ClvModel setting {name} must be {expected}, got {value!r}")
+
+    if kind not in PURCHASE_MODELS:
+        fail("kind", kind, f"one of {', '.join(PURCHASE_MODELS)}")
+    if time_unit not in TIME_UNITS:
+        fail("time_unit", time_unit, f"one of {', '.join(TIME_UNITS)}")
+    if not _is_number(penalizer) or not penalizer >= 0:
+        fail("penalizer", penalizer, "a number >= 0")
+    if isinstance(horizon_months, bool) or not isinstance(horizon_months, int | np.integer) or horizon_months < 1:
+        fail("horizon_months", horizon_months, "a whole number of months >= 1")
+    if not _is_number(monthly_discount_rate) or not 0 <= monthly_discount_rate < 1:
+        fail("monthly_discount_rate", monthly_discount_rate, "a rate in [0, 1)")
+    if not _is_number(interval) or not 0 < interval < 1:
+        fail("interval", interval, "a probability in (0, 1), e.g. 0.8")
+    shares = tuple(segment_shares) if isinstance(segment_shares, tuple | list) else ()
+    if (len(shares) != 2 or not all(_is_number(s) and 0 < s < 1 for s in shares) or sum(shares) > 1):
+        fail("segment_shares", segment_shares, "(bottom share, top share), each in (0, 1), summing to at most 1")
+    return _Settings(str(kind), str(time_unit), float(penalizer), int(horizon_months), float(monthly_discount_rate),
+                     float(interval), (float(shares[0]), float(shares[1])))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and math.isfinite(
+        float(value))
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Customers compressed: distinct (frequency, recency, T) rows, and distinct (frequency, T) pairs."""
+
+    frequency: FloatArray
+    recency: FloatArray
+    T: FloatArray
+    inverse: NDArray[np.intp]  # customer -> row
+    pair_frequency: FloatArray
+    pair_T: FloatArray
+    pair_of_row: NDArray[np.intp]  # row -> pair
+
+    @classmethod
+    def of(cls, frequency: FloatArray, recency: FloatArray, T: FloatArray) -> _Rows:
+        (f, r, t), inverse, _ = unique_rows(frequency, recency, T)
+        (pf, pt), pair_of_row, _ = unique_rows(f, t)
+        return cls(f, r, t, inverse, pf, pt, pair_of_row)
+
+
+@dataclass(frozen=True)
+class _Scores:
+    purchases: FloatArray  # (len(PURCHASE_HORIZON_DAYS), customers)
+    purchases_365d_sd: FloatArray | None
+    probability_alive: FloatArray
+    order_value: FloatArray
+    cashflows: FloatArray  # (customers, horizon_months)
+    clv: FloatArray
+    clv_sd: FloatArray | None
+    days_to_next_order: FloatArray
+
+
+class ClvModel(BaseEstimator):
+    """Purchase model + Gamma-Gamma spend model, scikit-learn style.
+
+    Settings (stored as given; checked by :meth:`fit`):
+
+    - ``kind``: purchase model, ``"bgnbd"`` (default), ``"mbgnbd"`` or ``"paretonbd"``;
+    - ``time_unit``: ``"D"`` (days) or ``"W"`` (weeks of 7 days), the unit the features' recency and
+      T are measured in (``customer_features(..., time_unit=...)``); stored with the fit;
+    - ``penalizer``: lifetimes' L2 penalty on the parameters (0: plain maximum likelihood; a failed
+      fit is retried once with 0.001, see ``adapter.fit_purchase_model``);
+    - ``horizon_months`` (12) and ``monthly_discount_rate`` (0.01): the CLV horizon and discounting;
+    - ``interval`` (0.8): coverage of the parameter-uncertainty intervals;
+    - ``segment_shares`` ((0.2, 0.2)): shares of the fitted population in the bottom and top value
+      segments.
+
+    Fitted attributes: ``purchase_params_``/``spend_params_`` (``adapter.FittedParams``), ``kind_``,
+    ``time_unit_``, ``penalizer_``, ``horizon_months_``, ``monthly_discount_rate_``, ``interval_``,
+    ``segment_shares_`` (the settings the fit used: scoring uses these, so changing a setting needs a
+    refit), ``cutoff_`` (naive UTC), ``currency_``, ``n_customers_``, ``n_spend_customers_`` (repeat
+    customers with positive spend, the Gamma-Gamma sample), ``n_spend_excluded_`` (the others: no
+    repeat purchase, or repeat purchases all returned), ``population_order_value_``,
+    ``segment_thresholds_`` (CLV at the bottom and top quantiles of the fitted population).
+    """
+
+    def __init__(
+        self,
+        kind: str = "bgnbd",
+        time_unit: str = "D",
+        penalizer: float = 0.0,
+        horizon_months: int = 12,
+        monthly_discount_rate: float = 0.01,
+        interval: float = 0.8,
+        segment_shares: tuple[float, float] = (0.2, 0.2),
+    ) -> None:
+        self.kind = kind
+        self.time_unit = time_unit
+        self.penalizer = penalizer
+        self.horizon_months = horizon_months
+        self.monthly_discount_rate = monthly_discount_rate
+        self.interval = interval
+        self.segment_shares = segment_shares
+
+    # --- fitting ----------------------------------------------------------------------------------
+
+    def fit(self, features: pd.DataFrame, *, cutoff: datetime | date, currency: str = "GBP") -> ClvModel:
+        """Fit on customer features as of ``cutoff`` (``features.customer.customer_features`` or
+        ``calibration_holdout`` output, recency and T in ``time_unit``; amounts in ``currency``).
+
+        Raises ``RFMValidationError`` for features that break the RFM rules, ``ValueError`` for bad
+        settings and :class:`~training.clv.adapter.ClvFitError` when a model cannot be fitted.
+        """
+        settings = self._checked_settings()
+        if not isinstance(currency, str) or not _CURRENCY.match(currency):
+            raise ValueError(f"currency must be an ISO 4217 code such as 'GBP', got {currency!r}")
+        cutoff_ = utc_naive(cutoff)
+        f, r, t, m = _rfm_arrays(features)
+        spend = (f > 0) & (m > 0)
+        n_spend = int(spend.sum())
+        with _single_threaded_blas():
+            purchase_params = fit_purchase_model(settings.kind, f, r, t, penalizer=settings.penalizer)
+            if n_spend == 0:
+                raise ClvFitError(
+                    f"{SPEND_MODEL} fit failed: none of the {len(f)} customers has a repeat purchase with positive "
+                    "net spend", kind=SPEND_MODEL, reason="no repeat customer with positive spend",
+                )
+            spend_params = fit_spend_model(f[spend], m[spend], penalizer=settings.penalizer)
+
+            self._set_fitted(settings, cutoff_, currency, purchase_params, spend_params,
+                             thresholds=(0.0, 0.0), n_customers=len(f), n_spend_customers=n_spend)
+            clv = self._score(f, r, t, m, intervals=False).clv
+        bottom, top = settings.segment_shares
+        low, high = np.quantile(clv, [bottom, 1.0 - top])
+        self.segment_thresholds_ = (float(low), float(high))
+        logger.info(
+            "CLV model %s fitted on %d customers as of %s (%d in the spend model); segment thresholds %.2f / %.2f %s",
+            settings.kind, len(f), cutoff_.date(), n_spend, low, high, currency,
+        )
+        return self
+
+    def _checked_settings(self) -> _Settings:
+        return _check_settings(self.kind, self.time_unit, self.penalizer, self.horizon_months,
+                               self.monthly_discount_rate, self.interval, self.segment_shares)
+
+    def _set_fitted(
+        self, settings: _Settings, cutoff: datetime, currency: str, purchase_params: FittedParams,
+        spend_params: FittedParams, *, thresholds: tuple[float, float], n_customers: int, n_spend_customers: int,
+    ) -> None:
+        self.kind_ = settings.kind
+        self.time_unit_ = settings.time_unit
+        self.penalizer_ = settings.penalizer
+        self.horizon_months_ = settings.horizon_months
+        self.monthly_discount_rate_ = settings.monthly_discount_rate
+        self.interval_ = settings.interval
+        self.segment_shares_ = settings.segment_shares
+        self.cutoff_ = cutoff
+        self.currency_ = currency
+        self.purchase_params_ = purchase_params
+        self.spend_params_ = spend_params
+        self.population_order_value_ = population_order_value(spend_params)
+        self.n_customers_ = n_customers
+        self.n_spend_customers_ = n_spend_customers
+        self.n_spend_excluded_ = n_customers - n_spend_customers
+        self.segment_thresholds_ = thresholds
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(self, ["purchase_params_", "spend_params_", "segment_thresholds_"])
+
+    def _fitted_settings(self) -> _Settings:
+        return _Settings(self.kind_, self.time_unit_, self.penalizer_, self.horizon_months_,
+                         self.monthly_discount_rate_, self.interval_, self.segment_shares_)
+
+    # --- the model's functions (durations in the model's time unit) --------------------------------
+
+    def expected_purchases(self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> FloatArray:
+        """Expected repeat purchases in (T, T + t] given (frequency, recency, T); t, recency, T in
+        ``time_unit_``. Arguments broadcast like numpy arrays."""
+        self._check_fitted()
+        return expected_purchases(self.purchase_params_, t, frequency, recency, T)
+
+    def probability_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> FloatArray:
+        """Probability that the customer is still active at T."""
+        self._check_fitted()
+        return probability_alive(self.purchase_params_, frequency, recency, T)
+
+    def unconditional_expected_purchases(self, t: ArrayLike) -> FloatArray:
+        """Expected repeat purchases in the first t (``time_unit_``) of a new customer's life."""
+        self._check_fitted()
+        return unconditional_expected_purchases(self.purchase_params_, t)
+
+    def expected_order_value(self, frequency: ArrayLike, monetary_value: ArrayLike) -> FloatArray:
+        """Expected value of a future order (``currency_``), Gamma-Gamma eq. (5) of Fader & Hardie 2013."""
+        self._check_fitted()
+        return expected_order_value(self.spend_params_, frequency, monetary_value)
+
+    # --- scoring ----------------------------------------------------------------------------------
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Every CLV output (:data:`CLV_OUTPUT_COLUMNS`) for each row of ``features``, indexed like it.
+
+        ``features`` needs frequency, recency, T (in ``time_unit_``), monetary_value and historic_clv
+        as of ``cutoff_`` (other columns are ignored). Units: see :data:`CLV_OUTPUT_UNITS`, and the
+        returned frame's ``attrs`` (currency, time unit, cutoff, horizon, discount rate, interval).
+        """
+        self._check_fitted()
+        f, r, t, m = _rfm_arrays(features)
+        if Feature.HISTORIC_CLV not in features.columns:
+            raise RFMValidationError(Feature.HISTORIC_CLV, "being a column of the features", [], [], len(features))
+        historic = pd.to_numeric(features[Feature.HISTORIC_CLV], errors="coerce").to_numpy(dtype=np.float64)
+        with _single_threaded_blas():
+            scores = self._score(f, r, t, m, intervals=True)
+        return self._frame(features.index, scores, historic)
+
+    def _score(self, f: FloatArray, r: FloatArray, t: FloatArray, m: FloatArray, *, intervals: bool) -> _Scores:
+        """The one scoring function: every number of :meth:`predict` for arrays of customers."""
+        settings = self._fitted_settings()
+        purchase = self.purchase_params_
+        rows = _Rows.of(f, r, t)
+        horizons = np.asarray(PURCHASE_HORIZON_DAYS, dtype=np.float64) / settings.days_per_unit
+        months = np.arange(1, settings.horizon_months + 1, dtype=np.float64) * DAYS_PER_MONTH / settings.days_per_unit
+        discount = (1.0 + settings.monthly_discount_rate) ** -np.arange(1, settings.horizon_months + 1)
+
+        expected = _purchases_by_row(purchase, rows, np.concatenate([horizons, months]))
+        k = horizons.shape[0]
+        increments = np.diff(expected[k:], axis=0, prepend=0.0)  # (months, rows): purchases in each month
+        order_value = expected_order_value(self.spend_params_, f, m)
+        cashflows = (increments.T * discount)[rows.inverse] * order_value[:, None]
+        clv = cashflows.sum(axis=1)
+
+        purchases_sd = clv_sd = None
+        if intervals:
+            grad_discounted, grad_365 = _purchase_sensitivities(purchase, rows, horizons[-1], months, discount)
+            cov = purchase.covariance_matrix()
+            var_discounted = _quadratic_form(grad_discounted, cov)
+            var_365 = _quadratic_form(grad_365, cov)
+            grad_value = _spend_sensitivities(self.spend_params_, f, m)
+            var_value = _quadratic_form(grad_value, self.spend_params_.covariance_matrix())
+            discounted = _discounted_sum(increments, discount)[rows.inverse]
+            # CLV = S(theta) v(phi), two independent fits: Var = v^2 Var(S) + S^2 Var(v).
+            clv_sd = np.sqrt(np.maximum(order_value**2 * var_discounted[rows.inverse] + discounted**2 * var_value, 0.0))
+            purchases_sd = np.sqrt(np.maximum(var_365, 0.0))[rows.inverse]
+
+        wait = median_time_to_next_purchase(purchase, f, t) * settings.days_per_unit
+        return _Scores(
+            purchases=expected[:k][:, rows.inverse],
+            purchases_365d_sd=purchases_sd,
+            probability_alive=probability_alive(purchase, rows.frequency, rows.recency, rows.T)[rows.inverse],
+            order_value=order_value,
+            cashflows=cashflows,
+            clv=clv,
+            clv_sd=clv_sd,
+            days_to_next_order=wait,
+        )
+
+    def _frame(self, index: pd.Index, scores: _Scores, historic: FloatArray) -> pd.DataFrame:
+        settings = self._fitted_settings()
+        z = float(ndtri(0.5 + settings.interval / 2))
+        assert scores.clv_sd is not None and scores.purchases_365d_sd is not None
+        e30, e90, e365 = scores.purchases
+        bottom_label, middle_label, top_label = settings.segment_labels()
+        low, high = self.segment_thresholds_
+        segment = np.where(scores.clv >= high, 2, np.where(scores.clv <= low, 0, 1))
+        columns: dict[str, Any] = {
+            "expected_purchases_30d": e30,
+            "expected_purchases_90d": e90,
+            "expected_purchases_365d": e365,
+            "expected_purchases_365d_lower": np.maximum(e365 - z * scores.purchases_365d_sd, 0.0),
+            "expected_purchases_365d_upper": e365 + z * scores.purchases_365d_sd,
+            "probability_alive": scores.probability_alive,
+            "expected_order_value": scores.order_value,
+            "clv": scores.clv,
+            "clv_lower": np.maximum(scores.clv - z * scores.clv_sd, 0.0),
+            "clv_upper": scores.clv + z * scores.clv_sd,
+            "clv_cashflows": pd.Series(list(scores.cashflows), index=index, dtype=object),
+            "historic_clv": historic,
+            "expected_next_order_date": _dates_after(self.cutoff_, scores.days_to_next_order),
+            "days_to_next_order": scores.days_to_next_order,
+            "value_segment": pd.Categorical.from_codes(segment, categories=[bottom_label, middle_label, top_label]),
+        }
+        out = pd.DataFrame(columns, index=index, columns=list(CLV_OUTPUT_COLUMNS))
+        out.attrs = {
+            "currency": self.currency_,
+            "time_unit": self.time_unit_,
+            "cutoff": self.cutoff_.isoformat(),
+            "horizon_months": settings.horizon_months,
+            "monthly_discount_rate": settings.monthly_discount_rate,
+            "interval": settings.interval,
+            "units": {name: unit.replace("currency", self.currency_) for name, unit in CLV_OUTPUT_UNITS.items()},
+        }
+        return out
+
+    # --- artefact ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON-serialisable data (no training data, no pickles)."""
+        self._check_fitted()
+        s = self._fitted_settings()
+        low, high = self.segment_thresholds_
+        return {
+            "format": ARTEFACT_FORMAT,
+            "format_version": ARTEFACT_VERSION,
+            "settings": {
+                "kind": s.kind, "time_unit": s.time_unit, "penalizer": s.penalizer,
+                "horizon_months": s.horizon_months, "monthly_discount_rate": s.monthly_discount_rate,
+                "interval": s.interval, "segment_shares": list(s.segment_shares),
+            },
+            "fitted": {
+                "kind": self.kind_,
+                "time_unit": self.time_unit_,
+                "cutoff": self.cutoff_.isoformat(),
+                "currency": self.currency_,
+                "purchase_params": self.purchase_params_.to_dict(),
+                "spend_params": self.spend_params_.to_dict(),
+                "segment_thresholds": {"bottom": float(low), "top": float(high)},
+                "n_customers": int(self.n_customers_),
+                "n_spend_customers": int(self.n_spend_customers_),
+                "n_spend_excluded": int(self.n_spend_excluded_),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClvModel:
+        """Rebuild a fitted model from :meth:`to_dict` output; :class:`ClvArtefactError` names what is wrong."""
+        if not isinstance(data, Mapping):
+            raise ClvArtefactError(f"CLV model artefact must be a mapping, got {type(data).__name__}")
+        if data.get("format") != ARTEFACT_FORMAT:
+            raise ClvArtefactError(f"not a CLV model artefact: format is {data.get('format')!r}, "
+                                   f"expected {ARTEFACT_FORMAT!r}")
+        version = data.get("format_version")
+        if version != ARTEFACT_VERSION:
+            raise ClvArtefactError(f"CLV model artefact format_version {version!r} is not supported "
+                                   f"(this code reads version {ARTEFACT_VERSION})")
+        settings_data = _section(data, "settings", _SETTINGS)
+        fitted = _section(data, "fitted", _FITTED)
+        try:
+            settings = _check_settings(*(settings_data[name] for name in _SETTINGS))
+        except ValueError as exc:
+            raise ClvArtefactError(f"CLV model artefact settings: {exc}") from exc
+        for name in ("kind", "time_unit"):
+            if fitted[name] != getattr(settings, name):
+                raise ClvArtefactError(
+                    f"CLV model artefact: fitted.{name} {fitted[name]!r} contradicts settings.{name} "
+                    f"{getattr(settings, name)!r}"
+                )
+        params = {}
+        for name, kind in (("purchase_params", settings.kind), ("spend_params", SPEND_MODEL)):
+            try:
+                params[name] = FittedParams.from_dict(fitted[name])
+            except ValueError as exc:
+                raise ClvArtefactError(f"CLV model artefact: fitted.{name}: {exc}") from exc
+            if params[name].kind != kind:
+                raise ClvArtefactError(f"CLV model artefact: fitted.{name} holds {params[name].kind!r} parameters, "
+                                       f"expected {kind!r}")
+        if params["spend_params"].values[1] <= 1:
+            raise ClvArtefactError("CLV model artefact: fitted.spend_params q must exceed 1")
+        try:
+            cutoff = datetime.fromisoformat(_field(fitted, "cutoff", str))
+        except ValueError as exc:
+            raise ClvArtefactError(f"CLV model artefact: fitted.cutoff is not an ISO timestamp: {exc}") from exc
+        currency = _field(fitted, "currency", str)
+        if not _CURRENCY.match(currency):
+            raise ClvArtefactError(f"CLV model artefact: fitted.currency must be an ISO 4217 code, got {currency!r}")
+        thresholds = _field(fitted, "segment_thresholds", Mapping)
+        try:
+            low, high = (float(thresholds[k]) for k in ("bottom", "top"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClvArtefactError("CLV model artefact: fitted.segment_thresholds needs numbers 'bottom' and 'top'") from exc
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ClvArtefactError(f"CLV model artefact: fitted.segment_thresholds must be finite with bottom <= top, "
+                                   f"got {low!r}, {high!r}")
+        counts = {name: _field(fitted, name, int) for name in ("n_customers", "n_spend_customers", "n_spend_excluded")}
+        if min(counts.values()) < 0 or counts["n_spend_customers"] + counts["n_spend_excluded"] != counts["n_customers"]:
+            raise ClvArtefactError(f"CLV model artefact: inconsistent customer counts {counts}")
+
+        model = cls(**{name: settings_data[name] for name in _SETTINGS})
+        model.segment_shares = tuple(model.segment_shares)
+        model._set_fitted(settings, utc_naive(cutoff), currency, params["purchase_params"], params["spend_params"],
+                          thresholds=(low, high), n_customers=counts["n_customers"],
+                          n_spend_customers=counts["n_spend_customers"])
+        return model
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@cache
+def _blas_controller() -> ThreadpoolController:
+    # Finding the loaded BLAS libraries reads the process's memory map (milliseconds): once.
+    return ThreadpoolController()
+
+
+def _single_threaded_blas() -> AbstractContextManager[Any]:
+    """Multi-threaded BLAS on two cores is slower than one thread for these small dense products."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def _rfm_arrays(features: pd.DataFrame) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    if not isinstance(features, pd.DataFrame):
+        raise TypeError(f"features must be a pandas DataFrame, got {type(features).__name__}")
+    validate_rfm(features, monetary=True)
+    return tuple(  # type: ignore[return-value]
+        pd.to_numeric(features[c]).to_numpy(dtype=np.float64)
+        for c in (Feature.FREQUENCY, Feature.RECENCY, Feature.T, Feature.MONETARY_VALUE)
+    )
+
+
+def _purchases_by_row(params: FittedParams, rows: _Rows, times: FloatArray) -> FloatArray:
+    """E[X(t) | x, t_x, T] for every time (axis 0) and distinct row (axis 1): P(alive) per row times
+    the expectation given alive per distinct (x, T) pair (where the hypergeometric functions are)."""
+    alive = probability_alive(params, rows.frequency, rows.recency, rows.T)
+    given_alive = expected_purchases_given_alive(params, times[:, None], rows.pair_frequency[None, :],
+                                                 rows.pair_T[None, :])
+    return alive[None, :] * given_alive[:, rows.pair_of_row]
+
+
+# Batch scoring must equal one-by-one scoring to the last bit: sums over months and parameters are
+# written as elementwise operations in a fixed order, not as matrix products or reductions, whose
+# summation order (BLAS kernels, pairwise sums) depends on the number of customers.
+
+
+def _discounted_sum(increments: FloatArray, discount: FloatArray) -> FloatArray:
+    """sum_m increments[m] * discount[m] for (months, rows) increments."""
+    total = np.zeros(increments.shape[1])
+    for month in range(increments.shape[0]):
+        total = total + increments[month] * discount[month]
+    return total
+
+
+def _quadratic_form(gradient: FloatArray, covariance: FloatArray) -> FloatArray:
+    """g' C g for every row g of ``gradient`` (rows x parameters)."""
+    total = np.zeros(gradient.shape[0])
+    for i in range(covariance.shape[0]):
+        for j in range(covariance.shape[1]):
+            total = total + gradient[:, i] * covariance[i, j] * gradient[:, j]
+    return total
+
+
+def _purchase_sensitivities(
+    params: FittedParams, rows: _Rows, t_365: float, months: FloatArray, discount: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Gradients (rows x parameters) of the discounted expected purchases over the horizon,
+    sum_m (E[X(t_m)] - E[X(t_(m-1))]) / (1 + d)^m, and of E[X(365 days)], by central differences."""
+    theta = np.asarray(params.values, dtype=np.float64)
+    times = np.concatenate([[t_365], months])
+    n_rows, k = rows.frequency.shape[0], theta.shape[0]
+    grad_discounted = np.empty((n_rows, k))
+    grad_365 = np.empty((n_rows, k))
+    for i in range(k):
+        h = SENSITIVITY_STEP * theta[i]
+        sides = []
+        for sign in (1.0, -1.0):
+            shifted = theta.copy()
+            shifted[i] += sign * h
+            e = _purchases_by_row(params.with_values(shifted), rows, times)
+            sides.append((_discounted_sum(np.diff(e[1:], axis=0, prepend=0.0), discount), e[0]))
+        (d_up, e_up), (d_down, e_down) = sides
+        grad_discounted[:, i] = (d_up - d_down) / (2 * h)
+        grad_365[:, i] = (e_up - e_down) / (2 * h)
+    return grad_discounted, grad_365
+
+
+def _spend_sensitivities(params: FittedParams, frequency: FloatArray, monetary_value: FloatArray) -> FloatArray:
+    """Gradient (customers x (p, q, v)) of the expected order value, by central differences."""
+    phi = np.asarray(params.values, dtype=np.float64)
+    grad = np.empty((frequency.shape[0], phi.shape[0]))
+    for i in range(phi.shape[0]):
+        h = SENSITIVITY_STEP * phi[i]
+        up, down = phi.copy(), phi.copy()
+        up[i] += h
+        down[i] -= h
+        grad[:, i] = (expected_order_value(params.with_values(up), frequency, monetary_value)
+                      - expected_order_value(params.with_values(down), frequency, monetary_value)) / (2 * h)
+    return grad
+
+
+def _dates_after(cutoff: datetime, days: FloatArray) -> NDArray[np.datetime64]:
+    """cutoff + days as datetime64[ns]; NaT where that lies beyond datetime64[ns] (year 2262)."""
+    start = np.datetime64(cutoff, "ns")
+    limit_days = (pd.Timestamp.max - pd.Timestamp(cutoff)) / pd.Timedelta(days=1) - 1
+    ok = np.isfinite(days) & (days <= limit_days)
+    offsets = np.round(np.where(ok, days, 0.0) * 86_400e9).astype("timedelta64[ns]")
+    return np.where(ok, start + offsets, np.datetime64("NaT", "ns"))
+
+
+def _section(data: Mapping[str, Any], name: str, fields: tuple[str, ...]) -> Mapping[str, Any]:
+    section = data.get(name)
+    if not isinstance(section, Mapping):
+        raise ClvArtefactError(f"CLV model artefact: missing section {name!r}")
+    missing = [f for f in fields if f not in section]
+    if missing:
+        raise ClvArtefactError(f"CLV model artefact: missing field(s) {', '.join(f'{name}.{f}' for f in missing)}")
+    return section
+
+
+def _field(section: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = section[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ClvArtefactError(f"CLV model artefact: fitted.{name} must be {getattr(kind, '__name__', kind)}, "
+                               f"got {type(value).__name__}: {value!r}")
+    return value

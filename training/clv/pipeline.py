@@ -1,0 +1,225 @@
+"""The CLV training step: candidates on a calibration/holdout split, the chosen model refitted on the
+whole history before the cutoff, everything logged to MLflow and the model registered.
+
+Steps, for a cutoff c and a holdout of h days:
+
+1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
+   in the holdout [c − h, c).
+2. Every candidate purchase model (BG/NBD, MBG/NBD, Pareto/NBD) is fitted on the calibration
+   features and evaluated on the holdout against the naive baseline. The lowest per-customer MAE
+   wins; BG/NBD wins ties (relative difference below ``TIE_TOLERANCE``). A candidate that does not
+   converge is reported, not fatal, unless all fail.
+3. The gate (``evaluation.gate``): worse than the naive baseline on the aggregate error or the
+   per-customer MAE makes the model ineligible for promotion; the reasons are logged as tags.
+4. The winner's kind is refitted on ``customer_features`` at c (all history before the cutoff):
+   that is the model scored and served.
+5. One MLflow run: parameters, coefficients with standard errors, holdout metrics of every
+   candidate and the baseline, the holdout table, four diagnostic plots, the data fingerprint; the
+   model as a pyfunc registered as ``rapport-clv``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from features.customer import calibration_holdout, customer_features
+from features.history import utc_naive
+from features.purchases import daily_repeat_purchases
+from features.settings import Settings
+from features.store import ibis_backend
+from training import tracking
+from training.clv.adapter import ClvFitError
+from training.clv.evaluation import GateDecision, HoldoutEvaluation, evaluate_holdout, gate, holdout_table
+from training.clv.model import ClvModel
+from training.clv.plots import (
+    plot_calibration_vs_holdout,
+    plot_cumulative_transactions,
+    plot_frequency_recency_matrix,
+    plot_probability_alive_matrix,
+)
+from training.clv.pyfunc import log_clv_model
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "rapport-clv"
+#: Candidates within this relative MAE of the best count as tied; BG/NBD wins a tie.
+TIE_TOLERANCE = 0.005
+PREFERRED = "bgnbd"
+
+
+@dataclass(frozen=True)
+class ClvTrainingResult:
+    run_id: str
+    model_name: str
+    model_version: str | None
+    kind: str
+    cutoff: datetime
+    calibration_end: datetime
+    candidates: pd.DataFrame
+    evaluation: HoldoutEvaluation
+    gate: GateDecision
+    model: ClvModel
+    plots: tuple[Path, ...]
+    failed_candidates: tuple[tuple[str, str], ...]
+
+
+def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
+    """The day after the last stored sale: train on everything there is."""
+    last = con.execute("SELECT max(ts) FROM lines").fetchall()[0][0]
+    if last is None:
+        raise ValueError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
+    return datetime.combine(last.date() + timedelta(days=1), datetime.min.time())
+
+
+def choose(evaluations: dict[str, HoldoutEvaluation]) -> str:
+    """The candidate with the lowest per-customer holdout MAE; BG/NBD wins ties."""
+    best = min(evaluations, key=lambda kind: evaluations[kind].mae)
+    if PREFERRED in evaluations and evaluations[PREFERRED].mae <= evaluations[best].mae * (1 + TIE_TOLERANCE):
+        return PREFERRED
+    return best
+
+
+def _model(kind: str, settings: Settings) -> ClvModel:
+    return ClvModel(
+        kind=kind,
+        time_unit=settings.time_unit,
+        penalizer=settings.clv_penalizer,
+        horizon_months=settings.clv_horizon_months,
+        monthly_discount_rate=settings.clv_monthly_discount_rate,
+    )
+
+
+def train_clv(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    *,
+    cutoff: datetime | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ClvTrainingResult:
+    """Fit, evaluate, log and register the CLV model from the store's history before ``cutoff``."""
+
+    def step(text: str) -> None:
+        log.info(text)
+        if progress:
+            progress(text)
+
+    backend = ibis_backend(con)
+    cutoff = utc_naive(cutoff) if cutoff is not None else default_cutoff(con)
+    calibration_end = cutoff - timedelta(days=settings.clv_holdout_days)
+
+    step(f"calibration/holdout split at {calibration_end.date()}")
+    split = calibration_holdout(backend, calibration_end, cutoff, time_unit=settings.time_unit)
+    if len(split) == 0:
+        raise ValueError(f"no customer bought before the calibration end {calibration_end.date()}: "
+                         f"choose a later --cutoff or a shorter clv_holdout_days")
+
+    fitted: dict[str, ClvModel] = {}
+    evaluations: dict[str, HoldoutEvaluation] = {}
+    failed: list[tuple[str, str]] = []
+    for kind in settings.clv_candidates:
+        step(f"fitting candidate {kind} on the calibration period")
+        try:
+            fitted[kind] = _model(kind, settings).fit(split, cutoff=calibration_end, currency=settings.currency)
+        except ClvFitError as exc:
+            failed.append((kind, str(exc)))
+            log.warning("candidate %s failed: %s", kind, exc)
+            continue
+        evaluations[kind] = evaluate_holdout(fitted[kind], split)
+    if not evaluations:
+        raise ClvFitError("no candidate model converged: " + "; ".join(f"{k}: {m}" for k, m in failed))
+    kind = choose(evaluations)
+    decision = gate(evaluations[kind])
+    table = holdout_table(evaluations)
+
+    step(f"refitting {kind} on all history before {cutoff.date()}")
+    features = customer_features(backend, cutoff, time_unit=settings.time_unit)
+    final = _model(kind, settings).fit(features, cutoff=cutoff, currency=settings.currency)
+
+    step("logging the run to MLflow")
+    client = tracking.configure(settings)
+    plot_dir = settings.reports_dir / "clv"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.start_run(settings, run_name=f"clv {cutoff.date()}", tags={"step": "clv", "model_kind": kind}) as run:
+        plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
+        tracking.log_params_flat({
+            "model": kind,
+            "time_unit": settings.time_unit,
+            "cutoff": cutoff.date().isoformat(),
+            "calibration_end": calibration_end.date().isoformat(),
+            "holdout_days": settings.clv_holdout_days,
+            "penalizer": settings.clv_penalizer,
+            "horizon_months": settings.clv_horizon_months,
+            "monthly_discount_rate": settings.clv_monthly_discount_rate,
+            "candidates": ",".join(settings.clv_candidates),
+            "currency": settings.currency,
+        })
+        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=cutoff)})
+        tracking.log_metrics_flat({
+            **evaluations[kind].to_metrics(),
+            **{f"candidate.{k}.{name}": value for k, e in evaluations.items() for name, value in e.to_metrics().items()},
+            **_coefficients(final, "final"),
+            **_coefficients(fitted[kind], "calibration"),
+            "customers": float(len(features)),
+            "spend_customers": float(final.n_spend_customers_),
+            "spend_excluded": float(final.n_spend_excluded_),
+        })
+        tracking.log_table(table, "holdout_table")
+        for path in plots:
+            tracking.log_artifact(path, "plots")
+        tracking.set_tags({
+            "gate.eligible": str(decision.eligible).lower(),
+            "gate.reasons": " | ".join(decision.reasons) or "beats the naive baseline",
+            "failed_candidates": "; ".join(f"{k}: {m}" for k, m in failed) or "none",
+        })
+        info = log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5))
+        version = getattr(info, "registered_model_version", None)
+        if version is not None:
+            client.set_model_version_tag(MODEL_NAME, str(version), "gate_eligible", str(decision.eligible).lower())
+        run_id = run.info.run_id
+    log.info("Gamma-Gamma left out %d of %d customers (no repeat purchase or no positive net spend)",
+             final.n_spend_excluded_, len(features))
+    return ClvTrainingResult(
+        run_id=run_id,
+        model_name=MODEL_NAME,
+        model_version=None if version is None else str(version),
+        kind=kind,
+        cutoff=cutoff,
+        calibration_end=calibration_end,
+        candidates=table,
+        evaluation=evaluations[kind],
+        gate=decision,
+        model=final,
+        plots=tuple(plots),
+        failed_candidates=tuple(failed),
+    )
+
+
+def _coefficients(model: ClvModel, prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for params in (model.purchase_params_, model.spend_params_):
+        errors = params.standard_errors()
+        for name, value in params.as_dict().items():
+            out[f"{prefix}.{params.kind}.{name}"] = float(value)
+            out[f"{prefix}.{params.kind}.{name}.se"] = float(errors[name])
+        out[f"{prefix}.{params.kind}.log_likelihood"] = float(params.log_likelihood)
+    return out
+
+
+def _plots(backend, model: ClvModel, split: pd.DataFrame, calibration_end: datetime, cutoff: datetime,
+           folder: Path) -> list[Path]:  # noqa: ANN001
+    first = split["first_purchase"]
+    daily = daily_repeat_purchases(backend, born_before=calibration_end, start=first.min().to_pydatetime(),
+                                   end=cutoff)
+    return [
+        plot_calibration_vs_holdout(model, split, folder / "calibration_vs_holdout.png"),
+        plot_frequency_recency_matrix(model, folder / "frequency_recency_matrix.png", rfm=split),
+        plot_probability_alive_matrix(model, folder / "probability_alive_matrix.png", rfm=split),
+        plot_cumulative_transactions(model, first, daily, calibration_end, folder / "cumulative_transactions.png"),
+    ]
