@@ -69,3 +69,23 @@ def test_cdnow_through_ingestion_reproduces_the_published_bgnbd_estimates(tmp_pa
     paper = setup.bgnbd.as_dict()
     for name in ("r", "alpha", "a", "b"):
         assert bg.params_[name] == pytest.approx(paper[name], rel=0.02), (name, dict(bg.params_))
+
+
+@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.skipif(not RETAIL.exists(), reason="the shared Online Retail II file is not beside the project")
+def test_clv_on_online_retail_ii_predicts_the_holdout_and_beats_the_naive_baseline(tmp_path):
+    from features.customer import calibration_holdout
+    from training.clv.evaluation import evaluate_holdout, gate
+    from training.clv.model import ClvModel
+
+    settings = load_settings(data_dir=tmp_path)
+    con, _ = _ingest_tables(settings, load_online_retail_ii(RETAIL, settings))
+    # Calibration to 2011-06-09, holdout to 2011-12-09 (the file's last day); cutoffs are exclusive.
+    calibration_end, holdout_end = datetime(2011, 6, 10), datetime(2011, 12, 10)
+    split = calibration_holdout(ibis_backend(con), calibration_end, holdout_end)
+    model = ClvModel(kind="bgnbd").fit(split, cutoff=calibration_end, currency="GBP")
+    evaluation = evaluate_holdout(model, split)
+    assert evaluation.aggregate_error < 0.05, evaluation
+    assert evaluation.mae < evaluation.naive_mae, evaluation
+    assert gate(evaluation).eligible
