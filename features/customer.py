@@ -11,7 +11,7 @@ unit, the first period is the customer's "birth", and only the periods after it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import get_args
 
@@ -350,24 +350,27 @@ def validate_rfm(df: pd.DataFrame, *, monetary: bool | None = None) -> pd.DataFr
 
     ids = _customer_ids(df)
 
-    def fail(column: str, rule: str, bad: pd.Series, values: pd.Series | None = None) -> None:
+    def fail(column: str, rule: str, bad: pd.Series, describe: Callable[[np.ndarray], list] | None = None) -> None:
         bad = bad.fillna(True).to_numpy(dtype=bool)
         if bad.any():
-            shown = (df[column] if values is None else values).to_numpy()[bad]
             n = RFMValidationError.MAX_REPORTED
-            raise RFMValidationError(column, rule, list(ids.to_numpy()[bad][:n]), list(shown[:n]), int(bad.sum()))
+            rows = np.flatnonzero(bad)[:n]
+            shown = describe(rows) if describe is not None else list(df[column].to_numpy()[rows])
+            raise RFMValidationError(column, rule, list(ids.to_numpy()[rows]), shown, int(bad.sum()))
 
     numbers = {}
     for column in required:
         values = pd.to_numeric(df[column], errors="coerce").astype("float64")
-        fail(column, "a finite number", ~np.isfinite(values), df[column])
+        fail(column, "a finite number", ~np.isfinite(values))
         numbers[column] = values
 
     f, r, t = numbers[Feature.FREQUENCY], numbers[Feature.RECENCY], numbers[Feature.T]
     fail(Feature.FREQUENCY, "frequency >= 0", f < 0)
     fail(Feature.FREQUENCY, "a whole number of repeat periods", f != np.floor(f))
     fail(Feature.RECENCY, "recency >= 0", r < 0)
-    fail(Feature.RECENCY, "recency <= T", r > t, df[Feature.RECENCY].astype(str) + " > T=" + df[Feature.T].astype(str))
+    # The message text is built only for the few rows it shows, never for the whole table.
+    fail(Feature.RECENCY, "recency <= T", r > t,
+         lambda rows: [f"{df[Feature.RECENCY].iloc[i]} > T={df[Feature.T].iloc[i]}" for i in rows])
     fail(Feature.RECENCY, "recency == 0 when frequency == 0", (f == 0) & (r != 0))
     if check_monetary:
         fail(Feature.MONETARY_VALUE, "monetary_value >= 0", numbers[Feature.MONETARY_VALUE] < 0)

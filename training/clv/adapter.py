@@ -2,14 +2,16 @@
 predictions from fitted parameters alone.
 
 Fitting. The likelihoods are lifetimes' (``BetaGeoFitter``, ``ModifiedBetaGeoFitter``,
-``ParetoNBDFitter``, ``GammaGammaFitter``), minimised the way lifetimes' fitters minimise them: in
-log-parameters, durations divided by the longest ``T``, the mean negative log-likelihood per
-customer plus ``penalizer * sum(params ** 2)``, BFGS with autograd's gradient (Nelder-Mead for
-Pareto/NBD, whose likelihood autograd cannot differentiate). The loop around the optimiser is ours
-so that it can
+``ParetoNBDFitter``, ``GammaGammaFitter``), minimised the way lifetimes' BG/NBD and Gamma-Gamma
+fitters minimise them: in log-parameters from lifetimes' start, durations divided by the longest
+``T``, the mean negative log-likelihood per customer plus ``penalizer * sum(params ** 2)``, BFGS
+with autograd's gradient (central differences for Pareto/NBD, whose likelihood autograd cannot
+differentiate; lifetimes uses Nelder-Mead there, which needs hundreds of evaluations). The loop
+around the optimiser is ours so that it can
 
 - fit on compressed sufficient statistics: customers with identical (frequency, recency, T) are one
   row weighted by their count (lifetimes' ``weights=``): the same likelihood, many times faster;
+- on large data, start from the optimum of a seeded subsample (:data:`WARM_START_ROWS`);
 - check convergence and fail with :class:`ClvFitError` naming the model, the reason and the
   optimiser's message (lifetimes prints the optimiser's result and raises a generic error, or, for
   Pareto/NBD, does not check at all), retrying once with a small penalizer first;
@@ -73,8 +75,10 @@ GRADIENT_TOLERANCE = 1e-9
 PRECISION_LOSS_GRADIENT = 1e-5
 #: Start of the optimiser in log-parameters (lifetimes' start: every parameter e^0.1).
 _START = 0.1
-#: Step in log-parameters of the finite-difference Hessians.
+#: Steps in log-parameters of the finite differences: the Hessian (differences of gradients) and the
+#: gradient of the Pareto/NBD likelihood (differences of values).
 _HESSIAN_STEP = 1e-4
+_GRADIENT_STEP = 1e-5
 #: Above this many (compressed) rows BFGS first runs on a seeded subsample of this many rows, then on
 #: all rows from the subsample's optimum with the subsample's inverse Hessian as its initial inverse
 #: Hessian: a handful of full-data iterations instead of a few dozen. The estimate is the full-data
@@ -302,12 +306,9 @@ class _Attempt:
 
 
 def _minimise(likelihood: _Likelihood, args: tuple[Any, ...], k: int) -> OptimizeResult:
-    """Minimise the likelihood over log-parameters; ``args`` = (*data, weights, penalizer)."""
+    """Minimise the likelihood over log-parameters with BFGS; ``args`` = (*data, weights, penalizer)."""
     x0 = np.full(k, _START)
-    if not likelihood.differentiable:
-        return minimize(likelihood.function, x0, args=args, method="Nelder-Mead",
-                        options={"xatol": 1e-8, "fatol": 1e-11, "maxiter": 20_000, "maxfev": 20_000})
-    objective = value_and_grad(likelihood.function)
+    objective, gradient = _objective(likelihood)
     options: dict[str, Any] = {}
     n_rows = args[0].shape[0]
     if n_rows > WARM_START_ROWS:
@@ -316,11 +317,31 @@ def _minimise(likelihood: _Likelihood, args: tuple[Any, ...], k: int) -> Optimiz
         sample = (*(a[rows] for a in args[:-1]), args[-1])
         warm = minimize(objective, x0, jac=True, args=sample, method="BFGS", tol=GRADIENT_TOLERANCE)
         if np.all(np.isfinite(warm.x)):
-            h = _hessian_from_gradient(grad(likelihood.function), warm.x, sample, _HESSIAN_STEP)
+            h = _hessian_from_gradient(gradient, warm.x, sample, _HESSIAN_STEP)
             if _hessian_problem(h) is None:
                 inverse = np.linalg.inv(h)
                 x0, options["hess_inv0"] = warm.x, (inverse + inverse.T) / 2
     return minimize(objective, x0, jac=True, args=args, method="BFGS", tol=GRADIENT_TOLERANCE, options=options)
+
+
+def _objective(likelihood: _Likelihood) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(value and gradient, gradient) of the likelihood: autograd's exact gradient, or central
+    differences (step :data:`_GRADIENT_STEP`) for the likelihood autograd cannot differentiate."""
+    if likelihood.differentiable:
+        return value_and_grad(likelihood.function), grad(likelihood.function)
+
+    def gradient(x: FloatArray, *args: Any) -> FloatArray:
+        g = np.empty_like(x)
+        for i in range(x.shape[0]):
+            e = np.zeros_like(x)
+            e[i] = _GRADIENT_STEP
+            g[i] = (likelihood.function(x + e, *args) - likelihood.function(x - e, *args)) / (2 * _GRADIENT_STEP)
+        return g
+
+    def value_and_gradient(x: FloatArray, *args: Any) -> tuple[float, FloatArray]:
+        return likelihood.function(x, *args), gradient(x, *args)
+
+    return value_and_gradient, gradient
 
 
 def _hessian_from_gradient(
@@ -337,24 +358,11 @@ def _hessian_from_gradient(
     return (h + h.T) / 2
 
 
-def _numerical_hessian(function: Callable[[FloatArray], float], x: FloatArray, step: float) -> FloatArray:
-    """Central finite differences: H_ij = [f(++) - f(+-) - f(-+) + f(--)] / (4 h^2)."""
-    k = x.shape[0]
-    h = np.zeros((k, k))
-    unit = np.eye(k) * step
-    for i in range(k):
-        for j in range(i, k):
-            value = (function(x + unit[i] + unit[j]) - function(x + unit[i] - unit[j])
-                     - function(x - unit[i] + unit[j]) + function(x - unit[i] - unit[j])) / (4 * step * step)
-            h[i, j] = h[j, i] = value
-    return h
-
-
-def _problem(result: OptimizeResult, likelihood: _Likelihood, names: tuple[str, ...]) -> str | None:
+def _problem(result: OptimizeResult, names: tuple[str, ...]) -> str | None:
     """Why the optimiser's result is not an acceptable interior optimum, or None."""
     if not result.success:
         gradient = np.asarray(result.get("jac", np.full(len(names), np.inf)), dtype=np.float64)
-        precision_loss = likelihood.differentiable and result.status == 2
+        precision_loss = result.status == 2
         if not (precision_loss and np.all(np.abs(gradient) <= PRECISION_LOSS_GRADIENT)):
             return "the optimiser did not converge"
     if not (np.isfinite(result.fun) and np.all(np.isfinite(result.x))):
@@ -384,13 +392,10 @@ def _attempt(kind: str, args: tuple[Any, ...], penalizer: float) -> _Attempt:
     full_args = (*args, penalizer)
     with _quiet():
         result = _minimise(likelihood, full_args, len(names))
-        reason = _problem(result, likelihood, names)
+        reason = _problem(result, names)
         h = None
         if reason is None:
-            if likelihood.differentiable:
-                h = _hessian_from_gradient(grad(likelihood.function), result.x, full_args, _HESSIAN_STEP)
-            else:
-                h = _numerical_hessian(lambda x: likelihood.function(x, *full_args), result.x, _HESSIAN_STEP)
+            h = _hessian_from_gradient(_objective(likelihood)[1], result.x, full_args, _HESSIAN_STEP)
             reason = _hessian_problem(h)
     return _Attempt(penalizer, result, reason, np.asarray(result.x, dtype=np.float64), h)
 
@@ -499,8 +504,8 @@ def fit_purchase_model(
     if kind not in PURCHASE_MODELS:
         raise ValueError(f"kind must be one of {PURCHASE_MODELS}, got {kind!r}")
     f, r, t = _columns(frequency, recency, T, names=("frequency", "recency", "T"))
-    if not np.all(t > 0):
-        raise ValueError("T must be > 0 for every customer (a customer observed for no time says nothing)")
+    if not (np.all(t >= 0) and t.max() > 0):
+        raise ValueError("T must be >= 0 for every customer and > 0 for some (durations since the first purchase)")
     n = f.shape[0]
     if compress:
         (f, r, t), _, counts = unique_rows(f, r, t)
@@ -602,7 +607,9 @@ def _survival_times_hyp2f1(
     return direct
 
 
-def expected_purchases_given_alive(params: FittedParams, t: ArrayLike, frequency: ArrayLike, T: ArrayLike) -> FloatArray:
+def expected_purchases_given_alive(
+    params: FittedParams, t: ArrayLike, frequency: ArrayLike, T: ArrayLike
+) -> FloatArray:
     """E[X(t) | alive at T, x = frequency, T]: expected repeat purchases in (T, T + t] of a customer
     known to be alive at T. Does not depend on recency.
 
