@@ -395,12 +395,16 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
     table = Table(title=f"CLV holdout evaluation ({result.calibration_end.date()} .. {result.cutoff.date()}, "
                         f"time unit {s.time_unit})")
     frame = result.candidates
+    formats = {"actual": ("actual", "{:,.0f}"), "predicted": ("predicted", "{:,.0f}"),
+               "aggregate_error_pct": ("total error", "{:.1f} %"), "mae": ("MAE", "{:.3f}"),
+               "correlation": ("corr.", "{:.3f}"), "spend_mae": (f"spend MAE ({s.currency})", "{:,.2f}")}
     table.add_column("model")
     for col in frame.columns:
-        table.add_column(str(col), justify="right")
+        table.add_column(formats.get(col, (str(col), ""))[0], justify="right")
     for name, row in frame.iterrows():
         label = f"{name} (chosen)" if name == result.kind else str(name)
-        table.add_row(label, *(f"{v:,.3f}" if isinstance(v, float) else str(v) for v in row))
+        cells = [formats[c][1].format(v) if c in formats and v == v else str(v) for c, v in row.items()]
+        table.add_row(label, *cells)
     console.print(table)
     for kind, message in result.failed_candidates:
         console.print(f"[yellow]candidate {kind} did not converge:[/] {message}")
@@ -431,7 +435,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
 ) -> None:
     """The main job on the embedded default data: generate synthetic omnichannel files, ingest them
-    (quarantine report included), and print the KPI report."""
+    (quarantine report included), print the KPI report and train the CLV model."""
     from features.discovery import discover
 
     s = settings()
@@ -444,6 +448,9 @@ def demo(
     _ingest_and_print(inputs, ignored)
     console.rule("3. engagement KPIs")
     data_report(start=None, end=None, output=None)
+    console.rule("4. customer lifetime value: fit, holdout evaluation, MLflow, registry")
+    train(only=["clv"], cutoff=None)
     console.rule("done")
     console.print(f"everything is under [bold]{s.data_dir.resolve()}[/]: raw files {raw}, store {s.database_path}, "
-                  f"quarantine {s.quarantine_dir}, reports {s.reports_dir}")
+                  f"quarantine {s.quarantine_dir}, reports and plots {s.reports_dir}, MLflow {s.mlflow_dir} "
+                  f"(browse it with: mlflow ui --backend-store-uri sqlite:///{s.mlflow_db_path})")

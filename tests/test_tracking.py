@@ -397,3 +397,21 @@ def test_pyfunc_round_trip_with_the_real_clv_model(shared):
     pd.testing.assert_frame_equal(loaded.predict(sample.reset_index()), scored)
     # Scoring one customer through the pyfunc gives the row batch scoring gives.
     pd.testing.assert_frame_equal(loaded.predict(sample.iloc[[7]]), scored.iloc[[7]])
+
+
+@pytest.mark.model
+def test_fingerprint_of_a_store_loaded_from_in_memory_tables(settings):
+    import pyarrow as pa
+
+    from features.discovery import RawInput
+    from features.ingest import ingest
+    from features.store import connect
+    from tests.conftest import NOW
+
+    con = connect(settings)
+    table = pa.table({"customer_key": ["a"], "timestamp": ["2024-01-01"], "item_id": ["I1"], "quantity": [1],
+                      "unit_price": [2.0]})
+    ingest(con, [RawInput("transactions", "memory", table=table)], settings, now=NOW)
+    first = tracking.data_fingerprint(con, as_of=datetime(2024, 6, 1))
+    assert first["files"] == 1 and first["lines"] == 1
+    assert tracking.data_fingerprint(con, as_of=datetime(2024, 6, 1))["hash"] == first["hash"]

@@ -179,7 +179,10 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, *, as_of: datetime) -> dict
         [cutoff],
     ))
     first, last = con.execute("SELECT min(ts), max(ts) FROM lines").fetchall()[0]
-    files = sorted(row[0] for row in con.execute("SELECT sha256 FROM ingested_files").fetchall())
+    # In-memory inputs (the data-set loaders) have no file digest: their source, label and row count
+    # stand in for it.
+    files = sorted(row[0] for row in con.execute(
+        "SELECT coalesce(sha256, source || ':' || path || ':' || rows) FROM ingested_files").fetchall())
     digest = hashlib.sha256(
         json.dumps({"files": files, "counts": counts}, sort_keys=True).encode("utf-8")
     ).hexdigest()

@@ -209,6 +209,9 @@ def _coefficients(model: ClvModel, prefix: str) -> dict[str, float]:
             out[f"{prefix}.{params.kind}.{name}"] = float(value)
             out[f"{prefix}.{params.kind}.{name}.se"] = float(errors[name])
         out[f"{prefix}.{params.kind}.log_likelihood"] = float(params.log_likelihood)
+        # A fit rescued by the penalizer retry says so in the run.
+        out[f"{prefix}.{params.kind}.penalizer"] = float(params.penalizer)
+        out[f"{prefix}.{params.kind}.retried"] = float(params.retried)
     return out
 
 
