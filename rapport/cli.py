@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
@@ -55,19 +56,28 @@ def settings() -> Settings:
     return _state.settings
 
 
+#: Errors that are the user's to fix, by module: a one-line message and exit code 1, no traceback.
+#: Looked up only in modules already imported (an error of a module never imported cannot occur),
+#: so that light commands do not pay for importing the model libraries.
+_USER_ERRORS = {
+    "features.discovery": "IngestError",
+    "features.customer": "RFMValidationError",
+    "training.clv.adapter": "ClvFitError",
+    "pydantic": "ValidationError",
+}
+
+
 def _guard(fn):  # noqa: ANN001, ANN202 - tiny wrapper
     """Run ``fn``; expected failures become one red line and exit code 1 instead of a traceback."""
-    from pydantic import ValidationError
-
-    from features.customer import RFMValidationError
-    from features.discovery import IngestError
-    from training.clv.adapter import ClvFitError
-
     try:
         return fn()
-    except (IngestError, RFMValidationError, ClvFitError, FileNotFoundError, ValueError, ValidationError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+    except Exception as exc:
+        known = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS.items()
+                      if module in sys.modules)
+        if isinstance(exc, (*known, FileNotFoundError, ValueError)):
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from exc
+        raise
 
 
 @contextmanager
