@@ -85,6 +85,20 @@ class Settings(BaseSettings):
     clv_penalizer: float = Field(0.0, ge=0, description="L2 penalizer of the lifetimes fits (0: maximum likelihood).")
     clv_horizon_months: int = Field(12, ge=1, le=120, description="Horizon of the predicted CLV.")
     clv_monthly_discount_rate: float = Field(0.01, ge=0, lt=1, description="Monthly discount rate of the CLV.")
+    churn_horizon_days: int = Field(90, ge=7, description="H: a customer churns when they make no purchase in the H days after the cutoff.")
+    churn_lookback_days: int = Field(365, ge=30, description="Population: customers with a purchase in this many days before the cutoff.")
+    churn_max_cutoffs: int = Field(12, ge=3, description="Monthly cutoffs stacked into the training set (latest first; test = latest, validation = the one before).")
+    churn_with_clv_features: bool = Field(True, description="Add BG/NBD probability alive and expected purchases (fitted per cutoff) as features.")
+    churn_n_estimators: int = Field(500, ge=10, description="LightGBM: maximum boosting rounds (early stopping on the validation cutoff).")
+    churn_learning_rate: float = Field(0.05, gt=0, le=1, description="LightGBM learning rate.")
+    churn_num_leaves: int = Field(31, ge=2, description="LightGBM leaves per tree.")
+    churn_min_child_samples: int = Field(50, ge=1, description="LightGBM minimum customers per leaf.")
+    churn_early_stopping_rounds: int = Field(50, ge=1, description="LightGBM early-stopping patience.")
+    churn_calibration: Literal["isotonic", "sigmoid"] = Field("isotonic", description="Probability calibration fitted on the validation cutoff.")
+    churn_risk_thresholds: tuple[float, float] | None = Field(
+        None, description="Churn probabilities separating low/medium and medium/high risk; default: the 50th and 80th percentiles of the training distribution."
+    )
+    model_threads: int = Field(2, ge=1, description="Threads of LightGBM and BLAS in training and scoring.")
 
     @field_validator("currency")
     @classmethod

@@ -63,6 +63,7 @@ _USER_ERRORS = {
     "features.discovery": "IngestError",
     "features.customer": "RFMValidationError",
     "training.clv.adapter": "ClvFitError",
+    "training.churn.model": "ChurnModelError",
     "pydantic": "ValidationError",
 }
 
@@ -72,8 +73,8 @@ def _guard(fn):  # noqa: ANN001, ANN202 - tiny wrapper
     try:
         return fn()
     except Exception as exc:
-        known = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS.items()
-                      if module in sys.modules)
+        known = tuple(error for module, name in _USER_ERRORS.items()
+                      if (error := getattr(sys.modules.get(module), name, None)) is not None)
         if isinstance(exc, (*known, FileNotFoundError, ValueError)):
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(1) from exc
@@ -369,8 +370,8 @@ def data_contract(
 
 # --- train ----------------------------------------------------------------------------------------
 
-#: Training steps this version provides, in pipeline order.
-TRAIN_STEPS = ("clv",)
+#: Training steps this version provides, in pipeline order (churn uses CLV features).
+TRAIN_STEPS = ("clv", "churn")
 
 
 @app.command("train")
@@ -379,9 +380,8 @@ def train(
     cutoff: Annotated[str | None, typer.Option(help="Train on the history before this day (backtests). "
                                                     "Default: the day after the last sale.")] = None,
 ) -> None:
-    """Fit, evaluate on a holdout, log to MLflow and register the models from the ingested history."""
+    """Fit, evaluate on held-out data, log to MLflow and register the models from the ingested history."""
     from features.store import connect
-    from training.clv.pipeline import train_clv
 
     steps = only or list(TRAIN_STEPS)
     unknown = [step for step in steps if step not in TRAIN_STEPS]
@@ -392,13 +392,45 @@ def train(
     when = _date(cutoff, "--cutoff")
     con = _guard(lambda: connect(s, read_only=True))
     try:
-        with _progress() as progress:
-            task = progress.add_task("clv", total=None)
-            result = _guard(lambda: train_clv(con, s, cutoff=when,
-                                              progress=lambda text: progress.update(task, description=f"clv: {text}")))
+        for step in (name for name in TRAIN_STEPS if name in steps):
+            with _progress() as progress:
+                task = progress.add_task(step, total=None)
+
+                def report(text: str, task=task, step=step) -> None:  # noqa: ANN001
+                    progress.update(task, description=f"{step}: {text}")
+
+                result = _guard(lambda: _train_step(step, con, s, when, report))
+            (_print_clv if step == "clv" else _print_churn)(result, s)
     finally:
         con.close()
-    _print_clv(result, s)
+
+
+def _train_step(step: str, con, s: Settings, cutoff: datetime | None, report):  # noqa: ANN001, ANN202
+    if step == "clv":
+        from training.clv.pipeline import train_clv
+
+        return train_clv(con, s, cutoff=cutoff, progress=report)
+    from training.churn.pipeline import train_churn
+
+    return train_churn(con, s, cutoff=cutoff, progress=report)
+
+
+def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
+    table = Table(title=f"Churn (H = {s.churn_horizon_days} days) on the held-out cutoff {result.test_cutoff.date()}")
+    table.add_column("model")
+    for col in result.table.columns:
+        table.add_column(str(col), justify="right")
+    for name, row in result.table.iterrows():
+        table.add_row(str(name), *(f"{v:.3f}" if isinstance(v, float) and v == v else str(v) for v in row))
+    console.print(table)
+    console.print(f"trained on cutoffs {', '.join(str(c.date()) for c in result.train_cutoffs)}; "
+                  f"validation (early stopping, calibration) {result.valid_cutoff.date()}")
+    verdict = "[green]eligible for promotion[/]" if result.gate.eligible else "[red]not eligible for promotion[/]"
+    console.print(f"LightGBM: {verdict}: " + "; ".join(result.gate.reasons))
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}")
+    console.print(f"registered [bold]{result.model_name}[/] version {result.model_version} (MLflow run {result.run_id})")
+    console.print(f"plots: {s.reports_dir / 'churn'}")
 
 
 def _print_clv(result, s: Settings) -> None:  # noqa: ANN001

@@ -1,0 +1,200 @@
+"""The churn training step: stacked monthly cutoffs, LightGBM with early stopping and calibration on
+the validation cutoff, evaluation against three baselines on the latest cutoff, MLflow, registry.
+
+For horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before the
+training cutoff, for a backtest). The latest labelled cutoff is the test set, the one before it the
+validation set (early stopping, calibration), all earlier ones the training set: the model never
+sees a cutoff later than those it is evaluated on. The model registered is the one evaluated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import pandas as pd
+
+from features.history import utc_naive
+from features.settings import Settings
+from features.store import ibis_backend
+from training import tracking
+from training.churn.dataset import build_dataset, monthly_cutoffs
+from training.churn.evaluation import (
+    ChurnGate,
+    ClassifierMetrics,
+    baseline_metrics,
+    churn_gate,
+    classifier_metrics,
+    fit_baselines,
+    metrics_table,
+    reliability_curve,
+)
+from training.churn.model import ChurnModel
+from training.churn.plots import plot_feature_importance, plot_lift, plot_reliability
+from training.churn.pyfunc import log_churn_model
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "rapport-churn"
+LABEL = "churned"
+
+
+@dataclass(frozen=True)
+class ChurnTrainingResult:
+    run_id: str
+    model_name: str
+    model_version: str | None
+    train_cutoffs: tuple[datetime, ...]
+    valid_cutoff: datetime
+    test_cutoff: datetime
+    table: pd.DataFrame
+    metrics: ClassifierMetrics
+    gate: ChurnGate
+    model: ChurnModel
+    plots: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def _sales_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime]:
+    first, last = con.execute("SELECT min(ts), max(ts) FROM lines").fetchall()[0]
+    if first is None:
+        raise ValueError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
+    return first, last
+
+
+def train_churn(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    *,
+    cutoff: datetime | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ChurnTrainingResult:
+    """Build the stacked data set, train, evaluate against the baselines, log and register."""
+
+    def step(text: str) -> None:
+        log.info(text)
+        if progress:
+            progress(text)
+
+    backend = ibis_backend(con)
+    first, last = _sales_range(con)
+    if cutoff is not None:
+        # A backtest: nothing at or after the training cutoff may be seen, labels included.
+        last = min(last, utc_naive(cutoff) - timedelta(microseconds=1))
+    cutoffs = monthly_cutoffs(
+        first, last,
+        horizon_days=settings.churn_horizon_days,
+        lookback_days=settings.churn_lookback_days,
+        max_cutoffs=settings.churn_max_cutoffs,
+    )
+    if len(cutoffs) < 3:
+        raise ValueError(
+            f"churn needs at least 3 labelled monthly cutoffs (train, validation, test); the history "
+            f"{first.date()} .. {last.date()} with H = {settings.churn_horizon_days} days gives {len(cutoffs)}"
+        )
+    step(f"building the data set over {len(cutoffs)} cutoffs")
+    dataset = build_dataset(
+        backend,
+        cutoffs=cutoffs,
+        horizon_days=settings.churn_horizon_days,
+        lookback_days=settings.churn_lookback_days,
+        time_unit=settings.time_unit,
+        with_clv=settings.churn_with_clv_features,
+        progress=step,
+    )
+    train, valid, test = dataset.split()
+
+    step("training LightGBM (early stopping and calibration on the validation cutoff)")
+    model = ChurnModel(
+        n_estimators=settings.churn_n_estimators,
+        learning_rate=settings.churn_learning_rate,
+        num_leaves=settings.churn_num_leaves,
+        min_child_samples=settings.churn_min_child_samples,
+        early_stopping_rounds=settings.churn_early_stopping_rounds,
+        calibration=settings.churn_calibration,
+        risk_thresholds=settings.churn_risk_thresholds,
+        num_threads=settings.model_threads,
+    ).fit(train, valid, feature_names=dataset.feature_names, label=LABEL)
+
+    step("evaluating on the latest cutoff against the baselines")
+    probability = model.predict_proba(test)
+    metrics = classifier_metrics("LightGBM", test[LABEL].to_numpy(), probability)
+    baselines = fit_baselines(train, label=LABEL)
+    base = baseline_metrics(baselines, test)
+    decision = churn_gate(metrics, base)
+    table = metrics_table(metrics, base)
+
+    step("logging the run to MLflow")
+    client = tracking.configure(settings)
+    plot_dir = settings.reports_dir / "churn"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    test_cutoff = max(dataset.cutoffs)
+    with tracking.start_run(settings, run_name=f"churn {test_cutoff.date()}", tags={"step": "churn"}) as run:
+        curves = {"LightGBM": reliability_curve(test[LABEL].to_numpy(), probability)}
+        curves.update(baselines.reliability_curves(test) if hasattr(baselines, "reliability_curves") else {})
+        plots = [
+            plot_reliability(curves, plot_dir / "reliability.png"),
+            plot_feature_importance(model.feature_importance_gain_, plot_dir / "feature_importance.png"),
+            plot_lift(test[LABEL].to_numpy(), {"LightGBM": probability, **baselines.scores(test)},
+                      plot_dir / "lift.png"),
+        ]
+        tracking.log_params_flat({
+            "horizon_days": settings.churn_horizon_days,
+            "lookback_days": settings.churn_lookback_days,
+            "train_cutoffs": ",".join(c.date().isoformat() for c in sorted(train["cutoff"].unique())),
+            "valid_cutoff": pd.Timestamp(valid["cutoff"].iloc[0]).date().isoformat(),
+            "test_cutoff": test_cutoff.date().isoformat(),
+            "features": ",".join(dataset.feature_names),
+            "n_estimators": settings.churn_n_estimators,
+            "learning_rate": settings.churn_learning_rate,
+            "num_leaves": settings.churn_num_leaves,
+            "min_child_samples": settings.churn_min_child_samples,
+            "early_stopping_rounds": settings.churn_early_stopping_rounds,
+            "calibration": settings.churn_calibration,
+            "best_iteration": model.best_iteration_,
+            "with_clv_features": settings.churn_with_clv_features,
+        })
+        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=test_cutoff + timedelta(
+            days=settings.churn_horizon_days))})
+        tracking.log_metrics_flat({
+            **metrics.to_metrics("test"),
+            **{k: v for m in base.values() for k, v in m.to_metrics(f"baseline.{_slug(m.name)}").items()},
+            "train_rows": float(len(train)), "valid_rows": float(len(valid)), "test_rows": float(len(test)),
+            "auc_margin_over_best_baseline": float(decision.margin),
+        })
+        tracking.log_table(table.reset_index(), "metrics_table")
+        tracking.log_table(model.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
+                           "feature_importance")
+        for path in plots:
+            tracking.log_artifact(path, "plots")
+        tracking.set_tags({
+            "gate.eligible": str(decision.eligible).lower(),
+            "gate.reasons": " | ".join(decision.reasons),
+            "gate.best_baseline": decision.best_baseline,
+        })
+        info = log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5))
+        version = getattr(info, "registered_model_version", None)
+        if version is not None:
+            client.set_model_version_tag(MODEL_NAME, str(version), "gate_eligible", str(decision.eligible).lower())
+        run_id = run.info.run_id
+    return ChurnTrainingResult(
+        run_id=run_id,
+        model_name=MODEL_NAME,
+        model_version=None if version is None else str(version),
+        train_cutoffs=tuple(sorted(pd.Timestamp(c).to_pydatetime() for c in train["cutoff"].unique())),
+        valid_cutoff=pd.Timestamp(valid["cutoff"].iloc[0]).to_pydatetime(),
+        test_cutoff=test_cutoff,
+        table=table,
+        metrics=metrics,
+        gate=decision,
+        model=model,
+        plots=tuple(str(p) for p in plots),
+        notes=tuple(getattr(dataset, "notes", ())),
+    )
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
