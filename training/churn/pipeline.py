@@ -23,9 +23,12 @@ from features.store import ibis_backend
 from training import tracking
 from training.churn.dataset import build_dataset, monthly_cutoffs
 from training.churn.evaluation import (
+    BASELINE_METRIC_PREFIXES,
+    LABEL,
     ChurnGate,
     ClassifierMetrics,
     baseline_metrics,
+    baseline_notes,
     churn_gate,
     classifier_metrics,
     fit_baselines,
@@ -39,7 +42,6 @@ from training.churn.pyfunc import log_churn_model
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "rapport-churn"
-LABEL = "churned"
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,8 @@ def train_churn(
     plot_dir.mkdir(parents=True, exist_ok=True)
     test_cutoff = max(dataset.cutoffs)
     with tracking.start_run(settings, run_name=f"churn {test_cutoff.date()}", tags={"step": "churn"}) as run:
-        curves = {"LightGBM": reliability_curve(test[LABEL].to_numpy(), probability)}
-        curves.update(baselines.reliability_curves(test) if hasattr(baselines, "reliability_curves") else {})
+        curves = {"LightGBM": reliability_curve(test[LABEL].to_numpy(), probability),
+                  **baselines.reliability_curves(test)}
         plots = [
             plot_reliability(curves, plot_dir / "reliability.png"),
             plot_feature_importance(model.feature_importance_gain_, plot_dir / "feature_importance.png"),
@@ -157,13 +159,14 @@ def train_churn(
             "best_iteration": model.best_iteration_,
             "with_clv_features": settings.churn_with_clv_features,
         })
+        tracking.log_params_flat({"baseline": baselines.to_params()})
         tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=test_cutoff + timedelta(
             days=settings.churn_horizon_days))})
         tracking.log_metrics_flat({
-            **metrics.to_metrics("test"),
-            **{k: v for m in base.values() for k, v in m.to_metrics(f"baseline.{_slug(m.name)}").items()},
+            **metrics.to_metrics("model"),
+            **{k: v for name, m in base.items() for k, v in m.to_metrics(BASELINE_METRIC_PREFIXES[name]).items()},
+            **decision.to_metrics(),
             "train_rows": float(len(train)), "valid_rows": float(len(valid)), "test_rows": float(len(test)),
-            "auc_margin_over_best_baseline": float(decision.margin),
         })
         tracking.log_table(table.reset_index(), "metrics_table")
         tracking.log_table(model.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
@@ -173,7 +176,7 @@ def train_churn(
         tracking.set_tags({
             "gate.eligible": str(decision.eligible).lower(),
             "gate.reasons": " | ".join(decision.reasons),
-            "gate.best_baseline": decision.best_baseline,
+            "gate.best_baseline": decision.best_baseline or "none",
         })
         info = log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5))
         version = getattr(info, "registered_model_version", None)
@@ -192,9 +195,5 @@ def train_churn(
         gate=decision,
         model=model,
         plots=tuple(str(p) for p in plots),
-        notes=tuple(getattr(dataset, "notes", ())),
+        notes=(*getattr(dataset, "notes", ()), *baseline_notes(baselines, test)),
     )
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
