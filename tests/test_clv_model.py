@@ -445,3 +445,20 @@ def test_generated_history_holdout_purchases_and_parameters_are_recovered(tmp_pa
     one_time = split["frequency"] == 0
     np.testing.assert_allclose(scores.loc[one_time, "expected_order_value"], model.population_order_value_)
     assert math.isfinite(scores["clv"].sum())
+
+
+@pytest.mark.model
+def test_probability_of_no_purchase_combines_drop_out_and_the_purchase_rate(cdnow_model, cdnow):
+    f, r, t = (cdnow[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    params = cdnow_model.purchase_params_.as_dict()
+    alive = cdnow_model.probability_alive(f, r, t)
+    quiet = cdnow_model.probability_no_purchase(13.0, f, r, t)
+    # Bounds: at least the chance of having dropped out, at most 1; nothing can happen in no time.
+    assert np.all(quiet >= 1 - alive - 1e-12) and np.all(quiet <= 1 + 1e-12)
+    np.testing.assert_allclose(cdnow_model.probability_no_purchase(0.0, f, r, t), 1.0)
+    # A customer without repeat purchases is alive (BG/NBD): the Gamma(r, alpha + T) posterior alone.
+    zero = f == 0
+    expected = ((params["alpha"] + t[zero]) / (params["alpha"] + t[zero] + 13.0)) ** params["r"]
+    np.testing.assert_allclose(quiet[zero], expected, rtol=1e-12)
+    # Longer windows leave less chance of silence.
+    assert np.all(cdnow_model.probability_no_purchase(26.0, f, r, t) <= quiet + 1e-12)

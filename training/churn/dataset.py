@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 CLV_PROBABILITY_ALIVE = "clv_probability_alive"
 CLV_EXPECTED_PURCHASES_90D = "clv_expected_purchases_90d"
 #: The BG/NBD features :func:`build_dataset` adds with ``with_clv`` (NaN at a cutoff whose fit failed).
-CLV_FEATURES: tuple[str, ...] = (CLV_PROBABILITY_ALIVE, CLV_EXPECTED_PURCHASES_90D)
+CLV_NO_PURCHASE_90D = "clv_probability_no_purchase_90d"
+CLV_FEATURES: tuple[str, ...] = (CLV_PROBABILITY_ALIVE, CLV_EXPECTED_PURCHASES_90D, CLV_NO_PURCHASE_90D)
 #: Horizon of ``clv_expected_purchases_90d``, in days.
 CLV_PURCHASE_HORIZON_DAYS = 90
 
@@ -210,7 +211,9 @@ def clv_features(
     it, not only the population). Raises :class:`~training.clv.adapter.ClvFitError` when it cannot
     be fitted.
 
-    ``clv_expected_purchases_90d`` is E[X(t)] over the next 90 days, t = 90 days in the model's unit.
+    ``clv_expected_purchases_90d`` is E[X(t)] over the next 90 days, t = 90 days in the model's unit;
+    ``clv_probability_no_purchase_90d`` is the model's own P(no purchase in those 90 days), which
+    combines drop-out and the purchase rate (1 - P(alive) alone ignores how often a customer buys).
     """
     # Currency does not matter here: both outputs count purchases, no money.
     model = ClvModel(kind="bgnbd", time_unit=time_unit).fit(rfm, cutoff=cutoff)
@@ -220,6 +223,7 @@ def clv_features(
         {
             CLV_PROBABILITY_ALIVE: np.asarray(model.probability_alive(f, r, t), dtype=np.float64),
             CLV_EXPECTED_PURCHASES_90D: np.asarray(model.expected_purchases(horizon, f, r, t), dtype=np.float64),
+            CLV_NO_PURCHASE_90D: np.asarray(model.probability_no_purchase(horizon, f, r, t), dtype=np.float64),
         },
         index=population.index,
     )

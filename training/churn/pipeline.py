@@ -119,7 +119,7 @@ def train_churn(
         calibration=settings.churn_calibration,
         risk_thresholds=settings.churn_risk_thresholds,
         num_threads=settings.model_threads,
-    ).fit(train, valid, feature_names=dataset.feature_names, label=LABEL)
+    ).fit(train, valid, feature_names=dataset.feature_names, label=LABEL, currency=settings.currency)
 
     step("evaluating on the latest cutoff against the baselines")
     probability = model.predict_proba(test)

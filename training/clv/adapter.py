@@ -691,6 +691,29 @@ def population_order_value(spend_params: FittedParams) -> float:
     return p * v / (q - 1)
 
 
+def probability_no_purchase(
+    params: FittedParams, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+) -> FloatArray:
+    """P(no repeat purchase in (T, T + t] | x = frequency, t_x = recency, T), in the model's time unit.
+
+    Dead customers never buy; a customer alive at T with x repeat purchases has the purchase-rate
+    posterior Gamma(r + x, alpha + T) (see :func:`median_time_to_next_purchase`), so
+    P(no purchase | alive) = ((alpha + T) / (alpha + T + t))^(r + x) and
+
+        P(no purchase) = (1 - P(alive)) + P(alive) ((alpha + T) / (alpha + T + t))^(r + x).
+
+    Exact for BG/NBD and MBG/NBD, where drop-out happens only right after a purchase. For
+    Pareto/NBD, where a customer can also drop out inside the window before buying, it is a lower
+    bound.
+    """
+    _require(params, PURCHASE_MODELS)
+    t_, x, t_age = _as_float(t, frequency, T)
+    r, alpha = params.values[0], params.values[1]
+    alive = probability_alive(params, frequency, recency, T)
+    quiet_if_alive = np.exp((r + x) * (np.log(alpha + t_age) - np.log(alpha + t_age + t_)))
+    return (1.0 - alive) + alive * quiet_if_alive
+
+
 def median_time_to_next_purchase(params: FittedParams, frequency: ArrayLike, T: ArrayLike) -> FloatArray:
     """Median time from T to the next purchase of a customer alive at T, in the model's time unit.
 

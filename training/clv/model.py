@@ -76,6 +76,7 @@ from training.clv.adapter import (
     median_time_to_next_purchase,
     population_order_value,
     probability_alive,
+    probability_no_purchase,
     unconditional_expected_purchases,
     unique_rows,
 )
@@ -357,6 +358,13 @@ class ClvModel(BaseEstimator):
         """Probability that the customer is still active at T."""
         self._check_fitted()
         return probability_alive(self.purchase_params_, frequency, recency, T)
+
+    def probability_no_purchase(
+        self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> FloatArray:
+        """P(no repeat purchase in the next ``t`` units) given each customer's history."""
+        self._check_fitted()
+        return probability_no_purchase(self.purchase_params_, t, frequency, recency, T)
 
     def unconditional_expected_purchases(self, t: ArrayLike) -> FloatArray:
         """Expected repeat purchases in the first t (``time_unit_``) of a new customer's life."""

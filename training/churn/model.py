@@ -1,0 +1,865 @@
+"""The churn model: LightGBM with early stopping, a calibration map, risk bands and reasons in words.
+
+Will a customer stop buying in the next H days (the label ``churned`` of :mod:`features.churn`),
+and why? :class:`ChurnModel` is fitted on two frames with one row per (customer, cutoff): the
+training cutoffs and the validation cutoff after them (``training.churn.dataset``).
+
+- *Boosting*: a LightGBM binary classifier on the given feature columns (any subset, any order,
+  NaN allowed: LightGBM sends missing values down the side of each split that lowers the loss).
+  Churners and stayers are rarely balanced; with ``balance_classes`` each churner of the training
+  set weighs ``scale_pos_weight_`` = stayers / churners (LightGBM's ``scale_pos_weight``), so the
+  trees look for churners as hard as for stayers. Boosting stops when the validation log loss (with
+  the same class weights, so it measures what the training optimises) has not improved for
+  ``early_stopping_rounds`` rounds; the trees after the best round are dropped.
+- *Calibration*: the re-weighted booster's probabilities are not probabilities of churn (a churner
+  weighed 4 times pulls them up). A monotone map fitted on the validation cutoff only turns them
+  into calibrated ones: isotonic regression on the raw probability (default), or Platt's sigmoid on
+  the raw log-odds (``calibration="sigmoid"``). Calibrating on the set that also chose the number of
+  trees is the issue's choice: that set picked one integer, so the map's optimism from it is small,
+  and the training rows, which the trees have seen, would bias the map far more. Being monotone, the
+  map keeps the ranking (the AUC) of the booster.
+- *Outputs* (:data:`CHURN_OUTPUT_COLUMNS`, one scoring function, :meth:`ChurnModel.predict`, for
+  batch scores and the service alike): ``churn_probability`` (calibrated); ``risk_band`` ``low`` /
+  ``medium`` / ``high`` by two probability thresholds fixed at fit (given, or the 50th and 80th
+  percentiles of the calibrated probabilities of the training rows); ``percentile``, the share
+  (0-100) of the training rows with a lower probability, read from 1001 quantiles stored at fit;
+  ``reason_1`` .. ``reason_3``: the features that push this customer's risk up the most, in words
+  (:mod:`training.churn.reasons`). Everything is computed row by row from the stored state, so one
+  customer scored alone gets exactly the numbers and words batch scoring gives them. An isotonic
+  map is a step function: many customers share a probability, so the default bands hold roughly,
+  not exactly, 50 / 30 / 20 % of the training rows (a customer at a threshold is in the higher band).
+
+Reasons come from LightGBM's per-prediction feature contributions (``pred_contrib=True``: the
+path-dependent TreeSHAP values of Lundberg et al. 2020, in log-odds of the raw booster). The
+calibration map is increasing, so a feature that raises the raw log-odds raises the calibrated
+probability as well. Only positive contributions are reasons: a customer with fewer than three
+features pushing their risk up gets fewer reasons (None in the later columns). TreeSHAP is costly:
+about 0.6 ms per customer for 260 trees of 31 leaves on two cores (ten minutes for a million), some
+150 times the probability itself; ``predict(frame, top_reasons=0)`` skips it (``benchmarks/churn.py``
+measures both).
+
+The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, the calibration
+map, features, thresholds, quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
+names what is wrong). No pickle, no training rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy.special import expit
+from sklearn.base import BaseEstimator
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
+
+from features.churn import CHURNED
+from training.churn.reasons import CONTEXT_COLUMNS, reason_text
+
+logger = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float64]
+
+#: Risk bands, from the lowest churn probability to the highest (an ordered categorical).
+RISK_BANDS: tuple[str, str, str] = ("low", "medium", "high")
+#: Default number of reasons per customer.
+DEFAULT_TOP_REASONS = 3
+
+
+def reason_columns(n: int) -> tuple[str, ...]:
+    """Names of the reason columns of :meth:`ChurnModel.predict`: ``reason_1`` .. ``reason_<n>``."""
+    return tuple(f"reason_{i}" for i in range(1, n + 1))
+
+
+#: Columns of :meth:`ChurnModel.predict`, in order (with the default three reasons).
+CHURN_OUTPUT_COLUMNS: tuple[str, ...] = (
+    "churn_probability",
+    "risk_band",
+    "percentile",
+    *reason_columns(DEFAULT_TOP_REASONS),
+)
+#: Calibration methods: isotonic regression, or Platt's sigmoid (scikit-learn's name for it).
+CALIBRATIONS: tuple[str, ...] = ("isotonic", "sigmoid")
+#: Quantiles of the training rows' calibrated probabilities kept for percentile ranks (every 0.1 %).
+N_QUANTILES = 1001
+#: Percentiles of the training distribution used as default risk thresholds (low | medium | high).
+DEFAULT_RISK_PERCENTILES = (50.0, 80.0)
+
+#: Artefact format written by :meth:`ChurnModel.to_dict`.
+ARTEFACT_FORMAT = "rapport.churn_model"
+ARTEFACT_VERSION = 1
+
+_SETTINGS = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "early_stopping_rounds",
+             "calibration", "risk_thresholds", "top_reasons", "balance_classes", "num_threads", "seed")
+_FITTED = ("feature_names", "label", "booster", "best_iteration", "calibrator", "risk_thresholds",
+           "training_probabilities_quantiles", "feature_importance_gain", "base_rate", "validation_base_rate",
+           "scale_pos_weight", "currency", "n_train", "n_valid")
+#: Settings scoring reads from the instance rather than from the fit (they do not change the model).
+_SCORING_SETTINGS = ("top_reasons", "num_threads")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_LIGHTGBM_SPECIAL = re.compile(r'[\[\]{}",:]')
+
+
+class ChurnModelError(ValueError):
+    """What a user can fix about the churn model's inputs or artefact (the CLI prints it in one line)."""
+
+
+class ChurnInputError(ChurnModelError):
+    """A frame given to :class:`ChurnModel` lacks a feature or the label, or holds values that are not
+    numbers (or, for the label, not 0/1)."""
+
+
+class ChurnArtefactError(ChurnModelError):
+    """A churn model artefact (``ChurnModel.to_dict()`` output) cannot be loaded: wrong format or
+    version, a missing or malformed field, or fields that contradict each other."""
+
+
+# --- calibration maps ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IsotonicCalibrator:
+    """Isotonic regression of the label on the raw probability: the piecewise-linear map through
+    (``x``, ``y``) (scikit-learn's ``X_thresholds_`` / ``y_thresholds_``), constant beyond the ends."""
+
+    x: FloatArray
+    y: FloatArray
+    method: str = "isotonic"
+
+    @classmethod
+    def fit(cls, raw_probability: FloatArray, label: FloatArray) -> IsotonicCalibrator:
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+        iso.fit(raw_probability, label)
+        return cls(np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64))
+
+    def __call__(self, margin: FloatArray) -> FloatArray:
+        return np.interp(expit(margin), self.x, self.y)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "x": self.x.tolist(), "y": self.y.tolist()}
+
+
+@dataclass(frozen=True)
+class SigmoidCalibrator:
+    """Platt scaling: P(churn) = 1 / (1 + exp(-(slope * m + intercept))) of the raw log-odds m
+    (Platt 1999; a logistic regression of the label on m without penalty)."""
+
+    slope: float
+    intercept: float
+    method: str = "sigmoid"
+
+    @classmethod
+    def fit(cls, margin: FloatArray, label: FloatArray) -> SigmoidCalibrator:
+        logistic = LogisticRegression(C=np.inf, max_iter=1000).fit(margin[:, None], label)
+        return cls(float(logistic.coef_[0, 0]), float(logistic.intercept_[0]))
+
+    def __call__(self, margin: FloatArray) -> FloatArray:
+        return expit(self.slope * margin + self.intercept)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "slope": self.slope, "intercept": self.intercept}
+
+
+Calibrator = IsotonicCalibrator | SigmoidCalibrator
+
+
+def _calibrator_from_dict(data: Any) -> Calibrator:
+    if not isinstance(data, Mapping):
+        raise ChurnArtefactError(f"churn model artefact: fitted.calibrator must be a mapping, got {data!r}")
+    method = data.get("method")
+    if method == "isotonic":
+        try:
+            x = np.asarray(data["x"], dtype=np.float64)
+            y = np.asarray(data["y"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChurnArtefactError("churn model artefact: fitted.calibrator needs number lists 'x' and 'y'") from exc
+        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise ChurnArtefactError(f"churn model artefact: fitted.calibrator x and y must be non-empty lists of "
+                                     f"equal length, got {x.size} and {y.size}")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must be finite")
+        if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
+            raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must be non-decreasing")
+        if x[0] < 0 or x[-1] > 1 or y[0] < 0 or y[-1] > 1:
+            raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must lie in [0, 1]")
+        return IsotonicCalibrator(x, y)
+    if method == "sigmoid":
+        slope, intercept = data.get("slope"), data.get("intercept")
+        if not (_is_number(slope) and _is_number(intercept)):
+            raise ChurnArtefactError(f"churn model artefact: fitted.calibrator needs finite numbers 'slope' and "
+                                     f"'intercept', got {slope!r} and {intercept!r}")
+        return SigmoidCalibrator(float(slope), float(intercept))
+    raise ChurnArtefactError(f"churn model artefact: fitted.calibrator method {method!r} is not one of "
+                             f"{', '.join(CALIBRATIONS)}")
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Settings:
+    n_estimators: int
+    learning_rate: float
+    num_leaves: int
+    min_child_samples: int
+    early_stopping_rounds: int
+    calibration: str
+    risk_thresholds: tuple[float, float] | None
+    top_reasons: int
+    balance_classes: bool
+    num_threads: int
+    seed: int
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return False
+    return math.isfinite(float(value))
+
+
+def _is_whole(value: Any, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
+
+
+def _check_thresholds(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    pair = tuple(value) if isinstance(value, tuple | list) else ()
+    if len(pair) != 2 or not all(_is_number(v) and 0 <= v <= 1 for v in pair) or pair[0] > pair[1]:
+        raise ValueError(f"ChurnModel setting risk_thresholds must be None or two probabilities (medium from, "
+                         f"high from) with 0 <= medium <= high <= 1, got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def _check_settings(values: Mapping[str, Any]) -> _Settings:
+    """The settings, checked; ``ValueError`` names the first bad one, its value and what is expected."""
+
+    def fail(name: str, expected: str) -> NoReturn:
+        raise ValueError(f"ChurnModel setting {name} must be {expected}, got {values[name]!r}")
+
+    for name, minimum in (("n_estimators", 1), ("num_leaves", 2), ("min_child_samples", 1),
+                          ("early_stopping_rounds", 1), ("top_reasons", 0), ("num_threads", 1), ("seed", 0)):
+        if not _is_whole(values[name], minimum):
+            fail(name, f"a whole number >= {minimum}")
+    if not _is_number(values["learning_rate"]) or not 0 < values["learning_rate"] <= 1:
+        fail("learning_rate", "a number in (0, 1]")
+    if values["calibration"] not in CALIBRATIONS:
+        fail("calibration", f"one of {', '.join(CALIBRATIONS)}")
+    if not isinstance(values["balance_classes"], bool | np.bool_):
+        fail("balance_classes", "True or False")
+    return _Settings(
+        n_estimators=int(values["n_estimators"]),
+        learning_rate=float(values["learning_rate"]),
+        num_leaves=int(values["num_leaves"]),
+        min_child_samples=int(values["min_child_samples"]),
+        early_stopping_rounds=int(values["early_stopping_rounds"]),
+        calibration=str(values["calibration"]),
+        risk_thresholds=_check_thresholds(values["risk_thresholds"]),
+        top_reasons=int(values["top_reasons"]),
+        balance_classes=bool(values["balance_classes"]),
+        num_threads=int(values["num_threads"]),
+        seed=int(values["seed"]),
+    )
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+class ChurnModel(BaseEstimator):
+    """Calibrated LightGBM churn classifier with risk bands, percentiles and reasons, scikit-learn style.
+
+    Settings (stored as given; checked by :meth:`fit`):
+
+    - ``n_estimators`` (500): the most boosting rounds; early stopping usually ends sooner;
+    - ``learning_rate`` (0.05), ``num_leaves`` (31), ``min_child_samples`` (50: customers per leaf);
+    - ``early_stopping_rounds`` (50): rounds without a better validation log loss before stopping;
+    - ``calibration``: ``"isotonic"`` (default) or ``"sigmoid"`` (Platt), fitted on the validation frame;
+    - ``risk_thresholds``: (medium from, high from) churn probabilities; None (default): the 50th and
+      80th percentiles of the calibrated probabilities of the training rows, fixed at fit;
+    - ``top_reasons`` (3): reasons per customer (0: none, and no contribution computation);
+    - ``balance_classes`` (True): weigh churners by stayers / churners while boosting;
+    - ``num_threads`` (2): LightGBM's threads in fitting and scoring (its OpenMP pool; nothing else
+      here is multi-threaded, so no BLAS limit is needed);
+    - ``seed`` (0): LightGBM's seed; fits are deterministic (``deterministic=True``) for a given
+      number of threads.
+
+    Fitted attributes: ``booster_`` (``lightgbm.Booster`` holding the trees up to the best round
+    only), ``best_iteration_``, ``calibrator_`` (:class:`IsotonicCalibrator` x/y arrays or
+    :class:`SigmoidCalibrator` slope/intercept), ``feature_names_`` (the columns scoring reads, in
+    this order), ``label_``, ``risk_thresholds_`` ((medium from, high from)),
+    ``training_probabilities_quantiles_`` (:data:`N_QUANTILES` quantiles of the calibrated training
+    probabilities, for percentiles), ``feature_importance_gain_`` (pd.Series: total split gain per
+    feature, largest first), ``base_rate_`` (churn rate of the training rows),
+    ``validation_base_rate_``, ``scale_pos_weight_`` (1 without ``balance_classes``), ``currency_``
+    (amounts in the reasons), ``n_train_``, ``n_valid_``, and ``settings_``, the checked settings the
+    fit used: changing a setting needs a refit, except ``top_reasons`` and ``num_threads``, which
+    scoring reads from the instance.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 500,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 50,
+        early_stopping_rounds: int = 50,
+        calibration: str = "isotonic",
+        risk_thresholds: tuple[float, float] | None = None,
+        top_reasons: int = DEFAULT_TOP_REASONS,
+        balance_classes: bool = True,
+        num_threads: int = 2,
+        seed: int = 0,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.early_stopping_rounds = early_stopping_rounds
+        self.calibration = calibration
+        self.risk_thresholds = risk_thresholds
+        self.top_reasons = top_reasons
+        self.balance_classes = balance_classes
+        self.num_threads = num_threads
+        self.seed = seed
+
+    # --- fitting ----------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame,
+        *,
+        feature_names: Sequence[str],
+        label: str = CHURNED,
+        currency: str | None = None,
+    ) -> ChurnModel:
+        """Boost on ``train``, stop early and calibrate on ``valid`` (the cutoff after the training ones).
+
+        ``feature_names``: the numeric columns to learn from (any subset and order; NaN allowed);
+        ``label``: the 0/1 column; ``currency``: ISO code of the amounts, used in the reasons' words
+        (None: bare numbers). Other columns (``customer_id``, ``cutoff``) are ignored.
+
+        :class:`ChurnInputError` names a missing column, a non-numeric feature, a label that is not
+        0/1 or a frame without both classes; ``ValueError`` names a bad setting.
+        """
+        settings = self._checked_settings()
+        names = _check_feature_names(feature_names)
+        if not isinstance(label, str) or label in names:
+            raise ChurnInputError(f"label must be a column name other than the features, got {label!r}")
+        if currency is not None and (not isinstance(currency, str) or not _CURRENCY.match(currency)):
+            raise ValueError(f"currency must be an ISO 4217 code such as 'GBP' or None, got {currency!r}")
+        x_train = _feature_matrix(train, names, "training frame")
+        x_valid = _feature_matrix(valid, names, "validation frame")
+        y_train = _labels(train, label, "training frame")
+        y_valid = _labels(valid, label, "validation frame")
+
+        n_pos = float(y_train.sum())
+        scale_pos_weight = (len(y_train) - n_pos) / n_pos if settings.balance_classes else 1.0
+        params = {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "learning_rate": settings.learning_rate,
+            "num_leaves": settings.num_leaves,
+            "min_child_samples": settings.min_child_samples,
+            "scale_pos_weight": scale_pos_weight,
+            "num_threads": settings.num_threads,
+            "seed": settings.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+        # The validation loss carries the training's class weights: early stopping then watches the
+        # objective the trees optimise, not one that also counts their deliberate shift of the base rate.
+        valid_weight = np.where(y_valid == 1, scale_pos_weight, 1.0)
+        d_train = lgb.Dataset(x_train, y_train, feature_name=list(names), params={"verbosity": -1})
+        d_valid = lgb.Dataset(x_valid, y_valid, weight=valid_weight, reference=d_train)
+        booster = lgb.train(
+            params, d_train, num_boost_round=settings.n_estimators, valid_sets=[d_valid], valid_names=["valid"],
+            callbacks=[lgb.early_stopping(settings.early_stopping_rounds, first_metric_only=True, verbose=False)],
+        )
+        best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+        gain = booster.feature_importance(importance_type="gain", iteration=best)
+        # Keep the trees up to the best round only, as the artefact does: the fitted and the reloaded
+        # model are the same trees, and scoring needs no iteration argument.
+        self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+        del booster, d_train, d_valid
+        if tuple(self.booster_.feature_name()) != names:
+            raise ChurnInputError(f"LightGBM renamed the features {list(names)} to {self.booster_.feature_name()}: "
+                                  "use names without spaces")
+
+        margin_valid = self._margin(x_valid)
+        if settings.calibration == "isotonic":
+            calibrator: Calibrator = IsotonicCalibrator.fit(expit(margin_valid), y_valid)
+        else:
+            calibrator = SigmoidCalibrator.fit(margin_valid, y_valid)
+        p_train = calibrator(self._margin(x_train))
+        quantiles = np.quantile(p_train, np.linspace(0.0, 1.0, N_QUANTILES))
+        if settings.risk_thresholds is None:
+            low, high = np.percentile(p_train, DEFAULT_RISK_PERCENTILES)
+            thresholds = (float(low), float(high))
+        else:
+            thresholds = settings.risk_thresholds
+
+        self._set_fitted(
+            settings,
+            feature_names=names,
+            label=label,
+            best_iteration=int(best),
+            calibrator=calibrator,
+            risk_thresholds=thresholds,
+            quantiles=quantiles,
+            importance=pd.Series(gain, index=list(names), dtype="float64"),
+            base_rate=float(y_train.mean()),
+            validation_base_rate=float(y_valid.mean()),
+            scale_pos_weight=float(scale_pos_weight),
+            currency=currency,
+            n_train=len(y_train),
+            n_valid=len(y_valid),
+        )
+        logger.info(
+            "churn model fitted on %d rows (churn rate %.1f %%), %d trees of at most %d (early stopping on %d "
+            "validation rows, churn rate %.1f %%); %s calibration; risk thresholds %.3f / %.3f",
+            len(y_train), 100 * self.base_rate_, best, settings.n_estimators, len(y_valid),
+            100 * self.validation_base_rate_, settings.calibration, *thresholds,
+        )
+        return self
+
+    def _checked_settings(self) -> _Settings:
+        return _check_settings({name: getattr(self, name) for name in _SETTINGS})
+
+    def _set_fitted(
+        self, settings: _Settings, *, feature_names: tuple[str, ...], label: str, best_iteration: int,
+        calibrator: Calibrator, risk_thresholds: tuple[float, float], quantiles: FloatArray, importance: pd.Series,
+        base_rate: float, validation_base_rate: float, scale_pos_weight: float, currency: str | None, n_train: int,
+        n_valid: int,
+    ) -> None:
+        self.settings_ = settings
+        self.feature_names_ = feature_names
+        self.label_ = label
+        self.best_iteration_ = best_iteration
+        self.calibrator_ = calibrator
+        self.risk_thresholds_ = risk_thresholds
+        self.training_probabilities_quantiles_ = np.asarray(quantiles, dtype=np.float64)
+        self.feature_importance_gain_ = importance.sort_values(ascending=False, kind="stable")
+        self.feature_importance_gain_.index.name = "feature"
+        self.feature_importance_gain_.name = "gain"
+        self.base_rate_ = base_rate
+        self.validation_base_rate_ = validation_base_rate
+        self.scale_pos_weight_ = scale_pos_weight
+        self.currency_ = currency
+        self.n_train_ = n_train
+        self.n_valid_ = n_valid
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(self, ["booster_", "calibrator_", "feature_names_", "training_probabilities_quantiles_"])
+
+    # --- scoring ----------------------------------------------------------------------------------
+
+    def _threads(self) -> int:
+        return int(self.num_threads) if _is_whole(self.num_threads, 1) else 1
+
+    def _margin(self, x: FloatArray) -> FloatArray:
+        """Raw log-odds of the booster for a feature matrix."""
+        if x.shape[0] == 0:
+            return np.empty(0)
+        return np.asarray(self.booster_.predict(x, raw_score=True, num_threads=self._threads()), dtype=np.float64)
+
+    def raw_probability(self, frame: pd.DataFrame) -> FloatArray:
+        """The booster's probability before calibration (shifted up by the class weights)."""
+        self._check_fitted()
+        return expit(self._margin(_feature_matrix(frame, self.feature_names_, "scored frame")))
+
+    def predict_proba(self, frame: pd.DataFrame) -> FloatArray:
+        """Calibrated churn probability of every row (a 1-d array, in the rows' order).
+
+        Reads the columns ``feature_names_`` (in that order; others are ignored); a missing one is a
+        :class:`ChurnInputError` naming it."""
+        self._check_fitted()
+        return self.calibrator_(self._margin(_feature_matrix(frame, self.feature_names_, "scored frame")))
+
+    def feature_contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Each feature's contribution to each row's raw log-odds (TreeSHAP, LightGBM's
+        ``pred_contrib``), indexed like ``frame``; the column ``expected_value`` is the base value,
+        and a row's contributions and base value add up to its raw log-odds."""
+        self._check_fitted()
+        contributions = self._contributions(_feature_matrix(frame, self.feature_names_, "scored frame"))
+        return pd.DataFrame(contributions, index=frame.index, columns=[*self.feature_names_, "expected_value"])
+
+    def _contributions(self, x: FloatArray) -> FloatArray:
+        if x.shape[0] == 0:
+            return np.empty((0, len(self.feature_names_) + 1))
+        return np.asarray(self.booster_.predict(x, pred_contrib=True, num_threads=self._threads()), dtype=np.float64)
+
+    def percentile(self, probability: FloatArray) -> FloatArray:
+        """Percentile rank (0-100) of churn probabilities among the training rows' (stored quantiles)."""
+        self._check_fitted()
+        return _percentile_rank(np.asarray(probability, dtype=np.float64), self.training_probabilities_quantiles_)
+
+    def risk_band(self, probability: FloatArray) -> pd.Categorical:
+        """``low`` below the first threshold, ``high`` from the second, ``medium`` between."""
+        self._check_fitted()
+        medium, high = self.risk_thresholds_
+        p = np.asarray(probability, dtype=np.float64)
+        codes = np.where(p >= high, 2, np.where(p >= medium, 1, 0))
+        return pd.Categorical.from_codes(codes, categories=list(RISK_BANDS), ordered=True)
+
+    def predict(self, frame: pd.DataFrame, *, top_reasons: int | None = None) -> pd.DataFrame:
+        """Every churn output for each row of ``frame``, indexed like it.
+
+        Columns: ``churn_probability``, ``risk_band`` (ordered categorical low < medium < high),
+        ``percentile`` (0-100, float), then ``reason_1`` .. ``reason_<k>`` with k = ``top_reasons``
+        (default: the model's setting, 3; :data:`CHURN_OUTPUT_COLUMNS`): the features pushing this
+        row's risk up the most, strongest first, in words; None where fewer features push it up.
+        ``top_reasons=0`` leaves the reasons out and skips their cost. The reasons read related
+        columns of ``frame`` when present (:data:`training.churn.reasons.CONTEXT_COLUMNS`, e.g. the
+        usual days between orders next to the days since the last one).
+        """
+        self._check_fitted()
+        k = self.top_reasons if top_reasons is None else top_reasons
+        if not _is_whole(k, 0):
+            raise ValueError(f"top_reasons must be a whole number >= 0, got {k!r}")
+        k = min(int(k), len(self.feature_names_))
+        x = _feature_matrix(frame, self.feature_names_, "scored frame")
+        probability = self.calibrator_(self._margin(x))
+        columns: dict[str, Any] = {
+            "churn_probability": probability,
+            "risk_band": self.risk_band(probability),
+            "percentile": self.percentile(probability),
+        }
+        if k:
+            reasons = self._reasons(frame, x, k)
+            for i, name in enumerate(reason_columns(k)):
+                # object dtype, None for "no further reason", whatever pandas would infer for strings
+                # (pandas 3 infers its string dtype with NaN): the same dtype for one row and for many.
+                columns[name] = pd.Series(reasons[:, i], index=frame.index, dtype=object)
+        return pd.DataFrame(columns, index=frame.index)
+
+    def _reasons(self, frame: pd.DataFrame, x: FloatArray, k: int) -> NDArray[np.object_]:
+        """The k strongest positive contributions of each row, as sentences (None past the last one)."""
+        out = np.full((x.shape[0], k), None, dtype=object)
+        if x.shape[0] == 0:
+            return out
+        contributions = self._contributions(x)[:, : len(self.feature_names_)]
+        # Stable order on the negated values: equal contributions keep the feature order.
+        order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
+        pushes_up = np.take_along_axis(contributions, order, axis=1) > 0
+        values = {name: x[:, j] for j, name in enumerate(self.feature_names_)}
+        for name in CONTEXT_COLUMNS:
+            if name not in values and name in frame.columns:
+                context = _numeric_or_none(frame[name])
+                if context is not None:
+                    values[name] = context
+        names = self.feature_names_
+        for i in np.flatnonzero(pushes_up[:, 0]):
+            row = _Row(values, int(i))
+            for j in range(k):
+                if not pushes_up[i, j]:
+                    break
+                out[i, j] = reason_text(names[order[i, j]], row, currency=self.currency_)
+        return out
+
+    # --- artefact ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON-serialisable data: LightGBM's model text, the calibration map,
+        features, thresholds, quantiles and settings (no training rows, no pickles)."""
+        self._check_fitted()
+        used = {name: getattr(self.settings_, name) for name in _SETTINGS}
+        # The fit's settings, with the scoring-only ones as the instance has them now (checked).
+        settings = _check_settings({**used, **{name: getattr(self, name) for name in _SCORING_SETTINGS}})
+        thresholds = settings.risk_thresholds
+        return {
+            "format": ARTEFACT_FORMAT,
+            "format_version": ARTEFACT_VERSION,
+            "settings": {
+                "n_estimators": settings.n_estimators,
+                "learning_rate": settings.learning_rate,
+                "num_leaves": settings.num_leaves,
+                "min_child_samples": settings.min_child_samples,
+                "early_stopping_rounds": settings.early_stopping_rounds,
+                "calibration": settings.calibration,
+                "risk_thresholds": None if thresholds is None else list(thresholds),
+                "top_reasons": settings.top_reasons,
+                "balance_classes": settings.balance_classes,
+                "num_threads": settings.num_threads,
+                "seed": settings.seed,
+            },
+            "fitted": {
+                "feature_names": list(self.feature_names_),
+                "label": self.label_,
+                "booster": self.booster_.model_to_string(),
+                "best_iteration": int(self.best_iteration_),
+                "calibrator": self.calibrator_.to_dict(),
+                "risk_thresholds": {"medium": float(self.risk_thresholds_[0]), "high": float(self.risk_thresholds_[1])},
+                "training_probabilities_quantiles": self.training_probabilities_quantiles_.tolist(),
+                "feature_importance_gain": {str(k): float(v) for k, v in self.feature_importance_gain_.items()},
+                "base_rate": float(self.base_rate_),
+                "validation_base_rate": float(self.validation_base_rate_),
+                "scale_pos_weight": float(self.scale_pos_weight_),
+                "currency": self.currency_,
+                "n_train": int(self.n_train_),
+                "n_valid": int(self.n_valid_),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChurnModel:
+        """Rebuild a fitted model from :meth:`to_dict` output; :class:`ChurnArtefactError` names what is wrong."""
+        if not isinstance(data, Mapping):
+            raise ChurnArtefactError(f"churn model artefact must be a mapping, got {type(data).__name__}")
+        if data.get("format") != ARTEFACT_FORMAT:
+            raise ChurnArtefactError(f"not a churn model artefact: format is {data.get('format')!r}, "
+                                     f"expected {ARTEFACT_FORMAT!r}")
+        version = data.get("format_version")
+        if version != ARTEFACT_VERSION:
+            raise ChurnArtefactError(f"churn model artefact format_version {version!r} is not supported "
+                                     f"(this code reads version {ARTEFACT_VERSION})")
+        settings_data = _section(data, "settings", _SETTINGS)
+        fitted = _section(data, "fitted", _FITTED)
+        try:
+            settings = _check_settings(settings_data)
+        except ValueError as exc:
+            raise ChurnArtefactError(f"churn model artefact settings: {exc}") from exc
+
+        try:
+            names = _check_feature_names(_field(fitted, "feature_names", list))
+        except ChurnInputError as exc:
+            raise ChurnArtefactError(f"churn model artefact: fitted.feature_names: {exc}") from exc
+        label = _field(fitted, "label", str)
+        booster = _booster_from_text(_field(fitted, "booster", str), names)
+        best = _field(fitted, "best_iteration", int)
+        if best != booster.current_iteration():
+            raise ChurnArtefactError(f"churn model artefact: fitted.best_iteration {best} contradicts the booster, "
+                                     f"which holds {booster.current_iteration()} trees")
+        calibrator = _calibrator_from_dict(fitted["calibrator"])
+        if calibrator.method != settings.calibration:
+            raise ChurnArtefactError(f"churn model artefact: fitted.calibrator method {calibrator.method!r} "
+                                     f"contradicts settings.calibration {settings.calibration!r}")
+        thresholds = _field(fitted, "risk_thresholds", Mapping)
+        try:
+            medium, high = (float(thresholds[key]) for key in ("medium", "high"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChurnArtefactError("churn model artefact: fitted.risk_thresholds needs numbers 'medium' and "
+                                     "'high'") from exc
+        if not (0 <= medium <= high <= 1):
+            raise ChurnArtefactError(f"churn model artefact: fitted.risk_thresholds must satisfy "
+                                     f"0 <= medium <= high <= 1, got {medium!r}, {high!r}")
+        if settings.risk_thresholds is not None and settings.risk_thresholds != (medium, high):
+            raise ChurnArtefactError(f"churn model artefact: fitted.risk_thresholds ({medium!r}, {high!r}) contradict "
+                                     f"settings.risk_thresholds {settings.risk_thresholds!r}")
+        try:
+            quantiles = np.asarray(_field(fitted, "training_probabilities_quantiles", list), dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ChurnArtefactError("churn model artefact: fitted.training_probabilities_quantiles must be a "
+                                     "list of numbers") from exc
+        if (quantiles.ndim != 1 or quantiles.size < 2 or not np.all(np.isfinite(quantiles))
+                or np.any(np.diff(quantiles) < 0) or quantiles[0] < 0 or quantiles[-1] > 1):
+            raise ChurnArtefactError("churn model artefact: fitted.training_probabilities_quantiles must be at "
+                                     "least 2 non-decreasing probabilities")
+        gains = _field(fitted, "feature_importance_gain", Mapping)
+        if set(gains) != set(names) or not all(_is_number(v) and v >= 0 for v in gains.values()):
+            raise ChurnArtefactError("churn model artefact: fitted.feature_importance_gain must hold a gain >= 0 "
+                                     "for every feature and nothing else")
+        rates = {}
+        for name in ("base_rate", "validation_base_rate"):
+            value = fitted.get(name)
+            if not (_is_number(value) and 0 < value < 1):
+                raise ChurnArtefactError(f"churn model artefact: fitted.{name} must be a rate in (0, 1), "
+                                         f"got {value!r}")
+            rates[name] = float(value)
+        scale_pos_weight = fitted["scale_pos_weight"]
+        if not (_is_number(scale_pos_weight) and scale_pos_weight > 0):
+            raise ChurnArtefactError(f"churn model artefact: fitted.scale_pos_weight must be a number > 0, "
+                                     f"got {scale_pos_weight!r}")
+        currency = fitted["currency"]
+        if currency is not None and (not isinstance(currency, str) or not _CURRENCY.match(currency)):
+            raise ChurnArtefactError(f"churn model artefact: fitted.currency must be an ISO 4217 code or null, "
+                                     f"got {currency!r}")
+        counts = {name: _field(fitted, name, int) for name in ("n_train", "n_valid")}
+        if min(counts.values()) < 1:
+            raise ChurnArtefactError(f"churn model artefact: row counts must be >= 1, got {counts}")
+
+        model = cls(**{name: settings_data[name] for name in _SETTINGS})
+        if model.risk_thresholds is not None:
+            model.risk_thresholds = tuple(model.risk_thresholds)
+        model.booster_ = booster
+        model._set_fitted(
+            settings,
+            feature_names=names,
+            label=label,
+            best_iteration=best,
+            calibrator=calibrator,
+            risk_thresholds=(medium, high),
+            quantiles=quantiles,
+            importance=pd.Series({name: float(gains[name]) for name in names}, dtype="float64"),
+            base_rate=rates["base_rate"],
+            validation_base_rate=rates["validation_base_rate"],
+            scale_pos_weight=float(scale_pos_weight),
+            currency=currency,
+            n_train=counts["n_train"],
+            n_valid=counts["n_valid"],
+        )
+        return model
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+class _Row(Mapping[str, float]):
+    """One row of column arrays, read lazily (the reasons read two or three values of ~30)."""
+
+    __slots__ = ("_columns", "_i")
+
+    def __init__(self, columns: Mapping[str, FloatArray], i: int) -> None:
+        self._columns = columns
+        self._i = i
+
+    def __getitem__(self, name: str) -> float:
+        return self._columns[name][self._i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
+def _check_feature_names(feature_names: Any) -> tuple[str, ...]:
+    if isinstance(feature_names, str) or not isinstance(feature_names, Sequence):
+        raise ChurnInputError(f"feature_names must be a sequence of column names, got {feature_names!r}")
+    names = tuple(feature_names)
+    if not names:
+        raise ChurnInputError("feature_names is empty: the model needs at least one feature")
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ChurnInputError(f"feature names must be non-empty strings, got {bad!r}")
+    special = [n for n in names if _LIGHTGBM_SPECIAL.search(n)]
+    if special:
+        raise ChurnInputError(f"LightGBM cannot store feature names with JSON special characters: {special!r}")
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ChurnInputError(f"feature names must be unique; repeated: {', '.join(duplicated)}")
+    return names
+
+
+def _feature_matrix(frame: pd.DataFrame, names: Sequence[str], what: str) -> FloatArray:
+    """The feature columns as a C-contiguous float64 matrix (rows x features); NaN for missing values."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"the {what} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise ChurnInputError(
+            f"the {what} lacks {len(missing)} churn feature column(s): {', '.join(missing)} "
+            f"(the model reads {', '.join(names)})"
+        )
+    x = np.empty((len(frame), len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        column = _numeric_or_none(frame[name])
+        if column is None:
+            values = frame[name]
+            bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+            raise ChurnInputError(
+                f"churn feature {name!r} of the {what} must be numeric; {len(bad)} value(s) are not, "
+                f"e.g. {bad.iloc[0]!r}" if len(bad) else f"churn feature {name!r} of the {what} must be numeric, "
+                f"got dtype {values.dtype}"
+            )
+        x[:, j] = column
+    return x
+
+
+def _numeric_or_none(values: pd.Series) -> FloatArray | None:
+    """A column as float64 (missing values as NaN), or None when it holds something else than numbers."""
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    if pd.api.types.is_object_dtype(dtype):
+        converted = pd.to_numeric(values, errors="coerce")
+        if bool((converted.isna() & values.notna()).any()):
+            return None
+        return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    return None
+
+
+def _labels(frame: pd.DataFrame, label: str, what: str) -> FloatArray:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"the {what} must be a pandas DataFrame, got {type(frame).__name__}")
+    if label not in frame.columns:
+        raise ChurnInputError(f"the {what} has no label column {label!r}")
+    y = _numeric_or_none(frame[label])
+    if y is None or not np.all(np.isin(y, (0.0, 1.0))):
+        values = frame[label]
+        bad = values[~pd.to_numeric(values, errors="coerce").isin((0, 1))]
+        raise ChurnInputError(f"label {label!r} of the {what} must be 0 or 1; {len(bad)} value(s) are not, "
+                              f"e.g. {bad.iloc[0]!r}")
+    if len(y) == 0 or y.min() == y.max():
+        raise ChurnInputError(
+            f"the {what} needs churners and non-churners; it has {len(y)} rows, {int(y.sum())} with "
+            f"{label} = 1"
+        )
+    return y
+
+
+def _percentile_rank(p: FloatArray, quantiles: FloatArray) -> FloatArray:
+    """Percentile (0-100) of each p in the distribution described by equally spaced quantiles.
+
+    Between two distinct quantiles the level is interpolated linearly; a p equal to a run of tied
+    quantiles (a plateau of the isotonic map holds many customers) gets the middle of the run; below
+    the minimum 0, above the maximum 100. Each p is ranked on its own: one customer scored alone gets
+    the batch value."""
+    n = quantiles.shape[0]
+    left = np.searchsorted(quantiles, p, side="left")
+    right = np.searchsorted(quantiles, p, side="right")
+    tied = right > left
+    below = np.clip(left - 1, 0, n - 1)
+    above = np.clip(left, 0, n - 1)
+    gap = quantiles[above] - quantiles[below]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = below + np.where(gap > 0, (p - quantiles[below]) / gap, 0.0)
+    level = np.where(tied, (left + right - 1) / 2.0, between)
+    level = np.where(~tied & (left == 0), 0.0, level)
+    level = np.where(~tied & (left == n), n - 1.0, level)
+    return np.clip(100.0 * level / (n - 1), 0.0, 100.0)
+
+
+def _booster_from_text(text: str, names: tuple[str, ...]) -> lgb.Booster:
+    header = text.split("\nTree=", 1)[0]
+    if not re.search(r"^objective=binary\b", header, flags=re.MULTILINE):
+        raise ChurnArtefactError("churn model artefact: fitted.booster is not a LightGBM binary classifier")
+    try:
+        booster = lgb.Booster(model_str=text)
+    except lgb.basic.LightGBMError as exc:
+        raise ChurnArtefactError(f"churn model artefact: fitted.booster is not a LightGBM model: {exc}") from exc
+    if tuple(booster.feature_name()) != names:
+        raise ChurnArtefactError(
+            f"churn model artefact: the booster's features {booster.feature_name()} contradict "
+            f"fitted.feature_names {list(names)}"
+        )
+    return booster
+
+
+def _section(data: Mapping[str, Any], name: str, fields: tuple[str, ...]) -> Mapping[str, Any]:
+    section = data.get(name)
+    if not isinstance(section, Mapping):
+        raise ChurnArtefactError(f"churn model artefact: missing section {name!r}")
+    missing = [f for f in fields if f not in section]
+    if missing:
+        raise ChurnArtefactError(f"churn model artefact: missing field(s) "
+                                 f"{', '.join(f'{name}.{f}' for f in missing)}")
+    return section
+
+
+def _field(section: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = section[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ChurnArtefactError(f"churn model artefact: fitted.{name} must be {getattr(kind, '__name__', kind)}, "
+                                 f"got {type(value).__name__}")
+    return value

@@ -1,0 +1,185 @@
+"""The churn model as an MLflow pyfunc: what the registry stores and the service loads.
+
+As for CLV (:mod:`training.clv.pyfunc`), the logged model holds no pickle. Its fitted state is the
+JSON of ``ChurnModel.to_dict()`` (the ``churn_model`` artefact: LightGBM's model text, the
+calibration map, features, thresholds, quantiles; no customer data), and the pyfunc is logged as
+code (MLflow's "models from code"): a short script that builds :class:`ChurnPyfunc`. Loading it
+needs the ``rapport`` package importable and the pinned requirements recorded with the model.
+
+Input: one row per customer with the model's feature columns (``ChurnModel.feature_names_``), either
+indexed by ``customer_id`` or with ``customer_id`` as a column (a request body or a CSV has no
+index): the column then becomes the index. The signature lists the features as required inputs and
+``customer_id`` and the columns the reasons read for context (``avg_days_between_orders`` next to
+``days_since_last_order``, ...; :data:`training.churn.reasons.CONTEXT_COLUMNS`) as optional ones.
+Other columns of a request (a training frame's ``cutoff`` or label) are ignored.
+
+Output: ``ChurnModel.predict`` indexed like the input: ``churn_probability``, ``risk_band`` (as a
+plain string: a pyfunc's output travels as JSON, CSV or Parquet), ``percentile``, ``reason_1`` ..
+``reason_3`` (None where fewer features push the risk up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, Schema
+
+from features.schema import Col
+from training import tracking
+from training.churn.reasons import CONTEXT_COLUMNS
+from training.clv.pyfunc import (
+    _class_path,
+    _import_class,
+    _indexed,
+    _json_default,
+    _rapport_version,
+    flatten_cashflows,
+    pip_requirements,
+)
+
+log = logging.getLogger(__name__)
+
+#: Name of the JSON artefact that holds ``ChurnModel.to_dict()``.
+ARTIFACT_KEY = "churn_model"
+#: The model class the pyfunc rebuilds, as ``module:qualified name`` (kept in the model's config).
+DEFAULT_MODEL_CLASS = "training.churn.model:ChurnModel"
+#: Third-party distributions the churn scoring path adds to the CLV pyfunc's (pinned the same way).
+CHURN_RUNTIME_DISTRIBUTIONS = ("lightgbm",)
+
+# The "model as code" entry point written next to the model. It only builds the wrapper: what the
+# model knows comes from the JSON artefact, which class reads it from the model config.
+_MODEL_CODE = '''"""Rapport churn pyfunc: MLflow loads this file to build the model (see training/churn/pyfunc.py)."""
+import mlflow
+
+from training.churn.pyfunc import ChurnPyfunc
+
+mlflow.models.set_model(ChurnPyfunc())
+'''
+
+
+def pyfunc_output(predictions: pd.DataFrame) -> pd.DataFrame:
+    """``ChurnModel.predict`` output as the pyfunc returns it: categorical columns (``risk_band``) as
+    plain strings, everything else and the index unchanged. Batch scoring writes the same layout."""
+    return flatten_cashflows(predictions)
+
+
+class ChurnPyfunc(mlflow.pyfunc.PythonModel):
+    """Rebuilds the fitted churn model from its JSON artefact and scores churn features with it."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        config = context.model_config or {}
+        model_class = _import_class(config.get("model_class", DEFAULT_MODEL_CLASS))
+        state = json.loads(Path(context.artifacts[ARTIFACT_KEY]).read_text(encoding="utf-8"))
+        self.model = model_class.from_dict(state)
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Churn probability, risk band, percentile and reasons for a frame of churn features."""
+        if not hasattr(self, "model"):
+            raise RuntimeError("ChurnPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return pyfunc_output(self.model.predict(_indexed(frame)))
+
+
+def _request_columns(model: Any, frame: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
+    """The example as a request carries it (``customer_id`` a column, features, context columns;
+    nothing else), and the names of its optional columns."""
+    indexed = _indexed(frame)
+    features = list(model.feature_names_)
+    context = [c for c in CONTEXT_COLUMNS if c in indexed.columns and c not in features]
+    request = indexed.loc[:, [*features, *context]]
+    optional = set(context)
+    if indexed.index.name == Col.CUSTOMER_ID:
+        request = request.reset_index()
+        optional.add(Col.CUSTOMER_ID)
+    return request, optional
+
+
+def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.DataFrame]:
+    """The signature (features required; ``customer_id`` and context columns optional) and the
+    example as a request carries it."""
+    request, optional = _request_columns(model, example)
+    inferred = infer_signature(request, pyfunc_output(model.predict(_indexed(request))))
+    inputs = Schema([
+        ColSpec(spec.type, spec.name, required=spec.required and spec.name not in optional)
+        for spec in inferred.inputs.inputs
+    ])
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs), request
+
+
+def churn_pip_requirements() -> list[str]:
+    """The CLV pyfunc's pinned runtime requirements plus LightGBM's."""
+    pinned = pip_requirements()
+    for name in CHURN_RUNTIME_DISTRIBUTIONS:
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            log.warning("%s is not installed: left out of the model's requirements", name)
+    return pinned
+
+
+def log_churn_model(
+    model: Any,
+    *,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    input_example: pd.DataFrame | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> ModelInfo:
+    """Log a fitted ``ChurnModel`` as a pyfunc in the active run and, optionally, register it.
+
+    ``input_example`` (a few rows of churn features, indexed by ``customer_id`` or with it as a
+    column; other columns such as ``cutoff`` or the label are dropped) is stored with the model and
+    gives it its signature. With ``registered_model_name`` the model becomes a new version of that
+    registered model, tagged with the code version and ``tags``, without an alias: promotion is the
+    caller's decision. ``ModelInfo.registered_model_version`` holds the new version.
+    """
+    run_id = tracking.require_active_run("log_churn_model")
+    version = tracking.code_version()
+    with tempfile.TemporaryDirectory(prefix="rapport-churn-") as tmp, warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: customer ids and order counts
+        # of the feature contract never miss, so the hint is noise in every training run.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        signature = None
+        if input_example is not None:
+            signature, input_example = _signature(model, input_example)
+        state_path = Path(tmp, f"{ARTIFACT_KEY}.json")
+        state_path.write_text(json.dumps(model.to_dict(), default=_json_default, sort_keys=True), encoding="utf-8")
+        code_path = Path(tmp, "churn_pyfunc_model.py")
+        code_path.write_text(_MODEL_CODE, encoding="utf-8")
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code_path),
+            artifacts={ARTIFACT_KEY: str(state_path)},
+            model_config={"model_class": _class_path(model)},
+            pip_requirements=churn_pip_requirements(),
+            signature=signature,
+            input_example=input_example,
+            metadata={"rapport_version": _rapport_version(), "code_version": version or "unknown"},
+        )
+    if registered_model_name is not None:
+        registered = tracking.register_model(
+            tracking.current_client(),
+            run_id=run_id,
+            artifact_name=name,
+            model_name=registered_model_name,
+            tags={tracking.CODE_VERSION_TAG: version or "unknown", **(tags or {})},
+            model_id=info.model_id,
+        )
+        info.registered_model_version = registered.version
+    return info
