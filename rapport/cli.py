@@ -477,7 +477,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
 ) -> None:
     """The main job on the embedded default data: generate synthetic omnichannel files, ingest them
-    (quarantine report included), print the KPI report and train the CLV model."""
+    (quarantine report included), print the KPI report and train the CLV and churn models."""
     from features.discovery import discover
 
     s = settings()
@@ -490,8 +490,8 @@ def demo(
     _ingest_and_print(inputs, ignored)
     console.rule("3. engagement KPIs")
     data_report(start=None, end=None, output=None)
-    console.rule("4. customer lifetime value: fit, holdout evaluation, MLflow, registry")
-    train(only=["clv"], cutoff=None)
+    console.rule("4. training: CLV and churn, evaluated on held-out data, logged to MLflow, registered")
+    train(only=None, cutoff=None)
     console.rule("done")
     console.print(f"everything is under [bold]{s.data_dir.resolve()}[/]: raw files {raw}, store {s.database_path}, "
                   f"quarantine {s.quarantine_dir}, reports and plots {s.reports_dir}, MLflow {s.mlflow_dir} "
