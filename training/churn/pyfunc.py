@@ -20,13 +20,8 @@ plain string: a pyfunc's output travels as JSON, CSV or Parquet), ``percentile``
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
-import warnings
 from collections.abc import Mapping
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -36,17 +31,9 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 
 from features.schema import Col
-from training import tracking
 from training.churn.reasons import CONTEXT_COLUMNS
-from training.clv.pyfunc import (
-    _class_path,
-    _import_class,
-    _indexed,
-    _json_default,
-    _rapport_version,
-    flatten_cashflows,
-    pip_requirements,
-)
+from training.clv.pyfunc import flatten_cashflows, pip_requirements
+from training.json_pyfunc import indexed, load_state, log_json_pyfunc, pinned
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +65,7 @@ class ChurnPyfunc(mlflow.pyfunc.PythonModel):
     """Rebuilds the fitted churn model from its JSON artefact and scores churn features with it."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        config = context.model_config or {}
-        model_class = _import_class(config.get("model_class", DEFAULT_MODEL_CLASS))
-        state = json.loads(Path(context.artifacts[ARTIFACT_KEY]).read_text(encoding="utf-8"))
-        self.model = model_class.from_dict(state)
+        self.model = load_state(context, ARTIFACT_KEY, DEFAULT_MODEL_CLASS)
 
     def predict(
         self,
@@ -93,18 +77,18 @@ class ChurnPyfunc(mlflow.pyfunc.PythonModel):
         if not hasattr(self, "model"):
             raise RuntimeError("ChurnPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return pyfunc_output(self.model.predict(_indexed(frame)))
+        return pyfunc_output(self.model.predict(indexed(frame)))
 
 
 def _request_columns(model: Any, frame: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
     """The example as a request carries it (``customer_id`` a column, features, context columns;
     nothing else), and the names of its optional columns."""
-    indexed = _indexed(frame)
+    rows = indexed(frame)
     features = list(model.feature_names_)
-    context = [c for c in CONTEXT_COLUMNS if c in indexed.columns and c not in features]
-    request = indexed.loc[:, [*features, *context]]
+    context = [c for c in CONTEXT_COLUMNS if c in rows.columns and c not in features]
+    request = rows.loc[:, [*features, *context]]
     optional = set(context)
-    if indexed.index.name == Col.CUSTOMER_ID:
+    if rows.index.name == Col.CUSTOMER_ID:
         request = request.reset_index()
         optional.add(Col.CUSTOMER_ID)
     return request, optional
@@ -114,7 +98,7 @@ def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.Da
     """The signature (features required; ``customer_id`` and context columns optional) and the
     example as a request carries it."""
     request, optional = _request_columns(model, example)
-    inferred = infer_signature(request, pyfunc_output(model.predict(_indexed(request))))
+    inferred = infer_signature(request, pyfunc_output(model.predict(indexed(request))))
     inputs = Schema([
         ColSpec(spec.type, spec.name, required=spec.required and spec.name not in optional)
         for spec in inferred.inputs.inputs
@@ -124,13 +108,7 @@ def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.Da
 
 def churn_pip_requirements() -> list[str]:
     """The CLV pyfunc's pinned runtime requirements plus LightGBM's."""
-    pinned = pip_requirements()
-    for name in CHURN_RUNTIME_DISTRIBUTIONS:
-        try:
-            pinned.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            log.warning("%s is not installed: left out of the model's requirements", name)
-    return pinned
+    return [*pip_requirements(), *pinned(CHURN_RUNTIME_DISTRIBUTIONS)]
 
 
 def log_churn_model(
@@ -149,37 +127,8 @@ def log_churn_model(
     registered model, tagged with the code version and ``tags``, without an alias: promotion is the
     caller's decision. ``ModelInfo.registered_model_version`` holds the new version.
     """
-    run_id = tracking.require_active_run("log_churn_model")
-    version = tracking.code_version()
-    with tempfile.TemporaryDirectory(prefix="rapport-churn-") as tmp, warnings.catch_warnings():
-        # MLflow hints that integer columns cannot hold missing values: customer ids and order counts
-        # of the feature contract never miss, so the hint is noise in every training run.
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        signature = None
-        if input_example is not None:
-            signature, input_example = _signature(model, input_example)
-        state_path = Path(tmp, f"{ARTIFACT_KEY}.json")
-        state_path.write_text(json.dumps(model.to_dict(), default=_json_default, sort_keys=True), encoding="utf-8")
-        code_path = Path(tmp, "churn_pyfunc_model.py")
-        code_path.write_text(_MODEL_CODE, encoding="utf-8")
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(code_path),
-            artifacts={ARTIFACT_KEY: str(state_path)},
-            model_config={"model_class": _class_path(model)},
-            pip_requirements=churn_pip_requirements(),
-            signature=signature,
-            input_example=input_example,
-            metadata={"rapport_version": _rapport_version(), "code_version": version or "unknown"},
-        )
-    if registered_model_name is not None:
-        registered = tracking.register_model(
-            tracking.current_client(),
-            run_id=run_id,
-            artifact_name=name,
-            model_name=registered_model_name,
-            tags={tracking.CODE_VERSION_TAG: version or "unknown", **(tags or {})},
-            model_id=info.model_id,
-        )
-        info.registered_model_version = registered.version
-    return info
+    return log_json_pyfunc(
+        model, what="churn", name=name, artifact_key=ARTIFACT_KEY, model_code=_MODEL_CODE,
+        requirements=churn_pip_requirements(), signature=_signature, input_example=input_example,
+        registered_model_name=registered_model_name, tags=tags,
+    )

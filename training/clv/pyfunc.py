@@ -22,14 +22,8 @@ index along (``reset_index()``, or JSON with ``orient="split"``) to keep the cus
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
-import tempfile
-import warnings
 from collections.abc import Mapping
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -40,7 +34,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 
 from features.schema import Col
-from training import tracking
+from training.json_pyfunc import indexed, load_state, log_json_pyfunc, pinned
 
 log = logging.getLogger(__name__)
 
@@ -101,29 +95,11 @@ def _is_empty(flows: Any) -> bool:
     return flows is None or (np.ndim(flows) == 0 and pd.isna(flows))
 
 
-def _import_class(path: str) -> type:
-    module_name, _, qualname = path.partition(":")
-    if not module_name or not qualname:
-        raise ValueError(f"model class must be given as 'module:Class', got {path!r}")
-    target: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    return target
-
-
-def _class_path(model: Any) -> str:
-    cls = type(model)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 class ClvPyfunc(mlflow.pyfunc.PythonModel):
     """Rebuilds the fitted CLV model from its JSON artefact and scores customer features with it."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        config = context.model_config or {}
-        model_class = _import_class(config.get("model_class", DEFAULT_MODEL_CLASS))
-        state = json.loads(Path(context.artifacts[ARTIFACT_KEY]).read_text(encoding="utf-8"))
-        self.model = model_class.from_dict(state)
+        self.model = load_state(context, ARTIFACT_KEY, DEFAULT_MODEL_CLASS)
 
     def predict(
         self,
@@ -135,19 +111,14 @@ class ClvPyfunc(mlflow.pyfunc.PythonModel):
         if not hasattr(self, "model"):
             raise RuntimeError("ClvPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return flatten_cashflows(self.model.predict(_indexed(frame)))
-
-
-def _indexed(features: pd.DataFrame) -> pd.DataFrame:
-    """Features indexed by customer id: a ``customer_id`` column (a request) becomes the index."""
-    return features.set_index(Col.CUSTOMER_ID) if Col.CUSTOMER_ID in features.columns else features
+        return flatten_cashflows(self.model.predict(indexed(frame)))
 
 
 def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.DataFrame]:
     """The signature (``customer_id`` an optional input column) and the example as a request carries it."""
-    indexed = _indexed(example)
-    request = indexed.reset_index() if indexed.index.name == Col.CUSTOMER_ID else indexed
-    inferred = infer_signature(request, flatten_cashflows(model.predict(indexed)))
+    rows = indexed(example)
+    request = rows.reset_index() if rows.index.name == Col.CUSTOMER_ID else rows
+    inferred = infer_signature(request, flatten_cashflows(model.predict(rows)))
     inputs = Schema([
         ColSpec(spec.type, spec.name, required=spec.required and spec.name != Col.CUSTOMER_ID)
         for spec in inferred.inputs.inputs
@@ -155,32 +126,9 @@ def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.Da
     return ModelSignature(inputs=inputs, outputs=inferred.outputs), request
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    raise TypeError(f"ClvModel.to_dict() holds a {type(value).__name__}, which JSON cannot store: {value!r}")
-
-
 def pip_requirements() -> list[str]:
     """The runtime requirements recorded with the model, pinned to the installed versions."""
-    pinned = []
-    for name in RUNTIME_DISTRIBUTIONS:
-        try:
-            pinned.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            log.warning("%s is not installed: left out of the model's requirements", name)
-    return pinned
-
-
-def _rapport_version() -> str:
-    try:
-        return metadata.version("rapport")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return pinned(RUNTIME_DISTRIBUTIONS)
 
 
 def log_clv_model(
@@ -200,39 +148,8 @@ def log_clv_model(
     the code version and ``tags``, without an alias: promotion is the caller's decision.
     ``ModelInfo.registered_model_version`` holds the new version.
     """
-    run_id = tracking.require_active_run("log_clv_model")
-    version = tracking.code_version()
-    with tempfile.TemporaryDirectory(prefix="rapport-clv-") as tmp, warnings.catch_warnings():
-        # MLflow hints that integer columns cannot hold missing values: customer ids and counts of
-        # the feature contract never miss, so the hint is noise in every training run.
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        signature = None
-        if input_example is not None:
-            signature, input_example = _signature(model, input_example)
-        state_path = Path(tmp, f"{ARTIFACT_KEY}.json")
-        state_path.write_text(
-            json.dumps(model.to_dict(), default=_json_default, sort_keys=True, indent=1), encoding="utf-8"
-        )
-        code_path = Path(tmp, "clv_pyfunc_model.py")
-        code_path.write_text(_MODEL_CODE, encoding="utf-8")
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(code_path),
-            artifacts={ARTIFACT_KEY: str(state_path)},
-            model_config={"model_class": _class_path(model)},
-            pip_requirements=pip_requirements(),
-            signature=signature,
-            input_example=input_example,
-            metadata={"rapport_version": _rapport_version(), "code_version": version or "unknown"},
-        )
-    if registered_model_name is not None:
-        registered = tracking.register_model(
-            tracking.current_client(),
-            run_id=run_id,
-            artifact_name=name,
-            model_name=registered_model_name,
-            tags={tracking.CODE_VERSION_TAG: version or "unknown", **(tags or {})},
-            model_id=info.model_id,
-        )
-        info.registered_model_version = registered.version
-    return info
+    return log_json_pyfunc(
+        model, what="clv", name=name, artifact_key=ARTIFACT_KEY, model_code=_MODEL_CODE,
+        requirements=pip_requirements(), signature=_signature, input_example=input_example,
+        registered_model_name=registered_model_name, tags=tags,
+    )

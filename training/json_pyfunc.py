@@ -1,0 +1,139 @@
+"""What every model's MLflow pyfunc shares: the fitted state as a JSON artefact (no pickle), the
+pyfunc logged as code, pinned requirements, registration.
+
+A model class only has to offer ``to_dict()`` / ``from_dict()`` and ``predict(frame)``; its pyfunc
+module supplies the wrapper class (in the small script MLflow loads), the signature and the
+requirements, and calls :func:`log_json_pyfunc`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+
+from features.schema import Col
+from training import tracking
+
+log = logging.getLogger(__name__)
+
+
+def import_class(path: str) -> type:
+    """The class named ``module:Qualified.Name``."""
+    module_name, _, qualname = path.partition(":")
+    if not module_name or not qualname:
+        raise ValueError(f"model class must be given as 'module:Class', got {path!r}")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def class_path(model: Any) -> str:
+    cls = type(model)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def indexed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows indexed by customer id: a ``customer_id`` column (a request) becomes the index."""
+    return frame.set_index(Col.CUSTOMER_ID) if Col.CUSTOMER_ID in frame.columns else frame
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    raise TypeError(f"a model's to_dict() holds a {type(value).__name__}, which JSON cannot store: {value!r}")
+
+
+def pinned(distributions: Iterable[str]) -> list[str]:
+    """``name==version`` of the installed distributions (a missing one is logged and left out)."""
+    out = []
+    for name in distributions:
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            log.warning("%s is not installed: left out of the model's requirements", name)
+    return out
+
+
+def rapport_version() -> str:
+    try:
+        return metadata.version("rapport")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def load_state(context: mlflow.pyfunc.PythonModelContext, artifact_key: str, default_class: str) -> Any:
+    """The fitted model rebuilt from the JSON artefact, by the class the model config names."""
+    config = context.model_config or {}
+    model_class = import_class(config.get("model_class", default_class))
+    return model_class.from_dict(json.loads(Path(context.artifacts[artifact_key]).read_text(encoding="utf-8")))
+
+
+def log_json_pyfunc(
+    model: Any,
+    *,
+    what: str,
+    name: str,
+    artifact_key: str,
+    model_code: str,
+    requirements: list[str],
+    signature: Callable[[Any, pd.DataFrame], tuple[ModelSignature, pd.DataFrame]],
+    input_example: pd.DataFrame | None,
+    registered_model_name: str | None,
+    tags: Mapping[str, Any] | None,
+) -> ModelInfo:
+    """Log ``model`` in the active run as a pyfunc built by ``model_code`` from its JSON state and,
+    with ``registered_model_name``, register it as a new version (tagged with the code version and
+    ``tags``; no alias: promotion is the caller's decision). ``ModelInfo.registered_model_version``
+    holds the new version."""
+    run_id = tracking.require_active_run(f"log_{what}_model")
+    version = tracking.code_version()
+    with tempfile.TemporaryDirectory(prefix=f"rapport-{what}-") as tmp, warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: customer ids and counts of
+        # the feature contract never miss, so the hint is noise in every training run.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        model_signature = None
+        if input_example is not None:
+            model_signature, input_example = signature(model, input_example)
+        state_path = Path(tmp, f"{artifact_key}.json")
+        state_path.write_text(json.dumps(model.to_dict(), default=json_default, sort_keys=True), encoding="utf-8")
+        code_path = Path(tmp, f"{what}_pyfunc_model.py")
+        code_path.write_text(model_code, encoding="utf-8")
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code_path),
+            artifacts={artifact_key: str(state_path)},
+            model_config={"model_class": class_path(model)},
+            pip_requirements=requirements,
+            signature=model_signature,
+            input_example=input_example,
+            metadata={"rapport_version": rapport_version(), "code_version": version or "unknown"},
+        )
+    if registered_model_name is not None:
+        registered = tracking.register_model(
+            tracking.current_client(),
+            run_id=run_id,
+            artifact_name=name,
+            model_name=registered_model_name,
+            tags={tracking.CODE_VERSION_TAG: version or "unknown", **(tags or {})},
+            model_id=info.model_id,
+        )
+        info.registered_model_version = registered.version
+    return info
