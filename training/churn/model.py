@@ -29,14 +29,19 @@ training cutoffs and the validation cutoff after them (``training.churn.dataset`
   map is a step function: many customers share a probability, so the default bands hold roughly,
   not exactly, 50 / 30 / 20 % of the training rows (a customer at a threshold is in the higher band).
 
-Reasons come from LightGBM's per-prediction feature contributions (``pred_contrib=True``: the
-path-dependent TreeSHAP values of Lundberg et al. 2020, in log-odds of the raw booster). The
-calibration map is increasing, so a feature that raises the raw log-odds raises the calibrated
-probability as well. Only positive contributions are reasons: a customer with fewer than three
-features pushing their risk up gets fewer reasons (None in the later columns). TreeSHAP is costly:
-about 0.6 ms per customer for 260 trees of 31 leaves on two cores (ten minutes for a million), some
-150 times the probability itself; ``predict(frame, top_reasons=0)`` skips it (``benchmarks/churn.py``
-measures both).
+Reasons come from per-prediction path contributions (Saabas' decomposition, "treeinterpreter";
+:mod:`training.churn.contributions`), in log-odds of the raw booster: in each tree, the change of
+the node value from a node to the child the customer's values take is credited to the node's split
+feature, so a customer's contributions plus the sum of the trees' root values are their raw
+log-odds. They are read from the trees themselves once after fit or load (not stored in the
+artefact) and computed with numpy for all rows at once, a walk down each tree instead of TreeSHAP's
+sum over feature subsets (LightGBM's ``pred_contrib=True``, Lundberg et al. 2020, about 0.6 ms per
+customer on two cores). Path contributions agree with TreeSHAP on the top reason for most
+customers, not all: a feature split near the root gets more of the credit than TreeSHAP gives it
+(the same top reason for 76 % of 20,000 sampled customers in ``benchmarks/churn.py``). The calibration map is increasing,
+so a feature that raises the raw log-odds raises the calibrated probability as well. Only positive
+contributions are reasons: a customer with fewer than three features pushing their risk up gets
+fewer reasons (None in the later columns). ``predict(frame, top_reasons=0)`` skips them.
 
 The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, the calibration
 map, features, thresholds, quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
@@ -63,6 +68,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from features.churn import CHURNED
+from training.churn.contributions import PathContributions
 from training.churn.reasons import CONTEXT_COLUMNS, reason_text
 
 logger = logging.getLogger(__name__)
@@ -293,7 +299,7 @@ class ChurnModel(BaseEstimator):
       number of threads.
 
     Fitted attributes: ``booster_`` (``lightgbm.Booster`` holding the trees up to the best round
-    only), ``best_iteration_``, ``calibrator_`` (:class:`IsotonicCalibrator` x/y arrays or
+    only), ``path_contributions_`` (its trees as arrays for the reasons, derived, not stored), ``best_iteration_``, ``calibrator_`` (:class:`IsotonicCalibrator` x/y arrays or
     :class:`SigmoidCalibrator` slope/intercept), ``feature_names_`` (the columns scoring reads, in
     this order), ``label_``, ``risk_thresholds_`` ((medium from, high from)),
     ``training_probabilities_quantiles_`` (:data:`N_QUANTILES` quantiles of the calibrated training
@@ -443,6 +449,8 @@ class ChurnModel(BaseEstimator):
         n_valid: int,
     ) -> None:
         self.settings_ = settings
+        # Derived from the trees, never stored: the artefact holds the model text only.
+        self.path_contributions_ = PathContributions(self.booster_)
         self.feature_names_ = feature_names
         self.label_ = label
         self.best_iteration_ = best_iteration
@@ -487,9 +495,10 @@ class ChurnModel(BaseEstimator):
         return self.calibrator_(self._margin(_feature_matrix(frame, self.feature_names_, "scored frame")))
 
     def feature_contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Each feature's contribution to each row's raw log-odds (TreeSHAP, LightGBM's
-        ``pred_contrib``), indexed like ``frame``; the column ``expected_value`` is the base value,
-        and a row's contributions and base value add up to its raw log-odds."""
+        """Each feature's contribution to each row's raw log-odds (path contributions,
+        :class:`training.churn.contributions.PathContributions`), indexed like ``frame``; the column
+        ``expected_value`` is the base value (the sum of the trees' root values), and a row's
+        contributions and base value add up to its raw log-odds."""
         self._check_fitted()
         contributions = self._contributions(_feature_matrix(frame, self.feature_names_, "scored frame"))
         return pd.DataFrame(contributions, index=frame.index, columns=[*self.feature_names_, "expected_value"])
@@ -497,7 +506,7 @@ class ChurnModel(BaseEstimator):
     def _contributions(self, x: FloatArray) -> FloatArray:
         if x.shape[0] == 0:
             return np.empty((0, len(self.feature_names_) + 1))
-        return np.asarray(self.booster_.predict(x, pred_contrib=True, num_threads=self._threads()), dtype=np.float64)
+        return self.path_contributions_.contributions(x, num_threads=self._threads())
 
     def percentile(self, probability: FloatArray) -> FloatArray:
         """Percentile rank (0-100) of churn probabilities among the training rows' (stored quantiles)."""
