@@ -338,7 +338,7 @@ def test_build_dataset_stacks_features_and_labels_per_cutoff(con, tiny):
 def test_a_failed_clv_fit_leaves_nan_and_a_note(con, monkeypatch):
     class FailingClvModel:
         def __init__(self, **settings):
-            pass
+            self.settings = settings
 
         def fit(self, features, *, cutoff, currency="GBP"):
             raise ClvFitError("BG/NBD fit failed: did not converge", kind="bgnbd", reason="did not converge")

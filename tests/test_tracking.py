@@ -194,7 +194,7 @@ def test_a_failing_block_marks_the_run_failed(shared):
 def test_nested_runs_are_children_of_the_active_run(shared):
     with tracking.start_run(shared, run_name="parent") as parent:
         with tracking.start_run(shared, run_name="child", nested=True) as child:
-            pass
+            assert mlflow.active_run().info.run_id == child.info.run_id
     stored = tracking.configure(shared).get_run(child.info.run_id)
     assert stored.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
@@ -320,7 +320,7 @@ def test_register_alias_and_latest_with_alias(shared):
 def test_register_names_the_run_when_it_logged_no_such_model(shared):
     client = tracking.configure(shared)
     with tracking.start_run(shared, run_name="empty") as run:
-        pass
+        assert run.info.run_id  # nothing logged in it
     with pytest.raises(LookupError, match=run.info.run_id):
         tracking.register_model(client, run_id=run.info.run_id, artifact_name="model", model_name=MODEL_NAME)
 
