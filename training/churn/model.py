@@ -68,6 +68,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from features.churn import CHURNED
+from training.artefact import ArtefactReader
 from training.churn.contributions import PathContributions
 from training.churn.reasons import CONTEXT_COLUMNS, reason_text
 
@@ -623,29 +624,22 @@ class ChurnModel(BaseEstimator):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChurnModel:
         """Rebuild a fitted model from :meth:`to_dict` output; :class:`ChurnArtefactError` names what is wrong."""
-        if not isinstance(data, Mapping):
-            raise ChurnArtefactError(f"churn model artefact must be a mapping, got {type(data).__name__}")
-        if data.get("format") != ARTEFACT_FORMAT:
-            raise ChurnArtefactError(f"not a churn model artefact: format is {data.get('format')!r}, "
-                                     f"expected {ARTEFACT_FORMAT!r}")
-        version = data.get("format_version")
-        if version != ARTEFACT_VERSION:
-            raise ChurnArtefactError(f"churn model artefact format_version {version!r} is not supported "
-                                     f"(this code reads version {ARTEFACT_VERSION})")
-        settings_data = _section(data, "settings", _SETTINGS)
-        fitted = _section(data, "fitted", _FITTED)
+        reader = ArtefactReader(data, what="churn model", format=ARTEFACT_FORMAT, version=ARTEFACT_VERSION,
+                                error=ChurnArtefactError)
+        settings_data = reader.section("settings", _SETTINGS)
+        fitted = reader.section("fitted", _FITTED)
         try:
             settings = _check_settings(settings_data)
         except ValueError as exc:
             raise ChurnArtefactError(f"churn model artefact settings: {exc}") from exc
 
         try:
-            names = _check_feature_names(_field(fitted, "feature_names", list))
+            names = _check_feature_names(reader.field(fitted, "feature_names", list))
         except ChurnInputError as exc:
             raise ChurnArtefactError(f"churn model artefact: fitted.feature_names: {exc}") from exc
-        label = _field(fitted, "label", str)
-        booster = _booster_from_text(_field(fitted, "booster", str), names)
-        best = _field(fitted, "best_iteration", int)
+        label = reader.field(fitted, "label", str)
+        booster = _booster_from_text(reader.field(fitted, "booster", str), names)
+        best = reader.field(fitted, "best_iteration", int)
         if best != booster.current_iteration():
             raise ChurnArtefactError(f"churn model artefact: fitted.best_iteration {best} contradicts the booster, "
                                      f"which holds {booster.current_iteration()} trees")
@@ -653,7 +647,7 @@ class ChurnModel(BaseEstimator):
         if calibrator.method != settings.calibration:
             raise ChurnArtefactError(f"churn model artefact: fitted.calibrator method {calibrator.method!r} "
                                      f"contradicts settings.calibration {settings.calibration!r}")
-        thresholds = _field(fitted, "risk_thresholds", Mapping)
+        thresholds = reader.field(fitted, "risk_thresholds", Mapping)
         try:
             medium, high = (float(thresholds[key]) for key in ("medium", "high"))
         except (KeyError, TypeError, ValueError) as exc:
@@ -666,7 +660,7 @@ class ChurnModel(BaseEstimator):
             raise ChurnArtefactError(f"churn model artefact: fitted.risk_thresholds ({medium!r}, {high!r}) contradict "
                                      f"settings.risk_thresholds {settings.risk_thresholds!r}")
         try:
-            quantiles = np.asarray(_field(fitted, "training_probabilities_quantiles", list), dtype=np.float64)
+            quantiles = np.asarray(reader.field(fitted, "training_probabilities_quantiles", list), dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ChurnArtefactError("churn model artefact: fitted.training_probabilities_quantiles must be a "
                                      "list of numbers") from exc
@@ -674,7 +668,7 @@ class ChurnModel(BaseEstimator):
                 or np.any(np.diff(quantiles) < 0) or quantiles[0] < 0 or quantiles[-1] > 1):
             raise ChurnArtefactError("churn model artefact: fitted.training_probabilities_quantiles must be at "
                                      "least 2 non-decreasing probabilities")
-        gains = _field(fitted, "feature_importance_gain", Mapping)
+        gains = reader.field(fitted, "feature_importance_gain", Mapping)
         if set(gains) != set(names) or not all(_is_number(v) and v >= 0 for v in gains.values()):
             raise ChurnArtefactError("churn model artefact: fitted.feature_importance_gain must hold a gain >= 0 "
                                      "for every feature and nothing else")
@@ -693,7 +687,7 @@ class ChurnModel(BaseEstimator):
         if currency is not None and (not isinstance(currency, str) or not _CURRENCY.match(currency)):
             raise ChurnArtefactError(f"churn model artefact: fitted.currency must be an ISO 4217 code or null, "
                                      f"got {currency!r}")
-        counts = {name: _field(fitted, name, int) for name in ("n_train", "n_valid")}
+        counts = {name: reader.field(fitted, name, int) for name in ("n_train", "n_valid")}
         if min(counts.values()) < 1:
             raise ChurnArtefactError(f"churn model artefact: row counts must be >= 1, got {counts}")
 
@@ -855,20 +849,3 @@ def _booster_from_text(text: str, names: tuple[str, ...]) -> lgb.Booster:
     return booster
 
 
-def _section(data: Mapping[str, Any], name: str, fields: tuple[str, ...]) -> Mapping[str, Any]:
-    section = data.get(name)
-    if not isinstance(section, Mapping):
-        raise ChurnArtefactError(f"churn model artefact: missing section {name!r}")
-    missing = [f for f in fields if f not in section]
-    if missing:
-        raise ChurnArtefactError(f"churn model artefact: missing field(s) "
-                                 f"{', '.join(f'{name}.{f}' for f in missing)}")
-    return section
-
-
-def _field(section: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = section[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ChurnArtefactError(f"churn model artefact: fitted.{name} must be {getattr(kind, '__name__', kind)}, "
-                                 f"got {type(value).__name__}")
-    return value

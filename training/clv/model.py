@@ -63,6 +63,7 @@ from threadpoolctl import ThreadpoolController
 from features.customer import DAYS_PER_UNIT, RFMValidationError, validate_rfm
 from features.history import utc_naive
 from features.schema import Feature
+from training.artefact import ArtefactReader
 from training.clv.adapter import (
     PURCHASE_MODELS,
     SPEND_MODEL,
@@ -505,17 +506,10 @@ class ClvModel(BaseEstimator):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClvModel:
         """Rebuild a fitted model from :meth:`to_dict` output; :class:`ClvArtefactError` names what is wrong."""
-        if not isinstance(data, Mapping):
-            raise ClvArtefactError(f"CLV model artefact must be a mapping, got {type(data).__name__}")
-        if data.get("format") != ARTEFACT_FORMAT:
-            raise ClvArtefactError(f"not a CLV model artefact: format is {data.get('format')!r}, "
-                                   f"expected {ARTEFACT_FORMAT!r}")
-        version = data.get("format_version")
-        if version != ARTEFACT_VERSION:
-            raise ClvArtefactError(f"CLV model artefact format_version {version!r} is not supported "
-                                   f"(this code reads version {ARTEFACT_VERSION})")
-        settings_data = _section(data, "settings", _SETTINGS)
-        fitted = _section(data, "fitted", _FITTED)
+        reader = ArtefactReader(data, what="CLV model", format=ARTEFACT_FORMAT, version=ARTEFACT_VERSION,
+                                error=ClvArtefactError)
+        settings_data = reader.section("settings", _SETTINGS)
+        fitted = reader.section("fitted", _FITTED)
         try:
             settings = _check_settings(*(settings_data[name] for name in _SETTINGS))
         except ValueError as exc:
@@ -538,13 +532,13 @@ class ClvModel(BaseEstimator):
         if params["spend_params"].values[1] <= 1:
             raise ClvArtefactError("CLV model artefact: fitted.spend_params q must exceed 1")
         try:
-            cutoff = datetime.fromisoformat(_field(fitted, "cutoff", str))
+            cutoff = datetime.fromisoformat(reader.field(fitted, "cutoff", str))
         except ValueError as exc:
             raise ClvArtefactError(f"CLV model artefact: fitted.cutoff is not an ISO timestamp: {exc}") from exc
-        currency = _field(fitted, "currency", str)
+        currency = reader.field(fitted, "currency", str)
         if not _CURRENCY.match(currency):
             raise ClvArtefactError(f"CLV model artefact: fitted.currency must be an ISO 4217 code, got {currency!r}")
-        thresholds = _field(fitted, "segment_thresholds", Mapping)
+        thresholds = reader.field(fitted, "segment_thresholds", Mapping)
         try:
             low, high = (float(thresholds[k]) for k in ("bottom", "top"))
         except (KeyError, TypeError, ValueError) as exc:
@@ -554,7 +548,7 @@ class ClvModel(BaseEstimator):
         if not (math.isfinite(low) and math.isfinite(high) and low <= high):
             raise ClvArtefactError(f"CLV model artefact: fitted.segment_thresholds must be finite with bottom <= top, "
                                    f"got {low!r}, {high!r}")
-        counts = {name: _field(fitted, name, int) for name in ("n_customers", "n_spend_customers", "n_spend_excluded")}
+        counts = {name: reader.field(fitted, name, int) for name in ("n_customers", "n_spend_customers", "n_spend_excluded")}
         spend_total = counts["n_spend_customers"] + counts["n_spend_excluded"]
         if min(counts.values()) < 0 or spend_total != counts["n_customers"]:
             raise ClvArtefactError(f"CLV model artefact: inconsistent customer counts {counts}")
@@ -669,19 +663,3 @@ def _dates_after(cutoff: datetime, days: FloatArray) -> NDArray[np.datetime64]:
     return np.where(ok, start + offsets, np.datetime64("NaT", "ns"))
 
 
-def _section(data: Mapping[str, Any], name: str, fields: tuple[str, ...]) -> Mapping[str, Any]:
-    section = data.get(name)
-    if not isinstance(section, Mapping):
-        raise ClvArtefactError(f"CLV model artefact: missing section {name!r}")
-    missing = [f for f in fields if f not in section]
-    if missing:
-        raise ClvArtefactError(f"CLV model artefact: missing field(s) {', '.join(f'{name}.{f}' for f in missing)}")
-    return section
-
-
-def _field(section: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = section[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ClvArtefactError(f"CLV model artefact: fitted.{name} must be {getattr(kind, '__name__', kind)}, "
-                               f"got {type(value).__name__}: {value!r}")
-    return value
