@@ -1,0 +1,50 @@
+"""The architecture's import rules: features is the base layer; training never imports serving;
+the lifetimes and MLflow dependencies stay behind their one module each."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def _offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(
+        f"{module} imports {name}"
+        for module, names in _imports(package).items()
+        for name in names
+        if name.split(".")[0] in forbidden
+    )
+
+
+def test_features_is_the_base_layer():
+    assert _offenders("features", ("training", "serving", "rapport", "mlflow", "lightgbm", "implicit")) == []
+
+
+def test_training_never_imports_serving_or_the_cli():
+    assert _offenders("training", ("serving", "rapport")) == []
+
+
+def test_lifetimes_stays_behind_its_adapter():
+    users = sorted(m for pkg in ("features", "training", "serving") for m, names in _imports(pkg).items()
+                   if any(name.split(".")[0] == "lifetimes" for name in names))
+    # features/loaders.py only locates the CDNOW files shipped inside the package.
+    assert set(users) <= {"training/clv/adapter.py", "features/loaders.py"}, users
