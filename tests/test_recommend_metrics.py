@@ -128,11 +128,12 @@ def test_k_larger_than_every_list():
 
 def test_ideal_dcg_and_map_use_min_of_relevant_and_k():
     # Five relevant items, k = 2, both positions hit: a perfect top-2 list scores NDCG 1 and MAP 1,
-    # while recall is 2/5 (the divisor is |relevant|, not min(|relevant|, k)).
+    # and so does recall: 2 hits / min(5 relevant, k = 2).
     rec, rel = {"u": [1, 2, 3]}, {"u": {1, 2, 3, 4, 5}}
     assert ndcg_at_k(rec, rel, 2) == pytest.approx(1.0)
     assert map_at_k(rec, rel, 2) == pytest.approx(1.0)
-    assert recall_at_k(rec, rel, 2) == pytest.approx(2 / 5)
+    assert recall_at_k(rec, rel, 2) == pytest.approx(1.0)
+    assert recall_at_k(rec, rel, 5) == pytest.approx(3 / 5)
     assert precision_at_k(rec, rel, 2) == pytest.approx(1.0)
 
 

@@ -26,8 +26,10 @@ With ``hit_u,i = 1`` when position i (1-based) of customer u's list holds a rele
 first time, ``hits_u = sum_{i<=k} hit_u,i`` and ``R_u`` the customer's relevant items:
 
 - ``precision@k = hits_u / k``;
-- ``recall@k    = hits_u / |R_u|`` (not ``/ min(|R_u|, k)``: a customer who bought more than k items
-  cannot reach recall 1 at k; this is the definition the reference numbers of the issue use);
+- ``recall@k    = hits_u / min(|R_u|, k)`` (capped: a customer who bought more than k items can still
+  reach recall 1 with k right items; measured on Online Retail II, this is the definition behind
+  the reference numbers of the recommender issue — most popular 0.099, buy again 0.298 — while
+  ``hits_u / |R_u|`` gives 0.050 and 0.182 there);
 - ``ndcg@k      = DCG / IDCG`` with binary gains and a log2 discount,
   ``DCG = sum_{i<=k} hit_u,i / log2(i + 1)`` and ``IDCG = sum_{i <= min(|R_u|, k)} 1 / log2(i + 1)``
   (the DCG of a list with every relevant item on top; Jarvelin & Kekalainen 2002, with the
@@ -159,7 +161,7 @@ def _precision(hits: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def _recall(hits: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    return hits.sum(axis=1) / sizes
+    return hits.sum(axis=1) / np.minimum(sizes, hits.shape[1])
 
 
 def _ndcg(hits: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -208,7 +210,7 @@ def precision_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> floa
 
 
 def recall_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
-    """Mean over evaluated customers of hits in the top k / number of relevant items."""
+    """Mean over evaluated customers of hits in the top k / min(number of relevant items, k)."""
     return _mean(_recall(*_hit_matrix(recommended, relevant, k)))
 
 
