@@ -86,6 +86,36 @@ def load_state(context: mlflow.pyfunc.PythonModelContext, artifact_key: str, def
     return model_class.from_dict(json.loads(Path(context.artifacts[artifact_key]).read_text(encoding="utf-8")))
 
 
+class JsonModelPyfunc(mlflow.pyfunc.PythonModel):
+    """A pyfunc that rebuilds a fitted model from its JSON artefact and scores frames with it.
+
+    Subclasses name the artefact and the default model class, and turn the model's output into
+    what a pyfunc can return (:meth:`output`)."""
+
+    artifact_key: str
+    default_class: str
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.model = load_state(context, self.artifact_key, self.default_class)
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """The model's per-customer outputs for a frame of features (``customer_id`` as index or column)."""
+        if not hasattr(self, "model"):
+            raise RuntimeError(f"{type(self).__name__}.predict before load_context: load it with "
+                               "mlflow.pyfunc.load_model")
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self.output(self.model.predict(indexed(frame)))
+
+    @staticmethod
+    def output(predictions: pd.DataFrame) -> pd.DataFrame:
+        return predictions
+
+
 def log_json_pyfunc(
     model: Any,
     *,

@@ -24,7 +24,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
@@ -33,7 +32,7 @@ from mlflow.types import ColSpec, Schema
 from features.schema import Col
 from training.churn.reasons import CONTEXT_COLUMNS
 from training.clv.pyfunc import flatten_cashflows, pip_requirements
-from training.json_pyfunc import indexed, load_state, log_json_pyfunc, pinned
+from training.json_pyfunc import JsonModelPyfunc, indexed, log_json_pyfunc, pinned
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +60,15 @@ def pyfunc_output(predictions: pd.DataFrame) -> pd.DataFrame:
     return flatten_cashflows(predictions)
 
 
-class ChurnPyfunc(mlflow.pyfunc.PythonModel):
+class ChurnPyfunc(JsonModelPyfunc):
     """Rebuilds the fitted churn model from its JSON artefact and scores churn features with it."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = load_state(context, ARTIFACT_KEY, DEFAULT_MODEL_CLASS)
+    artifact_key = ARTIFACT_KEY
+    default_class = DEFAULT_MODEL_CLASS
 
-    def predict(
-        self,
-        context: mlflow.pyfunc.PythonModelContext,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Churn probability, risk band, percentile and reasons for a frame of churn features."""
-        if not hasattr(self, "model"):
-            raise RuntimeError("ChurnPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return pyfunc_output(self.model.predict(indexed(frame)))
+    @staticmethod
+    def output(predictions: pd.DataFrame) -> pd.DataFrame:
+        return pyfunc_output(predictions)
 
 
 def _request_columns(model: Any, frame: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:

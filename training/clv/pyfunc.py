@@ -26,7 +26,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
@@ -34,7 +33,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 
 from features.schema import Col
-from training.json_pyfunc import indexed, load_state, log_json_pyfunc, pinned
+from training.json_pyfunc import JsonModelPyfunc, indexed, log_json_pyfunc, pinned
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +94,15 @@ def _is_empty(flows: Any) -> bool:
     return flows is None or (np.ndim(flows) == 0 and pd.isna(flows))
 
 
-class ClvPyfunc(mlflow.pyfunc.PythonModel):
+class ClvPyfunc(JsonModelPyfunc):
     """Rebuilds the fitted CLV model from its JSON artefact and scores customer features with it."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = load_state(context, ARTIFACT_KEY, DEFAULT_MODEL_CLASS)
+    artifact_key = ARTIFACT_KEY
+    default_class = DEFAULT_MODEL_CLASS
 
-    def predict(
-        self,
-        context: mlflow.pyfunc.PythonModelContext,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Per-customer CLV outputs for a frame of customer features (``features.customer``)."""
-        if not hasattr(self, "model"):
-            raise RuntimeError("ClvPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return flatten_cashflows(self.model.predict(indexed(frame)))
+    @staticmethod
+    def output(predictions: pd.DataFrame) -> pd.DataFrame:
+        return flatten_cashflows(predictions)
 
 
 def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.DataFrame]:

@@ -25,6 +25,8 @@ Remaining ties are broken by item id, so the lists are deterministic.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal
@@ -84,15 +86,16 @@ def _allowed_mask(item_ids: np.ndarray, allowed_items: set[Hashable] | frozenset
     return pd.Index(item_ids).isin([str(i) for i in allowed_items])
 
 
-class _Recommender:
+class _Recommender(ABC):
     half_life_days: float | None
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "item_ids_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit() first")
 
-    def fit(self, interactions_frame: pd.DataFrame) -> _Recommender:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, interactions_frame: pd.DataFrame) -> _Recommender:
+        """Fit on an interactions frame (``features.interactions.interactions``); returns self."""
 
     def fit_history(
         self, backend: ibis.BaseBackend, as_of: datetime, *, since: datetime | None = None
