@@ -227,7 +227,12 @@ def to_matrix(frame: pd.DataFrame, *, value: str = WEIGHT) -> tuple[sparse.csr_m
 
 
 def confidence(
-    matrix: sparse.csr_matrix, *, scheme: ConfidenceScheme = "bm25", K1: float = 100, B: float = 0.8
+    matrix: sparse.csr_matrix,
+    *,
+    scheme: ConfidenceScheme = "bm25",
+    K1: float = 100,
+    B: float = 0.8,
+    documents: Literal["items", "users"] = "items",
 ) -> sparse.csr_matrix:
     """Confidence weighting of a users × items matrix, returned as users × items CSR (float64).
 
@@ -244,7 +249,15 @@ def confidence(
     ``K1`` saturates large weights, ``B`` sets how much an item's total mass is normalised away, and
     the IDF discounts customers who interact with everything. ``scheme="none"`` returns the matrix
     unchanged (as float64 CSR). Entries stay where they are: weighting never adds interactions.
+
+    ``documents="users"`` swaps the roles: the weighting of ``bm25_weight(matrix)`` (``tfidf_weight``),
+    the usual input of implicit's ALS, with the IDF per item (items everybody buys say little about
+    a customer) and the length normalisation per customer.
     """
+    if documents not in ("items", "users"):
+        raise ValueError(f"documents must be 'items' or 'users', got {documents!r}")
+    if documents == "users":
+        return confidence(sparse.csr_matrix(matrix).T.tocsr(), scheme=scheme, K1=K1, B=B).T.tocsr()
     if scheme not in ("none", "bm25", "tfidf"):
         raise ValueError(f"unknown confidence scheme {scheme!r}; expected 'none', 'bm25' or 'tfidf'")
     matrix = sparse.csr_matrix(matrix, dtype=np.float64)

@@ -344,3 +344,15 @@ def test_confidence_tfidf_and_none():
     assert confidence(empty).nnz == 0 and confidence(empty).shape == (3, 4)
     with pytest.raises(ValueError, match="bm42"):
         confidence(m, scheme="bm42")  # type: ignore[arg-type]
+
+
+@pytest.mark.unit
+def test_confidence_with_users_as_documents_is_the_als_input_weighting():
+    m = _random_matrix(2)
+    # implicit's usual ALS input: bm25_weight(user_items), users as documents, IDF per item.
+    np.testing.assert_allclose(confidence(m, documents="users").toarray(),
+                               bm25_weight(m, K1=100, B=0.8).toarray(), rtol=1e-12)
+    np.testing.assert_allclose(confidence(m, scheme="tfidf", documents="users").toarray(),
+                               tfidf_weight(m).toarray(), rtol=1e-12)
+    with pytest.raises(ValueError, match="documents"):
+        confidence(m, documents="rows")  # type: ignore[arg-type]

@@ -1,0 +1,314 @@
+"""Candidate generation and ranking features: the first stage of the recommender, vectorised.
+
+For a block of customers (known ones sliced from :class:`~training.recommend.data.InteractionData`,
+or a new customer folded in from the items of a request), :func:`candidates` proposes items from
+four sources and describes every (customer, item) pair with the features the ranker reads:
+
+- *own* items: what the customer bought, by decayed purchases (the repeat-purchase source), at most
+  ``n_own``;
+- *ALS*: the top ``n_als`` items of the factorisation (``implicit`` ALS on BM25-weighted purchases),
+  ``user_factors @ item_factors.T`` over the allowed items;
+- *item-KNN*: the top ``n_knn`` items of ``user_items @ similarity``, the score of ``implicit``'s
+  item-item models (BM25 similarity, K neighbours per item), "customers who bought X also bought";
+- *popular*: the ``n_popular`` allowed items with the most buyers in the last 30 days (the same for
+  every customer: the seasonal trend).
+
+Candidates are deduplicated per customer; every pair gets every feature (:data:`FEATURES`) whatever
+source proposed it: the ALS and KNN scores are computed for all pairs, the ranks are the position in
+that source's list (the list length when the source did not propose the item).
+
+Filters are applied here, before the lists are cut, so a filter never leaves a customer with fewer
+items than it could have: ``allowed`` (item mask: recommendable, category include/exclude, the
+caller's exclusions) and ``exclude_owned`` (per item: the customer's purchases are removed, except
+repurchasable categories). Everything is numpy / scipy over the whole block: no Python loop per
+customer or per pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import sparse
+
+from training.recommend.data import InteractionData
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+#: Features of a (customer, item) pair, in the ranker's column order.
+FEATURES: tuple[str, ...] = (
+    "owned",  # 1 when the customer bought the item before
+    "purchases",  # distinct orders of the item
+    "weight",  # decayed purchases (+ weighted views), long half-life
+    "weight_short",  # the same with the short half-life
+    "days_since_purchase",  # days since the last purchase of the item (NaN: never bought)
+    "share_of_orders",  # purchases of the item / the customer's most bought item's purchases
+    "customer_items",  # distinct items the customer bought
+    "customer_max_purchases",  # purchases of the customer's most bought item (an order-count proxy)
+    "customer_days_since",  # days since the customer's last purchase
+    "customer_weight_short",  # the customer's total short-half-life weight (recent activity)
+    "item_buyers",  # distinct buyers ever
+    "item_buyers_30d",
+    "item_buyers_90d",
+    "item_trend",  # (buyers 30 d + 1) / (buyers 90 d / 3 + 1): rising above 1
+    "item_orders_per_buyer",  # how much the item is re-bought
+    "als_score",
+    "als_rank",
+    "knn_score",
+    "knn_rank",
+    "popular_rank",
+)
+_F = {name: i for i, name in enumerate(FEATURES)}
+
+#: Source flags of a candidate (bits of :attr:`Candidates.sources`).
+SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR = 1, 2, 4, 8
+
+
+@dataclass(frozen=True)
+class CandidateSizes:
+    """How many items each source proposes per customer."""
+
+    own: int = 50
+    als: int = 50
+    knn: int = 50
+    popular: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("own", "als", "knn", "popular"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"candidate size {name!r} must be a whole number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class UserBlock:
+    """Rows of the customers to score: their interaction rows (B × items CSR, sorted indices, one
+    sparsity) and ALS factors (B × factors)."""
+
+    weight: sparse.csr_matrix
+    weight_short: sparse.csr_matrix
+    purchases: sparse.csr_matrix
+    days_since: sparse.csr_matrix  # days + 1; 0 = never bought
+    factors: NDArray[np.floating]
+
+    @property
+    def size(self) -> int:
+        return int(self.weight.shape[0])
+
+    @classmethod
+    def of_users(cls, data: InteractionData, rows: IntArray, user_factors: NDArray[np.floating]) -> UserBlock:
+        rows = np.asarray(rows, dtype=np.int64)
+        return cls(data.weight[rows], data.weight_short[rows], data.purchases[rows], data.days_since[rows],
+                   np.asarray(user_factors[rows]))
+
+    @classmethod
+    def folded_in(cls, n_items: int, items: IntArray, factors: NDArray[np.floating]) -> UserBlock:
+        """One customer unknown to the data whose recent items are given: each counts as one
+        purchase made on the cutoff's day."""
+        cols = np.unique(np.asarray(items, dtype=np.int64))
+        one = sparse.csr_matrix((np.ones(len(cols)), (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, n_items))
+        one.sort_indices()
+        return cls(one, one.copy(), one.copy(), one.copy(), np.asarray(factors, dtype=np.float32).reshape(1, -1))
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate pairs of a block, sorted by (row, item): ``row`` (position in the block), ``item``
+    (item position), ``sources`` (bit flags), ``x`` (pairs × :data:`FEATURES`, float32)."""
+
+    row: IntArray
+    item: IntArray
+    sources: NDArray[np.int8]
+    x: NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def group_sizes(self, n_rows: int) -> IntArray:
+        return np.bincount(self.row, minlength=n_rows).astype(np.int64)
+
+    def feature(self, name: str) -> NDArray[np.float32]:
+        return self.x[:, _F[name]]
+
+
+# --- vectorised sparse helpers ------------------------------------------------------------------
+
+
+def _entry_rows(m: sparse.csr_matrix) -> IntArray:
+    return np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+
+
+def _lookup(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatArray:
+    """``m[rows, cols]`` for many pairs at once (0 where nothing is stored); ``m`` has sorted indices."""
+    n_cols = m.shape[1]
+    keys = _entry_rows(m) * n_cols + m.indices.astype(np.int64)
+    query = rows.astype(np.int64) * n_cols + cols.astype(np.int64)
+    if len(keys) == 0:
+        return np.zeros(len(query))
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[pos] == query, m.data[pos], 0.0).astype(np.float64)
+
+
+def _top_per_row(rows: IntArray, cols: IntArray, scores: FloatArray, k: int) -> tuple[IntArray, IntArray, IntArray]:
+    """The ``k`` best (row, col) entries of each row by score (ties: lower col first), with their
+    rank (0-based) in the row; sorted by row then rank."""
+    if k == 0 or len(rows) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
+    order = np.lexsort((cols, -scores, rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    rank = np.arange(len(rows), dtype=np.int64) - starts
+    keep = rank < k
+    return rows[keep], cols[keep], rank[keep]
+
+
+def owned_exclusion(block: UserBlock, keep_owned: BoolArray | None) -> tuple[IntArray, IntArray]:
+    """(row, item) pairs the block's customers bought, minus items of repurchasable categories."""
+    bought = block.purchases.data > 0
+    rows, cols = _entry_rows(block.purchases)[bought], block.purchases.indices[bought].astype(np.int64)
+    if keep_owned is not None:
+        drop = ~keep_owned[cols]
+        rows, cols = rows[drop], cols[drop]
+    return rows, cols
+
+
+# --- candidate generation -----------------------------------------------------------------------
+
+
+def candidates(
+    data: InteractionData,
+    block: UserBlock,
+    *,
+    item_factors: NDArray[np.floating],
+    similarity: sparse.csr_matrix,
+    sizes: CandidateSizes,
+    allowed: BoolArray,
+    exclude_owned: bool,
+    keep_owned: BoolArray | None = None,
+    popular: IntArray | None = None,
+) -> Candidates:
+    """Candidates of every customer of ``block`` with their features (see the module docstring).
+
+    ``allowed``: items that may be proposed at all (a mask over ``data.item_ids``).
+    ``exclude_owned``: drop the items each customer bought, except where ``keep_owned`` is true.
+    ``popular``: item positions by popularity for the popular source (default: overall).
+    """
+    n_items, b = data.n_items, block.size
+    excluded_keys = np.empty(0, dtype=np.int64)
+    if exclude_owned:
+        er, ec = owned_exclusion(block, keep_owned)
+        excluded_keys = np.sort(er * n_items + ec)
+
+    def not_excluded(rows: IntArray, cols: IntArray) -> BoolArray:
+        ok = allowed[cols]
+        if len(excluded_keys):
+            keys = rows * n_items + cols
+            pos = np.minimum(np.searchsorted(excluded_keys, keys), len(excluded_keys) - 1)
+            ok &= excluded_keys[pos] != keys
+        return ok
+
+    # Own items by decayed weight.
+    bought = block.purchases.data > 0
+    o_rows = _entry_rows(block.purchases)[bought]
+    o_cols = block.purchases.indices[bought].astype(np.int64)
+    o_w = block.weight.data[bought]
+    keep = not_excluded(o_rows, o_cols)
+    own_r, own_c, _ = _top_per_row(o_rows[keep], o_cols[keep], o_w[keep], sizes.own)
+
+    # ALS over the allowed items, owned ones masked when excluded.
+    pool = np.flatnonzero(allowed)
+    als_r = als_c = als_rank = np.empty(0, dtype=np.int64)
+    if sizes.als and len(pool):
+        scores = np.asarray(block.factors, dtype=np.float32) @ np.asarray(item_factors[pool], dtype=np.float32).T
+        if len(excluded_keys):
+            inverse = np.full(n_items, -1, dtype=np.int64)
+            inverse[pool] = np.arange(len(pool))
+            er, ec = excluded_keys // n_items, excluded_keys % n_items
+            inside = inverse[ec] >= 0
+            scores[er[inside], inverse[ec[inside]]] = -np.inf
+        k = min(sizes.als, len(pool))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(pool) else np.tile(np.arange(len(pool)), (b, 1))
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        r = np.repeat(np.arange(b, dtype=np.int64), k)
+        c, s = pool[top.ravel()], top_scores.ravel().astype(np.float64)
+        finite = np.isfinite(s)
+        als_r, als_c, als_rank = _top_per_row(r[finite], c[finite], s[finite], k)
+
+    # Item-KNN: the scores implicit's item-item models rank by.
+    knn_scores = (block.weight @ similarity).tocsr()
+    knn_scores.sort_indices()
+    kr, kc = _entry_rows(knn_scores), knn_scores.indices.astype(np.int64)
+    keep = not_excluded(kr, kc) & (knn_scores.data > 0)
+    knn_r, knn_c, knn_rank = _top_per_row(kr[keep], kc[keep], knn_scores.data[keep], sizes.knn)
+
+    # Popular: the same ranked list for everyone, minus each customer's exclusions.
+    ranked = data.popular_overall if popular is None else np.asarray(popular, dtype=np.int64)
+    ranked = ranked[allowed[ranked]][: sizes.popular + (sizes.own if exclude_owned else 0)]
+    pr = np.repeat(np.arange(b, dtype=np.int64), len(ranked))
+    pc = np.tile(ranked, b)
+    keep = not_excluded(pr, pc)
+    pop_r, pop_c, pop_rank = _top_per_row(pr[keep], pc[keep], -np.tile(np.arange(len(ranked), dtype=np.float64), b)[keep],
+                                          sizes.popular)
+
+    keys_by_source = [own_r * n_items + own_c, als_r * n_items + als_c, knn_r * n_items + knn_c, pop_r * n_items + pop_c]
+    keys = np.unique(np.concatenate(keys_by_source))
+    row, item = keys // n_items, keys % n_items
+    sources = np.zeros(len(keys), dtype=np.int8)
+    for flag, source_keys in zip((SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR), keys_by_source):
+        sources[np.isin(keys, source_keys, assume_unique=True)] |= flag
+
+    def rank_of(source_keys: IntArray, ranks: IntArray, missing: int) -> FloatArray:
+        out = np.full(len(keys), float(missing))
+        if len(source_keys):
+            order = np.argsort(source_keys)
+            sk = source_keys[order]
+            pos = np.minimum(np.searchsorted(sk, keys), len(sk) - 1)
+            hit = sk[pos] == keys
+            out[hit] = ranks[order][pos[hit]]
+        return out
+
+    x = np.zeros((len(keys), len(FEATURES)), dtype=np.float32)
+    purchases = _lookup(block.purchases, row, item)
+    days = _lookup(block.days_since, row, item)
+    x[:, _F["owned"]] = purchases > 0
+    x[:, _F["purchases"]] = purchases
+    x[:, _F["weight"]] = _lookup(block.weight, row, item)
+    x[:, _F["weight_short"]] = _lookup(block.weight_short, row, item)
+    x[:, _F["days_since_purchase"]] = np.where(days > 0, days - 1.0, np.nan)
+
+    # Customer-level features, over what they bought.
+    bought_counts = np.where(block.purchases.data > 0, block.purchases.data, 0.0)
+    entry_rows = _entry_rows(block.purchases)
+    n_bought = np.bincount(entry_rows, weights=(bought_counts > 0).astype(np.float64), minlength=b)
+    max_purchases = np.zeros(b)
+    np.maximum.at(max_purchases, entry_rows, bought_counts)
+    last_days = np.full(b, np.inf)
+    days_data = np.where(block.days_since.data > 0, block.days_since.data - 1.0, np.inf)
+    np.minimum.at(last_days, entry_rows, days_data)
+    short_total = np.bincount(entry_rows, weights=block.weight_short.data, minlength=b)
+    x[:, _F["share_of_orders"]] = np.divide(purchases, max_purchases[row], out=np.zeros(len(keys)),
+                                            where=max_purchases[row] > 0)
+    x[:, _F["customer_items"]] = n_bought[row]
+    x[:, _F["customer_max_purchases"]] = max_purchases[row]
+    x[:, _F["customer_days_since"]] = np.where(np.isfinite(last_days), last_days, np.nan)[row]
+    x[:, _F["customer_weight_short"]] = short_total[row]
+
+    x[:, _F["item_buyers"]] = data.buyers[item]
+    x[:, _F["item_buyers_30d"]] = data.buyers_30d[item]
+    x[:, _F["item_buyers_90d"]] = data.buyers_90d[item]
+    x[:, _F["item_trend"]] = (data.buyers_30d[item] + 1.0) / (data.buyers_90d[item] / 3.0 + 1.0)
+    x[:, _F["item_orders_per_buyer"]] = data.orders_per_buyer[item]
+
+    factors = np.asarray(block.factors, dtype=np.float32)
+    x[:, _F["als_score"]] = np.einsum("ij,ij->i", factors[row], np.asarray(item_factors, dtype=np.float32)[item])
+    x[:, _F["als_rank"]] = rank_of(keys_by_source[1], als_rank, sizes.als)
+    x[:, _F["knn_score"]] = _lookup(knn_scores, row, item)
+    x[:, _F["knn_rank"]] = rank_of(keys_by_source[2], knn_rank, sizes.knn)
+    popular_rank = np.full(n_items, float(len(ranked)))
+    popular_rank[ranked] = np.arange(len(ranked))
+    x[:, _F["popular_rank"]] = popular_rank[item]
+    return Candidates(row=row, item=item, sources=sources, x=x)

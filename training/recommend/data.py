@@ -1,0 +1,261 @@
+"""The recommender's view of the history at a cutoff: sparse customer × item arrays and item statistics.
+
+:class:`InteractionData` is built once per cutoff from :func:`features.interactions.interactions`
+(the unified history across channels, net of returns, postage and fees excluded) and the catalogue.
+Everything the candidate models and the ranker read is here, as numpy / scipy arrays indexed by
+position, so that scoring a batch of customers never touches the store:
+
+- four users × items CSR matrices with the same sparsity (every pair a customer bought or browsed):
+  ``weight`` (decayed purchases plus weighted views, the models' input), ``weight_short`` (the same
+  with a short half-life: what the customer buys *now*), ``purchases`` (distinct orders, 0 for a
+  browse-only pair) and ``days_since`` (days from the pair's last purchase to the cutoff, stored
+  plus one so that a purchase on the cutoff's day is not an implicit zero; NaN-free: a browse-only
+  pair stores 0, read back as "never bought");
+- per item: ``name`` (for explanations), ``recommendable`` (an active product of the catalogue), ``category`` (None when the
+  catalogue does not know the item), and popularity: distinct buyers ever, in the last 30 and the
+  last 90 days before the cutoff (a buyer whose last purchase of the item is that recent), and the
+  mean number of orders per buyer (how much the item is re-bought);
+- popular items per channel and per country (:data:`POPULAR_BY`), distinct orders in the last
+  :data:`POPULAR_WINDOW_DAYS` days including guest orders, for the cold start of an unknown customer
+  ("popular in the app", "popular in France").
+
+Customer ids and item ids are sorted, so the same history always gives the same arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import ibis
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy import sparse
+
+from features.history import ITEMS_TABLE, cutoff_literal, unified_lines, utc_naive
+from features.interactions import LAST_PURCHASE, PURCHASES, WEIGHT, interactions
+from features.schema import Col
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+#: Windows of the item popularity statistics, in days before the cutoff.
+RECENT_DAYS = (30, 90)
+#: Grouping columns of the per-segment popularity used for cold start.
+POPULAR_BY: tuple[str, ...] = (Col.CHANNEL, Col.COUNTRY)
+#: Window of the per-segment popularity, in days before the cutoff.
+POPULAR_WINDOW_DAYS = 90
+#: Items kept per segment.
+POPULAR_PER_SEGMENT = 200
+
+
+@dataclass(frozen=True)
+class InteractionData:
+    """Customer × item arrays and item statistics as of ``as_of`` (see the module docstring)."""
+
+    as_of: datetime
+    customer_ids: IntArray
+    item_ids: NDArray[np.object_]
+    weight: sparse.csr_matrix
+    weight_short: sparse.csr_matrix
+    purchases: sparse.csr_matrix
+    days_since: sparse.csr_matrix
+    recommendable: BoolArray
+    category: NDArray[np.object_]
+    name: NDArray[np.object_]
+    buyers: FloatArray
+    buyers_30d: FloatArray
+    buyers_90d: FloatArray
+    orders_per_buyer: FloatArray
+    #: segment column -> segment value -> item positions, most popular first.
+    popular_by: Mapping[str, Mapping[str, IntArray]] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.customer_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def user_positions(self, customer_ids: object) -> tuple[IntArray, BoolArray]:
+        """Positions of ``customer_ids`` in :attr:`customer_ids` and whether each is known (a
+        position of an unknown customer is 0 and must not be used)."""
+        ids = np.asarray(customer_ids, dtype=np.int64).reshape(-1)
+        pos = np.searchsorted(self.customer_ids, ids)
+        pos = np.minimum(pos, max(self.n_users - 1, 0))
+        known = (self.n_users > 0) & (self.customer_ids[pos] == ids) if self.n_users else np.zeros(len(ids), bool)
+        return np.where(known, pos, 0).astype(np.int64), np.asarray(known, dtype=bool)
+
+    def item_positions(self, item_ids: object) -> tuple[IntArray, BoolArray]:
+        """Positions of ``item_ids`` in :attr:`item_ids` and whether each is known."""
+        ids = np.asarray([str(i) for i in np.atleast_1d(np.asarray(item_ids, dtype=object))], dtype=object)
+        if self.n_items == 0 or len(ids) == 0:
+            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.item_ids, ids), self.n_items - 1)
+        known = self.item_ids[pos] == ids
+        return np.where(known, pos, 0).astype(np.int64), np.asarray(known, dtype=bool)
+
+    def popular(self, *, channel: str | None = None, country: str | None = None) -> IntArray:
+        """Item positions by popularity for the segment (channel first, then country), else overall
+        (distinct buyers in the last 30 days, then ever); recommendable items only."""
+        for column, value in ((Col.CHANNEL, channel), (Col.COUNTRY, country)):
+            if value is not None:
+                ranked = self.popular_by.get(column, {}).get(str(value).lower())
+                if ranked is not None and len(ranked):
+                    return ranked
+        return self.popular_overall
+
+    @property
+    def popular_overall(self) -> IntArray:
+        order = np.lexsort((np.arange(self.n_items), -self.buyers, -self.buyers_30d))
+        return order[self.recommendable[order]].astype(np.int64)
+
+    def history_sets(self) -> dict[int, set[str]]:
+        """Customer id -> the items they bought (purchases > 0), as in :func:`training.recommend.split.history_items`."""
+        m = self.purchases
+        out: dict[int, set[str]] = {}
+        for u in range(self.n_users):
+            cols = m.indices[m.indptr[u] : m.indptr[u + 1]]
+            vals = m.data[m.indptr[u] : m.indptr[u + 1]]
+            bought = cols[vals > 0]
+            if len(bought):
+                out[int(self.customer_ids[u])] = set(self.item_ids[bought].tolist())
+        return out
+
+
+def _check_same_pairs(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    same = len(a) == len(b) and np.array_equal(a[Col.CUSTOMER_ID].to_numpy(), b[Col.CUSTOMER_ID].to_numpy()) and \
+        np.array_equal(a[Col.ITEM_ID].astype(str).to_numpy(), b[Col.ITEM_ID].astype(str).to_numpy())
+    if not same:
+        raise RuntimeError("the interactions with two half-lives differ in their (customer, item) pairs")
+
+
+def _catalogue(backend: ibis.BaseBackend) -> pd.DataFrame:
+    items = backend.table(ITEMS_TABLE)
+    frame = items.select(Col.ITEM_ID, "name", "category", "active", Col.IS_PRODUCT).to_pandas()
+    frame[Col.ITEM_ID] = frame[Col.ITEM_ID].astype(str)
+    return frame.drop_duplicates(Col.ITEM_ID).set_index(Col.ITEM_ID)
+
+
+def _popular_by(backend: ibis.BaseBackend, as_of: datetime, item_ids: NDArray[np.object_],
+                recommendable: BoolArray) -> dict[str, dict[str, IntArray]]:
+    """Per channel and per country: recommendable item positions by distinct orders (guests included)
+    in the last :data:`POPULAR_WINDOW_DAYS` days before ``as_of``."""
+    lines = unified_lines(backend, as_of)
+    since = utc_naive(as_of) - timedelta(days=POPULAR_WINDOW_DAYS)
+    lines = lines.filter(lines[Col.IS_PRODUCT] & (lines[Col.TS] >= cutoff_literal(since))
+                         & ((lines[Col.QUANTITY] - lines[Col.RETURNED_QUANTITY]) > 0))
+    out: dict[str, dict[str, IntArray]] = {}
+    for column in POPULAR_BY:
+        counts = (lines.filter(lines[column].notnull())
+                  .group_by([column, Col.ITEM_ID]).aggregate(orders=lines[Col.ORDER_KEY].nunique()).to_pandas())
+        if counts.empty:
+            out[column] = {}
+            continue
+        counts[Col.ITEM_ID] = counts[Col.ITEM_ID].astype(str)
+        pos = np.searchsorted(item_ids, counts[Col.ITEM_ID].to_numpy(dtype=object)) if len(item_ids) else np.zeros(len(counts), int)
+        pos = np.minimum(pos, max(len(item_ids) - 1, 0))
+        keep = (len(item_ids) > 0) & (item_ids[pos] == counts[Col.ITEM_ID].to_numpy(dtype=object)) if len(item_ids) else np.zeros(len(counts), bool)
+        counts = counts[keep].assign(_pos=pos[keep])
+        counts = counts[recommendable[counts["_pos"].to_numpy()]]
+        segments: dict[str, IntArray] = {}
+        for value, group in counts.groupby(column, sort=True):
+            ranked = group.sort_values(["orders", "_pos"], ascending=[False, True], kind="stable")
+            segments[str(value).lower()] = ranked["_pos"].to_numpy(dtype=np.int64)[:POPULAR_PER_SEGMENT]
+        out[column] = segments
+    return out
+
+
+def build_interaction_data(
+    backend: ibis.BaseBackend,
+    as_of: datetime,
+    *,
+    half_life_days: float | None = 365.0,
+    short_half_life_days: float = 30.0,
+    browse_weight: float = 0.1,
+    since: datetime | None = None,
+) -> InteractionData:
+    """The arrays of :class:`InteractionData` for the history before ``as_of`` (at or after ``since``).
+
+    ``half_life_days`` decays the models' ``weight`` (None: no decay), ``short_half_life_days`` the
+    ``weight_short`` feature; ``browse_weight`` is what one view counts next to one purchase.
+    """
+    frame = interactions(backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since)
+    short = interactions(backend, as_of, half_life_days=short_half_life_days, browse_weight=browse_weight, since=since)
+    _check_same_pairs(frame, short)
+    catalogue = _catalogue(backend)
+
+    customer_ids = np.unique(frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64))
+    item_ids = np.unique(np.concatenate([frame[Col.ITEM_ID].astype(str).to_numpy(dtype=object),
+                                         np.asarray(catalogue.index, dtype=object)])).astype(object)
+    rows = np.searchsorted(customer_ids, frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64))
+    cols = np.searchsorted(item_ids, frame[Col.ITEM_ID].astype(str).to_numpy(dtype=object))
+    shape = (len(customer_ids), len(item_ids))
+
+    def matrix(values: np.ndarray) -> sparse.csr_matrix:
+        # Every matrix holds every pair (explicit zeros included), so that they share one sparsity.
+        out = sparse.csr_matrix((np.asarray(values, dtype=np.float64), (rows, cols)), shape=shape)
+        out.sort_indices()
+        return out
+
+    purchases = frame[PURCHASES].to_numpy(dtype=np.float64)
+    last = pd.to_datetime(frame[LAST_PURCHASE])
+    age = (pd.Timestamp(utc_naive(as_of)) - last).dt.total_seconds().to_numpy(dtype=np.float64) / 86_400.0
+    days_plus_one = np.where(np.isfinite(age), np.maximum(age, 0.0) + 1.0, 0.0)
+    # The frame is sorted by (customer, item), as are CSR entries with sorted indices: one layout.
+    weight = matrix(frame[WEIGHT].to_numpy())
+    weight_short = matrix(short[WEIGHT].to_numpy())
+    bought = matrix(purchases)
+    days = matrix(days_plus_one)
+
+    info = catalogue.reindex(item_ids)
+    recommendable = (info["active"].fillna(False).astype(bool) & info[Col.IS_PRODUCT].fillna(False).astype(bool)).to_numpy()
+    category = np.asarray([None if pd.isna(c) else str(c) for c in info["category"]], dtype=object)
+    name = np.asarray([None if pd.isna(c) else str(c) for c in info["name"]], dtype=object)
+
+    n_items = len(item_ids)
+    is_bought = purchases > 0
+    recent = {d: is_bought & (days_plus_one - 1.0 < d) for d in RECENT_DAYS}
+    buyers = np.bincount(cols[is_bought], minlength=n_items).astype(np.float64)
+    orders = np.bincount(cols, weights=purchases, minlength=n_items)
+    return InteractionData(
+        as_of=utc_naive(as_of),
+        customer_ids=customer_ids,
+        item_ids=item_ids,
+        weight=weight,
+        weight_short=weight_short,
+        purchases=bought,
+        days_since=days,
+        recommendable=recommendable,
+        category=category,
+        name=name,
+        buyers=buyers,
+        buyers_30d=np.bincount(cols[recent[30]], minlength=n_items).astype(np.float64),
+        buyers_90d=np.bincount(cols[recent[90]], minlength=n_items).astype(np.float64),
+        orders_per_buyer=np.divide(orders, buyers, out=np.zeros(n_items), where=buyers > 0),
+        popular_by=_popular_by(backend, as_of, item_ids, recommendable),
+    )
+
+
+def relevant_positions(data: InteractionData, relevant: Mapping[Hashable, set[str]]) -> sparse.csr_matrix:
+    """A users × items 0/1 CSR of ``relevant`` (customer id -> item ids bought in a later period),
+    restricted to the customers and items of ``data`` (the ranker's labels)."""
+    rows, cols = [], []
+    for customer, items in relevant.items():
+        pos, known = data.user_positions([customer])
+        if not known[0] or not items:
+            continue
+        ipos, iknown = data.item_positions(sorted(items))
+        rows.append(np.full(int(iknown.sum()), pos[0], dtype=np.int64))
+        cols.append(ipos[iknown])
+    if not rows:
+        return sparse.csr_matrix((data.n_users, data.n_items), dtype=np.float64)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    out = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(data.n_users, data.n_items))
+    out.data[:] = 1.0
+    out.sort_indices()
+    return out

@@ -1,0 +1,644 @@
+"""The recommender: candidates from repeat purchases, ALS, item-KNN and popularity, ranked by LightGBM.
+
+People re-buy what they bought, and they also discover. Neither a pure "buy again" list nor a pure
+factorisation serves both, so the model has two stages:
+
+1. *Candidates* (:mod:`training.recommend.candidates`): the customer's own items, ALS
+   (``implicit``, BM25-weighted decayed purchases), item-item KNN (``implicit``'s BM25 similarity)
+   and the items with the most buyers in the last 30 days, each pair described by 20 features:
+   how often and how recently the customer bought the item, the customer's activity, the item's
+   popularity and trend, and the models' scores and ranks.
+2. *Ranking*: a LightGBM ``lambdarank`` model orders each customer's candidates. It learns the mix
+   between repurchase and discovery from data, on a *label period* that never overlaps the
+   evaluation: for a model as of cutoff ``c``, the candidate models are fitted on the history before
+   ``c - label_days``, the ranker learns which of their candidates the customers bought in
+   ``[c - label_days, c)`` (early stopping on a fifth of those customers, NDCG@20), then the
+   candidate models are refitted on everything before ``c`` and the ranker is kept.
+
+:meth:`RecommenderModel.recommend` is the one scoring path of batch lists, the CLI and the service:
+filters are applied while candidates are generated (recommendable items only; already purchased
+items excluded by default, except categories marked repurchasable; category include / exclude; the
+caller's exclusions), an unknown customer gets the popular items of their channel or country (a
+flagged fallback), and an unknown customer with a few recent items gets an ALS fold-in
+(``recalculate_user``) on them, ranked by the same code. Each item comes with its source
+(``repurchase``, ``model`` or ``popularity``) and a reason in words ("because you bought X").
+:meth:`similar_items` serves product pages ("customers also bought": the item-KNN neighbours, ALS
+neighbours when an item has too few) and :meth:`explain` gives ALS's own explanation of a score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import ibis
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy import sparse
+from sklearn.exceptions import NotFittedError
+from threadpoolctl import threadpool_limits
+
+from features.history import utc_naive
+from features.interactions import confidence
+from features.schema import Col
+from training.recommend.candidates import (
+    FEATURES,
+    SOURCE_ALS,
+    SOURCE_KNN,
+    SOURCE_OWN,
+    CandidateSizes,
+    Candidates,
+    UserBlock,
+    _lookup,
+    candidates,
+)
+from training.recommend.data import InteractionData, build_interaction_data, relevant_positions
+from training.recommend.split import purchases_between
+
+logger = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+#: Columns of :meth:`RecommenderModel.recommend`.
+RECOMMENDATION_COLUMNS: tuple[str, ...] = (Col.CUSTOMER_ID, "rank", Col.ITEM_ID, "score", "source", "reason", "fallback")
+#: Sources of a recommended item.
+SOURCES: tuple[str, ...] = ("repurchase", "model", "popularity")
+#: Customers per block of candidate generation (bounded so that a block's ALS scores stay small).
+MAX_BLOCK_CUSTOMERS = 2_000
+#: ALS scores held at once in a block (customers x allowed items), in float32 values.
+MAX_BLOCK_SCORES = 20_000_000
+
+
+class RecommenderInputError(ValueError):
+    """A request the recommender cannot serve, with what was expected."""
+
+
+@dataclass(frozen=True)
+class RecommenderSettings:
+    """Everything a fit depends on (see :class:`RecommenderModel`)."""
+
+    half_life_days: float | None = 365.0
+    short_half_life_days: float = 30.0
+    browse_weight: float = 0.1
+    factors: int = 64
+    regularization: float = 0.05
+    iterations: int = 15
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    knn_neighbours: int = 100
+    candidates: CandidateSizes = field(default_factory=CandidateSizes)
+    label_days: int = 90
+    max_training_customers: int = 20_000
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_child_samples: int = 100
+    early_stopping_rounds: int = 30
+    repurchasable_categories: tuple[str, ...] = ()
+    num_threads: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool]] = [
+            ("half_life_days", self.half_life_days is None or self.half_life_days > 0),
+            ("short_half_life_days", self.short_half_life_days > 0),
+            ("browse_weight", self.browse_weight >= 0),
+            ("factors", self.factors >= 1),
+            ("regularization", self.regularization >= 0),
+            ("iterations", self.iterations >= 1),
+            ("knn_neighbours", self.knn_neighbours >= 1),
+            ("label_days", self.label_days >= 1),
+            ("max_training_customers", self.max_training_customers >= 10),
+            ("n_estimators", self.n_estimators >= 1),
+            ("learning_rate", 0 < self.learning_rate <= 1),
+            ("num_leaves", self.num_leaves >= 2),
+            ("min_child_samples", self.min_child_samples >= 1),
+            ("early_stopping_rounds", self.early_stopping_rounds >= 1),
+            ("num_threads", self.num_threads >= 1),
+        ]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise ValueError(f"invalid recommender setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["repurchasable_categories"] = list(self.repurchasable_categories)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RecommenderSettings:
+        values = dict(values)
+        values["candidates"] = CandidateSizes(**values.get("candidates", {}))
+        values["repurchasable_categories"] = tuple(values.get("repurchasable_categories", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CandidateModels:
+    """The fitted first stage: ALS factors, the item-item similarity and the ALS input weighting."""
+
+    user_factors: NDArray[np.float32]
+    item_factors: NDArray[np.float32]
+    similarity: sparse.csr_matrix
+    #: BM25 of the ALS input (users as documents): IDF per item and the mean customer weight.
+    als_idf: FloatArray
+    als_mean_row_weight: float
+
+
+def _bm25_rows(weight: sparse.csr_matrix, idf: FloatArray, mean_row: float, k1: float, b: float) -> sparse.csr_matrix:
+    """The ALS input weighting of some customers' rows, with the IDF and mean fitted on all customers
+    (equal to ``confidence(matrix, documents="users")`` for the fitted matrix's own rows)."""
+    coo = sparse.coo_matrix(weight)
+    row_sums = np.ravel(weight.sum(axis=1))
+    norm = (1.0 - b) + b * row_sums / (mean_row if mean_row > 0 else 1.0)
+    data = coo.data * (k1 + 1.0) / (k1 * norm[coo.row] + coo.data) * idf[coo.col]
+    out = sparse.csr_matrix((data, (coo.row, coo.col)), shape=weight.shape)
+    out.sort_indices()
+    return out
+
+
+def _als(settings: RecommenderSettings, n_threads: int) -> Any:
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    return AlternatingLeastSquares(
+        factors=settings.factors, regularization=settings.regularization, iterations=settings.iterations,
+        calculate_training_loss=False, num_threads=n_threads, random_state=settings.seed,
+    )
+
+
+def fit_candidate_models(data: InteractionData, settings: RecommenderSettings) -> CandidateModels:
+    """ALS on the BM25-weighted decayed purchases and the BM25 item-item similarity (``implicit``)."""
+    from implicit.nearest_neighbours import BM25Recommender
+
+    if data.n_users == 0 or data.weight.nnz == 0:
+        raise RecommenderInputError(f"no interaction before {data.as_of:%Y-%m-%d}: nothing to learn from")
+    weight = data.weight.astype(np.float64)
+    n_users = weight.shape[0]
+    counts = np.bincount(weight.indices, minlength=weight.shape[1])
+    idf = np.log(float(n_users)) - np.log1p(counts)
+    mean_row = float(np.ravel(weight.sum(axis=1)).mean())
+    als_input = confidence(weight, scheme="bm25", K1=settings.bm25_k1, B=settings.bm25_b, documents="users")
+    with threadpool_limits(1, "blas"):
+        als = _als(settings, settings.num_threads)
+        als.fit(als_input.astype(np.float32).tocsr(), show_progress=False)
+        knn = BM25Recommender(K=settings.knn_neighbours, K1=settings.bm25_k1, B=settings.bm25_b,
+                              num_threads=settings.num_threads)
+        knn.fit(weight.tocsr(), show_progress=False)
+    similarity = sparse.csr_matrix(knn.similarity, dtype=np.float64)
+    similarity.sort_indices()
+    return CandidateModels(
+        user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
+        item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
+        similarity=similarity,
+        als_idf=idf.astype(np.float64),
+        als_mean_row_weight=mean_row,
+    )
+
+
+def _block_size(n_allowed: int) -> int:
+    return int(max(1, min(MAX_BLOCK_CUSTOMERS, MAX_BLOCK_SCORES // max(n_allowed, 1))))
+
+
+def _ranker_params(settings: RecommenderSettings) -> dict[str, Any]:
+    return {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [20],
+        "learning_rate": settings.learning_rate,
+        "num_leaves": settings.num_leaves,
+        "min_data_in_leaf": settings.min_child_samples,
+        "num_threads": settings.num_threads,
+        "seed": settings.seed,
+        "deterministic": True,
+        "verbose": -1,
+    }
+
+
+@dataclass(frozen=True)
+class RankerTraining:
+    """What the ranker learned from: the label period and how well the candidates covered it."""
+
+    label_start: datetime
+    label_end: datetime
+    n_customers: int
+    n_pairs: int
+    positives: int
+    relevant: int
+    candidate_recall: float  # share of the label period's purchases (of known items) among the candidates
+    best_iteration: int
+    validation_ndcg20: float
+
+
+class RecommenderModel:
+    """Two-stage recommender (see the module docstring). ``fit`` returns self; fitted attributes end in ``_``:
+    ``data_`` (:class:`InteractionData` at the cutoff), ``models_`` (:class:`CandidateModels`),
+    ``booster_`` (the LightGBM ranker), ``training_`` (:class:`RankerTraining`), ``settings_``."""
+
+    def __init__(self, settings: RecommenderSettings | None = None) -> None:
+        self.settings = settings or RecommenderSettings()
+
+    # --- fit ------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        backend: ibis.BaseBackend,
+        as_of: datetime,
+        *,
+        progress: Callable[[str], None] | None = None,
+    ) -> RecommenderModel:
+        """Learn the ranker on the label period before ``as_of`` and fit the candidate models on
+        everything before ``as_of`` (see the module docstring)."""
+        settings = self.settings
+
+        def step(text: str) -> None:
+            logger.info(text)
+            if progress:
+                progress(text)
+
+        as_of = utc_naive(as_of)
+        label_start = as_of - timedelta(days=settings.label_days)
+        step(f"interactions before {label_start:%Y-%m-%d} (ranker features)")
+        before = self._data(backend, label_start)
+        step("candidate models for the label period")
+        models_before = fit_candidate_models(before, settings)
+        relevant = purchases_between(backend, label_start, as_of)
+        step("ranker on the label period")
+        booster, training = _fit_ranker(before, models_before, relevant, settings, label_start, as_of)
+        step(f"interactions before {as_of:%Y-%m-%d} (final candidate models)")
+        data = self._data(backend, as_of)
+        step("final candidate models")
+        self.data_ = data
+        self.models_ = fit_candidate_models(data, settings)
+        self.booster_ = booster
+        self.training_ = training
+        self.settings_ = settings
+        return self
+
+    def _data(self, backend: ibis.BaseBackend, as_of: datetime) -> InteractionData:
+        s = self.settings
+        return build_interaction_data(backend, as_of, half_life_days=s.half_life_days,
+                                      short_half_life_days=s.short_half_life_days, browse_weight=s.browse_weight)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise NotFittedError("this RecommenderModel is not fitted yet: call fit() first")
+
+    # --- filters --------------------------------------------------------------------------------
+
+    def allowed_items(
+        self,
+        *,
+        categories: Iterable[str] | None = None,
+        exclude_categories: Iterable[str] | None = None,
+        exclude_items: Iterable[Hashable] | None = None,
+    ) -> BoolArray:
+        """Mask of the items that may be recommended: recommendable (active products), in
+        ``categories`` when given (case-insensitive), not in ``exclude_categories``, not in
+        ``exclude_items``."""
+        self._check_fitted()
+        data = self.data_
+        mask = data.recommendable.copy()
+        lowered = np.asarray([None if c is None else c.lower() for c in data.category], dtype=object)
+        if categories is not None:
+            wanted = {str(c).lower() for c in categories}
+            mask &= np.isin(lowered, list(wanted))
+        if exclude_categories is not None:
+            unwanted = {str(c).lower() for c in exclude_categories}
+            mask &= ~np.isin(lowered, list(unwanted))
+        if exclude_items is not None:
+            pos, known = data.item_positions(list(exclude_items))
+            mask[pos[known]] = False
+        return mask
+
+    def _keep_owned(self) -> BoolArray | None:
+        categories = self.settings_.repurchasable_categories
+        if not categories:
+            return None
+        lowered = {c.lower() for c in categories}
+        return np.asarray([c is not None and c.lower() in lowered for c in self.data_.category], dtype=bool)
+
+    # --- recommend ------------------------------------------------------------------------------
+
+    def recommend(
+        self,
+        customer_ids: Sequence[Hashable],
+        n: int = 20,
+        *,
+        exclude_purchased: bool = True,
+        categories: Iterable[str] | None = None,
+        exclude_categories: Iterable[str] | None = None,
+        exclude_items: Iterable[Hashable] | None = None,
+        channel: str | None = None,
+        country: str | None = None,
+        recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pd.DataFrame:
+        """Top-``n`` items of each customer, one row per (customer, rank): :data:`RECOMMENDATION_COLUMNS`.
+
+        ``exclude_purchased`` drops what the customer bought (except repurchasable categories);
+        ``categories`` / ``exclude_categories`` / ``exclude_items`` filter every list;
+        ``channel`` / ``country`` choose the popular list of an unknown customer;
+        ``recent_items`` (customer id -> item ids) folds in customers unknown to the model. A customer
+        with fewer allowed candidates than ``n`` gets a shorter list; ``fallback`` is true for
+        customers served the popular list. ``progress(done, total)`` is called after each block.
+        """
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
+            raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
+        data = self.data_
+        ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
+        rows, known = data.user_positions(ids)
+        allowed = self.allowed_items(categories=categories, exclude_categories=exclude_categories,
+                                     exclude_items=exclude_items)
+        popular = data.popular(channel=channel, country=country)
+        keep_owned = self._keep_owned()
+        frames: list[pd.DataFrame] = []
+        known_at = np.flatnonzero(known)
+        size = _block_size(int(allowed.sum()))
+        done = 0
+        for start in range(0, len(known_at), size):
+            at = known_at[start : start + size]
+            block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
+            frames.append(self._rank_block(block, ids[at], n, allowed, exclude_purchased, keep_owned, popular))
+            done += len(at)
+            if progress:
+                progress(done, len(ids))
+        recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
+        for i in np.flatnonzero(~known):
+            customer = int(ids[i])
+            block = self._folded_in(recent.get(customer, ()))
+            if block is None:
+                frames.append(self._popular_list(customer, n, allowed, popular))
+            else:
+                frames.append(self._rank_block(block, ids[[i]], n, allowed, exclude_purchased, keep_owned, popular))
+        if progress and len(known_at) < len(ids):
+            progress(len(ids), len(ids))
+        out = pd.concat(frames, ignore_index=True) if frames else _empty_recommendations()
+        order = {int(c): k for k, c in enumerate(ids)}
+        out = out.sort_values(["customer_id", "rank"], key=lambda s: s.map(order) if s.name == "customer_id" else s,
+                              kind="stable").reset_index(drop=True)
+        return out
+
+    def _folded_in(self, items: Sequence[Hashable]) -> UserBlock | None:
+        if not items:
+            return None
+        pos, known = self.data_.item_positions(list(items))
+        if not known.any():
+            return None
+        block = UserBlock.folded_in(self.data_.n_items, pos[known], np.zeros(self.models_.item_factors.shape[1]))
+        weighted = _bm25_rows(block.weight, self.models_.als_idf, self.models_.als_mean_row_weight,
+                              self.settings_.bm25_k1, self.settings_.bm25_b)
+        als = self._als_object()
+        with threadpool_limits(1, "blas"):
+            factors = als.recalculate_user(0, weighted.astype(np.float32))
+        return replace(block, factors=np.asarray(factors, dtype=np.float32).reshape(1, -1))
+
+    def _als_object(self) -> Any:
+        als = _als(self.settings_, 1)
+        als.item_factors = self.models_.item_factors
+        als.user_factors = self.models_.user_factors
+        return als
+
+    def _score(self, found: Candidates) -> FloatArray:
+        if len(found) == 0:
+            return np.empty(0)
+        return np.asarray(self.booster_.predict(found.x, num_threads=self.settings_.num_threads), dtype=np.float64)
+
+    def _rank_block(
+        self,
+        block: UserBlock,
+        customer_ids: IntArray,
+        n: int,
+        allowed: BoolArray,
+        exclude_purchased: bool,
+        keep_owned: BoolArray | None,
+        popular: IntArray,
+    ) -> pd.DataFrame:
+        found = candidates(self.data_, block, item_factors=self.models_.item_factors, similarity=self.models_.similarity,
+                           sizes=self.settings_.candidates, allowed=allowed, exclude_owned=exclude_purchased,
+                           keep_owned=keep_owned, popular=popular)
+        scores = self._score(found)
+        order = np.lexsort((found.item, -scores, found.row))
+        row, item, score, sources = found.row[order], found.item[order], scores[order], found.sources[order]
+        rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
+        keep = rank < n
+        row, item, score, sources, rank = row[keep], item[keep], score[keep], sources[keep], rank[keep]
+        source = np.where(sources & SOURCE_OWN, "repurchase",
+                          np.where(sources & (SOURCE_ALS | SOURCE_KNN), "model", "popularity")).astype(object)
+        reasons = self._reasons(block, row, item, sources, found, order[keep])
+        return pd.DataFrame({
+            Col.CUSTOMER_ID: customer_ids[row].astype(np.int64),
+            "rank": (rank + 1).astype(np.int64),
+            Col.ITEM_ID: self.data_.item_ids[item],
+            "score": score,
+            "source": source,
+            "reason": reasons,
+            "fallback": np.zeros(len(row), dtype=bool),
+        })
+
+    def _reasons(self, block: UserBlock, row: IntArray, item: IntArray, sources: NDArray[np.int8],
+                 found: Candidates, at: IntArray) -> NDArray[np.object_]:
+        """Words for each recommended pair: the repurchase history, the bought item that makes the
+        item-KNN score (the largest ``weight[u, j] * similarity[j, i]``), or popularity."""
+        data = self.data_
+        out = np.empty(len(row), dtype=object)
+        purchases = found.feature("purchases")[at]
+        days = found.feature("days_since_purchase")[at]
+        for k in np.flatnonzero(sources & SOURCE_OWN):
+            times = int(purchases[k])
+            when = "" if not np.isfinite(days[k]) else f", last {int(days[k])} days ago"
+            out[k] = f"you bought it {times} time{'s' if times != 1 else ''}{when}"
+        rest = np.flatnonzero(~(sources & SOURCE_OWN).astype(bool))
+        if len(rest):
+            user_rows = block.weight[row[rest]]
+            sim_cols = self.models_.similarity[:, item[rest]].T.tocsr()
+            products = user_rows.multiply(sim_cols).tocsr()
+            best = np.asarray(products.argmax(axis=1)).ravel()
+            value = np.asarray(products.max(axis=1).toarray()).ravel()
+            for k, j, v in zip(rest, best, value):
+                if v > 0:
+                    out[k] = f"because you bought {_label(data, int(j))}"
+                elif sources[k] & SOURCE_ALS:
+                    out[k] = "customers with similar purchases bought it"
+                else:
+                    out[k] = f"popular: {int(data.buyers_30d[item[k]]):,} buyers in the last 30 days"
+        return out
+
+    def _popular_list(self, customer: int, n: int, allowed: BoolArray, popular: IntArray) -> pd.DataFrame:
+        data = self.data_
+        ranked = popular[allowed[popular]][:n]
+        if len(ranked) < n:
+            overall = data.popular_overall
+            extra = overall[allowed[overall] & ~np.isin(overall, ranked)]
+            ranked = np.concatenate([ranked, extra])[:n]
+        k = len(ranked)
+        return pd.DataFrame({
+            Col.CUSTOMER_ID: np.full(k, customer, dtype=np.int64),
+            "rank": np.arange(1, k + 1, dtype=np.int64),
+            Col.ITEM_ID: data.item_ids[ranked],
+            "score": data.buyers_30d[ranked].astype(np.float64),
+            "source": np.full(k, "popularity", dtype=object),
+            "reason": np.asarray([f"popular: {int(b):,} buyers in the last 30 days" for b in data.buyers_30d[ranked]],
+                                 dtype=object),
+            "fallback": np.ones(k, dtype=bool),
+        })
+
+    # --- product pages --------------------------------------------------------------------------
+
+    def similar_items(self, item_id: Hashable, n: int = 10, *, categories: Iterable[str] | None = None,
+                      exclude_categories: Iterable[str] | None = None,
+                      exclude_items: Iterable[Hashable] | None = None) -> pd.DataFrame:
+        """Items bought by the customers who bought ``item_id`` (item-KNN similarity), topped up with
+        ALS neighbours (cosine of the item factors) when it has fewer than ``n``. Columns ``rank``,
+        ``item_id``, ``score``, ``source`` (``co-purchase`` or ``model``). ``KeyError`` for an item the
+        model does not know."""
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
+            raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
+        pos, known = self.data_.item_positions([item_id])
+        if not known[0]:
+            raise KeyError(f"item {item_id!r} is not known to the recommender")
+        i = int(pos[0])
+        allowed = self.allowed_items(categories=categories, exclude_categories=exclude_categories,
+                                     exclude_items=exclude_items)
+        allowed[i] = False
+        sim = self.models_.similarity
+        neighbours = sim.indices[sim.indptr[i] : sim.indptr[i + 1]].astype(np.int64)
+        values = sim.data[sim.indptr[i] : sim.indptr[i + 1]]
+        keep = allowed[neighbours] & (values > 0)
+        order = np.lexsort((neighbours[keep], -values[keep]))[:n]
+        items, scores = list(neighbours[keep][order]), list(values[keep][order])
+        sources = ["co-purchase"] * len(items)
+        if len(items) < n:
+            factors = self.models_.item_factors.astype(np.float64)
+            norms = np.linalg.norm(factors, axis=1)
+            cosine = factors @ factors[i] / np.where(norms * norms[i] > 0, norms * norms[i], 1.0)
+            cosine[~allowed] = -np.inf
+            cosine[items] = -np.inf
+            extra = np.argsort(-cosine, kind="stable")[: n - len(items)]
+            extra = extra[np.isfinite(cosine[extra])]
+            items += list(extra)
+            scores += list(cosine[extra])
+            sources += ["model"] * len(extra)
+        return pd.DataFrame({"rank": np.arange(1, len(items) + 1, dtype=np.int64),
+                             Col.ITEM_ID: self.data_.item_ids[np.asarray(items, dtype=np.int64)],
+                             "score": np.asarray(scores, dtype=np.float64),
+                             "source": np.asarray(sources, dtype=object)})
+
+    def explain(self, customer_id: Hashable, item_id: Hashable, n: int = 3) -> pd.DataFrame:
+        """ALS's explanation of the customer's score for the item: the ``n`` items they bought that
+        contribute most (implicit's ``explain``). Columns ``item_id``, ``contribution``. ``KeyError``
+        for an unknown customer or item."""
+        self._check_fitted()
+        rows, known = self.data_.user_positions([_customer_id(customer_id)])
+        if not known[0]:
+            raise KeyError(f"customer {customer_id!r} is not known to the recommender")
+        pos, iknown = self.data_.item_positions([item_id])
+        if not iknown[0]:
+            raise KeyError(f"item {item_id!r} is not known to the recommender")
+        weighted = _bm25_rows(self.data_.weight[rows], self.models_.als_idf, self.models_.als_mean_row_weight,
+                              self.settings_.bm25_k1, self.settings_.bm25_b).astype(np.float32)
+        with threadpool_limits(1, "blas"):
+            _, top, _ = self._als_object().explain(0, weighted, int(pos[0]), N=n)
+        return pd.DataFrame({Col.ITEM_ID: [self.data_.item_ids[j] for j, _ in top],
+                             "contribution": np.asarray([float(s) for _, s in top], dtype=np.float64)})
+
+
+# --- ranker training -------------------------------------------------------------------------------
+
+
+def _fit_ranker(
+    data: InteractionData,
+    models: CandidateModels,
+    relevant: Mapping[int, set[str]],
+    settings: RecommenderSettings,
+    label_start: datetime,
+    label_end: datetime,
+) -> tuple[lgb.Booster, RankerTraining]:
+    """LightGBM lambdarank on the candidates of the customers who bought something in the label period."""
+    labels = relevant_positions(data, relevant)
+    with_labels = np.flatnonzero(np.diff(labels.indptr) > 0)
+    if len(with_labels) < 10:
+        raise RecommenderInputError(
+            f"only {len(with_labels)} known customers bought in {label_start:%Y-%m-%d} .. {label_end:%Y-%m-%d}: "
+            "too few to learn the ranking (need 10)")
+    rng = np.random.default_rng(settings.seed)
+    if len(with_labels) > settings.max_training_customers:
+        with_labels = np.sort(rng.choice(with_labels, settings.max_training_customers, replace=False))
+    allowed = data.recommendable
+    xs, ys, groups = [], [], []
+    size = _block_size(int(allowed.sum()))
+    for start in range(0, len(with_labels), size):
+        rows = with_labels[start : start + size]
+        block = UserBlock.of_users(data, rows, models.user_factors)
+        found = candidates(data, block, item_factors=models.item_factors, similarity=models.similarity,
+                           sizes=settings.candidates, allowed=allowed, exclude_owned=False)
+        y = _lookup(labels[rows], found.row, found.item)
+        xs.append(found.x)
+        ys.append(y)
+        groups.append(found.group_sizes(len(rows)))
+    x, y, group = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+    relevant_total = int(labels[with_labels].sum())
+    positives = int(y.sum())
+    # Customers whose candidates hold none of their purchases teach the ranking nothing.
+    offsets = np.concatenate([[0], np.cumsum(group)])
+    per_customer = np.add.reduceat(y, offsets[:-1]) if len(group) else np.empty(0)
+    useful = np.flatnonzero((group > 0) & (per_customer > 0))
+    if len(useful) < 10:
+        raise RecommenderInputError("fewer than 10 customers have a later purchase among their candidates")
+    valid_mask = rng.random(len(useful)) < 0.2
+    parts = {}
+    for name, chosen in (("train", useful[~valid_mask]), ("valid", useful[valid_mask])):
+        take = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in chosen])
+        parts[name] = (x[take], y[take], group[chosen])
+    train_set = lgb.Dataset(parts["train"][0], parts["train"][1], group=parts["train"][2],
+                            feature_name=list(FEATURES), free_raw_data=True)
+    valid_set = lgb.Dataset(parts["valid"][0], parts["valid"][1], group=parts["valid"][2], reference=train_set)
+    booster = lgb.train(
+        _ranker_params(settings), train_set, num_boost_round=settings.n_estimators, valid_sets=[valid_set],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
+    )
+    best = int(booster.best_iteration or settings.n_estimators)
+    ndcg = float(booster.best_score.get("valid", {}).get("ndcg@20", float("nan")))
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    training = RankerTraining(
+        label_start=label_start, label_end=label_end, n_customers=int(len(useful)), n_pairs=int(len(y)),
+        positives=positives, relevant=relevant_total,
+        candidate_recall=positives / relevant_total if relevant_total else float("nan"),
+        best_iteration=best, validation_ndcg20=ndcg,
+    )
+    return booster, training
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _customer_id(value: Hashable) -> int:
+    try:
+        out = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise RecommenderInputError(f"customer ids are whole numbers, got {value!r}") from None
+    if isinstance(value, float) and not float(value).is_integer():
+        raise RecommenderInputError(f"customer ids are whole numbers, got {value!r}")
+    return out
+
+
+def _label(data: InteractionData, item: int) -> str:
+    name = data.name[item]
+    return f"{name} ({data.item_ids[item]})" if name else str(data.item_ids[item])
+
+
+def _empty_recommendations() -> pd.DataFrame:
+    return pd.DataFrame({
+        Col.CUSTOMER_ID: np.empty(0, dtype=np.int64), "rank": np.empty(0, dtype=np.int64),
+        Col.ITEM_ID: np.empty(0, dtype=object), "score": np.empty(0), "source": np.empty(0, dtype=object),
+        "reason": np.empty(0, dtype=object), "fallback": np.empty(0, dtype=bool),
+    })
