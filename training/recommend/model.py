@@ -93,6 +93,9 @@ class RecommenderSettings:
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
     knn_neighbours: int = 100
+    #: BM25 of the item-item similarity (implicit's BM25Recommender defaults; the ALS input uses bm25_k1/b).
+    knn_k1: float = 1.2
+    knn_b: float = 0.75
     candidates: CandidateSizes = field(default_factory=CandidateSizes)
     label_days: int = 90
     max_training_customers: int = 20_000
@@ -188,7 +191,7 @@ def fit_candidate_models(data: InteractionData, settings: RecommenderSettings) -
     with threadpool_limits(1, "blas"):
         als = _als(settings, settings.num_threads)
         als.fit(als_input.astype(np.float32).tocsr(), show_progress=False)
-        knn = BM25Recommender(K=settings.knn_neighbours, K1=settings.bm25_k1, B=settings.bm25_b,
+        knn = BM25Recommender(K=settings.knn_neighbours, K1=settings.knn_k1, B=settings.knn_b,
                               num_threads=settings.num_threads)
         knn.fit(weight.tocsr(), show_progress=False)
     similarity = sparse.csr_matrix(knn.similarity, dtype=np.float64)
@@ -266,13 +269,35 @@ class RecommenderModel:
         label_start = as_of - timedelta(days=settings.label_days)
         step(f"interactions before {label_start:%Y-%m-%d} (ranker features)")
         before = self._data(backend, label_start)
-        step("candidate models for the label period")
-        models_before = fit_candidate_models(before, settings)
         relevant = purchases_between(backend, label_start, as_of)
-        step("ranker on the label period")
-        booster, training = _fit_ranker(before, models_before, relevant, settings, label_start, as_of)
         step(f"interactions before {as_of:%Y-%m-%d} (final candidate models)")
         data = self._data(backend, as_of)
+        return self.fit_data(before, relevant, data, progress=progress)
+
+    def fit_data(
+        self,
+        before: InteractionData,
+        relevant: Mapping[int, set[str]],
+        data: InteractionData,
+        *,
+        progress: Callable[[str], None] | None = None,
+    ) -> RecommenderModel:
+        """:meth:`fit` on prepared arrays: ``before`` is the history at the start of the label period,
+        ``relevant`` what customers bought in it (customer id -> item ids), ``data`` the history at
+        the cutoff (its end)."""
+        settings = self.settings
+
+        def step(text: str) -> None:
+            logger.info(text)
+            if progress:
+                progress(text)
+
+        if not before.as_of < data.as_of:
+            raise RecommenderInputError(f"the label period must start ({before.as_of}) before the cutoff ({data.as_of})")
+        step("candidate models for the label period")
+        models_before = fit_candidate_models(before, settings)
+        step("ranker on the label period")
+        booster, training = _fit_ranker(before, models_before, relevant, settings, before.as_of, data.as_of)
         step("final candidate models")
         self.data_ = data
         self.models_ = fit_candidate_models(data, settings)

@@ -1,0 +1,259 @@
+"""The recommender's honest comparison: every candidate model and baseline, one table, one gate.
+
+Protocol (:func:`compare`), on the temporal split of :mod:`training.recommend.split`:
+
+- the two-stage model is fitted as of ``valid_end``: its ranker learns on the validation period
+  (candidate models fitted before ``train_end``, labels from ``[train_end, valid_end)``), its
+  candidate models are refitted on everything before ``valid_end``; nothing of the test period is
+  seen, and no choice is made on it;
+- the baselines (most popular ever, most popular in the last 30 days, buy again with a one-year
+  half-life) and the plain candidate models (``implicit`` ALS on BM25 weights, BPR, item-KNN with
+  cosine and with BM25 similarity) are fitted on the same history before ``valid_end``;
+- every model recommends 20 items to each customer who bought in the test period and was known
+  before it, twice: as is (judged on all test purchases) and with the customer's purchases excluded,
+  the service's default filter (judged on the items new to the customer: the ``_new`` columns).
+  Only recommendable items (active products) are ever proposed.
+
+The gate (:func:`recommender_gate`), from the recommender issue: the chosen model is eligible for
+promotion only if it beats the best baseline on recall@20 over all items AND beats popularity and
+plain ALS on recall@20 over new items; otherwise the run says which condition failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import ibis
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy import sparse
+from threadpoolctl import threadpool_limits
+
+from features.schema import Col
+from training.recommend.candidates import CandidateSizes, UserBlock, candidates
+from training.recommend.metrics import (
+    N_CUSTOMERS,
+    N_CUSTOMERS_NEW,
+    NEW_SUFFIX,
+    comparison_table,
+    evaluate,
+    metric_name,
+)
+from training.recommend.model import RecommenderModel, RecommenderSettings
+from training.recommend.split import TemporalSplit, purchases_between
+
+logger = logging.getLogger(__name__)
+
+#: The chosen configuration's row in the comparison table.
+CHOSEN = "ranked blend (LightGBM)"
+POPULAR = "most popular"
+POPULAR_RECENT = "most popular, last 30 days"
+BUY_AGAIN = "buy again (1-year half-life)"
+ALS = "ALS (BM25)"
+BPR = "BPR"
+KNN_COSINE = "item-KNN cosine"
+KNN_BM25 = "item-KNN BM25"
+BASELINES: tuple[str, ...] = (POPULAR, POPULAR_RECENT, BUY_AGAIN)
+#: The list length every model is judged on.
+K = 20
+RECALL = metric_name("recall", K)
+RECALL_NEW = metric_name("recall", K, new=True)
+
+
+@dataclass(frozen=True)
+class RecommenderGate:
+    """Whether the chosen model may be promoted, and why (or why not)."""
+
+    eligible: bool
+    best_baseline: str
+    margin_all: float  # recall@20 over all items, chosen minus the best baseline
+    margin_new: float  # recall@20 over new items, chosen minus the better of popularity and ALS
+    reasons: tuple[str, ...]
+
+    def to_metrics(self) -> dict[str, float]:
+        return {"gate_eligible": float(self.eligible), "gate_margin_recall_at_20": self.margin_all,
+                "gate_margin_recall_at_20_new": self.margin_new}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The comparison table (one row per model, :mod:`training.recommend.metrics` columns), the
+    gate, and the model fitted as of ``valid_end`` with its test-period lists."""
+
+    split: TemporalSplit
+    table: pd.DataFrame
+    gate: RecommenderGate
+    model: RecommenderModel
+    n_customers: int
+
+
+def recommender_gate(table: pd.DataFrame, chosen: str = CHOSEN) -> RecommenderGate:
+    """The issue's rule on a comparison table (see the module docstring)."""
+    baselines = [b for b in BASELINES if b in table.index]
+    best = max(baselines, key=lambda b: table.loc[b, RECALL])
+    mine_all, mine_new = float(table.loc[chosen, RECALL]), float(table.loc[chosen, RECALL_NEW])
+    margin_all = mine_all - float(table.loc[best, RECALL])
+    rivals_new = {name: float(table.loc[name, RECALL_NEW]) for name in (POPULAR, ALS) if name in table.index}
+    best_new = max(rivals_new.values()) if rivals_new else float("nan")
+    margin_new = mine_new - best_new
+    reasons = []
+    ok_all = margin_all > 0
+    ok_new = bool(rivals_new) and margin_new > 0
+    reasons.append(f"recall@20 over all items {mine_all:.4f} vs {table.loc[best, RECALL]:.4f} for {best} "
+                   f"({'beats it' if ok_all else 'does not beat it'} by {margin_all:+.4f})")
+    for name, value in rivals_new.items():
+        verdict = "beats" if mine_new > value else "does not beat"
+        reasons.append(f"recall@20 over new items {mine_new:.4f} {verdict} {name} ({value:.4f})")
+    return RecommenderGate(eligible=ok_all and ok_new, best_baseline=best, margin_all=margin_all,
+                           margin_new=margin_new, reasons=tuple(reasons))
+
+
+def _row(all_lists: Mapping[int, list[str]], new_lists: Mapping[int, list[str]], relevant: Mapping[int, set[str]],
+         history: Mapping[int, set[str]], catalogue: int, *, has_new: bool = True) -> dict[str, float]:
+    """Metrics of a model: the all-items columns from its unfiltered lists, the ``_new`` columns from
+    its lists with the customer's purchases excluded."""
+    plain = evaluate(all_lists, relevant, history, catalogue_size=catalogue)
+    filtered = evaluate(new_lists, relevant, history, catalogue_size=catalogue)
+    out = {k: v for k, v in plain.items() if not k.endswith(NEW_SUFFIX) and k != N_CUSTOMERS_NEW}
+    for k, v in filtered.items():
+        if k.endswith(NEW_SUFFIX):
+            out[k] = v if has_new else float("nan")
+    out[N_CUSTOMERS_NEW] = filtered[N_CUSTOMERS_NEW]
+    return out
+
+
+def _lists_from_scores(
+    score_block: Callable[[NDArray[np.int64]], NDArray[np.floating]],
+    rows: NDArray[np.int64],
+    customer_ids: NDArray[np.int64],
+    item_ids: NDArray[np.object_],
+    allowed: NDArray[np.bool_],
+    purchases: sparse.csr_matrix,
+    exclude_owned: bool,
+) -> dict[int, list[str]]:
+    """Top-K items per customer of a dense score function over all items (blocks of customers)."""
+    out: dict[int, list[str]] = {}
+    block = max(1, 5_000_000 // max(len(item_ids), 1))
+    for start in range(0, len(rows), block):
+        at = rows[start : start + block]
+        scores = np.array(score_block(at), dtype=np.float64)
+        scores[:, ~allowed] = -np.inf
+        if exclude_owned:
+            owned = purchases[at].tocoo()
+            bought = owned.data > 0
+            scores[owned.row[bought], owned.col[bought]] = -np.inf
+        k = min(K, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)
+        top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+        for i, u in enumerate(at):
+            keep = np.isfinite(top_scores[i])
+            out[int(customer_ids[u])] = list(item_ids[top[i][keep]])
+    return out
+
+
+def compare(
+    backend: ibis.BaseBackend,
+    split: TemporalSplit,
+    settings: RecommenderSettings,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Fit every model on the history before ``split.valid_end`` and judge them on the test period."""
+
+    def step(text: str) -> None:
+        logger.info(text)
+        if progress:
+            progress(text)
+
+    label_days = (split.valid_end - split.train_end).days
+    if label_days < 1:
+        raise ValueError("the recommender's evaluation needs a validation period of at least one day to learn the ranking")
+    settings = replace(settings, label_days=label_days)
+    model = RecommenderModel(settings).fit(backend, split.valid_end, progress=step)
+    data = model.data_
+    history = data.history_sets()
+    step("test-period purchases")
+    relevant = {c: items for c, items in purchases_between(backend, split.valid_end, split.test_end).items()
+                if c in history}
+    if not relevant:
+        raise ValueError(f"no customer known before {split.valid_end:%Y-%m-%d} bought in the test period: "
+                         "nothing to evaluate on")
+    customers = np.asarray(sorted(relevant), dtype=np.int64)
+    rows, _ = data.user_positions(customers)
+    allowed = data.recommendable
+    catalogue = int(allowed.sum())
+    table: dict[str, dict[str, float]] = {}
+
+    step(f"ranked lists for {len(customers):,} test customers")
+    lists = {}
+    for exclude in (False, True):
+        out = model.recommend(customers, K, exclude_purchased=exclude)
+        lists[exclude] = {int(c): list(g) for c, g in out.groupby(Col.CUSTOMER_ID, sort=False)[Col.ITEM_ID]}
+    table[CHOSEN] = _row(lists[False], lists[True], relevant, history, catalogue)
+
+    step("baselines")
+    for name, ranked in ((POPULAR, np.lexsort((np.arange(data.n_items), -data.buyers))), (POPULAR_RECENT, data.popular_overall)):
+        ranked = ranked[allowed[ranked]]
+        plain = {int(c): list(data.item_ids[ranked[:K]]) for c in customers}
+        filtered = {}
+        for c, u in zip(customers, rows):
+            owned = set(data.purchases.indices[data.purchases.indptr[u] : data.purchases.indptr[u + 1]][
+                data.purchases.data[data.purchases.indptr[u] : data.purchases.indptr[u + 1]] > 0].tolist())
+            filtered[int(c)] = [data.item_ids[i] for i in ranked[: K + len(owned)] if i not in owned][:K]
+        table[name] = _row(plain, filtered, relevant, history, catalogue)
+    buy_again: dict[int, list[str]] = {}
+    block = UserBlock.of_users(data, rows, model.models_.user_factors)
+    own = candidates(data, block, item_factors=model.models_.item_factors, similarity=model.models_.similarity,
+                     sizes=CandidateSizes(own=K, als=0, knn=0, popular=0), allowed=allowed, exclude_owned=False)
+    # Ties on the decayed weight go to the most recent purchase, then to the item id.
+    order = np.lexsort((own.item, own.feature("days_since_purchase"), -own.feature("weight"), own.row))
+    for r, i in zip(own.row[order], own.item[order]):
+        buy_again.setdefault(int(customers[r]), []).append(data.item_ids[i])
+    table[BUY_AGAIN] = _row(buy_again, {}, relevant, history, catalogue, has_new=False)
+
+    step("candidate models on their own (ALS, BPR, item-KNN)")
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+    from implicit.nearest_neighbours import CosineRecommender
+
+    with threadpool_limits(1, "blas"):
+        bpr = BayesianPersonalizedRanking(factors=settings.factors, iterations=100, num_threads=settings.num_threads,
+                                          random_state=settings.seed)
+        binary = data.purchases.copy()
+        binary.data = (binary.data > 0).astype(np.float32)
+        binary.eliminate_zeros()
+        bpr.fit(binary.tocsr(), show_progress=False)
+        cosine = CosineRecommender(K=settings.knn_neighbours, num_threads=settings.num_threads)
+        cosine.fit(data.weight.tocsr(), show_progress=False)
+    cos_sim = sparse.csr_matrix(cosine.similarity)
+    bpr_users, bpr_items = np.asarray(bpr.user_factors), np.asarray(bpr.item_factors)
+    scorers: dict[str, Callable[[NDArray[np.int64]], NDArray[np.floating]]] = {
+        ALS: lambda at: model.models_.user_factors[at] @ model.models_.item_factors.T,
+        BPR: lambda at: bpr_users[at] @ bpr_items.T,
+        KNN_COSINE: lambda at: (data.weight[at] @ cos_sim).toarray(),
+        KNN_BM25: lambda at: (data.weight[at] @ model.models_.similarity).toarray(),
+    }
+    for name, scorer in scorers.items():
+        plain = _lists_from_scores(scorer, rows, data.customer_ids, data.item_ids, allowed, data.purchases, False)
+        filtered = _lists_from_scores(scorer, rows, data.customer_ids, data.item_ids, allowed, data.purchases, True)
+        table[name] = _row(plain, filtered, relevant, history, catalogue)
+
+    frame = comparison_table(table)
+    frame = frame.loc[[CHOSEN, *BASELINES, ALS, BPR, KNN_COSINE, KNN_BM25]]
+    return Comparison(split=split, table=frame, gate=recommender_gate(frame), model=model,
+                      n_customers=len(customers))
+
+
+def summary_columns() -> list[str]:
+    """The columns a person reads first: recall, NDCG and coverage at 10 and 20, all and new items."""
+    return [N_CUSTOMERS, metric_name("recall", 10), RECALL, metric_name("ndcg", K), metric_name("recall", 10, new=True),
+            RECALL_NEW, metric_name("ndcg", K, new=True), metric_name("coverage", K)]
+
+
+def evaluated_at(split: TemporalSplit) -> dict[str, datetime]:
+    return {"train_end": split.train_end, "valid_end": split.valid_end, "test_end": split.test_end}
