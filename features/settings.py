@@ -98,6 +98,24 @@ class Settings(BaseSettings):
     churn_risk_thresholds: tuple[float, float] | None = Field(
         None, description="Churn probabilities separating low/medium and medium/high risk; default: the 50th and 80th percentiles of the training distribution."
     )
+    recommend_test_days: int = Field(90, ge=7, description="Recommender evaluation: the last days of the history held out as the test period.")
+    recommend_valid_days: int = Field(90, ge=7, description="Recommender: the label period the ranker learns on (the validation period before the test).")
+    recommend_half_life_days: float | None = Field(365.0, gt=0, description="Recency half-life of the purchases the candidate models learn from (None: no decay).")
+    recommend_browse_weight: float = Field(0.1, ge=0, description="What one browse event counts next to one purchase.")
+    recommend_factors: int = Field(64, ge=2, description="ALS latent factors.")
+    recommend_regularization: float = Field(0.05, ge=0, description="ALS regularisation.")
+    recommend_iterations: int = Field(15, ge=1, description="ALS iterations.")
+    recommend_neighbours: int = Field(100, ge=1, description="Item-KNN: neighbours kept per item (BM25 similarity).")
+    recommend_candidates: dict[str, int] = Field(
+        default_factory=lambda: {"own": 50, "als": 50, "knn": 50, "popular": 30},
+        description="Candidates per customer from each source (own purchases, ALS, item-KNN, popular) before ranking.",
+    )
+    recommend_max_training_customers: int = Field(20_000, ge=10, description="Customers sampled to train the ranker.")
+    recommend_ranker_trees: int = Field(300, ge=1, description="LightGBM ranker: maximum boosting rounds (early stopping on held-out label-period customers).")
+    recommend_repurchasable_categories: list[str] = Field(
+        default_factory=list,
+        description="Categories still recommended after a purchase when already purchased items are excluded (consumables).",
+    )
     model_threads: int = Field(2, ge=1, description="Threads of LightGBM and BLAS in training and scoring.")
 
     @field_validator("currency")

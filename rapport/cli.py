@@ -64,6 +64,9 @@ _USER_ERRORS = {
     "features.customer": "RFMValidationError",
     "training.clv.adapter": "ClvFitError",
     "training.churn.model": "ChurnModelError",
+    "training.recommend.model": "RecommenderInputError",
+    "training.recommend.artefact": "RecommenderArtefactError",
+    "training.tracking": "NoModelError",
     "pydantic": "ValidationError",
 }
 
@@ -371,7 +374,7 @@ def data_contract(
 # --- train ----------------------------------------------------------------------------------------
 
 #: Training steps this version provides, in pipeline order (churn uses CLV features).
-TRAIN_STEPS = ("clv", "churn")
+TRAIN_STEPS = ("clv", "churn", "recommend")
 
 
 @app.command("train")
@@ -400,7 +403,7 @@ def train(
                     progress.update(task, description=f"{step}: {text}")
 
                 result = _guard(lambda: _train_step(step, con, s, when, report))
-            (_print_clv if step == "clv" else _print_churn)(result, s)
+            {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}[step](result, s)
     finally:
         con.close()
 
@@ -410,9 +413,37 @@ def _train_step(step: str, con, s: Settings, cutoff: datetime | None, report):  
         from training.clv.pipeline import train_clv
 
         return train_clv(con, s, cutoff=cutoff, progress=report)
-    from training.churn.pipeline import train_churn
+    if step == "churn":
+        from training.churn.pipeline import train_churn
 
-    return train_churn(con, s, cutoff=cutoff, progress=report)
+        return train_churn(con, s, cutoff=cutoff, progress=report)
+    from training.recommend.pipeline import train_recommender
+
+    return train_recommender(con, s, cutoff=cutoff, progress=report)
+
+
+def _print_recommend(result, s: Settings) -> None:  # noqa: ANN001
+    from training.recommend.evaluation import summary_columns
+
+    split = result.split
+    table = Table(title=f"Recommenders on the test period {split.valid_end.date()} .. {split.test_end.date()} "
+                        f"({result.n_test_customers:,} customers known before it; ranker learned on "
+                        f"{split.train_end.date()} .. {split.valid_end.date()})")
+    table.add_column("model")
+    columns = [c for c in summary_columns() if c != "n_customers"]
+    for col in columns:
+        table.add_column(col, justify="right")
+    for name, row in result.table.iterrows():
+        table.add_row(str(name), *("—" if v != v else f"{v:.3f}" for v in (row[c] for c in columns)))
+    console.print(table)
+    console.print("the _new columns: lists with the customer's purchases excluded (the default filter), "
+                  "judged on the items new to the customer")
+    verdict = "[green]eligible for promotion[/]" if result.gate.eligible else "[red]not eligible for promotion[/]"
+    console.print(f"ranked blend: {verdict}: " + "; ".join(result.gate.reasons))
+    console.print(f"registered [bold]{result.model_name}[/] version {result.model_version} (MLflow run "
+                  f"{result.run_id}, fitted on the history up to {split.test_end.date()}, catalogue "
+                  f"{result.catalogue_version})")
+    console.print(f"plots: {s.reports_dir / 'recommend'}")
 
 
 def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
@@ -455,6 +486,72 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
     console.print(f"registered [bold]{result.model_name}[/] version {result.model_version} "
                   f"(MLflow run {result.run_id}, cutoff {result.cutoff.date()})")
     console.print(f"plots: {s.reports_dir / 'clv'}")
+
+
+# --- recommend ------------------------------------------------------------------------------------
+
+#: Customers per chunk of ``rapport recommend`` (each chunk is ranked, then appended to the file).
+RECOMMEND_CHUNK = 20_000
+
+
+@app.command("recommend")
+def recommend(
+    output: Annotated[Path, typer.Option(help="Parquet or CSV file (by extension) to write the lists to.")],
+    n: Annotated[int, typer.Option("--n", min=1, max=100, help="Items per customer.")] = 20,
+    include_purchased: Annotated[bool, typer.Option(
+        "--include-purchased", help="Keep items the customer already bought (default: excluded, "
+                                    "except repurchasable categories).")] = False,
+    version: Annotated[str | None, typer.Option(help="Registered version of rapport-recommender to use. "
+                                                      "Default: the champion, else the latest version.")] = None,
+) -> None:
+    """Write the top-N recommendations of every customer known to the recommender: customer_id, rank,
+    item_id, score, source (model / repurchase / popularity) and reason; the same code path as the
+    service."""
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training import tracking
+    from training.recommend.pipeline import MODEL_NAME
+
+    if output.suffix.lower() not in (".parquet", ".csv"):
+        raise typer.BadParameter(f"expected a .parquet or .csv file, got {output.name!r}", param_hint="--output")
+    s = settings()
+    client = tracking.configure(s)
+    chosen, how = _guard(lambda: tracking.resolve_version(client, MODEL_NAME, version))
+    err.print(f"using {MODEL_NAME} version {chosen.version}: {how}")
+    loaded = _guard(lambda: mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{chosen.version}"))
+    model = loaded.unwrap_python_model().model
+    customers = model.data_.customer_ids
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".partial")
+    writer = None
+    rows = 0
+    try:
+        with _progress() as progress:
+            task = progress.add_task("recommending", total=len(customers))
+            for start in range(0, len(customers), RECOMMEND_CHUNK):
+                chunk = customers[start : start + RECOMMEND_CHUNK]
+                frame = model.recommend(chunk, n, exclude_purchased=not include_purchased)
+                frame = frame.assign(model_version=str(chosen.version))
+                if output.suffix.lower() == ".csv":
+                    frame.to_csv(tmp, mode="a" if start else "w", header=not start, index=False)
+                else:
+                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                rows += len(frame)
+                progress.update(task, advance=len(chunk))
+        if writer is not None:
+            writer.close()
+            writer = None
+        tmp.replace(output)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    console.print(f"{rows:,} recommendations for {len(customers):,} customers (version {chosen.version}, "
+                  f"history up to {model.data_.as_of.date()}) written to [bold]{output}[/]")
 
 
 # --- config ---------------------------------------------------------------------------------------

@@ -116,6 +116,13 @@ class JsonModelPyfunc(mlflow.pyfunc.PythonModel):
         return predictions
 
 
+def write_json_state(model: Any, stem: Path) -> Path:
+    """The model's ``to_dict()`` as ``<stem>.json``; returns the file written."""
+    path = stem.with_suffix(".json")
+    path.write_text(json.dumps(model.to_dict(), default=json_default, sort_keys=True), encoding="utf-8")
+    return path
+
+
 def log_json_pyfunc(
     model: Any,
     *,
@@ -128,6 +135,7 @@ def log_json_pyfunc(
     input_example: pd.DataFrame | None,
     registered_model_name: str | None,
     tags: Mapping[str, Any] | None,
+    write_state: Callable[[Any, Path], Path] | None = None,
 ) -> ModelInfo:
     """Log ``model`` in the active run as a pyfunc built by ``model_code`` from its JSON state and,
     with ``registered_model_name``, register it as a new version (tagged with the code version and
@@ -142,8 +150,7 @@ def log_json_pyfunc(
         model_signature = None
         if input_example is not None:
             model_signature, input_example = signature(model, input_example)
-        state_path = Path(tmp, f"{artifact_key}.json")
-        state_path.write_text(json.dumps(model.to_dict(), default=json_default, sort_keys=True), encoding="utf-8")
+        state_path = (write_state or write_json_state)(model, Path(tmp, artifact_key))
         code_path = Path(tmp, f"{what}_pyfunc_model.py")
         code_path.write_text(model_code, encoding="utf-8")
         info = mlflow.pyfunc.log_model(

@@ -461,3 +461,31 @@ def latest_with_alias(client: mlflow.MlflowClient, model_name: str, alias: str) 
 def model_uri(model_name: str, alias: str) -> str:
     """The URI that loads the version an alias points at (``models:/rapport-clv@champion``)."""
     return f"models:/{model_name}@{alias}"
+
+
+class NoModelError(LookupError):
+    """No registered version of a model to use: it must be trained first."""
+
+
+def resolve_version(client: mlflow.MlflowClient, model_name: str, version: str | None = None) -> tuple[ModelVersion, str]:
+    """The version to use and how it was chosen: ``version`` when given, else the ``champion``,
+    else (nothing promoted yet) the latest registered version."""
+    if version is not None:
+        try:
+            return client.get_model_version(model_name, str(version)), f"version {version} (asked for)"
+        except MlflowException as exc:
+            raise NoModelError(f"{model_name} has no version {version}: {exc.message}") from None
+    champion = latest_with_alias(client, model_name, "champion")
+    if champion is not None:
+        return champion, "the champion"
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException as exc:
+        if exc.error_code in _MISSING:
+            versions = []
+        else:
+            raise
+    if not versions:
+        raise NoModelError(f"no version of {model_name} is registered: train it first (rapport train)")
+    latest = max(versions, key=lambda v: int(v.version))
+    return latest, "the latest version (no champion promoted yet)"

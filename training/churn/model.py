@@ -53,7 +53,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -70,7 +70,7 @@ from sklearn.utils.validation import check_is_fitted
 from features.churn import CHURNED
 from training.artefact import ArtefactReader
 from training.churn.contributions import PathContributions
-from training.churn.reasons import CONTEXT_COLUMNS, reason_text
+from training.churn.reasons import CONTEXT_COLUMNS, reason_texts
 
 logger = logging.getLogger(__name__)
 
@@ -505,9 +505,12 @@ class ChurnModel(BaseEstimator):
         return pd.DataFrame(contributions, index=frame.index, columns=[*self.feature_names_, "expected_value"])
 
     def _contributions(self, x: FloatArray) -> FloatArray:
+        return self._margin_and_contributions(x)[1]
+
+    def _margin_and_contributions(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         if x.shape[0] == 0:
-            return np.empty((0, len(self.feature_names_) + 1))
-        return self.path_contributions_.contributions(x, num_threads=self._threads())
+            return np.empty(0), np.empty((0, len(self.feature_names_) + 1))
+        return self.path_contributions_.raw_score_and_contributions(x, num_threads=self._threads())
 
     def percentile(self, probability: FloatArray) -> FloatArray:
         """Percentile rank (0-100) of churn probabilities among the training rows' (stored quantiles)."""
@@ -539,42 +542,63 @@ class ChurnModel(BaseEstimator):
             raise ValueError(f"top_reasons must be a whole number >= 0, got {k!r}")
         k = min(int(k), len(self.feature_names_))
         x = _feature_matrix(frame, self.feature_names_, "scored frame")
-        probability = self.calibrator_(self._margin(x))
+        if k:
+            # One pass of LightGBM's leaf prediction gives the raw log-odds (bit for bit those of
+            # _margin) and the contributions the reasons rank.
+            margin, contributions = self._margin_and_contributions(x)
+        else:
+            margin, contributions = self._margin(x), None
+        probability = self.calibrator_(margin)
         columns: dict[str, Any] = {
             "churn_probability": probability,
             "risk_band": self.risk_band(probability),
             "percentile": self.percentile(probability),
         }
-        if k:
-            reasons = self._reasons(frame, x, k)
+        if contributions is not None:
+            reasons = self._reasons(frame, x, contributions, k)
             for i, name in enumerate(reason_columns(k)):
                 # object dtype, None for "no further reason", whatever pandas would infer for strings
                 # (pandas 3 infers its string dtype with NaN): the same dtype for one row and for many.
                 columns[name] = pd.Series(reasons[:, i], index=frame.index, dtype=object)
         return pd.DataFrame(columns, index=frame.index)
 
-    def _reasons(self, frame: pd.DataFrame, x: FloatArray, k: int) -> NDArray[np.object_]:
-        """The k strongest positive contributions of each row, as sentences (None past the last one)."""
-        out = np.full((x.shape[0], k), None, dtype=object)
-        if x.shape[0] == 0:
+    def _reasons(self, frame: pd.DataFrame, x: FloatArray, contributions: FloatArray, k: int) -> NDArray[np.object_]:
+        """The k strongest positive contributions of each row, as sentences (None past the last one).
+
+        ``contributions``: rows x (features, then anything else, such as the bias); overwritten."""
+        n, n_features = x.shape[0], len(self.feature_names_)
+        out = np.full((n, k), None, dtype=object)
+        if n == 0:
             return out
-        contributions = self._contributions(x)[:, : len(self.feature_names_)]
-        # Stable order on the negated values: equal contributions keep the feature order.
-        order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
-        pushes_up = np.take_along_axis(contributions, order, axis=1) > 0
+        # The k largest per row, largest first, the first feature on ties (argmax takes the first of
+        # equal values): the order of a stable sort of the negated values, without sorting all of them.
+        # The columns past the features (the bias) are never taken; numpy's argmax is far faster over
+        # whole contiguous rows than over a column slice.
+        remaining = contributions
+        remaining[:, n_features:] = -np.inf
+        order = np.empty((n, k), dtype=np.intp)
+        pushes_up = np.empty((n, k), dtype=bool)
+        all_rows = np.arange(n)
+        for j in range(k):
+            order[:, j] = np.argmax(remaining, axis=1)
+            pushes_up[:, j] = remaining[all_rows, order[:, j]] > 0
+            remaining[all_rows, order[:, j]] = -np.inf
         values = {name: x[:, j] for j, name in enumerate(self.feature_names_)}
         for name in CONTEXT_COLUMNS:
             if name not in values and name in frame.columns:
                 context = _numeric_or_none(frame[name])
                 if context is not None:
                     values[name] = context
-        names = self.feature_names_
-        for i in np.flatnonzero(pushes_up[:, 0]):
-            row = _Row(values, int(i))
-            for j in range(k):
-                if not pushes_up[i, j]:
-                    break
-                out[i, j] = reason_text(names[order[i, j]], row, currency=self.currency_)
+        # A later reason exists only after an earlier one (the values are in decreasing order).
+        rows, ranks = np.nonzero(pushes_up)
+        if rows.size == 0:
+            return out
+        features = order[rows, ranks]
+        by_feature = np.argsort(features, kind="stable")
+        starts = np.flatnonzero(np.diff(features[by_feature], prepend=-1))
+        for group in np.split(by_feature, starts[1:]):
+            name = self.feature_names_[features[group[0]]]
+            out[rows[group], ranks[group]] = reason_texts(name, values, rows[group], currency=self.currency_)
         return out
 
     # --- artefact ---------------------------------------------------------------------------------
@@ -715,25 +739,6 @@ class ChurnModel(BaseEstimator):
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-class _Row(Mapping[str, float]):
-    """One row of column arrays, read lazily (the reasons read two or three values of ~30)."""
-
-    __slots__ = ("_columns", "_i")
-
-    def __init__(self, columns: Mapping[str, FloatArray], i: int) -> None:
-        self._columns = columns
-        self._i = i
-
-    def __getitem__(self, name: str) -> float:
-        return self._columns[name][self._i]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._columns)
-
-    def __len__(self) -> int:
-        return len(self._columns)
 
 
 def _check_feature_names(feature_names: Any) -> tuple[str, ...]:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 from numpy.typing import ArrayLike
 
+from training.plotting import new_figure as _new_figure
+from training.plotting import save_png as _save
 from training.churn.evaluation import (
     RELIABILITY_COLUMNS,
     calibration_error_of,
@@ -26,7 +26,6 @@ from training.churn.evaluation import (
     importance_table,
 )
 
-_DPI = 120
 _REFERENCE = "#7f7f7f"
 #: Colours in the order of the mapping: the model first (strong), then the baselines.
 _COLOURS = ("#d95f02", "#1f4e79", "#1b9e77", "#7570b3", "#e7298a", "#66a61e")
@@ -35,19 +34,6 @@ _MARKERS = ("o", "s", "^", "D", "v", "P")
 _DENSITY_UNIT = 0.05
 _MIN_BIN_WIDTH = 0.01
 
-
-def _new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
-    figure.clear()
-    return path
 
 
 def _style(i: int) -> dict[str, object]:

@@ -13,6 +13,12 @@ that is missing (NaN) or not finite reads "... unknown" (or what missing means, 
 order) instead of a made-up number. A feature without a template reads ``"<feature> = <value>"``.
 
 The functions are pure: no model, no state, the same words for the same row.
+
+:func:`reason_texts` writes the sentences of one feature for many rows at once (what scoring calls:
+a million customers share far fewer sentences). It sorts the rows by what their sentence depends on
+(the numbers as written: whole days, whole percentages, amounts rounded as :func:`money` writes
+them, the branch a template takes) and calls :func:`reason_text` once per distinct case, so the
+words are those of :func:`reason_text` for every row.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 
 from features.churn import (
     ORDERS_30D,
@@ -336,3 +346,211 @@ def reason_text(feature: str, row: Mapping[str, Any], *, currency: str | None = 
             return template(value, row, currency)  # NaN there means "nothing in the quarter before"
         return unknown
     return template(value, row, currency)
+
+
+# --- many rows at once ------------------------------------------------------------------------------
+
+FloatArray = NDArray[np.float64]
+#: What a sentence depends on, per row: arrays of equal length; rows with equal keys get equal words.
+_Keys = list[FloatArray]
+_KeyFunction = Callable[[FloatArray, Callable[[str | None], FloatArray]], _Keys]
+
+#: Distance from a rounding tie (in units of the last decimal written) under which a product such as
+#: ``amount * 100`` may round differently from the exact decimal: such values are keyed as they are.
+_TIE_MARGIN = 1e-6
+
+
+def _wholes(values: FloatArray) -> FloatArray:
+    """:func:`_whole` of every finite value (half away from zero), as floats; +0.0 for zero."""
+    return np.floor(np.abs(values) + 0.5) * np.where(values >= 0, 1.0, -1.0) + 0.0
+
+
+def _known_array(values: FloatArray) -> NDArray[np.bool_]:
+    return np.isfinite(values)
+
+
+def _rounded(scaled: FloatArray, limit: float) -> tuple[NDArray[np.bool_], FloatArray]:
+    """Where ``scaled`` (a value times 10^decimals, >= 0) is far enough from a rounding tie, below
+    ``limit``, for ``rint(scaled)`` to be the digits Python's correctly rounded formatting writes."""
+    with np.errstate(invalid="ignore"):
+        safe = (np.abs(scaled - np.floor(scaled) - 0.5) > _TIE_MARGIN) & (scaled < limit)
+    return safe, np.rint(scaled) + 0.0
+
+
+def _money_keys(amount: FloatArray) -> _Keys:
+    """What :func:`money` writes for finite amounts: whole units from 100 on, cents below, the sign
+    when the digits are not all zero; amounts next to a rounding tie are keyed as they are."""
+    size = np.abs(amount)
+    large = size >= 100
+    safe, cents = _rounded(size * 100, 100 * 100)
+    # 0, 1: whole units, positive or negative; 2, 3: cents, unsigned or negative; 4: the amount itself.
+    mode = np.where(large, np.where(amount < 0, 1.0, 0.0),
+                    np.where(safe, np.where((amount < 0) & (cents > 0), 3.0, 2.0), 4.0))
+    number = np.where(large, np.rint(size) + 0.0, np.where(safe, cents, amount))
+    return [mode, number]
+
+
+def _days_since_last_order_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    usual, n_orders = related(Feature.AVG_DAYS_BETWEEN_ORDERS), related(Feature.N_ORDERS)
+    with np.errstate(invalid="ignore"):
+        has_usual = _known_array(usual) & (usual > 0)
+        single = _known_array(n_orders) & (_wholes(n_orders) == 1)
+    return [_wholes(value), np.where(has_usual, _wholes(usual), np.where(single, -1.0, -2.0))]
+
+
+def _recency_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    frequency, age = related(Feature.FREQUENCY), related(Feature.T)
+    with np.errstate(invalid="ignore"):
+        first_only = (_known_array(frequency) & (_wholes(frequency) == 0)) | (value == 0)
+        since_age = ~first_only & _known_array(age) & (age >= value)
+        number = np.where(first_only, np.where(_known_array(age), _wholes(age), np.nan),
+                          np.where(since_age, _wholes(age - value), _wholes(value)))
+    return [np.where(first_only, 0.0, np.where(since_age, 1.0, 2.0)), number]
+
+
+def _whole_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    return [_wholes(value)]
+
+
+def _percent_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    return [_wholes(value * 100)]
+
+
+def _monetary_value_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    frequency = related(Feature.FREQUENCY)
+    no_repeat = _known_array(frequency) & (_wholes(frequency) == 0)
+    return [np.where(no_repeat, -1.0, key) for key in _money_keys(value)]
+
+
+def _money_only_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    return _money_keys(value)
+
+
+def _orders_in_keys(previous: str | None) -> _KeyFunction:
+    def keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+        before = related(previous)
+        return [_wholes(value), np.where(_known_array(before), _wholes(before), np.nan)]
+
+    return keys
+
+
+def _spend_in_keys(previous: str | None) -> _KeyFunction:
+    def keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+        before = related(previous)
+        none = value == 0
+        known_before = _known_array(before)
+        return ([np.where(none, -1.0, key) for key in _money_keys(value)]
+                + [np.where(known_before, key, -1.0) for key in _money_keys(before)])
+
+    return keys
+
+
+def _change_keys(last: str, before: str) -> _KeyFunction:
+    def keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+        known = _known_array(value)
+        percent = _wholes(np.abs(value) * 100)
+        moved = known & (percent >= _FLAT_PERCENT)
+        now, then = related(last), related(before)
+        with np.errstate(invalid="ignore"):
+            after_none = _known_array(then) & (then == 0) & _known_array(now)
+            # Without a ratio: 1 nothing in both quarters, 2 something after nothing, 3 unknown.
+            state = np.where(after_none, np.where(now == 0, 1.0, 2.0), 3.0)
+        return [known.astype(np.float64), np.where(known, np.where(moved, percent, 0.0), state),
+                np.where(moved & (value < 0), 1.0, 0.0)]
+
+    return keys
+
+
+def _expected_purchases_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    few = value < 0.05
+    safe, tenths = _rounded(value * 10, 1e9)
+    return [np.where(few, 0.0, np.where(safe, 1.0, 2.0)), np.where(few, 0.0, np.where(safe, tenths, value))]
+
+
+#: Per feature, what its template's words depend on (for finite values; a value that is not finite
+#: reads the feature's "unknown" sentence, except for the changes, whose keys cover it).
+_KEYS: dict[str, _KeyFunction] = {
+    Feature.DAYS_SINCE_LAST_ORDER: _days_since_last_order_keys,
+    Feature.RECENCY: _recency_keys,
+    Feature.T: _whole_keys,
+    Feature.TENURE_DAYS: _whole_keys,
+    Feature.FREQUENCY: _whole_keys,
+    Feature.N_ORDERS: _whole_keys,
+    Feature.MONETARY_VALUE: _monetary_value_keys,
+    Feature.HISTORIC_CLV: _money_only_keys,
+    Feature.AVG_ORDER_VALUE: _money_only_keys,
+    Feature.AVG_DAYS_BETWEEN_ORDERS: _whole_keys,
+    Feature.RETURN_RATE: _percent_keys,
+    SHARE_WEB: _percent_keys,
+    SHARE_APP: _percent_keys,
+    SHARE_STORE: _percent_keys,
+    SHARE_MARKETPLACE: _percent_keys,
+    Feature.GUEST_SHARE: _percent_keys,
+    Feature.N_CATEGORIES: _whole_keys,
+    ORDERS_30D: _orders_in_keys(None),
+    SPEND_30D: _spend_in_keys(None),
+    ORDERS_90D: _orders_in_keys(ORDERS_PREV_90D),
+    SPEND_90D: _spend_in_keys(SPEND_PREV_90D),
+    ORDERS_PREV_90D: _orders_in_keys(None),
+    SPEND_PREV_90D: _spend_in_keys(None),
+    ORDERS_PREV_180D: _orders_in_keys(None),
+    SPEND_PREV_180D: _spend_in_keys(None),
+    SPEND_CHANGE_90D: _change_keys(SPEND_90D, SPEND_PREV_90D),
+    ORDERS_CHANGE_90D: _change_keys(ORDERS_90D, ORDERS_PREV_90D),
+    CLV_PROBABILITY_ALIVE: _percent_keys,
+    CLV_EXPECTED_PURCHASES_90D: _expected_purchases_keys,
+    CLV_NO_PURCHASE_90D: _percent_keys,
+}
+
+
+def _keys(feature: str, value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    """Arrays such that two rows with equal keys (bit for bit) get the same sentence."""
+    key_function = _KEYS.get(feature)
+    if key_function is None:  # "<feature> = <value>": the value as it is
+        return [value]
+    with np.errstate(invalid="ignore", over="ignore"):
+        keys = key_function(value, related)
+    if feature in (SPEND_CHANGE_90D, ORDERS_CHANGE_90D):
+        return keys
+    known = _known_array(value)
+    return [known.astype(np.float64), *(np.where(known, key, 0.0) for key in keys)]
+
+
+def _groups(keys: _Keys) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """The group of each row (rows with bit-equal keys share one) and one row of each group."""
+    n = len(keys[0])
+    codes = np.zeros(n, dtype=np.int64)
+    for key in keys:
+        key_codes, uniques = pd.factorize(np.ascontiguousarray(key, dtype=np.float64).view(np.int64))
+        codes, _ = pd.factorize(codes * len(uniques) + key_codes)
+    representative = np.zeros(int(codes.max()) + 1 if n else 0, dtype=np.intp)
+    representative[codes] = np.arange(n, dtype=np.intp)
+    return codes.astype(np.intp), representative
+
+
+def reason_texts(feature: str, columns: Mapping[str, ArrayLike], rows: ArrayLike, *,
+                 currency: str | None = None) -> list[str]:
+    """:func:`reason_text` of ``feature`` for each row index in ``rows`` of ``columns``, in that order.
+
+    ``columns`` maps column names to equally long numeric arrays (missing values as NaN): the feature
+    and, when present, its :func:`related_columns` (an absent one reads as missing, as in
+    :func:`reason_text`). Each distinct sentence is written once, by :func:`reason_text`, for all
+    rows it describes. ``KeyError`` when ``columns`` has no ``feature``.
+    """
+    if feature not in columns:
+        raise KeyError(f"reason_texts: the columns have no {feature!r}")
+    index = np.asarray(rows, dtype=np.intp)
+    if index.ndim != 1:
+        raise ValueError(f"reason_texts: rows must be a 1-d array of row numbers, got shape {index.shape}")
+    present = [name for name in (feature, *related_columns(feature)) if name in columns]
+    values = {name: np.asarray(columns[name], dtype=np.float64)[index] for name in present}
+    if index.size == 0:
+        return []
+
+    def related(name: str | None) -> FloatArray:
+        return values[name] if name in values else np.full(index.size, np.nan)
+
+    codes, representative = _groups(_keys(feature, values[feature], related))
+    texts = [reason_text(feature, {name: column[i] for name, column in values.items()}, currency=currency)
+             for i in representative]
+    return np.asarray(texts, dtype=object)[codes].tolist()

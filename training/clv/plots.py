@@ -16,15 +16,15 @@ from pathlib import Path
 import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from features.customer import DAYS_PER_UNIT
 from features.history import utc_naive
 from features.purchases import DAY, REPEAT_PURCHASES
 from features.schema import Feature, Holdout
+from training.plotting import new_figure as _new_figure
+from training.plotting import save_png as _save
 from training.clv.evaluation import (
     UNIT_NAMES,
     ClvPredictor,
@@ -35,7 +35,6 @@ from training.clv.evaluation import (
 #: Most recency columns a matrix shows (beyond it the recency axis is sampled evenly).
 MAX_RECENCY_STEPS = 200
 
-_DPI = 120
 _ACTUAL = "#1f4e79"
 _MODEL = "#d95f02"
 _NAIVE = "#7f7f7f"
@@ -48,19 +47,6 @@ def _unit(model: ClvPredictor) -> str:
 def _unit_singular(model: ClvPredictor) -> str:
     return _unit(model).removesuffix("s")
 
-
-def _new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
-    figure.clear()
-    return path
 
 
 def plot_calibration_vs_holdout(

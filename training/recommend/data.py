@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 
 import ibis
@@ -109,10 +110,15 @@ class InteractionData:
                     return ranked
         return self.popular_overall
 
-    @property
+    @cached_property
     def popular_overall(self) -> IntArray:
         order = np.lexsort((np.arange(self.n_items), -self.buyers, -self.buyers_30d))
         return order[self.recommendable[order]].astype(np.int64)
+
+    @cached_property
+    def category_lower(self) -> NDArray[np.object_]:
+        """Categories in lower case (None stays None), for case-insensitive filters."""
+        return np.asarray([None if c is None else str(c).lower() for c in self.category], dtype=object)
 
     def history_sets(self) -> dict[int, set[str]]:
         """Customer id -> the items they bought (purchases > 0), as in :func:`training.recommend.split.history_items`."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -70,6 +71,8 @@ BoolArray = NDArray[np.bool_]
 RECOMMENDATION_COLUMNS: tuple[str, ...] = (Col.CUSTOMER_ID, "rank", Col.ITEM_ID, "score", "source", "reason", "fallback")
 #: Sources of a recommended item.
 SOURCES: tuple[str, ...] = ("repurchase", "model", "popularity")
+#: Candidate rows from which the ranker scores on several threads.
+PARALLEL_SCORING_ROWS = 20_000
 #: Customers per block of candidate generation (bounded so that a block's ALS scores stay small).
 MAX_BLOCK_CUSTOMERS = 2_000
 #: ALS scores held at once in a block (customers x allowed items), in float32 values.
@@ -153,6 +156,13 @@ class CandidateModels:
     #: BM25 of the ALS input (users as documents): IDF per item and the mean customer weight.
     als_idf: FloatArray
     als_mean_row_weight: float
+
+    @cached_property
+    def similarity_by_target(self) -> sparse.csr_matrix:
+        """The similarity transposed (row i: how much each item makes item i score), for reasons."""
+        out = self.similarity.T.tocsr()
+        out.sort_indices()
+        return out
 
 
 def _bm25_rows(weight: sparse.csr_matrix, idf: FloatArray, mean_row: float, k1: float, b: float) -> sparse.csr_matrix:
@@ -330,7 +340,7 @@ class RecommenderModel:
         self._check_fitted()
         data = self.data_
         mask = data.recommendable.copy()
-        lowered = np.asarray([None if c is None else c.lower() for c in data.category], dtype=object)
+        lowered = data.category_lower
         if categories is not None:
             wanted = {str(c).lower() for c in categories}
             mask &= np.isin(lowered, list(wanted))
@@ -405,10 +415,14 @@ class RecommenderModel:
                 frames.append(self._rank_block(block, ids[[i]], n, allowed, exclude_purchased, keep_owned, popular))
         if progress and len(known_at) < len(ids):
             progress(len(ids), len(ids))
-        out = pd.concat(frames, ignore_index=True) if frames else _empty_recommendations()
-        order = {int(c): k for k, c in enumerate(ids)}
-        out = out.sort_values(["customer_id", "rank"], key=lambda s: s.map(order) if s.name == "customer_id" else s,
-                              kind="stable").reset_index(drop=True)
+        if not frames:
+            return _empty_recommendations()
+        out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if not known.all():
+            # Known customers come block by block in the order asked; put the others back in place.
+            first = {int(c): k for k, c in reversed(list(enumerate(ids)))}
+            position = out[Col.CUSTOMER_ID].map(first).to_numpy()
+            out = out.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
         return out
 
     def _folded_in(self, items: Sequence[Hashable]) -> UserBlock | None:
@@ -434,7 +448,9 @@ class RecommenderModel:
     def _score(self, found: Candidates) -> FloatArray:
         if len(found) == 0:
             return np.empty(0)
-        return np.asarray(self.booster_.predict(found.x, num_threads=self.settings_.num_threads), dtype=np.float64)
+        # LightGBM's OpenMP threads cost milliseconds to wake up: one thread for a single request.
+        threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
+        return np.asarray(self.booster_.predict(found.x, num_threads=threads), dtype=np.float64)
 
     def _rank_block(
         self,
@@ -483,7 +499,7 @@ class RecommenderModel:
         rest = np.flatnonzero(~(sources & SOURCE_OWN).astype(bool))
         if len(rest):
             user_rows = block.weight[row[rest]]
-            sim_cols = self.models_.similarity[:, item[rest]].T.tocsr()
+            sim_cols = self.models_.similarity_by_target[item[rest]]
             products = user_rows.multiply(sim_cols).tocsr()
             best = np.asarray(products.argmax(axis=1)).ravel()
             value = np.asarray(products.max(axis=1).toarray()).ravel()

@@ -1,0 +1,31 @@
+"""What every model's plots share: a figure on the Agg canvas and its PNG file.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, never through
+``pyplot``: no global figure registry, no window, nothing left open after the file is written, safe
+in a server or a worker thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 120
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches on its own Agg canvas."""
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, path: Path | str) -> Path:
+    """Write ``figure`` as a PNG at ``path`` (parent folders created), clear it and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    figure.clear()
+    return path

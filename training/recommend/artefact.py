@@ -1,0 +1,171 @@
+"""The recommender's fitted state on disk: a directory of three files, no pickle.
+
+- ``recommender.json``: the header (``format``, ``format_version``), the settings, the cutoff, item
+  ids, names and categories, the per-segment popular lists and what the ranker learned from;
+- ``arrays.npz``: numbers only (``allow_pickle=False`` on load): customer ids, the four interaction
+  matrices (one shared ``indptr`` / ``indices``, four data arrays), item statistics, ALS factors,
+  the item-item similarity and the ALS input weighting;
+- ``ranker.txt``: LightGBM's own model text.
+
+:func:`save` writes it, :func:`load` reads it back and checks every array's shape against the
+header, raising :class:`RecommenderArtefactError` with the file and field that is wrong. The MLflow
+pyfunc (:mod:`training.recommend.pyfunc`) logs this directory as its artefact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+from scipy import sparse
+
+from training.artefact import ArtefactReader
+from training.recommend.data import InteractionData
+from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
+
+ARTEFACT_FORMAT = "rapport-recommender"
+ARTEFACT_VERSION = 1
+HEADER = "recommender.json"
+ARRAYS = "arrays.npz"
+RANKER = "ranker.txt"
+_MATRICES = ("weight", "weight_short", "purchases", "days_since")
+_ITEM_ARRAYS = ("recommendable", "buyers", "buyers_30d", "buyers_90d", "orders_per_buyer")
+
+
+class RecommenderArtefactError(ValueError):
+    """A recommender artefact directory that cannot be read, naming the file and field."""
+
+
+def save(model: RecommenderModel, directory: Path | str) -> Path:
+    """Write the fitted ``model`` into ``directory`` (created; existing files of the artefact replaced)."""
+    model._check_fitted()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    data, models = model.data_, model.models_
+    matrices = {name: getattr(data, name) for name in _MATRICES}
+    base = matrices["weight"]
+    for name, m in matrices.items():
+        if not (np.array_equal(m.indptr, base.indptr) and np.array_equal(m.indices, base.indices)):
+            raise RecommenderArtefactError(f"interaction matrix {name!r} does not share the weight matrix's sparsity")
+    sim = models.similarity
+    arrays: dict[str, np.ndarray] = {
+        "customer_ids": data.customer_ids,
+        "indptr": base.indptr.astype(np.int64),
+        "indices": base.indices.astype(np.int32),
+        # float64 as in memory: a loaded model scores exactly as the one that was saved.
+        **{f"data_{name}": m.data.astype(np.float64) for name, m in matrices.items()},
+        **{name: getattr(data, name) for name in _ITEM_ARRAYS},
+        "user_factors": models.user_factors,
+        "item_factors": models.item_factors,
+        "similarity_indptr": sim.indptr.astype(np.int64),
+        "similarity_indices": sim.indices.astype(np.int32),
+        "similarity_data": sim.data.astype(np.float64),
+        "als_idf": models.als_idf,
+    }
+    np.savez(out / ARRAYS, **arrays)
+    (out / RANKER).write_text(model.booster_.model_to_string(), encoding="utf-8")
+    training = asdict(model.training_)
+    header = {
+        "format": ARTEFACT_FORMAT,
+        "format_version": ARTEFACT_VERSION,
+        "settings": model.settings_.as_dict(),
+        "fitted": {
+            "as_of": data.as_of.isoformat(),
+            "n_users": data.n_users,
+            "item_ids": [str(i) for i in data.item_ids],
+            "item_names": list(data.name),
+            "item_categories": list(data.category),
+            "popular_by": {col: {seg: pos.tolist() for seg, pos in segs.items()} for col, segs in data.popular_by.items()},
+            "als_mean_row_weight": models.als_mean_row_weight,
+            "training": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in training.items()},
+        },
+    }
+    (out / HEADER).write_text(json.dumps(header, allow_nan=True), encoding="utf-8")
+    return out
+
+
+def load(directory: Path | str) -> RecommenderModel:
+    """The model saved in ``directory`` by :func:`save`."""
+    where = Path(directory)
+    for name in (HEADER, ARRAYS, RANKER):
+        if not (where / name).is_file():
+            raise RecommenderArtefactError(f"recommender artefact {where}: missing file {name}")
+    try:
+        header = json.loads((where / HEADER).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecommenderArtefactError(f"{where / HEADER}: not JSON ({exc})") from None
+    reader = ArtefactReader(header, what="recommender", format=ARTEFACT_FORMAT, version=ARTEFACT_VERSION,
+                            error=RecommenderArtefactError)
+    fitted = reader.section("fitted", ("as_of", "n_users", "item_ids", "item_names", "item_categories",
+                                       "popular_by", "als_mean_row_weight", "training"))
+    try:
+        settings = RecommenderSettings.from_dict(reader.section("settings", ()))
+    except (TypeError, ValueError) as exc:
+        raise RecommenderArtefactError(f"{where / HEADER}: settings: {exc}") from None
+    item_ids = np.asarray(reader.field(fitted, "item_ids", list), dtype=object)
+    n_items, n_users = len(item_ids), reader.field(fitted, "n_users", int)
+    with np.load(where / ARRAYS, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+
+    def array(name: str, length: int | None = None) -> np.ndarray:
+        if name not in arrays:
+            raise RecommenderArtefactError(f"{where / ARRAYS}: missing array {name!r}")
+        value = arrays[name]
+        if length is not None and len(value) != length:
+            raise RecommenderArtefactError(f"{where / ARRAYS}: {name} has {len(value)} entries, expected {length}")
+        return value
+
+    indptr, indices = array("indptr", n_users + 1), array("indices")
+
+    def matrix(name: str) -> sparse.csr_matrix:
+        values = array(f"data_{name}", len(indices)).astype(np.float64)
+        return sparse.csr_matrix((values, indices, indptr), shape=(n_users, n_items))
+
+    popular_by = {col: {seg: np.asarray(pos, dtype=np.int64) for seg, pos in segs.items()}
+                  for col, segs in reader.field(fitted, "popular_by", dict).items()}
+    data = InteractionData(
+        as_of=datetime.fromisoformat(fitted["as_of"]),
+        customer_ids=array("customer_ids", n_users).astype(np.int64),
+        item_ids=item_ids,
+        **{name: matrix(name) for name in _MATRICES},
+        recommendable=array("recommendable", n_items).astype(bool),
+        category=np.asarray(reader.field(fitted, "item_categories", list), dtype=object),
+        name=np.asarray(reader.field(fitted, "item_names", list), dtype=object),
+        buyers=array("buyers", n_items).astype(np.float64),
+        buyers_30d=array("buyers_30d", n_items).astype(np.float64),
+        buyers_90d=array("buyers_90d", n_items).astype(np.float64),
+        orders_per_buyer=array("orders_per_buyer", n_items).astype(np.float64),
+        popular_by=popular_by,
+    )
+    similarity = sparse.csr_matrix(
+        (array("similarity_data").astype(np.float64), array("similarity_indices"), array("similarity_indptr", n_items + 1)),
+        shape=(n_items, n_items))
+    user_factors = array("user_factors", n_users)
+    item_factors = array("item_factors", n_items)
+    if user_factors.shape[1:] != (settings.factors,) or item_factors.shape[1:] != (settings.factors,):
+        raise RecommenderArtefactError(f"{where / ARRAYS}: factors have shape {user_factors.shape} / "
+                                       f"{item_factors.shape}, expected {settings.factors} columns")
+    models = CandidateModels(
+        user_factors=np.ascontiguousarray(user_factors, dtype=np.float32),
+        item_factors=np.ascontiguousarray(item_factors, dtype=np.float32),
+        similarity=similarity,
+        als_idf=array("als_idf", n_items).astype(np.float64),
+        als_mean_row_weight=float(fitted["als_mean_row_weight"]),
+    )
+    try:
+        booster = lgb.Booster(model_str=(where / RANKER).read_text(encoding="utf-8"))
+    except lgb.basic.LightGBMError as exc:
+        raise RecommenderArtefactError(f"{where / RANKER}: not a LightGBM model ({exc})") from None
+    training: dict[str, Any] = dict(reader.field(fitted, "training", dict))
+    for key in ("label_start", "label_end"):
+        training[key] = datetime.fromisoformat(training[key])
+    model = RecommenderModel(settings)
+    model.data_, model.models_, model.booster_ = data, models, booster
+    model.training_ = RankerTraining(**training)
+    model.settings_ = settings
+    return model
