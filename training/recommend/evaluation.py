@@ -22,6 +22,7 @@ plain ALS on recall@20 over new items; otherwise the run says which condition fa
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -229,7 +230,9 @@ def compare(
         binary.eliminate_zeros()
         bpr.fit(binary.tocsr(), show_progress=False)
         cosine = CosineRecommender(K=settings.knn_neighbours, num_threads=settings.num_threads)
-        cosine.fit(data.weight.tocsr(), show_progress=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Method expects CSR input")  # implicit's internal COO
+            cosine.fit(data.weight.tocsr(), show_progress=False)
     cos_sim = sparse.csr_matrix(cosine.similarity)
     bpr_users, bpr_items = np.asarray(bpr.user_factors), np.asarray(bpr.item_factors)
     scorers: dict[str, Callable[[NDArray[np.int64]], NDArray[np.floating]]] = {

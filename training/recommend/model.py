@@ -29,6 +29,7 @@ neighbours when an item has too few) and :meth:`explain` gives ALS's own explana
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -203,7 +204,10 @@ def fit_candidate_models(data: InteractionData, settings: RecommenderSettings) -
         als.fit(als_input.astype(np.float32).tocsr(), show_progress=False)
         knn = BM25Recommender(K=settings.knn_neighbours, K1=settings.knn_k1, B=settings.knn_b,
                               num_threads=settings.num_threads)
-        knn.fit(weight.tocsr(), show_progress=False)
+        with warnings.catch_warnings():
+            # implicit's BM25 weighting hands a COO matrix to its own fit and warns about it.
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            knn.fit(weight.tocsr(), show_progress=False)
     similarity = sparse.csr_matrix(knn.similarity, dtype=np.float64)
     similarity.sort_indices()
     return CandidateModels(

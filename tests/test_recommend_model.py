@@ -1,0 +1,384 @@
+"""The two-stage recommender on a synthetic store: data arrays, candidates, filters, cold start,
+fold-in, similar items, explanations, the artefact, the comparison and its gate, MLflow, the CLI.
+
+The generator's customers prefer the category of their segment (features.generate), so a model that
+learns from co-purchases has something real to find: the ranked blend must beat the baselines there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from features.discovery import discover
+from features.generate import generate
+from features.ingest import ingest
+from features.interactions import PURCHASES, interactions
+from features.settings import load_settings
+from features.store import connect, ibis_backend
+from training.recommend.artefact import RecommenderArtefactError, load, save
+from training.recommend.candidates import (
+    FEATURES,
+    SOURCE_OWN,
+    CandidateSizes,
+    UserBlock,
+    candidates,
+)
+from training.recommend.data import build_interaction_data
+from training.recommend.evaluation import (
+    ALS,
+    BUY_AGAIN,
+    CHOSEN,
+    POPULAR,
+    POPULAR_RECENT,
+    RECALL,
+    RECALL_NEW,
+    recommender_gate,
+)
+from training.recommend.model import (
+    RECOMMENDATION_COLUMNS,
+    RecommenderInputError,
+    RecommenderModel,
+    RecommenderSettings,
+)
+
+pytestmark = pytest.mark.data
+
+NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
+SMALL = RecommenderSettings(factors=16, iterations=8, n_estimators=60, knn_neighbours=50,
+                            candidates=CandidateSizes(own=30, als=30, knn=30, popular=20))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("recommend")
+    generate(tmp / "raw", 3_000, 17)
+    settings = load_settings(data_dir=tmp / "state")
+    con = connect(settings)
+    inputs, ignored = discover(tmp / "raw")
+    ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
+    return settings, con
+
+
+@pytest.fixture(scope="module")
+def cutoff(store):
+    _, con = store
+    last = con.execute("SELECT max(ts) FROM lines").fetchall()[0][0]
+    return datetime.combine(last.date() + timedelta(days=1), datetime.min.time())
+
+
+@pytest.fixture(scope="module")
+def model(store, cutoff):
+    _, con = store
+    return RecommenderModel(SMALL).fit(ibis_backend(con), cutoff)
+
+
+def _owned(model, customer) -> set[str]:
+    data = model.data_
+    u = int(np.searchsorted(data.customer_ids, customer))
+    lo, hi = data.purchases.indptr[u], data.purchases.indptr[u + 1]
+    return set(data.item_ids[data.purchases.indices[lo:hi][data.purchases.data[lo:hi] > 0]])
+
+
+def _busy_customers(model, k: int = 25) -> list[int]:
+    counts = np.diff(model.data_.purchases.indptr)
+    return [int(c) for c in model.data_.customer_ids[np.argsort(-counts, kind="stable")[:k]]]
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def test_interaction_arrays_share_one_layout_and_hold_the_interactions(store, cutoff):
+    _, con = store
+    backend = ibis_backend(con)
+    data = build_interaction_data(backend, cutoff)
+    frame = interactions(backend, cutoff)
+    for m in (data.weight_short, data.purchases, data.days_since):
+        np.testing.assert_array_equal(m.indptr, data.weight.indptr)
+        np.testing.assert_array_equal(m.indices, data.weight.indices)
+    assert data.weight.nnz == len(frame)
+    assert list(data.customer_ids) == sorted(frame["customer_id"].unique())
+    # Purchases per pair, as the interactions table counts them.
+    u = np.searchsorted(data.customer_ids, frame["customer_id"].to_numpy())
+    i = np.searchsorted(data.item_ids, frame["item_id"].astype(str).to_numpy(dtype=object))
+    np.testing.assert_array_equal(np.asarray(data.purchases[u, i]).ravel(), frame[PURCHASES].to_numpy())
+    # Distinct buyers per item, and the last-30-days buyers are among them.
+    assert data.buyers.sum() == (frame[PURCHASES] > 0).sum()
+    assert np.all(data.buyers_30d <= data.buyers_90d) and np.all(data.buyers_90d <= data.buyers)
+    # Recommendable: active products of the catalogue only.
+    items = con.execute("SELECT item_id, active AND is_product FROM items").fetchall()
+    expected = {str(item) for item, ok in items if ok}
+    assert set(data.item_ids[data.recommendable]) == expected
+
+
+# --- candidates ----------------------------------------------------------------------------------
+
+
+def test_candidates_features_and_the_owned_filter(model):
+    data, models = model.data_, model.models_
+    rows = np.arange(40)
+    block = UserBlock.of_users(data, rows, models.user_factors)
+    kwargs = dict(item_factors=models.item_factors, similarity=models.similarity, sizes=SMALL.candidates,
+                  allowed=data.recommendable)
+    found = candidates(data, block, exclude_owned=False, **kwargs)
+    assert found.x.shape == (len(found), len(FEATURES))
+    keys = found.row * data.n_items + found.item
+    assert np.all(np.diff(keys) > 0)  # sorted by (row, item), no duplicates
+    assert data.recommendable[found.item].all()
+    owned = found.feature("owned") == 1
+    # Own items come from the repeat-purchase source and carry the customer's purchases.
+    assert np.array_equal(owned[(found.sources & SOURCE_OWN) > 0], np.ones(int(((found.sources & SOURCE_OWN) > 0).sum()), bool))
+    purchases = np.asarray(data.purchases[rows[found.row], found.item]).ravel()
+    np.testing.assert_array_equal(found.feature("purchases"), purchases)
+    assert np.isnan(found.feature("days_since_purchase")[~owned]).all()
+    # ALS scores are the factor dot products.
+    np.testing.assert_allclose(
+        found.feature("als_score"),
+        np.einsum("ij,ij->i", models.user_factors[rows[found.row]], models.item_factors[found.item]), rtol=1e-5)
+
+    excluded = candidates(data, block, exclude_owned=True, **kwargs)
+    assert (excluded.feature("owned") == 0).all()
+    # Repurchasable items stay even when purchases are excluded.
+    keep = np.zeros(data.n_items, dtype=bool)
+    keep[found.item[owned]] = True
+    kept = candidates(data, block, exclude_owned=True, keep_owned=keep, **kwargs)
+    assert (kept.feature("owned") == 1).any()
+
+
+# --- recommend -----------------------------------------------------------------------------------
+
+
+def test_lists_are_ranked_distinct_recommendable_and_exclude_purchases(model):
+    customers = _busy_customers(model)
+    out = model.recommend(customers, 10)
+    assert list(out.columns) == list(RECOMMENDATION_COLUMNS)
+    assert list(out["customer_id"].unique()) == customers  # the order asked for
+    for customer, group in out.groupby("customer_id", sort=False):
+        assert list(group["rank"]) == list(range(1, 11))
+        assert group["item_id"].is_unique
+        assert (np.diff(group["score"].to_numpy()) <= 0).all()
+        assert not set(group["item_id"]) & _owned(model, customer)
+    allowed = set(model.data_.item_ids[model.data_.recommendable])
+    assert set(out["item_id"]) <= allowed
+    assert not out["fallback"].any()
+    assert set(out["source"]) <= {"model", "popularity"}
+    assert out["reason"].map(lambda r: isinstance(r, str) and len(r) > 5).all()
+
+    with_purchases = model.recommend(customers, 10, exclude_purchased=False)
+    assert (with_purchases["source"] == "repurchase").any()
+    repeat = with_purchases[with_purchases["source"] == "repurchase"].iloc[0]
+    assert repeat["item_id"] in _owned(model, repeat["customer_id"])
+    assert repeat["reason"].startswith("you bought it")
+
+
+def test_batch_equals_one_customer_at_a_time(model):
+    customers = _busy_customers(model, 8)
+    batch = model.recommend(customers, 5)
+    alone = pd.concat([model.recommend([c], 5) for c in customers], ignore_index=True)
+    pd.testing.assert_frame_equal(batch, alone)
+
+
+def test_category_and_item_filters(model):
+    data = model.data_
+    customers = _busy_customers(model, 10)
+    category = pd.Series(data.category[data.recommendable]).value_counts().index[0]
+    only = model.recommend(customers, 10, categories=[category.upper()])  # case-insensitive
+    assert len(only) and set(data.category[data.item_positions(only["item_id"])[0]]) == {category}
+    without = model.recommend(customers, 10, exclude_categories=[category])
+    assert category not in set(data.category[data.item_positions(without["item_id"])[0]])
+    first = model.recommend(customers[:1], 10)
+    banned = list(first["item_id"].iloc[:3])
+    again = model.recommend(customers[:1], 10, exclude_items=banned)
+    assert not set(again["item_id"]) & set(banned) and len(again) == 10
+
+
+def test_repurchasable_categories_come_back_after_a_purchase(store, cutoff, model):
+    customers = _busy_customers(model, 25)
+    bought = {c: _owned(model, c) for c in customers}
+    categories = pd.Series([model.data_.category[model.data_.item_positions([i])[0][0]]
+                            for items in bought.values() for i in items]).value_counts()
+    consumable = str(categories.index[0])
+    repurchase = RecommenderModel(SMALL)
+    repurchase.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
+    repurchase.settings_ = RecommenderSettings(**{**SMALL.__dict__, "repurchasable_categories": (consumable,)})
+    out = repurchase.recommend(customers, 20)
+    again = [(c, i) for c, i in zip(out["customer_id"], out["item_id"]) if i in bought[c]]
+    assert again, "items of a repurchasable category should be recommended again"
+    cats = {model.data_.category[model.data_.item_positions([i])[0][0]] for _, i in again}
+    assert cats == {consumable}
+
+
+def test_unknown_customer_gets_the_popular_list_of_their_segment(model):
+    data = model.data_
+    unknown = int(data.customer_ids.max()) + 1000
+    out = model.recommend([unknown], 10)
+    assert out["fallback"].all() and (out["source"] == "popularity").all() and len(out) == 10
+    expected = data.item_ids[data.popular_overall[:10]]
+    assert list(out["item_id"]) == list(expected)
+    segments = data.popular_by["country"]
+    country = sorted(segments, key=lambda c: -len(segments[c]))[-1]
+    by_country = model.recommend([unknown], 5, country=country.upper())
+    assert list(by_country["item_id"]) == list(data.item_ids[segments[country][:5]])
+    # An unknown segment falls back to the overall list.
+    assert list(model.recommend([unknown], 10, channel="carrier pigeon")["item_id"]) == list(expected)
+
+
+def test_fold_in_recommends_from_the_recent_items_of_a_new_customer(model):
+    data = model.data_
+    known = _busy_customers(model, 1)[0]
+    recent = sorted(_owned(model, known))[:5]
+    newcomer = int(data.customer_ids.max()) + 7
+    folded = model.recommend([newcomer], 10, recent_items={newcomer: recent})
+    assert not folded["fallback"].any() and len(folded) == 10
+    assert not set(folded["item_id"]) & set(recent)  # they count as purchases
+    popular = model.recommend([newcomer], 10)
+    assert list(folded["item_id"]) != list(popular["item_id"])
+    # The fold-in's ALS factors are implicit's recalculate_user on the BM25-weighted items.
+    block = model._folded_in(recent)
+    assert block is not None and block.factors.shape == (1, SMALL.factors)
+    scores = block.factors @ model.models_.item_factors.T
+    top = data.item_ids[np.argsort(-scores[0])[:30]]
+    similar = set()
+    for item in recent:
+        similar |= set(model.similar_items(item, 30)["item_id"])
+    assert len(set(top) & (similar | set(recent))) >= 5  # it lands near what was bought
+    # Unknown items only: nothing to fold in, the popular fallback.
+    assert model.recommend([newcomer], 5, recent_items={newcomer: ["no-such-item"]})["fallback"].all()
+
+
+def test_similar_items_and_explain(model):
+    data = model.data_
+    item = data.item_ids[data.popular_overall[0]]
+    similar = model.similar_items(item, 10)
+    assert len(similar) == 10 and item not in set(similar["item_id"])
+    assert set(similar["item_id"]) <= set(data.item_ids[data.recommendable])
+    co = similar[similar["source"] == "co-purchase"]
+    assert (np.diff(co["score"].to_numpy()) <= 0).all()
+    with pytest.raises(KeyError, match="not known"):
+        model.similar_items("no-such-item")
+
+    customer = _busy_customers(model, 1)[0]
+    top = model.recommend([customer], 1)["item_id"].iloc[0]
+    why = model.explain(customer, top, n=3)
+    assert list(why.columns) == ["item_id", "contribution"] and 1 <= len(why) <= 3
+    u = int(np.searchsorted(data.customer_ids, customer))
+    touched = set(data.item_ids[data.weight.indices[data.weight.indptr[u] : data.weight.indptr[u + 1]]])
+    assert set(why["item_id"]) <= touched  # items the customer bought (or browsed)
+    assert (np.diff(why["contribution"].to_numpy()) <= 0).all()
+    with pytest.raises(KeyError, match="customer"):
+        model.explain(-5, top)
+
+
+def test_bad_requests_name_the_problem(model):
+    with pytest.raises(RecommenderInputError, match="n must be"):
+        model.recommend([1], 0)
+    with pytest.raises(RecommenderInputError, match="whole numbers"):
+        model.recommend(["abc"], 5)
+
+
+# --- artefact ------------------------------------------------------------------------------------
+
+
+def test_saved_model_recommends_exactly_as_the_fitted_one(model, tmp_path):
+    where = save(model, tmp_path / "rec")
+    again = load(where)
+    customers = _busy_customers(model, 30)
+    pd.testing.assert_frame_equal(model.recommend(customers, 20), again.recommend(customers, 20))
+    pd.testing.assert_frame_equal(model.similar_items(model.data_.item_ids[0], 5),
+                                  again.similar_items(model.data_.item_ids[0], 5))
+    (where / "ranker.txt").unlink()
+    with pytest.raises(RecommenderArtefactError, match="ranker.txt"):
+        load(where)
+
+
+# --- gate ----------------------------------------------------------------------------------------
+
+
+def _table(blend_all: float, blend_new: float) -> pd.DataFrame:
+    rows = {
+        CHOSEN: (blend_all, blend_new),
+        POPULAR: (0.10, 0.04),
+        POPULAR_RECENT: (0.11, 0.05),
+        BUY_AGAIN: (0.30, float("nan")),
+        ALS: (0.27, 0.09),
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[RECALL, RECALL_NEW])
+
+
+@pytest.mark.unit
+def test_gate_needs_the_best_baseline_on_all_items_and_popularity_and_als_on_new_items():
+    ok = recommender_gate(_table(0.34, 0.11))
+    assert ok.eligible and ok.best_baseline == BUY_AGAIN
+    assert ok.margin_all == pytest.approx(0.04) and ok.margin_new == pytest.approx(0.02)
+    repeats_only = recommender_gate(_table(0.34, 0.08))
+    assert not repeats_only.eligible and any("does not beat ALS" in r for r in repeats_only.reasons)
+    explores_only = recommender_gate(_table(0.28, 0.12))
+    assert not explores_only.eligible and "does not beat it" in explores_only.reasons[0]
+
+
+# --- training step, registry, CLI --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(store):
+    from training.recommend.pipeline import train_recommender
+
+    settings, con = store
+    small = settings.model_copy(update={"recommend_factors": 16, "recommend_iterations": 8,
+                                        "recommend_ranker_trees": 60})
+    return small, train_recommender(con, small)
+
+
+def test_training_step_compares_gates_logs_and_registers(trained):
+    import mlflow
+
+    from training import tracking
+
+    settings, result = trained
+    table = result.table
+    assert list(table.index)[0] == CHOSEN and {POPULAR, BUY_AGAIN, ALS, "BPR", "item-KNN cosine", "item-KNN BM25"} <= set(table.index)
+    # On the generator's planted tastes the blend wins on both counts.
+    assert result.gate.eligible, result.gate.reasons
+    assert table.loc[CHOSEN, RECALL] > table.loc[BUY_AGAIN, RECALL]
+    assert np.isnan(table.loc[BUY_AGAIN, RECALL_NEW])
+    assert result.split.train_end < result.split.valid_end < result.split.test_end
+    assert (settings.reports_dir / "recommend" / "comparison.png").stat().st_size > 10_000
+
+    client = tracking.configure(settings)
+    run = client.get_run(result.run_id)
+    assert run.data.tags["gate.eligible"] == "true"
+    assert run.data.params["catalogue_version"] == result.catalogue_version
+    assert run.data.metrics["model.recall_at_20"] == pytest.approx(table.loc[CHOSEN, RECALL])
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
+    assert any(p.endswith("model_comparison.csv") for p in artifacts)
+    version = client.get_model_version(result.model_name, result.model_version)
+    assert version.tags["gate_eligible"] == "true"
+    # The registered pyfunc recommends exactly what the model does.
+    loaded = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.model_version}")
+    customers = result.model.data_.customer_ids[:20]
+    got = loaded.predict(pd.DataFrame({"customer_id": customers}), params={"n": 7})
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), result.model.recommend(list(customers), 7))
+
+
+def test_cli_writes_every_customers_list(trained, tmp_path, monkeypatch):
+    from rapport.cli import app
+
+    settings, result = trained
+    monkeypatch.setenv("RAPPORT_DATA_DIR", str(settings.data_dir))
+    runner = CliRunner()
+    out_file = tmp_path / "recs.csv"
+    out = runner.invoke(app, ["recommend", "--output", str(out_file), "--n", "5"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    frame = pd.read_csv(out_file)
+    assert list(frame.columns) == [*RECOMMENDATION_COLUMNS, "model_version"]
+    assert frame["customer_id"].nunique() == result.model.data_.n_users
+    assert frame.groupby("customer_id").size().max() == 5
+    assert (frame["model_version"].astype(str) == str(result.model_version)).all()
+    bad = runner.invoke(app, ["recommend", "--output", str(tmp_path / "x.json")])
+    assert bad.exit_code != 0
+    missing = runner.invoke(app, ["recommend", "--output", str(tmp_path / "y.csv"), "--version", "999"])
+    assert missing.exit_code == 1 and "999" in missing.output
