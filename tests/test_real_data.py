@@ -89,3 +89,28 @@ def test_clv_on_online_retail_ii_predicts_the_holdout_and_beats_the_naive_baseli
     assert evaluation.aggregate_error < 0.05, evaluation
     assert evaluation.mae < evaluation.naive_mae, evaluation
     assert gate(evaluation).eligible
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.skipif(not RETAIL.exists(), reason="the shared Online Retail II file is not beside the project")
+def test_recommender_on_online_retail_ii_clears_the_quality_bar(tmp_path):
+    """The recommender issue's bar with its split (last 90 days as test, customers seen before):
+    recall@20 at least 0.33 over all items and 0.10 over new items, beating buy again and ALS."""
+    from training.recommend.evaluation import ALS, BUY_AGAIN, CHOSEN, RECALL, RECALL_NEW, compare
+    from training.recommend.model import RecommenderSettings
+    from training.recommend.split import last_sale, temporal_split
+
+    settings = load_settings(data_dir=tmp_path)
+    con, _ = _ingest_tables(settings, load_online_retail_ii(RETAIL, settings))
+    backend = ibis_backend(con)
+    split = temporal_split(last_sale(backend))
+    assert split.valid_end == datetime(2011, 9, 11)
+    result = compare(backend, split, RecommenderSettings())
+    table = result.table
+    assert result.n_customers > 2_000
+    assert table.loc[CHOSEN, RECALL] >= 0.33, table
+    assert table.loc[CHOSEN, RECALL_NEW] >= 0.10, table
+    assert table.loc[BUY_AGAIN, RECALL] < table.loc[CHOSEN, RECALL]
+    assert table.loc[ALS, RECALL_NEW] < table.loc[CHOSEN, RECALL_NEW]
+    assert result.gate.eligible
