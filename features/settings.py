@@ -116,6 +116,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Categories still recommended after a purchase when already purchased items are excluded (consumables).",
     )
+    promotion_tolerance: float = Field(0.01, ge=0, lt=1, description="A new version becomes champion only if no key metric is worse than the champion's by more than this share.")
     model_threads: int = Field(2, ge=1, description="Threads of LightGBM and BLAS in training and scoring.")
 
     @field_validator("currency")

@@ -27,7 +27,9 @@ app = typer.Typer(help="Customer intelligence for omnichannel retailers.", no_ar
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Generate, ingest, inspect and report on the unified customer history.",
                        no_args_is_help=True)
+models_app = typer.Typer(help="Registered model versions: list them, promote one by hand.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
 
 
 class _State:
@@ -67,6 +69,7 @@ _USER_ERRORS = {
     "training.recommend.model": "RecommenderInputError",
     "training.recommend.artefact": "RecommenderArtefactError",
     "training.tracking": "NoModelError",
+    "training.pipeline": "PipelineError",
     "pydantic": "ValidationError",
 }
 
@@ -373,18 +376,22 @@ def data_contract(
 
 # --- train ----------------------------------------------------------------------------------------
 
-#: Training steps this version provides, in pipeline order (churn uses CLV features).
+#: Training steps, in pipeline order (churn uses CLV features).
 TRAIN_STEPS = ("clv", "churn", "recommend")
 
 
 @app.command("train")
 def train(
     only: Annotated[list[str] | None, typer.Option("--only", help=f"Run only these steps ({', '.join(TRAIN_STEPS)}).")] = None,
-    cutoff: Annotated[str | None, typer.Option(help="Train on the history before this day (backtests). "
-                                                    "Default: the day after the last sale.")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="Train on the history before this day (a backtest: "
+                                                    "registered, never promoted). Default: all of it.")] = None,
+    raw: Annotated[Path | None, typer.Option(help="Ingest the new raw files of this folder first "
+                                                  "(files already ingested are skipped).")] = None,
 ) -> None:
-    """Fit, evaluate on held-out data, log to MLflow and register the models from the ingested history."""
+    """Ingest new files, then fit, evaluate against the baselines, log to MLflow (one parent run, one
+    nested run per model), register and promote the models; prints each model's table and a summary."""
     from features.store import connect
+    from training.pipeline import PipelineError, run_pipeline
 
     steps = only or list(TRAIN_STEPS)
     unknown = [step for step in steps if step not in TRAIN_STEPS]
@@ -393,33 +400,48 @@ def train(
                                  param_hint="--only")
     s = settings()
     when = _date(cutoff, "--cutoff")
+    if raw is not None:
+        from features.discovery import discover
+
+        inputs, ignored = _guard(lambda: discover(raw))
+        _ingest_and_print(inputs, ignored)
     con = _guard(lambda: connect(s, read_only=True))
+    printers = {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}
     try:
-        for step in (name for name in TRAIN_STEPS if name in steps):
-            with _progress() as progress:
-                task = progress.add_task(step, total=None)
+        with _progress() as progress:
+            tasks = {step: progress.add_task(f"{step}: waiting", total=None) for step in TRAIN_STEPS if step in steps}
 
-                def report(text: str, task=task, step=step) -> None:  # noqa: ANN001
-                    progress.update(task, description=f"{step}: {text}")
+            def report(step: str, text: str) -> None:
+                progress.update(tasks[step], description=f"{step}: {text}")
 
-                result = _guard(lambda: _train_step(step, con, s, when, report))
-            {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}[step](result, s)
+            def done(outcome) -> None:  # noqa: ANN001
+                progress.update(tasks[outcome.step], description=f"{outcome.step}: done in {outcome.seconds:.0f} s",
+                                total=1, completed=1)
+                progress.console.print(f"[bold]{outcome.step}[/] finished in {outcome.seconds:.1f} s")
+                printers[outcome.step](outcome.result, s)
+
+            try:
+                result = _guard(lambda: run_pipeline(con, s, steps=steps, cutoff=when, progress=report,
+                                                     on_step_done=done))
+            except PipelineError as exc:
+                err.print(f"[bold red]error:[/] {exc}", highlight=False)
+                raise typer.Exit(1) from exc
     finally:
         con.close()
+    _print_summary(result)
 
 
-def _train_step(step: str, con, s: Settings, cutoff: datetime | None, report):  # noqa: ANN001, ANN202
-    if step == "clv":
-        from training.clv.pipeline import train_clv
-
-        return train_clv(con, s, cutoff=cutoff, progress=report)
-    if step == "churn":
-        from training.churn.pipeline import train_churn
-
-        return train_churn(con, s, cutoff=cutoff, progress=report)
-    from training.recommend.pipeline import train_recommender
-
-    return train_recommender(con, s, cutoff=cutoff, progress=report)
+def _print_summary(result) -> None:  # noqa: ANN001
+    summary = result.summary()
+    table = Table(title="Training summary", title_justify="left")
+    for col in summary.columns:
+        table.add_column(col, overflow="fold")
+    for _, row in summary.iterrows():
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    if not result.promoted:
+        console.print("backtest: versions registered, none promoted")
+    console.print(f"MLflow parent run {result.run_id}")
 
 
 def _print_recommend(result, s: Settings) -> None:  # noqa: ANN001
@@ -552,6 +574,49 @@ def recommend(
         tmp.unlink(missing_ok=True)
     console.print(f"{rows:,} recommendations for {len(customers):,} customers (version {chosen.version}, "
                   f"history up to {model.data_.as_of.date()}) written to [bold]{output}[/]")
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered versions of every model: aliases (champion, challenger), gate verdict, key metrics."""
+    from training import promotion, tracking
+
+    client = tracking.configure(settings())
+    frame = promotion.model_versions(client)
+    if frame.empty:
+        console.print("no model is registered yet: run rapport train")
+        return
+    table = Table(title="Registered models", title_justify="left")
+    for col in frame.columns:
+        table.add_column(col, overflow="fold")
+    for _, row in frame.iterrows():
+        cells = [str(v) for v in row]
+        if "champion" in row["aliases"]:
+            cells = [f"[bold green]{c}[/]" for c in cells]
+        table.add_row(*cells)
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model: rapport-clv, rapport-churn or rapport-recommender.")],
+    version: Annotated[str, typer.Argument(help="Version to make the champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the version's tags).")],
+    by: Annotated[str | None, typer.Option(help="Who (default: the system user).")] = None,
+) -> None:
+    """Make a version the champion by hand, whatever the gate said; who, why and when go in its tags."""
+    from training import promotion, tracking
+
+    if name not in promotion.MODEL_NAMES:
+        raise typer.BadParameter(f"unknown model {name!r}; expected one of {', '.join(promotion.MODEL_NAMES)}",
+                                 param_hint="NAME")
+    client = tracking.configure(settings())
+    done = _guard(lambda: promotion.promote_manually(client, name, version, reason=reason, by=by))
+    previous = f" (was version {done.previous_champion})" if done.previous_champion else ""
+    console.print(f"{name} version {version} is now the champion{previous}: {done.reasons[0]}")
 
 
 # --- config ---------------------------------------------------------------------------------------

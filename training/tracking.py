@@ -243,9 +243,10 @@ def start_run(
 ) -> Iterator[Run]:
     """Open a run in the settings' experiment; it ends FINISHED, or FAILED when the block raises.
 
-    The run is tagged with the code version and ``tags``. ``nested=True`` opens a child of the
-    active run (one run per candidate model under the training run, for instance).
+    The run is tagged with the code version and ``tags``. It is a child of the active run when there
+    is one (each step's run under the ``rapport train`` parent run), or with ``nested=True``.
     """
+    nested = nested or mlflow.active_run() is not None
     client = configure(settings)
     version = code_version()
     run_tags = {CODE_VERSION_TAG: version or "unknown"}

@@ -1,0 +1,161 @@
+"""`rapport train`: every model step under one MLflow parent run, then the promotion gate.
+
+Steps, in order (:data:`STEPS`): CLV → churn (it fits a BG/NBD per cutoff for its features) →
+recommender. Each step fits, evaluates against its baselines, logs a nested MLflow run (parameters,
+metrics, tables, plots, data fingerprint, code version) and registers a new version of its model.
+Only when every step asked for has succeeded does promotion run (:mod:`training.promotion`): each
+new version becomes ``champion`` or ``challenger``. A step that raises stops the pipeline: the parent
+run is marked failed with the step and the message, the versions registered by earlier steps are
+tagged as not promoted, and every alias stays where it was.
+
+A backtest (``cutoff`` given) registers its versions but never promotes them: a model trained on a
+past history is for analysis, not for serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import mlflow
+import pandas as pd
+
+from features.settings import Settings
+from training import promotion, tracking
+
+log = logging.getLogger(__name__)
+
+#: Training steps in pipeline order, with the registered model each produces.
+STEPS: dict[str, str] = {"clv": "rapport-clv", "churn": "rapport-churn", "recommend": "rapport-recommender"}
+
+
+class PipelineError(RuntimeError):
+    """A step failed; the message names it. Aliases were left untouched."""
+
+    def __init__(self, step: str, cause: BaseException, result: PipelineResult) -> None:
+        super().__init__(f"training step {step!r} failed: {cause}. No model was promoted; the champions are unchanged.")
+        self.step = step
+        self.cause = cause
+        self.result = result
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    model_name: str
+    seconds: float
+    result: Any
+    version: str | None
+    promotion: promotion.Promotion | None = None
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    cutoff: datetime | None
+    steps: list[StepOutcome] = field(default_factory=list)
+    promoted: bool = False
+
+    def summary(self) -> pd.DataFrame:
+        """One row per step: model, version, key metrics, its own gate, the champion comparison, alias."""
+        rows = []
+        for outcome in self.steps:
+            gate = getattr(outcome.result, "gate", None)
+            p = outcome.promotion
+            rows.append({
+                "model": outcome.model_name,
+                "version": outcome.version,
+                "seconds": round(outcome.seconds, 1),
+                "key metrics": ", ".join(f"{k.label} {p.metrics.get(k.metric, float('nan')):.4f}"
+                                         for k in promotion.KEY_METRICS[outcome.model_name]) if p else "",
+                "vs baselines": ("passes" if getattr(gate, "eligible", False) else "fails") + " its gate",
+                "vs champion": "; ".join(r for r in (p.reasons if p else ()) if not r.startswith("its own gate failed")),
+                "alias": p.alias if p else ("none (backtest)" if self.cutoff else "none"),
+            })
+        return pd.DataFrame(rows, columns=["model", "version", "seconds", "key metrics", "vs baselines",
+                                           "vs champion", "alias"])
+
+
+def _run_step(step: str, con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None,
+              progress: Callable[[str], None] | None) -> Any:
+    if step == "clv":
+        from training.clv.pipeline import train_clv
+
+        return train_clv(con, settings, cutoff=cutoff, progress=progress)
+    if step == "churn":
+        from training.churn.pipeline import train_churn
+
+        return train_churn(con, settings, cutoff=cutoff, progress=progress)
+    from training.recommend.pipeline import train_recommender
+
+    return train_recommender(con, settings, cutoff=cutoff, progress=progress)
+
+
+def run_pipeline(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    *,
+    steps: Sequence[str] | None = None,
+    cutoff: datetime | None = None,
+    progress: Callable[[str, str], None] | None = None,
+    on_step_done: Callable[[StepOutcome], None] | None = None,
+) -> PipelineResult:
+    """Run ``steps`` (default: all, in pipeline order) under a parent run, then promote.
+
+    ``progress(step, text)`` reports what a step is doing; ``on_step_done`` is called after each
+    step. Raises :class:`PipelineError` when a step fails (aliases untouched).
+    """
+    wanted = list(STEPS) if steps is None else [s for s in STEPS if s in steps]
+    unknown = sorted(set(steps or ()) - set(STEPS))
+    if unknown or not wanted:
+        raise ValueError(f"unknown training step(s) {', '.join(unknown) or '(none given)'}; available: {', '.join(STEPS)}")
+    client = tracking.configure(settings)
+    label = (cutoff or datetime.now()).date().isoformat()
+    with tracking.start_run(settings, run_name=f"train {label}", tags={"step": "pipeline", "steps": ",".join(wanted)}) as run:
+        result = PipelineResult(run_id=run.info.run_id, cutoff=cutoff)
+        tracking.log_params_flat({"steps": ",".join(wanted), "cutoff": cutoff.date().isoformat() if cutoff else "latest",
+                                  "promotion_tolerance": settings.promotion_tolerance})
+        for step in wanted:
+            started = time.perf_counter()
+            try:
+                outcome_result = _run_step(step, con, settings, cutoff,
+                                           (lambda text, step=step: progress(step, text)) if progress else None)
+            except Exception as exc:
+                _mark_failed(client, result, step, exc)
+                raise PipelineError(step, exc, result) from exc
+            outcome = StepOutcome(step=step, model_name=STEPS[step], seconds=time.perf_counter() - started,
+                                  result=outcome_result, version=getattr(outcome_result, "model_version", None))
+            result.steps.append(outcome)
+            tracking.log_metrics_flat({f"{step}.seconds": outcome.seconds})
+            if on_step_done:
+                on_step_done(outcome)
+        if cutoff is None:
+            for outcome in result.steps:
+                if outcome.version is None:
+                    continue
+                decision = promotion.decide(client, outcome.model_name, outcome.version,
+                                            tolerance=settings.promotion_tolerance)
+                promotion.apply(client, decision)
+                outcome.promotion = decision
+            result.promoted = True
+        summary = result.summary()
+        tracking.log_table(summary, "training_summary")
+        tracking.set_tags({f"promotion.{o.model_name}": o.promotion.alias if o.promotion else "none"
+                           for o in result.steps})
+    return result
+
+
+def _mark_failed(client: mlflow.MlflowClient, result: PipelineResult, step: str, exc: BaseException) -> None:
+    """Record the failure on the parent run and on the versions this run registered (never promoted)."""
+    message = f"{type(exc).__name__}: {exc}"
+    log.error("training step %s failed: %s", step, message)
+    tracking.set_tags({"failed_step": step, "failure": message[:4000]})
+    for outcome in result.steps:
+        if outcome.version is not None:
+            client.set_model_version_tag(outcome.model_name, outcome.version, "promotion.decision",
+                                         f"not promoted: the pipeline failed at step {step}")

@@ -1,0 +1,218 @@
+"""The promotion gate: which registered version the service and batch scores use.
+
+Every training step registers a new version of its model (``rapport-clv``, ``rapport-churn``,
+``rapport-recommender``) tagged ``gate_eligible`` with its own gate's verdict (each model beats its
+baselines as its issue defines). :func:`decide` then compares the new version with the current
+``champion`` on the model's key metrics (:data:`KEY_METRICS`, read from both versions' training
+runs) and :func:`apply` gives it an alias:
+
+- ``champion`` when it passed its own gate AND no key metric is worse than the champion's beyond
+  ``promotion_tolerance`` (relative: a higher-is-better metric must reach ``champion × (1 − tol)``,
+  a lower-is-better one stay under ``champion × (1 + tol)``); the first eligible version of a model
+  becomes champion;
+- ``challenger`` otherwise, with the reasons in the version's tags (``promotion.decision``,
+  ``promotion.reasons``) and in the training summary.
+
+"The same evaluation": both runs logged the evaluation window they were measured on
+(:data:`WINDOW_PARAMS`); when the windows differ the comparison still happens and the reasons say
+so, since the numbers then come from different periods.
+
+:func:`promote_manually` is the override (``rapport models promote NAME VERSION``): it moves the
+alias whatever the metrics say and records who, why and when in the version's tags.
+
+Atomicity: a version is created by the registry only after its artefacts are written, its tags are
+set before the alias moves, and moving an alias is one registry call — a reader that resolves
+``models:/NAME@champion`` sees either the old champion or the new one, complete.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import mlflow
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from training import tracking
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class KeyMetric:
+    """A metric of a model's training run that the champion comparison reads."""
+
+    metric: str
+    label: str
+    higher_is_better: bool
+
+
+#: The metrics each model is compared on, as its training step logs them.
+KEY_METRICS: dict[str, tuple[KeyMetric, ...]] = {
+    "rapport-clv": (KeyMetric("holdout_mae", "holdout MAE of repeat purchases", False),),
+    "rapport-churn": (KeyMetric("model_roc_auc", "ROC AUC on the held-out cutoff", True),),
+    "rapport-recommender": (
+        KeyMetric("model.recall_at_20", "recall@20 over all items", True),
+        KeyMetric("model.recall_at_20_new", "recall@20 over new items", True),
+    ),
+}
+
+#: Run parameters that say which period a model was evaluated on.
+WINDOW_PARAMS: dict[str, tuple[str, ...]] = {
+    "rapport-clv": ("calibration_end", "cutoff"),
+    "rapport-churn": ("test_cutoff",),
+    "rapport-recommender": ("valid_end", "test_end"),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(KEY_METRICS)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The alias a version gets and why."""
+
+    model_name: str
+    version: str
+    alias: str
+    previous_champion: str | None
+    reasons: tuple[str, ...]
+    metrics: Mapping[str, float]
+    champion_metrics: Mapping[str, float] | None
+
+    @property
+    def promoted(self) -> bool:
+        return self.alias == CHAMPION
+
+
+def _run_of(client: mlflow.MlflowClient, version: ModelVersion) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    if not version.run_id:
+        return {}, {}, {}
+    run = client.get_run(version.run_id)
+    return dict(run.data.metrics), dict(run.data.params), dict(run.data.tags)
+
+
+def _key_metrics(model_name: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k.metric: float(metrics.get(k.metric, math.nan)) for k in KEY_METRICS.get(model_name, ())}
+
+
+def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolerance: float) -> Promotion:
+    """The alias ``version`` of ``model_name`` deserves (see the module docstring); changes nothing."""
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"promotion tolerance must be in [0, 1), got {tolerance!r}")
+    candidate = client.get_model_version(model_name, str(version))
+    metrics, params, tags = _run_of(client, candidate)
+    mine = _key_metrics(model_name, metrics)
+    reasons: list[str] = []
+    eligible = (candidate.tags or {}).get("gate_eligible") == "true"
+    gate_text = tags.get("gate.reasons", "")
+    if not eligible:
+        reasons.append("its own gate failed" + (f": {gate_text}" if gate_text else ""))
+    champion = tracking.latest_with_alias(client, model_name, CHAMPION)
+    if champion is None or champion.version == str(version):
+        if eligible:
+            reasons.append("no champion yet")
+        return Promotion(model_name, str(version), CHAMPION if eligible else CHALLENGER,
+                         None if champion is None else champion.version, tuple(reasons), mine, None)
+    their_metrics, their_params, _ = _run_of(client, champion)
+    theirs = _key_metrics(model_name, their_metrics)
+    window = WINDOW_PARAMS.get(model_name, ())
+    if any(params.get(p) != their_params.get(p) for p in window):
+        reasons.append("note: the champion was evaluated on another period ("
+                       + ", ".join(f"{p} {their_params.get(p)} vs {params.get(p)}" for p in window) + ")")
+    worse = False
+    for key in KEY_METRICS.get(model_name, ()):
+        new, old = mine[key.metric], theirs[key.metric]
+        if not math.isfinite(new):
+            worse = True
+            reasons.append(f"{key.label} is undefined for the new version")
+            continue
+        if not math.isfinite(old):
+            reasons.append(f"{key.label} {new:.4f}; the champion has none to compare with")
+            continue
+        limit = old * (1 - tolerance) if key.higher_is_better else old * (1 + tolerance)
+        bad = new < limit if key.higher_is_better else new > limit
+        worse |= bad
+        verdict = "worse than" if bad else "not worse than"
+        reasons.append(f"{key.label} {new:.4f} is {verdict} champion v{champion.version}'s {old:.4f} "
+                       f"(tolerance {tolerance:.0%})")
+    alias = CHAMPION if eligible and not worse else CHALLENGER
+    return Promotion(model_name, str(version), alias, champion.version, tuple(reasons), mine, theirs)
+
+
+def apply(client: mlflow.MlflowClient, promotion: Promotion) -> None:
+    """Tag the version with the decision, then point its alias at it (one registry call)."""
+    name, version = promotion.model_name, promotion.version
+    client.set_model_version_tag(name, version, "promotion.decision", promotion.alias)
+    client.set_model_version_tag(name, version, "promotion.reasons", " | ".join(promotion.reasons) or "-")
+    client.set_model_version_tag(name, version, "promotion.at", _now())
+    if promotion.promoted and promotion.previous_champion and promotion.previous_champion != version:
+        client.set_model_version_tag(name, version, "promotion.previous_champion", promotion.previous_champion)
+    tracking.set_alias(client, name, promotion.alias, version)
+    log.info("%s version %s is now %s", name, version, promotion.alias)
+
+
+def promote_manually(client: mlflow.MlflowClient, model_name: str, version: str, *, reason: str,
+                     by: str | None = None) -> Promotion:
+    """Make ``version`` the champion whatever its metrics, recording who, why and when."""
+    if not reason.strip():
+        raise ValueError("a manual promotion needs a reason (--reason)")
+    try:
+        client.get_model_version(model_name, str(version))
+    except MlflowException:
+        raise tracking.NoModelError(f"{model_name} has no version {version}") from None
+    who = by or _user()
+    champion = tracking.latest_with_alias(client, model_name, CHAMPION)
+    previous = None if champion is None else champion.version
+    client.set_model_version_tag(model_name, str(version), "promotion.manual_by", who)
+    client.set_model_version_tag(model_name, str(version), "promotion.manual_reason", reason)
+    promotion = Promotion(model_name, str(version), CHAMPION, previous,
+                          (f"promoted by hand by {who}: {reason}",), {}, None)
+    apply(client, promotion)
+    return promotion
+
+
+def model_versions(client: mlflow.MlflowClient, model_names: Iterable[str] = MODEL_NAMES) -> pd.DataFrame:
+    """One row per registered version: model, version, aliases, gate verdict, key metrics, created."""
+    rows = []
+    for name in model_names:
+        try:
+            versions = client.search_model_versions(f"name = '{name}'")
+            registered = client.get_registered_model(name)
+        except MlflowException:
+            continue
+        aliases: dict[str, list[str]] = {}
+        for alias, v in (registered.aliases or {}).items():
+            aliases.setdefault(str(v), []).append(alias)
+        for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            metrics, _, _ = _run_of(client, v)
+            rows.append({
+                "model": name,
+                "version": int(v.version),
+                "aliases": ", ".join(sorted(aliases.get(str(v.version), []))),
+                "gate": (v.tags or {}).get("gate_eligible", "?"),
+                "key metrics": ", ".join(f"{k.metric} {metrics[k.metric]:.4f}" for k in KEY_METRICS[name]
+                                         if k.metric in metrics),
+                "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                "decision": (v.tags or {}).get("promotion.reasons", ""),
+            })
+    return pd.DataFrame(rows, columns=["model", "version", "aliases", "gate", "key metrics", "created", "decision"])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
