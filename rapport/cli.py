@@ -7,11 +7,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from features.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 console = Console()
 err = Console(stderr=True)
@@ -510,6 +513,50 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
     console.print(f"plots: {s.reports_dir / 'clv'}")
 
 
+# --- batch files ----------------------------------------------------------------------------------
+
+
+def _check_output(output: Path) -> None:
+    if output.suffix.lower() not in (".parquet", ".csv"):
+        raise typer.BadParameter(f"expected a .parquet or .csv file, got {output.name!r}", param_hint="--output")
+
+
+def _write_chunks(chunks: Iterable[tuple[int, pd.DataFrame]], output: Path, *, total: int, what: str) -> int:
+    """Append each frame to ``output`` (Parquet or CSV by extension) under a progress bar; the file
+    appears only when complete (written beside it, then renamed). Returns the rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".partial")
+    csv = output.suffix.lower() == ".csv"
+    writer = None
+    rows = 0
+    try:
+        with _progress() as progress:
+            task = progress.add_task(what, total=total)
+            for done, frame in chunks:
+                if csv:
+                    frame.to_csv(tmp, mode="a" if rows else "w", header=not rows, index=False)
+                else:
+                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                rows += len(frame)
+                progress.update(task, advance=done)
+        if writer is not None:
+            writer.close()
+            writer = None
+        if not tmp.exists():
+            raise ValueError(f"nothing to write to {output}: no customer to score")
+        tmp.replace(output)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
 # --- recommend ------------------------------------------------------------------------------------
 
 #: Customers per chunk of ``rapport recommend`` (each chunk is ranked, then appended to the file).
@@ -530,14 +577,11 @@ def recommend(
     item_id, score, source (model / repurchase / popularity) and reason; the same code path as the
     service."""
     import mlflow
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from training import tracking
     from training.recommend.pipeline import MODEL_NAME
 
-    if output.suffix.lower() not in (".parquet", ".csv"):
-        raise typer.BadParameter(f"expected a .parquet or .csv file, got {output.name!r}", param_hint="--output")
+    _check_output(output)
     s = settings()
     client = tracking.configure(s)
     chosen, how = _guard(lambda: tracking.resolve_version(client, MODEL_NAME, version))
@@ -545,35 +589,61 @@ def recommend(
     loaded = _guard(lambda: mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{chosen.version}"))
     model = loaded.unwrap_python_model().model
     customers = model.data_.customer_ids
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".partial")
-    writer = None
-    rows = 0
-    try:
-        with _progress() as progress:
-            task = progress.add_task("recommending", total=len(customers))
-            for start in range(0, len(customers), RECOMMEND_CHUNK):
-                chunk = customers[start : start + RECOMMEND_CHUNK]
-                frame = model.recommend(chunk, n, exclude_purchased=not include_purchased)
-                frame = frame.assign(model_version=str(chosen.version))
-                if output.suffix.lower() == ".csv":
-                    frame.to_csv(tmp, mode="a" if start else "w", header=not start, index=False)
-                else:
-                    table = pa.Table.from_pandas(frame, preserve_index=False)
-                    writer = writer or pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table)
-                rows += len(frame)
-                progress.update(task, advance=len(chunk))
-        if writer is not None:
-            writer.close()
-            writer = None
-        tmp.replace(output)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+
+    def chunks() -> Iterator[tuple[int, pd.DataFrame]]:
+        for start in range(0, len(customers), RECOMMEND_CHUNK):
+            chunk = customers[start : start + RECOMMEND_CHUNK]
+            frame = model.recommend(chunk, n, exclude_purchased=not include_purchased)
+            yield len(chunk), frame.assign(model_version=str(chosen.version))
+
+    rows = _write_chunks(chunks(), output, total=len(customers), what="recommending")
     console.print(f"{rows:,} recommendations for {len(customers):,} customers (version {chosen.version}, "
                   f"history up to {model.data_.as_of.date()}) written to [bold]{output}[/]")
+
+
+# --- score ----------------------------------------------------------------------------------------
+
+
+@app.command("score")
+def score(
+    output: Annotated[Path, typer.Option(help="Parquet or CSV file (by extension) to write the scores to.")],
+    chunk: Annotated[int, typer.Option(min=1_000, help="Customers per chunk.")] = 200_000,
+) -> None:
+    """Write the CRM scores of every known customer with the champion models: expected purchases,
+    P(alive), expected order value, CLV with its interval, next order date, value segment, churn
+    probability, risk band, percentile, three reasons and the model versions."""
+    import mlflow
+
+    from features.store import connect, ibis_backend
+    from training import tracking
+    from training.clv.pipeline import MODEL_NAME as CLV_MODEL
+    from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
+    from training.scoring import build_snapshot, score_chunks
+
+    _check_output(output)
+    s = settings()
+    client = tracking.configure(s)
+    models, versions = {}, {}
+    for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL)):
+        chosen, how = _guard(lambda name=name: tracking.resolve_version(client, name))
+        err.print(f"using {name} version {chosen.version}: {how}")
+        loaded = _guard(lambda name=name, chosen=chosen: mlflow.pyfunc.load_model(f"models:/{name}/{chosen.version}"))
+        models[key], versions[key] = loaded.unwrap_python_model().model, str(chosen.version)
+    as_of = models["clv"].cutoff_
+    con = _guard(lambda: connect(s, read_only=True))
+    try:
+        with _progress() as progress:
+            task = progress.add_task("snapshot", total=None)
+            snapshot = _guard(lambda: build_snapshot(
+                ibis_backend(con), as_of, time_unit=models["clv"].time_unit_, lookback_days=s.churn_lookback_days,
+                progress=lambda text: progress.update(task, description=f"snapshot: {text}")))
+    finally:
+        con.close()
+    frames = ((len(f), f) for f in score_chunks(snapshot, models["clv"], models["churn"], versions=versions,
+                                                chunk_size=chunk))
+    rows = _write_chunks(frames, output, total=len(snapshot), what="scoring")
+    console.print(f"{rows:,} customers scored as of {as_of.date()} (rapport-clv v{versions['clv']}, "
+                  f"rapport-churn v{versions['churn']}) written to [bold]{output}[/]")
 
 
 # --- models ---------------------------------------------------------------------------------------

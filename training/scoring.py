@@ -1,0 +1,141 @@
+"""Customer scores for the CRM: CLV and churn outputs of the champion models, one row per customer.
+
+One scoring path for batch files (``rapport score``) and the service:
+
+1. :func:`build_snapshot` reads the features of every customer as of the snapshot date — the
+   cutoff the champion CLV model was fitted at, so the model and its inputs describe the same day —
+   with the code training uses: ``customer_features`` for everyone, ``churn_features`` for the churn
+   population (a purchase in the ``churn_lookback_days`` before the date) and, for them, the BG/NBD
+   features the churn model was trained with (``training.churn.dataset.clv_features``: a BG/NBD fit
+   on the history before the date, exactly as at each training cutoff — no training/serving skew).
+2. :func:`score_rows` turns rows of the snapshot into :data:`SCORE_COLUMNS`: the CLV outputs
+   (``ClvModel.predict``) and the churn outputs (``ChurnModel.predict``: calibrated probability,
+   risk band, percentile, three reasons). Customers outside the churn population bought nothing for
+   more than a year: they are ``lapsed`` (their churn probability is empty, their first reason says
+   why) — the churn model was neither trained nor calibrated on them.
+
+:func:`score_chunks` streams the whole snapshot in chunks, so a million customers never need more
+than a chunk's worth of outputs in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from features.churn import churn_features
+from features.customer import customer_features
+from features.schema import Col, Feature
+from training.churn.dataset import clv_features
+
+log = logging.getLogger(__name__)
+
+LAPSED = "lapsed"
+#: Columns of :func:`score_rows`, in order.
+SCORE_COLUMNS: tuple[str, ...] = (
+    Col.CUSTOMER_ID,
+    "expected_purchases_30d",
+    "expected_purchases_90d",
+    "expected_purchases_365d",
+    "probability_alive",
+    "expected_order_value",
+    "clv",
+    "clv_lower",
+    "clv_upper",
+    "expected_next_order_date",
+    "value_segment",
+    "churn_probability",
+    "risk_band",
+    "percentile",
+    "reason_1",
+    "reason_2",
+    "reason_3",
+    "clv_model_version",
+    "churn_model_version",
+    "as_of",
+)
+_CLV_COLUMNS = SCORE_COLUMNS[1:11]
+_CHURN_COLUMNS = ("churn_probability", "risk_band", "percentile", "reason_1", "reason_2", "reason_3")
+#: Customers per chunk of :func:`score_chunks`.
+DEFAULT_CHUNK = 200_000
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Features of every customer as of ``as_of``: ``customers`` (all, customer features) and
+    ``churn`` (the churn population: churn features and BG/NBD features), both indexed by customer id."""
+
+    as_of: datetime
+    customers: pd.DataFrame
+    churn: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.customers)
+
+
+def build_snapshot(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: str = "D",
+                   lookback_days: int = 365, progress: Callable[[str], None] | None = None) -> Snapshot:
+    """The features :func:`score_rows` needs for every customer, as of ``as_of`` (see the module docstring)."""
+
+    def step(text: str) -> None:
+        log.info(text)
+        if progress:
+            progress(text)
+
+    step("customer features")
+    customers = customer_features(backend, as_of, time_unit=time_unit)  # type: ignore[arg-type]
+    step("churn features")
+    churn = churn_features(backend, as_of, lookback_days=lookback_days, time_unit=time_unit)  # type: ignore[arg-type]
+    if len(churn):
+        step("purchase-model features of the churn population")
+        churn = churn.join(clv_features(churn, customers, as_of, time_unit=time_unit))  # type: ignore[arg-type]
+    return Snapshot(as_of=as_of, customers=customers, churn=churn)
+
+
+def score_rows(snapshot: Snapshot, customer_ids: pd.Index, clv_model: object, churn_model: object, *,
+               versions: dict[str, str] | None = None) -> pd.DataFrame:
+    """:data:`SCORE_COLUMNS` for ``customer_ids`` (all in the snapshot), in that order."""
+    versions = versions or {}
+    rows = snapshot.customers.loc[customer_ids]
+    clv = clv_model.predict(rows)  # type: ignore[attr-defined]
+    out = pd.DataFrame({Col.CUSTOMER_ID: customer_ids.to_numpy(dtype=np.int64)})
+    for column in _CLV_COLUMNS:
+        values = clv[column].to_numpy()
+        out[column] = values.astype(str) if column == "value_segment" else values
+    in_population = customer_ids.isin(snapshot.churn.index)
+    churn = pd.DataFrame(index=customer_ids, columns=list(_CHURN_COLUMNS), dtype=object)
+    if in_population.any():
+        scored = churn_model.predict(snapshot.churn.loc[customer_ids[in_population]])  # type: ignore[attr-defined]
+        churn.loc[scored.index, "churn_probability"] = scored["churn_probability"].to_numpy()
+        churn.loc[scored.index, "risk_band"] = scored["risk_band"].astype(str).to_numpy()
+        churn.loc[scored.index, "percentile"] = scored["percentile"].to_numpy()
+        for column in ("reason_1", "reason_2", "reason_3"):
+            churn.loc[scored.index, column] = scored[column].to_numpy() if column in scored else None
+    lapsed = ~in_population
+    if lapsed.any():
+        days = rows[Feature.DAYS_SINCE_LAST_ORDER].to_numpy(dtype=np.float64)[lapsed]
+        churn.loc[customer_ids[lapsed], "risk_band"] = LAPSED
+        churn.loc[customer_ids[lapsed], "reason_1"] = [f"no order for {int(d):,} days: lapsed" for d in days]
+    out["churn_probability"] = pd.to_numeric(churn["churn_probability"], errors="coerce").to_numpy(dtype=np.float64)
+    out["risk_band"] = churn["risk_band"].to_numpy(dtype=object)
+    out["percentile"] = pd.to_numeric(churn["percentile"], errors="coerce").to_numpy(dtype=np.float64)
+    for column in ("reason_1", "reason_2", "reason_3"):
+        out[column] = churn[column].to_numpy(dtype=object)
+    out["clv_model_version"] = versions.get("clv", "")
+    out["churn_model_version"] = versions.get("churn", "")
+    out["as_of"] = pd.Timestamp(snapshot.as_of).date().isoformat()
+    return out[list(SCORE_COLUMNS)]
+
+
+def score_chunks(snapshot: Snapshot, clv_model: object, churn_model: object, *, versions: dict[str, str] | None = None,
+                 chunk_size: int = DEFAULT_CHUNK) -> Iterator[pd.DataFrame]:
+    """:func:`score_rows` over every customer of the snapshot, ``chunk_size`` customers at a time."""
+    ids = snapshot.customers.index
+    for start in range(0, len(ids), chunk_size):
+        yield score_rows(snapshot, ids[start : start + chunk_size], clv_model, churn_model, versions=versions)
