@@ -117,11 +117,12 @@ def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolera
     if not eligible:
         reasons.append("its own gate failed" + (f": {gate_text}" if gate_text else ""))
     champion = tracking.latest_with_alias(client, model_name, CHAMPION)
-    if champion is None or champion.version == str(version):
+    champion_version = None if champion is None else str(champion.version)
+    if champion is None or champion_version == str(version):
         if eligible:
             reasons.append("no champion yet")
         return Promotion(model_name, str(version), CHAMPION if eligible else CHALLENGER,
-                         None if champion is None else champion.version, tuple(reasons), mine, None)
+                         champion_version, tuple(reasons), mine, None)
     their_metrics, their_params, _ = _run_of(client, champion)
     theirs = _key_metrics(model_name, their_metrics)
     window = WINDOW_PARAMS.get(model_name, ())
@@ -142,10 +143,10 @@ def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolera
         bad = new < limit if key.higher_is_better else new > limit
         worse |= bad
         verdict = "worse than" if bad else "not worse than"
-        reasons.append(f"{key.label} {new:.4f} is {verdict} champion v{champion.version}'s {old:.4f} "
+        reasons.append(f"{key.label} {new:.4f} is {verdict} champion v{champion_version}'s {old:.4f} "
                        f"(tolerance {tolerance:.0%})")
     alias = CHAMPION if eligible and not worse else CHALLENGER
-    return Promotion(model_name, str(version), alias, champion.version, tuple(reasons), mine, theirs)
+    return Promotion(model_name, str(version), alias, champion_version, tuple(reasons), mine, theirs)
 
 
 def apply(client: mlflow.MlflowClient, promotion: Promotion) -> None:
@@ -171,7 +172,7 @@ def promote_manually(client: mlflow.MlflowClient, model_name: str, version: str,
         raise tracking.NoModelError(f"{model_name} has no version {version}") from None
     who = by or _user()
     champion = tracking.latest_with_alias(client, model_name, CHAMPION)
-    previous = None if champion is None else champion.version
+    previous = None if champion is None else str(champion.version)
     client.set_model_version_tag(model_name, str(version), "promotion.manual_by", who)
     client.set_model_version_tag(model_name, str(version), "promotion.manual_reason", reason)
     promotion = Promotion(model_name, str(version), CHAMPION, previous,

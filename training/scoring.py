@@ -123,10 +123,11 @@ def score_rows(snapshot: Snapshot, customer_ids: pd.Index, clv_model: object, ch
         churn.loc[customer_ids[lapsed], "risk_band"] = LAPSED
         churn.loc[customer_ids[lapsed], "reason_1"] = [f"no order for {int(d):,} days: lapsed" for d in days]
     out["churn_probability"] = pd.to_numeric(churn["churn_probability"], errors="coerce").to_numpy(dtype=np.float64)
-    out["risk_band"] = churn["risk_band"].to_numpy(dtype=object)
+    # object columns, None where empty, whatever pandas would infer (one row or many: the same dtype).
+    out["risk_band"] = pd.Series(churn["risk_band"].to_numpy(dtype=object), dtype=object)
     out["percentile"] = pd.to_numeric(churn["percentile"], errors="coerce").to_numpy(dtype=np.float64)
     for column in ("reason_1", "reason_2", "reason_3"):
-        out[column] = churn[column].to_numpy(dtype=object)
+        out[column] = pd.Series(churn[column].to_numpy(dtype=object), dtype=object)
     out["clv_model_version"] = versions.get("clv", "")
     out["churn_model_version"] = versions.get("churn", "")
     out["as_of"] = pd.Timestamp(snapshot.as_of).date().isoformat()
