@@ -219,10 +219,14 @@ def test_unknown_customer_gets_the_popular_list_of_their_segment(model):
     assert out["fallback"].all() and (out["source"] == "popularity").all() and len(out) == 10
     expected = data.item_ids[data.popular_overall[:10]]
     assert list(out["item_id"]) == list(expected)
+    assert (np.diff(out["score"].to_numpy()) < 0).all()
+    assert out["reason"].str.match(r"popular: [\d,]+ buyers in the last 30 days").all()
     segments = data.popular_by["country"]
-    country = sorted(segments, key=lambda c: -len(segments[c]))[-1]
+    country = sorted(segments, key=lambda c: -len(segments[c].items))[-1]
     by_country = model.recommend([unknown], 5, country=country.upper())
-    assert list(by_country["item_id"]) == list(data.item_ids[segments[country][:5]])
+    assert list(by_country["item_id"]) == list(data.item_ids[segments[country].items[:5]])
+    first = int(segments[country].orders[0])
+    assert by_country["reason"].iloc[0] == f"popular: {first:,} orders in {country.upper()} in the last 90 days"
     # An unknown segment falls back to the overall list.
     assert list(model.recommend([unknown], 10, channel="carrier pigeon")["item_id"]) == list(expected)
 

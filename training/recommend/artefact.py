@@ -25,7 +25,7 @@ import numpy as np
 from scipy import sparse
 
 from training.artefact import ArtefactReader
-from training.recommend.data import InteractionData
+from training.recommend.data import InteractionData, PopularList
 from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
 
 ARTEFACT_FORMAT = "rapport-recommender"
@@ -80,7 +80,8 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
             "item_ids": [str(i) for i in data.item_ids],
             "item_names": list(data.name),
             "item_categories": list(data.category),
-            "popular_by": {col: {seg: pos.tolist() for seg, pos in segs.items()} for col, segs in data.popular_by.items()},
+            "popular_by": {col: {seg: {"items": p.items.tolist(), "orders": p.orders.tolist()} for seg, p in segs.items()}
+                           for col, segs in data.popular_by.items()},
             "als_mean_row_weight": models.als_mean_row_weight,
             "training": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in training.items()},
         },
@@ -126,8 +127,12 @@ def load(directory: Path | str) -> RecommenderModel:
         values = array(f"data_{name}", len(indices)).astype(np.float64)
         return sparse.csr_matrix((values, indices, indptr), shape=(n_users, n_items))
 
-    popular_by = {col: {seg: np.asarray(pos, dtype=np.int64) for seg, pos in segs.items()}
-                  for col, segs in reader.field(fitted, "popular_by", dict).items()}
+    try:
+        popular_by = {col: {seg: PopularList(np.asarray(p["items"], dtype=np.int64), np.asarray(p["orders"], dtype=np.int64))
+                            for seg, p in segs.items()}
+                      for col, segs in reader.field(fitted, "popular_by", dict).items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecommenderArtefactError(f"{where / HEADER}: fitted.popular_by is malformed ({exc})") from None
     data = InteractionData(
         as_of=datetime.fromisoformat(fitted["as_of"]),
         customer_ids=array("customer_ids", n_users).astype(np.int64),

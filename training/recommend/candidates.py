@@ -223,13 +223,22 @@ def candidates(
     pool = np.flatnonzero(allowed)
     als_r = als_c = als_rank = np.empty(0, dtype=np.int64)
     if sizes.als and len(pool):
-        scores = np.asarray(block.factors, dtype=np.float32) @ np.asarray(item_factors[pool], dtype=np.float32).T
-        if len(excluded_keys):
-            inverse = np.full(n_items, -1, dtype=np.int64)
-            inverse[pool] = np.arange(len(pool))
-            er, ec = excluded_keys // n_items, excluded_keys % n_items
-            inside = inverse[ec] >= 0
-            scores[er[inside], inverse[ec[inside]]] = -np.inf
+        if 2 * len(pool) >= n_items:
+            # Most items are allowed: score them all and mask the others, rather than copying the
+            # allowed items' factors (milliseconds at 50,000 items: most of a single request's time).
+            scores = np.asarray(block.factors, dtype=np.float32) @ np.asarray(item_factors, dtype=np.float32).T
+            scores[:, ~allowed] = -np.inf
+            if len(excluded_keys):
+                scores[excluded_keys // n_items, excluded_keys % n_items] = -np.inf
+            pool = np.arange(n_items)
+        else:
+            scores = np.asarray(block.factors, dtype=np.float32) @ np.asarray(item_factors[pool], dtype=np.float32).T
+            if len(excluded_keys):
+                inverse = np.full(n_items, -1, dtype=np.int64)
+                inverse[pool] = np.arange(len(pool))
+                er, ec = excluded_keys // n_items, excluded_keys % n_items
+                inside = inverse[ec] >= 0
+                scores[er[inside], inverse[ec[inside]]] = -np.inf
         k = min(sizes.als, len(pool))
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(pool) else np.tile(np.arange(len(pool)), (b, 1))
         top_scores = np.take_along_axis(scores, top, axis=1)

@@ -223,7 +223,8 @@ def compare(
     from implicit.nearest_neighbours import CosineRecommender
 
     with threadpool_limits(1, "blas"):
-        bpr = BayesianPersonalizedRanking(factors=settings.factors, iterations=100, num_threads=settings.num_threads,
+        bpr = BayesianPersonalizedRanking(factors=settings.factors, iterations=settings.bpr_iterations,
+                                          num_threads=settings.num_threads,
                                           random_state=settings.seed)
         binary = data.purchases.copy()
         binary.data = (binary.data > 0).astype(np.float32)

@@ -94,6 +94,8 @@ class RecommenderSettings:
     factors: int = 64
     regularization: float = 0.05
     iterations: int = 15
+    #: BPR, a candidate of the comparison only (not of the blend).
+    bpr_iterations: int = 100
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
     knn_neighbours: int = 100
@@ -120,6 +122,7 @@ class RecommenderSettings:
             ("factors", self.factors >= 1),
             ("regularization", self.regularization >= 0),
             ("iterations", self.iterations >= 1),
+            ("bpr_iterations", self.bpr_iterations >= 1),
             ("knn_neighbours", self.knn_neighbours >= 1),
             ("label_days", self.label_days >= 1),
             ("max_training_customers", self.max_training_customers >= 10),
@@ -414,7 +417,7 @@ class RecommenderModel:
             customer = int(ids[i])
             block = self._folded_in(recent.get(customer, ()))
             if block is None:
-                frames.append(self._popular_list(customer, n, allowed, popular))
+                frames.append(self._popular_list(customer, n, allowed, channel, country))
             else:
                 frames.append(self._rank_block(block, ids[[i]], n, allowed, exclude_purchased, keep_owned, popular))
         if progress and len(known_at) < len(ids):
@@ -516,22 +519,31 @@ class RecommenderModel:
                     out[k] = f"popular: {int(data.buyers_30d[item[k]]):,} buyers in the last 30 days"
         return out
 
-    def _popular_list(self, customer: int, n: int, allowed: BoolArray, popular: IntArray) -> pd.DataFrame:
+    def _popular_list(self, customer: int, n: int, allowed: BoolArray, channel: str | None,
+                      country: str | None) -> pd.DataFrame:
+        """The cold-start list: the segment's popular items, topped up with the overall ones; score
+        1 / rank, the popularity in the reason."""
         data = self.data_
-        ranked = popular[allowed[popular]][:n]
-        if len(ranked) < n:
-            overall = data.popular_overall
-            extra = overall[allowed[overall] & ~np.isin(overall, ranked)]
-            ranked = np.concatenate([ranked, extra])[:n]
-        k = len(ranked)
+        items, counts, what = data.popular_with_counts(channel=channel, country=country)
+        keep = allowed[items]
+        items, counts = items[keep][:n], counts[keep][:n]
+        reasons = [f"popular: {int(c):,} {what}" for c in counts]
+        if len(items) < n:
+            overall, overall_counts, overall_what = data.popular_with_counts()
+            extra = allowed[overall] & ~np.isin(overall, items)
+            more, more_counts = overall[extra][: n - len(items)], overall_counts[extra][: n - len(items)]
+            reasons += [f"popular: {int(c):,} {overall_what}" for c in more_counts]
+            items = np.concatenate([items, more])
+        k = len(items)
         return pd.DataFrame({
             Col.CUSTOMER_ID: np.full(k, customer, dtype=np.int64),
             "rank": np.arange(1, k + 1, dtype=np.int64),
-            Col.ITEM_ID: data.item_ids[ranked],
-            "score": data.buyers_30d[ranked].astype(np.float64),
+            Col.ITEM_ID: data.item_ids[items],
+            # 1 / rank: the counts behind the order are in the reasons (a segment's and the overall
+            # list count different things, so they cannot be one score).
+            "score": 1.0 / np.arange(1, k + 1, dtype=np.float64),
             "source": np.full(k, "popularity", dtype=object),
-            "reason": np.asarray([f"popular: {int(b):,} buyers in the last 30 days" for b in data.buyers_30d[ranked]],
-                                 dtype=object),
+            "reason": np.asarray(reasons, dtype=object),
             "fallback": np.ones(k, dtype=bool),
         })
 
@@ -568,7 +580,7 @@ class RecommenderModel:
             cosine[~allowed] = -np.inf
             cosine[items] = -np.inf
             extra = np.argsort(-cosine, kind="stable")[: n - len(items)]
-            extra = extra[np.isfinite(cosine[extra])]
+            extra = extra[np.isfinite(cosine[extra]) & (cosine[extra] > 0)]  # only items that are alike
             items += list(extra)
             scores += list(cosine[extra])
             sources += ["model"] * len(extra)

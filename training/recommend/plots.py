@@ -28,9 +28,8 @@ def plot_comparison(table: pd.DataFrame, path: Path | str, *, title: str | None 
     all_items = table[RECALL].to_numpy(dtype=float)
     new_items = table[RECALL_NEW].to_numpy(dtype=float)
     colours_all = [_CHOSEN if n == CHOSEN else _ALL for n in names]
-    ax.barh(y + height / 2, all_items, height, color=colours_all, label="recall@20, all test purchases")
-    ax.barh(y - height / 2, np.nan_to_num(new_items), height, color=_NEW, alpha=0.85,
-            label="recall@20, items new to the customer (purchases excluded)")
+    ax.barh(y + height / 2, all_items, height, color=colours_all)
+    ax.barh(y - height / 2, np.nan_to_num(new_items), height, color=_NEW, alpha=0.85)
     for yy, a, b in zip(y, all_items, new_items):
         ax.text(a + 0.004, yy + height / 2, f"{a:.3f}", va="center", fontsize=8)
         ax.text((0 if np.isnan(b) else b) + 0.004, yy - height / 2, "—" if np.isnan(b) else f"{b:.3f}",
@@ -38,7 +37,13 @@ def plot_comparison(table: pd.DataFrame, path: Path | str, *, title: str | None 
     ax.set_yticks(y, names)
     ax.set_xlabel("recall@20 (hits / min(purchases, 20), mean over customers)")
     ax.set_xlim(0, max(0.05, float(np.nanmax(np.concatenate([all_items, new_items]))) * 1.18))
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=_ALL, label="recall@20, all test purchases"),
+               Patch(color=_CHOSEN, label="recall@20, all test purchases (chosen model)"),
+               Patch(color=_NEW, alpha=0.85, label="recall@20, items new to the customer (purchases excluded)")]
+    # Below the axes: never over a bar.
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, fontsize=8, frameon=False)
     ax.set_title(title or "Recommenders on the test period", loc="left")
     ax.grid(axis="x", alpha=0.3)
     return save_png(figure, Path(path))
