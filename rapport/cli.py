@@ -689,6 +689,35 @@ def models_promote(
     console.print(f"{name} version {version} is now the champion{previous}: {done.reasons[0]}")
 
 
+def _print_examples(scores_path: Path, n: int = 3) -> None:
+    """The scores and recommendations of a few customers: the most valuable high-risk ones."""
+    import mlflow
+    import pandas as pd
+
+    from training import tracking
+    from training.recommend.pipeline import MODEL_NAME
+
+    frame = pd.read_parquet(scores_path)
+    at_risk = frame[frame["risk_band"] == "high"].sort_values("clv", ascending=False)
+    chosen = (at_risk if len(at_risk) >= n else frame.sort_values("clv", ascending=False)).head(n)
+    client = tracking.configure(settings())
+    version, _ = _guard(lambda: tracking.resolve_version(client, MODEL_NAME))
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}").unwrap_python_model().model
+    lists = model.recommend(chosen["customer_id"].tolist(), 5)
+    names = dict(zip(model.data_.item_ids, model.data_.name))
+    for _, row in chosen.iterrows():
+        console.print(
+            f"[bold]customer {row['customer_id']}[/]: CLV {row['clv']:,.2f} ({row['clv_lower']:,.2f} .. "
+            f"{row['clv_upper']:,.2f}), {row['expected_purchases_365d']:.1f} purchases expected in a year, "
+            f"P(alive) {row['probability_alive']:.0%}, segment {row['value_segment']}; churn "
+            f"{row['churn_probability']:.0%} ({row['risk_band']} risk): "
+            + "; ".join(str(r) for r in (row["reason_1"], row["reason_2"], row["reason_3"]) if isinstance(r, str)))
+        mine = lists[lists["customer_id"] == row["customer_id"]]
+        for _, item in mine.iterrows():
+            console.print(f"    {item['rank']}. {names.get(item['item_id']) or item['item_id']} "
+                          f"[dim]({item['source']}: {item['reason']})[/]")
+
+
 # --- config ---------------------------------------------------------------------------------------
 
 
@@ -709,7 +738,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
 ) -> None:
     """The main job on the embedded default data: generate synthetic omnichannel files, ingest them
-    (quarantine report included), print the KPI report and train the CLV and churn models."""
+    (quarantine report included), print the KPI report, train and promote the CLV, churn and
+    recommender models, write the CRM scores and show a few customers."""
     from features.discovery import discover
 
     s = settings()
@@ -722,8 +752,13 @@ def demo(
     _ingest_and_print(inputs, ignored)
     console.rule("3. engagement KPIs")
     data_report(start=None, end=None, output=None)
-    console.rule("4. training: CLV and churn, evaluated on held-out data, logged to MLflow, registered")
-    train(only=None, cutoff=None)
+    console.rule("4. training: CLV, churn and recommender, evaluated against baselines, logged to MLflow, promoted")
+    train(only=None, cutoff=None, raw=None)
+    console.rule("5. CRM scores of every customer with the champion models")
+    scores_path = s.data_dir / "scores.parquet"
+    score(output=scores_path, chunk=200_000)
+    console.rule("6. a few customers")
+    _print_examples(scores_path)
     console.rule("done")
     console.print(f"everything is under [bold]{s.data_dir.resolve()}[/]: raw files {raw}, store {s.database_path}, "
                   f"quarantine {s.quarantine_dir}, reports and plots {s.reports_dir}, MLflow {s.mlflow_dir} "
