@@ -24,7 +24,7 @@ Customer ids and item ids are sorted, so the same history always gives the same 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timedelta
@@ -133,9 +133,26 @@ class InteractionData:
         return order[self.recommendable[order]].astype(np.int64)
 
     @cached_property
-    def category_lower(self) -> NDArray[np.object_]:
-        """Categories in lower case (None stays None), for case-insensitive filters."""
-        return np.asarray([None if c is None else str(c).lower() for c in self.category], dtype=object)
+    def category_codes(self) -> tuple[IntArray, dict[str, int]]:
+        """Each item's category as an integer code (-1: none) and the code of each lower-case
+        category, for case-insensitive filters without string comparisons per request."""
+        lowered = [None if c is None else str(c).lower() for c in self.category]
+        codes: dict[str, int] = {}
+        out = np.full(len(lowered), -1, dtype=np.int64)
+        for i, name in enumerate(lowered):
+            if name is not None:
+                out[i] = codes.setdefault(name, len(codes))
+        return out, codes
+
+    def in_categories(self, categories: Iterable[str]) -> BoolArray:
+        """Mask of the items whose category is one of ``categories`` (case-insensitive)."""
+        codes, by_name = self.category_codes
+        wanted = [by_name[c] for c in {str(c).lower() for c in categories} if c in by_name]
+        if not wanted:
+            return np.zeros(self.n_items, dtype=bool)
+        lookup = np.zeros(len(by_name) + 1, dtype=bool)
+        lookup[wanted] = True
+        return lookup[codes]  # code -1 reads the last entry, which stays False
 
     def history_sets(self) -> dict[int, set[str]]:
         """Customer id -> the items they bought (purchases > 0), as in :func:`training.recommend.split.history_items`."""

