@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     )
     promotion_tolerance: float = Field(0.01, ge=0, lt=1, description="A new version becomes champion only if no key metric is worse than the champion's by more than this share.")
     model_threads: int = Field(2, ge=1, description="Threads of LightGBM and BLAS in training and scoring.")
+    serving_api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="API keys accepted by the service in the X-API-Key header (customer_scores always needs one; "
+        "set them with RAPPORT_SERVING_API_KEYS='[\"key1\", \"key2\"]'). None set: customer_scores refuses every call.",
+    )
+    serving_recommend_requires_key: bool = Field(
+        False, description="Whether recommend and similar_items need an API key too (default: public, for the web shop)."
+    )
+    serving_max_request_bytes: int = Field(
+        262_144, ge=1_024, description="Largest request body the service accepts (larger: 413)."
+    )
 
     @field_validator("currency")
     @classmethod

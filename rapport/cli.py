@@ -718,6 +718,49 @@ def _print_examples(scores_path: Path, n: int = 3) -> None:
                           f"[dim]({item['source']}: {item['reason']})[/]")
 
 
+# --- serve ----------------------------------------------------------------------------------------
+
+serve_app = typer.Typer(help="The BentoML service: export its bundle, start it.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("export")
+def serve_export(
+    output: Annotated[Path, typer.Option(help="Directory to write the bundle to (replaced if it is a bundle).")] = Path("bundle"),
+) -> None:
+    """Write the serving bundle: the champion models, the scoring snapshot at the CLV champion's cutoff
+    and the identity map. The service needs nothing else (no store, no tracking server)."""
+    from training.bundle import export_bundle
+
+    with _progress() as progress:
+        task = progress.add_task("bundle", total=None)
+        # BundleError is a ValueError: _guard prints it as one line.
+        manifest = _guard(lambda: export_bundle(settings(), output,
+                                                progress=lambda text: progress.update(task, description=text)))
+    models = ", ".join(f"{m['name']} v{m['version']}" for m in manifest["models"].values())
+    counts = manifest["counts"]
+    console.print(f"bundle written to [bold]{output}[/]: {models}; snapshot {manifest['snapshot_date']}, "
+                  f"{counts['customers']:,} customers, {counts['items']:,} items")
+
+
+@serve_app.command("start")
+def serve_start(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory (rapport serve export).")] = Path("bundle"),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the service on a bundle (bentoml serve serving.service:Rapport); the OpenAPI page is at /."""
+    import subprocess
+
+    if not (bundle / "manifest.json").is_file():
+        err.print(f"[bold red]error:[/] {bundle} is not a serving bundle: write one with rapport serve export")
+        raise typer.Exit(1)
+    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle.resolve())}
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host", host, "--port", str(port)]
+    console.print(f"serving {bundle} on http://{host}:{port} (OpenAPI page at /, Ctrl+C to stop)")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
 # --- config ---------------------------------------------------------------------------------------
 
 

@@ -48,3 +48,31 @@ def test_lifetimes_stays_behind_its_adapter():
                    if any(name.split(".")[0] == "lifetimes" for name in names))
     # features/loaders.py only locates the CDNOW files shipped inside the package.
     assert set(users) <= {"training/clv/adapter.py", "features/loaders.py"}, users
+
+
+#: Training modules that fit models or build data sets: the service never imports them.
+_FITTING_MODULES = ("training.pipeline", "training.promotion", "training.churn.dataset")
+_FITTING_SUFFIXES = (".pipeline", ".evaluation")
+
+
+def _fits(name: str) -> bool:
+    return name.startswith("training.") and (
+        name in _FITTING_MODULES or any(name.startswith(f"{m}.") for m in _FITTING_MODULES)
+        or name.endswith(_FITTING_SUFFIXES))
+
+
+def test_serving_never_imports_code_that_fits_models():
+    direct = sorted(f"{module} imports {name}" for module, names in _imports("serving").items()
+                    for name in names if _fits(name) or name.split(".")[0] == "rapport")
+    assert direct == []
+    # What the service module pulls in when it is imported, transitively.
+    import subprocess
+    import sys
+
+    code = "import sys, serving.service; print('\\n'.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "BENTOML_DO_NOT_TRACK": "true"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = done.stdout.split()
+    assert [m for m in loaded if _fits(m)] == []
+    assert "training.scoring" in loaded and "training.recommend.model" in loaded

@@ -32,7 +32,6 @@ import pandas as pd
 from features.churn import churn_features
 from features.customer import customer_features
 from features.schema import Col, Feature
-from training.churn.dataset import clv_features
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,9 @@ def build_snapshot(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: str
         log.info(text)
         if progress:
             progress(text)
+
+    # Imported here, not at module level: the service imports score_rows, never the data-set builder.
+    from training.churn.dataset import clv_features
 
     step("customer features")
     customers = customer_features(backend, as_of, time_unit=time_unit)  # type: ignore[arg-type]

@@ -1,0 +1,225 @@
+"""Benchmark: the real BentoML server on a bundle of 1,000,000 customers and 50,000 items, driven over
+HTTP from a second process (httpx, asyncio) at 16 concurrent connections, 127.0.0.1 only.
+
+The bundle is synthesised, not exported from a 1M-customer store: the recommender is fitted on the
+synthetic interactions of ``benchmarks/recommend.py`` (``RecommenderModel.fit_data``); the CLV and
+churn models are the ones of a small trained bundle (``--models``, e.g. one written by
+``rapport serve export`` after ``rapport demo``), and the scoring snapshot is that bundle's rows
+resampled to the 1M customers; the identity map gets three random keys per customer.
+
+    python benchmarks/serve.py --models bundle [--customers 1000000] [--items 50000]
+                               [--interactions 10000000] [--seconds 30] [--connections 16] [--workers 1]
+
+Prints, for ``recommend`` (a random known customer, n=10), ``customer_scores`` (one random customer)
+and ``echo`` (the HTTP layer alone): requests/s, p50 and p99 latency, errors; the share of echo's
+throughput recommend reaches, and the server's resident memory. Targets on 2 cores: recommend
+>= 1,000 requests/s, p99 < 50 ms, zero errors, >= 60 % of echo; < 2 GB per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+API_KEY = "benchmark-key"
+
+
+def build_bundle(args: argparse.Namespace, out: Path) -> None:
+    import recommend as synthetic  # benchmarks/recommend.py
+
+    from training.bundle import CHURN_STATE, CLV_STATE, IDENTITY, RECOMMENDER_DIR, SNAPSHOT_CHURN, \
+        SNAPSHOT_CUSTOMERS, read_manifest, write_manifest
+    from training.recommend import artefact
+    from training.recommend.model import RecommenderModel, RecommenderSettings
+
+    source = Path(args.models)
+    manifest = read_manifest(source)
+    started = time.perf_counter()
+    customer_ids, catalogue, events = synthetic.synthesise(args.customers, args.items, args.interactions, 500, 7)
+    data = synthetic.snapshot(customer_ids, catalogue, events, 0.0)
+    before = synthetic.snapshot(customer_ids, catalogue, events, float(synthetic.LABEL_DAYS))
+    relevant = synthetic.as_sets(customer_ids, catalogue.item_ids,
+                                 *synthetic.bought_between(events, synthetic.LABEL_DAYS, 0.0))
+    print(f"synthesised {data.n_users:,} customers x {data.n_items:,} items in {time.perf_counter() - started:.0f} s",
+          flush=True)
+    started = time.perf_counter()
+    model = RecommenderModel(RecommenderSettings(seed=7)).fit_data(before, relevant, data)
+    print(f"recommender fitted in {time.perf_counter() - started:.0f} s", flush=True)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    artefact.save(model, out / RECOMMENDER_DIR)
+    for name in (CLV_STATE, CHURN_STATE):
+        shutil.copy(source / name, out / name)
+    rng = np.random.default_rng(7)
+    ids = pd.Index(data.customer_ids, name="customer_id")
+    customers = pd.read_parquet(source / SNAPSHOT_CUSTOMERS)
+    churn = pd.read_parquet(source / SNAPSHOT_CHURN)
+    rows = customers.iloc[rng.integers(0, len(customers), len(ids))].set_axis(ids)
+    rows.to_parquet(out / SNAPSHOT_CUSTOMERS)
+    in_churn = churn.iloc[rng.integers(0, len(churn), len(ids) // 2)].set_axis(ids[::2][: len(ids) // 2])
+    in_churn.to_parquet(out / SNAPSHOT_CHURN)
+    n_keys = 3 * len(ids)
+    pd.DataFrame({
+        "key_type": pd.Categorical(np.resize(np.asarray(["email", "account", "device"]), n_keys)),
+        "hash_high": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
+        "hash_low": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
+        "customer_id": np.repeat(ids.to_numpy(), 3),
+    }).to_parquet(out / IDENTITY, index=False)
+    manifest = {**manifest, "counts": {"customers": len(ids), "churn_population": len(in_churn), "identity_keys": n_keys,
+                                       "recommender_customers": data.n_users, "items": data.n_items},
+                "salt_check": None, "created": pd.Timestamp.now(tz="UTC").isoformat()}
+    write_manifest(out, manifest)
+
+
+# --- the load generator (second process) ----------------------------------------------------------------
+
+
+async def _drive(url: str, endpoint: str, ids: list[int], seconds: float, connections: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    headers = {"X-API-Key": API_KEY}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10, headers=headers) as client:
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                i = (i + connections) % len(ids)
+                if endpoint == "recommend":
+                    body = {"customer_id": ids[i], "n": 10}
+                elif endpoint == "customer_scores":
+                    body = {"customer_ids": [ids[i]]}
+                else:
+                    body = {"message": "ping"}
+                t = time.perf_counter()
+                try:
+                    response = await client.post(f"/{endpoint}", json=body)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t)
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(connections)))
+        elapsed = time.perf_counter() - started
+    lat = np.asarray(latencies) * 1000
+    return {"endpoint": endpoint, "requests": len(lat), "rps": len(lat) / elapsed,
+            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "errors": errors}
+
+
+def drive_main() -> None:
+    url, endpoint, ids_file, seconds, connections = sys.argv[2:7]
+    ids = json.loads(Path(ids_file).read_text())
+    print(json.dumps(asyncio.run(_drive(url, endpoint, ids, float(seconds), int(connections)))))
+
+
+# --- the benchmark --------------------------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    total = 0.0
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for p in [str(pid), *children]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total = max(total, int(line.split()[1]) / 1024)
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", required=True, help="A small bundle whose CLV and churn models are reused.")
+    parser.add_argument("--bundle", default="/tmp/rapport-serve-benchmark/bundle")
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--interactions", type=int, default=10_000_000)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--reuse", action="store_true", help="Use the bundle built by an earlier run.")
+    args = parser.parse_args()
+
+    bundle = Path(args.bundle)
+    if not (args.reuse and (bundle / "manifest.json").is_file()):
+        build_bundle(args, bundle)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING_API_KEYS": json.dumps([API_KEY]),
+           "BENTOML_DO_NOT_TRACK": "true", "RAPPORT_SERVING_WORKERS": str(args.workers)}
+    log = bundle.parent / "server.log"
+    root = Path(__file__).resolve().parents[1]
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host",
+                                   "127.0.0.1", "--port", str(port)], cwd=root, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        import httpx
+
+        started = time.perf_counter()
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.perf_counter() - started > 600:
+                raise SystemExit(f"the server did not start: see {log}")
+            time.sleep(1)
+        print(f"server ready in {time.perf_counter() - started:.0f} s (bundle load)", flush=True)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        ids_all = pd.read_parquet(bundle / "snapshot_customers.parquet", columns=[]).index.to_numpy()
+        ids = np.random.default_rng(1).choice(ids_all, 20_000, replace=False).tolist()
+        ids_file = bundle.parent / "ids.json"
+        ids_file.write_text(json.dumps([int(i) for i in ids]))
+        results = []
+        for endpoint in ("echo", "recommend", "customer_scores"):
+            done = subprocess.run([sys.executable, __file__, "--drive", url, endpoint, str(ids_file),
+                                   str(args.seconds), str(args.connections)], capture_output=True, text=True, check=True)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            r = results[-1]
+            print(f"{endpoint:<16} {r['rps']:8.0f} req/s   p50 {r['p50']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
+                  f"errors {r['errors']}   ({r['requests']:,} requests)", flush=True)
+        rss = _rss_mb(server.pid)
+        echo = results[0]["rps"]
+        print()
+        print(f"bundle: {manifest['counts']['customers']:,} customers, {manifest['counts']['items']:,} items; "
+              f"{args.connections} connections, {args.seconds:.0f} s each, {args.workers} worker(s)")
+        print(f"recommend / echo throughput: {results[1]['rps'] / echo:.0%}")
+        print(f"server resident memory (largest process): {rss:,.0f} MB")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--drive":
+        drive_main()
+    else:
+        main()

@@ -1,0 +1,228 @@
+"""The service's in-memory state and answers, without HTTP: a loaded bundle, the identity index and
+one function per endpoint. :mod:`serving.service` wraps it in BentoML; tests call it directly too.
+
+Lookups never touch a database: customers by id are rows of the snapshot (pandas index) and of the
+recommender's sorted id array; raw keys are hashed with the deployment's salt
+(:func:`features.identity.hash_key`) and found by binary search in :class:`IdentityIndex`, the
+identity map as sorted 64-bit words (24 bytes a key). Scores come from
+:func:`training.scoring.score_rows` and lists from ``RecommenderModel.recommend``: the code paths of
+``rapport score`` and ``rapport recommend``, so the service and the batch files agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.identity import hash_key
+from features.schema import Col, KeyType
+from features.settings import Settings
+from serving import schemas
+from training.bundle import Bundle, BundleError, key_hash_words, load_bundle, salt_check
+from training.recommend.model import RecommenderInputError
+from training.scoring import SCORE_COLUMNS, score_rows
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request the service answers with a 4xx: the status, the field and the message."""
+
+    def __init__(self, status: int, field: str, message: str, *, unknown_customer_ids: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = message
+        self.unknown_customer_ids = unknown_customer_ids
+
+
+class IdentityIndex:
+    """The identity map as sorted arrays per key type: (high word, low word) -> customer id."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._by_type: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        types = frame["key_type"].astype(str).to_numpy()
+        high = frame["hash_high"].to_numpy(dtype=np.uint64)
+        low = frame["hash_low"].to_numpy(dtype=np.uint64)
+        ids = frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64)
+        for key_type in np.unique(types):
+            at = np.flatnonzero(types == key_type)
+            order = np.lexsort((low[at], high[at]))
+            self._by_type[str(key_type)] = (high[at][order], low[at][order], ids[at][order])
+        self.size = len(frame)
+
+    def customer(self, key_hash: str) -> int | None:
+        key_type, high, low = key_hash_words(key_hash)
+        found = self._by_type.get(key_type)
+        if found is None:
+            return None
+        highs, lows, ids = found
+        start = int(np.searchsorted(highs, np.uint64(high), side="left"))
+        stop = int(np.searchsorted(highs, np.uint64(high), side="right"))
+        for k in range(start, stop):
+            if int(lows[k]) == low:
+                return int(ids[k])
+        return None
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    return str(value)
+
+
+def _date(value: Any) -> str | None:
+    if value is None or pd.isna(value):
+        return None
+    return pd.Timestamp(value).date().isoformat()
+
+
+_FLOATS = ("expected_purchases_30d", "expected_purchases_90d", "expected_purchases_365d", "probability_alive",
+           "expected_order_value", "clv", "clv_lower", "clv_upper", "churn_probability", "percentile")
+_TEXTS = ("value_segment", "risk_band", "reason_1", "reason_2", "reason_3", "clv_model_version",
+          "churn_model_version", "as_of")
+
+
+def score_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """:func:`score_rows` output as JSON-ready rows: NaN and empty values as None, the next order date
+    as an ISO date."""
+    columns = {name: frame[name].tolist() for name in SCORE_COLUMNS}
+    out = []
+    for k in range(len(frame)):
+        row: dict[str, Any] = {Col.CUSTOMER_ID: int(columns[Col.CUSTOMER_ID][k])}
+        for name in _FLOATS:
+            row[name] = _float(columns[name][k])
+        for name in _TEXTS:
+            row[name] = _text(columns[name][k])
+        row["expected_next_order_date"] = _date(columns["expected_next_order_date"][k])
+        out.append(row)
+    return out
+
+
+@dataclass
+class Outcome:
+    """What an answer did, for the service's counters."""
+
+    fallback: bool = False
+    unknown_customers: int = 0
+
+
+class Runtime:
+    """The loaded bundle and the answers of every endpoint (plain Python objects in, pydantic out)."""
+
+    def __init__(self, bundle: Bundle, settings: Settings) -> None:
+        self.bundle = bundle
+        self.settings = settings
+        self.identity = IdentityIndex(bundle.identity)
+        self.versions = bundle.versions()
+        self.snapshot_date = str(bundle.manifest["snapshot_date"])
+        self.metadata = schemas.Metadata(model_versions=self.versions, snapshot_date=self.snapshot_date)
+        self._salt_ok = bundle.manifest.get("salt_check") in (None, salt_check(settings))
+        if not self._salt_ok:
+            log.error("the identity salt differs from the one the bundle was exported with: lookups by raw key "
+                      "will answer 400 (set RAPPORT_IDENTITY_SALT to the store's salt)")
+        self._score_versions = {"clv": self.versions["clv"], "churn": self.versions["churn"]}
+        self._customers_index = bundle.snapshot.customers.index
+
+    @classmethod
+    def from_directory(cls, directory: Path | str, settings: Settings) -> Runtime:
+        return cls(load_bundle(directory), settings)
+
+    # --- lookups ----------------------------------------------------------------------------------
+
+    def resolve_key(self, key: schemas.RawKey) -> int | None:
+        if not self._salt_ok:
+            raise RequestError(400, "key", "lookups by raw key are disabled: the service's identity salt is not the "
+                                           "one the bundle was exported with")
+        hashed = hash_key(KeyType(key.type), key.value, self.settings)
+        if hashed is None:
+            raise RequestError(400, "key.value", f"the {key.type} key is empty after normalisation")
+        return self.identity.customer(hashed)
+
+    # --- endpoints --------------------------------------------------------------------------------
+
+    def recommend(self, request: schemas.RecommendRequest) -> tuple[schemas.RecommendResponse, Outcome]:
+        customer = request.customer_id if request.key is None else self.resolve_key(request.key)
+        model = self.bundle.recommender
+        # An unresolved key asks for a customer no model knows: -1 is never a customer id.
+        asked = -1 if customer is None else int(customer)
+        recent = {asked: list(request.recent_items)} if request.recent_items else None
+        try:
+            frame = model.recommend([asked], request.n, exclude_purchased=request.exclude_purchased,
+                                    categories=request.categories, exclude_categories=request.exclude_categories,
+                                    exclude_items=request.exclude_items, channel=request.channel,
+                                    country=request.country, recent_items=recent)
+        except RecommenderInputError as exc:
+            raise RequestError(400, "body", str(exc)) from None
+        _, known = model.data_.user_positions([asked])
+        fallback = bool(frame["fallback"].any()) if len(frame) else not bool(known[0])
+        items = [schemas.RecommendedItem(rank=int(r), item_id=str(i), score=float(s), source=str(src),
+                                         reason=_text(reason))
+                 for r, i, s, src, reason in zip(frame["rank"].tolist(), frame[Col.ITEM_ID].tolist(),
+                                                 frame["score"].tolist(), frame["source"].tolist(),
+                                                 frame["reason"].tolist())]
+        response = schemas.RecommendResponse(customer_id=customer, known=bool(known[0]), fallback=fallback,
+                                             items=items, metadata=self.metadata)
+        return response, Outcome(fallback=fallback, unknown_customers=0 if known[0] else 1)
+
+    def similar_items(self, request: schemas.SimilarItemsRequest) -> schemas.SimilarItemsResponse:
+        try:
+            frame = self.bundle.recommender.similar_items(
+                request.item_id, request.n, categories=request.categories,
+                exclude_categories=request.exclude_categories, exclude_items=request.exclude_items)
+        except KeyError:
+            raise RequestError(404, "item_id", f"item {request.item_id!r} is not known to the recommender") from None
+        except RecommenderInputError as exc:
+            raise RequestError(400, "body", str(exc)) from None
+        items = [schemas.SimilarItem(rank=int(r), item_id=str(i), score=float(s), source=str(src))
+                 for r, i, s, src in zip(frame["rank"].tolist(), frame[Col.ITEM_ID].tolist(),
+                                         frame["score"].tolist(), frame["source"].tolist())]
+        return schemas.SimilarItemsResponse(item_id=request.item_id, items=items, metadata=self.metadata)
+
+    def customer_scores(self, customer_ids: Sequence[int]) -> schemas.CustomerScoresResponse:
+        wanted = pd.Index(list(dict.fromkeys(int(c) for c in customer_ids)), dtype=np.int64)
+        unknown = wanted[~wanted.isin(self._customers_index)]
+        if len(unknown):
+            shown = ", ".join(str(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+            raise RequestError(404, "customer_ids", f"{len(unknown)} unknown customer(s): {shown}",
+                               unknown_customer_ids=[int(c) for c in unknown])
+        frame = score_rows(self.bundle.snapshot, wanted, self.bundle.clv, self.bundle.churn,
+                           versions=self._score_versions)
+        scores = [schemas.CustomerScore(**row) for row in score_records(frame)]
+        return schemas.CustomerScoresResponse(scores=scores, metadata=self.metadata)
+
+    def info(self) -> schemas.InfoResponse:
+        manifest = self.bundle.manifest
+        models = {key: {"name": str(value["name"]), "version": str(value["version"])}
+                  for key, value in manifest["models"].items()}
+        counts = {str(k): int(v) for k, v in manifest.get("counts", {}).items()}
+        return schemas.InfoResponse(models=models, snapshot_date=self.snapshot_date,
+                                    bundle_created=manifest.get("created"), counts=counts, metadata=self.metadata)
+
+    def error(self, exc: RequestError) -> dict[str, Any]:
+        body = schemas.ErrorResponse(error=exc.message, detail=[schemas.ErrorDetail(loc=[exc.field], msg=exc.message)],
+                                     unknown_customer_ids=exc.unknown_customer_ids, metadata=self.metadata)
+        return body.model_dump(mode="json", exclude_none=True)
+
+
+def bundle_directory(default: str = "bundle") -> Path:
+    """Where the service finds its bundle: ``RAPPORT_BUNDLE_DIR``, else ``./bundle``."""
+    return Path(os.environ.get("RAPPORT_BUNDLE_DIR") or default)
+
+
+__all__ = ["BundleError", "IdentityIndex", "Outcome", "RequestError", "Runtime", "bundle_directory", "score_records"]

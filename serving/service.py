@@ -1,0 +1,153 @@
+"""The BentoML service: recommendations for the web shop, scores for the CRM.
+
+Start it with ``rapport serve start`` or ``bentoml serve serving.service:Rapport`` (``RAPPORT_BUNDLE_DIR``
+names the bundle written by ``rapport serve export``; default ``./bundle``). Each worker loads the
+bundle into memory once; no request touches a database or the tracking server.
+
+Endpoints (POST, JSON; the OpenAPI page at ``/`` documents the bodies):
+
+- ``/recommend``: a customer (``customer_id`` or a raw ``key``), ``n`` 1..100, filters; an unknown
+  customer gets the popular list, flagged ``fallback`` (or a fold-in on ``recent_items``);
+- ``/similar_items``: the items bought with an item (product pages);
+- ``/customer_scores``: 1..1,000 customers -> the rows of ``rapport score``; needs an API key
+  (``X-API-Key``); unknown customers -> 404 naming them;
+- ``/info`` (model versions, snapshot date) and ``/echo`` (the ceiling of the load test).
+
+Every answer carries ``metadata`` (model versions, snapshot date). Malformed input gets a 400 that
+names the field, a body over ``serving_max_request_bytes`` a 413; an unexpected failure is a 500
+with a generic message (BentoML logs the traceback, it never reaches the client). BentoML serves
+``/metrics`` (Prometheus: its request counters and latencies plus Rapport's counters of fallbacks and
+unknown customers), ``/livez`` and ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import Any
+
+import bentoml
+from starlette.responses import JSONResponse
+from threadpoolctl import threadpool_limits
+
+from features.settings import load_settings
+from serving import schemas
+from serving.limits import RequestSizeLimit
+from serving.runtime import RequestError, Runtime, bundle_directory
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "x-api-key"
+
+FALLBACKS = bentoml.metrics.Counter(
+    name="rapport_fallbacks",
+    documentation="Recommendation answers that served the popular list (unknown customer, no usable recent items).",
+    labelnames=["endpoint"],
+)
+UNKNOWN_CUSTOMERS = bentoml.metrics.Counter(
+    name="rapport_unknown_customers",
+    documentation="Customers asked for that the models do not know (recommend: served a fallback or a fold-in; "
+                  "customer_scores: answered 404).",
+    labelnames=["endpoint"],
+)
+
+
+def _keys_match(given: str | None, keys: list[bytes]) -> bool:
+    if not given:
+        return False
+    candidate = given.encode()
+    # Compare with every key (no early exit), each in constant time.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate, key)
+    return found
+
+
+@bentoml.service(
+    name="rapport",
+    traffic={"timeout": 30},
+    # One worker by default (RAPPORT_SERVING_WORKERS to change it): each worker holds the bundle in memory.
+    workers=int(os.environ.get("RAPPORT_SERVING_WORKERS", "1")),
+    logging={"access": {"enabled": False}},
+)
+class Rapport:
+    """Recommendations and customer scores of the champion models in a serving bundle."""
+
+    def __init__(self) -> None:
+        # Multi-threaded BLAS on a small machine costs more in wake-ups than it gains on one request.
+        self._blas = threadpool_limits(limits=1)
+        self.settings = load_settings()
+        self.runtime = Runtime.from_directory(bundle_directory(), self.settings)
+        self._keys = [key.get_secret_value().encode() for key in self.settings.serving_api_keys]
+        self._recommend_keyed = self.settings.serving_recommend_requires_key
+        log.info("serving bundle %s: models %s, snapshot %s", bundle_directory(), self.runtime.versions,
+                 self.runtime.snapshot_date)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _error(self, ctx: bentoml.Context, exc: RequestError) -> JSONResponse:
+        # BentoML copies the context's status onto a response returned by an endpoint with a context.
+        ctx.response.status_code = exc.status
+        return JSONResponse(self.runtime.error(exc), status_code=exc.status)
+
+    def _unauthorised(self, ctx: bentoml.Context) -> JSONResponse | None:
+        given = ctx.request.headers.get(API_KEY_HEADER)
+        if not given:
+            return self._error(ctx, RequestError(401, "X-API-Key", "this endpoint needs an API key in the X-API-Key header"))
+        if not _keys_match(given, self._keys):
+            return self._error(ctx, RequestError(403, "X-API-Key", "the API key is not valid"))
+        return None
+
+    # --- endpoints --------------------------------------------------------------------------------
+
+    @bentoml.api(input_spec=schemas.RecommendRequest, output_spec=schemas.RecommendResponse)
+    async def recommend(self, ctx: bentoml.Context, **fields: Any) -> schemas.RecommendResponse | JSONResponse:
+        """Top-n items for a customer (by id or raw key), with score, source, reason and a fallback flag."""
+        if self._recommend_keyed and (denied := self._unauthorised(ctx)) is not None:
+            return denied
+        try:
+            response, outcome = self.runtime.recommend(schemas.RecommendRequest.model_construct(**fields))
+        except RequestError as exc:
+            return self._error(ctx, exc)
+        if outcome.fallback:
+            FALLBACKS.labels(endpoint="recommend").inc()
+        if outcome.unknown_customers:
+            UNKNOWN_CUSTOMERS.labels(endpoint="recommend").inc(outcome.unknown_customers)
+        return response
+
+    @bentoml.api(input_spec=schemas.SimilarItemsRequest, output_spec=schemas.SimilarItemsResponse)
+    async def similar_items(self, ctx: bentoml.Context, **fields: Any) -> schemas.SimilarItemsResponse | JSONResponse:
+        """Items bought together with an item (product pages), with the filters of recommend."""
+        if self._recommend_keyed and (denied := self._unauthorised(ctx)) is not None:
+            return denied
+        try:
+            return self.runtime.similar_items(schemas.SimilarItemsRequest.model_construct(**fields))
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    @bentoml.api(input_spec=schemas.CustomerScoresRequest, output_spec=schemas.CustomerScoresResponse)
+    def customer_scores(self, ctx: bentoml.Context, **fields: Any) -> schemas.CustomerScoresResponse | JSONResponse:
+        """CLV and churn outputs of 1..1,000 customers (the rows of rapport score). Needs X-API-Key."""
+        if (denied := self._unauthorised(ctx)) is not None:
+            return denied
+        try:
+            return self.runtime.customer_scores(fields["customer_ids"])
+        except RequestError as exc:
+            if exc.unknown_customer_ids:
+                UNKNOWN_CUSTOMERS.labels(endpoint="customer_scores").inc(len(exc.unknown_customer_ids))
+            return self._error(ctx, exc)
+
+    @bentoml.api(route="/info")
+    async def info(self) -> schemas.InfoResponse:
+        """Model names and versions, the snapshot date and the bundle's counts."""
+        return self.runtime.info()
+
+    @bentoml.api(input_spec=schemas.EchoRequest, output_spec=schemas.EchoResponse)
+    async def echo(self, **fields: Any) -> schemas.EchoResponse:
+        """Returns the message: the cost of the HTTP layer alone (the load test's ceiling)."""
+        return schemas.EchoResponse(message=fields.get("message", ""), metadata=self.runtime.metadata)
+
+
+# The limit is read from the settings when the app is built (in each worker), not at import.
+Rapport.add_asgi_middleware(RequestSizeLimit)

@@ -1,0 +1,373 @@
+"""The HTTP service end to end: a small store is trained, its bundle exported, and the real BentoML
+server is started on a free port. Every endpoint's happy path, validation errors that name the
+field, the API key, unknown customers (recommend: a flagged fallback; customer_scores: 404), the
+size limit, and that the answers are the batch scores and lists of the same customers (one scoring
+code path). ``bentoml build`` packages the bundle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.discovery import discover
+from features.generate import generate
+from features.identity import hash_key
+from features.ingest import ingest
+from features.schema import KeyType
+from features.settings import load_settings
+from features.store import connect, ibis_backend
+from training.bundle import load_bundle
+from training.pipeline import run_pipeline
+from training.scoring import build_snapshot, score_rows
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving")
+    generate(tmp / "raw", 1_500, 31)
+    settings = load_settings(data_dir=tmp / "state", clv_candidates=["bgnbd"], churn_max_cutoffs=8,
+                             churn_n_estimators=60, recommend_factors=16, recommend_iterations=6,
+                             recommend_ranker_trees=40, recommend_max_training_customers=2_000)
+    con = connect(settings)
+    inputs, ignored = discover(tmp / "raw")
+    ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
+    run_pipeline(con, settings)
+    con.close()
+    from training.bundle import export_bundle
+
+    export_bundle(settings, tmp / "bundle")
+    return settings, tmp / "bundle"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    settings, bundle = trained
+    port = _free_port()
+    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING_API_KEYS": json.dumps([API_KEY, "other"]),
+           "RAPPORT_DATA_DIR": str(settings.data_dir), "OPENBLAS_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("RAPPORT_CONFIG", None)
+    log = bundle.parent / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host",
+                                    "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        # The server runs its workers as children in its own session: stop the whole group, so no
+        # worker outlives the tests.
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait)
+                time.sleep(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def call(url: str, path: str, body: object | None = None, *, key: str | None = None,
+         raw: bytes | None = None) -> tuple[int, object]:
+    data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["X-API-Key"] = key
+    request = urllib.request.Request(f"{url}{path}", data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except json.JSONDecodeError:
+            return exc.code, text.decode()
+
+
+@pytest.fixture(scope="module")
+def bundle(trained):
+    return load_bundle(trained[1])
+
+
+def _metadata_ok(body: dict, bundle) -> None:
+    assert body["metadata"] == {"model_versions": bundle.versions(), "snapshot_date": bundle.manifest["snapshot_date"]}
+
+
+def _fields(body: object) -> str:
+    return json.dumps(body)
+
+
+# --- happy paths --------------------------------------------------------------------------------------
+
+
+def test_info_and_echo(server, bundle):
+    status, body = call(server, "/info")
+    assert status == 200
+    assert body["snapshot_date"] == bundle.manifest["snapshot_date"]
+    assert {k: v["version"] for k, v in body["models"].items()} == bundle.versions()
+    assert body["models"]["clv"]["name"] == "rapport-clv"
+    _metadata_ok(body, bundle)
+    status, body = call(server, "/echo", {"message": "ping"})
+    assert status == 200 and body["message"] == "ping"
+    _metadata_ok(body, bundle)
+
+
+def test_recommend_equals_the_model_for_known_customers(server, bundle):
+    model = bundle.recommender
+    customers = [int(c) for c in model.data_.customer_ids[:: max(1, model.data_.n_users // 8)][:8]]
+    for customer in customers:
+        status, body = call(server, "/recommend", {"customer_id": customer, "n": 7})
+        assert status == 200, body
+        expected = model.recommend([customer], 7)
+        assert body["customer_id"] == customer and body["known"] and not body["fallback"]
+        assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
+        assert [i["score"] for i in body["items"]] == expected["score"].tolist()
+        assert [i["source"] for i in body["items"]] == expected["source"].tolist()
+        assert [i["reason"] for i in body["items"]] == expected["reason"].tolist()
+        assert [i["rank"] for i in body["items"]] == list(range(1, len(expected) + 1))
+        _metadata_ok(body, bundle)
+
+
+def test_recommend_filters_are_the_models(server, bundle):
+    model = bundle.recommender
+    customer = int(model.data_.customer_ids[0])
+    categories = sorted({c for c in model.data_.category if c})[:2]
+    first = call(server, "/recommend", {"customer_id": customer, "n": 5})[1]["items"][0]["item_id"]
+    request = {"customer_id": customer, "n": 5, "categories": categories, "exclude_items": [first],
+               "exclude_purchased": False}
+    status, body = call(server, "/recommend", request)
+    assert status == 200, body
+    expected = model.recommend([customer], 5, categories=categories, exclude_items=[first], exclude_purchased=False)
+    assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
+    assert first not in [i["item_id"] for i in body["items"]]
+
+
+def test_recommend_by_raw_key_resolves_through_the_identity_map(server, bundle, trained):
+    settings, directory = trained
+    keys = pd.read_parquet(directory.parent / "raw" / "customer_keys.parquet")
+    email = next(e for e in keys["email"] if isinstance(e, str) and e)
+    con = connect(settings, read_only=True)
+    try:
+        found = con.execute("SELECT customer_id FROM identity_map WHERE key_hash = ?",
+                            [hash_key(KeyType.EMAIL, email, settings)]).fetchall()
+    finally:
+        con.close()
+    assert len(found) == 1
+    customer = int(found[0][0])
+    # Case and surrounding blanks do not make another key (the identity module's normalisation).
+    status, body = call(server, "/recommend", {"key": {"type": "email", "value": f"  {email.upper()} "}, "n": 4})
+    assert status == 200, body
+    assert body["customer_id"] == customer
+    expected = bundle.recommender.recommend([customer], 4)
+    assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
+    # An e-mail nobody used: resolved to no one, served the popular list.
+    status, body = call(server, "/recommend", {"key": {"type": "email", "value": "nobody@example.invalid"}, "n": 4})
+    assert status == 200, body
+    assert body["customer_id"] is None and body["fallback"] and not body["known"]
+    assert all(i["source"] == "popularity" for i in body["items"]) and len(body["items"]) == 4
+
+
+def test_unknown_customer_gets_a_flagged_fallback_or_a_fold_in(server, bundle):
+    model = bundle.recommender
+    unknown = int(model.data_.customer_ids.max()) + 1_000
+    status, body = call(server, "/recommend", {"customer_id": unknown, "n": 5, "channel": "app"})
+    assert status == 200, body
+    assert body["fallback"] and not body["known"]
+    expected = model.recommend([unknown], 5, channel="app")
+    assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
+    recent = [str(model.data_.item_ids[0]), str(model.data_.item_ids[1])]
+    status, body = call(server, "/recommend", {"customer_id": unknown, "n": 5, "recent_items": recent})
+    assert status == 200 and not body["fallback"]
+    expected = model.recommend([unknown], 5, recent_items={unknown: recent})
+    assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
+    with urllib.request.urlopen(f"{server}/metrics") as response:
+        metrics = response.read().decode()
+    assert 'rapport_fallbacks_total{endpoint="recommend"}' in metrics
+    assert 'rapport_unknown_customers_total{endpoint="recommend"}' in metrics
+
+
+def test_similar_items(server, bundle):
+    model = bundle.recommender
+    item = str(model.data_.item_ids[int(np.argmax(model.data_.buyers))])
+    status, body = call(server, "/similar_items", {"item_id": item, "n": 6})
+    assert status == 200, body
+    expected = model.similar_items(item, 6)
+    assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
+    assert [i["score"] for i in body["items"]] == expected["score"].tolist()
+    _metadata_ok(body, bundle)
+    status, body = call(server, "/similar_items", {"item_id": "no-such-item"})
+    assert status == 404 and "no-such-item" in body["error"] and body["detail"][0]["loc"] == ["item_id"]
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    out = []
+    for row in frame.to_dict(orient="records"):
+        clean = {}
+        for name, value in row.items():
+            if isinstance(value, pd.Timestamp):
+                value = value.date().isoformat()
+            elif value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+                value = None
+            elif isinstance(value, np.generic):
+                value = value.item()
+            clean[name] = value
+        out.append(clean)
+    return out
+
+
+def test_customer_scores_equal_the_batch_scores_of_the_store(server, bundle, trained):
+    settings, _ = trained
+    con = connect(settings, read_only=True)
+    try:
+        snapshot = build_snapshot(ibis_backend(con), bundle.clv.cutoff_, time_unit=bundle.clv.time_unit_,
+                                  lookback_days=settings.churn_lookback_days)
+    finally:
+        con.close()
+    in_population = snapshot.churn.index[:5].tolist()
+    lapsed = snapshot.customers.index[~snapshot.customers.index.isin(snapshot.churn.index)][:5].tolist()
+    ids = in_population + lapsed
+    status, body = call(server, "/customer_scores", {"customer_ids": ids}, key=API_KEY)
+    assert status == 200, body
+    versions = bundle.versions()
+    expected = score_rows(snapshot, pd.Index(ids), bundle.clv, bundle.churn,
+                          versions={"clv": versions["clv"], "churn": versions["churn"]})
+    assert body["scores"] == _records(expected)
+    assert {s["risk_band"] for s in body["scores"][5:]} <= {"lapsed"}
+    _metadata_ok(body, bundle)
+    # The second API key works too; a duplicate is answered once.
+    status, body = call(server, "/customer_scores", {"customer_ids": [ids[0], ids[0]]}, key="other")
+    assert status == 200 and len(body["scores"]) == 1
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+def test_customer_scores_need_a_valid_api_key(server):
+    assert call(server, "/customer_scores", {"customer_ids": [1]})[0] == 401
+    status, body = call(server, "/customer_scores", {"customer_ids": [1]}, key="wrong")
+    assert status == 403 and "X-API-Key" in _fields(body)
+
+
+def test_unknown_customers_in_scores_are_a_404_naming_them(server, bundle):
+    known = int(bundle.snapshot.customers.index[0])
+    status, body = call(server, "/customer_scores", {"customer_ids": [known, 987_654_321]}, key=API_KEY)
+    assert status == 404
+    assert body["unknown_customer_ids"] == [987_654_321] and "987654321" in body["error"]
+    _metadata_ok(body, bundle)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/recommend", {"customer_id": 1, "n": 0}, "n"),
+    ("/recommend", {"customer_id": 1, "n": 101}, "n"),
+    ("/recommend", {"customer_id": "abc"}, "customer_id"),
+    ("/recommend", {"customer_id": -3}, "customer_id"),
+    ("/recommend", {"customer_id": 1, "channel": "fax"}, "channel"),
+    ("/recommend", {"customer_id": 1, "nn": 3}, "nn"),
+    ("/recommend", {"key": {"type": "passport", "value": "x"}}, "type"),
+    ("/recommend", {"customer_id": 1, "exclude_items": "P1"}, "exclude_items"),
+    ("/recommend", {"n": 3}, "customer_id or key"),
+    ("/similar_items", {"n": 3}, "item_id"),
+    ("/customer_scores", {"customer_ids": []}, "customer_ids"),
+    ("/customer_scores", {"customer_ids": list(range(1_001))}, "customer_ids"),
+    ("/customer_scores", {"customer_ids": [1.5]}, "customer_ids"),
+])
+def test_malformed_requests_get_a_400_naming_the_field(server, path, body, field):
+    status, answer = call(server, path, body, key=API_KEY)
+    assert status == 400, answer
+    assert field in _fields(answer)
+    assert "Traceback" not in _fields(answer)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b"null", b'{"customer_id": 1e999}'])
+def test_garbage_bodies_are_a_400_not_a_500(server, raw):
+    status, answer = call(server, "/recommend", raw=raw)
+    assert status == 400, answer
+    assert "Traceback" not in _fields(answer)
+
+
+def test_large_bodies_are_refused(server):
+    # Just over the 256 KiB default: small enough for the socket buffers, so the client finishes
+    # sending before it reads the early 413.
+    big = json.dumps({"customer_ids": [1] * 90_000}).encode()
+    assert len(big) > 262_144
+    status, answer = call(server, "/customer_scores", raw=big, key=API_KEY)
+    assert status == 413 and "larger than" in answer["error"]
+    # A declared length over the limit is refused before any body byte is read.
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(server)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/recommend")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(50_000_000))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413
+    finally:
+        connection.close()
+
+
+# --- packaging ----------------------------------------------------------------------------------------
+
+
+def test_bentoml_build_packages_the_bundle(trained, tmp_path):
+    _, bundle = trained
+    context = tmp_path / "context"
+    context.mkdir()
+    for package in ("features", "training", "serving"):
+        shutil.copytree(ROOT / package, context / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "bentofile.yaml", context / "bentofile.yaml")
+    shutil.copytree(bundle, context / "bundle")
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run([sys.executable, "-m", "bentoml", "build", str(context)], cwd=context, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    manifests = list((tmp_path / "home" / "bentos" / "rapport").glob("*/src/bundle/manifest.json"))
+    assert len(manifests) == 1
+    assert json.loads(manifests[0].read_text()) == json.loads((bundle / "manifest.json").read_text())

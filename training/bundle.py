@@ -1,0 +1,251 @@
+"""The serving bundle: everything the service needs, in one directory, with no access to the store or
+the tracking server afterwards.
+
+Layout (``format_version`` 1)::
+
+    manifest.json             models (name + version), snapshot date, created time, counts, salt check
+    clv.json                  ClvModel.to_dict() of the CLV champion
+    churn.json                ChurnModel.to_dict() of the churn champion
+    recommender/              the recommender champion's artefact (training.recommend.artefact)
+    snapshot_customers.parquet  build_snapshot(...).customers at the CLV champion's cutoff
+    snapshot_churn.parquet      build_snapshot(...).churn (the churn population)
+    identity.parquet          the identity map, compact: key_type, the 128-bit key digest as two
+                              unsigned 64-bit words, customer_id (no key in clear, no salt)
+
+:func:`export_bundle` writes it from the champions of the registry (``rapport serve export``);
+:func:`load_bundle` reads it back (the service, at start-up). The snapshot is taken at the CLV
+champion's cutoff with the code ``rapport score`` uses (:func:`training.scoring.build_snapshot`),
+so the service's ``customer_scores`` are the batch scores of the same customers.
+
+Only :func:`export_bundle` touches MLflow, the store and the training pipelines, and it imports them
+when called: the service imports this module to read a bundle, never the code that fits models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.schema import Col
+from features.settings import Settings
+from training.churn.model import ChurnModel
+from training.clv.model import ClvModel
+from training.scoring import Snapshot
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "rapport-serving-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+CLV_STATE = "clv.json"
+CHURN_STATE = "churn.json"
+RECOMMENDER_DIR = "recommender"
+SNAPSHOT_CUSTOMERS = "snapshot_customers.parquet"
+SNAPSHOT_CHURN = "snapshot_churn.parquet"
+IDENTITY = "identity.parquet"
+#: Keys of manifest["models"], in the order the service reports them.
+MODEL_KEYS: tuple[str, ...] = ("clv", "churn", "recommender")
+
+
+class BundleError(ValueError):
+    """A bundle directory that cannot be written or read, naming the file and what is wrong."""
+
+
+def salt_check(settings: Settings) -> str:
+    """A fingerprint of the identity salt: the service refuses raw-key lookups with another salt
+    (they would silently find nobody). Not the salt, and useless to guess it from."""
+    return hashlib.sha256(f"rapport-salt-check|{settings.salt()}".encode()).hexdigest()[:16]
+
+
+def key_words(hex_digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 32 hex characters of key hashes as two unsigned 64-bit words (high, low), vectorised."""
+    raw = np.asarray(hex_digests, dtype="S32")
+    if raw.size and (np.char.str_len(raw) != 32).any():
+        raise BundleError("identity map: a key hash does not end in 32 hex characters")
+    chars = raw.view(np.uint8).reshape(-1, 32).astype(np.uint64)
+    # '0'..'9' -> 0..9, 'a'..'f' -> 10..15 (the hashes are lower-case hex).
+    nibbles = np.where(chars >= ord("a"), chars - ord("a") + 10, chars - ord("0"))
+    if raw.size and (nibbles > 15).any():
+        raise BundleError("identity map: a key hash is not lower-case hex")
+    shifts = np.arange(60, -1, -4, dtype=np.uint64)
+    high = np.bitwise_or.reduce(nibbles[:, :16] << shifts, axis=1) if raw.size else np.empty(0, np.uint64)
+    low = np.bitwise_or.reduce(nibbles[:, 16:] << shifts, axis=1) if raw.size else np.empty(0, np.uint64)
+    return high.astype(np.uint64), low.astype(np.uint64)
+
+
+def key_hash_words(key_hash: str) -> tuple[str, int, int]:
+    """``"<type>:<32 hex>"`` (features.identity.hash_key) as (type, high word, low word)."""
+    key_type, _, digest = key_hash.partition(":")
+    return key_type, int(digest[:16], 16), int(digest[16:], 16)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _state(model: Any, path: Path) -> None:
+    from training.json_pyfunc import json_default
+
+    path.write_text(json.dumps(model.to_dict(), default=json_default, sort_keys=True), encoding="utf-8")
+
+
+def _identity_frame(con: Any) -> pd.DataFrame:
+    table = con.execute("SELECT key_hash, customer_id FROM identity_map").fetchnumpy()
+    hashes = np.asarray(table["key_hash"], dtype=object)
+    split = pd.Series(hashes, dtype=object).str.split(":", n=1, expand=True)
+    if len(split) and split.shape[1] != 2:
+        raise BundleError("identity map: a key hash has no '<type>:' prefix")
+    types = split[0].to_numpy(dtype=object) if len(split) else np.empty(0, dtype=object)
+    digests = split[1].to_numpy(dtype=object) if len(split) else np.empty(0, dtype=object)
+    high, low = key_words(digests.astype(str) if len(digests) else np.empty(0, dtype="S32"))
+    return pd.DataFrame({
+        "key_type": pd.Categorical(types),
+        "hash_high": high,
+        "hash_low": low,
+        Col.CUSTOMER_ID: np.asarray(table["customer_id"], dtype=np.int64),
+    })
+
+
+def export_bundle(settings: Settings, directory: Path | str, *,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write the serving bundle of the registry's champions into ``directory`` (replaced when it is
+    a bundle already; refused when it holds anything else). Returns the manifest."""
+    import mlflow
+
+    from features.store import connect, ibis_backend
+    from training import tracking
+    from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
+    from training.clv.pipeline import MODEL_NAME as CLV_MODEL
+    from training.recommend import artefact
+    from training.recommend.pipeline import MODEL_NAME as RECOMMENDER_MODEL
+    from training.scoring import build_snapshot
+
+    def step(text: str) -> None:
+        log.info(text)
+        if progress:
+            progress(text)
+
+    out = Path(directory)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BundleError(f"{out} exists and is not a bundle: choose an empty or new directory")
+    client = tracking.configure(settings)
+    models: dict[str, Any] = {}
+    described: dict[str, dict[str, str]] = {}
+    for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL), ("recommender", RECOMMENDER_MODEL)):
+        chosen, how = tracking.resolve_version(client, name)
+        step(f"loading {name} version {chosen.version} ({how})")
+        loaded = mlflow.pyfunc.load_model(f"models:/{name}/{chosen.version}")
+        models[key] = loaded.unwrap_python_model().model
+        described[key] = {"name": name, "version": str(chosen.version), "chosen": how}
+    clv: ClvModel = models["clv"]
+    as_of = clv.cutoff_
+    step(f"scoring snapshot as of {as_of:%Y-%m-%d}")
+    con = connect(settings, read_only=True)
+    try:
+        snapshot = build_snapshot(ibis_backend(con), as_of, time_unit=clv.time_unit_,
+                                  lookback_days=settings.churn_lookback_days, progress=step)
+        step("identity map")
+        identity = _identity_frame(con)
+    finally:
+        con.close()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    step("writing the bundle")
+    _state(clv, out / CLV_STATE)
+    _state(models["churn"], out / CHURN_STATE)
+    artefact.save(models["recommender"], out / RECOMMENDER_DIR)
+    snapshot.customers.to_parquet(out / SNAPSHOT_CUSTOMERS)
+    snapshot.churn.to_parquet(out / SNAPSHOT_CHURN)
+    identity.to_parquet(out / IDENTITY, index=False)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "snapshot_date": pd.Timestamp(as_of).date().isoformat(),
+        "snapshot_as_of": pd.Timestamp(as_of).isoformat(),
+        "time_unit": clv.time_unit_,
+        "models": described,
+        "counts": {
+            "customers": len(snapshot.customers),
+            "churn_population": len(snapshot.churn),
+            "identity_keys": len(identity),
+            "recommender_customers": int(models["recommender"].data_.n_users),
+            "items": int(len(models["recommender"].data_.item_ids)),
+        },
+        "salt_check": salt_check(settings),
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: the manifest, the three models, the scoring snapshot and the identity map."""
+
+    manifest: dict[str, Any]
+    clv: ClvModel
+    churn: ChurnModel
+    recommender: Any  # training.recommend.model.RecommenderModel
+    snapshot: Snapshot
+    identity: pd.DataFrame
+
+    def versions(self) -> dict[str, str]:
+        return {key: str(self.manifest["models"][key]["version"]) for key in MODEL_KEYS}
+
+
+def read_manifest(directory: Path | str) -> dict[str, Any]:
+    where = Path(directory)
+    path = where / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{where} is not a serving bundle: no {MANIFEST} (write one with: rapport serve export)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not JSON ({exc})") from None
+    if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}, "
+                          f"expected {BUNDLE_FORMAT!r} version {BUNDLE_VERSION}")
+    missing = [key for key in MODEL_KEYS if key not in manifest.get("models", {})]
+    if missing or "snapshot_as_of" not in manifest:
+        raise BundleError(f"{path}: missing {', '.join(missing) or 'snapshot_as_of'}")
+    return manifest
+
+
+def load_bundle(directory: Path | str) -> Bundle:
+    """The bundle written by :func:`export_bundle` (or a synthetic one with the same layout)."""
+    from training.recommend import artefact
+
+    where = Path(directory)
+    manifest = read_manifest(where)
+    for name in (CLV_STATE, CHURN_STATE, SNAPSHOT_CUSTOMERS, SNAPSHOT_CHURN, IDENTITY):
+        if not (where / name).is_file():
+            raise BundleError(f"bundle {where}: missing file {name}")
+    clv = ClvModel.from_dict(json.loads((where / CLV_STATE).read_text(encoding="utf-8")))
+    churn = ChurnModel.from_dict(json.loads((where / CHURN_STATE).read_text(encoding="utf-8")))
+    recommender = artefact.load(where / RECOMMENDER_DIR)
+    as_of = datetime.fromisoformat(manifest["snapshot_as_of"])
+    snapshot = Snapshot(as_of=as_of, customers=pd.read_parquet(where / SNAPSHOT_CUSTOMERS),
+                        churn=pd.read_parquet(where / SNAPSHOT_CHURN))
+    identity = pd.read_parquet(where / IDENTITY)
+    expected = {"key_type", "hash_high", "hash_low", Col.CUSTOMER_ID}
+    if not expected <= set(identity.columns):
+        raise BundleError(f"{where / IDENTITY}: columns {sorted(identity.columns)}, expected {sorted(expected)}")
+    return Bundle(manifest=manifest, clv=clv, churn=churn, recommender=recommender, snapshot=snapshot,
+                  identity=identity)
