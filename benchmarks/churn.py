@@ -15,7 +15,8 @@ on, the 9th to validate (early stopping, calibration), the 10th to test.
 Prints the median seconds over the runs of ``ChurnModel.fit`` (boosting with early stopping,
 calibration, training percentiles), of ``ChurnModel.predict`` on every row without reasons
 (probability, risk band, percentile) and with them (every output: path contributions and their
-words), and the time of the path contributions alone; how often the top reason (the largest positive
+words), and the time of the path contributions alone (LightGBM's leaf of each row in each tree and
+the sum of the per-leaf credits, ``PathContributions.contributions``); how often the top reason (the largest positive
 contribution) is the same feature as TreeSHAP's (LightGBM's ``pred_contrib``) on
 ``--agreement-rows`` rows; test-cutoff AUC and expected calibration error; peak RSS. Targets on
 2 cores: fit < 90 s, scoring every row with every output < 10 s.

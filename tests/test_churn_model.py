@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from features.churn import CHURN_BASE_FEATURES  # noqa: E402
 from training import tracking  # noqa: E402
+from training.churn import contributions as contributions_module  # noqa: E402
 from training.churn.contributions import PathContributions  # noqa: E402
 from training.churn.model import (  # noqa: E402
     CHURN_OUTPUT_COLUMNS,
@@ -241,7 +242,10 @@ def test_outputs_layout(fitted, data):
     assert out["reason_1"].map(lambda v: isinstance(v, str)).mean() > 0.9
     # A later reason exists only after an earlier one.
     assert not (out["reason_1"].isna() & out["reason_2"].notna()).any()
-    assert list(fitted.predict(test, top_reasons=0).columns) == ["churn_probability", "risk_band", "percentile"]
+    without = fitted.predict(test, top_reasons=0)
+    assert list(without.columns) == ["churn_probability", "risk_band", "percentile"]
+    # The reasons' pass of leaf prediction gives LightGBM's raw log-odds bit for bit: the same numbers.
+    pd.testing.assert_frame_equal(out[list(without.columns)], without, check_exact=True)
     assert fitted.predict(test.iloc[:0]).shape == (0, len(CHURN_OUTPUT_COLUMNS))
     # The same customer at several cutoffs: a repeated index is kept as it is.
     repeated = pd.concat([test.head(3), test.head(3)])
@@ -341,6 +345,27 @@ def test_reasons_are_the_largest_positive_contributions(fitted, data):
         assert out.iloc[i][["reason_1", "reason_2", "reason_3"]].tolist() == expected
 
 
+@pytest.mark.model
+def test_reasons_take_the_largest_contributions_first_and_the_first_feature_on_ties(fitted, data):
+    test = data["test"][0].head(6)
+    x = test[list(FEATURES)].to_numpy(dtype=np.float64)
+    crafted = np.array([
+        [0.3, 0.3, 0.1, -1.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [-0.1, 0.2, 0.2, 0.2, 0.2, 0.0, 0.0],
+        [1e-300, 0.0, -0.0, 0.0, 0.0, 0.0, 0.0],
+        [-1.0, -2.0, -0.5, -0.1, -3.0, -1.0, -0.2],
+        [0.1, 0.5, 0.3, 0.2, 0.5, 0.0, 0.7],
+    ])
+    bias = np.full((len(crafted), 1), 5.0)  # larger than any contribution: never a reason
+    reasons = fitted._reasons(test, x, np.hstack([crafted, bias]), 3)
+    for i in range(len(crafted)):
+        order = np.argsort(-crafted[i], kind="stable")
+        up = [FEATURES[j] for j in order[:3] if crafted[i, j] > 0]
+        row = test.iloc[i].to_dict()
+        assert reasons[i].tolist() == [reason_text(f, row, currency="GBP") for f in up] + [None] * (3 - len(up))
+
+
 def _with_gaps(x: np.ndarray, seed: int) -> np.ndarray:
     """x with NaN, exact zeros and values LightGBM treats as zero (|v| <= 1e-35) planted in every column."""
     x = x.copy()
@@ -364,11 +389,39 @@ def test_path_contributions_add_up_to_the_raw_log_odds_and_follow_lightgbms_rout
     assert f'"missing_type": "{expected_type}"' in json.dumps(booster.dump_model())
     x = _with_gaps(test[list(FEATURES)].to_numpy(dtype=np.float64)[:5000], 2)
     paths = PathContributions(booster)
-    np.testing.assert_array_equal(paths.leaves(x), booster.predict(x, pred_leaf=True))
-    contributions = paths.contributions(x)
+    # The reference walk routes rows as LightGBM does: it reaches the leaves LightGBM predicts.
+    walked, walked_leaves = paths.walk(x)
+    np.testing.assert_array_equal(walked_leaves, booster.predict(x, pred_leaf=True))
+    np.testing.assert_array_equal(paths.leaves(x), walked_leaves)
+    raw_score, contributions = paths.raw_score_and_contributions(x)
     assert contributions.shape == (len(x), len(FEATURES) + 1)
-    np.testing.assert_allclose(contributions.sum(axis=1), booster.predict(x, raw_score=True), rtol=0, atol=1e-9)
-    np.testing.assert_array_equal(contributions, paths.contributions(x, num_threads=2))
+    # The leaf tables credit what the walk credits, step by step (to rounding), and give LightGBM's
+    # raw score bit for bit.
+    np.testing.assert_allclose(contributions, walked, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(raw_score, booster.predict(x, raw_score=True))
+    np.testing.assert_allclose(contributions.sum(axis=1), raw_score, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(contributions, paths.contributions(x))
+
+
+@pytest.mark.model
+def test_path_contributions_do_not_depend_on_chunks_or_threads(data, monkeypatch):
+    train, test = data["train"][0], data["test"][0]
+    params = {"objective": "binary", "num_leaves": 15, "min_child_samples": 20, "verbosity": -1, "seed": 0,
+              "deterministic": True}
+    booster = lgb.train(params, lgb.Dataset(train[list(FEATURES)].to_numpy(dtype=np.float64),
+                                            train["churned"].to_numpy()), num_boost_round=30)
+    x = _with_gaps(test[list(FEATURES)].to_numpy(dtype=np.float64)[:3000], 3)
+    paths = PathContributions(booster)
+    whole = paths.raw_score_and_contributions(x)
+    monkeypatch.setattr(contributions_module, "CHUNK_LEAVES", 30 * 317)  # chunks of 317 rows, the last shorter
+    for threads in (1, 2, 3):
+        raw_score, contributions = paths.raw_score_and_contributions(x, num_threads=threads)
+        np.testing.assert_array_equal(raw_score, whole[0])
+        np.testing.assert_array_equal(contributions, whole[1])
+    empty = paths.raw_score_and_contributions(x[:0], num_threads=2)
+    assert empty[0].shape == (0,) and empty[1].shape == (0, len(FEATURES) + 1)
+    with pytest.raises(ValueError, match="7 feature columns"):
+        paths.contributions(x[:, :3])
 
 
 @pytest.mark.model
@@ -381,6 +434,8 @@ def test_the_models_contributions_are_path_contributions_of_its_booster(fitted, 
     np.testing.assert_allclose(contributions.sum(axis=1), fitted.booster_.predict(x, raw_score=True), rtol=0,
                                atol=1e-9)
     np.testing.assert_array_equal(contributions.to_numpy(), PathContributions(fitted.booster_).contributions(x))
+    np.testing.assert_allclose(contributions.to_numpy(), PathContributions(fitted.booster_).walk(x)[0], rtol=0,
+                               atol=1e-12)
     # The arrays are derived from the booster on load, not stored in the artefact.
     state = fitted.to_dict()
     loaded = ChurnModel.from_dict(json.loads(json.dumps(state)))

@@ -20,14 +20,15 @@ order (from 0, tree after tree), so it is bit for bit ``predict(x, raw_score=Tru
 summed on its own, in the same order whatever the chunks and threads: the result is deterministic.
 
 :meth:`PathContributions.walk` is the reference the tables are checked against: it walks the rows
-down every tree with numpy, one depth level at a time, crediting each step as it goes (about 20
-times slower). It routes rows exactly as LightGBM does (``Tree::NumericalDecision`` in LightGBM's
-``tree.h``): a value with ``|v| <= kZeroThreshold`` (1e-35) is zero (the predictor drops it as a
-sparse zero); NaN is treated as zero unless the split's ``missing_type`` is ``NaN``; a missing value
-(NaN under ``missing_type`` ``NaN``, zero under ``Zero``) follows ``default_left``; any other value
-goes left when ``v <= threshold``. So the leaves it reaches are those of ``pred_leaf=True``. The
-walk adds a feature's credits one step at a time, the tables add a tree's credits to a feature as
-one number: the two agree to rounding (a few units in the last place), not bit for bit.
+down every tree with numpy, one depth level at a time, crediting each step as it goes (on one
+thread, about four times the work). It routes rows exactly as LightGBM does
+(``Tree::NumericalDecision`` in LightGBM's ``tree.h``): a value with ``|v| <= kZeroThreshold``
+(1e-35) is zero (the predictor drops it as a sparse zero); NaN is treated as zero unless the split's
+``missing_type`` is ``NaN``; a missing value (NaN under ``missing_type`` ``NaN``, zero under
+``Zero``) follows ``default_left``; any other value goes left when ``v <= threshold``. So the leaves
+it reaches are those of ``pred_leaf=True``. The walk adds a feature's credits one step at a time,
+the tables add a tree's credits to a feature as one number: the two agree to rounding (a few units
+in the last place), not bit for bit.
 Categorical splits are not supported (the churn model has numeric features only).
 """
 
@@ -52,8 +53,9 @@ ZERO_THRESHOLD = float(np.float32(1e-35))
 #: Rows walked together by :meth:`PathContributions.walk`: large enough to amortise numpy's per-call
 #: cost, small enough to stay in cache.
 CHUNK_ROWS = 65_536
-#: Leaf entries (rows x trees) summed together by :meth:`PathContributions.raw_score_and_contributions`:
-#: LightGBM's leaf matrix of a chunk (8 bytes an entry) and its one-hot matrix (12) stay near 40 MB.
+#: Leaf entries (rows x trees) per chunk of :meth:`PathContributions.raw_score_and_contributions`:
+#: LightGBM's leaf matrix of a chunk (8 bytes an entry, then 4 as leaf numbers) stays near 25 MB a
+#: thread, and the chunk's sums (rows x features) fit in cache.
 CHUNK_LEAVES = 1 << 21
 
 

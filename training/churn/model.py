@@ -33,15 +33,23 @@ Reasons come from per-prediction path contributions (Saabas' decomposition, "tre
 :mod:`training.churn.contributions`), in log-odds of the raw booster: in each tree, the change of
 the node value from a node to the child the customer's values take is credited to the node's split
 feature, so a customer's contributions plus the sum of the trees' root values are their raw
-log-odds. They are read from the trees themselves once after fit or load (not stored in the
-artefact) and computed with numpy for all rows at once, a walk down each tree instead of TreeSHAP's
-sum over feature subsets (LightGBM's ``pred_contrib=True``, Lundberg et al. 2020, about 0.6 ms per
-customer on two cores). Path contributions agree with TreeSHAP on the top reason for most
-customers, not all: a feature split near the root gets more of the credit than TreeSHAP gives it
-(the same top reason for 76 % of 20,000 sampled customers in ``benchmarks/churn.py``). The calibration map is increasing,
-so a feature that raises the raw log-odds raises the calibrated probability as well. Only positive
-contributions are reasons: a customer with fewer than three features pushing their risk up gets
-fewer reasons (None in the later columns). ``predict(frame, top_reasons=0)`` skips them.
+log-odds. A tree's credits depend only on the leaf the customer reaches: they are tabulated per leaf
+from the trees themselves once after fit or load (not stored in the artefact), and scoring asks
+LightGBM for each customer's leaf in every tree (its C++ leaf prediction) and adds up the table rows
+(a sparse product, chunks of rows on ``num_threads`` threads). The same pass gives the raw log-odds,
+bit for bit those LightGBM predicts, so the probabilities with reasons are those without. TreeSHAP's
+sum over feature subsets (LightGBM's ``pred_contrib=True``, Lundberg et al. 2020) costs about 0.6 ms
+per customer on two cores; path contributions cost little more than the prediction itself (see
+``benchmarks/churn.py``: 1,000,000 customers with every output in about 6 s on two cores, 4 s
+without reasons). Path contributions agree with TreeSHAP on the top reason for most customers, not
+all: a feature split near the root gets more of the credit than TreeSHAP gives it (the same top
+reason for 76 % of 20,000 sampled customers in ``benchmarks/churn.py``). The calibration map is
+increasing, so a feature that raises the raw log-odds raises the calibrated probability as well.
+Only positive contributions are reasons: a customer with fewer than three features pushing their
+risk up gets fewer reasons (None in the later columns). Their sentences are written per feature for
+all customers at once, once per distinct case (:func:`training.churn.reasons.reason_texts`: many
+customers share "no order for 120 days (usually every 30)"). ``predict(frame, top_reasons=0)``
+skips the reasons.
 
 The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, the calibration
 map, features, thresholds, quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
@@ -294,13 +302,15 @@ class ChurnModel(BaseEstimator):
       80th percentiles of the calibrated probabilities of the training rows, fixed at fit;
     - ``top_reasons`` (3): reasons per customer (0: none, and no contribution computation);
     - ``balance_classes`` (True): weigh churners by stayers / churners while boosting;
-    - ``num_threads`` (2): LightGBM's threads in fitting and scoring (its OpenMP pool; nothing else
-      here is multi-threaded, so no BLAS limit is needed);
+    - ``num_threads`` (2): LightGBM's threads in fitting and scoring (its OpenMP pool), and the
+      threads finding leaves and summing path contributions for the reasons (chunks of rows, one
+      LightGBM thread each; scipy's sparse product, no BLAS, so no BLAS limit is needed);
     - ``seed`` (0): LightGBM's seed; fits are deterministic (``deterministic=True``) for a given
       number of threads.
 
     Fitted attributes: ``booster_`` (``lightgbm.Booster`` holding the trees up to the best round
-    only), ``path_contributions_`` (its trees as arrays for the reasons, derived, not stored), ``best_iteration_``, ``calibrator_`` (:class:`IsotonicCalibrator` x/y arrays or
+    only), ``path_contributions_`` (its trees' per-leaf credit tables for the reasons, derived, not
+    stored), ``best_iteration_``, ``calibrator_`` (:class:`IsotonicCalibrator` x/y arrays or
     :class:`SigmoidCalibrator` slope/intercept), ``feature_names_`` (the columns scoring reads, in
     this order), ``label_``, ``risk_thresholds_`` ((medium from, high from)),
     ``training_probabilities_quantiles_`` (:data:`N_QUANTILES` quantiles of the calibrated training
@@ -499,7 +509,7 @@ class ChurnModel(BaseEstimator):
         """Each feature's contribution to each row's raw log-odds (path contributions,
         :class:`training.churn.contributions.PathContributions`), indexed like ``frame``; the column
         ``expected_value`` is the base value (the sum of the trees' root values), and a row's
-        contributions and base value add up to its raw log-odds."""
+        contributions and base value add up to its raw log-odds (to rounding)."""
         self._check_fitted()
         contributions = self._contributions(_feature_matrix(frame, self.feature_names_, "scored frame"))
         return pd.DataFrame(contributions, index=frame.index, columns=[*self.feature_names_, "expected_value"])

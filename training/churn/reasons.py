@@ -63,6 +63,7 @@ CURRENCY_SYMBOLS: dict[str, str] = {"GBP": "£", "EUR": "€", "USD": "$"}
 _FLAT_PERCENT = 1
 
 _Template = Callable[[float, Mapping[str, Any], "str | None"], str]
+FloatArray = NDArray[np.float64]
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -350,10 +351,11 @@ def reason_text(feature: str, row: Mapping[str, Any], *, currency: str | None = 
 
 # --- many rows at once ------------------------------------------------------------------------------
 
-FloatArray = NDArray[np.float64]
 #: What a sentence depends on, per row: arrays of equal length; rows with equal keys get equal words.
 _Keys = list[FloatArray]
-_KeyFunction = Callable[[FloatArray, Callable[[str | None], FloatArray]], _Keys]
+#: A row's related column by name (all missing for an absent column or None).
+_Related = Callable[[str | None], FloatArray]
+_KeyFunction = Callable[[FloatArray, _Related], _Keys]
 
 #: Distance from a rounding tie (in units of the last decimal written) under which a product such as
 #: ``amount * 100`` may round differently from the exact decimal: such values are keyed as they are.
@@ -365,15 +367,10 @@ def _wholes(values: FloatArray) -> FloatArray:
     return np.floor(np.abs(values) + 0.5) * np.where(values >= 0, 1.0, -1.0) + 0.0
 
 
-def _known_array(values: FloatArray) -> NDArray[np.bool_]:
-    return np.isfinite(values)
-
-
 def _rounded(scaled: FloatArray, limit: float) -> tuple[NDArray[np.bool_], FloatArray]:
     """Where ``scaled`` (a value times 10^decimals, >= 0) is far enough from a rounding tie, below
     ``limit``, for ``rint(scaled)`` to be the digits Python's correctly rounded formatting writes."""
-    with np.errstate(invalid="ignore"):
-        safe = (np.abs(scaled - np.floor(scaled) - 0.5) > _TIE_MARGIN) & (scaled < limit)
+    safe = (np.abs(scaled - np.floor(scaled) - 0.5) > _TIE_MARGIN) & (scaled < limit)
     return safe, np.rint(scaled) + 0.0
 
 
@@ -390,55 +387,53 @@ def _money_keys(amount: FloatArray) -> _Keys:
     return [mode, number]
 
 
-def _days_since_last_order_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _days_since_last_order_keys(value: FloatArray, related: _Related) -> _Keys:
     usual, n_orders = related(Feature.AVG_DAYS_BETWEEN_ORDERS), related(Feature.N_ORDERS)
-    with np.errstate(invalid="ignore"):
-        has_usual = _known_array(usual) & (usual > 0)
-        single = _known_array(n_orders) & (_wholes(n_orders) == 1)
+    has_usual = np.isfinite(usual) & (usual > 0)
+    single = np.isfinite(n_orders) & (_wholes(n_orders) == 1)
     return [_wholes(value), np.where(has_usual, _wholes(usual), np.where(single, -1.0, -2.0))]
 
 
-def _recency_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _recency_keys(value: FloatArray, related: _Related) -> _Keys:
     frequency, age = related(Feature.FREQUENCY), related(Feature.T)
-    with np.errstate(invalid="ignore"):
-        first_only = (_known_array(frequency) & (_wholes(frequency) == 0)) | (value == 0)
-        since_age = ~first_only & _known_array(age) & (age >= value)
-        number = np.where(first_only, np.where(_known_array(age), _wholes(age), np.nan),
-                          np.where(since_age, _wholes(age - value), _wholes(value)))
+    first_only = (np.isfinite(frequency) & (_wholes(frequency) == 0)) | (value == 0)
+    since_age = ~first_only & np.isfinite(age) & (age >= value)
+    number = np.where(first_only, np.where(np.isfinite(age), _wholes(age), np.nan),
+                      np.where(since_age, _wholes(age - value), _wholes(value)))
     return [np.where(first_only, 0.0, np.where(since_age, 1.0, 2.0)), number]
 
 
-def _whole_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _whole_keys(value: FloatArray, related: _Related) -> _Keys:
     return [_wholes(value)]
 
 
-def _percent_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _percent_keys(value: FloatArray, related: _Related) -> _Keys:
     return [_wholes(value * 100)]
 
 
-def _monetary_value_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _monetary_value_keys(value: FloatArray, related: _Related) -> _Keys:
     frequency = related(Feature.FREQUENCY)
-    no_repeat = _known_array(frequency) & (_wholes(frequency) == 0)
+    no_repeat = np.isfinite(frequency) & (_wholes(frequency) == 0)
     return [np.where(no_repeat, -1.0, key) for key in _money_keys(value)]
 
 
-def _money_only_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _money_only_keys(value: FloatArray, related: _Related) -> _Keys:
     return _money_keys(value)
 
 
 def _orders_in_keys(previous: str | None) -> _KeyFunction:
-    def keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    def keys(value: FloatArray, related: _Related) -> _Keys:
         before = related(previous)
-        return [_wholes(value), np.where(_known_array(before), _wholes(before), np.nan)]
+        return [_wholes(value), np.where(np.isfinite(before), _wholes(before), np.nan)]
 
     return keys
 
 
 def _spend_in_keys(previous: str | None) -> _KeyFunction:
-    def keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+    def keys(value: FloatArray, related: _Related) -> _Keys:
         before = related(previous)
         none = value == 0
-        known_before = _known_array(before)
+        known_before = np.isfinite(before)
         return ([np.where(none, -1.0, key) for key in _money_keys(value)]
                 + [np.where(known_before, key, -1.0) for key in _money_keys(before)])
 
@@ -446,22 +441,21 @@ def _spend_in_keys(previous: str | None) -> _KeyFunction:
 
 
 def _change_keys(last: str, before: str) -> _KeyFunction:
-    def keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
-        known = _known_array(value)
+    def keys(value: FloatArray, related: _Related) -> _Keys:
+        known = np.isfinite(value)
         percent = _wholes(np.abs(value) * 100)
         moved = known & (percent >= _FLAT_PERCENT)
         now, then = related(last), related(before)
-        with np.errstate(invalid="ignore"):
-            after_none = _known_array(then) & (then == 0) & _known_array(now)
-            # Without a ratio: 1 nothing in both quarters, 2 something after nothing, 3 unknown.
-            state = np.where(after_none, np.where(now == 0, 1.0, 2.0), 3.0)
+        after_none = np.isfinite(then) & (then == 0) & np.isfinite(now)
+        # Without a ratio: 1 nothing in both quarters, 2 something after nothing, 3 unknown.
+        state = np.where(after_none, np.where(now == 0, 1.0, 2.0), 3.0)
         return [known.astype(np.float64), np.where(known, np.where(moved, percent, 0.0), state),
                 np.where(moved & (value < 0), 1.0, 0.0)]
 
     return keys
 
 
-def _expected_purchases_keys(value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _expected_purchases_keys(value: FloatArray, related: _Related) -> _Keys:
     few = value < 0.05
     safe, tenths = _rounded(value * 10, 1e9)
     return [np.where(few, 0.0, np.where(safe, 1.0, 2.0)), np.where(few, 0.0, np.where(safe, tenths, value))]
@@ -503,16 +497,16 @@ _KEYS: dict[str, _KeyFunction] = {
 }
 
 
-def _keys(feature: str, value: FloatArray, related: Callable[[str | None], FloatArray]) -> _Keys:
+def _keys(feature: str, value: FloatArray, related: _Related) -> _Keys:
     """Arrays such that two rows with equal keys (bit for bit) get the same sentence."""
     key_function = _KEYS.get(feature)
-    if key_function is None:  # "<feature> = <value>": the value as it is
-        return [value]
-    with np.errstate(invalid="ignore", over="ignore"):
+    if key_function is None:  # no template ("<feature> = <value>"), or one without keys: values as they are
+        return [value, *(related(name) for name in related_columns(feature))]
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf rows are keyed apart below
         keys = key_function(value, related)
     if feature in (SPEND_CHANGE_90D, ORDERS_CHANGE_90D):
         return keys
-    known = _known_array(value)
+    known = np.isfinite(value)
     return [known.astype(np.float64), *(np.where(known, key, 0.0) for key in keys)]
 
 
