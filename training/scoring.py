@@ -110,7 +110,8 @@ def score_rows(snapshot: Snapshot, customer_ids: pd.Index, clv_model: object, ch
     for column in _CLV_COLUMNS:
         values = clv[column].to_numpy()
         out[column] = values.astype(str) if column == "value_segment" else values
-    in_population = customer_ids.isin(snapshot.churn.index)
+    # The churn index's own hash table (built once per snapshot), not a new one per call as isin would.
+    in_population = snapshot.churn.index.get_indexer(customer_ids) >= 0
     churn = pd.DataFrame(index=customer_ids, columns=list(_CHURN_COLUMNS), dtype=object)
     if in_population.any():
         scored = churn_model.predict(snapshot.churn.loc[customer_ids[in_population]])  # type: ignore[attr-defined]
