@@ -649,7 +649,9 @@ def _fit_ranker(
     useful = np.flatnonzero((group > 0) & (per_customer > 0))
     if len(useful) < 10:
         raise RecommenderInputError("fewer than 10 customers have a later purchase among their candidates")
-    valid_mask = rng.random(len(useful)) < 0.2
+    # A fifth of the customers (at least one, and at least one left to learn from) for early stopping.
+    valid_mask = np.zeros(len(useful), dtype=bool)
+    valid_mask[rng.permutation(len(useful))[: min(len(useful) - 1, max(1, round(0.2 * len(useful))))]] = True
     parts = {}
     for name, chosen in (("train", useful[~valid_mask]), ("valid", useful[valid_mask])):
         take = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in chosen])
