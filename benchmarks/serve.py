@@ -19,6 +19,7 @@ throughput recommend reaches, and the server's resident memory. Targets on 2 cor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import json
 import os
@@ -142,12 +143,10 @@ def _rss_mb(pid: int) -> float:
     total = 0.0
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     for p in [str(pid), *children]:
-        try:
+        with contextlib.suppress(FileNotFoundError):  # a process that ended meanwhile
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total = max(total, int(line.split()[1]) / 1024)
-        except FileNotFoundError:
-            pass
     return total
 
 
@@ -184,11 +183,9 @@ def main() -> None:
 
         started = time.perf_counter()
         while True:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             if server.poll() is not None or time.perf_counter() - started > 600:
                 raise SystemExit(f"the server did not start: see {log}")
             time.sleep(1)

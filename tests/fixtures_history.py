@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from features.settings import load_settings
-from features.store import connect_memory
+from features.settings import Settings, load_settings
+from features.store import connect, connect_memory
 
 LINE_COLUMNS = (
     "line_key", "order_key", "channel", "ts", "record_key", "is_guest", "item_id",
@@ -216,3 +218,19 @@ def random_history(seed: int, n_customers: int = 300, *, start: datetime = datet
         add_order(None, moment(float(rng.uniform(0, days))))
         add_order(f"unknown{n_orders}", moment(float(rng.uniform(0, days))))
     return h
+
+
+def synthetic_store(folder: Path, customers: int, seed: int, *, now: datetime,
+                    **settings: Any) -> tuple[Settings, duckdb.DuckDBPyConnection]:
+    """Generated raw files for ``customers`` persons ingested into a store under ``folder`` (raw files
+    in ``folder/raw``, state in ``folder/state``), with the settings ``settings`` override."""
+    from features.discovery import discover
+    from features.generate import generate
+    from features.ingest import ingest
+
+    generate(folder / "raw", customers, seed)
+    loaded = load_settings(data_dir=folder / "state", **settings)
+    con = connect(loaded)
+    inputs, ignored = discover(folder / "raw")
+    ingest(con, inputs, loaded, now=now, ignored_paths=ignored)
+    return loaded, con

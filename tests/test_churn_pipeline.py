@@ -11,14 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from features.churn import churn_features
-from features.discovery import discover
-from features.generate import generate
-from features.ingest import ingest
-from features.settings import load_settings
-from features.store import connect, ibis_backend
+from features.store import ibis_backend
 from training import tracking
 from training.churn.evaluation import expected_calibration_error
 from training.churn.pipeline import MODEL_NAME, train_churn
+from tests.fixtures_history import synthetic_store
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -27,12 +24,8 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("churn")
-    generate(tmp / "raw", 8_000, 31)
-    settings = load_settings(data_dir=tmp / "state", churn_with_clv_features=True)
-    con = connect(settings)
-    inputs, ignored = discover(tmp / "raw")
-    ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
+    settings, con = synthetic_store(tmp_path_factory.mktemp("churn"), 8_000, 31, now=NOW,
+                                    churn_with_clv_features=True)
     return settings, con
 
 

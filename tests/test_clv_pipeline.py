@@ -11,13 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from features.customer import customer_features
-from features.discovery import discover
-from features.generate import generate
-from features.ingest import ingest
-from features.settings import load_settings
-from features.store import connect, ibis_backend
+from features.store import ibis_backend
 from training import tracking
 from training.clv.pipeline import MODEL_NAME, choose, train_clv
+from tests.fixtures_history import synthetic_store
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -26,12 +23,7 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("clv")
-    generate(tmp / "raw", 6_000, 21)
-    settings = load_settings(data_dir=tmp / "state")
-    con = connect(settings)
-    inputs, ignored = discover(tmp / "raw")
-    ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
+    settings, con = synthetic_store(tmp_path_factory.mktemp("clv"), 6_000, 21, now=NOW)
     return settings, con
 
 

@@ -14,12 +14,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.discovery import discover
-from features.generate import generate
-from features.ingest import ingest
 from features.interactions import PURCHASES, interactions
-from features.settings import load_settings
-from features.store import connect, ibis_backend
+from features.store import ibis_backend
 from training.recommend.artefact import RecommenderArtefactError, load, save
 from training.recommend.candidates import (
     FEATURES,
@@ -45,6 +41,7 @@ from training.recommend.model import (
     RecommenderModel,
     RecommenderSettings,
 )
+from tests.fixtures_history import synthetic_store
 
 pytestmark = pytest.mark.data
 
@@ -55,12 +52,7 @@ SMALL = RecommenderSettings(factors=16, iterations=8, n_estimators=60, knn_neigh
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("recommend")
-    generate(tmp / "raw", 3_000, 17)
-    settings = load_settings(data_dir=tmp / "state")
-    con = connect(settings)
-    inputs, ignored = discover(tmp / "raw")
-    ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
+    settings, con = synthetic_store(tmp_path_factory.mktemp("recommend"), 3_000, 17, now=NOW)
     return settings, con
 
 

@@ -25,16 +25,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.discovery import discover
-from features.generate import generate
 from features.identity import hash_key
-from features.ingest import ingest
 from features.schema import KeyType
-from features.settings import load_settings
 from features.store import connect, ibis_backend
 from training.bundle import load_bundle
 from training.pipeline import run_pipeline
 from training.scoring import build_snapshot, score_rows
+from tests.fixtures_history import synthetic_store
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -46,13 +43,9 @@ API_KEY = "test-key-0123456789"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
-    generate(tmp / "raw", 1_500, 31)
-    settings = load_settings(data_dir=tmp / "state", clv_candidates=["bgnbd"], churn_max_cutoffs=8,
-                             churn_n_estimators=60, recommend_factors=16, recommend_iterations=6,
-                             recommend_ranker_trees=40, recommend_max_training_customers=2_000)
-    con = connect(settings)
-    inputs, ignored = discover(tmp / "raw")
-    ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
+    settings, con = synthetic_store(tmp, 1_500, 31, now=NOW, clv_candidates=["bgnbd"], churn_max_cutoffs=8,
+                                    churn_n_estimators=60, recommend_factors=16, recommend_iterations=6,
+                                    recommend_ranker_trees=40, recommend_max_training_customers=2_000)
     run_pipeline(con, settings)
     con.close()
     from training.bundle import export_bundle
@@ -83,12 +76,10 @@ def server(trained):
     try:
         deadline = time.monotonic() + 60
         while True:
-            try:
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):  # not listening yet
                 with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
                     if response.status == 200:
                         break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)

@@ -13,13 +13,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.discovery import discover
-from features.generate import generate
-from features.ingest import ingest
-from features.settings import load_settings
-from features.store import connect, ibis_backend
+from features.store import ibis_backend
 from training import promotion, tracking
 from training.pipeline import PipelineError, run_pipeline
+from tests.fixtures_history import synthetic_store
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -28,13 +25,9 @@ NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline")
-    generate(tmp / "raw", 6_000, 23)
-    settings = load_settings(data_dir=tmp / "state", clv_candidates=["bgnbd"], churn_max_cutoffs=8,
-                             recommend_factors=16, recommend_iterations=8, recommend_ranker_trees=60)
-    con = connect(settings)
-    inputs, ignored = discover(tmp / "raw")
-    ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
+    settings, con = synthetic_store(tmp_path_factory.mktemp("pipeline"), 6_000, 23, now=NOW,
+                                    clv_candidates=["bgnbd"], churn_max_cutoffs=8,
+                                    recommend_factors=16, recommend_iterations=8, recommend_ranker_trees=60)
     return settings, con
 
 

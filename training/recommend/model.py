@@ -36,7 +36,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import ibis
 import lightgbm as lgb
@@ -287,10 +287,10 @@ class RecommenderModel:
         as_of = utc_naive(as_of)
         label_start = as_of - timedelta(days=settings.label_days)
         step(f"interactions before {label_start:%Y-%m-%d} (ranker features)")
-        before = self._data(backend, label_start)
+        before = self.interaction_data(backend, label_start)
         relevant = purchases_between(backend, label_start, as_of)
         step(f"interactions before {as_of:%Y-%m-%d} (final candidate models)")
-        data = self._data(backend, as_of)
+        data = self.interaction_data(backend, as_of)
         return self.fit_data(before, relevant, data, progress=progress)
 
     def fit_data(
@@ -299,11 +299,14 @@ class RecommenderModel:
         relevant: Mapping[int, set[str]],
         data: InteractionData,
         *,
+        models_before: CandidateModels | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> RecommenderModel:
         """:meth:`fit` on prepared arrays: ``before`` is the history at the start of the label period,
         ``relevant`` what customers bought in it (customer id -> item ids), ``data`` the history at
-        the cutoff (its end)."""
+        the cutoff (its end). ``models_before``: the candidate models already fitted on ``before``
+        with these settings (a model fitted as of ``before.as_of`` has them as ``models_``), so that
+        they are not fitted twice."""
         settings = self.settings
 
         def step(text: str) -> None:
@@ -313,8 +316,9 @@ class RecommenderModel:
 
         if not before.as_of < data.as_of:
             raise RecommenderInputError(f"the label period must start ({before.as_of}) before the cutoff ({data.as_of})")
-        step("candidate models for the label period")
-        models_before = fit_candidate_models(before, settings)
+        if models_before is None:
+            step("candidate models for the label period")
+            models_before = fit_candidate_models(before, settings)
         step("ranker on the label period")
         booster, training = _fit_ranker(before, models_before, relevant, settings, before.as_of, data.as_of)
         step("final candidate models")
@@ -325,7 +329,8 @@ class RecommenderModel:
         self.settings_ = settings
         return self
 
-    def _data(self, backend: ibis.BaseBackend, as_of: datetime) -> InteractionData:
+    def interaction_data(self, backend: ibis.BaseBackend, as_of: datetime) -> InteractionData:
+        """The history as of ``as_of`` with this model's decay and browse settings."""
         s = self.settings
         return build_interaction_data(backend, as_of, half_life_days=s.half_life_days,
                                       short_half_life_days=s.short_half_life_days, browse_weight=s.browse_weight)

@@ -6,9 +6,10 @@ whole history, log to MLflow and register ``rapport-recommender``.
    before them the label period the ranker learns on.
 2. :func:`training.recommend.evaluation.compare`: the ranked blend, the baselines and the plain
    candidate models fitted before the test period and judged on it; the gate.
-3. The model that is registered is the same configuration refitted up to the end of the history
-   (its ranker learns on the last ``recommend_valid_days``, its candidate models see everything), so
-   that the service recommends from the latest purchases. The run logs the comparison table (CSV and
+3. The model that is registered is the same configuration refitted up to the end of the history:
+   its ranker learns on the test period (the latest labels, from the candidate models the comparison
+   fitted before it), its candidate models see everything, so that the service recommends from the
+   latest purchases. The run logs the comparison table (CSV and
    JSON), its plot, the parameters, the catalogue version and the data fingerprint; the model
    version is tagged ``gate_eligible``.
 """
@@ -36,7 +37,7 @@ from training.recommend.metrics import mlflow_metric_name
 from training.recommend.model import RecommenderModel, RecommenderSettings
 from training.recommend.plots import plot_comparison
 from training.recommend.pyfunc import log_recommender_model
-from training.recommend.split import TemporalSplit, temporal_split
+from training.recommend.split import TemporalSplit, purchases_between, temporal_split
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,14 @@ def train_recommender(
                            valid_days=settings.recommend_valid_days)
     comparison = compare(backend, split, model_settings, progress=lambda text: step(f"evaluation: {text}"))
     step("final model on the whole history")
-    final_settings = replace(model_settings, label_days=settings.recommend_valid_days)
-    model = RecommenderModel(final_settings).fit(backend, split.test_end, progress=lambda text: step(f"final: {text}"))
+    # The final ranker learns on the test period, the latest labels there are, from the candidate
+    # models the comparison already fitted on the history before it (not fitted a second time).
+    evaluated = comparison.model
+    final_settings = replace(model_settings, label_days=(split.test_end - split.valid_end).days)
+    model = RecommenderModel(final_settings)
+    model.fit_data(evaluated.data_, purchases_between(backend, split.valid_end, split.test_end),
+                   model.interaction_data(backend, split.test_end), models_before=evaluated.models_,
+                   progress=lambda text: step(f"final: {text}"))
     version_of_catalogue = catalogue_version(model.data_)
 
     step("logging the run to MLflow")
