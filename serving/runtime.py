@@ -27,7 +27,7 @@ from features.schema import Col, KeyType
 from features.settings import Settings
 from serving import schemas
 from training.bundle import Bundle, BundleError, key_hash_words, load_bundle, salt_check
-from training.recommend.model import RecommenderInputError
+from training.recommend.model import Ranked, RecommenderInputError
 from training.scoring import SCORE_COLUMNS, score_rows
 
 log = logging.getLogger(__name__)
@@ -157,28 +157,57 @@ class Runtime:
     # --- endpoints --------------------------------------------------------------------------------
 
     def recommend(self, request: schemas.RecommendRequest) -> tuple[schemas.RecommendResponse, Outcome]:
-        customer = request.customer_id if request.key is None else self.resolve_key(request.key)
+        answer = self.recommend_many([request])[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer
+
+    def recommend_many(
+        self, requests: Sequence[schemas.RecommendRequest],
+    ) -> list[tuple[schemas.RecommendResponse, Outcome] | RequestError]:
+        """Answers of several recommend requests, in order (a :class:`RequestError` for a request that
+        gets a 4xx). Requests with the same options are ranked together in one block: the service
+        gathers the requests that arrive while it computes (see :mod:`serving.service`); each list is
+        the one the request would get alone."""
+        out: list[tuple[schemas.RecommendResponse, Outcome] | RequestError | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        for k, request in enumerate(requests):
+            try:
+                customer = request.customer_id if request.key is None else self.resolve_key(request.key)
+            except RequestError as exc:
+                out[k] = exc
+                continue
+            # An unresolved key asks for a customer no model knows: -1 is never a customer id.
+            asked = -1 if customer is None else int(customer)
+            if request.recent_items:  # a fold-in is the request's own
+                groups[("alone", k)] = [(k, asked)]
+            else:
+                groups.setdefault(_options(request), []).append((k, asked))
         model = self.bundle.recommender
-        # An unresolved key asks for a customer no model knows: -1 is never a customer id.
-        asked = -1 if customer is None else int(customer)
-        recent = {asked: list(request.recent_items)} if request.recent_items else None
-        try:
-            frame = model.recommend([asked], request.n, exclude_purchased=request.exclude_purchased,
-                                    categories=request.categories, exclude_categories=request.exclude_categories,
-                                    exclude_items=request.exclude_items, channel=request.channel,
-                                    country=request.country, recent_items=recent)
-        except RecommenderInputError as exc:
-            raise RequestError(400, "body", str(exc)) from None
-        _, known = model.data_.user_positions([asked])
-        fallback = bool(frame["fallback"].any()) if len(frame) else not bool(known[0])
-        items = [schemas.RecommendedItem(rank=int(r), item_id=str(i), score=float(s), source=str(src),
-                                         reason=_text(reason))
-                 for r, i, s, src, reason in zip(frame["rank"].tolist(), frame[Col.ITEM_ID].tolist(),
-                                                 frame["score"].tolist(), frame["source"].tolist(),
-                                                 frame["reason"].tolist())]
-        response = schemas.RecommendResponse(customer_id=customer, known=bool(known[0]), fallback=fallback,
-                                             items=items, metadata=self.metadata)
-        return response, Outcome(fallback=fallback, unknown_customers=0 if known[0] else 1)
+        for members in groups.values():
+            first = requests[members[0][0]]
+            try:
+                answers = model.recommend_each(
+                    [asked for _, asked in members], first.n, exclude_purchased=first.exclude_purchased,
+                    categories=first.categories, exclude_categories=first.exclude_categories,
+                    exclude_items=first.exclude_items, channel=first.channel, country=first.country,
+                    recent_items={members[0][1]: first.recent_items} if first.recent_items else None)
+            except RecommenderInputError as exc:
+                for k, _ in members:
+                    out[k] = RequestError(400, "body", str(exc))
+                continue
+            for (k, asked), (ranked, known) in zip(members, answers):
+                out[k] = self._recommendation(asked if asked >= 0 else None, ranked, known)
+        return out  # type: ignore[return-value]
+
+    def _recommendation(self, customer: int | None, ranked: Ranked,
+                        known: bool) -> tuple[schemas.RecommendResponse, Outcome]:
+        fallback = bool(ranked.fallback.any()) if len(ranked) else not known
+        items = [schemas.RecommendedItem.model_construct(rank=r, item_id=str(i), score=s, source=src, reason=reason)
+                 for r, i, s, src, reason in ranked.records(self.bundle.recommender.data_.item_ids)]
+        response = schemas.RecommendResponse.model_construct(customer_id=customer, known=known, fallback=fallback,
+                                                             items=items, metadata=self.metadata)
+        return response, Outcome(fallback=fallback, unknown_customers=0 if known else 1)
 
     def similar_items(self, request: schemas.SimilarItemsRequest) -> schemas.SimilarItemsResponse:
         try:
@@ -219,6 +248,17 @@ class Runtime:
         body = schemas.ErrorResponse(error=exc.message, detail=[schemas.ErrorDetail(loc=[exc.field], msg=exc.message)],
                                      unknown_customer_ids=exc.unknown_customer_ids, metadata=self.metadata)
         return body.model_dump(mode="json", exclude_none=True)
+
+
+def _options(request: schemas.RecommendRequest) -> tuple[Any, ...]:
+    """What a recommend request's list depends on besides the customer: requests with equal options
+    can be ranked in one block."""
+
+    def listed(values: list[str] | None) -> tuple[str, ...] | None:
+        return None if values is None else tuple(values)
+
+    return (request.n, request.exclude_purchased, listed(request.categories), listed(request.exclude_categories),
+            listed(request.exclude_items), request.channel, request.country)
 
 
 def bundle_directory(default: str = "bundle") -> Path:

@@ -378,3 +378,24 @@ def test_cli_writes_every_customers_list(trained, tmp_path, monkeypatch):
     assert bad.exit_code != 0
     missing = runner.invoke(app, ["recommend", "--output", str(tmp_path / "y.csv"), "--version", "999"])
     assert missing.exit_code == 1 and "999" in missing.output
+
+
+def test_recommend_each_is_recommend_customer_by_customer(model):
+    """The service's path (a few customers ranked in one block, no DataFrame) gives each customer the
+    list ``recommend`` gives: known ones, a customer asked twice, an unknown one folded in on recent
+    items and an unknown one with nothing (the popular list)."""
+    known = _busy_customers(model, 3)
+    newcomer, stranger = int(model.data_.customer_ids.max()) + 7, int(model.data_.customer_ids.max()) + 8
+    recent = [str(i) for i in model.data_.item_ids[model.data_.recommendable][:3]]
+    asked = [known[0], known[1], newcomer, known[0], stranger, known[2]]
+    answers = model.recommend_each(asked, 6, exclude_categories=["no such category"], channel="web",
+                                   recent_items={newcomer: recent})
+    assert [k for _, k in answers] == [True, True, False, True, False, True]
+    for customer, (ranked, _) in zip(asked, answers):
+        expected = model.recommend([customer], 6, exclude_categories=["no such category"], channel="web",
+                                   recent_items={newcomer: recent})
+        pd.testing.assert_frame_equal(ranked.frame(model.data_.item_ids), expected)
+    ranked, known_one = model.recommend_one(known[1], 6)
+    assert known_one
+    pd.testing.assert_frame_equal(ranked.frame(model.data_.item_ids), model.recommend([known[1]], 6))
+    assert ranked.records(model.data_.item_ids)[0][:2] == (1, model.recommend([known[1]], 6)["item_id"].iloc[0])

@@ -163,6 +163,28 @@ def test_recommend_equals_the_model_for_known_customers(server, bundle):
         _metadata_ok(body, bundle)
 
 
+def test_concurrent_recommend_requests_each_get_their_own_list(server, bundle):
+    """Requests that arrive together are ranked in one block (serving/batching.py): each still gets
+    exactly the list the model gives that customer alone, whatever its options."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = bundle.recommender
+    customers = [int(c) for c in model.data_.customer_ids[:: max(1, model.data_.n_users // 24)][:24]]
+    unknown = int(model.data_.customer_ids.max()) + 5
+    requests = [{"customer_id": c, "n": 3 + k % 3} for k, c in enumerate(customers)] + [{"customer_id": unknown, "n": 4}]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda body: call(server, "/recommend", body), requests))
+    for request, (status, body) in zip(requests, answers):
+        assert status == 200, body
+        expected = model.recommend([request["customer_id"]], request["n"])
+        assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
+        assert [i["score"] for i in body["items"]] == expected["score"].tolist()
+        assert body["customer_id"] == request["customer_id"]
+    assert answers[-1][1]["fallback"] and not answers[-1][1]["known"]
+    with urllib.request.urlopen(f"{server}/metrics") as response:
+        assert "rapport_recommend_batch_size_bucket" in response.read().decode()
+
+
 def test_recommend_filters_are_the_models(server, bundle):
     model = bundle.recommender
     customer = int(model.data_.customer_ids[0])

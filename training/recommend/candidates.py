@@ -101,7 +101,20 @@ class UserBlock:
     @classmethod
     def of_users(cls, data: InteractionData, rows: IntArray, user_factors: NDArray[np.floating]) -> UserBlock:
         rows = np.asarray(rows, dtype=np.int64)
-        return cls(data.weight[rows], data.weight_short[rows], data.purchases[rows], data.days_since[rows],
+        # The four matrices share one sparsity: gather the rows' entries once (scipy's fancy row
+        # indexing costs tens of microseconds a matrix, most of a single request's block).
+        indptr = data.weight.indptr
+        starts, lengths = indptr[rows], (indptr[rows + 1] - indptr[rows]).astype(np.int64)
+        out_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out_indptr[1:])
+        entry = np.repeat(starts - out_indptr[:-1], lengths) + np.arange(int(out_indptr[-1]), dtype=np.int64)
+        indices = data.weight.indices[entry]
+        shape = (len(rows), data.n_items)
+
+        def take(m: sparse.csr_matrix) -> sparse.csr_matrix:
+            return sparse.csr_matrix((m.data[entry], indices, out_indptr), shape=shape)
+
+        return cls(take(data.weight), take(data.weight_short), take(data.purchases), take(data.days_since),
                    np.asarray(user_factors[rows]))
 
     @classmethod

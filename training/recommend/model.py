@@ -82,6 +82,49 @@ MAX_BLOCK_CUSTOMERS = 2_000
 MAX_BLOCK_SCORES = 20_000_000
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """Ranked lists, one entry per (customer, rank), columns as arrays: what :meth:`RecommenderModel.recommend`
+    turns into its DataFrame and :meth:`RecommenderModel.recommend_one` returns as is (``item``: item
+    positions in the model's ``data_.item_ids``)."""
+
+    customer_id: IntArray
+    rank: IntArray
+    item: IntArray
+    score: FloatArray
+    source: NDArray[np.object_]
+    reason: NDArray[np.object_]
+    fallback: BoolArray
+
+    def __len__(self) -> int:
+        return len(self.rank)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Ranked]) -> Ranked:
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty, empty, empty, np.empty(0), np.empty(0, dtype=object), np.empty(0, dtype=object),
+                       np.empty(0, dtype=bool))
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__))
+
+    def take(self, at: IntArray) -> Ranked:
+        return Ranked(*(getattr(self, name)[at] for name in self.__dataclass_fields__))
+
+    def frame(self, item_ids: NDArray[np.object_]) -> pd.DataFrame:
+        """The rows as :data:`RECOMMENDATION_COLUMNS`."""
+        return pd.DataFrame({
+            Col.CUSTOMER_ID: self.customer_id, "rank": self.rank, Col.ITEM_ID: item_ids[self.item].astype(object),
+            "score": self.score, "source": self.source, "reason": self.reason, "fallback": self.fallback,
+        })
+
+    def records(self, item_ids: NDArray[np.object_]) -> list[tuple[int, str, float, str, str | None]]:
+        """(rank, item id, score, source, reason) per entry, as plain Python values."""
+        return list(zip(self.rank.tolist(), item_ids[self.item].tolist(), self.score.tolist(), self.source.tolist(),
+                        self.reason.tolist()))
+
+
 class RecommenderInputError(ValueError):
     """A request the recommender cannot serve, with what was expected."""
 
@@ -164,11 +207,12 @@ class CandidateModels:
     als_mean_row_weight: float
 
     @cached_property
-    def similarity_by_target(self) -> sparse.csr_matrix:
-        """The similarity transposed (row i: how much each item makes item i score), for reasons."""
-        out = self.similarity.T.tocsr()
-        out.sort_indices()
-        return out
+    def similarity_keys(self) -> IntArray:
+        """``row * items + column`` of every stored similarity, ascending (the matrix has sorted
+        indices): many ``similarity[j, i]`` are found at once by one binary search, for reasons."""
+        sim = self.similarity
+        rows = np.repeat(np.arange(sim.shape[0], dtype=np.int64), np.diff(sim.indptr))
+        return rows * sim.shape[1] + sim.indices.astype(np.int64)
 
 
 def _bm25_rows(weight: sparse.csr_matrix, idf: FloatArray, mean_row: float, k1: float, b: float) -> sparse.csr_matrix:
@@ -341,6 +385,44 @@ class RecommenderModel:
 
     # --- filters --------------------------------------------------------------------------------
 
+    def _memo(self) -> dict[Any, Any]:
+        """Per-fit cache of what requests share (filter masks, popular lists); emptied by a new fit."""
+        memo = self.__dict__.get("_memo_")
+        if memo is None or memo.get("data") is not self.data_:
+            memo = self.__dict__["_memo_"] = {"data": self.data_}
+        return memo
+
+    def _category_mask(self, categories: Iterable[str] | None, exclude_categories: Iterable[str] | None) -> BoolArray:
+        """Recommendable items in ``categories`` and not in ``exclude_categories``: computed once per
+        filter and shared (read-only) by the requests that ask for it."""
+        key = ("allowed",
+               None if categories is None else tuple(sorted({str(c).lower() for c in categories})),
+               None if exclude_categories is None else tuple(sorted({str(c).lower() for c in exclude_categories})))
+        memo = self._memo()
+        mask = memo.get(key)
+        if mask is None:
+            data = self.data_
+            mask = data.recommendable.copy()
+            if key[1] is not None:
+                mask &= data.in_categories(key[1])
+            if key[2] is not None:
+                mask &= ~data.in_categories(key[2])
+            mask.flags.writeable = False
+            if len(memo) < 1000:  # a bounded cache: callers may send any combination of categories
+                memo[key] = mask
+        return mask
+
+    def _allowed(self, categories: Iterable[str] | None, exclude_categories: Iterable[str] | None,
+                 exclude_items: Iterable[Hashable] | None) -> BoolArray:
+        mask = self._category_mask(categories, exclude_categories)
+        if exclude_items is not None:
+            items = list(exclude_items)
+            if items:
+                pos, known = self.data_.item_positions(items)
+                mask = mask.copy()
+                mask[pos[known]] = False
+        return mask
+
     def allowed_items(
         self,
         *,
@@ -352,25 +434,34 @@ class RecommenderModel:
         ``categories`` when given (case-insensitive), not in ``exclude_categories``, not in
         ``exclude_items``."""
         self._check_fitted()
-        data = self.data_
-        mask = data.recommendable.copy()
-        if categories is not None:
-            mask &= data.in_categories(categories)
-        if exclude_categories is not None:
-            mask &= ~data.in_categories(exclude_categories)
-        if exclude_items is not None:
-            pos, known = data.item_positions(list(exclude_items))
-            mask[pos[known]] = False
-        return mask
+        return self._allowed(categories, exclude_categories, exclude_items).copy()
 
     def _keep_owned(self) -> BoolArray | None:
         categories = self.settings_.repurchasable_categories
         if not categories:
             return None
-        lowered = {c.lower() for c in categories}
-        return np.asarray([c is not None and c.lower() in lowered for c in self.data_.category], dtype=bool)
+        memo = self._memo()
+        if "keep_owned" not in memo:
+            memo["keep_owned"] = self.data_.in_categories(categories)
+        return memo["keep_owned"]
+
+    def _popular(self, channel: str | None, country: str | None) -> tuple[IntArray, FloatArray, str]:
+        key = ("popular", None if channel is None else str(channel).lower(),
+               None if country is None else str(country).lower())
+        memo = self._memo()
+        found = memo.get(key)
+        if found is None:
+            found = self.data_.popular_with_counts(channel=channel, country=country)
+            if len(memo) < 1000:
+                memo[key] = found
+        return found
 
     # --- recommend ------------------------------------------------------------------------------
+
+    def _check_n(self, n: int) -> None:
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
+            raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
 
     def recommend(
         self,
@@ -395,46 +486,110 @@ class RecommenderModel:
         with fewer allowed candidates than ``n`` gets a shorter list; ``fallback`` is true for
         customers served the popular list. ``progress(done, total)`` is called after each block.
         """
-        self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
-            raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
+        self._check_n(n)
         data = self.data_
         ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
         rows, known = data.user_positions(ids)
-        allowed = self.allowed_items(categories=categories, exclude_categories=exclude_categories,
-                                     exclude_items=exclude_items)
-        popular = data.popular(channel=channel, country=country)
+        allowed = self._allowed(categories, exclude_categories, exclude_items)
+        popular = self._popular(channel, country)[0]
         keep_owned = self._keep_owned()
-        frames: list[pd.DataFrame] = []
+        parts: list[Ranked] = []
         known_at = np.flatnonzero(known)
         size = _block_size(int(allowed.sum()))
         done = 0
         for start in range(0, len(known_at), size):
             at = known_at[start : start + size]
             block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
-            frames.append(self._rank_block(block, ids[at], n, allowed, exclude_purchased, keep_owned, popular))
+            parts.append(self._rank_block(block, ids[at], n, allowed, exclude_purchased, keep_owned, popular))
             done += len(at)
             if progress:
                 progress(done, len(ids))
         recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
         for i in np.flatnonzero(~known):
-            customer = int(ids[i])
-            block = self._folded_in(recent.get(customer, ()))
-            if block is None:
-                frames.append(self._popular_list(customer, n, allowed, channel, country))
-            else:
-                frames.append(self._rank_block(block, ids[[i]], n, allowed, exclude_purchased, keep_owned, popular))
+            parts.append(self._unknown(int(ids[i]), n, allowed, exclude_purchased, keep_owned, popular,
+                                       recent.get(int(ids[i]), ()), channel, country))
         if progress and len(known_at) < len(ids):
             progress(len(ids), len(ids))
-        if not frames:
-            return _empty_recommendations()
-        out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        out = Ranked.concat(parts)
         if not known.all():
             # Known customers come block by block in the order asked; put the others back in place.
             first = {int(c): k for k, c in reversed(list(enumerate(ids)))}
-            position = out[Col.CUSTOMER_ID].map(first).to_numpy()
-            out = out.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
-        return out
+            position = np.asarray([first[int(c)] for c in out.customer_id], dtype=np.int64)
+            out = out.take(np.argsort(position, kind="stable"))
+        return out.frame(data.item_ids)
+
+    def recommend_one(
+        self,
+        customer_id: Hashable,
+        n: int = 20,
+        *,
+        exclude_purchased: bool = True,
+        categories: Iterable[str] | None = None,
+        exclude_categories: Iterable[str] | None = None,
+        exclude_items: Iterable[Hashable] | None = None,
+        channel: str | None = None,
+        country: str | None = None,
+        recent_items: Sequence[Hashable] = (),
+    ) -> tuple[Ranked, bool]:
+        """:meth:`recommend` for one customer, without building a DataFrame: the ranked list (item
+        positions; :meth:`Ranked.records` gives the item ids) and whether the model knows the
+        customer. ``recent_items`` folds in an unknown customer."""
+        return self.recommend_each(
+            [customer_id], n, exclude_purchased=exclude_purchased, categories=categories,
+            exclude_categories=exclude_categories, exclude_items=exclude_items, channel=channel, country=country,
+            recent_items={customer_id: recent_items} if recent_items else None)[0]
+
+    def recommend_each(
+        self,
+        customer_ids: Sequence[Hashable],
+        n: int = 20,
+        *,
+        exclude_purchased: bool = True,
+        categories: Iterable[str] | None = None,
+        exclude_categories: Iterable[str] | None = None,
+        exclude_items: Iterable[Hashable] | None = None,
+        channel: str | None = None,
+        country: str | None = None,
+        recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
+    ) -> list[tuple[Ranked, bool]]:
+        """:meth:`recommend` for a few customers asked with the same filters (the service's
+        concurrent requests), one ``(ranked list, known)`` per id asked, in order; the known ones are
+        ranked together in one block. Same code, same lists as :meth:`recommend`."""
+        self._check_n(n)
+        data = self.data_
+        ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
+        allowed = self._allowed(categories, exclude_categories, exclude_items)
+        popular = self._popular(channel, country)[0]
+        keep_owned = self._keep_owned()
+        unique, inverse = np.unique(ids, return_inverse=True)
+        rows, known = data.user_positions(unique)
+        lists: list[Ranked | None] = [None] * len(unique)
+        known_at = np.flatnonzero(known)
+        if len(known_at):
+            block = UserBlock.of_users(data, rows[known_at], self.models_.user_factors)
+            ranked = self._rank_block(block, unique[known_at], n, allowed, exclude_purchased, keep_owned, popular)
+            # Entries come grouped by customer, in block order; a customer may have none.
+            bounds = np.searchsorted(known_at, np.searchsorted(unique, ranked.customer_id))
+            starts = np.searchsorted(bounds, np.arange(len(known_at)), side="left")
+            stops = np.searchsorted(bounds, np.arange(len(known_at)), side="right")
+            for k, at in enumerate(known_at):
+                lists[at] = ranked.take(np.arange(starts[k], stops[k]))
+        recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
+        for at in np.flatnonzero(~known):
+            customer = int(unique[at])
+            lists[at] = self._unknown(customer, n, allowed, exclude_purchased, keep_owned, popular,
+                                      recent.get(customer, ()), channel, country)
+        return [(lists[k], bool(known[k])) for k in inverse.ravel()]  # type: ignore[misc]
+
+    def _unknown(self, customer: int, n: int, allowed: BoolArray, exclude_purchased: bool,
+                 keep_owned: BoolArray | None, popular: IntArray, recent: Sequence[Hashable],
+                 channel: str | None, country: str | None) -> Ranked:
+        """A customer the model does not know: a fold-in on their recent items, else the popular list."""
+        block = self._folded_in(recent)
+        if block is None:
+            return self._popular_list(customer, n, allowed, channel, country)
+        return self._rank_block(block, np.asarray([customer], dtype=np.int64), n, allowed, exclude_purchased,
+                                keep_owned, popular)
 
     def _folded_in(self, items: Sequence[Hashable]) -> UserBlock | None:
         if not items:
@@ -472,7 +627,7 @@ class RecommenderModel:
         exclude_purchased: bool,
         keep_owned: BoolArray | None,
         popular: IntArray,
-    ) -> pd.DataFrame:
+    ) -> Ranked:
         found = candidates(self.data_, block, item_factors=self.models_.item_factors, similarity=self.models_.similarity,
                            sizes=self.settings_.candidates, allowed=allowed, exclude_owned=exclude_purchased,
                            keep_owned=keep_owned, popular=popular)
@@ -482,23 +637,17 @@ class RecommenderModel:
         rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
         keep = rank < n
         row, item, score, sources, rank = row[keep], item[keep], score[keep], sources[keep], rank[keep]
-        source = np.where(sources & SOURCE_OWN, "repurchase",
-                          np.where(sources & (SOURCE_ALS | SOURCE_KNN), "model", "popularity")).astype(object)
+        source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0,
+                                                            np.where(sources & (SOURCE_ALS | SOURCE_KNN), 1, 2))]
         reasons = self._reasons(block, row, item, sources, found, order[keep])
-        return pd.DataFrame({
-            Col.CUSTOMER_ID: customer_ids[row].astype(np.int64),
-            "rank": (rank + 1).astype(np.int64),
-            Col.ITEM_ID: self.data_.item_ids[item],
-            "score": score,
-            "source": source,
-            "reason": reasons,
-            "fallback": np.zeros(len(row), dtype=bool),
-        })
+        return Ranked(customer_id=customer_ids[row].astype(np.int64), rank=(rank + 1).astype(np.int64), item=item,
+                      score=score, source=source, reason=reasons, fallback=np.zeros(len(row), dtype=bool))
 
     def _reasons(self, block: UserBlock, row: IntArray, item: IntArray, sources: NDArray[np.int8],
                  found: Candidates, at: IntArray) -> NDArray[np.object_]:
         """Words for each recommended pair: the repurchase history, the bought item that makes the
-        item-KNN score (the largest ``weight[u, j] * similarity[j, i]``), or popularity."""
+        item-KNN score (the largest ``weight[u, j] * similarity[j, i]``, the first such item on a tie),
+        or popularity."""
         data = self.data_
         out = np.empty(len(row), dtype=object)
         purchases = found.feature("purchases")[at]
@@ -508,48 +657,61 @@ class RecommenderModel:
             when = "" if not np.isfinite(days[k]) else f", last {int(days[k])} days ago"
             out[k] = f"you bought it {times} time{'s' if times != 1 else ''}{when}"
         rest = np.flatnonzero(~(sources & SOURCE_OWN).astype(bool))
-        if len(rest):
-            user_rows = block.weight[row[rest]]
-            sim_cols = self.models_.similarity_by_target[item[rest]]
-            products = user_rows.multiply(sim_cols).tocsr()
-            best = np.asarray(products.argmax(axis=1)).ravel()
-            value = np.asarray(products.max(axis=1).toarray()).ravel()
-            for k, j, v in zip(rest, best, value):
-                if v > 0:
-                    out[k] = f"because you bought {_label(data, int(j))}"
-                elif sources[k] & SOURCE_ALS:
-                    out[k] = "customers with similar purchases bought it"
-                else:
-                    out[k] = f"popular: {int(data.buyers_30d[item[k]]):,} buyers in the last 30 days"
+        if len(rest) == 0:
+            return out
+        # Every (pair, item the customer has) at once: its share of the pair's KNN score.
+        weight = block.weight
+        starts, stops = weight.indptr[row[rest]], weight.indptr[row[rest] + 1]
+        lengths = (stops - starts).astype(np.int64)
+        pair = np.repeat(np.arange(len(rest), dtype=np.int64), lengths)
+        offsets = np.cumsum(lengths) - lengths
+        entry = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+        bought, w = weight.indices[entry].astype(np.int64), weight.data[entry]
+        keys = bought * data.n_items + item[rest][pair]
+        sim_keys = self.models_.similarity_keys
+        best_item = np.full(len(rest), -1, dtype=np.int64)
+        if len(sim_keys) and len(keys):
+            at_key = np.minimum(np.searchsorted(sim_keys, keys), len(sim_keys) - 1)
+            share = np.where(sim_keys[at_key] == keys, self.models_.similarity.data[at_key], 0.0) * w
+            order = np.lexsort((bought, -share, pair))
+            first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]]
+            positive = share[first] > 0
+            best_item[pair[first][positive]] = bought[first][positive]
+        for k, j in zip(rest, best_item):
+            if j >= 0:
+                out[k] = f"because you bought {_label(data, int(j))}"
+            elif sources[k] & SOURCE_ALS:
+                out[k] = "customers with similar purchases bought it"
+            else:
+                out[k] = f"popular: {int(data.buyers_30d[item[k]]):,} buyers in the last 30 days"
         return out
 
     def _popular_list(self, customer: int, n: int, allowed: BoolArray, channel: str | None,
-                      country: str | None) -> pd.DataFrame:
+                      country: str | None) -> Ranked:
         """The cold-start list: the segment's popular items, topped up with the overall ones; score
         1 / rank, the popularity in the reason."""
-        data = self.data_
-        items, counts, what = data.popular_with_counts(channel=channel, country=country)
+        items, counts, what = self._popular(channel, country)
         keep = allowed[items]
         items, counts = items[keep][:n], counts[keep][:n]
         reasons = [f"popular: {int(c):,} {what}" for c in counts]
         if len(items) < n:
-            overall, overall_counts, overall_what = data.popular_with_counts()
+            overall, overall_counts, overall_what = self._popular(None, None)
             extra = allowed[overall] & ~np.isin(overall, items)
             more, more_counts = overall[extra][: n - len(items)], overall_counts[extra][: n - len(items)]
             reasons += [f"popular: {int(c):,} {overall_what}" for c in more_counts]
             items = np.concatenate([items, more])
         k = len(items)
-        return pd.DataFrame({
-            Col.CUSTOMER_ID: np.full(k, customer, dtype=np.int64),
-            "rank": np.arange(1, k + 1, dtype=np.int64),
-            Col.ITEM_ID: data.item_ids[items],
+        return Ranked(
+            customer_id=np.full(k, customer, dtype=np.int64),
+            rank=np.arange(1, k + 1, dtype=np.int64),
+            item=items.astype(np.int64),
             # 1 / rank: the counts behind the order are in the reasons (a segment's and the overall
             # list count different things, so they cannot be one score).
-            "score": 1.0 / np.arange(1, k + 1, dtype=np.float64),
-            "source": np.full(k, "popularity", dtype=object),
-            "reason": np.asarray(reasons, dtype=object),
-            "fallback": np.ones(k, dtype=bool),
-        })
+            score=1.0 / np.arange(1, k + 1, dtype=np.float64),
+            source=np.full(k, "popularity", dtype=object),
+            reason=np.asarray(reasons, dtype=object),
+            fallback=np.ones(k, dtype=bool),
+        )
 
     # --- product pages --------------------------------------------------------------------------
 
@@ -697,11 +859,3 @@ def _customer_id(value: Hashable) -> int:
 def _label(data: InteractionData, item: int) -> str:
     name = data.name[item]
     return f"{name} ({data.item_ids[item]})" if name else str(data.item_ids[item])
-
-
-def _empty_recommendations() -> pd.DataFrame:
-    return pd.DataFrame({
-        Col.CUSTOMER_ID: np.empty(0, dtype=np.int64), "rank": np.empty(0, dtype=np.int64),
-        Col.ITEM_ID: np.empty(0, dtype=object), "score": np.empty(0), "source": np.empty(0, dtype=object),
-        "reason": np.empty(0, dtype=object), "fallback": np.empty(0, dtype=bool),
-    })
