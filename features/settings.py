@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     recommend_factors: int = Field(64, ge=2, description="ALS latent factors.")
     recommend_regularization: float = Field(0.05, ge=0, description="ALS regularisation.")
     recommend_iterations: int = Field(15, ge=1, description="ALS iterations.")
+    recommend_warm_iterations: int = Field(
+        5, ge=1, description="ALS iterations of the final candidate models, started from the label period's factors.")
     recommend_neighbours: int = Field(100, ge=1, description="Item-KNN: neighbours kept per item (BM25 similarity).")
     recommend_candidates: dict[str, int] = Field(
         default_factory=lambda: {"own": 50, "als": 50, "knn": 50, "popular": 30},

@@ -165,13 +165,25 @@ def _lookup(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatArray:
     return np.where(keys[pos] == query, m.data[pos], 0.0).astype(np.float64)
 
 
+def _row_score_keys(rows: IntArray, scores: FloatArray) -> NDArray[np.int64]:
+    """One sortable integer per entry: the row in the high 32 bits, the score (as float32, order
+    reversed) in the low 32. A stable sort of these keys orders each row by score, ties kept in the
+    input order: one integer sort instead of a three-key lexsort, and an entry's place depends on its
+    own score only, never on the other customers of the block."""
+    bits = np.asarray(scores, dtype=np.float32).view(np.int32).astype(np.int64)
+    # IEEE floats order as sign-magnitude integers: map them onto 0 .. 2**32 - 1, ascending.
+    monotone = np.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits) + 2**31
+    return (rows.astype(np.int64) << 32) | (2**32 - 1 - monotone)
+
+
 def _top_per_row(rows: IntArray, cols: IntArray, scores: FloatArray, k: int) -> tuple[IntArray, IntArray, IntArray]:
-    """The ``k`` best (row, col) entries of each row by score (ties: lower col first), with their
-    rank (0-based) in the row; sorted by row then rank."""
+    """The ``k`` best (row, col) entries of each row by score (in float32 precision; ties keep the
+    input order: the lower col first for entries given in (row, col) order, as CSR rows are), with
+    their rank (0-based) in the row; sorted by row then rank."""
     if k == 0 or len(rows) == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, empty
-    order = np.lexsort((cols, -scores, rows))
+    order = np.argsort(_row_score_keys(rows, scores), kind="stable")
     rows, cols = rows[order], cols[order]
     starts = np.searchsorted(rows, rows, side="left")
     rank = np.arange(len(rows), dtype=np.int64) - starts
@@ -203,12 +215,16 @@ def candidates(
     exclude_owned: bool,
     keep_owned: BoolArray | None = None,
     popular: IntArray | None = None,
+    num_threads: int = 1,
+    disallowed: NDArray[np.int32] | None = None,
 ) -> Candidates:
     """Candidates of every customer of ``block`` with their features (see the module docstring).
 
     ``allowed``: items that may be proposed at all (a mask over ``data.item_ids``).
     ``exclude_owned``: drop the items each customer bought, except where ``keep_owned`` is true.
     ``popular``: item positions by popularity for the popular source (default: overall).
+    ``num_threads``: threads of the ALS top-k; ``disallowed``: the positions where ``allowed`` is
+    false, as int32 (computed when not given; callers that reuse a mask pass it once computed).
     """
     n_items, b = data.n_items, block.size
     excluded_keys = np.empty(0, dtype=np.int64)
@@ -232,33 +248,35 @@ def candidates(
     keep = not_excluded(o_rows, o_cols)
     own_r, own_c, _ = _top_per_row(o_rows[keep], o_cols[keep], o_w[keep], sizes.own)
 
-    # ALS over the allowed items, owned ones masked when excluded.
-    pool = np.flatnonzero(allowed)
+    # ALS over the allowed items, owned ones left out when excluded: implicit's top-k, which computes
+    # the scores block by block and keeps a heap per customer (several times faster than a full
+    # score matrix and a partition at 50,000 items).
     als_r = als_c = als_rank = np.empty(0, dtype=np.int64)
-    if sizes.als and len(pool):
-        if 2 * len(pool) >= n_items:
-            # Most items are allowed: score them all and mask the others, rather than copying the
-            # allowed items' factors (milliseconds at 50,000 items: most of a single request's time).
-            scores = np.asarray(block.factors, dtype=np.float32) @ np.asarray(item_factors, dtype=np.float32).T
-            scores[:, ~allowed] = -np.inf
-            if len(excluded_keys):
-                scores[excluded_keys // n_items, excluded_keys % n_items] = -np.inf
-            pool = np.arange(n_items)
+    n_allowed = int(allowed.sum())
+    k = min(sizes.als, n_allowed)
+    if k and b:
+        from implicit.cpu.topk import topk
+
+        excluded = None
+        if len(excluded_keys):  # sorted: CSR arrays directly
+            er = excluded_keys // n_items
+            indptr = np.searchsorted(er, np.arange(b + 1)).astype(np.int32)
+            excluded = sparse.csr_matrix((np.ones(len(er), dtype=np.float32), (excluded_keys % n_items).astype(np.int32),
+                                          indptr), shape=(b, n_items))
+        if n_allowed == n_items:
+            filter_items = None
+        elif disallowed is not None:
+            filter_items = disallowed
         else:
-            scores = np.asarray(block.factors, dtype=np.float32) @ np.asarray(item_factors[pool], dtype=np.float32).T
-            if len(excluded_keys):
-                inverse = np.full(n_items, -1, dtype=np.int64)
-                inverse[pool] = np.arange(len(pool))
-                er, ec = excluded_keys // n_items, excluded_keys % n_items
-                inside = inverse[ec] >= 0
-                scores[er[inside], inverse[ec[inside]]] = -np.inf
-        k = min(sizes.als, len(pool))
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(pool) else np.tile(np.arange(len(pool)), (b, 1))
-        top_scores = np.take_along_axis(scores, top, axis=1)
+            filter_items = np.flatnonzero(~allowed).astype(np.int32)
+        top, top_scores = topk(np.ascontiguousarray(item_factors, dtype=np.float32),
+                               np.ascontiguousarray(block.factors, dtype=np.float32), k,
+                               filter_query_items=excluded, filter_items=filter_items, num_threads=num_threads)
         r = np.repeat(np.arange(b, dtype=np.int64), k)
-        c, s = pool[top.ravel()], top_scores.ravel().astype(np.float64)
-        finite = np.isfinite(s)
-        als_r, als_c, als_rank = _top_per_row(r[finite], c[finite], s[finite], k)
+        c, sc = top.ravel().astype(np.int64), top_scores.ravel().astype(np.float64)
+        # Filtered places come back with float32's lowest score.
+        valid = sc > np.finfo(np.float32).min
+        als_r, als_c, als_rank = _top_per_row(r[valid], c[valid], sc[valid], k)
 
     # Item-KNN: the scores implicit's item-item models rank by.
     knn_scores = (block.weight @ similarity).tocsr()

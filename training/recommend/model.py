@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -139,6 +140,8 @@ class RecommenderSettings:
     factors: int = 64
     regularization: float = 0.05
     iterations: int = 15
+    #: ALS iterations of the final candidate models, started from the label period's factors.
+    warm_iterations: int = 5
     #: BPR, a candidate of the comparison only (not of the blend).
     bpr_iterations: int = 100
     bm25_k1: float = 100.0
@@ -167,6 +170,7 @@ class RecommenderSettings:
             ("factors", self.factors >= 1),
             ("regularization", self.regularization >= 0),
             ("iterations", self.iterations >= 1),
+            ("warm_iterations", self.warm_iterations >= 1),
             ("bpr_iterations", self.bpr_iterations >= 1),
             ("knn_neighbours", self.knn_neighbours >= 1),
             ("label_days", self.label_days >= 1),
@@ -236,8 +240,33 @@ def _als(settings: RecommenderSettings, n_threads: int) -> Any:
     )
 
 
-def fit_candidate_models(data: InteractionData, settings: RecommenderSettings) -> CandidateModels:
-    """ALS on the BM25-weighted decayed purchases and the BM25 item-item similarity (``implicit``)."""
+def _warm_factors(data: InteractionData, earlier: InteractionData, models: CandidateModels,
+                  seed: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Starting factors for an ALS fit on ``data`` from one fitted on ``earlier`` (the same store some
+    weeks before): each known customer and item starts where it was, new ones as implicit starts
+    them (uniform in [0, 0.01))."""
+    rng = np.random.default_rng(seed)
+    n_factors = models.item_factors.shape[1]
+
+    def carry(ids: NDArray[Any], earlier_ids: NDArray[Any], earlier_factors: NDArray[np.float32]) -> NDArray[np.float32]:
+        out = (rng.random((len(ids), n_factors), dtype=np.float32) * 0.01).astype(np.float32)
+        if len(earlier_ids):
+            pos = np.minimum(np.searchsorted(earlier_ids, ids), len(earlier_ids) - 1)
+            known = earlier_ids[pos] == ids
+            out[known] = earlier_factors[pos[known]]
+        return out
+
+    return (carry(data.customer_ids, earlier.customer_ids, models.user_factors),
+            carry(data.item_ids, earlier.item_ids, models.item_factors))
+
+
+def fit_candidate_models(data: InteractionData, settings: RecommenderSettings, *,
+                         warm_start: tuple[InteractionData, CandidateModels] | None = None) -> CandidateModels:
+    """ALS on the BM25-weighted decayed purchases and the BM25 item-item similarity (``implicit``).
+
+    ``warm_start``: the history and candidate models of an earlier cutoff; ALS then starts from their
+    factors and runs ``warm_iterations`` instead of ``iterations`` (most of the fit's time at a
+    million customers)."""
     from implicit.nearest_neighbours import BM25Recommender
 
     if data.n_users == 0 or data.weight.nnz == 0:
@@ -250,6 +279,9 @@ def fit_candidate_models(data: InteractionData, settings: RecommenderSettings) -
     als_input = confidence(weight, scheme="bm25", K1=settings.bm25_k1, B=settings.bm25_b, documents="users")
     with threadpool_limits(1, "blas"):
         als = _als(settings, settings.num_threads)
+        if warm_start is not None:
+            als.user_factors, als.item_factors = _warm_factors(data, *warm_start, seed=settings.seed)
+            als.iterations = settings.warm_iterations
         als.fit(als_input.astype(np.float32).tocsr(), show_progress=False)
         knn = BM25Recommender(K=settings.knn_neighbours, K1=settings.knn_k1, B=settings.knn_b,
                               num_threads=settings.num_threads)
@@ -367,7 +399,8 @@ class RecommenderModel:
         booster, training = _fit_ranker(before, models_before, relevant, settings, before.as_of, data.as_of)
         step("final candidate models")
         self.data_ = data
-        self.models_ = fit_candidate_models(data, settings)
+        # ALS starts from the label period's factors: a few iterations move them to the cutoff.
+        self.models_ = fit_candidate_models(data, settings, warm_start=(before, models_before))
         self.booster_ = booster
         self.training_ = training
         self.settings_ = settings
@@ -411,6 +444,17 @@ class RecommenderModel:
             if len(memo) < 1000:  # a bounded cache: callers may send any combination of categories
                 memo[key] = mask
         return mask
+
+    def _disallowed(self, allowed: BoolArray) -> NDArray[np.int32]:
+        """The items a mask leaves out, as the ALS top-k wants them; remembered for the shared masks."""
+        if allowed.flags.writeable:  # a request's own mask (exclude_items)
+            return np.flatnonzero(~allowed).astype(np.int32)
+        memo = self._memo()
+        key = ("disallowed", id(allowed))
+        found = memo.get(key)
+        if found is None or found[0] is not allowed:
+            found = memo[key] = (allowed, np.flatnonzero(~allowed).astype(np.int32))
+        return found[1]
 
     def _allowed(self, categories: Iterable[str] | None, exclude_categories: Iterable[str] | None,
                  exclude_items: Iterable[Hashable] | None) -> BoolArray:
@@ -497,13 +541,22 @@ class RecommenderModel:
         known_at = np.flatnonzero(known)
         size = _block_size(int(allowed.sum()))
         done = 0
-        for start in range(0, len(known_at), size):
-            at = known_at[start : start + size]
+        blocks = [known_at[start : start + size] for start in range(0, len(known_at), size)]
+        threads = min(self.settings_.num_threads, len(blocks))
+
+        def rank(at: IntArray) -> Ranked:
             block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
-            parts.append(self._rank_block(block, ids[at], n, allowed, exclude_purchased, keep_owned, popular))
-            done += len(at)
-            if progress:
-                progress(done, len(ids))
+            # Blocks run side by side on the threads: each scores on one thread of its own.
+            return self._rank_block(block, ids[at], n, allowed, exclude_purchased, keep_owned, popular,
+                                    scoring_threads=1 if threads > 1 else None)
+
+        with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+            # numpy, implicit's top-k and LightGBM release the GIL: blocks overlap on the cores.
+            for at, ranked in zip(blocks, pool.map(rank, blocks)):
+                parts.append(ranked)
+                done += len(at)
+                if progress:
+                    progress(done, len(ids))
         recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
         for i in np.flatnonzero(~known):
             parts.append(self._unknown(int(ids[i]), n, allowed, exclude_purchased, keep_owned, popular,
@@ -611,11 +664,12 @@ class RecommenderModel:
         als.user_factors = self.models_.user_factors
         return als
 
-    def _score(self, found: Candidates) -> FloatArray:
+    def _score(self, found: Candidates, threads: int | None = None) -> FloatArray:
         if len(found) == 0:
             return np.empty(0)
-        # LightGBM's OpenMP threads cost milliseconds to wake up: one thread for a single request.
-        threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
+        if threads is None:
+            # LightGBM's OpenMP threads cost milliseconds to wake up: one thread for a single request.
+            threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
         return np.asarray(self.booster_.predict(found.x, num_threads=threads), dtype=np.float64)
 
     def _rank_block(
@@ -627,11 +681,13 @@ class RecommenderModel:
         exclude_purchased: bool,
         keep_owned: BoolArray | None,
         popular: IntArray,
+        *,
+        scoring_threads: int | None = None,
     ) -> Ranked:
         found = candidates(self.data_, block, item_factors=self.models_.item_factors, similarity=self.models_.similarity,
                            sizes=self.settings_.candidates, allowed=allowed, exclude_owned=exclude_purchased,
-                           keep_owned=keep_owned, popular=popular)
-        scores = self._score(found)
+                           keep_owned=keep_owned, popular=popular, disallowed=self._disallowed(allowed))
+        scores = self._score(found, scoring_threads)
         order = np.lexsort((found.item, -scores, found.row))
         row, item, score, sources = found.row[order], found.item[order], scores[order], found.sources[order]
         rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
@@ -652,10 +708,15 @@ class RecommenderModel:
         out = np.empty(len(row), dtype=object)
         purchases = found.feature("purchases")[at]
         days = found.feature("days_since_purchase")[at]
-        for k in np.flatnonzero(sources & SOURCE_OWN):
-            times = int(purchases[k])
-            when = "" if not np.isfinite(days[k]) else f", last {int(days[k])} days ago"
-            out[k] = f"you bought it {times} time{'s' if times != 1 else ''}{when}"
+        own = np.flatnonzero(sources & SOURCE_OWN)
+        if len(own):
+            # One sentence per distinct (times, days): written once, shared by every pair that says it.
+            times = purchases[own].astype(np.int64)
+            ago = np.where(np.isfinite(days[own]), days[own], -1.0).astype(np.int64)
+            combos, inverse = np.unique(np.stack([times, ago], axis=1), axis=0, return_inverse=True)
+            texts = np.asarray([f"you bought it {t} time{'s' if t != 1 else ''}"
+                                + ("" if d < 0 else f", last {d} days ago") for t, d in combos.tolist()], dtype=object)
+            out[own] = texts[inverse.ravel()]
         rest = np.flatnonzero(~(sources & SOURCE_OWN).astype(bool))
         if len(rest) == 0:
             return out
@@ -677,14 +738,24 @@ class RecommenderModel:
             first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]]
             positive = share[first] > 0
             best_item[pair[first][positive]] = bought[first][positive]
-        for k, j in zip(rest, best_item):
-            if j >= 0:
-                out[k] = f"because you bought {_label(data, int(j))}"
-            elif sources[k] & SOURCE_ALS:
-                out[k] = "customers with similar purchases bought it"
-            else:
-                out[k] = f"popular: {int(data.buyers_30d[item[k]]):,} buyers in the last 30 days"
+        because, popular = self._item_sentences()
+        has = best_item >= 0
+        als = ~has & (sources[rest] & SOURCE_ALS).astype(bool)
+        out[rest[has]] = because[best_item[has]]
+        out[rest[als]] = "customers with similar purchases bought it"
+        others = rest[~has & ~als]
+        out[others] = popular[item[others]]
         return out
+
+    def _item_sentences(self) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
+        """Per item, once per fit: "because you bought <item>" and "popular: <n> buyers in the last 30 days"."""
+        memo = self._memo()
+        if "sentences" not in memo:
+            data = self.data_
+            memo["sentences"] = (
+                np.asarray([f"because you bought {_label(data, j)}" for j in range(data.n_items)], dtype=object),
+                np.asarray([f"popular: {int(b):,} buyers in the last 30 days" for b in data.buyers_30d], dtype=object))
+        return memo["sentences"]
 
     def _popular_list(self, customer: int, n: int, allowed: BoolArray, channel: str | None,
                       country: str | None) -> Ranked:

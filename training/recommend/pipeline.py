@@ -71,6 +71,7 @@ def recommender_settings(settings: Settings) -> RecommenderSettings:
         factors=settings.recommend_factors,
         regularization=settings.recommend_regularization,
         iterations=settings.recommend_iterations,
+        warm_iterations=settings.recommend_warm_iterations,
         knn_neighbours=settings.recommend_neighbours,
         candidates=CandidateSizes(**sizes),
         label_days=settings.recommend_valid_days,
