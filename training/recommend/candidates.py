@@ -154,6 +154,18 @@ def _entry_rows(m: sparse.csr_matrix) -> IntArray:
     return np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
 
 
+def _entry_of(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> IntArray:
+    """The position in ``m.data`` of each (row, col) pair, -1 where nothing is stored; ``m`` has
+    sorted indices."""
+    n_cols = m.shape[1]
+    keys = _entry_rows(m) * n_cols + m.indices.astype(np.int64)
+    if len(keys) == 0:
+        return np.full(len(rows), -1, dtype=np.int64)
+    query = rows.astype(np.int64) * n_cols + cols.astype(np.int64)
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[pos] == query, pos, -1)
+
+
 def _lookup(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatArray:
     """``m[rows, cols]`` for many pairs at once (0 where nothing is stored); ``m`` has sorted indices."""
     n_cols = m.shape[1]
@@ -295,29 +307,43 @@ def candidates(
                                           sizes.popular)
 
     keys_by_source = [own_r * n_items + own_c, als_r * n_items + als_c, knn_r * n_items + knn_c, pop_r * n_items + pop_c]
-    keys = np.unique(np.concatenate(keys_by_source))
+    ranks_by_source = [None, als_rank, knn_rank, None]
+    keys, inverse = np.unique(np.concatenate(keys_by_source), return_inverse=True)
+    inverse = inverse.ravel()
     row, item = keys // n_items, keys % n_items
     sources = np.zeros(len(keys), dtype=np.int8)
-    for flag, source_keys in zip((SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR), keys_by_source):
-        sources[np.isin(keys, source_keys, assume_unique=True)] |= flag
+    source_ranks: dict[int, FloatArray] = {}
+    start = 0
+    # Each source's entries are a stretch of the concatenation: ``inverse`` tells which pair each is.
+    for flag, source_keys, source_rank in zip((SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR), keys_by_source,
+                                              ranks_by_source):
+        at = inverse[start : start + len(source_keys)]
+        start += len(source_keys)
+        sources[at] |= flag
+        if source_rank is not None:
+            source_ranks[flag] = np.full(len(keys), np.nan)
+            source_ranks[flag][at] = source_rank
 
-    def rank_of(source_keys: IntArray, ranks: IntArray, missing: int) -> FloatArray:
-        out = np.full(len(keys), float(missing))
-        if len(source_keys):
-            order = np.argsort(source_keys)
-            sk = source_keys[order]
-            pos = np.minimum(np.searchsorted(sk, keys), len(sk) - 1)
-            hit = sk[pos] == keys
-            out[hit] = ranks[order][pos[hit]]
-        return out
+    def rank_of(flag: int, missing: int) -> FloatArray:
+        out = source_ranks[flag]
+        return np.where(np.isnan(out), float(missing), out)
 
     x = np.zeros((len(keys), len(FEATURES)), dtype=np.float32)
-    purchases = _lookup(block.purchases, row, item)
-    days = _lookup(block.days_since, row, item)
+    # The four history matrices share one sparsity: find each pair's entry once.
+    entry = _entry_of(block.purchases, row, item)
+    stored = entry >= 0
+
+    def value(m: sparse.csr_matrix) -> FloatArray:
+        out = np.zeros(len(keys))
+        out[stored] = m.data[entry[stored]]
+        return out
+
+    purchases = value(block.purchases)
+    days = value(block.days_since)
     x[:, _F["owned"]] = purchases > 0
     x[:, _F["purchases"]] = purchases
-    x[:, _F["weight"]] = _lookup(block.weight, row, item)
-    x[:, _F["weight_short"]] = _lookup(block.weight_short, row, item)
+    x[:, _F["weight"]] = value(block.weight)
+    x[:, _F["weight_short"]] = value(block.weight_short)
     x[:, _F["days_since_purchase"]] = np.where(days > 0, days - 1.0, np.nan)
 
     # Customer-level features, over what they bought.
@@ -345,9 +371,9 @@ def candidates(
 
     factors = np.asarray(block.factors, dtype=np.float32)
     x[:, _F["als_score"]] = np.einsum("ij,ij->i", factors[row], np.asarray(item_factors, dtype=np.float32)[item])
-    x[:, _F["als_rank"]] = rank_of(keys_by_source[1], als_rank, sizes.als)
+    x[:, _F["als_rank"]] = rank_of(SOURCE_ALS, sizes.als)
     x[:, _F["knn_score"]] = _lookup(knn_scores, row, item)
-    x[:, _F["knn_rank"]] = rank_of(keys_by_source[2], knn_rank, sizes.knn)
+    x[:, _F["knn_rank"]] = rank_of(SOURCE_KNN, sizes.knn)
     popular_rank = np.full(n_items, float(len(ranked)))
     popular_rank[ranked] = np.arange(len(ranked))
     x[:, _F["popular_rank"]] = popular_rank[item]

@@ -77,10 +77,9 @@ RECOMMENDATION_COLUMNS: tuple[str, ...] = (Col.CUSTOMER_ID, "rank", Col.ITEM_ID,
 SOURCES: tuple[str, ...] = ("repurchase", "model", "popularity")
 #: Candidate rows from which the ranker scores on several threads.
 PARALLEL_SCORING_ROWS = 20_000
-#: Customers per block of candidate generation (bounded so that a block's ALS scores stay small).
-MAX_BLOCK_CUSTOMERS = 2_000
-#: ALS scores held at once in a block (customers x allowed items), in float32 values.
-MAX_BLOCK_SCORES = 20_000_000
+#: Customers per block of candidate generation (implicit's top-k scores the items in its own small
+#: batches, so a block's memory is its candidates: about 130 rows of 20 features a customer).
+BLOCK_CUSTOMERS = 1_000
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ class RecommenderSettings:
     label_days: int = 90
     max_training_customers: int = 20_000
     n_estimators: int = 300
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     num_leaves: int = 15
     min_child_samples: int = 100
     early_stopping_rounds: int = 30
@@ -298,10 +297,6 @@ def fit_candidate_models(data: InteractionData, settings: RecommenderSettings, *
         als_idf=idf.astype(np.float64),
         als_mean_row_weight=mean_row,
     )
-
-
-def _block_size(n_allowed: int) -> int:
-    return int(max(1, min(MAX_BLOCK_CUSTOMERS, MAX_BLOCK_SCORES // max(n_allowed, 1))))
 
 
 def _ranker_params(settings: RecommenderSettings) -> dict[str, Any]:
@@ -539,7 +534,7 @@ class RecommenderModel:
         keep_owned = self._keep_owned()
         parts: list[Ranked] = []
         known_at = np.flatnonzero(known)
-        size = _block_size(int(allowed.sum()))
+        size = BLOCK_CUSTOMERS
         done = 0
         blocks = [known_at[start : start + size] for start in range(0, len(known_at), size)]
         threads = min(self.settings_.num_threads, len(blocks))
@@ -732,7 +727,10 @@ class RecommenderModel:
         sim_keys = self.models_.similarity_keys
         best_item = np.full(len(rest), -1, dtype=np.int64)
         if len(sim_keys) and len(keys):
-            at_key = np.minimum(np.searchsorted(sim_keys, keys), len(sim_keys) - 1)
+            # Sorted needles: numpy's binary searches then walk the 5-million-entry array in order.
+            ascending = np.argsort(keys)
+            at_key = np.empty(len(keys), dtype=np.int64)
+            at_key[ascending] = np.minimum(np.searchsorted(sim_keys, keys[ascending]), len(sim_keys) - 1)
             share = np.where(sim_keys[at_key] == keys, self.models_.similarity.data[at_key], 0.0) * w
             order = np.lexsort((bought, -share, pair))
             first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]]
@@ -868,7 +866,7 @@ def _fit_ranker(
         with_labels = np.sort(rng.choice(with_labels, settings.max_training_customers, replace=False))
     allowed = data.recommendable
     xs, ys, groups = [], [], []
-    size = _block_size(int(allowed.sum()))
+    size = BLOCK_CUSTOMERS
     for start in range(0, len(with_labels), size):
         rows = with_labels[start : start + size]
         block = UserBlock.of_users(data, rows, models.user_factors)
