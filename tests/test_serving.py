@@ -288,7 +288,15 @@ def test_customer_scores_equal_the_batch_scores_of_the_store(server, bundle, tra
     versions = bundle.versions()
     expected = score_rows(snapshot, pd.Index(ids), bundle.clv, bundle.churn,
                           versions={"clv": versions["clv"], "churn": versions["churn"]})
-    assert body["scores"] == _records(expected)
+    # The server's snapshot is the bundle's, the expected one is rebuilt from the store here: DuckDB
+    # sums floats on several threads, so money averages may differ in the last bit between the two.
+    got, want = body["scores"], _records(expected)
+    assert [sorted(row) for row in got] == [sorted(row) for row in want]
+    for g, w in zip(got, want):
+        assert {k: v for k, v in g.items() if not isinstance(v, float)} == \
+            {k: v for k, v in w.items() if not isinstance(v, float)}
+        assert {k: v for k, v in g.items() if isinstance(v, float)} == \
+            pytest.approx({k: v for k, v in w.items() if isinstance(v, float)}, rel=1e-12, abs=1e-12)
     assert {s["risk_band"] for s in body["scores"][5:]} <= {"lapsed"}
     _metadata_ok(body, bundle)
     # The second API key works too; a duplicate is answered once.
