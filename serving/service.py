@@ -25,8 +25,8 @@ middleware keeps every request's timer, with the request's context and span, ali
 timeout passes: at 2,000 requests/s and a 30 s timeout, 60,000 live spans, a growing heap and
 garbage-collector passes of 0.1 s (the p99 of even the echo endpoint). The API paths are therefore
 not traced unless ``RAPPORT_SERVING_TRACING=1``, and the timeout is 10 s. (3) The bundle's objects
-are frozen out of the collector's full passes once loaded and its thresholds raised. Concurrent ``recommend`` requests are
-ranked together (:mod:`serving.batching`).
+are frozen out of the collector's full passes once loaded and its thresholds raised. Concurrent
+``recommend`` requests are ranked together (:mod:`serving.batching`).
 """
 
 from __future__ import annotations
