@@ -125,6 +125,19 @@ class Ranked:
                         self.reason.tolist()))
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The options of one recommend call, resolved: the item mask, the popular source, the exclusions."""
+
+    n: int
+    exclude_purchased: bool
+    allowed: BoolArray
+    keep_owned: BoolArray | None
+    popular: IntArray
+    channel: str | None
+    country: str | None
+
+
 class RecommenderInputError(ValueError):
     """A request the recommender cannot serve, with what was expected."""
 
@@ -502,6 +515,16 @@ class RecommenderModel:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
             raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
 
+    def _options(self, n: int, exclude_purchased: bool, categories: Iterable[str] | None,
+                 exclude_categories: Iterable[str] | None, exclude_items: Iterable[Hashable] | None,
+                 channel: str | None, country: str | None) -> _Options:
+        """What every list of one call shares, checked and resolved once."""
+        self._check_n(n)
+        return _Options(n=n, exclude_purchased=exclude_purchased,
+                        allowed=self._allowed(categories, exclude_categories, exclude_items),
+                        keep_owned=self._keep_owned(), popular=self._popular(channel, country)[0],
+                        channel=channel, country=country)
+
     def recommend(
         self,
         customer_ids: Sequence[Hashable],
@@ -525,25 +548,20 @@ class RecommenderModel:
         with fewer allowed candidates than ``n`` gets a shorter list; ``fallback`` is true for
         customers served the popular list. ``progress(done, total)`` is called after each block.
         """
-        self._check_n(n)
+        options = self._options(n, exclude_purchased, categories, exclude_categories, exclude_items, channel, country)
         data = self.data_
         ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
         rows, known = data.user_positions(ids)
-        allowed = self._allowed(categories, exclude_categories, exclude_items)
-        popular = self._popular(channel, country)[0]
-        keep_owned = self._keep_owned()
         parts: list[Ranked] = []
         known_at = np.flatnonzero(known)
-        size = BLOCK_CUSTOMERS
         done = 0
-        blocks = [known_at[start : start + size] for start in range(0, len(known_at), size)]
+        blocks = [known_at[start : start + BLOCK_CUSTOMERS] for start in range(0, len(known_at), BLOCK_CUSTOMERS)]
         threads = min(self.settings_.num_threads, len(blocks))
 
         def rank(at: IntArray) -> Ranked:
             block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
             # Blocks run side by side on the threads: each scores on one thread of its own.
-            return self._rank_block(block, ids[at], n, allowed, exclude_purchased, keep_owned, popular,
-                                    scoring_threads=1 if threads > 1 else None)
+            return self._rank_block(block, ids[at], options, scoring_threads=1 if threads > 1 else None)
 
         with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
             # numpy, implicit's top-k and LightGBM release the GIL: blocks overlap on the cores.
@@ -554,15 +572,15 @@ class RecommenderModel:
                     progress(done, len(ids))
         recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
         for i in np.flatnonzero(~known):
-            parts.append(self._unknown(int(ids[i]), n, allowed, exclude_purchased, keep_owned, popular,
-                                       recent.get(int(ids[i]), ()), channel, country))
+            parts.append(self._unknown(int(ids[i]), options, recent.get(int(ids[i]), ())))
         if progress and len(known_at) < len(ids):
             progress(len(ids), len(ids))
         out = Ranked.concat(parts)
         if not known.all():
-            # Known customers come block by block in the order asked; put the others back in place.
-            first = {int(c): k for k, c in reversed(list(enumerate(ids)))}
-            position = np.asarray([first[int(c)] for c in out.customer_id], dtype=np.int64)
+            # Known customers come block by block in the order asked; put the others back in place
+            # (each customer at the first place it was asked).
+            unique, first = np.unique(ids, return_index=True)
+            position = first[np.searchsorted(unique, out.customer_id)]
             out = out.take(np.argsort(position, kind="stable"))
         return out.frame(data.item_ids)
 
@@ -603,19 +621,16 @@ class RecommenderModel:
         """:meth:`recommend` for a few customers asked with the same filters (the service's
         concurrent requests), one ``(ranked list, known)`` per id asked, in order; the known ones are
         ranked together in one block. Same code, same lists as :meth:`recommend`."""
-        self._check_n(n)
+        options = self._options(n, exclude_purchased, categories, exclude_categories, exclude_items, channel, country)
         data = self.data_
         ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
-        allowed = self._allowed(categories, exclude_categories, exclude_items)
-        popular = self._popular(channel, country)[0]
-        keep_owned = self._keep_owned()
         unique, inverse = np.unique(ids, return_inverse=True)
         rows, known = data.user_positions(unique)
         lists: list[Ranked | None] = [None] * len(unique)
         known_at = np.flatnonzero(known)
         if len(known_at):
             block = UserBlock.of_users(data, rows[known_at], self.models_.user_factors)
-            ranked = self._rank_block(block, unique[known_at], n, allowed, exclude_purchased, keep_owned, popular)
+            ranked = self._rank_block(block, unique[known_at], options)
             # Entries come grouped by customer, in block order; a customer may have none.
             bounds = np.searchsorted(known_at, np.searchsorted(unique, ranked.customer_id))
             starts = np.searchsorted(bounds, np.arange(len(known_at)), side="left")
@@ -625,19 +640,15 @@ class RecommenderModel:
         recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
         for at in np.flatnonzero(~known):
             customer = int(unique[at])
-            lists[at] = self._unknown(customer, n, allowed, exclude_purchased, keep_owned, popular,
-                                      recent.get(customer, ()), channel, country)
+            lists[at] = self._unknown(customer, options, recent.get(customer, ()))
         return [(lists[k], bool(known[k])) for k in inverse.ravel()]  # type: ignore[misc]
 
-    def _unknown(self, customer: int, n: int, allowed: BoolArray, exclude_purchased: bool,
-                 keep_owned: BoolArray | None, popular: IntArray, recent: Sequence[Hashable],
-                 channel: str | None, country: str | None) -> Ranked:
+    def _unknown(self, customer: int, options: _Options, recent: Sequence[Hashable]) -> Ranked:
         """A customer the model does not know: a fold-in on their recent items, else the popular list."""
         block = self._folded_in(recent)
         if block is None:
-            return self._popular_list(customer, n, allowed, channel, country)
-        return self._rank_block(block, np.asarray([customer], dtype=np.int64), n, allowed, exclude_purchased,
-                                keep_owned, popular)
+            return self._popular_list(customer, options.n, options.allowed, options.channel, options.country)
+        return self._rank_block(block, np.asarray([customer], dtype=np.int64), options)
 
     def _folded_in(self, items: Sequence[Hashable]) -> UserBlock | None:
         if not items:
@@ -667,26 +678,17 @@ class RecommenderModel:
             threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
         return np.asarray(self.booster_.predict(found.x, num_threads=threads), dtype=np.float64)
 
-    def _rank_block(
-        self,
-        block: UserBlock,
-        customer_ids: IntArray,
-        n: int,
-        allowed: BoolArray,
-        exclude_purchased: bool,
-        keep_owned: BoolArray | None,
-        popular: IntArray,
-        *,
-        scoring_threads: int | None = None,
-    ) -> Ranked:
+    def _rank_block(self, block: UserBlock, customer_ids: IntArray, options: _Options, *,
+                    scoring_threads: int | None = None) -> Ranked:
         found = candidates(self.data_, block, item_factors=self.models_.item_factors, similarity=self.models_.similarity,
-                           sizes=self.settings_.candidates, allowed=allowed, exclude_owned=exclude_purchased,
-                           keep_owned=keep_owned, popular=popular, disallowed=self._disallowed(allowed))
+                           sizes=self.settings_.candidates, allowed=options.allowed,
+                           exclude_owned=options.exclude_purchased, keep_owned=options.keep_owned,
+                           popular=options.popular, disallowed=self._disallowed(options.allowed))
         scores = self._score(found, scoring_threads)
         order = np.lexsort((found.item, -scores, found.row))
         row, item, score, sources = found.row[order], found.item[order], scores[order], found.sources[order]
         rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
-        keep = rank < n
+        keep = rank < options.n
         row, item, score, sources, rank = row[keep], item[keep], score[keep], sources[keep], rank[keep]
         source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0,
                                                             np.where(sources & (SOURCE_ALS | SOURCE_KNN), 1, 2))]
