@@ -21,6 +21,7 @@ from training.recommend.candidates import (
     FEATURES,
     SOURCE_OWN,
     CandidateSizes,
+    ItemFactorIndex,
     UserBlock,
     candidates,
 )
@@ -110,11 +111,65 @@ def test_interaction_arrays_share_one_layout_and_hold_the_interactions(store, cu
 # --- candidates ----------------------------------------------------------------------------------
 
 
+def _full_top(users, items, k, allowed, excluded):
+    """The reference: every score computed, masked, and the k best of each row (ties: larger norm,
+    then lower item position) as {row: [items in rank order]}."""
+    scores = users.astype(np.float32) @ items.astype(np.float32).T
+    scores[:, ~allowed] = -np.inf
+    for r, c in excluded:
+        scores[r, c] = -np.inf
+    norms = np.linalg.norm(items.astype(np.float64), axis=1)
+    out = {}
+    for r in range(len(users)):
+        ok = np.flatnonzero(np.isfinite(scores[r]))
+        order = ok[np.lexsort((ok, -norms[ok], -scores[r, ok]))]
+        out[r] = order[:k].tolist()
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_als_top_k_skips_items_but_finds_the_same_lists_as_scoring_every_item(seed, monkeypatch):
+    import training.recommend.candidates as cand
+
+    # Small stretches so that a 3,000-item catalogue takes many steps (the production sizes are
+    # tuned for 50,000 items).
+    monkeypatch.setattr(cand, "ALS_FIRST_ITEMS", 64)
+    monkeypatch.setattr(cand, "ALS_STRETCH_ITEMS", 128)
+    monkeypatch.setattr(cand, "ALS_DOUBLING_FROM", 1_024)
+    rng = np.random.default_rng(seed)
+    n_items, n_users, k = 3_000, 60, 40
+    # Zipf-like norms as ALS gives them, a block of never-bought items with zero factors (ties at
+    # a score of 0) and a duplicated item (ties at equal norms).
+    items = rng.normal(size=(n_items, 16)) * ((1.0 + np.arange(n_items)) ** -0.8)[rng.permutation(n_items), None]
+    items[:200] = 0.0
+    items[500] = items[501]
+    users = rng.normal(size=(n_users, 16))
+    users[0] = 0.0  # a customer with no factors: every score 0
+    users[1] = -items[2000] * 50  # a customer whose best scores are negative
+    allowed = rng.random(n_items) > 0.1
+    excluded_rows = rng.integers(0, n_users, 400)
+    excluded_cols = rng.integers(0, n_items, 400)
+    excluded_cols[:30] = np.argsort(-np.linalg.norm(items, axis=1))[:30]  # the largest items, excluded
+    index = ItemFactorIndex(items)
+    rows, found, ranks = index.top(users, k, allowed, excluded_rows, excluded_cols)
+    expected = _full_top(users, items, k, allowed, set(zip(excluded_rows.tolist(), excluded_cols.tolist())))
+    got = {r: [] for r in range(n_users)}
+    for r, item, rank in zip(rows.tolist(), found.tolist(), ranks.tolist()):
+        assert rank == len(got[r])
+        got[r].append(item)
+    assert got == expected
+    # Fewer allowed items than k: every allowed one, none of the others.
+    few = np.zeros(n_items, dtype=bool)
+    few[[5, 700, 2999]] = True
+    rows, found, _ = index.top(users[:3], k, few, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+    assert sorted(zip(rows.tolist(), found.tolist())) == [(r, i) for r in range(3) for i in (5, 700, 2999)]
+
+
 def test_candidates_features_and_the_owned_filter(model):
     data, models = model.data_, model.models_
     rows = np.arange(40)
     block = UserBlock.of_users(data, rows, models.user_factors)
-    kwargs = dict(item_factors=models.item_factors, similarity=models.similarity, sizes=SMALL.candidates,
+    kwargs = dict(item_index=models.item_index, similarity=models.similarity, sizes=SMALL.candidates,
                   allowed=data.recommendable)
     found = candidates(data, block, exclude_owned=False, **kwargs)
     assert found.x.shape == (len(found), len(FEATURES))

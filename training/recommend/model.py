@@ -58,9 +58,12 @@ from training.recommend.candidates import (
     SOURCE_OWN,
     CandidateSizes,
     Candidates,
+    ItemFactorIndex,
     UserBlock,
     _lookup,
     candidates,
+    ranks_in_rows,
+    row_score_order,
 )
 from training.recommend.data import InteractionData, build_interaction_data, relevant_positions
 from training.recommend.split import purchases_between
@@ -77,8 +80,8 @@ RECOMMENDATION_COLUMNS: tuple[str, ...] = (Col.CUSTOMER_ID, "rank", Col.ITEM_ID,
 SOURCES: tuple[str, ...] = ("repurchase", "model", "popularity")
 #: Candidate rows from which the ranker scores on several threads.
 PARALLEL_SCORING_ROWS = 20_000
-#: Customers per block of candidate generation (implicit's top-k scores the items in its own small
-#: batches, so a block's memory is its candidates: about 130 rows of 20 features a customer).
+#: Customers per block of candidate generation (the ALS top-k scores the items in stretches, so a
+#: block's memory is its candidates: about 130 rows of 20 features a customer).
 BLOCK_CUSTOMERS = 1_000
 
 
@@ -221,6 +224,11 @@ class CandidateModels:
     #: BM25 of the ALS input (users as documents): IDF per item and the mean customer weight.
     als_idf: FloatArray
     als_mean_row_weight: float
+
+    @cached_property
+    def item_index(self) -> ItemFactorIndex:
+        """The item factors ordered for the ALS top-k (built on first use)."""
+        return ItemFactorIndex(self.item_factors)
 
     @cached_property
     def similarity_keys(self) -> IntArray:
@@ -453,17 +461,6 @@ class RecommenderModel:
                 memo[key] = mask
         return mask
 
-    def _disallowed(self, allowed: BoolArray) -> NDArray[np.int32]:
-        """The items a mask leaves out, as the ALS top-k wants them; remembered for the shared masks."""
-        if allowed.flags.writeable:  # a request's own mask (exclude_items)
-            return np.flatnonzero(~allowed).astype(np.int32)
-        memo = self._memo()
-        key = ("disallowed", id(allowed))
-        found = memo.get(key)
-        if found is None or found[0] is not allowed:
-            found = memo[key] = (allowed, np.flatnonzero(~allowed).astype(np.int32))
-        return found[1]
-
     def _allowed(self, categories: Iterable[str] | None, exclude_categories: Iterable[str] | None,
                  exclude_items: Iterable[Hashable] | None) -> BoolArray:
         mask = self._category_mask(categories, exclude_categories)
@@ -564,7 +561,7 @@ class RecommenderModel:
             return self._rank_block(block, ids[at], options, scoring_threads=1 if threads > 1 else None)
 
         with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-            # numpy, implicit's top-k and LightGBM release the GIL: blocks overlap on the cores.
+            # numpy's products and sorts and LightGBM release the GIL: blocks overlap on the cores.
             for at, ranked in zip(blocks, pool.map(rank, blocks)):
                 parts.append(ranked)
                 done += len(at)
@@ -680,19 +677,20 @@ class RecommenderModel:
 
     def _rank_block(self, block: UserBlock, customer_ids: IntArray, options: _Options, *,
                     scoring_threads: int | None = None) -> Ranked:
-        found = candidates(self.data_, block, item_factors=self.models_.item_factors, similarity=self.models_.similarity,
+        found = candidates(self.data_, block, item_index=self.models_.item_index, similarity=self.models_.similarity,
                            sizes=self.settings_.candidates, allowed=options.allowed,
                            exclude_owned=options.exclude_purchased, keep_owned=options.keep_owned,
-                           popular=options.popular, disallowed=self._disallowed(options.allowed))
-        scores = self._score(found, scoring_threads)
-        order = np.lexsort((found.item, -scores, found.row))
-        row, item, score, sources = found.row[order], found.item[order], scores[order], found.sources[order]
-        rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
-        keep = rank < options.n
-        row, item, score, sources, rank = row[keep], item[keep], score[keep], sources[keep], rank[keep]
+                           popular=options.popular)
+        # Scores in float32 precision, as they are ranked: candidates come in (row, item) order, so a
+        # tie goes to the lower item position.
+        scores = self._score(found, scoring_threads).astype(np.float32).astype(np.float64)
+        order = row_score_order(found.row, scores)
+        rank = ranks_in_rows(found.row[order])
+        at, rank = order[rank < options.n], rank[rank < options.n]
+        row, item, score, sources = found.row[at], found.item[at], scores[at], found.sources[at]
         source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0,
                                                             np.where(sources & (SOURCE_ALS | SOURCE_KNN), 1, 2))]
-        reasons = self._reasons(block, row, item, sources, found, order[keep])
+        reasons = self._reasons(block, row, item, sources, found, at)
         return Ranked(customer_id=customer_ids[row].astype(np.int64), rank=(rank + 1).astype(np.int64), item=item,
                       score=score, source=source, reason=reasons, fallback=np.zeros(len(row), dtype=bool))
 
@@ -734,7 +732,8 @@ class RecommenderModel:
             at_key = np.empty(len(keys), dtype=np.int64)
             at_key[ascending] = np.minimum(np.searchsorted(sim_keys, keys[ascending]), len(sim_keys) - 1)
             share = np.where(sim_keys[at_key] == keys, self.models_.similarity.data[at_key], 0.0) * w
-            order = np.lexsort((bought, -share, pair))
+            # A pair's entries come by bought item: on a tie, the lower one explains the pair.
+            order = row_score_order(pair, share)
             first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]]
             positive = share[first] > 0
             best_item[pair[first][positive]] = bought[first][positive]
@@ -872,7 +871,7 @@ def _fit_ranker(
     for start in range(0, len(with_labels), size):
         rows = with_labels[start : start + size]
         block = UserBlock.of_users(data, rows, models.user_factors)
-        found = candidates(data, block, item_factors=models.item_factors, similarity=models.similarity,
+        found = candidates(data, block, item_index=models.item_index, similarity=models.similarity,
                            sizes=settings.candidates, allowed=allowed, exclude_owned=False)
         y = _lookup(labels[rows], found.row, found.item)
         xs.append(found.x)
