@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         description="Candidates per customer from each source (own purchases, ALS, item-KNN, popular) before ranking.",
     )
     recommend_max_training_customers: int = Field(20_000, ge=10, description="Customers sampled to train the ranker.")
-    recommend_ranker_trees: int = Field(300, ge=1, description="LightGBM ranker: maximum boosting rounds (early stopping on held-out label-period customers).")
+    recommend_ranker_trees: int = Field(150, ge=1, description="LightGBM ranker: maximum boosting rounds (early stopping on held-out label-period customers; every tree costs scoring time).")
     recommend_repurchasable_categories: list[str] = Field(
         default_factory=list,
         description="Categories still recommended after a purchase when already purchased items are excluded (consumables).",

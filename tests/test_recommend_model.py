@@ -222,6 +222,15 @@ def test_lists_are_ranked_distinct_recommendable_and_exclude_purchases(model):
     assert repeat["reason"].startswith("you bought it")
 
 
+def test_large_frames_carry_the_same_item_ids(model, monkeypatch):
+    import training.recommend.model as recommend_model
+
+    customers = _busy_customers(model, 8)
+    small = model.recommend(customers, 10)
+    monkeypatch.setattr(recommend_model, "LARGE_FRAME_ROWS", 1)  # item ids taken in Arrow
+    pd.testing.assert_frame_equal(model.recommend(customers, 10), small)
+
+
 def test_batch_equals_one_customer_at_a_time(model):
     customers = _busy_customers(model, 8)
     batch = model.recommend(customers, 5)
