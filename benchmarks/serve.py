@@ -12,14 +12,20 @@ churn models are the ones of a small trained bundle (``--models``, e.g. one writ
 ``rapport serve export`` after ``rapport demo``), and the scoring snapshot is that bundle's rows
 resampled to the 1M customers; the identity map gets three random keys per customer.
 
+The bundle holds the default lists (``--default-lists``, the top 20 of every customer ranked at
+export, as ``rapport serve export`` writes them; the seconds it took are printed).
+
     python benchmarks/serve.py --models bundle [--customers 1000000] [--items 50000]
                                [--interactions 10000000] [--seconds 30] [--connections 16] [--workers 2]
-                               [--client wrk|httpx] [--reuse]
+                               [--client wrk|httpx] [--default-lists 20] [--reuse]
 
-Prints, for ``recommend`` (a random known customer, n=10), ``customer_scores`` (one random customer)
-and ``echo`` (the HTTP layer alone): requests/s, p50 and p99 latency, errors; the share of echo's
-throughput recommend reaches, and the server's resident memory per worker. Targets on 2 cores:
-recommend >= 1,000 requests/s, p99 < 50 ms, zero errors, >= 60 % of echo; < 2 GB per worker.
+Prints, for ``recommend`` (a random known customer, n=10, no option: the web shop's plain list, a
+lookup in the default lists), ``recommend_ranked`` (the same with ``exclude_purchased: false``: an
+option, so the model ranks the list per request, in blocks of concurrent requests),
+``customer_scores`` (one random customer) and ``echo`` (the HTTP layer alone): requests/s, p50 and
+p99 latency, errors; the share of echo's throughput recommend reaches, and the server's resident
+memory per worker. Targets on 2 cores: recommend >= 1,000 requests/s, p99 < 50 ms, zero errors,
+>= 60 % of echo; < 2 GB per worker.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
     import recommend as synthetic  # benchmarks/recommend.py
 
     from training.bundle import CHURN_STATE, CLV_STATE, IDENTITY, RECOMMENDER_DIR, SNAPSHOT_CHURN, \
-        SNAPSHOT_CUSTOMERS, read_manifest, write_manifest
+        SNAPSHOT_CUSTOMERS, read_manifest, write_default_lists, write_manifest
     from training.recommend import artefact
     from training.recommend.model import RecommenderModel, RecommenderSettings
 
@@ -73,6 +79,9 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     artefact.save(model, out / RECOMMENDER_DIR)
+    started = time.perf_counter()
+    lists = write_default_lists(model, out, args.default_lists)
+    print(f"default lists (top {args.default_lists}) ranked in {time.perf_counter() - started:.0f} s", flush=True)
     for name in (CLV_STATE, CHURN_STATE):
         shutil.copy(source / name, out / name)
     rng = np.random.default_rng(7)
@@ -91,7 +100,8 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
         "customer_id": np.repeat(ids.to_numpy(), 3),
     }).to_parquet(out / IDENTITY, index=False)
     manifest = {**manifest, "counts": {"customers": len(ids), "churn_population": len(in_churn), "identity_keys": n_keys,
-                                       "recommender_customers": data.n_users, "items": data.n_items},
+                                       "recommender_customers": data.n_users, "items": data.n_items,
+                                       "default_lists": 0 if lists is None else lists.n_customers},
                 "salt_check": None, "created": pd.Timestamp.now(tz="UTC").isoformat()}
     write_manifest(out, manifest)
 
@@ -115,13 +125,15 @@ async def _drive(url: str, endpoint: str, ids: list[int], seconds: float, connec
                 i = (i + connections) % len(ids)
                 if endpoint == "recommend":
                     body = {"customer_id": ids[i], "n": 10}
+                elif endpoint == "recommend_ranked":
+                    body = {"customer_id": ids[i], "n": 10, "exclude_purchased": False}
                 elif endpoint == "customer_scores":
                     body = {"customer_ids": [ids[i]]}
                 else:
                     body = {"message": "ping"}
                 t = time.perf_counter()
                 try:
-                    response = await client.post(f"/{endpoint}", json=body)
+                    response = await client.post(f"/{_WRK_BODIES[endpoint][0]}", json=body)
                     ok = response.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -161,19 +173,25 @@ done = function(summary, latency, requests)
 end
 """
 
+#: Per measured case: the endpoint's path and the request body (Lua expression of the customer ids[i]).
+#: ``recommend`` asks for a plain list (a lookup in the default lists ranked at export);
+#: ``recommend_ranked`` keeps purchases in the list (an option), so the model ranks it per request.
 _WRK_BODIES = {
-    "recommend": "'{\"customer_id\": ' .. ids[i] .. ', \"n\": 10}'",
-    "customer_scores": "'{\"customer_ids\": [' .. ids[i] .. ']}'",
-    "echo": "'{\"message\": \"ping\"}'",
+    "recommend": ("recommend", "'{\"customer_id\": ' .. ids[i] .. ', \"n\": 10}'"),
+    "recommend_ranked": ("recommend", "'{\"customer_id\": ' .. ids[i] .. ', \"n\": 10, \"exclude_purchased\": false}'"),
+    "customer_scores": ("customer_scores", "'{\"customer_ids\": [' .. ids[i] .. ']}'"),
+    "echo": ("echo", "'{\"message\": \"ping\"}'"),
 }
+CASES = tuple(_WRK_BODIES)
 
 
 def drive_wrk(url: str, endpoint: str, ids_file: Path, seconds: float, connections: int) -> dict:
     """One endpoint under wrk: 4 threads (connections opened by several threads spread over the
     workers; one thread opens them all at once and one worker may accept them all)."""
     script = ids_file.parent / f"{endpoint}.lua"
-    script.write_text(_WRK_SCRIPT % {"key": API_KEY, "ids": ids_file.with_suffix(".txt"), "endpoint": endpoint,
-                                     "body": _WRK_BODIES[endpoint]})
+    path, body = _WRK_BODIES[endpoint]
+    script.write_text(_WRK_SCRIPT % {"key": API_KEY, "ids": ids_file.with_suffix(".txt"), "endpoint": path,
+                                     "body": body})
     threads = str(min(4, connections))
     for duration in (5.0, seconds):  # warm-up, then the measure
         done = subprocess.run(["wrk", "-t", threads, "-c", str(connections), "-d", f"{duration:g}s", "-s", str(script),
@@ -217,6 +235,8 @@ def main() -> None:
     parser.add_argument("--client", choices=("wrk", "httpx"), default=None,
                         help="The load generator (default: wrk when installed, else httpx).")
     parser.add_argument("--reuse", action="store_true", help="Use the bundle built by an earlier run.")
+    parser.add_argument("--default-lists", type=int, default=20,
+                        help="Length of the default lists ranked into the bundle (serving_default_lists; 0: none).")
     args = parser.parse_args()
 
     client = args.client or ("wrk" if shutil.which("wrk") else "httpx")
@@ -258,7 +278,7 @@ def main() -> None:
         results = []
         # recommend first: BentoML keeps every answered request's timer for the 10 s timeout, and
         # echo's tens of thousands would still be in the heap during the next endpoint's run.
-        for endpoint in ("recommend", "customer_scores", "echo"):
+        for endpoint in CASES:
             if client == "wrk":
                 results.append(drive_wrk(url, endpoint, ids_file, args.seconds, args.connections))
             else:
@@ -270,11 +290,12 @@ def main() -> None:
             print(f"{endpoint:<16} {r['rps']:8.0f} req/s   p50 {r['p50']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
                   f"errors {r['errors']}   ({r['requests']:,} requests)", flush=True)
         rss = _rss_mb(server.pid)
-        echo = results[2]["rps"]
+        echo = results[CASES.index("echo")]["rps"]
         print()
         print(f"bundle: {manifest['counts']['customers']:,} customers, {manifest['counts']['items']:,} items; "
               f"{args.connections} connections, {args.seconds:.0f} s each, {args.workers} worker(s), client {client}")
-        print(f"recommend / echo throughput: {results[0]['rps'] / echo:.0%}")
+        print(f"recommend / echo throughput: {results[0]['rps'] / echo:.0%} (default lists); "
+              f"{results[1]['rps'] / echo:.0%} ranked per request")
         print(f"server resident memory (largest process): {rss:,.0f} MB")
     finally:
         os.killpg(server.pid, 15)

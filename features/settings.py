@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     serving_max_request_bytes: int = Field(
         262_144, ge=1_024, description="Largest request body the service accepts (larger: 413)."
     )
+    serving_default_lists: int = Field(
+        20, ge=0, le=100,
+        description="Export: every known customer's top-N under the default options (no filter, purchases excluded) "
+        "is ranked once into the bundle and served as a lookup (requests with n <= N and no filter); 0: rank every request.",
+    )
 
     @field_validator("currency")
     @classmethod

@@ -6,7 +6,9 @@ recommender's sorted id array; raw keys are hashed with the deployment's salt
 (:func:`features.identity.hash_key`) and found by binary search in :class:`IdentityIndex`, the
 identity map as sorted 64-bit words (24 bytes a key). Scores come from
 :func:`training.scoring.score_rows` and lists from ``RecommenderModel.recommend``: the code paths of
-``rapport score`` and ``rapport recommend``, so the service and the batch files agree.
+``rapport score`` and ``rapport recommend``, so the service and the batch files agree. A request for
+a known customer's plain list (no filter, ``n`` within the bundle's ``serving_default_lists``) is a
+lookup in the lists the same model ranked at export (:mod:`training.recommend.precomputed`).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class Runtime:
                       "will answer 400 (set RAPPORT_IDENTITY_SALT to the store's salt)")
         self._score_versions = {"clv": self.versions["clv"], "churn": self.versions["churn"]}
         self._customers_index = bundle.snapshot.customers.index
+        self._recommender_ids = bundle.recommender.data_.customer_ids
 
     @classmethod
     def from_directory(cls, directory: Path | str, settings: Settings) -> Runtime:
@@ -162,16 +165,38 @@ class Runtime:
             raise answer
         return answer
 
+    def listed(self, request: schemas.RecommendRequest) -> tuple[schemas.RecommendResponse, Outcome] | RequestError | None:
+        """The answer from the bundle's default lists when the request asks for one of them: a
+        customer the model knows, ``n`` within the lists' length and the default options (purchases
+        excluded, no filter, no channel or country); None when the list must be ranked."""
+        lists = self.bundle.default_lists
+        if lists is None or not _default_options(request, lists.length):
+            return None
+        try:
+            customer = request.customer_id if request.key is None else self.resolve_key(request.key)
+        except RequestError as exc:
+            return exc
+        if customer is None:
+            return None
+        customer = int(customer)
+        row = int(np.searchsorted(self._recommender_ids, customer))
+        if row >= len(self._recommender_ids) or int(self._recommender_ids[row]) != customer:
+            return None
+        return self._recommendation(customer, lists.lookup(row, request.n, customer), True)
+
     def recommend_many(
         self, requests: Sequence[schemas.RecommendRequest],
     ) -> list[tuple[schemas.RecommendResponse, Outcome] | RequestError]:
         """Answers of several recommend requests, in order (a :class:`RequestError` for a request that
         gets a 4xx). Requests with the same options are ranked together in one block: the service
         gathers the requests that arrive while it computes (see :mod:`serving.service`); each list is
-        the one the request would get alone."""
+        the one the request would get alone. Requests for a default list are looked up (:meth:`listed`)."""
         out: list[tuple[schemas.RecommendResponse, Outcome] | RequestError | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
         for k, request in enumerate(requests):
+            if (answer := self.listed(request)) is not None:
+                out[k] = answer
+                continue
             try:
                 customer = request.customer_id if request.key is None else self.resolve_key(request.key)
             except RequestError as exc:
@@ -248,6 +273,13 @@ class Runtime:
         body = schemas.ErrorResponse(error=exc.message, detail=[schemas.ErrorDetail(loc=[exc.field], msg=exc.message)],
                                      unknown_customer_ids=exc.unknown_customer_ids, metadata=self.metadata)
         return body.model_dump(mode="json", exclude_none=True)
+
+
+def _default_options(request: schemas.RecommendRequest, length: int) -> bool:
+    """Whether a request asks for a prefix of a default list (see training.recommend.precomputed)."""
+    return (request.n <= length and request.exclude_purchased and request.categories is None
+            and request.exclude_categories is None and not request.exclude_items and request.channel is None
+            and request.country is None)
 
 
 def _options(request: schemas.RecommendRequest) -> tuple[Any, ...]:

@@ -25,8 +25,9 @@ middleware keeps every request's timer, with the request's context and span, ali
 timeout passes: at 2,000 requests/s and a 30 s timeout, 60,000 live spans, a growing heap and
 garbage-collector passes of 0.1 s (the p99 of even the echo endpoint). The API paths are therefore
 not traced unless ``RAPPORT_SERVING_TRACING=1``, and the timeout is 10 s. (3) The bundle's objects
-are frozen out of the collector's full passes once loaded and its thresholds raised. Concurrent
-``recommend`` requests are ranked together (:mod:`serving.batching`).
+are frozen out of the collector's full passes once loaded and its thresholds raised. A known
+customer's plain list (no filter, ``n`` up to ``serving_default_lists``) was ranked at export and is
+looked up; other concurrent ``recommend`` requests are ranked together (:mod:`serving.batching`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ UNKNOWN_CUSTOMERS = bentoml.metrics.Counter(
     labelnames=["endpoint"],
 )
 
+ANSWERS = bentoml.metrics.Counter(
+    name="rapport_recommend_answers",
+    documentation="Recommend requests by how they were answered: looked up in the default lists ranked at export "
+                  "(default_list) or ranked by the model at request time (ranked).",
+    labelnames=["path"],
+)
 BATCH_SIZES = bentoml.metrics.Histogram(
     name="rapport_recommend_batch_size",
     documentation="Recommend requests ranked together in one block (requests that arrived while the worker computed).",
@@ -147,7 +154,14 @@ class Rapport:
         """Top-n items for a customer (by id or raw key), with score, source, reason and a fallback flag."""
         if self._recommend_keyed and (denied := self._unauthorised(ctx)) is not None:
             return denied
-        answer = await self._recommend.submit(schemas.RecommendRequest.model_construct(**fields))
+        request = schemas.RecommendRequest.model_construct(**fields)
+        # A known customer's plain list was ranked at export: a lookup, no waiting for a block.
+        answer = self.runtime.listed(request)
+        if answer is None:
+            answer = await self._recommend.submit(request)
+            ANSWERS.labels(path="ranked").inc()
+        else:
+            ANSWERS.labels(path="default_list").inc()
         if isinstance(answer, RequestError):
             return self._error(ctx, answer)
         response, outcome = answer

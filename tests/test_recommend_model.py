@@ -463,3 +463,44 @@ def test_recommend_each_is_recommend_customer_by_customer(model):
     assert known_one
     pd.testing.assert_frame_equal(ranked.frame(model.data_.item_ids), model.recommend([known[1]], 6))
     assert ranked.records(model.data_.item_ids)[0][:2] == (1, model.recommend([known[1]], 6)["item_id"].iloc[0])
+
+
+# --- default lists (ranked once for the service) -------------------------------------------------
+
+
+def test_default_lists_hold_every_customers_top_n_and_check_their_files(model, tmp_path):
+    import json
+
+    from training.recommend.precomputed import ARRAYS, HEADER, DefaultLists, DefaultListsError
+
+    lists = DefaultLists.compute(model, 6)
+    data = model.data_
+    assert lists.n_customers == data.n_users
+    customers = _busy_customers(model, 5) + [int(data.customer_ids[-1])]
+    for customer in customers:
+        row = int(np.searchsorted(data.customer_ids, customer))
+        for n in (1, 4, 6):
+            ranked, known = model.recommend_one(customer, n)
+            assert known
+            assert lists.lookup(row, n, customer).records(data.item_ids) == ranked.records(data.item_ids)
+        assert lists.lookup(row, 7, customer) is None  # longer than the lists kept: ranked by the caller
+
+    lists.save(tmp_path)
+    loaded = DefaultLists.load(tmp_path, model)
+    row = int(np.searchsorted(data.customer_ids, customers[0]))
+    assert loaded.lookup(row, 6, customers[0]).records(data.item_ids) == lists.lookup(row, 6, customers[0]).records(
+        data.item_ids)
+    assert DefaultLists.load(tmp_path / "none", model) is None
+
+    header = json.loads((tmp_path / HEADER).read_text())
+    (tmp_path / HEADER).write_text(json.dumps({**header, "customers": header["customers"] + 1}))
+    with pytest.raises(DefaultListsError, match="belong to another model"):
+        DefaultLists.load(tmp_path, model)
+    (tmp_path / HEADER).write_text(json.dumps({**header, "reasons": header["reasons"][:1]}))
+    with pytest.raises(DefaultListsError, match="out of range"):
+        DefaultLists.load(tmp_path, model)
+    (tmp_path / HEADER).write_text(json.dumps(header))
+    np.savez(tmp_path / ARRAYS, offsets=lists.offsets, item=lists.item[:-1], score=lists.score, source=lists.source,
+             reason=lists.reason)
+    with pytest.raises(DefaultListsError, match="do not have the"):
+        DefaultLists.load(tmp_path, model)

@@ -171,18 +171,54 @@ def test_concurrent_recommend_requests_each_get_their_own_list(server, bundle):
     model = bundle.recommender
     customers = [int(c) for c in model.data_.customer_ids[:: max(1, model.data_.n_users // 24)][:24]]
     unknown = int(model.data_.customer_ids.max()) + 5
-    requests = [{"customer_id": c, "n": 3 + k % 3} for k, c in enumerate(customers)] + [{"customer_id": unknown, "n": 4}]
+    # Plain lists (looked up in the default lists), lists with purchases and lists longer than the
+    # default ones (both ranked, in blocks), and an unknown customer.
+    options = [{}, {"exclude_purchased": False}, {"n": 25}]
+    requests = [{"customer_id": c, "n": 3 + k % 3, **options[k % 3]} for k, c in enumerate(customers)]
+    requests.append({"customer_id": unknown, "n": 4})
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda body: call(server, "/recommend", body), requests))
     for request, (status, body) in zip(requests, answers):
         assert status == 200, body
-        expected = model.recommend([request["customer_id"]], request["n"])
+        expected = model.recommend([request["customer_id"]], request["n"],
+                                   exclude_purchased=request.get("exclude_purchased", True))
         assert [i["item_id"] for i in body["items"]] == expected["item_id"].tolist()
         assert [i["score"] for i in body["items"]] == expected["score"].tolist()
         assert body["customer_id"] == request["customer_id"]
     assert answers[-1][1]["fallback"] and not answers[-1][1]["known"]
     with urllib.request.urlopen(f"{server}/metrics") as response:
-        assert "rapport_recommend_batch_size_bucket" in response.read().decode()
+        metrics = response.read().decode()
+    assert "rapport_recommend_batch_size_bucket" in metrics
+    assert 'rapport_recommend_answers_total{path="default_list"}' in metrics
+    assert 'rapport_recommend_answers_total{path="ranked"}' in metrics
+
+
+def test_default_lists_are_the_lists_the_model_ranks(trained, bundle):
+    """Every known customer's plain list comes from the lists ranked at export: each prefix is the
+    list the model ranks for that n; other options and longer lists are ranked."""
+    from serving import schemas
+    from serving.runtime import Runtime
+
+    settings, _ = trained
+    assert bundle.default_lists is not None and bundle.default_lists.length == settings.serving_default_lists
+    assert bundle.default_lists.n_customers == bundle.recommender.data_.n_users
+    runtime = Runtime(bundle, settings)
+    model = bundle.recommender
+    customers = model.data_.customer_ids
+    for n in (1, 7, settings.serving_default_lists):
+        lists = [runtime.listed(schemas.RecommendRequest(customer_id=int(c), n=n)) for c in customers]
+        expected = model.recommend_each(customers, n)
+        for answer, (ranked, known) in zip(lists, expected):
+            response, outcome = answer
+            assert known and not outcome.fallback
+            assert [(i.item_id, i.score, i.source, i.reason) for i in response.items] == [
+                (item, score, source, reason) for _, item, score, source, reason in ranked.records(model.data_.item_ids)]
+    customer = int(customers[0])
+    for asked in ({"n": settings.serving_default_lists + 1}, {"exclude_purchased": False}, {"channel": "web"},
+                  {"categories": ["x"]}, {"exclude_categories": ["x"]}, {"exclude_items": ["x"]}):
+        assert runtime.listed(schemas.RecommendRequest(customer_id=customer, **asked)) is None, asked
+    unknown = int(customers.max()) + 7
+    assert runtime.listed(schemas.RecommendRequest(customer_id=unknown)) is None
 
 
 def test_recommend_filters_are_the_models(server, bundle):

@@ -11,6 +11,9 @@ Layout (``format_version`` 1)::
     snapshot_churn.parquet      build_snapshot(...).churn (the churn population)
     identity.parquet          the identity map, compact: key_type, the 128-bit key digest as two
                               unsigned 64-bit words, customer_id (no key in clear, no salt)
+    default_lists.npz / .json every known customer's top-N under the default options, ranked by the
+                              recommender at export (training.recommend.precomputed; absent when
+                              serving_default_lists is 0)
 
 :func:`export_bundle` writes it from the champions of the registry (``rapport serve export``);
 :func:`load_bundle` reads it back (the service, at start-up). The snapshot is taken at the CLV
@@ -164,6 +167,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     _state(clv, out / CLV_STATE)
     _state(models["churn"], out / CHURN_STATE)
     artefact.save(models["recommender"], out / RECOMMENDER_DIR)
+    lists = write_default_lists(models["recommender"], out, settings.serving_default_lists, step)
     snapshot.customers.to_parquet(out / SNAPSHOT_CUSTOMERS)
     snapshot.churn.to_parquet(out / SNAPSHOT_CHURN)
     identity.to_parquet(out / IDENTITY, index=False)
@@ -181,11 +185,31 @@ def export_bundle(settings: Settings, directory: Path | str, *,
             "identity_keys": len(identity),
             "recommender_customers": int(models["recommender"].data_.n_users),
             "items": int(len(models["recommender"].data_.item_ids)),
+            "default_lists": 0 if lists is None else lists.n_customers,
         },
         "salt_check": salt_check(settings),
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def write_default_lists(recommender: Any, directory: Path, length: int,
+                        step: Callable[[str], None] | None = None) -> Any:
+    """Rank every customer the recommender knows under the default options (``length`` items each)
+    into the bundle's ``default_lists`` files; nothing when ``length`` is 0. Returns the lists."""
+    from training.recommend.precomputed import DefaultLists
+
+    if length <= 0:
+        return None
+
+    def progress(done: int, total: int) -> None:
+        if step:
+            step(f"default lists: top {length} of {done:,} / {total:,} customers")
+
+    progress(0, recommender.data_.n_users)
+    lists = DefaultLists.compute(recommender, length, progress=progress)
+    lists.save(directory)
+    return lists
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
@@ -205,6 +229,8 @@ class Bundle:
     recommender: Any  # training.recommend.model.RecommenderModel
     snapshot: Snapshot
     identity: pd.DataFrame
+    #: training.recommend.precomputed.DefaultLists, or None when the bundle has none.
+    default_lists: Any = None
 
     def versions(self) -> dict[str, str]:
         return {key: str(self.manifest["models"][key]["version"]) for key in MODEL_KEYS}
@@ -231,6 +257,7 @@ def read_manifest(directory: Path | str) -> dict[str, Any]:
 def load_bundle(directory: Path | str) -> Bundle:
     """The bundle written by :func:`export_bundle` (or a synthetic one with the same layout)."""
     from training.recommend import artefact
+    from training.recommend.precomputed import DefaultLists, DefaultListsError
 
     where = Path(directory)
     manifest = read_manifest(where)
@@ -247,5 +274,9 @@ def load_bundle(directory: Path | str) -> Bundle:
     expected = {"key_type", "hash_high", "hash_low", Col.CUSTOMER_ID}
     if not expected <= set(identity.columns):
         raise BundleError(f"{where / IDENTITY}: columns {sorted(identity.columns)}, expected {sorted(expected)}")
+    try:
+        default_lists = DefaultLists.load(where, recommender)
+    except DefaultListsError as exc:
+        raise BundleError(f"bundle {where}: {exc}") from None
     return Bundle(manifest=manifest, clv=clv, churn=churn, recommender=recommender, snapshot=snapshot,
-                  identity=identity)
+                  identity=identity, default_lists=default_lists)

@@ -555,6 +555,26 @@ class RecommenderModel:
         with fewer allowed candidates than ``n`` gets a shorter list; ``fallback`` is true for
         customers served the popular list. ``progress(done, total)`` is called after each block.
         """
+        return self.recommend_ranked(
+            customer_ids, n, exclude_purchased=exclude_purchased, categories=categories,
+            exclude_categories=exclude_categories, exclude_items=exclude_items, channel=channel, country=country,
+            recent_items=recent_items, progress=progress).frame(self.data_.item_ids)
+
+    def recommend_ranked(
+        self,
+        customer_ids: Sequence[Hashable],
+        n: int = 20,
+        *,
+        exclude_purchased: bool = True,
+        categories: Iterable[str] | None = None,
+        exclude_categories: Iterable[str] | None = None,
+        exclude_items: Iterable[Hashable] | None = None,
+        channel: str | None = None,
+        country: str | None = None,
+        recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Ranked:
+        """:meth:`recommend` as :class:`Ranked` columns (item positions, no DataFrame): the same rows."""
         options = self._options(n, exclude_purchased, categories, exclude_categories, exclude_items, channel, country)
         data = self.data_
         ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
@@ -570,7 +590,9 @@ class RecommenderModel:
             # Blocks run side by side on the threads: each scores on one thread of its own.
             return self._rank_block(block, ids[at], options, scoring_threads=1 if threads > 1 else None)
 
-        with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+        # Two blocks side by side, each single-threaded: BLAS threads inside them would compete for
+        # the same cores (the ALS top-k's products run through BLAS).
+        with threadpool_limits(1, "blas"), ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
             # numpy's products and sorts and LightGBM release the GIL: blocks overlap on the cores.
             for at, ranked in zip(blocks, pool.map(rank, blocks)):
                 parts.append(ranked)
@@ -589,7 +611,7 @@ class RecommenderModel:
             unique, first = np.unique(ids, return_index=True)
             position = first[np.searchsorted(unique, out.customer_id)]
             out = out.take(np.argsort(position, kind="stable"))
-        return out.frame(data.item_ids)
+        return out
 
     def recommend_one(
         self,
