@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -590,11 +591,15 @@ class RecommenderModel:
             # Blocks run side by side on the threads: each scores on one thread of its own.
             return self._rank_block(block, ids[at], options, scoring_threads=1 if threads > 1 else None)
 
-        # Two blocks side by side, each single-threaded: BLAS threads inside them would compete for
-        # the same cores (the ALS top-k's products run through BLAS).
-        with threadpool_limits(1, "blas"), ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-            # numpy's products and sorts and LightGBM release the GIL: blocks overlap on the cores.
-            for at, ranked in zip(blocks, pool.map(rank, blocks)):
+        with ExitStack() as stack:
+            results: Iterable[Ranked] = map(rank, blocks)
+            if threads > 1:
+                # Blocks side by side, each single-threaded: BLAS threads inside them would compete
+                # for the same cores (the ALS top-k's products run through BLAS). numpy's products
+                # and sorts and LightGBM release the GIL: blocks overlap on the cores.
+                stack.enter_context(threadpool_limits(1, "blas"))
+                results = stack.enter_context(ThreadPoolExecutor(max_workers=threads)).map(rank, blocks)
+            for at, ranked in zip(blocks, results):
                 parts.append(ranked)
                 done += len(at)
                 if progress:
