@@ -32,6 +32,7 @@ looked up; other concurrent ``recommend`` requests are ranked together (:mod:`se
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -92,6 +93,49 @@ def _keys_match(given: str | None, keys: list[bytes]) -> bool:
 GC_THRESHOLDS = (50_000, 20, 1_000)
 #: Paths answered without an OpenTelemetry span unless RAPPORT_SERVING_TRACING=1 (see the service's docstring).
 UNTRACED = ("/recommend", "/similar_items", "/customer_scores", "/echo")
+
+
+def _cancel_answered_timers() -> None:
+    """BentoML's ``TimeoutMiddleware`` (1.4) schedules a timer per request with ``loop.call_later`` and
+    never cancels it: every answered request's waiter, and through it the request's context, stays in
+    the event loop's heap until the timeout passes (tens of thousands of objects at a few thousand
+    requests/s, which the garbage collector's passes walk: the p99 of every endpoint). The same
+    middleware, with its timer cancelled once the response has started; a request that runs past the
+    timeout still gets BentoML's 504."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    if getattr(TimeoutMiddleware, "_rapport_cancels_timers", False):
+        return
+
+    async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message: Any) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            if fut.cancel():
+                response = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
+                                        status_code=504)
+                await response(scope, receive, send)
+        else:
+            timer.cancel()
+            await fut
+
+    TimeoutMiddleware.__call__ = call
+    TimeoutMiddleware._rapport_cancels_timers = True
+
+
+_cancel_answered_timers()
 
 
 def _tracing() -> dict[str, Any]:
