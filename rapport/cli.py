@@ -740,7 +740,8 @@ def serve_export(
     models = ", ".join(f"{m['name']} v{m['version']}" for m in manifest["models"].values())
     counts = manifest["counts"]
     console.print(f"bundle written to [bold]{output}[/]: {models}; snapshot {manifest['snapshot_date']}, "
-                  f"{counts['customers']:,} customers, {counts['items']:,} items")
+                  f"{counts['customers']:,} customers, {counts['items']:,} items, default lists of "
+                  f"{counts.get('default_lists', 0):,} customers")
 
 
 @serve_app.command("start")
