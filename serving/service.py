@@ -24,7 +24,8 @@ OpenTelemetry span for every request even when no exporter is configured, and (2
 middleware keeps every request's timer, with the request's context and span, alive until the
 timeout passes: at 2,000 requests/s and a 30 s timeout, 60,000 live spans, a growing heap and
 garbage-collector passes of 0.1 s (the p99 of even the echo endpoint). The API paths are therefore
-not traced unless ``RAPPORT_SERVING_TRACING=1``, and the timeout is 10 s. (3) The bundle's objects
+not traced unless ``RAPPORT_SERVING_TRACING=1``, the timer of an answered request is cancelled
+(:func:`_cancel_answered_timers`) and the timeout is 10 s. (3) The bundle's objects
 are frozen out of the collector's full passes once loaded and its thresholds raised. A known
 customer's plain list (no filter, ``n`` up to ``serving_default_lists``) was ranked at export and is
 looked up; other concurrent ``recommend`` requests are ranked together (:mod:`serving.batching`).
