@@ -34,10 +34,12 @@ looked up; other concurrent ``recommend`` requests are ranked together (:mod:`se
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hmac
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import bentoml
@@ -54,29 +56,45 @@ log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "x-api-key"
 
-FALLBACKS = bentoml.metrics.Counter(
-    name="rapport_fallbacks",
-    documentation="Recommendation answers that served the popular list (unknown customer, no usable recent items).",
-    labelnames=["endpoint"],
-)
-UNKNOWN_CUSTOMERS = bentoml.metrics.Counter(
-    name="rapport_unknown_customers",
-    documentation="Customers asked for that the models do not know (recommend: served a fallback or a fold-in; "
-                  "customer_scores: answered 404).",
-    labelnames=["endpoint"],
-)
+@dataclass(frozen=True)
+class Metrics:
+    """Rapport's Prometheus metrics, next to BentoML's own on ``/metrics``."""
 
-ANSWERS = bentoml.metrics.Counter(
-    name="rapport_recommend_answers",
-    documentation="Recommend requests by how they were answered: looked up in the default lists ranked at export "
-                  "(default_list) or ranked by the model at request time (ranked).",
-    labelnames=["path"],
-)
-BATCH_SIZES = bentoml.metrics.Histogram(
-    name="rapport_recommend_batch_size",
-    documentation="Recommend requests ranked together in one block (requests that arrived while the worker computed).",
-    buckets=(1, 2, 4, 8, 16, 32),
-)
+    fallbacks: Any
+    unknown_customers: Any
+    answers: Any
+    batch_sizes: Any
+
+
+@functools.cache
+def service_metrics() -> Metrics:
+    """The metrics, created once per worker when the service starts: ``prometheus_client`` is imported
+    only then, once BentoML has set up its multi-process collection (what the deprecated
+    ``bentoml.metrics`` did for the service module)."""
+    import prometheus_client
+
+    return Metrics(
+        fallbacks=prometheus_client.Counter(
+            name="rapport_fallbacks",
+            documentation="Recommendation answers that served the popular list (unknown customer, no usable "
+                          "recent items).",
+            labelnames=["endpoint"]),
+        unknown_customers=prometheus_client.Counter(
+            name="rapport_unknown_customers",
+            documentation="Customers asked for that the models do not know (recommend: served a fallback or a "
+                          "fold-in; customer_scores: answered 404).",
+            labelnames=["endpoint"]),
+        answers=prometheus_client.Counter(
+            name="rapport_recommend_answers",
+            documentation="Recommend requests by how they were answered: looked up in the default lists ranked at "
+                          "export (default_list) or ranked by the model at request time (ranked).",
+            labelnames=["path"]),
+        batch_sizes=prometheus_client.Histogram(
+            name="rapport_recommend_batch_size",
+            documentation="Recommend requests ranked together in one block (requests that arrived while the worker "
+                          "computed).",
+            buckets=(1, 2, 4, 8, 16, 32)),
+    )
 
 
 def _keys_match(given: str | None, keys: list[bytes]) -> bool:
@@ -166,7 +184,8 @@ class Rapport:
         self._keys = [key.get_secret_value().encode() for key in self.settings.serving_api_keys]
         self._recommend_keyed = self.settings.serving_recommend_requires_key
         # Concurrent recommend requests are ranked together (serving/batching.py).
-        self._recommend = Gatherer(self.runtime.recommend_many, on_batch=BATCH_SIZES.observe)
+        self._metrics = service_metrics()
+        self._recommend = Gatherer(self.runtime.recommend_many, on_batch=self._metrics.batch_sizes.observe)
         # The bundle lives as long as the worker: keep its objects out of the garbage collector's
         # full passes (~0.1 s each at a million customers, a latency spike every few thousand requests).
         gc.collect()
@@ -204,16 +223,16 @@ class Rapport:
         answer = self.runtime.listed(request)
         if answer is None:
             answer = await self._recommend.submit(request)
-            ANSWERS.labels(path="ranked").inc()
+            self._metrics.answers.labels(path="ranked").inc()
         else:
-            ANSWERS.labels(path="default_list").inc()
+            self._metrics.answers.labels(path="default_list").inc()
         if isinstance(answer, RequestError):
             return self._error(ctx, answer)
         response, outcome = answer
         if outcome.fallback:
-            FALLBACKS.labels(endpoint="recommend").inc()
+            self._metrics.fallbacks.labels(endpoint="recommend").inc()
         if outcome.unknown_customers:
-            UNKNOWN_CUSTOMERS.labels(endpoint="recommend").inc(outcome.unknown_customers)
+            self._metrics.unknown_customers.labels(endpoint="recommend").inc(outcome.unknown_customers)
         return response
 
     @bentoml.api(input_spec=schemas.SimilarItemsRequest, output_spec=schemas.SimilarItemsResponse)
@@ -235,7 +254,7 @@ class Rapport:
             return self.runtime.customer_scores(fields["customer_ids"])
         except RequestError as exc:
             if exc.unknown_customer_ids:
-                UNKNOWN_CUSTOMERS.labels(endpoint="customer_scores").inc(len(exc.unknown_customer_ids))
+                self._metrics.unknown_customers.labels(endpoint="customer_scores").inc(len(exc.unknown_customer_ids))
             return self._error(ctx, exc)
 
     @bentoml.api(route="/info")
