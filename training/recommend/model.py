@@ -523,9 +523,9 @@ class RecommenderModel:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
             raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
 
-    def _options(self, n: int, exclude_purchased: bool, categories: Iterable[str] | None,
-                 exclude_categories: Iterable[str] | None, exclude_items: Iterable[Hashable] | None,
-                 channel: str | None, country: str | None) -> _Options:
+    def _options(self, n: int, *, exclude_purchased: bool = True, categories: Iterable[str] | None = None,
+                 exclude_categories: Iterable[str] | None = None, exclude_items: Iterable[Hashable] | None = None,
+                 channel: str | None = None, country: str | None = None) -> _Options:
         """What every list of one call shares, checked and resolved once."""
         self._check_n(n)
         return _Options(n=n, exclude_purchased=exclude_purchased,
@@ -566,17 +566,14 @@ class RecommenderModel:
         customer_ids: Sequence[Hashable],
         n: int = 20,
         *,
-        exclude_purchased: bool = True,
-        categories: Iterable[str] | None = None,
-        exclude_categories: Iterable[str] | None = None,
-        exclude_items: Iterable[Hashable] | None = None,
-        channel: str | None = None,
-        country: str | None = None,
         recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        **filters: Any,
     ) -> Ranked:
-        """:meth:`recommend` as :class:`Ranked` columns (item positions, no DataFrame): the same rows."""
-        options = self._options(n, exclude_purchased, categories, exclude_categories, exclude_items, channel, country)
+        """:meth:`recommend` as :class:`Ranked` columns (item positions, no DataFrame): the same rows.
+        ``filters``: :meth:`recommend`'s ``exclude_purchased``, ``categories``, ``exclude_categories``,
+        ``exclude_items``, ``channel`` and ``country``."""
+        options = self._options(n, **filters)
         data = self.data_
         ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
         rows, known = data.user_positions(ids)
@@ -655,7 +652,9 @@ class RecommenderModel:
         """:meth:`recommend` for a few customers asked with the same filters (the service's
         concurrent requests), one ``(ranked list, known)`` per id asked, in order; the known ones are
         ranked together in one block. Same code, same lists as :meth:`recommend`."""
-        options = self._options(n, exclude_purchased, categories, exclude_categories, exclude_items, channel, country)
+        options = self._options(n, exclude_purchased=exclude_purchased, categories=categories,
+                                exclude_categories=exclude_categories, exclude_items=exclude_items,
+                                channel=channel, country=country)
         data = self.data_
         ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
         unique, inverse = np.unique(ids, return_inverse=True)

@@ -67,14 +67,12 @@ class DefaultLists:
         np.cumsum(counts, out=offsets[1:])
         # Reasons are shared string objects (one per item or per wording): hashing them is cheap.
         reason_codes, reasons = pd.factorize(pd.Series(ranked.reason, dtype=object), use_na_sentinel=False)
-        source_codes = np.full(len(ranked), len(SOURCES), dtype=np.uint8)
-        for code, name in enumerate(SOURCES):
-            source_codes[ranked.source == name] = code
-        if (source_codes == len(SOURCES)).any():
+        source_codes = pd.Categorical(ranked.source, categories=list(SOURCES)).codes
+        if (source_codes < 0).any():
             raise ValueError(f"a ranked list has a source outside {SOURCES}")
         return cls(length=length, offsets=offsets,
                    item=ranked.item.astype(np.min_scalar_type(max(model.data_.n_items - 1, 0))),
-                   score=ranked.score.astype(np.float32), source=source_codes,
+                   score=ranked.score.astype(np.float32), source=source_codes.astype(np.uint8),
                    reason=reason_codes.astype(np.min_scalar_type(max(len(reasons) - 1, 0))),
                    reasons=np.asarray(reasons, dtype=object))
 
