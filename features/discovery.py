@@ -11,10 +11,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from features.schema import FILE_EXTENSIONS, SOURCES
+
+
+if TYPE_CHECKING:
+    from features.rawformat import CsvOptions
 
 
 class IngestError(Exception):
@@ -31,6 +36,8 @@ class RawInput:
     table: pa.Table | None = None
     #: contract column -> column name in the file, for exports whose names differ.
     mapping: Mapping[str, str] = field(default_factory=dict)
+    #: Declared encoding, delimiter, decimal mark and date format of a text file (None: detected).
+    options: CsvOptions | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -57,13 +64,15 @@ def source_of(name: str) -> str | None:
 
 
 def discover(
-    path: Path, *, source: str | None = None, mapping: Mapping[str, str] | None = None
+    path: Path, *, source: str | None = None, mapping: Mapping[str, str] | None = None,
+    options: CsvOptions | None = None,
 ) -> tuple[list[RawInput], list[tuple[str, str]]]:
     """Inputs found at ``path`` (a file, or a folder of source files / per-source folders).
 
     Returns the inputs and the paths that were ignored with why, so that nothing is skipped unsaid.
     """
     mapping = dict(mapping or {})
+    extra = {"mapping": mapping, "options": options}
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder")
     if path.is_file():
@@ -75,7 +84,7 @@ def discover(
             )
         if _strip_extension(path.name) is None:
             raise IngestError(f"{path}: unsupported file type; expected one of {', '.join(FILE_EXTENSIONS)}")
-        return [RawInput(kind, str(path), path=path, mapping=mapping)], []
+        return [RawInput(kind, str(path), path=path, **extra)], []
 
     inputs: list[RawInput] = []
     ignored: list[tuple[str, str]] = []
@@ -90,11 +99,11 @@ def discover(
         if entry.is_dir():
             for child in sorted(entry.iterdir()):
                 if child.is_file() and _strip_extension(child.name) is not None and not child.name.startswith((".", "_")):
-                    inputs.append(RawInput(kind, str(child), path=child, mapping=mapping))
+                    inputs.append(RawInput(kind, str(child), path=child, **extra))
                 else:
                     ignored.append((str(child), "not a data file"))
         elif _strip_extension(entry.name) is not None:
-            inputs.append(RawInput(kind, str(entry), path=entry, mapping=mapping))
+            inputs.append(RawInput(kind, str(entry), path=entry, **extra))
         else:
             ignored.append((str(entry), f"unsupported file type (expected {', '.join(FILE_EXTENSIONS)})"))
     if not inputs:
@@ -105,9 +114,22 @@ def discover(
     return inputs, ignored
 
 
-def load_mapping_file(path: Path) -> tuple[str | None, dict[str, str]]:
-    """Read a column-mapping TOML: ``source = "transactions"`` and a ``[columns]`` table
-    of ``contract_column = "column in the file"``."""
+#: Keys of a mapping file that describe how its text file is written (like the CLI options).
+FORMAT_KEYS: tuple[str, ...] = ("encoding", "delimiter", "decimal", "date_format")
+
+
+@dataclass(frozen=True)
+class MappingFile:
+    """A column-mapping TOML: the source, contract column -> file column, and the file's format."""
+
+    source: str | None
+    columns: dict[str, str]
+    formats: dict[str, str]
+
+
+def load_mapping_file(path: Path) -> MappingFile:
+    """Read a column-mapping TOML: ``source = "transactions"``, optional ``encoding``, ``delimiter``,
+    ``decimal`` and ``date_format``, and a ``[columns]`` table of ``contract_column = "column in the file"``."""
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -116,7 +138,13 @@ def load_mapping_file(path: Path) -> tuple[str | None, dict[str, str]]:
     columns = data.get("columns", {})
     if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
         raise IngestError(f"{path}: [columns] must map contract column names to column names (text)")
-    return source, dict(columns)
+    unknown = sorted(set(data) - {"source", "columns", *FORMAT_KEYS})
+    if unknown:
+        raise IngestError(f"{path}: unknown key(s) {', '.join(unknown)}; expected source, {', '.join(FORMAT_KEYS)}, [columns]")
+    formats = {key: data[key] for key in FORMAT_KEYS if key in data}
+    if not all(isinstance(v, str) for v in formats.values()):
+        raise IngestError(f"{path}: {', '.join(FORMAT_KEYS)} must be text")
+    return MappingFile(source, dict(columns), formats)
 
 
 def parse_map_options(options: list[str]) -> dict[str, str]:

@@ -6,8 +6,12 @@ The rules, in the order they are applied:
    required column, or whose column holds no value of the expected type at all. The error names the
    file, the column and what was expected.
 2. *Row level* (never a crash, never a silent drop): each bad row goes to the ``quarantine`` table
-   with the file, its row number (1 = first data row) and the reason; customer keys in the stored
-   record are hashed like everywhere else.
+   with the file, its row number (1 = first data row), the column at fault and the reason; customer
+   keys in the stored record are hashed like everywhere else. A number that is not finite or does
+   not fit its type, a timestamp outside the plausible range, a CSV row with the wrong number of
+   fields or bytes invalid in the file's encoding is a row-level problem too. A file whose share of
+   quarantined rows exceeds ``max_quarantine_share`` is refused as a whole (a wrong mapping or
+   format, more likely than bad data) unless the caller accepts it.
 3. *Idempotence*: a file whose bytes were ingested before is skipped; a line whose id is already in
    the store with identical content is counted as already present; with different content it is
    quarantined as a duplicate line id.
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -32,12 +38,15 @@ import pyarrow as pa
 
 from features.discovery import IngestError, RawInput
 from features.identity import IdentityUpdate, bind_salt, hash_sql, resolve
+from features.loaders import latest_earlier_sale
+from features.rawformat import CsvOptions, date_formats, literal, stage_csv, strftime_format
 from features.schema import (
     CHANNELS,
     DUCKDB_TYPES,
     EVENT_KEY_TYPES,
     EXPECTED,
     KEY_COLUMNS,
+    MAX_ABS_NUMBER,
     SOURCES,
     ColumnType,
     EventType,
@@ -100,6 +109,20 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+#: Rows the decimal mark and date format are detected on.
+_SAMPLE_ROWS = 100_000
+#: A raw value that is a number (and so safe to repeat in a message): 6.95, -1e308, 1.234,5, NaN, inf.
+_NUMBER_TEXT = re.compile(r"[+-]?(\d[\d., ]*([eE][+-]?\d+)?|[.,]\d+|nan|inf|infinity)", re.IGNORECASE)
+
+
+def _reader_error(exc: duckdb.Error) -> str:
+    """What went wrong in DuckDB's words, without the raw line it quotes (it may hold personal data)."""
+    first = str(exc).split("\n", 1)[0]
+    line = re.search(r"[Ll]ine:? (\d+)", str(exc))
+    first = re.sub(r"'[^']*'|\"[^\"]*\"", "...", first)[:200]
+    return f"{type(exc).__name__}: {first}" + (f" (line {line.group(1)})" if line and line.group(1) not in first else "")
+
+
 @dataclass(frozen=True)
 class _Columns:
     """How the contract columns of one input map onto its raw columns, with their raw types."""
@@ -109,31 +132,104 @@ class _Columns:
     ignored: tuple[str, ...]
 
 
-def _relation(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int) -> str:
+#: Reader error types of DuckDB's rejects table and the quarantine reason of their rows.
+_REJECT_REASONS = {
+    "TOO MANY COLUMNS": Q.WRONG_FIELD_COUNT,
+    "MISSING COLUMNS": Q.WRONG_FIELD_COUNT,
+    "INVALID ENCODING": Q.BAD_ENCODING,
+    "INVALID UNICODE": Q.BAD_ENCODING,
+    "UNQUOTED VALUE": Q.BAD_QUOTING,
+    "LINE SIZE OVER MAXIMUM": Q.LINE_TOO_LONG,
+}
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One input made readable: ``_raw`` (numbered rows), the rows the reader refused, and how it was read."""
+
+    described: list[tuple[str, str]]
+    rejected: int
+    #: "delimiter ';'", "encoding cp1252 (...)": what was detected or declared, for messages and notes.
+    how: tuple[str, ...]
+
+
+def _read(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int, workdir: Path) -> _Read:
+    """Create ``_raw`` (``_row`` = 1 for the first data row, then the file's columns) and ``_rejected``
+    (``_row``, ``reason`` of CSV rows the reader could not split into the columns)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _rejected (_row BIGINT, reason VARCHAR)")
     if inp.table is not None:
         name = f"_rapport_input_{index}"
         con.register(name, inp.table)
-        return _q(name)
+        # Arrow scans keep their order while preserve_insertion_order is on (the default, switched
+        # off only around inserts).
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _raw AS SELECT row_number() OVER () AS _row, * FROM {_q(name)}")
+        return _Read(_described(con), 0, ())
     assert inp.path is not None
-    path = _lit(str(inp.path))
-    name = inp.path.name.lower()
-    if name.endswith(".parquet"):
-        return f"read_parquet({path})"
-    delim = ", delim = '\\t'" if name.endswith(".tsv") else ""
-    return f"read_csv({path}, all_varchar = true, header = true{delim})"
+    if inp.path.name.lower().endswith(".parquet"):
+        path = _lit(str(literal(inp.path, workdir)))
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW _raw AS SELECT file_row_number + 1 AS _row, * EXCLUDE (file_row_number) "
+            f"FROM read_parquet({path}, file_row_number = true)"
+        )
+        return _Read(_described(con), 0, ())
+    staged = stage_csv(inp.path, inp.options or CsvOptions(), workdir)
+    # Every reader choice is explicit: the sniffer guesses '#' as a comment character (dropping the
+    # rows of ids like '#123') and gives up on a file with one ragged row. Rows the reader cannot
+    # split are kept out of the columns and listed in the rejects table with their line.
+    rejects = f"_rejects_{index}"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _raw AS
+        SELECT row_number() OVER () AS _row, * FROM read_csv(
+            {_lit(str(staged.path))}, all_varchar = true, header = true, delim = {_lit(staged.delimiter)},
+            quote = '"', escape = '"', comment = '', encoding = {_lit(staged.encoding)}, strict_mode = true,
+            store_rejects = true, rejects_table = {_lit(rejects)}, rejects_scan = {_lit(rejects + '_scan')})
+        """
+    )
+    reasons = " ".join(f"WHEN {_lit(kind)} THEN {_lit(reason.value)}" for kind, reason in _REJECT_REASONS.items())
+    # One line can have several errors; the header is line 1, so data row = line - 1.
+    con.execute(
+        f"""
+        INSERT INTO _rejected
+        SELECT line - 1, CASE arg_min(error_type, column_idx) {reasons} ELSE {_lit(Q.UNREADABLE_ROW.value)} END
+        FROM {rejects} GROUP BY line
+        """
+    )
+    con.execute(f"DROP TABLE {rejects}")
+    con.execute(f"DROP TABLE {rejects}_scan")
+    rejected = con.execute("SELECT count(*) FROM _rejected").fetchall()[0][0]
+    if rejected:
+        # The reader numbered only the rows it kept: shift each by the refused rows before it. With
+        # refused rows R_1 < R_2 < ..., R_i - i good rows precede R_i, so good row k is row
+        # k + #{i : R_i - i < k} of the file.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _raw AS
+            WITH refused AS (SELECT _row - row_number() OVER (ORDER BY _row) AS good_before,
+                                    row_number() OVER (ORDER BY _row) AS n FROM _rejected),
+            steps AS (SELECT good_before, max(n) AS n FROM refused GROUP BY 1)
+            SELECT r.* REPLACE (r._row + coalesce(s.n, 0) AS _row)
+            FROM _raw r ASOF LEFT JOIN steps s ON r._row > s.good_before
+            ORDER BY r._row
+            """
+        )
+    return _Read(_described(con), rejected, staged.detected)
 
 
-def _numbered(relation: str) -> str:
-    """The input with ``_row`` = 1 for its first data row, identical on every scan."""
-    if relation.startswith("read_parquet("):
-        numbered = relation[:-1] + ", file_row_number = true)"
-        return f"SELECT file_row_number + 1 AS _row, * EXCLUDE (file_row_number) FROM {numbered}"
-    # CSV and Arrow scans keep file order while preserve_insertion_order is on (the default,
-    # switched off only around inserts).
-    return f"SELECT row_number() OVER () AS _row, * FROM {relation}"
+def _described(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    return [(row[0], row[1]) for row in con.execute("DESCRIBE SELECT * EXCLUDE (_row) FROM _raw").fetchall()]
 
 
-def _resolve_columns(spec: SourceSpec, inp: RawInput, described: list[tuple[str, str]]) -> _Columns:
+@dataclass(frozen=True)
+class _Format:
+    """How the text values of one file are written: decimal mark, date formats (None: ISO 8601)."""
+
+    decimal: str = "."
+    date_formats: tuple[str, ...] | None = None
+
+
+def _resolve_columns(spec: SourceSpec, inp: RawInput, described: list[tuple[str, str]],
+                     how: tuple[str, ...] = ()) -> _Columns:
     raw_types = dict(described)
     by_lower = {name.strip().lower(): name for name in raw_types}
     unknown = sorted(set(inp.mapping) - set(spec.column_names))
@@ -160,6 +256,7 @@ def _resolve_columns(spec: SourceSpec, inp: RawInput, described: list[tuple[str,
         raise IngestError(
             f"{inp.label}: missing required column(s) for {spec.name}: {details}. The file has: "
             f"{', '.join(raw_types)}. Rename them, or map them with --map {missing[0]}=COLUMN or a mapping file."
+            + (f" (read with {', '.join(how)}: declare --delimiter or --encoding if that is wrong)" if how else "")
         )
     used = set(raw_name.values())
     return _Columns(
@@ -173,32 +270,100 @@ def _raw(cols: _Columns, name: str) -> str:
     return f"r.{_q(cols.raw_name[name])}"
 
 
-def _parsed(spec: SourceSpec, cols: _Columns, name: str, settings: Settings) -> str:
-    """SQL for a contract column parsed into its contract type (NULL where it does not parse)."""
+_INTEGER_TYPES = ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER", "USMALLINT",
+                  "UTINYINT", "UHUGEINT")
+_FLOAT_TYPES = ("DOUBLE", "FLOAT", "REAL")
+_MAX = f"{MAX_ABS_NUMBER:.0e}"
+
+
+def _number(cols: _Columns, name: str, fmt: _Format) -> str:
+    """SQL for a raw value as DOUBLE: NULL where it is no number, NaN/inf where it says so."""
+    raw, rtype = _raw(cols, name), cols.raw_type[name].upper()
+    if rtype in _FLOAT_TYPES or rtype in _INTEGER_TYPES or rtype.startswith("DECIMAL"):
+        return f"CAST({raw} AS DOUBLE)"
+    text = f"trim(CAST({raw} AS VARCHAR))"
+    if fmt.decimal == ",":
+        # 1.234,56 and 1 234,56 -> 1234.56: the point and spaces group thousands where the comma is the decimal mark.
+        text = f"replace(replace(replace({text}, ' ', ''), '.', ''), ',', '.')"
+    return f"TRY_CAST({text} AS DOUBLE)"
+
+
+def _number_problem(number: str, whole: bool) -> str:
+    """The reason a parsed DOUBLE is not acceptable, NULL when it is (and for a missing value)."""
+    whens = [
+        (f"{number} IS NULL", Q.BAD_NUMBER),
+        (f"NOT isfinite({number})", Q.NOT_FINITE),
+        (f"abs({number}) > {_MAX}", Q.OUT_OF_RANGE),
+    ]
+    if whole:
+        whens.append((f"{number} <> round({number})", Q.NOT_WHOLE))
+    return "CASE " + " ".join(f"WHEN {cond} THEN {_lit(reason.value)}" for cond, reason in whens) + " END"
+
+
+def _level1(spec: SourceSpec, cols: _Columns, name: str, settings: Settings, fmt: _Format) -> list[str]:
+    """First-level SQL of a non-key contract column: the parsed value, or ``_d_<name>`` (the value as
+    DOUBLE) for a number, parsed at the second level; ``_why_<name>`` for text with a problem."""
     ctype = spec.column(name).type
     if name not in cols.raw_name:
-        return f"CAST(NULL AS {DUCKDB_TYPES[ctype]})".replace("TIMESTAMPTZ", "TIMESTAMP")
+        return [f"CAST(NULL AS {DUCKDB_TYPES[ctype]}) AS {_q(name)}".replace("TIMESTAMPTZ", "TIMESTAMP")]
     raw, rtype = _raw(cols, name), cols.raw_type[name].upper()
+    if ctype in (ColumnType.INTEGER, ColumnType.NUMBER):
+        return [f"{_number(cols, name, fmt)} AS {_q('_d_' + name)}"]
     if ctype is ColumnType.STRING:
-        if rtype in ("DOUBLE", "FLOAT", "REAL"):  # ids exported as floats: 12346.0 -> "12346"
-            return f"CASE WHEN {raw} = round({raw}) THEN CAST(CAST({raw} AS BIGINT) AS VARCHAR) ELSE CAST({raw} AS VARCHAR) END"
-        return f"nullif(trim(CAST({raw} AS VARCHAR)), '')"
-    if ctype is ColumnType.INTEGER:
-        if rtype in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER"):
-            return f"CAST({raw} AS BIGINT)"
-        number = f"TRY_CAST({raw} AS DOUBLE)"
-        return f"CASE WHEN {number} = round({number}) THEN CAST({number} AS BIGINT) END"
-    if ctype is ColumnType.NUMBER:
-        return f"TRY_CAST({raw} AS DOUBLE)"
+        if rtype in _FLOAT_TYPES:  # ids exported as floats: 12346.0 -> "12346"
+            ok = f"isfinite({raw}) AND abs({raw}) <= {_MAX}"
+            return [
+                f"CASE WHEN {ok} AND {raw} = round({raw}) THEN CAST(CAST({raw} AS BIGINT) AS VARCHAR) "
+                f"WHEN {ok} THEN CAST({raw} AS VARCHAR) END AS {_q(name)}",
+                f"CASE WHEN NOT isfinite({raw}) THEN {_lit(Q.NOT_FINITE.value)} WHEN abs({raw}) > {_MAX} "
+                f"THEN {_lit(Q.OUT_OF_RANGE.value)} END AS {_q('_why_' + name)}",
+            ]
+        value = f"nullif(trim(CAST({raw} AS VARCHAR)), '') AS {_q(name)}"
+        return [value, _nul_problem(cols, name)] if rtype == "VARCHAR" else [value]
     if ctype is ColumnType.BOOLEAN:
-        return f"TRY_CAST({raw} AS BOOLEAN)"
+        return [f"TRY_CAST({raw} AS BOOLEAN) AS {_q(name)}"]
     # Timestamps are stored as naive UTC. A value without an offset is in settings.timezone
     # (the session TimeZone is set to it while ingesting).
     if rtype.startswith("TIMESTAMP WITH TIME ZONE") or rtype == "TIMESTAMPTZ":
-        return f"timezone('UTC', {raw})"
-    if rtype.startswith("TIMESTAMP") or rtype == "DATE":
-        return f"timezone('UTC', timezone({_lit(settings.timezone)}, CAST({raw} AS TIMESTAMP)))"
-    return f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))"
+        value = f"timezone('UTC', {raw})"
+    elif rtype.startswith("TIMESTAMP") or rtype == "DATE":
+        value = f"timezone('UTC', timezone({_lit(settings.timezone)}, CAST({raw} AS TIMESTAMP)))"
+    elif fmt.date_formats is not None:
+        listed = "[" + ", ".join(_lit(f) for f in fmt.date_formats) + "]"
+        parsed = f"try_strptime(trim(CAST({raw} AS VARCHAR)), {listed})"
+        zoned = any("%z" in f or "%Z" in f for f in fmt.date_formats)
+        value = (f"timezone('UTC', {parsed})" if zoned
+                 else f"timezone('UTC', timezone({_lit(settings.timezone)}, {parsed}))")
+    else:
+        value = f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))"
+    return [f"{value} AS {_q(name)}"]
+
+
+def _nul_problem(cols: _Columns, name: str) -> str:
+    raw = _raw(cols, name)
+    return (f"CASE WHEN contains(CAST({raw} AS VARCHAR), chr(0)) THEN {_lit(Q.NUL_BYTE.value)} END "
+            f"AS {_q('_why_' + name)}")
+
+
+def _level2(spec: SourceSpec, cols: _Columns, name: str, settings: Settings) -> tuple[str | None, str | None]:
+    """Second-level SQL of a present typed column: (replacement or new parsed value, ``_why_``)."""
+    ctype = spec.column(name).type
+    c, missing = _q(name), _q("_m_" + name)
+    if ctype in (ColumnType.INTEGER, ColumnType.NUMBER):
+        d = _q("_d_" + name)
+        whole = ctype is ColumnType.INTEGER
+        ok = f"isfinite({d}) AND abs({d}) <= {_MAX}" + (f" AND {d} = round({d})" if whole else "")
+        value = f"CASE WHEN {ok} THEN CAST({d} AS {'BIGINT' if whole else 'DOUBLE'}) END AS {c}"
+        return value, f"CASE WHEN NOT {missing} THEN {_number_problem(d, whole)} END AS {_q('_why_' + name)}"
+    if ctype is ColumnType.TIMESTAMP:
+        earliest = f"TIMESTAMP '{settings.earliest_timestamp.isoformat()}'"
+        plausible = f"isfinite({c}) AND {c} >= {earliest}"
+        why = (f"CASE WHEN {missing} THEN NULL WHEN {c} IS NULL THEN {_lit(Q.BAD_TIMESTAMP.value)} "
+               f"WHEN NOT ({plausible}) THEN {_lit(Q.TIMESTAMP_OUT_OF_RANGE.value)} END AS {_q('_why_' + name)}")
+        return f"CASE WHEN {plausible} THEN {c} END AS {c}", why
+    if ctype is ColumnType.BOOLEAN:
+        return None, f"CASE WHEN NOT {missing} AND {c} IS NULL THEN {_lit(Q.BAD_BOOLEAN.value)} END AS {_q('_why_' + name)}"
+    return None, None
 
 
 def _missing(cols: _Columns, name: str) -> str:
@@ -216,12 +381,7 @@ def _rate_sql(currency_expr: str, settings: Settings) -> str:
     return f"CASE upper(coalesce({currency_expr}, {_lit(settings.currency)})) {' '.join(whens)} END"
 
 
-_PARSE_REASON = {
-    ColumnType.TIMESTAMP: Q.BAD_TIMESTAMP,
-    ColumnType.INTEGER: Q.BAD_NUMBER,
-    ColumnType.NUMBER: Q.BAD_NUMBER,
-    ColumnType.BOOLEAN: Q.BAD_BOOLEAN,
-}
+_TYPED = (ColumnType.INTEGER, ColumnType.NUMBER, ColumnType.TIMESTAMP, ColumnType.BOOLEAN)
 
 
 # --- the ingest -----------------------------------------------------------------------------------
@@ -237,9 +397,12 @@ class _Ingest:
     makes ten million lines fast.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, settings: Settings, now: datetime) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, settings: Settings, now: datetime, *, workdir: Path,
+                 accept_quarantine: bool) -> None:
         self.con = con
         self.settings = settings
+        self.workdir = workdir
+        self.accept_quarantine = accept_quarantine
         # Stored times are naive UTC; a naive `now` is taken to be UTC already.
         self.now = now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
         self.ingest_id = self._scalar("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests")
@@ -261,21 +424,24 @@ class _Ingest:
             if seen:
                 return FileResult(inp.label, spec.name, 0, 0, 0, 0,
                                   skipped=f"same content as {seen[0][0]}, ingested in ingest #{seen[0][1]}")
-        relation = _relation(self.con, inp, index)
         try:
-            described = [(row[0], row[1]) for row in self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
-            cols = _resolve_columns(spec, inp, described)
-            self.con.execute(f"CREATE OR REPLACE TEMP VIEW _raw AS {_numbered(relation)}")
-            # The first full scan of the file: a file that cannot be parsed fails here.
-            self._create_checked(spec, cols)
+            read = _read(self.con, inp, index, self.workdir)
         except duckdb.Error as exc:
-            raise IngestError(f"{inp.label}: cannot be read as a {spec.name} file: {exc}") from exc
+            raise IngestError(f"{inp.label}: cannot be read as a {spec.name} file: {_reader_error(exc)}") from exc
+        cols = _resolve_columns(spec, inp, read.described, read.how)
+        fmt, detected = self._detect_format(spec, cols, inp)
+        try:
+            self._create_checked(spec, cols, fmt)
+        except duckdb.Error as exc:
+            raise IngestError(f"{inp.label}: cannot be read as a {spec.name} file: {_reader_error(exc)}") from exc
         self._check_whole_columns(spec, cols, inp.label)
 
         file_id = self.next_file_id
         self.next_file_id += 1
         if spec.name in SALES_SOURCES:
             self._verdict_sales()
+            if spec.name == "transactions" and self.settings.negative_quantity_returns:
+                self._verdict_transaction_returns()
         elif spec.name == "returns":
             self._verdict_returns()
         elif spec.name == "catalogue":
@@ -284,6 +450,12 @@ class _Ingest:
             self._verdict_events()
         else:  # customer_keys
             self._verdict_simple(None, None)
+        self.con.execute("INSERT INTO _verdict SELECT _row, reason, NULL, FALSE FROM _rejected")
+        rows = self._scalar("SELECT count(*) FROM _checked") + read.rejected
+        quarantined, present = self.con.execute(
+            "SELECT count(final_reason), count(*) FILTER (WHERE already_present) FROM _verdict"
+        ).fetchall()[0]
+        self._check_quarantine_share(spec, cols, inp.label, rows, quarantined)
         self.con.execute(
             "CREATE OR REPLACE TEMP VIEW _accepted AS SELECT c.* FROM _checked c ANTI JOIN _verdict v ON v._row = c._row"
         )
@@ -297,28 +469,87 @@ class _Ingest:
             self._store_events(file_id)
         else:
             self._insert_links([f"_h_{c}" for c in KEY_COLUMNS[spec.name]])
-        rows = self._scalar("SELECT count(*) FROM _checked")
-        quarantined, present = self.con.execute(
-            "SELECT count(final_reason), count(*) FILTER (WHERE already_present) FROM _verdict"
-        ).fetchall()[0]
         accepted = rows - quarantined - present
         self._store_quarantine(spec, cols, inp.label, file_id)
         self.con.execute(
             "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [file_id, self.ingest_id, inp.label, spec.name, digest, rows, accepted, quarantined, present],
         )
-        for view in ("_accepted", "_raw"):
-            self.con.execute(f"DROP VIEW IF EXISTS {view}")
-        for temp in ("_verdict", "_checked"):
-            self.con.execute(f"DROP TABLE IF EXISTS {temp}")
+        self.con.execute("DROP VIEW _accepted")
+        # _raw is a view of a Parquet file or Arrow table, a table of a CSV file.
+        temporary = dict(self.con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'main' "
+            "AND table_catalog = 'temp'").fetchall())
+        for name in ("_raw", "_verdict", "_checked", "_rejected", "_tx_returns"):
+            if name in temporary:
+                self.con.execute(f"DROP {'VIEW' if temporary[name] == 'VIEW' else 'TABLE'} {name}")
         if inp.table is not None:
             self.con.unregister(f"_rapport_input_{index}")
-        notes = (f"ignored columns not in the contract: {', '.join(cols.ignored)}",) if cols.ignored else ()
-        return FileResult(inp.label, spec.name, rows, accepted, quarantined, present, notes=notes)
+        notes = [f"read with {', '.join((*read.how, *detected))}"] if read.how or detected else []
+        if cols.ignored:
+            notes.append(f"ignored columns not in the contract: {', '.join(cols.ignored)}")
+        return FileResult(inp.label, spec.name, rows, accepted, quarantined, present, notes=tuple(notes))
 
-    def _create_checked(self, spec: SourceSpec, cols: _Columns) -> None:
-        """``_checked``: parsed contract columns, hashed keys, derived columns and the first
-        row-level reason (NULL for a good row), in one pass over the file.
+    def _detect_format(self, spec: SourceSpec, cols: _Columns, inp: RawInput) -> tuple[_Format, list[str]]:
+        """The decimal mark and date format of a text file's values: declared, or detected on the
+        first rows (``1234,56`` in every number that has decimals; ``31/12/2024`` dates)."""
+        options = inp.options or CsvOptions()
+        detected: list[str] = []
+        text_columns = [c for c in cols.raw_name if cols.raw_type[c].upper() == "VARCHAR"]
+        numbers = [c for c in text_columns if spec.column(c).type in (ColumnType.INTEGER, ColumnType.NUMBER)]
+        decimal = options.decimal or "."
+        if options.decimal is None and numbers:
+            values = " UNION ALL ".join(f"SELECT trim({_raw(cols, c)}) AS v FROM sample r" for c in numbers)
+            comma, point = self.con.execute(
+                f"WITH sample AS (SELECT * FROM _raw LIMIT {_SAMPLE_ROWS}) "
+                r"SELECT count(*) FILTER (WHERE regexp_full_match(v, '[+-]?[0-9]{1,3}([. ][0-9]{3})*,[0-9]+')),"
+                r" count(*) FILTER (WHERE regexp_full_match(v, '[+-]?[0-9]*\.[0-9]+'))"
+                f" FROM ({values})"
+            ).fetchall()[0]
+            if comma and not point:
+                decimal = ","
+                detected.append(f"decimal comma (detected in {', '.join(cols.raw_name[c] for c in numbers)})")
+        elif options.decimal == ",":
+            detected.append("decimal comma (declared)")
+        formats = None
+        stamps = [c for c in text_columns if spec.column(c).type is ColumnType.TIMESTAMP]
+        if options.date_format is not None:
+            formats = tuple(date_formats(strftime_format(options.date_format)))
+            detected.append(f"dates as {options.date_format} (declared)")
+        elif stamps:
+            formats = self._detect_date_format(cols, stamps, inp.label)
+            if formats is not None:
+                detected.append(f"dates as {formats[-1]} (detected: a day above 12 comes "
+                                f"{'first' if formats[-1].startswith('%d') else 'second'})")
+        return _Format(decimal, formats), detected
+
+    def _detect_date_format(self, cols: _Columns, stamps: list[str], label: str) -> tuple[str, ...] | None:
+        """``dd/mm/yyyy`` or ``mm/dd/yyyy`` (with any time) when most values are written so; which of
+        the two is told by a first or second number above 12, else the user must say."""
+        values = " UNION ALL ".join(f"SELECT trim({_raw(cols, c)}) AS v FROM sample r" for c in stamps)
+        total, iso, dmy, first, second, sep = self.con.execute(
+            f"WITH sample AS (SELECT * FROM _raw LIMIT {_SAMPLE_ROWS}), v AS ({values}), "
+            r"m AS (SELECT v, regexp_extract(v, '^([0-9]{1,2})([/.-])([0-9]{1,2})[/.-][0-9]{4}', ['a', 's', 'b']) AS p FROM v)"
+            " SELECT count(v), count(TRY_CAST(v AS TIMESTAMPTZ)), count(*) FILTER (WHERE p.a <> ''),"
+            " max(TRY_CAST(nullif(p.a, '') AS INTEGER)), max(TRY_CAST(nullif(p.b, '') AS INTEGER)),"
+            " mode(nullif(p.s, '')) FROM m"
+        ).fetchall()[0]
+        if not dmy or dmy <= iso or dmy < total / 2:
+            return None
+        if first > 12 and second <= 12:
+            return tuple(date_formats(f"%d{sep}%m{sep}%Y"))
+        if second > 12 and first <= 12:
+            return tuple(date_formats(f"%m{sep}%d{sep}%Y"))
+        names = ", ".join(repr(cols.raw_name[c]) for c in stamps)
+        raise IngestError(
+            f"{label}: column {names} holds dates like dd{sep}mm{sep}yyyy or mm{sep}dd{sep}yyyy, and no day above 12 "
+            f"tells which; declare it with --date-format dd{sep}mm{sep}yyyy (or mm{sep}dd{sep}yyyy), or date_format "
+            "in the mapping file"
+        )
+
+    def _create_checked(self, spec: SourceSpec, cols: _Columns, fmt: _Format) -> None:
+        """``_checked``: parsed contract columns, hashed keys, derived columns, the first row-level
+        reason (NULL for a good row) and the column it is about, in one pass over the file.
 
         Three nested selects so that each expensive expression (timestamp parsing, key
         normalisation) is evaluated once per row; raw customer keys are dropped as soon as they
@@ -326,8 +557,7 @@ class _Ingest:
         """
         s = self.settings
         cc = s.default_phone_country_code
-        present = [c for c in spec.columns if c.name in cols.raw_name]
-        typed = [c.name for c in present if c.type in _PARSE_REASON]
+        present = [c.name for c in spec.columns if c.name in cols.raw_name]
         key_columns = KEY_COLUMNS.get(spec.name, {})
         # Keys repeat on many lines: normalise and hash each distinct raw value once, then join.
         joins = []
@@ -343,30 +573,49 @@ class _Ingest:
         hashed = {col: h for _, _, h, col in joins}
         # Level 1: parse, look up hashed keys, flag missing values.
         level1 = ["r._row AS _row"]
-        level1 += [f"{_parsed(spec, cols, c.name, s)} AS {_q(c.name)}" for c in spec.columns if c.name not in key_columns]
+        for c in spec.columns:
+            if c.name not in key_columns:
+                level1 += _level1(spec, cols, c.name, s, fmt)
         level1 += [f"{_missing(cols, c.name)} AS {_q('_m_' + c.name)}" for c in spec.columns]
         level1 += [f"{hashed.get(col, 'CAST(NULL AS VARCHAR)')} AS {_q('_h_' + col)}" for col in key_columns]
+        level1 += [_nul_problem(cols, col) for col in key_columns
+                   if col in cols.raw_name and cols.raw_type[col].upper() == "VARCHAR"]
         if spec.name == "browse_events":
             key = _raw(cols, "customer_key")
             whens = " ".join(f"WHEN {_lit(kt.value)} THEN {hash_sql(kt, key, cc)}" for kt in EVENT_KEY_TYPES)
             level1.append(f"CASE lower(trim(CAST({_raw(cols, 'key_type')} AS VARCHAR))) {whens} END AS _h_event")
         source = " ".join(["_raw r", *(join for _, join, _, _ in joins)])
-        # Level 2: flag values that are present but do not parse.
-        level2 = ["*"]
-        level2 += [f"NOT {_q('_m_' + name)} AND {_q(name)} IS NULL AS {_q('_bad_' + name)}" for name in typed]
-        # Level 3: derived columns and the first failing rule.
-        reasons: list[tuple[str, QuarantineReason]] = [(_q("_m_" + name), Q.MISSING_VALUE) for name in spec.required]
-        reasons += [(_q("_bad_" + name), _PARSE_REASON[spec.column(name).type]) for name in typed]
-        reasons += self._row_rules(spec)
+        # Level 2: numbers parsed from their DOUBLE, implausible timestamps emptied, and why a present
+        # value is not acceptable (the value is not kept in any message).
+        replaced, added = [], []
+        for name in present:
+            if name in key_columns or spec.column(name).type not in _TYPED:
+                continue
+            value, why = _level2(spec, cols, name, s)
+            if value is not None:
+                (replaced if spec.column(name).type is ColumnType.TIMESTAMP else added).append(value)
+            added.append(why)
+        level2 = "*" + (f" REPLACE ({', '.join(replaced)})" if replaced else "")
+        level2 = ", ".join([level2, *added])
+        self.whys = [name for name in present if self._has_why(spec, cols, name, key_columns)]
+        # Level 3: derived columns and the first failing rule, with its column.
+        rules: list[tuple[str, str, str | None]] = [
+            (_q("_m_" + name), _lit(Q.MISSING_VALUE.value), name) for name in spec.required]
+        rules += [(f"{_q('_why_' + name)} IS NOT NULL", _q("_why_" + name), name) for name in self.whys]
+        rules += [(cond, _lit(reason.value), column) for cond, reason, column in self._row_rules(spec)]
         if "timestamp" in spec.column_names:
             future = self.now + timedelta(hours=s.future_tolerance_hours)
-            reasons.append((f"\"timestamp\" > TIMESTAMP '{future.isoformat(sep=' ')}'", Q.FUTURE_TIMESTAMP))
-        case = " ".join(f"WHEN {cond} THEN {_lit(reason.value)}" for cond, reason in reasons)
-        flags = ", ".join(_q("_m_" + c.name) for c in spec.columns)
+            rules.append((f"\"timestamp\" > TIMESTAMP '{future.isoformat(sep=' ')}'", _lit(Q.FUTURE_TIMESTAMP.value),
+                          "timestamp"))
+        reason = " ".join(f"WHEN {cond} THEN {value}" for cond, value, _ in rules)
+        column = " ".join(f"WHEN {cond} THEN {_lit(col) if col else 'NULL'}" for cond, _, col in rules)
+        dropped = [_q("_m_" + c.name) for c in spec.columns]
+        dropped += [_q("_d_" + name) for name in present
+                    if name not in key_columns and spec.column(name).type in (ColumnType.INTEGER, ColumnType.NUMBER)]
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT * EXCLUDE ({flags}), "
-            f"{self._derived_columns(spec)} CASE {case} END AS reason "
-            f"FROM (SELECT {', '.join(level2)} FROM (SELECT {', '.join(level1)} FROM {source}))"
+            f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT * EXCLUDE ({', '.join(dropped)}), "
+            f"{self._derived_columns(spec)} CASE {reason} END AS reason, CASE {column} END AS reason_column "
+            f"FROM (SELECT {level2} FROM (SELECT {', '.join(level1)} FROM {source}))"
         )
         for table, _, _, _ in joins:
             self.con.execute(f"DROP TABLE {table}")
@@ -384,57 +633,108 @@ class _Ingest:
                 f" {_SALE_HASH} AS row_hash) FROM _checked"
             )
 
+    @staticmethod
+    def _has_why(spec: SourceSpec, cols: _Columns, name: str, key_columns: Mapping[str, KeyType]) -> bool:
+        """Whether level 1 or 2 gives the column a ``_why_`` (typed values, text that may hold NUL bytes,
+        ids exported as floats)."""
+        rtype = cols.raw_type[name].upper()
+        if spec.column(name).type in _TYPED and name not in key_columns:
+            return True
+        return rtype == "VARCHAR" or (rtype in _FLOAT_TYPES and name not in key_columns)
+
     def _check_whole_columns(self, spec: SourceSpec, cols: _Columns, label: str) -> None:
-        """A typed column none of whose values parse is a file-level error, not 10,000 bad rows."""
-        typed = [c.name for c in spec.columns if c.type in _PARSE_REASON and c.name in cols.raw_name]
+        """A typed column none of whose values is acceptable is a file-level error, not 10,000 bad rows."""
+        typed = [c.name for c in spec.columns if c.type in _TYPED and c.name in cols.raw_name]
         if not typed:
             return
-        parts = [f"count({_q(c)}), count(*) FILTER (WHERE {_q('_bad_' + c)})" for c in typed]
+        parts = [f"count({_q(c)}), count({_q('_why_' + c)})" for c in typed]
         values = self.con.execute(f"SELECT {', '.join(parts)} FROM _checked").fetchall()[0]
         for i, c in enumerate(typed):
             parsed, bad = values[2 * i], values[2 * i + 1]
             if bad and not parsed:
-                sample = self.con.execute(
-                    f"SELECT CAST({_raw(cols, c)} AS VARCHAR) FROM _raw r WHERE r._row = "
-                    f"(SELECT min(_row) FROM _checked WHERE {_q('_bad_' + c)})"
-                ).fetchall()[0][0]
+                row, why = self.con.execute(
+                    f"SELECT _row, {_q('_why_' + c)} FROM _checked WHERE {_q('_why_' + c)} IS NOT NULL ORDER BY _row LIMIT 1"
+                ).fetchall()[0]
+                hint = ("; declare the format with --date-format (e.g. dd/mm/yyyy)"
+                        if spec.column(c).type is ColumnType.TIMESTAMP else "")
                 raise IngestError(
                     f"{label}: column {cols.raw_name[c]!r} ({spec.name}.{c}) should hold "
-                    f"{EXPECTED[spec.column(c).type]}, but none of its {bad} values does (e.g. {sample!r})"
+                    f"{EXPECTED[spec.column(c).type]}, but none of its {bad:,} values does "
+                    f"(row {row}: {why}{self._number_shown(cols, c, row)}){hint}"
                 )
 
-    def _row_rules(self, spec: SourceSpec) -> list[tuple[str, QuarantineReason]]:
+    def _number_shown(self, cols: _Columns, name: str, row: int) -> str:
+        """``": 6.95"`` when the raw value of a row is a number (safe to show), else nothing: a raw
+        text value could be a person's name or e-mail in a mis-mapped column."""
+        value = self.con.execute(
+            f"SELECT CAST({_raw(cols, name)} AS VARCHAR) FROM _raw r WHERE r._row = ?", [row]
+        ).fetchall()
+        text = (value[0][0] or "").strip() if value else ""
+        return f": {text}" if len(text) <= 40 and _NUMBER_TEXT.fullmatch(text) else ""
+
+    def _check_quarantine_share(self, spec: SourceSpec, cols: _Columns, label: str, rows: int,
+                                quarantined: int) -> None:
+        """Refuse a file most of whose rows would be quarantined: a swapped mapping, a wrong
+        delimiter or another file's export, far more likely than that much bad data."""
+        limit = self.settings.max_quarantine_share
+        if self.accept_quarantine or not rows or quarantined <= limit * rows:
+            return
+        column, reason, n, row = self.con.execute(
+            "SELECT final_column, final_reason, count(*), min(_row) FROM _verdict WHERE final_reason IS NOT NULL "
+            "GROUP BY ALL ORDER BY 3 DESC, 1 NULLS LAST, 2 LIMIT 1"
+        ).fetchall()[0]
+        if column is None:
+            where = "rows the reader could not split"
+            example = f"first in row {row}"
+        else:
+            file_column = f" (file column {cols.raw_name[column]!r})" if column in cols.raw_name else ""
+            where = f"column {column}{file_column}"
+            shown = self._number_shown(cols, column, row) if column in cols.raw_name else ""
+            example = f"e.g. row {row}{shown}"
+        raise IngestError(
+            f"{label}: {quarantined:,} of {rows:,} rows ({quarantined / rows:.0%}) would be quarantined, more than "
+            f"max_quarantine_share ({limit:.0%}); nothing was written. Most are {where}: {reason} ({n:,} rows, "
+            f"{example}). Check the column mapping and the file's format, or pass --accept-quarantine to store "
+            "the good rows and quarantine the others."
+        )
+
+    def _row_rules(self, spec: SourceSpec) -> list[tuple[str, QuarantineReason, str | None]]:
+        """(condition, reason, column at fault) of the rules on parsed values, in order."""
         s = self.settings
-        rules: list[tuple[str, QuarantineReason]] = []
+        rules: list[tuple[str, QuarantineReason, str | None]] = []
         if spec.name in SALES_SOURCES:
+            returns = spec.name == "transactions" and s.negative_quantity_returns
             rules += [
-                ("quantity <= 0", Q.BAD_QUANTITY),
-                ("unit_price <= 0", Q.NON_POSITIVE_PRICE),
-                ("coalesce(discount, 0) < 0 OR coalesce(discount, 0) > quantity * unit_price", Q.NEGATIVE_AMOUNT),
+                ("quantity = 0" if returns else "quantity <= 0", Q.BAD_QUANTITY, "quantity"),
+                ("unit_price <= 0", Q.NON_POSITIVE_PRICE, "unit_price"),
+                ("coalesce(discount, 0) < 0 OR coalesce(discount, 0) > abs(quantity) * unit_price", Q.NEGATIVE_AMOUNT,
+                 "discount"),
+                (f"abs(quantity) * unit_price > {_MAX}", Q.OUT_OF_RANGE, "unit_price"),
             ]
             if "channel" in spec.column_names:
                 allowed = ", ".join(_lit(c) for c in CHANNELS)
-                rules.append((f"channel IS NOT NULL AND lower(channel) NOT IN ({allowed})", Q.UNKNOWN_CHANNEL))
-            rules.append((f"({_rate_sql('currency', s)}) IS NULL", Q.UNKNOWN_CURRENCY))
+                rules.append((f"channel IS NOT NULL AND lower(channel) NOT IN ({allowed})", Q.UNKNOWN_CHANNEL,
+                              "channel"))
+            rules.append((f"({_rate_sql('currency', s)}) IS NULL", Q.UNKNOWN_CURRENCY, "currency"))
         elif spec.name == "returns":
             rules += [
-                ("quantity <= 0", Q.BAD_QUANTITY),
-                ("refund_amount < 0", Q.NEGATIVE_AMOUNT),
-                (f"({_rate_sql('currency', s)}) IS NULL", Q.UNKNOWN_CURRENCY),
+                ("quantity <= 0", Q.BAD_QUANTITY, "quantity"),
+                ("refund_amount < 0", Q.NEGATIVE_AMOUNT, "refund_amount"),
+                (f"({_rate_sql('currency', s)}) IS NULL", Q.UNKNOWN_CURRENCY, "currency"),
             ]
         elif spec.name == "catalogue":
-            rules.append(("price < 0", Q.NEGATIVE_AMOUNT))
+            rules.append(("price < 0", Q.NEGATIVE_AMOUNT, "price"))
         elif spec.name == "browse_events":
             kinds = ", ".join(_lit(k.value) for k in EVENT_KEY_TYPES)
             events = ", ".join(_lit(e.value) for e in EventType)
             rules += [
-                (f"lower(key_type) NOT IN ({kinds})", Q.UNKNOWN_KEY_TYPE),
-                (f"lower(event_type) NOT IN ({events})", Q.UNKNOWN_EVENT_TYPE),
-                ("_h_event IS NULL", Q.NO_KEYS),
+                (f"lower(key_type) NOT IN ({kinds})", Q.UNKNOWN_KEY_TYPE, "key_type"),
+                (f"lower(event_type) NOT IN ({events})", Q.UNKNOWN_EVENT_TYPE, "event_type"),
+                ("_h_event IS NULL", Q.NO_KEYS, "customer_key"),
             ]
         elif spec.name == "customer_keys":
             hashed = [f"_h_{c}" for c in KEY_COLUMNS["customer_keys"]]
-            rules.append((f"coalesce({', '.join(hashed)}) IS NULL", Q.NO_KEYS))
+            rules.append((f"coalesce({', '.join(hashed)}) IS NULL", Q.NO_KEYS, None))
         return rules
 
     def _derived_columns(self, spec: SourceSpec) -> str:
@@ -445,12 +745,12 @@ class _Ingest:
             return (
                 "coalesce(_h_account_id, _h_email, _h_device_id) AS record_key, lower(channel) AS _channel,"
                 " _h_account_id IS NULL AND lower(channel) <> 'store' AS is_guest, CAST(NULL AS VARCHAR) AS store_id,"
-                f" {rate} order_id || '/' || line_id AS line_key, {_SALE_HASH} AS row_hash,"
+                f" {rate} order_id || '/' || line_id AS line_key, {_SALE_HASH} AS row_hash, FALSE AS _return,"
             )
         if spec.name == "store_receipts":
             return (
                 "_h_loyalty_card AS record_key, 'store' AS _channel, FALSE AS is_guest, receipt_id AS order_id,"
-                f" {rate} receipt_id || '/' || line_id AS line_key, {_SALE_HASH} AS row_hash,"
+                f" {rate} receipt_id || '/' || line_id AS line_key, {_SALE_HASH} AS row_hash, FALSE AS _return,"
             )
         if spec.name == "transactions":
             channel = f"lower(coalesce(channel, {_lit(s.default_channel)}))"
@@ -461,6 +761,7 @@ class _Ingest:
                 " coalesce(order_id, coalesce(_h_customer_key, 'anonymous') || '@'"
                 " || strftime(\"timestamp\", '%Y-%m-%dT%H:%M:%S')) AS _order_id,"
                 f" {rate} CAST(NULL AS VARCHAR) AS line_key, CAST(NULL AS UBIGINT) AS row_hash,"
+                f" coalesce(quantity < 0, FALSE) AND {str(s.negative_quantity_returns).upper()} AS _return,"
             )
         if spec.name == "returns":
             return (
@@ -477,25 +778,89 @@ class _Ingest:
     # - verdicts: the rows that are not plainly accepted -
 
     def _verdict_sales(self) -> None:
+        # Returns inside a transactions file (negative quantities) are decided by _verdict_transaction_returns.
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE _verdict AS
-            WITH existing AS (
+            WITH sales AS (SELECT * FROM _checked WHERE reason IS NULL AND NOT _return),
+            existing AS (
                 SELECT c._row, c.row_hash = l.row_hash AS same
-                FROM _checked c JOIN lines l ON l.line_key = c.line_key WHERE c.reason IS NULL
+                FROM sales c JOIN lines l ON l.line_key = c.line_key
             ), repeated AS (
-                SELECT line_key FROM _checked WHERE reason IS NULL GROUP BY line_key HAVING count(*) > 1
+                SELECT line_key FROM sales GROUP BY line_key HAVING count(*) > 1
             ), later AS (
                 SELECT _row FROM (
-                    SELECT _row, row_number() OVER (PARTITION BY line_key ORDER BY _row) AS n FROM _checked
-                    WHERE reason IS NULL AND line_key IN (SELECT line_key FROM repeated)
+                    SELECT _row, row_number() OVER (PARTITION BY line_key ORDER BY _row) AS n FROM sales
+                    WHERE line_key IN (SELECT line_key FROM repeated)
                 ) WHERE n > 1
             )
-            SELECT _row, reason AS final_reason, FALSE AS already_present FROM _checked WHERE reason IS NOT NULL
+            SELECT _row, reason AS final_reason, reason_column AS final_column, FALSE AS already_present
+            FROM _checked WHERE reason IS NOT NULL
             UNION ALL
-            SELECT _row, CASE WHEN same THEN NULL ELSE {_lit(Q.DUPLICATE_LINE.value)} END, same FROM existing
+            SELECT _row, CASE WHEN same THEN NULL ELSE {_lit(Q.DUPLICATE_LINE.value)} END,
+                   CASE WHEN same THEN NULL ELSE 'line_id' END, same FROM existing
             UNION ALL
-            SELECT _row, {_lit(Q.DUPLICATE_LINE.value)}, FALSE FROM later WHERE _row NOT IN (SELECT _row FROM existing)
+            SELECT _row, {_lit(Q.DUPLICATE_LINE.value)}, 'line_id', FALSE FROM later
+            WHERE _row NOT IN (SELECT _row FROM existing)
+            """
+        )
+
+    def _verdict_transaction_returns(self) -> None:
+        """Negative quantities of a transactions file: each is a return of the customer's most recent
+        earlier sale of the item (stored, or accepted earlier in the file), matched the way the Online
+        Retail II loader matches cancellations; without such a sale it is quarantined."""
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _tx_returns AS
+            WITH asked AS (SELECT * FROM _checked WHERE reason IS NULL AND _return),
+            events AS (
+                -- Stored sales first at equal times, then the file's rows in file order.
+                SELECT record_key AS customer, item_id, ts, 0 AS origin, 0 AS _row, line_key, quantity, FALSE AS is_return
+                FROM lines WHERE record_key IN (SELECT record_key FROM asked)
+                UNION ALL
+                SELECT record_key, item_id, "timestamp", 1, _row, line_key, quantity, FALSE FROM _checked
+                WHERE reason IS NULL AND NOT _return AND record_key IN (SELECT record_key FROM asked)
+                  AND _row NOT IN (SELECT _row FROM _verdict)
+                UNION ALL
+                SELECT record_key, item_id, "timestamp", 1, _row, line_key, quantity, TRUE FROM asked
+            ), ordered AS (
+                SELECT *, row_number() OVER (ORDER BY ts, origin, _row) AS seq FROM events
+            ), matched AS (
+                SELECT c._row, s.line_key AS sale_key, s.quantity AS sold
+                FROM {latest_earlier_sale("(SELECT * FROM ordered WHERE is_return)",
+                                          "(SELECT * FROM ordered WHERE NOT is_return)", customer="customer")}
+            )
+            SELECT a._row, m.sale_key, m.sold, -a.quantity AS quantity, -a.quantity * a.unit_price * a.rate AS refund,
+                   a."timestamp", a.line_key || '/' || m.sale_key AS return_key,
+                   hash(a.line_key || '/' || m.sale_key, m.sale_key, -a.quantity, -a.quantity * a.unit_price,
+                        a."timestamp") AS row_hash
+            FROM asked a JOIN matched m USING (_row)
+            """
+        )
+        self.con.execute(
+            f"""
+            INSERT INTO _verdict
+            WITH s AS (
+                SELECT t.*, r.row_hash AS existing_hash FROM _tx_returns t LEFT JOIN returns r USING (return_key)
+            ), d AS (
+                SELECT *, CASE
+                    WHEN sale_key IS NULL THEN {_lit(Q.ORPHAN_RETURN.value)}
+                    WHEN existing_hash IS NOT NULL AND existing_hash <> row_hash THEN {_lit(Q.DUPLICATE_LINE.value)}
+                END AS r1, coalesce(existing_hash = row_hash, FALSE) AS already_present
+                FROM s
+            ), e AS (
+                -- Units returned so far, in file order, on top of those already stored.
+                SELECT d.*, coalesce(prev.returned, 0) + sum(CASE WHEN r1 IS NULL AND NOT already_present
+                    THEN quantity ELSE 0 END) OVER (PARTITION BY sale_key ORDER BY _row
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cumulative
+                FROM d LEFT JOIN (SELECT line_key, sum(quantity) AS returned FROM returns GROUP BY 1) prev
+                    ON prev.line_key = d.sale_key
+            ), f AS (
+                SELECT _row, already_present, CASE WHEN r1 IS NULL AND NOT already_present AND cumulative > sold
+                    THEN {_lit(Q.RETURN_EXCEEDS_SALE.value)} ELSE r1 END AS final_reason FROM e
+            )
+            SELECT _row, final_reason, CASE WHEN final_reason IS NOT NULL THEN 'quantity' END, already_present
+            FROM f WHERE final_reason IS NOT NULL OR already_present
             """
         )
 
@@ -504,8 +869,8 @@ class _Ingest:
             f"""
             CREATE OR REPLACE TEMP TABLE _verdict AS
             WITH j AS (
-                SELECT c._row, c.reason, c.quantity, c.line_key, c.return_key, c."timestamp", c.row_hash,
-                       l.quantity AS sold_quantity, l.ts AS sold_ts, l.line_key IS NOT NULL AS sale_known,
+                SELECT c._row, c.reason, c.reason_column, c.quantity, c.line_key, c.return_key, c."timestamp",
+                       c.row_hash, l.quantity AS sold_quantity, l.ts AS sold_ts, l.line_key IS NOT NULL AS sale_known,
                        r.row_hash AS existing_hash
                 FROM _checked c LEFT JOIN lines l ON l.line_key = c.line_key
                 LEFT JOIN returns r ON r.return_key = c.return_key
@@ -516,6 +881,12 @@ class _Ingest:
                     WHEN "timestamp" < sold_ts THEN {_lit(Q.RETURN_BEFORE_SALE.value)}
                     WHEN existing_hash IS NOT NULL AND existing_hash <> row_hash THEN {_lit(Q.DUPLICATE_LINE.value)}
                 END AS r1,
+                CASE
+                    WHEN reason IS NOT NULL THEN reason_column
+                    WHEN NOT sale_known THEN 'line_id'
+                    WHEN "timestamp" < sold_ts THEN 'timestamp'
+                    WHEN existing_hash IS NOT NULL AND existing_hash <> row_hash THEN 'return_id'
+                END AS c1,
                 coalesce(reason IS NULL AND existing_hash = row_hash, FALSE) AS already_present
                 FROM j
             ), d AS (
@@ -533,10 +904,12 @@ class _Ingest:
                     ON prev.line_key = d.line_key
             ), f AS (
                 SELECT _row, already_present, CASE WHEN r2 IS NULL AND NOT already_present AND cumulative > sold_quantity
-                    THEN {_lit(Q.RETURN_EXCEEDS_SALE.value)} ELSE r2 END AS final_reason
+                    THEN {_lit(Q.RETURN_EXCEEDS_SALE.value)} ELSE r2 END AS final_reason,
+                    CASE WHEN r2 IS NULL AND NOT already_present AND cumulative > sold_quantity THEN 'quantity'
+                         WHEN r1 IS NULL AND r2 IS NOT NULL THEN 'return_id' ELSE c1 END AS final_column
                 FROM e
             )
-            SELECT _row, final_reason, already_present FROM f WHERE final_reason IS NOT NULL OR already_present
+            SELECT _row, final_reason, final_column, already_present FROM f WHERE final_reason IS NOT NULL OR already_present
             """
         )
 
@@ -545,23 +918,24 @@ class _Ingest:
         if unique_column is not None and duplicate is not None:
             later = f"""
             UNION ALL
-            SELECT _row, {_lit(duplicate.value)}, FALSE FROM (
+            SELECT _row, {_lit(duplicate.value)}, {_lit(unique_column)}, FALSE FROM (
                 SELECT _row, row_number() OVER (PARTITION BY {_q(unique_column)} ORDER BY _row) AS n
                 FROM _checked WHERE reason IS NULL
             ) WHERE n > 1
             """
         self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE _verdict AS "
-            f"SELECT _row, reason AS final_reason, FALSE AS already_present FROM _checked WHERE reason IS NOT NULL {later}"
+            "CREATE OR REPLACE TEMP TABLE _verdict AS SELECT _row, reason AS final_reason, reason_column AS final_column,"
+            f" FALSE AS already_present FROM _checked WHERE reason IS NOT NULL {later}"
         )
 
     def _verdict_events(self) -> None:
         self.con.execute(
             """
             CREATE OR REPLACE TEMP TABLE _verdict AS
-            SELECT _row, reason AS final_reason, FALSE AS already_present FROM _checked WHERE reason IS NOT NULL
+            SELECT _row, reason AS final_reason, reason_column AS final_column, FALSE AS already_present
+            FROM _checked WHERE reason IS NOT NULL
             UNION ALL
-            SELECT _row, NULL, TRUE FROM _checked WHERE reason IS NULL AND row_hash IN (SELECT row_hash FROM events)
+            SELECT _row, NULL, NULL, TRUE FROM _checked WHERE reason IS NULL AND row_hash IN (SELECT row_hash FROM events)
             """
         )
 
@@ -574,11 +948,48 @@ class _Ingest:
             SELECT line_key, order_id, order_id, line_id, {_lit(spec.name)}, _channel, "timestamp", record_key,
                    is_guest, item_id, quantity, unit_price * rate, coalesce(discount, 0) * rate,
                    (quantity * unit_price - coalesce(discount, 0)) * rate, store_id, country, row_hash, ?
-            FROM _accepted
+            FROM _accepted WHERE NOT _return
             """,
             [file_id],
         )
         self._insert_links([f"_h_{c}" for c in KEY_COLUMNS[spec.name]])
+        if spec.name == "transactions":
+            if self.settings.negative_quantity_returns:
+                self.con.execute(
+                    """
+                    INSERT INTO returns
+                    SELECT t.return_key, t.sale_key, t.quantity, t.refund, t."timestamp", t.row_hash, ?
+                    FROM _tx_returns t SEMI JOIN _accepted a ON a._row = t._row
+                    """,
+                    [file_id],
+                )
+            self._store_items_named(file_id)
+
+    def _store_items_named(self, file_id: int) -> None:
+        """Names and categories of a transactions file fill the catalogue: an item it does not know
+        gets a row, a known item without a name or category gets the file's (the most frequent per item)."""
+        self.con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _named AS
+            SELECT item_id, mode(name) AS name, mode(category) AS category FROM _accepted
+            WHERE name IS NOT NULL OR category IS NOT NULL GROUP BY item_id
+            """
+        )
+        self.con.execute(
+            """
+            UPDATE items SET name = coalesce(items.name, n.name), category = coalesce(items.category, n.category)
+            FROM _named n WHERE n.item_id = items.item_id AND (items.name IS NULL OR items.category IS NULL)
+            """
+        )
+        self.con.execute(
+            f"""
+            INSERT INTO items
+            SELECT n.item_id, n.name, n.category, NULL, TRUE, upper(n.item_id) NOT IN ({self._non_products()}), ?
+            FROM _named n ANTI JOIN items i ON i.item_id = n.item_id
+            """,
+            [file_id],
+        )
+        self.con.execute("DROP TABLE _named")
 
     def _insert_links(self, keys: list[str]) -> None:
         """Every key of an accepted record is linked to the record's key (a star per record)."""
@@ -624,21 +1035,28 @@ class _Ingest:
         self._insert_links([])
 
     def _store_quarantine(self, spec: SourceSpec, cols: _Columns, label: str, file_id: int) -> None:
-        """Bad rows with their contract columns as found in the file; customer keys hashed."""
+        """Bad rows with their contract columns as found in the file (customer keys hashed) and the
+        column at fault; a row the reader could not split is stored without values."""
         hashed = {c: f"c.{_q('_h_' + c)}" for c in KEY_COLUMNS.get(spec.name, {})}
         if spec.name == "browse_events":
             hashed = {"customer_key": "c._h_event"}
         parts = []
         for contract, raw in cols.raw_name.items():
             parts += [_lit(contract), hashed.get(contract, f"CAST(r.{_q(raw)} AS VARCHAR)")]
+        file_column = "CASE v.final_column " + " ".join(
+            f"WHEN {_lit(contract)} THEN {_lit(raw)}" for contract, raw in cols.raw_name.items()) + " END"
         self.con.execute(
             f"""
-            INSERT INTO quarantine
-            SELECT ?, ?, ?, ?, v._row, v.final_reason, CAST(json_object({', '.join(parts)}) AS VARCHAR)
+            INSERT INTO quarantine (ingest_id, file_id, source_file, source, row_number, reason, record, column_name,
+                                    file_column)
+            SELECT ?, ?, ?, ?, v._row, v.final_reason, CAST(json_object({', '.join(parts)}) AS VARCHAR),
+                   v.final_column, {file_column}
             FROM _verdict v JOIN _checked c ON c._row = v._row JOIN _raw r ON r._row = v._row
             WHERE v.final_reason IS NOT NULL
+            UNION ALL
+            SELECT ?, ?, ?, ?, _row, reason, '{{}}', NULL, NULL FROM _rejected
             """,
-            [self.ingest_id, file_id, label, spec.name],
+            [self.ingest_id, file_id, label, spec.name] * 2,
         )
 
     def _unordered(self, sql: str, params: list[object] | None = None) -> None:
@@ -693,11 +1111,15 @@ def ingest(
     now: datetime,
     ignored_paths: list[tuple[str, str]] | None = None,
     progress: Callable[[str], None] | None = None,
+    accept_quarantine: bool = False,
+    append_distant_history: bool = False,
 ) -> IngestResult:
     """Validate and store ``inputs`` in one transaction, then resolve identities.
 
     ``now`` decides which timestamps are "in the future"; it is an argument so that nothing here
-    depends on a hidden clock.
+    depends on a hidden clock. ``accept_quarantine`` stores a file even when more than
+    ``max_quarantine_share`` of its rows are quarantined; ``append_distant_history`` stores sales
+    that are ``distant_history_days`` or more away from the stored history.
     """
     if not inputs:
         raise IngestError("nothing to ingest")
@@ -705,13 +1127,18 @@ def ingest(
     con.execute(f"SET TimeZone = {_lit(settings.timezone)}")
     con.execute("BEGIN TRANSACTION")
     try:
-        job = _Ingest(con, settings, now)
-        started = job.now
-        results = []
-        for index, inp in enumerate(_order(inputs)):
-            if progress:
-                progress(inp.label)
-            results.append(job.run(inp, index))
+        # Transcoded copies and plain-named links live only as long as the call.
+        with tempfile.TemporaryDirectory(prefix="rapport-ingest-") as workdir:
+            job = _Ingest(con, settings, now, workdir=Path(workdir), accept_quarantine=accept_quarantine)
+            first_file_id = job.next_file_id
+            started = job.now
+            results = []
+            for index, inp in enumerate(_order(inputs)):
+                if progress:
+                    progress(inp.label)
+                results.append(job.run(inp, index))
+        if not append_distant_history:
+            _check_distant_history(con, settings, first_file_id)
         added_items = job.complete_items()
         if progress:
             progress("identity resolution")
@@ -740,8 +1167,8 @@ def ingest(
         settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
         quarantine_file = settings.quarantine_dir / f"ingest-{job.ingest_id:04d}.csv"
         con.execute(
-            f"COPY (SELECT source_file, source, row_number, reason, record FROM quarantine WHERE ingest_id = ?"
-            f" ORDER BY source_file, row_number) TO {_lit(str(quarantine_file))} (HEADER)",
+            f"COPY (SELECT source_file, source, row_number, column_name AS column, file_column, reason, record"
+            f" FROM quarantine WHERE ingest_id = ? ORDER BY source_file, row_number) TO {_lit(str(quarantine_file))} (HEADER)",
             [job.ingest_id],
         )
     return IngestResult(
@@ -752,4 +1179,25 @@ def ingest(
         ignored_paths=tuple(ignored_paths or ()),
         quarantine_file=quarantine_file,
         notes=tuple(notes),
+    )
+
+
+def _check_distant_history(con: duckdb.DuckDBPyConnection, settings: Settings, first_file_id: int) -> None:
+    """Refuse sales far from the stored history: a real export ingested into the demo's store (or
+    another retailer's) would silently become one customer history spanning two unrelated periods."""
+    new_first, new_last, old_first, old_last = con.execute(
+        "SELECT min(ts) FILTER (WHERE file_id >= ?), max(ts) FILTER (WHERE file_id >= ?),"
+        " min(ts) FILTER (WHERE file_id < ?), max(ts) FILTER (WHERE file_id < ?) FROM lines",
+        [first_file_id] * 4,
+    ).fetchall()[0]
+    if new_first is None or old_first is None:
+        return
+    gap = max((new_first - old_last).days, (old_first - new_last).days)
+    if gap < settings.distant_history_days:
+        return
+    raise IngestError(
+        f"these files' sales run {new_first:%Y-%m-%d} .. {new_last:%Y-%m-%d}, the store's history "
+        f"{old_first:%Y-%m-%d} .. {old_last:%Y-%m-%d}: {gap:,} days apart (distant_history_days is "
+        f"{settings.distant_history_days}); nothing was written. Use another store (--data-dir or RAPPORT_DATA_DIR) "
+        "for another history, or pass --append-distant-history if both belong together."
     )

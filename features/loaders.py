@@ -259,6 +259,21 @@ WHERE NOT is_cancellation
 ORDER BY file_row
 """
 
+def latest_earlier_sale(returns: str, sales: str, *, customer: str) -> str:
+    """FROM clause pairing each row of ``returns`` (alias ``c``) with the same customer's most recent
+    earlier sale of the same item in ``sales`` (alias ``s``; NULLs when there is none).
+
+    Both relations have ``item_id``, ``seq`` (one order over sales and returns together: time, then
+    file position, so that a return never reverses a later sale) and the ``customer`` column. The
+    Online Retail II loader and the ingest of generic transactions with negative quantities both
+    match returns to sales with it.
+    """
+    return (
+        f"{returns} AS c ASOF LEFT JOIN {sales} AS s "
+        f"ON c.{customer} = s.{customer} AND c.item_id = s.item_id AND c.seq > s.seq"
+    )
+
+
 # A cancellation reverses the customer's most recent earlier sale line of the same item. Only sale
 # lines ingestion accepts (quantity > 0, price > 0) are candidates: a return pointing at a
 # quarantined sale would be orphaned anyway. ``seq`` orders lines by time, then file position.
@@ -281,9 +296,7 @@ SELECT
     '{ONLINE_RETAIL_CURRENCY}' AS currency,
     s.invoice IS NOT NULL AS matched,
     s.invoice IS NOT NULL AND -c.quantity > s.quantity AS exceeds_sale
-FROM cancellations AS c
-ASOF LEFT JOIN sales AS s
-    ON c.account_id = s.account_id AND c.item_id = s.item_id AND c.seq > s.seq
+FROM {latest_earlier_sale("cancellations", "sales", customer="account_id")}
 ORDER BY c.file_row
 """
 

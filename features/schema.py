@@ -198,7 +198,8 @@ TRANSACTIONS = SourceSpec(
         _c("customer_key", S, False, "The retailer's customer number; empty for an anonymous sale."),
         _c("timestamp", T, True, "When the sale happened."),
         _c("item_id", S, True, "Product."),
-        _c("quantity", I, True, "Units sold, > 0."),
+        _c("quantity", I, True, "Units sold, > 0; a negative quantity is a return of the customer's earlier "
+           "sale of the item (settings.negative_quantity_returns)."),
         _c("unit_price", N, True, "Price of one unit, > 0."),
         _c("discount", N, False, "Discount on the whole line (amount, >= 0). Default 0."),
         _c("channel", S, False, "web, app, store or marketplace. Default: settings.default_channel."),
@@ -206,6 +207,8 @@ TRANSACTIONS = SourceSpec(
         _c("line_id", S, False, "Line within the order. Default: position in the order."),
         _c("currency", S, False, "ISO 4217 code. Default: the configured currency."),
         _c("country", S, False, "Country."),
+        _c("name", S, False, "Item name, for the catalogue (the most frequent one per item)."),
+        _c("category", S, False, "Item category, for the catalogue (the most frequent one per item)."),
     ),
 )
 
@@ -240,8 +243,13 @@ class QuarantineReason(StrEnum):
 
     MISSING_VALUE = "missing required value"
     BAD_TIMESTAMP = "unparseable timestamp"
-    BAD_NUMBER = "unparseable number"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp before earliest_timestamp or not finite"
+    BAD_NUMBER = "not a number"
+    NOT_FINITE = "not a finite number"
+    OUT_OF_RANGE = "number out of range"
+    NOT_WHOLE = "not a whole number"
     BAD_BOOLEAN = "unparseable true/false"
+    NUL_BYTE = "NUL byte in a text field"
     FUTURE_TIMESTAMP = "timestamp in the future"
     NON_POSITIVE_PRICE = "negative or zero price on a sale"
     BAD_QUANTITY = "zero or negative quantity"
@@ -256,6 +264,18 @@ class QuarantineReason(StrEnum):
     UNKNOWN_KEY_TYPE = "unknown key type"
     UNKNOWN_EVENT_TYPE = "unknown event type"
     NO_KEYS = "no customer key"
+    # Rows the CSV reader could not split into the file's columns (the row is stored without values).
+    WRONG_FIELD_COUNT = "wrong number of fields"
+    BAD_ENCODING = "bytes not valid in the file's encoding"
+    BAD_QUOTING = "unterminated or misplaced quote"
+    LINE_TOO_LONG = "line longer than the reader's maximum"
+    UNREADABLE_ROW = "row the CSV reader cannot parse"
+
+
+#: Largest magnitude a number may have (amounts, quantities, ids exported as numbers): beyond any
+#: retail figure (10^15 is ten times the world's yearly GDP in any currency) and small enough that
+#: sums over billions of lines stay exact in BIGINT and finite in DOUBLE.
+MAX_ABS_NUMBER = 1e15
 
 
 # --- Unified tables (DuckDB), column names -------------------------------------------------------

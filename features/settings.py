@@ -9,6 +9,7 @@ created by :meth:`Settings.ensure_dirs`, which the commands that write call expl
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,29 @@ class Settings(BaseSettings):
     )
     future_tolerance_hours: float = Field(
         24.0, ge=0, description="A timestamp later than now + this tolerance is quarantined as in the future."
+    )
+    earliest_timestamp: date = Field(
+        date(1990, 1, 1),
+        description="Timestamps before this day (like 1970-01-01 or year 1, what a null date becomes in many "
+        "exports) are quarantined as outside the plausible range.",
+    )
+    max_quarantine_share: float = Field(
+        0.2, ge=0, le=1,
+        description="A file with a larger share of quarantined rows is refused (nothing written) unless "
+        "--accept-quarantine: it usually means a wrong mapping, format or file.",
+    )
+    negative_quantity_returns: bool = Field(
+        True,
+        description="Generic transactions: a negative quantity is a return of the customer's most recent earlier "
+        "sale of the item (quarantined when there is none); false: quarantined as a zero or negative quantity.",
+    )
+    distant_history_days: int = Field(
+        365, ge=0,
+        description="An ingest whose sales are this many days or more away from the stored history (before or "
+        "after) is refused unless --append-distant-history: two unrelated histories would be mixed.",
+    )
+    store_busy_timeout_seconds: float = Field(
+        30.0, ge=0, description="How long a command waits for a store another process holds, before it says which one."
     )
     non_product_items: list[str] = Field(
         default_factory=lambda: [

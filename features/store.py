@@ -7,6 +7,8 @@ salted hashes (see :mod:`features.identity`). ``customer_id`` is resolved at que
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import duckdb
@@ -47,12 +49,30 @@ DDL: tuple[str, ...] = (
         merged_id BIGINT, into_id BIGINT, ingest_id INTEGER, merged_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS quarantine (
         ingest_id INTEGER, file_id INTEGER, source_file VARCHAR, source VARCHAR, row_number BIGINT,
-        reason VARCHAR, record VARCHAR)""",
+        reason VARCHAR, record VARCHAR, column_name VARCHAR, file_column VARCHAR)""",
+)
+#: Columns added after a store's first release, for stores created before them.
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("quarantine", "column_name", "VARCHAR"),
+    ("quarantine", "file_column", "VARCHAR"),
 )
 
 
+class StoreBusyError(RuntimeError):
+    """Another process holds the store's lock for longer than ``store_busy_timeout_seconds``."""
+
+
+#: DuckDB's lock conflict message names the holder: "... Conflicting lock is held in /usr/bin/python3 (PID 123)".
+_HOLDER = re.compile(r"\(PID (\d+)\)")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
 def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (and on first use create) the database under ``settings.data_dir``."""
+    """Open (and on first use create) the database under ``settings.data_dir``.
+
+    A store held by another process (an ingest, or a reader while this one writes) is waited for
+    up to ``store_busy_timeout_seconds``; then the error names the process holding it.
+    """
     path: Path = settings.database_path
     if read_only and not path.exists():
         raise FileNotFoundError(
@@ -60,11 +80,46 @@ def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyCo
         )
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = _connect_waiting(path, read_only, settings.store_busy_timeout_seconds)
     configure(con, settings)
     if not read_only:
         create_tables(con)
     return con
+
+
+def _connect_waiting(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(
+                    f"store {path} is in use by {_holder(str(exc))}; waited {timeout:g} s "
+                    "(store_busy_timeout_seconds). Run again when it has finished, or raise the setting."
+                ) from None
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, 1.0)
+
+
+def _holder(message: str) -> str:
+    """The process named in DuckDB's lock message: its id and command words (from /proc where there is one)."""
+    found = _HOLDER.search(message)
+    if found is None:
+        return "another process"
+    pid = found.group(1)
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return f"process {pid}"
+    # Program and subcommand words only (``python3 rapport data ingest``): a file argument could name
+    # a person's export, so nothing with a dot, a slash inside a word, or an option value is shown.
+    words = [Path(a).name for a in args if a and not a.startswith("-")]
+    words = [w for w in words if _WORD.fullmatch(w)][:4]
+    return f"process {pid} ({' '.join(words)})" if words else f"process {pid}"
 
 
 def connect_memory(settings: Settings) -> duckdb.DuckDBPyConnection:
@@ -88,6 +143,8 @@ def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
     for statement in DDL:
         con.execute(statement)
+    for table, column, type_ in _ADDED_COLUMNS:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {type_}")
     con.execute(
         "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING", [str(SCHEMA_VERSION)]
     )

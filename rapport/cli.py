@@ -66,6 +66,7 @@ def settings() -> Settings:
 #: so that light commands do not pay for importing the model libraries.
 _USER_ERRORS = {
     "features.discovery": "IngestError",
+    "features.store": "StoreBusyError",
     "features.customer": "RFMValidationError",
     "training.clv.adapter": "ClvFitError",
     "training.churn.model": "ChurnModelError",
@@ -165,25 +166,37 @@ def data_ingest(
     source: Annotated[str | None, typer.Option(help="Source of every file given (else from the file names).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help="CONTRACT_COLUMN=FILE_COLUMN, repeatable.")] = None,
     mapping: Annotated[Path | None, typer.Option(help="TOML mapping file: source = ..., [columns] contract = \"file column\".")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding of CSV files (utf-8, utf-16, latin-1, windows-1252...); default: detected.")] = None,
+    delimiter: Annotated[str | None, typer.Option(help="Field delimiter of CSV files: , ; | or tab; default: detected from the header.")] = None,
+    decimal: Annotated[str | None, typer.Option(help="Decimal mark of numbers in CSV files: . or , (default: detected).")] = None,
+    date_format: Annotated[str | None, typer.Option(help="Format of text timestamps, e.g. dd/mm/yyyy or '%d/%m/%Y %H:%M' (default: ISO 8601; dd/mm/yyyy and mm/dd/yyyy detected when a day tells).")] = None,
+    accept_quarantine: Annotated[bool, typer.Option(help="Store a file even when more than max_quarantine_share of its rows are quarantined.")] = False,
+    append_distant_history: Annotated[bool, typer.Option(help="Store sales distant_history_days or more away from the store's history.")] = False,
 ) -> None:
     """Validate and store raw files; bad rows go to the quarantine, counted per reason."""
     from features.discovery import discover, load_mapping_file, parse_map_options
+    from features.rawformat import CsvOptions
 
     def run():  # noqa: ANN202
         columns: dict[str, str] = {}
         kind = source
+        formats: dict[str, str] = {}
         if mapping is not None:
-            file_source, columns = load_mapping_file(mapping)
-            kind = kind or file_source
+            loaded = load_mapping_file(mapping)
+            kind, columns, formats = kind or loaded.source, loaded.columns, loaded.formats
         columns.update(parse_map_options(map_ or []))
-        inputs, ignored = discover(path, source=kind, mapping=columns)
+        declared = {"encoding": encoding, "delimiter": delimiter, "decimal": decimal, "date_format": date_format}
+        options = CsvOptions(**{**formats, **{k: v for k, v in declared.items() if v is not None}})
+        inputs, ignored = discover(path, source=kind, mapping=columns, options=options)
         return inputs, ignored
 
     inputs, ignored = _guard(run)
-    _ingest_and_print(inputs, ignored)
+    _ingest_and_print(inputs, ignored, accept_quarantine=accept_quarantine,
+                      append_distant_history=append_distant_history)
 
 
-def _ingest_and_print(inputs, ignored) -> None:  # noqa: ANN001
+def _ingest_and_print(inputs, ignored, *, accept_quarantine: bool = False,  # noqa: ANN001
+                      append_distant_history: bool = False) -> None:
     from features.ingest import ingest
     from features.store import connect
 
@@ -195,9 +208,11 @@ def _ingest_and_print(inputs, ignored) -> None:  # noqa: ANN001
         def report(label: str) -> None:
             progress.update(task, description=f"ingesting {label}", advance=1)
 
-        con = connect(s)
+        con = _guard(lambda: connect(s))
         try:
-            result = _guard(lambda: ingest(con, inputs, s, now=_utc_now(), ignored_paths=ignored, progress=report))
+            result = _guard(lambda: ingest(con, inputs, s, now=_utc_now(), ignored_paths=ignored, progress=report,
+                                           accept_quarantine=accept_quarantine,
+                                           append_distant_history=append_distant_history))
         finally:
             con.close()
     _print_ingest(result, s)

@@ -1,0 +1,214 @@
+"""How a raw file is read: its exact path, its encoding, its delimiter, its number and date formats.
+
+Retailers' exports are not all UTF-8 with commas: a French back office writes Windows-1252 with
+``;`` between fields and ``,`` in numbers, Excel in most of Europe does the same, some tools write
+UTF-16. Each of these is either declared (``--encoding``, ``--delimiter``, ``--decimal``,
+``--date-format``, or the same keys in a mapping file) or detected, and the ingest says what it
+detected. DuckDB reads UTF-8 and Latin-1 itself; any other encoding is transcoded to a temporary
+UTF-8 copy first, which also holds for a file whose name contains glob characters (DuckDB would
+read ``orders[1].csv`` as a pattern): such a file is read through a link with a plain name, so
+that exactly the file given is read.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from features.discovery import IngestError
+
+#: Bytes read to detect an encoding and a delimiter: enough for thousands of lines.
+SAMPLE_BYTES = 1 << 20
+#: Encodings DuckDB's CSV reader decodes itself (the others are transcoded to UTF-8 first).
+_NATIVE = {"utf-8": "utf-8", "iso8859-1": "latin-1"}
+_DELIMITERS = {",": ",", ";": ";", "\t": "\t", "tab": "\t", "\\t": "\t", "|": "|"}
+_GLOB_CHARACTERS = re.compile(r"[*?\[\]{}]")
+#: Date tokens accepted by --date-format besides strftime codes: dd/mm/yyyy, mm/dd/yyyy HH:MM ...
+_DATE_TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("dd", "%d"), ("mm", "%m"), ("HH", "%H"), ("MM", "%M"),
+                ("SS", "%S"))
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """What the user declared about a text file; ``None`` means: detect it."""
+
+    encoding: str | None = None
+    delimiter: str | None = None
+    decimal: str | None = None
+    date_format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoding is not None:
+            canonical_encoding(self.encoding)
+        if self.delimiter is not None:
+            delimiter_of(self.delimiter)
+        if self.decimal is not None and self.decimal not in (".", ","):
+            raise IngestError(f"--decimal {self.decimal!r}: expected '.' or ','")
+        if self.date_format is not None:
+            strftime_format(self.date_format)
+
+
+def canonical_encoding(name: str) -> str:
+    """Python's name of an encoding (``latin-1`` -> ``iso8859-1``, ``windows-1252`` -> ``cp1252``)."""
+    try:
+        return codecs.lookup(name.strip()).name
+    except LookupError:
+        raise IngestError(
+            f"--encoding {name!r}: unknown encoding; expected e.g. utf-8, utf-16, latin-1, windows-1252"
+        ) from None
+
+
+def delimiter_of(text: str) -> str:
+    if text in _DELIMITERS:
+        return _DELIMITERS[text]
+    if text.lower() in _DELIMITERS:
+        return _DELIMITERS[text.lower()]
+    raise IngestError(f"--delimiter {text!r}: expected one of , ; | tab")
+
+
+def strftime_format(text: str) -> str:
+    """``dd/mm/yyyy HH:MM`` (or a strftime format such as ``%d/%m/%Y``) as a strftime format."""
+    if "%" in text:
+        return text
+    out = text
+    for token, code in _DATE_TOKENS:
+        out = out.replace(token, code)
+    if "%" not in out:
+        raise IngestError(f"--date-format {text!r}: expected tokens such as dd/mm/yyyy or a strftime format (%d/%m/%Y)")
+    return out
+
+
+def date_formats(fmt: str) -> list[str]:
+    """The format and, for a format without a time, the same with a time of day."""
+    if "%H" in fmt:
+        return [fmt]
+    return [f"{fmt} %H:%M:%S", f"{fmt} %H:%M", fmt]
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """The file DuckDB reads for one input, with the options it is read with."""
+
+    path: Path
+    encoding: str  # DuckDB's name: utf-8 or latin-1
+    delimiter: str
+    #: What was detected or declared, for the ingest's notes.
+    detected: tuple[str, ...]
+
+
+def has_glob_characters(path: Path) -> bool:
+    return bool(_GLOB_CHARACTERS.search(str(path)))
+
+
+def _open(path: Path):  # noqa: ANN202 - a binary file object
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
+
+
+def _sample(path: Path) -> bytes:
+    try:
+        with _open(path) as handle:
+            return handle.read(SAMPLE_BYTES)
+    except (OSError, EOFError) as exc:
+        raise IngestError(f"{path}: cannot be read ({type(exc).__name__})") from exc
+
+
+def detect_encoding(sample: bytes) -> tuple[str, str]:
+    """(Python encoding, how it was found) of a file from its first bytes."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig", "UTF-8 byte-order mark"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16", "UTF-16 byte-order mark"
+    # UTF-16 without a byte-order mark: ASCII text has a NUL byte in every other position.
+    head = sample[:4096]
+    if len(head) >= 4:
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if odd > 0.4 * len(head[1::2]) and even == 0:
+            return "utf-16-le", "NUL bytes of UTF-16 little-endian text"
+        if even > 0.4 * len(head[0::2]) and odd == 0:
+            return "utf-16-be", "NUL bytes of UTF-16 big-endian text"
+    try:
+        # A multi-byte character may be cut at the end of the sample: not final.
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8", "valid UTF-8"
+    except UnicodeDecodeError:
+        pass
+    # Not UTF-8: Windows-1252 (Latin-1 plus curly quotes, euro sign...) unless the bytes it leaves
+    # undefined occur, then Latin-1, which decodes every byte.
+    try:
+        sample.decode("cp1252")
+        return "cp1252", "not UTF-8; bytes of Windows-1252"
+    except UnicodeDecodeError:
+        return "iso8859-1", "not UTF-8 nor Windows-1252; Latin-1"
+
+
+def detect_delimiter(header: str) -> str | None:
+    """The delimiter of a header line: the candidate found most often outside quotes."""
+    outside = re.sub(r'"[^"]*"', "", header)
+    counts = {d: outside.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else None
+
+
+def _transcode(source: Path, encoding: str, target: Path) -> None:
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    try:
+        with _open(source) as raw, target.open("w", encoding="utf-8", newline="") as out:
+            for block in iter(lambda: raw.read(1 << 22), b""):
+                out.write(decoder.decode(block))
+            out.write(decoder.decode(b"", final=True))
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{source}: byte {exc.start} is not valid {encoding}; declare the file's encoding with --encoding"
+        ) from exc
+
+
+def _plain_name(path: Path) -> str:
+    lowered = path.name.lower()
+    for ext in (".csv.gz", ".parquet", ".csv", ".tsv"):
+        if lowered.endswith(ext):
+            return "input" + ext
+    return "input"
+
+
+def literal(path: Path, workdir: Path) -> Path:
+    """A path DuckDB reads as exactly this file: the path itself, or a link with a plain name."""
+    if not has_glob_characters(path):
+        return path
+    link = workdir / _plain_name(path)
+    link.unlink(missing_ok=True)
+    link.symlink_to(path.resolve())
+    return link
+
+
+def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
+    """Detect (or take) the encoding and delimiter of a text file and make it readable by DuckDB."""
+    sample = _sample(path)
+    detected: list[str] = []
+    if options.encoding is not None:
+        encoding = canonical_encoding(options.encoding)
+        detected.append(f"encoding {encoding} (declared)")
+    else:
+        encoding, how = detect_encoding(sample)
+        if encoding != "utf-8":  # the default is not worth a note
+            detected.append(f"encoding {encoding} ({how})")
+    text = codecs.getincrementaldecoder(encoding)(errors="replace").decode(sample, final=False)
+    header = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    if options.delimiter is not None:
+        delimiter = delimiter_of(options.delimiter)
+        detected.append(f"delimiter {delimiter!r} (declared)")
+    elif path.name.lower().endswith(".tsv"):
+        delimiter = "\t"
+    else:
+        delimiter = detect_delimiter(header) or ","
+        if delimiter != ",":
+            detected.append(f"delimiter {delimiter!r} (detected from the header)")
+    if encoding in ("utf-8", "utf-8-sig", "iso8859-1"):
+        native = "utf-8" if encoding.startswith("utf-8") else _NATIVE[encoding]
+        return StagedFile(literal(path, workdir), native, delimiter, tuple(detected))
+    target = workdir / "input.csv"
+    _transcode(path, encoding, target)
+    return StagedFile(target, "utf-8", delimiter, tuple(detected))
+
