@@ -109,6 +109,8 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+#: Fewer rows with one column and reason are a coincidence of a small file, not a wrong mapping.
+_MIN_PATTERN_ROWS = 10
 #: Rows the decimal mark and date format are detected on.
 _SAMPLE_ROWS = 100_000
 #: A raw value that is a number (and so safe to repeat in a message): 6.95, -1e308, 1.234,5, NaN, inf.
@@ -173,17 +175,20 @@ def _read(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int, workdir: Pa
         )
         return _Read(_described(con), 0, ())
     staged = stage_csv(inp.path, inp.options or CsvOptions(), workdir)
-    # Every reader choice is explicit: the sniffer guesses '#' as a comment character (dropping the
-    # rows of ids like '#123') and gives up on a file with one ragged row. Rows the reader cannot
-    # split are kept out of the columns and listed in the rejects table with their line.
+    # Every reader choice is explicit, the columns too, so DuckDB's sniffer never runs: it guesses
+    # '#' as a comment character (dropping the rows of ids like '#123') and gives up on a file with
+    # one ragged row. Rows the reader cannot split are kept out of the columns and listed in the
+    # rejects table with their line.
     rejects = f"_rejects_{index}"
+    columns = "{" + ", ".join(f"{_lit(name)}: 'VARCHAR'" for name in staged.columns) + "}"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _raw AS
         SELECT row_number() OVER () AS _row, * FROM read_csv(
-            {_lit(str(staged.path))}, all_varchar = true, header = true, delim = {_lit(staged.delimiter)},
-            quote = '"', escape = '"', comment = '', encoding = {_lit(staged.encoding)}, strict_mode = true,
-            store_rejects = true, rejects_table = {_lit(rejects)}, rejects_scan = {_lit(rejects + '_scan')})
+            {_lit(str(staged.path))}, columns = {columns}, auto_detect = false, header = true,
+            delim = {_lit(staged.delimiter)}, quote = '"', escape = '"', comment = '',
+            encoding = {_lit(staged.encoding)}, store_rejects = true, rejects_table = {_lit(rejects)},
+            rejects_scan = {_lit(rejects + '_scan')})
         """
     )
     reasons = " ".join(f"WHEN {_lit(kind)} THEN {_lit(reason.value)}" for kind, reason in _REJECT_REASONS.items())
@@ -198,6 +203,7 @@ def _read(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int, workdir: Pa
     con.execute(f"DROP TABLE {rejects}")
     con.execute(f"DROP TABLE {rejects}_scan")
     rejected = con.execute("SELECT count(*) FROM _rejected").fetchall()[0][0]
+    _check_unclosed_quote(con, inp.label, staged.path, staged.encoding, rejected)
     if rejected:
         # The reader numbered only the rows it kept: shift each by the refused rows before it. With
         # refused rows R_1 < R_2 < ..., R_i - i good rows precede R_i, so good row k is row
@@ -214,6 +220,27 @@ def _read(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int, workdir: Pa
             """
         )
     return _Read(_described(con), rejected, staged.detected)
+
+
+def _check_unclosed_quote(con: duckdb.DuckDBPyConnection, label: str, path: Path, encoding: str,
+                          rejected: int) -> None:
+    """A quote that is never closed swallows every line after it into one refused row: the rows
+    cannot be told apart any more, so the file is refused rather than losing them unsaid."""
+    first = con.execute("SELECT min(_row) FROM _rejected WHERE reason = ?", [Q.BAD_QUOTING.value]).fetchall()[0][0]
+    if first is None:
+        return
+    lines = con.execute(
+        f"SELECT count(*) FROM read_csv({_lit(str(path))}, columns = {{'l': 'VARCHAR'}}, auto_detect = false,"
+        f" header = false, delim = '\x1f', quote = '', escape = '', comment = '', encoding = {_lit(encoding)})"
+        " WHERE l <> ''"
+    ).fetchall()[0][0]
+    kept = con.execute("SELECT count(*) FROM _raw").fetchall()[0][0]
+    lost = lines - 1 - kept - rejected
+    if lost > 0:
+        raise IngestError(
+            f"{label}: row {first} opens a quote that is never closed, so the {lost:,} line(s) after it cannot be "
+            "split into rows; close or remove that quote (nothing was written)"
+        )
 
 
 def _described(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
@@ -508,7 +535,7 @@ class _Ingest:
             ).fetchall()[0]
             if comma and not point:
                 decimal = ","
-                detected.append(f"decimal comma (detected in {', '.join(cols.raw_name[c] for c in numbers)})")
+                detected.append("decimal comma (detected in the numbers)")
         elif options.decimal == ",":
             detected.append("decimal comma (declared)")
         formats = None
@@ -529,7 +556,7 @@ class _Ingest:
         values = " UNION ALL ".join(f"SELECT trim({_raw(cols, c)}) AS v FROM sample r" for c in stamps)
         total, iso, dmy, first, second, sep = self.con.execute(
             f"WITH sample AS (SELECT * FROM _raw LIMIT {_SAMPLE_ROWS}), v AS ({values}), "
-            r"m AS (SELECT v, regexp_extract(v, '^([0-9]{1,2})([/.-])([0-9]{1,2})[/.-][0-9]{4}', ['a', 's', 'b']) AS p FROM v)"
+            r"m AS (SELECT v, regexp_extract(v, '^([0-9]{1,2})([/.-])([0-9]{1,2})[/.-][0-9]{4}\b', ['a', 's', 'b']) AS p FROM v)"
             " SELECT count(v), count(TRY_CAST(v AS TIMESTAMPTZ)), count(*) FILTER (WHERE p.a <> ''),"
             " max(TRY_CAST(nullif(p.a, '') AS INTEGER)), max(TRY_CAST(nullif(p.b, '') AS INTEGER)),"
             " mode(nullif(p.s, '')) FROM m"
@@ -674,8 +701,11 @@ class _Ingest:
 
     def _check_quarantine_share(self, spec: SourceSpec, cols: _Columns, label: str, rows: int,
                                 quarantined: int) -> None:
-        """Refuse a file most of whose rows would be quarantined: a swapped mapping, a wrong
-        delimiter or another file's export, far more likely than that much bad data."""
+        """Refuse a file in which one column and reason would quarantine more than
+        ``max_quarantine_share`` of the rows: a swapped mapping, a wrong decimal mark or date format,
+        another encoding, far more likely than that much bad data. A sprinkling of assorted bad rows
+        (a late file with one defect of each kind) is bad data, decided row by row, and so are fewer
+        than ``_MIN_PATTERN_ROWS`` rows."""
         limit = self.settings.max_quarantine_share
         if self.accept_quarantine or not rows or quarantined <= limit * rows:
             return
@@ -683,6 +713,8 @@ class _Ingest:
             "SELECT final_column, final_reason, count(*), min(_row) FROM _verdict WHERE final_reason IS NOT NULL "
             "GROUP BY ALL ORDER BY 3 DESC, 1 NULLS LAST, 2 LIMIT 1"
         ).fetchall()[0]
+        if n <= limit * rows or n < _MIN_PATTERN_ROWS:
+            return
         if column is None:
             where = "rows the reader could not split"
             example = f"first in row {row}"
@@ -692,10 +724,10 @@ class _Ingest:
             shown = self._number_shown(cols, column, row) if column in cols.raw_name else ""
             example = f"e.g. row {row}{shown}"
         raise IngestError(
-            f"{label}: {quarantined:,} of {rows:,} rows ({quarantined / rows:.0%}) would be quarantined, more than "
-            f"max_quarantine_share ({limit:.0%}); nothing was written. Most are {where}: {reason} ({n:,} rows, "
-            f"{example}). Check the column mapping and the file's format, or pass --accept-quarantine to store "
-            "the good rows and quarantine the others."
+            f"{label}: {n:,} of {rows:,} rows ({n / rows:.0%}) would be quarantined for {where}: {reason} "
+            f"({example}), more than max_quarantine_share ({limit:.0%}); {quarantined:,} rows in all. Nothing was "
+            "written. Check the column mapping and the file's format (--delimiter, --decimal, --date-format, "
+            "--encoding), or pass --accept-quarantine to store the good rows and quarantine the others."
         )
 
     def _row_rules(self, spec: SourceSpec) -> list[tuple[str, QuarantineReason, str | None]]:

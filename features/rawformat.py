@@ -13,6 +13,7 @@ that exactly the file given is read.
 from __future__ import annotations
 
 import codecs
+import csv
 import gzip
 import re
 from dataclasses import dataclass
@@ -61,6 +62,15 @@ def canonical_encoding(name: str) -> str:
         ) from None
 
 
+#: How encodings are named in messages (Python's names are not what users call them).
+_SHOWN = {"cp1252": "windows-1252", "iso8859-1": "latin-1", "utf-8-sig": "utf-8 with byte-order mark",
+          "utf_16": "utf-16"}
+
+
+def shown_encoding(name: str) -> str:
+    return _SHOWN.get(name, name)
+
+
 def delimiter_of(text: str) -> str:
     if text in _DELIMITERS:
         return _DELIMITERS[text]
@@ -95,6 +105,8 @@ class StagedFile:
     path: Path
     encoding: str  # DuckDB's name: utf-8 or latin-1
     delimiter: str
+    #: Column names from the header line (empty ones named column<N>, repeated ones suffixed _<k>).
+    columns: tuple[str, ...]
     #: What was detected or declared, for the ingest's notes.
     detected: tuple[str, ...]
 
@@ -118,17 +130,17 @@ def _sample(path: Path) -> bytes:
 def detect_encoding(sample: bytes) -> tuple[str, str]:
     """(Python encoding, how it was found) of a file from its first bytes."""
     if sample.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig", "UTF-8 byte-order mark"
+        return "utf-8-sig", "detected"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16", "UTF-16 byte-order mark"
+        return "utf-16", "detected from its byte-order mark"
     # UTF-16 without a byte-order mark: ASCII text has a NUL byte in every other position.
     head = sample[:4096]
     if len(head) >= 4:
         even, odd = head[0::2].count(0), head[1::2].count(0)
         if odd > 0.4 * len(head[1::2]) and even == 0:
-            return "utf-16-le", "NUL bytes of UTF-16 little-endian text"
+            return "utf-16-le", "detected: NUL bytes of UTF-16 little-endian text"
         if even > 0.4 * len(head[0::2]) and odd == 0:
-            return "utf-16-be", "NUL bytes of UTF-16 big-endian text"
+            return "utf-16-be", "detected: NUL bytes of UTF-16 big-endian text"
     try:
         # A multi-byte character may be cut at the end of the sample: not final.
         codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
@@ -139,9 +151,9 @@ def detect_encoding(sample: bytes) -> tuple[str, str]:
     # undefined occur, then Latin-1, which decodes every byte.
     try:
         sample.decode("cp1252")
-        return "cp1252", "not UTF-8; bytes of Windows-1252"
+        return "cp1252", "detected: not UTF-8"
     except UnicodeDecodeError:
-        return "iso8859-1", "not UTF-8 nor Windows-1252; Latin-1"
+        return "iso8859-1", "detected: neither UTF-8 nor Windows-1252"
 
 
 def detect_delimiter(header: str) -> str | None:
@@ -189,11 +201,11 @@ def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
     detected: list[str] = []
     if options.encoding is not None:
         encoding = canonical_encoding(options.encoding)
-        detected.append(f"encoding {encoding} (declared)")
+        detected.append(f"encoding {shown_encoding(encoding)} (declared)")
     else:
         encoding, how = detect_encoding(sample)
         if encoding != "utf-8":  # the default is not worth a note
-            detected.append(f"encoding {encoding} ({how})")
+            detected.append(f"encoding {shown_encoding(encoding)} ({how})")
     text = codecs.getincrementaldecoder(encoding)(errors="replace").decode(sample, final=False)
     header = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     if options.delimiter is not None:
@@ -205,10 +217,26 @@ def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
         delimiter = detect_delimiter(header) or ","
         if delimiter != ",":
             detected.append(f"delimiter {delimiter!r} (detected from the header)")
+    columns = header_names(header, delimiter)
     if encoding in ("utf-8", "utf-8-sig", "iso8859-1"):
         native = "utf-8" if encoding.startswith("utf-8") else _NATIVE[encoding]
-        return StagedFile(literal(path, workdir), native, delimiter, tuple(detected))
+        return StagedFile(literal(path, workdir), native, delimiter, columns, tuple(detected))
     target = workdir / "input.csv"
     _transcode(path, encoding, target)
-    return StagedFile(target, "utf-8", delimiter, tuple(detected))
+    return StagedFile(target, "utf-8", delimiter, columns, tuple(detected))
+
+
+def header_names(header: str, delimiter: str) -> tuple[str, ...]:
+    """The column names of a header line, unique and non-empty (the reader needs both)."""
+    fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])
+    names: list[str] = []
+    for i, name in enumerate(fields, start=1):
+        name = name.strip() or f"column{i}"
+        base, k = name, 1
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    if not names:
+        raise IngestError("the file has no header line; the first line must name the columns")
+    return tuple(names)
 
