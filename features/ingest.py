@@ -624,11 +624,11 @@ class _Ingest:
             added.append(why)
         level2 = "*" + (f" REPLACE ({', '.join(replaced)})" if replaced else "")
         level2 = ", ".join([level2, *added])
-        self.whys = [name for name in present if self._has_why(spec, cols, name, key_columns)]
+        whys = [name for name in present if self._has_why(spec, cols, name, key_columns)]
         # Level 3: derived columns and the first failing rule, with its column.
         rules: list[tuple[str, str, str | None]] = [
             (_q("_m_" + name), _lit(Q.MISSING_VALUE.value), name) for name in spec.required]
-        rules += [(f"{_q('_why_' + name)} IS NOT NULL", _q("_why_" + name), name) for name in self.whys]
+        rules += [(f"{_q('_why_' + name)} IS NOT NULL", _q("_why_" + name), name) for name in whys]
         rules += [(cond, _lit(reason.value), column) for cond, reason, column in self._row_rules(spec)]
         if "timestamp" in spec.column_names:
             future = self.now + timedelta(hours=s.future_tolerance_hours)

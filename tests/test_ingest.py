@@ -3,14 +3,19 @@ and row number, re-ingest is idempotent, nothing personal is stored in clear."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from features.discovery import IngestError, RawInput, discover, load_mapping_file, parse_map_options
 from features.ingest import ingest
+from features.rawformat import CsvOptions, detect_delimiter, detect_encoding, strftime_format
 from features.schema import QuarantineReason as Q
-from features.store import connect
+from features.store import StoreBusyError, connect
 from tests.conftest import NOW, ORDER_HEADER, RECEIPT_HEADER, RETURN_HEADER, write_csv
 
 pytestmark = pytest.mark.data
@@ -239,7 +244,6 @@ def test_map_options_are_parsed_and_bad_ones_explained():
 
 
 def test_arrow_tables_ingest_like_files(settings):
-    import pyarrow as pa
 
     table = pa.table({"customer_key": ["a", "b"], "timestamp": ["2024-01-01", "2024-01-02"],
                       "item_id": ["I1", "I2"], "quantity": [1, 2], "unit_price": [3.0, 4.0]})
@@ -277,3 +281,110 @@ def test_two_data_dirs_never_share_state(tmp_path, settings):
     con_b = connect(b)
     assert _count(con_a, "lines") == 3 and _count(con_b, "lines") == 0
     assert a.database_path != b.database_path and not (tmp_path / "data").exists()
+
+
+# --- reading files as retailers write them ---------------------------------------------------------
+
+
+def test_encodings_are_detected_from_the_bytes():
+    text = "item_id,name\nI1,Crème brûlée\n"
+    assert detect_encoding(text.encode("utf-8"))[0] == "utf-8"
+    assert detect_encoding(text.encode("utf-8-sig"))[0] == "utf-8-sig"
+    assert detect_encoding(text.encode("utf-16"))[0] == "utf-16"
+    assert detect_encoding(text.encode("utf-16-be"))[0] == "utf-16-be"
+    assert detect_encoding(text.encode("latin-1"))[0] == "cp1252"
+    # 0x81 is undefined in Windows-1252: only Latin-1 decodes it.
+    assert detect_encoding(b"a,b\n1,\x81\xe9\n")[0] == "iso8859-1"
+
+
+def test_delimiter_and_date_format_notation():
+    assert detect_delimiter('Client;"Date; heure";Prix') == ";"
+    assert detect_delimiter("a\tb\tc") == "\t"
+    assert detect_delimiter("single") is None
+    assert strftime_format("dd/mm/yyyy HH:MM") == "%d/%m/%Y %H:%M"
+    assert strftime_format("%d.%m.%Y") == "%d.%m.%Y"
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    ({"encoding": "klingon"}, "--encoding 'klingon': unknown encoding"),
+    ({"delimiter": "::"}, "--delimiter '::'"),
+    ({"decimal": ";"}, "--decimal ';'"),
+    ({"date_format": "tomorrow"}, "--date-format 'tomorrow'"),
+])
+def test_declared_formats_are_checked(options, fragment):
+    with pytest.raises(IngestError, match=re.escape(fragment)):
+        CsvOptions(**options)
+
+
+def test_mapping_file_declares_the_format_and_refuses_unknown_keys(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('source = "transactions"\ndelimiter = ";"\ndecimal = ","\n[columns]\nitem_id = "Sku"\n')
+    loaded = load_mapping_file(path)
+    assert (loaded.source, loaded.columns, loaded.formats) == ("transactions", {"item_id": "Sku"},
+                                                               {"delimiter": ";", "decimal": ","})
+    path.write_text('source = "transactions"\nseparator = ";"\n')
+    with pytest.raises(IngestError, match="unknown key.*separator"):
+        load_mapping_file(path)
+
+
+def test_arrow_tables_with_nan_and_infinite_values_are_quarantined(settings):
+    table = pa.table({
+        "customer_key": ["c1", "c2", "c3"], "timestamp": ["2024-01-01", "2024-01-02", "2024-01-03"],
+        "item_id": ["I1", "I1", "I1"], "quantity": [1.0, float("nan"), 2.0],
+        "unit_price": [2.5, 1.0, float("inf")],
+    })
+    con = connect(settings)
+    result = ingest(con, [RawInput("transactions", "memory", table=table)], settings, now=NOW)
+    assert (result.accepted, result.quarantined) == (1, 2)
+    assert dict(con.execute("SELECT column_name, reason FROM quarantine").fetchall()) == {
+        "quantity": Q.NOT_FINITE.value, "unit_price": Q.NOT_FINITE.value}
+
+
+def test_returns_in_a_redelivered_export_are_already_present(settings, tmp_path):
+    header = ["Customer", "When", "Sku", "Qty", "Price"]
+    rows = [["c1", "2024-01-01 10:00", "I1", 3, 2.0], ["c1", "2024-01-05 10:00", "I1", -1, 2.0]]
+    mapping = {"customer_key": "Customer", "timestamp": "When", "item_id": "Sku", "quantity": "Qty", "unit_price": "Price"}
+    con, first = _ingest(settings, write_csv(tmp_path / "a", "export.csv", header, rows), source="transactions",
+                         mapping=mapping)
+    assert (first.accepted, _count(con, "lines"), _count(con, "returns")) == (2, 1, 1)
+    later = rows + [["c1", "2024-01-06 10:00", "I1", -1, 2.0]]
+    inputs, _ = discover(write_csv(tmp_path / "b", "export.csv", header, later), source="transactions", mapping=mapping)
+    second = ingest(con, inputs, settings, now=NOW)
+    assert (second.accepted, second.already_present, second.quarantined) == (1, 2, 0)
+    assert con.execute("SELECT sum(quantity), sum(refund_amount) FROM returns").fetchall() == [(2, 4.0)]
+
+
+# --- a store another process holds ---------------------------------------------------------------
+
+
+def _hold_store(path: Path, seconds: float) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+         " time.sleep(float(sys.argv[2]))", str(path), str(seconds)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_busy_store_is_waited_for_then_its_holder_is_named(settings):
+    connect(settings).close()
+    holder = _hold_store(settings.database_path, 30)
+    try:
+        with pytest.raises(StoreBusyError) as info:
+            connect(settings.model_copy(update={"store_busy_timeout_seconds": 0.3}))
+        message = str(info.value)
+        assert f"process {holder.pid}" in message and "store_busy_timeout_seconds" in message
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_store_released_within_the_timeout_is_opened(settings):
+    connect(settings).close()
+    holder = _hold_store(settings.database_path, 0.5)
+    try:
+        con = connect(settings.model_copy(update={"store_busy_timeout_seconds": 20}))
+        assert _count(con, "lines") == 0
+        con.close()
+    finally:
+        holder.wait()

@@ -144,6 +144,8 @@ def main() -> None:
         order(46).replace(",GBP,web,", ",XYZ,web,"), order(47).replace(",GBP,web,", ",GBP,teleport,")))
     write("returns_orphan.csv", "return_id,order_id,line_id,quantity,refund_amount,timestamp\n"
           "R1,O404,1,1,9.95,2024-03-02 10:00\nR2,O1,1,1,9.95,2024-03-02 10:00\n")
+    write("returns_refund_not_finite.csv", "return_id,order_id,line_id,quantity,refund_amount,timestamp\n"
+          "R1,O1,1,1,NaN,2024-03-02 10:00\nR2,O2,1,1,1e308,2024-03-02 10:00\nR3,O3,1,1,9.95,2024-03-02 10:00\n")
     write("orders_day1.csv", orders(*good(3)))
     write("orders_day2.csv", orders(*good(4)))
     write("orders_2010.csv", orders(*(order(i, ts="2010-05-01 10:00:00") for i in range(500, 503))))
