@@ -259,6 +259,7 @@ WHERE NOT is_cancellation
 ORDER BY file_row
 """
 
+
 def latest_earlier_sale(returns: str, sales: str, *, customer: str) -> str:
     """FROM clause pairing each row of ``returns`` (alias ``c``) with the same customer's most recent
     earlier sale of the same item in ``sales`` (alias ``s``; NULLs when there is none).

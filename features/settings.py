@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     )
     max_quarantine_share: float = Field(
         0.2, ge=0, le=1,
-        description="A file with a larger share of quarantined rows is refused (nothing written) unless "
-        "--accept-quarantine: it usually means a wrong mapping, format or file.",
+        description="A file in which one column and reason would quarantine a larger share of the rows (and at "
+        "least 10 rows) is refused, nothing written, unless --accept-quarantine: a wrong mapping or format.",
     )
     negative_quantity_returns: bool = Field(
         True,

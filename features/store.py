@@ -116,7 +116,7 @@ def _holder(message: str) -> str:
     except OSError:
         return f"process {pid}"
     # Program and subcommand words only (``python3 rapport data ingest``): a file argument could name
-    # a person's export, so nothing with a dot, a slash inside a word, or an option value is shown.
+    # a person's export, so only plain words are shown (no dots, slashes or '=' inside).
     words = [Path(a).name for a in args if a and not a.startswith("-")]
     words = [w for w in words if _WORD.fullmatch(w)][:4]
     return f"process {pid} ({' '.join(words)})" if words else f"process {pid}"

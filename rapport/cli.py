@@ -170,7 +170,7 @@ def data_ingest(
     delimiter: Annotated[str | None, typer.Option(help="Field delimiter of CSV files: , ; | or tab; default: detected from the header.")] = None,
     decimal: Annotated[str | None, typer.Option(help="Decimal mark of numbers in CSV files: . or , (default: detected).")] = None,
     date_format: Annotated[str | None, typer.Option(help="Format of text timestamps, e.g. dd/mm/yyyy or '%d/%m/%Y %H:%M' (default: ISO 8601; dd/mm/yyyy and mm/dd/yyyy detected when a day tells).")] = None,
-    accept_quarantine: Annotated[bool, typer.Option(help="Store a file even when more than max_quarantine_share of its rows are quarantined.")] = False,
+    accept_quarantine: Annotated[bool, typer.Option(help="Store a file even when one column and reason quarantine more than max_quarantine_share of its rows.")] = False,
     append_distant_history: Annotated[bool, typer.Option(help="Store sales distant_history_days or more away from the store's history.")] = False,
 ) -> None:
     """Validate and store raw files; bad rows go to the quarantine, counted per reason."""
