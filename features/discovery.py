@@ -140,7 +140,7 @@ def load_mapping_file(path: Path) -> MappingFile:
         raise IngestError(f"{path}: [columns] must map contract column names to column names (text)")
     unknown = sorted(set(data) - {"source", "columns", *FORMAT_KEYS})
     if unknown:
-        raise IngestError(f"{path}: unknown key(s) {', '.join(unknown)}; expected source, {', '.join(FORMAT_KEYS)}, [columns]")
+        raise IngestError(f"{path}: unknown key(s) {', '.join(unknown)}; expected source, {', '.join(FORMAT_KEYS)} and a columns table")
     formats = {key: data[key] for key in FORMAT_KEYS if key in data}
     if not all(isinstance(v, str) for v in formats.values()):
         raise IngestError(f"{path}: {', '.join(FORMAT_KEYS)} must be text")

@@ -67,6 +67,7 @@ def main() -> None:
         "channel": pa.array(["web"] * 6),
     }
     pq.write_table(pa.table(base), HERE / "orders_parquet_numbers.parquet")
+    pq.write_table(pa.table(base).slice(0, 2), HERE / "orders[p].parquet")
     pq.write_table(pa.table({**base, "order_id": pa.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
                              "quantity": pa.array([1.0] * 6),
                              "unit_price": pa.array([float("nan"), float("-inf"), 2.5, 3.0, 4.0, 5.0])}),
@@ -96,6 +97,7 @@ def main() -> None:
     write("catalogue_utf16.csv", catalogue, "utf-16")
     write("catalogue_utf16le_no_bom.csv", catalogue, "utf-16-le")
     write("catalogue_utf8_bom.csv", catalogue, "utf-8-sig")
+    (HERE / "catalogue_latin1.csv.gz").write_bytes(gzip.compress(catalogue.encode("latin-1"), mtime=0))
     (HERE / "orders_bad_utf8_byte.csv").write_bytes(
         orders(*good(2), order(3, country="Fran\udce7e"), *good(2, 4)).encode("utf-8", errors="surrogateescape"))
 
