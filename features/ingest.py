@@ -9,9 +9,9 @@ The rules, in the order they are applied:
    with the file, its row number (1 = first data row), the column at fault and the reason; customer
    keys in the stored record are hashed like everywhere else. A number that is not finite or does
    not fit its type, a timestamp outside the plausible range, a CSV row with the wrong number of
-   fields or bytes invalid in the file's encoding is a row-level problem too. A file whose share of
-   quarantined rows exceeds ``max_quarantine_share`` is refused as a whole (a wrong mapping or
-   format, more likely than bad data) unless the caller accepts it.
+   fields or bytes invalid in the file's encoding is a row-level problem too. A file in which one
+   column and reason would quarantine more than ``max_quarantine_share`` of the rows is refused as
+   a whole (a wrong mapping or format, more likely than bad data) unless the caller accepts it.
 3. *Idempotence*: a file whose bytes were ingested before is skipped; a line whose id is already in
    the store with identical content is counted as already present; with different content it is
    quarantined as a duplicate line id.

@@ -218,6 +218,8 @@ def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
         if delimiter != ",":
             detected.append(f"delimiter {delimiter!r} (detected from the header)")
     columns = header_names(header, delimiter)
+    if not columns:
+        raise IngestError(f"{path}: the file is empty; its first line must name the columns")
     if encoding in ("utf-8", "utf-8-sig", "iso8859-1"):
         native = "utf-8" if encoding.startswith("utf-8") else _NATIVE[encoding]
         return StagedFile(literal(path, workdir), native, delimiter, columns, tuple(detected))
@@ -236,7 +238,5 @@ def header_names(header: str, delimiter: str) -> tuple[str, ...]:
         while name in names:
             name, k = f"{base}_{k}", k + 1
         names.append(name)
-    if not names:
-        raise IngestError("the file has no header line; the first line must name the columns")
     return tuple(names)
 

@@ -136,6 +136,8 @@ def main() -> None:
     write("export_email_in_quantity.csv", transactions(emails, header))
 
     # -- what was already handled: missing columns, wrong types, duplicates, orphans, SQL-looking text
+    write("orders_empty.csv", "")
+    write("orders_header_only.csv", orders())
     write("orders_missing_column.csv", orders(*good(2)).replace(",item_id", ",sku"))
     write("orders_quantity_words.csv", orders(*(order(i, quantity="two") for i in range(1, 4))))
     write("orders_duplicate_lines.csv", orders(*good(3), order(2, item="I9")))
