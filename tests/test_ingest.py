@@ -27,10 +27,10 @@ GOOD_ORDERS = [
 ]
 
 
-def _ingest(settings, path: Path, *, accept_quarantine: bool = False, **kwargs):
+def _ingest(settings, path: Path, **kwargs):
     con = connect(settings)
     inputs, ignored = discover(path, **kwargs)
-    result = ingest(con, inputs, settings, now=NOW, ignored_paths=ignored, accept_quarantine=accept_quarantine)
+    result = ingest(con, inputs, settings, now=NOW, ignored_paths=ignored)
     return con, result
 
 
@@ -123,7 +123,7 @@ def test_every_bad_row_is_quarantined_with_reason_and_row_number(settings, tmp_p
         ["R4", "2", "1", 1, 10, "2024-01-01"],   # before its sale (2024-02-05)
         ["R5", "1", "2", 1, -1, "2024-01-11"],   # negative refund
     ])
-    con, result = _ingest(settings, raw, accept_quarantine=True)
+    con, result = _ingest(settings, raw)
     got = {(Path(f).name, r): n for f, r, n in result.quarantine_counts}
     assert got == {
         ("orders.csv", Q.BAD_TIMESTAMP): 1,
@@ -206,7 +206,7 @@ def test_same_line_id_with_other_content_in_a_later_file_is_quarantined(settings
     changed = [GOOD_ORDERS[0][:6] + ["I7"] + GOOD_ORDERS[0][7:]]
     later = write_csv(tmp_path / "later", "orders.csv", ORDER_HEADER, changed)
     inputs, _ = discover(later)
-    result = ingest(con, inputs, settings, now=NOW, accept_quarantine=True)
+    result = ingest(con, inputs, settings, now=NOW)
     assert result.quarantine_counts[0][1:] == (Q.DUPLICATE_LINE.value, 1)
     assert con.execute("SELECT item_id FROM lines WHERE line_key = '1/1'").fetchall() == [("I1",)]
 
@@ -260,7 +260,7 @@ def test_no_personal_identifier_is_stored_in_clear(settings, tmp_path):
     rows = GOOD_ORDERS + [["3", "1", "bad", "A9", "secret.person@example.com", "dev-1", "I1", 1, 1, "", "", "web", "UK"]]
     write_csv(raw, "orders.csv", ORDER_HEADER, rows)
     write_csv(raw, "store_receipts.csv", RECEIPT_HEADER, [["S1", "1", "2024-02-01", "ST1", "CARD-777", "I1", 1, 3.0]])
-    con, result = _ingest(settings, raw, accept_quarantine=True)
+    con, result = _ingest(settings, raw)
     assert result.quarantined == 1  # the row with the bad timestamp, whose keys must be hashed too
     dump = ""
     for (table,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall():
