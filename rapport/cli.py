@@ -328,13 +328,15 @@ def data_report(
     output: Annotated[Path | None, typer.Option(help="JSON file (default: DATA_DIR/reports/kpi_report.json).")] = None,
 ) -> None:
     """Engagement KPIs overall and per channel, identity and quarantine summaries; printed and written as JSON."""
-    from features.identity import identity_summary
-    from features.report import kpi_report, render_kpi_table
     from features.store import connect, ibis_backend
 
     s = settings()
     con = _guard(lambda: connect(s, read_only=True))
     try:
+        # Imported once the store is known to exist: a missing store is reported without paying for them.
+        from features.identity import identity_summary
+        from features.report import kpi_report, render_kpi_table
+
         report = kpi_report(ibis_backend(con), start=_date(start, "--start"), end=_date(end, "--end"))
         ident = identity_summary(con)
         quarantine = con.execute(
@@ -429,9 +431,10 @@ def train(
                                                   "(files already ingested are skipped).")] = None,
 ) -> None:
     """Ingest new files, then fit, evaluate against the baselines, log to MLflow (one parent run, one
-    nested run per model), register and promote the models; prints each model's table and a summary."""
+    nested run per model), register and promote the models; prints each model's table and a summary.
+    SIGTERM or Ctrl+C marks the MLflow runs FAILED and exits with 128 + the signal's number."""
     from features.store import connect
-    from training.pipeline import PipelineError, run_pipeline
+    from training.cutoff import check_cutoff
 
     steps = only or list(TRAIN_STEPS)
     unknown = [step for step in steps if step not in TRAIN_STEPS]
@@ -446,29 +449,48 @@ def train(
         inputs, ignored = _guard(lambda: discover(raw))
         _ingest_and_print(inputs, ignored)
     con = _guard(lambda: connect(s, read_only=True))
-    printers = {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}
     try:
-        with _progress() as progress:
-            tasks = {step: progress.add_task(f"{step}: waiting", total=None) for step in TRAIN_STEPS if step in steps}
-
-            def report(step: str, text: str) -> None:
-                progress.update(tasks[step], description=f"{step}: {text}")
-
-            def done(outcome) -> None:  # noqa: ANN001
-                progress.update(tasks[outcome.step], description=f"{outcome.step}: done in {outcome.seconds:.0f} s",
-                                total=1, completed=1)
-                progress.console.print(_styled(outcome.step, "bold", f"finished in {outcome.seconds:.1f} s"))
-                printers[outcome.step](outcome.result, s)
-
-            try:
-                result = _guard(lambda: run_pipeline(con, s, steps=steps, cutoff=when, progress=report,
-                                                     on_step_done=done))
-            except PipelineError as exc:
-                _error(exc)
-                raise typer.Exit(1) from exc
+        if when is not None:
+            # Refused in a second, before MLflow and the model libraries are even imported.
+            _guard(lambda: check_cutoff(con, s, when, steps))
+        result = _train(con, s, steps, when)
     finally:
         con.close()
     _print_summary(result)
+
+
+def _train(con, s: Settings, steps: list[str], when: datetime | None):  # noqa: ANN001, ANN202
+    from training.pipeline import PipelineError, TrainingInterrupted, run_pipeline
+
+    printers = {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}
+    with _progress() as progress:
+        tasks = {step: progress.add_task(f"{step}: waiting", total=None) for step in TRAIN_STEPS if step in steps}
+
+        def report(step: str, text: str) -> None:
+            progress.update(tasks[step], description=f"{step}: {text}")
+
+        def done(outcome) -> None:  # noqa: ANN001
+            progress.update(tasks[outcome.step], description=f"{outcome.step}: done in {outcome.seconds:.0f} s",
+                            total=1, completed=1)
+            progress.console.print(_styled(outcome.step, "bold", f"finished in {outcome.seconds:.1f} s"))
+            printers[outcome.step](outcome.result, s)
+
+        try:
+            result = _guard(lambda: run_pipeline(con, s, steps=steps, cutoff=when, progress=report,
+                                                 on_step_done=done))
+        except PipelineError as exc:
+            _error(exc)
+            raise typer.Exit(1) from exc
+        except TrainingInterrupted as exc:
+            _error(exc)
+            raise typer.Exit(128 + exc.signum) from exc
+    return result
+
+
+def _print_plots(plots: Iterable[Path | str]) -> None:
+    folders = sorted({str(Path(p).parent) for p in plots})
+    if folders:
+        console.print(f"plots of this run: {', '.join(folders)}")
 
 
 def _print_summary(result) -> None:  # noqa: ANN001
@@ -481,6 +503,11 @@ def _print_summary(result) -> None:  # noqa: ANN001
     console.print(table)
     if not result.promoted:
         console.print("backtest: versions registered, none promoted")
+    from training.plotting import champion_plot_dir
+
+    for outcome in result.steps:
+        if outcome.promotion is not None and outcome.promotion.promoted:
+            console.print(f"{outcome.model_name} champion plots: {champion_plot_dir(settings().reports_dir, outcome.step)}")
     console.print(f"MLflow parent run {result.run_id}")
 
 
@@ -504,7 +531,7 @@ def _print_recommend(result, s: Settings) -> None:  # noqa: ANN001
     console.print(f"registered {result.model_name} version {result.model_version} (MLflow run "
                   f"{result.run_id}, fitted on the history up to {split.test_end.date()}, catalogue "
                   f"{result.catalogue_version})")
-    console.print(f"plots: {s.reports_dir / 'recommend'}")
+    _print_plots(result.plots)
 
 
 def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
@@ -521,7 +548,7 @@ def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
     for note in result.notes:
         console.print(_styled("note", "yellow", note))
     console.print(f"registered {result.model_name} version {result.model_version} (MLflow run {result.run_id})")
-    console.print(f"plots: {s.reports_dir / 'churn'}")
+    _print_plots(result.plots)
 
 
 def _verdict(eligible: bool) -> Text:
@@ -549,7 +576,7 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
                                 "" if result.gate.eligible else ": " + "; ".join(result.gate.reasons)))
     console.print(f"registered {result.model_name} version {result.model_version} "
                   f"(MLflow run {result.run_id}, cutoff {result.cutoff.date()})")
-    console.print(f"plots: {s.reports_dir / 'clv'}")
+    _print_plots(result.plots)
 
 
 # --- batch files ----------------------------------------------------------------------------------
@@ -716,17 +743,25 @@ def models_promote(
     version: Annotated[str, typer.Argument(help="Version to make the champion.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the version's tags).")],
     by: Annotated[str | None, typer.Option(help="Who (default: the system user).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote a version that failed its own gate "
+                                                        "(worse than its baselines).")] = False,
 ) -> None:
-    """Make a version the champion by hand, whatever the gate said; who, why and when go in its tags."""
+    """Make a version the champion by hand, whatever the comparison with the champion said; who, why
+    and when go in its tags. A version that failed its own gate needs --force. The champion's plots
+    are copied to DATA_DIR/reports/<step>/champion/."""
     from training import promotion, tracking
 
     if name not in promotion.MODEL_NAMES:
         raise typer.BadParameter(f"unknown model {name!r}; expected one of {', '.join(promotion.MODEL_NAMES)}",
                                  param_hint="NAME")
-    client = tracking.configure(settings())
-    done = _guard(lambda: promotion.promote_manually(client, name, version, reason=reason, by=by))
+    s = settings()
+    client = tracking.configure(s)
+    done = _guard(lambda: promotion.promote_manually(client, name, version, reason=reason, by=by, force=force))
     previous = f" (was version {done.previous_champion})" if done.previous_champion else ""
-    console.print(f"{name} version {version} is now the champion{previous}: {done.reasons[0]}")
+    console.print(f"{name} version {version} is now the champion{previous}: {'; '.join(done.reasons)}")
+    plots = promotion.publish_champion_plots(client, s.reports_dir, name)
+    if plots is not None:
+        console.print(f"champion plots: {plots}")
 
 
 def _print_examples(scores_path: Path, n: int = 3) -> None:

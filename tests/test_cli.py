@@ -143,3 +143,42 @@ def test_tables_keep_their_width_when_the_output_is_not_a_terminal(settings, tmp
     header = next(line for line in lines if "column" in line and "meaning" in line)
     assert "…" not in out.stdout and max(len(line) for line in lines) > 80
     assert "required" in header  # no header cut
+
+
+#: Libraries that take seconds to import; the light commands and every early error must not.
+HEAVY = ("mlflow", "lightgbm", "bentoml", "lifetimes", "implicit")
+
+
+def _imported(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the command with ``python -X importtime`` and return the top-level packages it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", RAPPORT, *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    names = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+             if line.startswith("import time:")}
+    return done, names
+
+
+@pytest.mark.slow
+def test_light_commands_and_early_errors_never_import_the_model_libraries(run, settings, tmp_path):
+    path = write_csv(tmp_path / "raw", "export.csv", ["customer_key", "timestamp", "item_id", "quantity", "unit_price"],
+                     [["c1", "2024-01-01 10:00", "I1", 2, 3.5], ["c2", "2024-02-01 10:00", "I2", 1, 1.0]])
+    assert run("data", "ingest", str(path), "--source", "transactions").exit_code == 0
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
+    store = {**base, "RAPPORT_DATA_DIR": str(settings.data_dir)}
+    missing = {**base, "RAPPORT_DATA_DIR": str(tmp_path / "nothing")}
+    cases = [
+        (("--help",), store, 0, "Customer intelligence"),
+        (("config",), store, 0, "data_dir ="),
+        (("data", "report"), store, 0, "report written to"),
+        (("data", "report"), missing, 1, "ingest data first"),
+        (("train",), missing, 1, "ingest data first"),
+        (("train", "--cutoff", "2030-01-01"), store, 1, "after the last sale (2024-02-01)"),
+        (("config",), {**store, "RAPPORT_CHURN_HORIZON": "30"}, 1, "did you mean RAPPORT_CHURN_HORIZON_DAYS"),
+    ]
+    for args, env, code, fragment in cases:
+        done, names = _imported(*args, env=env)
+        assert done.returncode == code and fragment in done.stdout + done.stderr, (args, done.stdout, done.stderr[-2000:])
+        assert names and not names & set(HEAVY), (args, sorted(names & set(HEAVY)))
+    # The check itself sees an import: the command that needs MLflow does load it.
+    _, names = _imported("models", "list", env=store)
+    assert "mlflow" in names
