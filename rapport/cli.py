@@ -108,7 +108,6 @@ _USER_ERRORS = {
     "training.recommend.artefact": "RecommenderArtefactError",
     "training.tracking": "NoModelError",
     "training.pipeline": "PipelineError",
-    "training.promotion": "GateFailedError",
     "pydantic": "ValidationError",
 }
 
