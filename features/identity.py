@@ -22,8 +22,6 @@ from datetime import datetime
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from features.schema import KeyType
 from features.settings import Settings
@@ -155,6 +153,10 @@ def resolve(con: duckdb.DuckDBPyConnection, *, ingest_id: int, now: datetime) ->
         "SELECT a.code AS a, b.code AS b FROM identity_links l "
         "JOIN _id_keys a ON a.key_hash = l.key_a JOIN _id_keys b ON b.key_hash = l.key_b"
     ).fetchnumpy()
+    # Imported here: scipy costs a second that readers of the identity map (rapport data report) never need.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(edges["a"]), dtype=np.int8), (edges["a"], edges["b"])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     components = pd.DataFrame({"code": np.arange(n, dtype=np.int64), "component": component.astype(np.int64)})

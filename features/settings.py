@@ -8,18 +8,23 @@ created by :meth:`Settings.ensure_dirs`, which the commands that write call expl
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as _SourceError
+
+from features.masking import mask_secrets
 
 #: Development salt. Fine for synthetic data; a real deployment sets RAPPORT_IDENTITY_SALT.
 DEFAULT_SALT = "rapport-development-salt"
@@ -223,7 +228,138 @@ class Settings(BaseSettings):
     def salt(self) -> str:
         return self.identity_salt.get_secret_value()
 
+    def __repr_args__(self):  # noqa: ANN204 - pydantic's signature
+        # A tracking URI with a password must not reach a log line through repr(settings).
+        for name, value in super().__repr_args__():
+            yield name, mask_secrets(value) if isinstance(value, str) else value
+
+
+#: Prefix of every environment variable of the project.
+ENV_PREFIX = "RAPPORT_"
+#: ``RAPPORT_*`` variables that are not settings: read by the commands and the service themselves.
+OTHER_VARIABLES = frozenset({"RAPPORT_CONFIG", "RAPPORT_BUNDLE_DIR", "RAPPORT_SERVING_WORKERS",
+                             "RAPPORT_SERVING_TRACING"})
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: each problem names the variable, file key or argument it came
+    from and what was expected; a secret's value is never part of the message."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        text = problems[0] if len(problems) == 1 else f"{len(problems)} problems in the settings: " + "; ".join(problems)
+        super().__init__(text)
+
 
 def load_settings(**overrides: Any) -> Settings:
-    """Parse the settings once (environment, TOML file, defaults) with optional explicit overrides."""
-    return Settings(**overrides)
+    """Parse the settings once (environment, TOML file, defaults) with optional explicit overrides.
+
+    Raises :class:`SettingsError` for an unknown ``RAPPORT_*`` variable (a typo must not be silently
+    ignored while the same typo in the TOML file is refused), an unknown TOML key, or a bad value.
+    """
+    problems = unknown_variables(os.environ)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems += [_describe(error, overrides) for error in exc.errors(include_url=False)]
+    except _SourceError as exc:
+        # pydantic-settings' own error when a variable's JSON does not parse; it names the field only.
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+        problems.append(f"{_origin(field, overrides)}: expected JSON such as {_json_example(field)}")
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One problem per ``RAPPORT_*`` variable that names no setting, with the closest setting's name."""
+    fields = list(Settings.model_fields)
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_VARIABLES:
+            continue
+        field = upper[len(ENV_PREFIX):].split("__")[0].lower()  # FIELD__KEY sets one key of a mapping
+        if field in fields:
+            continue
+        problems.append(f"{name}: not a setting{_suggestion(field, fields, variable=True)}")
+    return problems
+
+
+def _suggestion(name: str, fields: list[str], *, variable: bool) -> str:
+    close = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=0.6)
+    if not close:
+        return " (rapport config lists the settings)"
+    return f"; did you mean {ENV_PREFIX + close[0].upper() if variable else close[0]}?"
+
+
+def _is_secret(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    return info is not None and "SecretStr" in str(info.annotation)
+
+
+def _origin(field: str, overrides: Mapping[str, Any]) -> str:
+    """Where a setting's value came from, in precedence order: argument, variable, TOML file."""
+    if field in overrides:
+        return f"{field} (argument)"
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if upper == ENV_PREFIX + field.upper() or upper.startswith(ENV_PREFIX + field.upper() + "__"):
+            return name
+    config = _config_file()
+    return f"{config}: {field}" if config is not None else field
+
+
+#: What was expected, by pydantic error type; the others keep pydantic's own wording.
+_EXPECTED = {
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "int_type": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected text",
+    "list_type": "expected a list",
+    "dict_type": "expected a table (mapping)",
+    "tuple_type": "expected a list",
+}
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
+           "less_than": ("<", "lt")}
+
+
+def _describe(error: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    field = loc[0] if loc else ""
+    kind, ctx = error.get("type", ""), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        # An unknown key's value is never shown: it may be a secret under a misspelt name.
+        fields = list(Settings.model_fields)
+        where = f"{_config_file()}: {field}" if field not in overrides else f"{field} (argument)"
+        return f"{where}: not a setting{_suggestion(field, fields, variable=False)}"
+    where = _origin(field, overrides) + "".join(f"[{part}]" for part in loc[1:])
+    if kind in _EXPECTED:
+        expected = _EXPECTED[kind]
+    elif kind in _BOUNDS:
+        sign, key = _BOUNDS[kind]
+        expected = f"expected a value {sign} {ctx.get(key)}"
+    elif kind == "literal_error":
+        expected = f"expected {ctx.get('expected')}"
+    elif kind in ("too_short", "string_too_short"):
+        expected = f"expected at least {ctx.get('min_length')} {'item' if kind == 'too_short' else 'character'}(s)"
+    else:
+        message = str(error.get("msg", "invalid value"))
+        expected = message.removeprefix("Value error, ")
+        expected = expected[:1].lower() + expected[1:]
+    if _is_secret(field):
+        return f"{where}: {expected} (the value is secret: not shown)"
+    if "input" in error and kind not in ("value_error", "missing") and not isinstance(error["input"], Mapping | list):
+        shown = mask_secrets(repr(error["input"]))
+        return f"{where}: {expected}, got {shown[:60]}"
+    return f"{where}: {expected}"
+
+
+def _json_example(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    annotation = str(info.annotation) if info is not None else ""
+    return '{"EUR": 0.85}' if annotation.startswith("dict") else '["a", "b"]'

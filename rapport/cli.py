@@ -17,14 +17,47 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from features.masking import MaskingFormatter, mask_secrets
 from features.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
-console = Console()
-err = Console(stderr=True)
+#: Width of the output when it is not a terminal (a CI log, a file, a pipe) and COLUMNS is unset:
+#: rich would squeeze tables into 80 columns and cut their headers ("recall…").
+NON_TERMINAL_WIDTH = 200
+
+
+class _Console(Console):
+    """A console that never interprets rich markup (a column named ``price [eur]`` or ``notes [/]``
+    prints as it is) and masks the credentials of every message it prints (URIs with a password)."""
+
+    def print(self, *objects, **kwargs) -> None:  # noqa: ANN002, ANN003 - rich's signature
+        super().print(*(mask_secrets(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+def _console(*, stderr: bool) -> _Console:
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    wide = not terminal and not os.environ.get("COLUMNS", "").isdigit()
+    # Not on a terminal, lines are not wrapped either: a message stays one line for grep.
+    return _Console(stderr=stderr, markup=False, width=NON_TERMINAL_WIDTH if wide else None, soft_wrap=not terminal)
+
+
+console = _console(stderr=False)
+err = _console(stderr=True)
+
+
+def _styled(label: str, style: str, message: object = "") -> Text:
+    """``label`` in ``style``, then ``message`` as plain text (never parsed as markup), masked."""
+    text = mask_secrets(message)
+    return Text.assemble((label, style), " " + text if text else "")
+
+
+def _error(message: object) -> None:
+    err.print(_styled("error:", "bold red", message), highlight=False)
 
 app = typer.Typer(help="Customer intelligence for omnichannel retailers.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -48,7 +81,9 @@ def main(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="State folder (else $RAPPORT_DATA_DIR or ./data).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(MaskingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if config is not None:
         os.environ["RAPPORT_CONFIG"] = str(config)
     overrides = {"data_dir": data_dir} if data_dir is not None else {}
@@ -86,14 +121,15 @@ def _guard(fn):  # noqa: ANN001, ANN202 - tiny wrapper
         known = tuple(error for module, name in _USER_ERRORS.items()
                       if (error := getattr(sys.modules.get(module), name, None)) is not None)
         if isinstance(exc, (*known, FileNotFoundError, ValueError)):
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            _error(exc)
             raise typer.Exit(1) from exc
         raise
 
 
 @contextmanager
 def _progress() -> Iterator[Progress]:
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+    # Descriptions hold file names and step texts: never markup.
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         yield progress
 
@@ -153,7 +189,7 @@ def _print_generation(summary) -> None:  # noqa: ANN001
     for name, value in summary.counts().items():
         table.add_row(name, f"{value:,}")
     console.print(table)
-    console.print(f"files in [bold]{summary.output_dir}[/] (true parameters in {summary.output_dir / '_truth'}), "
+    console.print(f"files in {summary.output_dir} (true parameters in {summary.output_dir / '_truth'}), "
                   f"{summary.seconds:.1f} s")
 
 
@@ -235,13 +271,13 @@ def _print_ingest(result, s: Settings) -> None:  # noqa: ANN001
     console.print(files)
     for f in result.files:
         for note in f.notes:
-            console.print(f"[yellow]note[/] {f.label}: {note}")
+            console.print(_styled("note", "yellow", f"{f.label}: {note}"))
         if f.skipped:
-            console.print(f"[yellow]skipped[/] {f.label}: {f.skipped}")
+            console.print(_styled("skipped", "yellow", f"{f.label}: {f.skipped}"))
     for note in result.notes:
-        console.print(f"[yellow]note[/] {note}")
+        console.print(_styled("note", "yellow", note))
     for path, why in result.ignored_paths:
-        console.print(f"[yellow]ignored[/] {path}: {why}")
+        console.print(_styled("ignored", "yellow", f"{path}: {why}"))
     if result.quarantine_counts:
         q = Table(title="Quarantined rows by reason")
         q.add_column("file")
@@ -250,13 +286,13 @@ def _print_ingest(result, s: Settings) -> None:  # noqa: ANN001
         for label, reason, n in result.quarantine_counts:
             q.add_row(_short(label), reason, f"{n:,}")
         console.print(q)
-        console.print(f"quarantined rows with their row numbers: [bold]{result.quarantine_file}[/]")
+        console.print(f"quarantined rows with their row numbers: {result.quarantine_file}")
     else:
         console.print("no row quarantined")
     ident = result.identity
     console.print(f"identity: {ident.keys:,} hashed customer keys -> {ident.customers:,} customers "
                   f"({ident.new_customers:,} new, {ident.merges:,} merged in this ingest)")
-    console.print(f"store: [bold]{s.database_path}[/]")
+    console.print(f"store: {s.database_path}")
 
 
 # --- data load (the real data sets we ship loaders for) --------------------------------------------
@@ -285,12 +321,12 @@ def data_load(
         progress.add_task(f"converting {dataset}", total=None)
         tables = _guard(convert)
     for note in tables.notes:
-        console.print(f"[cyan]{dataset}[/] {note}")
+        console.print(_styled(dataset, "cyan", note))
     foreign = tables.unconvertible_currencies(settings())
     if foreign:
-        err.print(f"[bold red]error:[/] {dataset} amounts are in {', '.join(foreign)} but this store's currency is "
-                  f"{settings().currency} with no rate for it: use a separate store, e.g. RAPPORT_CURRENCY="
-                  f"{foreign[0]} RAPPORT_DATA_DIR=data/{dataset}, or set RAPPORT_CURRENCY_RATES", highlight=False)
+        _error(f"{dataset} amounts are in {', '.join(foreign)} but this store's currency is "
+               f"{settings().currency} with no rate for it: use a separate store, e.g. RAPPORT_CURRENCY="
+               f"{foreign[0]} RAPPORT_DATA_DIR=data/{dataset}, or set RAPPORT_CURRENCY_RATES")
         raise typer.Exit(1)
     inputs = [RawInput(source, f"{dataset}:{source}", table=tables[source]) for source in tables]
     _ingest_and_print(inputs, [])
@@ -306,13 +342,15 @@ def data_report(
     output: Annotated[Path | None, typer.Option(help="JSON file (default: DATA_DIR/reports/kpi_report.json).")] = None,
 ) -> None:
     """Engagement KPIs overall and per channel, identity and quarantine summaries; printed and written as JSON."""
-    from features.identity import identity_summary
-    from features.report import kpi_report, render_kpi_table
     from features.store import connect, ibis_backend
 
     s = settings()
     con = _guard(lambda: connect(s, read_only=True))
     try:
+        # Imported once the store is known to exist: a missing store is reported without paying for them.
+        from features.identity import identity_summary
+        from features.report import kpi_report, render_kpi_table
+
         report = kpi_report(ibis_backend(con), start=_date(start, "--start"), end=_date(end, "--end"))
         ident = identity_summary(con)
         quarantine = con.execute(
@@ -336,7 +374,7 @@ def data_report(
     target = output or s.reports_dir / "kpi_report.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(payload, indent=2, default=str))
-    console.print(f"report written to [bold]{target}[/]")
+    console.print(f"report written to {target}")
 
 
 # --- data features --------------------------------------------------------------------------------
@@ -365,7 +403,7 @@ def data_features(
         frame.to_csv(output)
     else:
         frame.to_parquet(output)
-    console.print(f"{len(frame):,} customers' features as of {cutoff.date()} written to [bold]{output}[/]")
+    console.print(f"{len(frame):,} customers' features as of {cutoff.date()} written to {output}")
 
 
 # --- data contract --------------------------------------------------------------------------------
@@ -381,7 +419,7 @@ def data_contract(
     names = [source] if source else list(SOURCES)
     for name in names:
         if name not in SOURCES:
-            err.print(f"[bold red]error:[/] unknown source {name!r}; expected one of {', '.join(SOURCES)}")
+            _error(f"unknown source {name!r}; expected one of {', '.join(SOURCES)}")
             raise typer.Exit(1)
         spec = SOURCES[name]
         table = Table(title=f"{spec.name}: {spec.description}", title_justify="left")
@@ -407,9 +445,10 @@ def train(
                                                   "(files already ingested are skipped).")] = None,
 ) -> None:
     """Ingest new files, then fit, evaluate against the baselines, log to MLflow (one parent run, one
-    nested run per model), register and promote the models; prints each model's table and a summary."""
+    nested run per model), register and promote the models; prints each model's table and a summary.
+    SIGTERM or Ctrl+C marks the MLflow runs FAILED and exits with 128 + the signal's number."""
     from features.store import connect
-    from training.pipeline import PipelineError, run_pipeline
+    from training.cutoff import check_cutoff
 
     steps = only or list(TRAIN_STEPS)
     unknown = [step for step in steps if step not in TRAIN_STEPS]
@@ -424,29 +463,48 @@ def train(
         inputs, ignored = _guard(lambda: discover(raw))
         _ingest_and_print(inputs, ignored)
     con = _guard(lambda: connect(s, read_only=True))
-    printers = {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}
     try:
-        with _progress() as progress:
-            tasks = {step: progress.add_task(f"{step}: waiting", total=None) for step in TRAIN_STEPS if step in steps}
-
-            def report(step: str, text: str) -> None:
-                progress.update(tasks[step], description=f"{step}: {text}")
-
-            def done(outcome) -> None:  # noqa: ANN001
-                progress.update(tasks[outcome.step], description=f"{outcome.step}: done in {outcome.seconds:.0f} s",
-                                total=1, completed=1)
-                progress.console.print(f"[bold]{outcome.step}[/] finished in {outcome.seconds:.1f} s")
-                printers[outcome.step](outcome.result, s)
-
-            try:
-                result = _guard(lambda: run_pipeline(con, s, steps=steps, cutoff=when, progress=report,
-                                                     on_step_done=done))
-            except PipelineError as exc:
-                err.print(f"[bold red]error:[/] {exc}", highlight=False)
-                raise typer.Exit(1) from exc
+        if when is not None:
+            # Refused in a second, before MLflow and the model libraries are even imported.
+            _guard(lambda: check_cutoff(con, s, when, steps))
+        result = _train(con, s, steps, when)
     finally:
         con.close()
     _print_summary(result)
+
+
+def _train(con, s: Settings, steps: list[str], when: datetime | None):  # noqa: ANN001, ANN202
+    from training.pipeline import PipelineError, TrainingInterrupted, run_pipeline
+
+    printers = {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}
+    with _progress() as progress:
+        tasks = {step: progress.add_task(f"{step}: waiting", total=None) for step in TRAIN_STEPS if step in steps}
+
+        def report(step: str, text: str) -> None:
+            progress.update(tasks[step], description=f"{step}: {text}")
+
+        def done(outcome) -> None:  # noqa: ANN001
+            progress.update(tasks[outcome.step], description=f"{outcome.step}: done in {outcome.seconds:.0f} s",
+                            total=1, completed=1)
+            progress.console.print(_styled(outcome.step, "bold", f"finished in {outcome.seconds:.1f} s"))
+            printers[outcome.step](outcome.result, s)
+
+        try:
+            result = _guard(lambda: run_pipeline(con, s, steps=steps, cutoff=when, progress=report,
+                                                 on_step_done=done))
+        except PipelineError as exc:
+            _error(exc)
+            raise typer.Exit(1) from exc
+        except TrainingInterrupted as exc:
+            _error(exc)
+            raise typer.Exit(128 + exc.signum) from exc
+    return result
+
+
+def _print_plots(plots: Iterable[Path | str]) -> None:
+    folders = sorted({str(Path(p).parent) for p in plots})
+    if folders:
+        console.print(f"plots of this run: {', '.join(folders)}")
 
 
 def _print_summary(result) -> None:  # noqa: ANN001
@@ -459,6 +517,11 @@ def _print_summary(result) -> None:  # noqa: ANN001
     console.print(table)
     if not result.promoted:
         console.print("backtest: versions registered, none promoted")
+    from training.plotting import champion_plot_dir
+
+    for outcome in result.steps:
+        if outcome.promotion is not None and outcome.promotion.promoted:
+            console.print(f"{outcome.model_name} champion plots: {champion_plot_dir(settings().reports_dir, outcome.step)}")
     console.print(f"MLflow parent run {result.run_id}")
 
 
@@ -478,12 +541,11 @@ def _print_recommend(result, s: Settings) -> None:  # noqa: ANN001
     console.print(table)
     console.print("the _new columns: lists with the customer's purchases excluded (the default filter), "
                   "judged on the items new to the customer")
-    verdict = "[green]eligible for promotion[/]" if result.gate.eligible else "[red]not eligible for promotion[/]"
-    console.print(f"ranked blend: {verdict}: " + "; ".join(result.gate.reasons))
-    console.print(f"registered [bold]{result.model_name}[/] version {result.model_version} (MLflow run "
+    console.print(Text.assemble("ranked blend: ", _verdict(result.gate.eligible), ": " + "; ".join(result.gate.reasons)))
+    console.print(f"registered {result.model_name} version {result.model_version} (MLflow run "
                   f"{result.run_id}, fitted on the history up to {split.test_end.date()}, catalogue "
                   f"{result.catalogue_version})")
-    console.print(f"plots: {s.reports_dir / 'recommend'}")
+    _print_plots(result.plots)
 
 
 def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
@@ -496,12 +558,15 @@ def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
     console.print(table)
     console.print(f"trained on cutoffs {', '.join(str(c.date()) for c in result.train_cutoffs)}; "
                   f"validation (early stopping, calibration) {result.valid_cutoff.date()}")
-    verdict = "[green]eligible for promotion[/]" if result.gate.eligible else "[red]not eligible for promotion[/]"
-    console.print(f"LightGBM: {verdict}: " + "; ".join(result.gate.reasons))
+    console.print(Text.assemble("LightGBM: ", _verdict(result.gate.eligible), ": " + "; ".join(result.gate.reasons)))
     for note in result.notes:
-        console.print(f"[yellow]note[/] {note}")
-    console.print(f"registered [bold]{result.model_name}[/] version {result.model_version} (MLflow run {result.run_id})")
-    console.print(f"plots: {s.reports_dir / 'churn'}")
+        console.print(_styled("note", "yellow", note))
+    console.print(f"registered {result.model_name} version {result.model_version} (MLflow run {result.run_id})")
+    _print_plots(result.plots)
+
+
+def _verdict(eligible: bool) -> Text:
+    return Text("eligible for promotion", "green") if eligible else Text("not eligible for promotion", "red")
 
 
 def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
@@ -520,12 +585,12 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
         table.add_row(label, *cells)
     console.print(table)
     for kind, message in result.failed_candidates:
-        console.print(f"[yellow]candidate {kind} did not converge:[/] {message}")
-    verdict = "[green]eligible for promotion[/]" if result.gate.eligible else "[red]not eligible for promotion[/]"
-    console.print(f"{result.kind}: {verdict}" + ("" if result.gate.eligible else ": " + "; ".join(result.gate.reasons)))
-    console.print(f"registered [bold]{result.model_name}[/] version {result.model_version} "
+        console.print(_styled(f"candidate {kind} did not converge:", "yellow", message))
+    console.print(Text.assemble(f"{result.kind}: ", _verdict(result.gate.eligible),
+                                "" if result.gate.eligible else ": " + "; ".join(result.gate.reasons)))
+    console.print(f"registered {result.model_name} version {result.model_version} "
                   f"(MLflow run {result.run_id}, cutoff {result.cutoff.date()})")
-    console.print(f"plots: {s.reports_dir / 'clv'}")
+    _print_plots(result.plots)
 
 
 # --- batch files ----------------------------------------------------------------------------------
@@ -613,7 +678,7 @@ def recommend(
 
     rows = _write_chunks(chunks(), output, total=len(customers), what="recommending")
     console.print(f"{rows:,} recommendations for {len(customers):,} customers (version {chosen.version}, "
-                  f"history up to {model.data_.as_of.date()}) written to [bold]{output}[/]")
+                  f"history up to {model.data_.as_of.date()}) written to {output}")
 
 
 # --- score ----------------------------------------------------------------------------------------
@@ -658,7 +723,7 @@ def score(
                                                 chunk_size=chunk))
     rows = _write_chunks(frames, output, total=len(snapshot), what="scoring")
     console.print(f"{rows:,} customers scored as of {as_of.date()} (rapport-clv v{versions['clv']}, "
-                  f"rapport-churn v{versions['churn']}) written to [bold]{output}[/]")
+                  f"rapport-churn v{versions['churn']}) written to {output}")
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -680,8 +745,9 @@ def models_list() -> None:
     for _, row in frame.iterrows():
         cells = [str(v) for v in row]
         if "champion" in row["aliases"]:
-            cells = [f"[bold green]{c}[/]" for c in cells]
-        table.add_row(*cells)
+            table.add_row(*cells, style="bold green")
+        else:
+            table.add_row(*cells)
     console.print(table)
 
 
@@ -691,17 +757,25 @@ def models_promote(
     version: Annotated[str, typer.Argument(help="Version to make the champion.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the version's tags).")],
     by: Annotated[str | None, typer.Option(help="Who (default: the system user).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote a version that failed its own gate "
+                                                        "(worse than its baselines).")] = False,
 ) -> None:
-    """Make a version the champion by hand, whatever the gate said; who, why and when go in its tags."""
+    """Make a version the champion by hand, whatever the comparison with the champion said; who, why
+    and when go in its tags. A version that failed its own gate needs --force. The champion's plots
+    are copied to DATA_DIR/reports/<step>/champion/."""
     from training import promotion, tracking
 
     if name not in promotion.MODEL_NAMES:
         raise typer.BadParameter(f"unknown model {name!r}; expected one of {', '.join(promotion.MODEL_NAMES)}",
                                  param_hint="NAME")
-    client = tracking.configure(settings())
-    done = _guard(lambda: promotion.promote_manually(client, name, version, reason=reason, by=by))
+    s = settings()
+    client = tracking.configure(s)
+    done = _guard(lambda: promotion.promote_manually(client, name, version, reason=reason, by=by, force=force))
     previous = f" (was version {done.previous_champion})" if done.previous_champion else ""
-    console.print(f"{name} version {version} is now the champion{previous}: {done.reasons[0]}")
+    console.print(f"{name} version {version} is now the champion{previous}: {'; '.join(done.reasons)}")
+    plots = promotion.publish_champion_plots(client, s.reports_dir, name)
+    if plots is not None:
+        console.print(f"champion plots: {plots}")
 
 
 def _print_examples(scores_path: Path, n: int = 3) -> None:
@@ -722,7 +796,7 @@ def _print_examples(scores_path: Path, n: int = 3) -> None:
     names = dict(zip(model.data_.item_ids, model.data_.name))
     for _, row in chosen.iterrows():
         console.print(
-            f"[bold]customer {row['customer_id']}[/]: CLV {row['clv']:,.2f} ({row['clv_lower']:,.2f} .. "
+            f"customer {row['customer_id']}: CLV {row['clv']:,.2f} ({row['clv_lower']:,.2f} .. "
             f"{row['clv_upper']:,.2f}), {row['expected_purchases_365d']:.1f} purchases expected in a year, "
             f"P(alive) {row['probability_alive']:.0%}, segment {row['value_segment']}; churn "
             f"{row['churn_probability']:.0%} ({row['risk_band']} risk): "
@@ -730,7 +804,7 @@ def _print_examples(scores_path: Path, n: int = 3) -> None:
         mine = lists[lists["customer_id"] == row["customer_id"]]
         for _, item in mine.iterrows():
             console.print(f"    {item['rank']}. {names.get(item['item_id']) or item['item_id']} "
-                          f"[dim]({item['source']}: {item['reason']})[/]")
+                          f"({item['source']}: {item['reason']})")
 
 
 # --- serve ----------------------------------------------------------------------------------------
@@ -754,7 +828,7 @@ def serve_export(
                                                 progress=lambda text: progress.update(task, description=text)))
     models = ", ".join(f"{m['name']} v{m['version']}" for m in manifest["models"].values())
     counts = manifest["counts"]
-    console.print(f"bundle written to [bold]{output}[/]: {models}; snapshot {manifest['snapshot_date']}, "
+    console.print(f"bundle written to {output}: {models}; snapshot {manifest['snapshot_date']}, "
                   f"{counts['customers']:,} customers, {counts['items']:,} items, default lists of "
                   f"{counts.get('default_lists', 0):,} customers")
 
@@ -769,7 +843,7 @@ def serve_start(
     import subprocess
 
     if not (bundle / "manifest.json").is_file():
-        err.print(f"[bold red]error:[/] {bundle} is not a serving bundle: write one with rapport serve export")
+        _error(f"{bundle} is not a serving bundle: write one with rapport serve export")
         raise typer.Exit(1)
     env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle.resolve())}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host", host, "--port", str(port)]
@@ -785,7 +859,7 @@ def show_config() -> None:
     """Show the effective settings (secrets masked)."""
     s = settings()
     for name, value in s.model_dump().items():
-        console.print(f"{name} = {value}")
+        console.print(f"{name} = {mask_secrets(value)}")
 
 
 # --- demo -----------------------------------------------------------------------------------------
@@ -819,6 +893,6 @@ def demo(
     console.rule("6. a few customers")
     _print_examples(scores_path)
     console.rule("done")
-    console.print(f"everything is under [bold]{s.data_dir.resolve()}[/]: raw files {raw}, store {s.database_path}, "
+    console.print(f"everything is under {s.data_dir.resolve()}: raw files {raw}, store {s.database_path}, "
                   f"quarantine {s.quarantine_dir}, reports and plots {s.reports_dir}, MLflow {s.mlflow_dir} "
                   f"(browse it with: mlflow ui --backend-store-uri sqlite:///{s.mlflow_db_path})")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +15,9 @@ from rapport.cli import app
 from tests.conftest import ORDER_HEADER, write_csv
 
 pytestmark = pytest.mark.data
+
+#: The installed command, as a user runs it.
+RAPPORT = str(Path(sys.executable).with_name("rapport"))
 
 
 @pytest.fixture
@@ -93,3 +100,85 @@ def test_loading_a_dataset_in_another_currency_says_which_setting_to_change(run,
     assert out.exit_code == 1
     assert "USD" in out.output and "RAPPORT_CURRENCY" in out.output
     assert not settings.database_path.exists()  # stopped before writing anything
+
+
+def test_column_names_and_mappings_with_brackets_print_as_they_are(run, tmp_path):
+    # Rich markup would swallow "[eur]" and raise on "[/]" (after the data was committed).
+    header = ORDER_HEADER + ["notes [/]", "price [eur]"]
+    row = ["1", "1", "2024-01-05T10:00:00", "A1", "", "", "I1", 2, 10.0, 0, "GBP", "web", "UK", "x", "10"]
+    out = run("data", "ingest", str(write_csv(tmp_path / "raw", "orders.csv", header, [row])))
+    assert out.exit_code == 0, out.output
+    assert "notes [/]" in out.output and "price [eur]" in out.output
+    path = write_csv(tmp_path / "raw2", "export.csv", ["Customer ID", "InvoiceDate", "StockCode", "Quantity", "Price [/]"],
+                     [["c1", "2024-01-01 10:00", "I1", 2, 3.5]])
+    out = run("data", "ingest", str(path), "--source", "transactions", "--map", "customer_key=Customer ID",
+              "--map", "timestamp=InvoiceDate", "--map", "item_id=StockCode", "--map", "unit_price=Price [/]")
+    assert out.exit_code == 0, out.output
+    other = write_csv(tmp_path / "raw3", "export.csv", ["Price [/]"], [[1.0]])
+    missing = run("data", "ingest", str(other), "--source", "transactions", "--map", "unit_price=[bold]Price [/]")
+    assert missing.exit_code == 1 and "[bold]Price [/]" in missing.output
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(run, monkeypatch):
+    monkeypatch.setenv("RAPPORT_CHURN_HORIZON", "30")
+    out = run("config")
+    assert out.exit_code == 1
+    assert out.output.strip() == "error: RAPPORT_CHURN_HORIZON: not a setting; did you mean RAPPORT_CHURN_HORIZON_DAYS?"
+
+
+def test_config_masks_the_credentials_of_uris(run, monkeypatch):
+    monkeypatch.setenv("RAPPORT_MLFLOW_TRACKING_URI", "https://ana:pa55w0rd@mlflow.example:5000")
+    monkeypatch.setenv("RAPPORT_IDENTITY_SALT", "salt-s3cret")
+    out = run("config")
+    assert out.exit_code == 0, out.output
+    assert "mlflow_tracking_uri = https://ana:***@mlflow.example:5000" in out.output
+    assert "pa55w0rd" not in out.output and "salt-s3cret" not in out.output
+
+
+def test_tables_keep_their_width_when_the_output_is_not_a_terminal(settings, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS" and not k.startswith("RAPPORT_")}
+    out = subprocess.run([RAPPORT, "data", "contract", "orders"], capture_output=True,
+                         text=True, env={**env, "RAPPORT_DATA_DIR": str(settings.data_dir)}, timeout=60, check=True)
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if "column" in line and "meaning" in line)
+    assert "…" not in out.stdout and max(len(line) for line in lines) > 80
+    assert "required" in header  # no header cut
+
+
+#: Libraries that take seconds to import; the light commands and every early error must not.
+HEAVY = ("mlflow", "lightgbm", "bentoml", "lifetimes", "implicit")
+
+
+def _imported(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the command with ``python -X importtime`` and return the top-level packages it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", RAPPORT, *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    names = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+             if line.startswith("import time:")}
+    return done, names
+
+
+@pytest.mark.slow
+def test_light_commands_and_early_errors_never_import_the_model_libraries(run, settings, tmp_path):
+    path = write_csv(tmp_path / "raw", "export.csv", ["customer_key", "timestamp", "item_id", "quantity", "unit_price"],
+                     [["c1", "2024-01-01 10:00", "I1", 2, 3.5], ["c2", "2024-02-01 10:00", "I2", 1, 1.0]])
+    assert run("data", "ingest", str(path), "--source", "transactions").exit_code == 0
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
+    store = {**base, "RAPPORT_DATA_DIR": str(settings.data_dir)}
+    missing = {**base, "RAPPORT_DATA_DIR": str(tmp_path / "nothing")}
+    cases = [
+        (("--help",), store, 0, "Customer intelligence"),
+        (("config",), store, 0, "data_dir ="),
+        (("data", "report"), store, 0, "report written to"),
+        (("data", "report"), missing, 1, "ingest data first"),
+        (("train",), missing, 1, "ingest data first"),
+        (("train", "--cutoff", "2030-01-01"), store, 1, "after the last sale (2024-02-01)"),
+        (("config",), {**store, "RAPPORT_CHURN_HORIZON": "30"}, 1, "did you mean RAPPORT_CHURN_HORIZON_DAYS"),
+    ]
+    for args, env, code, fragment in cases:
+        done, names = _imported(*args, env=env)
+        assert done.returncode == code and fragment in done.stdout + done.stderr, (args, done.stdout, done.stderr[-2000:])
+        assert names and not names & set(HEAVY), (args, sorted(names & set(HEAVY)))
+    # The check itself sees an import: the command that needs MLflow does load it.
+    _, names = _imported("models", "list", env=store)
+    assert "mlflow" in names

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from features.interactions import PURCHASES, interactions
 from features.store import ibis_backend
+from training.plotting import run_plot_dir
 from training.recommend.artefact import RecommenderArtefactError, load, save
 from training.recommend.candidates import (
     FEATURES,
@@ -406,7 +407,7 @@ def test_training_step_compares_gates_logs_and_registers(trained):
     assert table.loc[CHOSEN, RECALL] > table.loc[BUY_AGAIN, RECALL]
     assert np.isnan(table.loc[BUY_AGAIN, RECALL_NEW])
     assert result.split.train_end < result.split.valid_end < result.split.test_end
-    assert (settings.reports_dir / "recommend" / "comparison.png").stat().st_size > 10_000
+    assert (run_plot_dir(settings.reports_dir, "recommend", result.run_id) / "comparison.png").stat().st_size > 10_000
 
     client = tracking.configure(settings)
     run = client.get_run(result.run_id)

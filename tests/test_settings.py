@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
-from features.settings import load_settings
+from features.masking import mask_secrets
+from features.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -36,9 +36,9 @@ def test_rapport_toml_in_the_working_directory_is_read(settings, tmp_path, monke
 
 
 def test_invalid_values_are_named(settings, monkeypatch, tmp_path):
-    with pytest.raises(ValidationError, match="currency must be a 3-letter ISO 4217 code"):
+    with pytest.raises(SettingsError, match="currency must be a 3-letter ISO 4217 code"):
         load_settings(currency="pounds")
-    with pytest.raises(ValidationError, match=r"currency_rates\['USD'\] must be positive"):
+    with pytest.raises(SettingsError, match=r"currency_rates\['USD'\] must be positive"):
         load_settings(currency_rates={"USD": 0})
     monkeypatch.setenv("RAPPORT_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(FileNotFoundError, match="missing.toml"):
@@ -49,3 +49,80 @@ def test_the_salt_is_secret(settings):
     s = load_settings(identity_salt="s3cret")
     assert "s3cret" not in repr(s) and "s3cret" not in str(s.model_dump())
     assert s.salt() == "s3cret"
+
+
+def test_an_unknown_variable_is_refused_with_the_closest_setting(settings, monkeypatch):
+    monkeypatch.setenv("RAPPORT_CHURN_HORIZON", "30")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == "RAPPORT_CHURN_HORIZON: not a setting; did you mean RAPPORT_CHURN_HORIZON_DAYS?"
+    monkeypatch.delenv("RAPPORT_CHURN_HORIZON")
+    # The variables the commands and the service read themselves, and one key of a mapping, are fine.
+    for name, value in (("RAPPORT_BUNDLE_DIR", "bundle"), ("RAPPORT_SERVING_WORKERS", "2"),
+                        ("RAPPORT_RECOMMEND_CANDIDATES__ALS", "20")):
+        monkeypatch.setenv(name, value)
+    assert load_settings().recommend_candidates == {"als": 20}
+    monkeypatch.setenv("RAPPORT_NOTHING_LIKE_IT", "1")
+    with pytest.raises(SettingsError, match="RAPPORT_NOTHING_LIKE_IT: not a setting \\(rapport config lists"):
+        load_settings()
+
+
+def test_a_typo_in_the_toml_file_is_refused_the_same_way(settings, tmp_path, monkeypatch):
+    config = tmp_path / "retailer.toml"
+    config.write_text('churn_horizon = 30\nidentity_sallt = "do-not-print-me"\n')
+    monkeypatch.setenv("RAPPORT_CONFIG", str(config))
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "retailer.toml: churn_horizon: not a setting; did you mean churn_horizon_days?" in message
+    assert "identity_sallt: not a setting; did you mean identity_salt?" in message
+    assert "do-not-print-me" not in message  # a misspelt secret's value is not shown either
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("RAPPORT_CHURN_HORIZON_DAYS", "thirty", "RAPPORT_CHURN_HORIZON_DAYS: expected a whole number, got 'thirty'"),
+    ("RAPPORT_CHURN_HORIZON_DAYS", "3", "RAPPORT_CHURN_HORIZON_DAYS: expected a value >= 7, got '3'"),
+    ("RAPPORT_TIME_UNIT", "M", "RAPPORT_TIME_UNIT: expected 'D' or 'W', got 'M'"),
+    ("RAPPORT_CHURN_WITH_CLV_FEATURES", "maybe", "RAPPORT_CHURN_WITH_CLV_FEATURES: expected true or false"),
+    ("RAPPORT_CURRENCY_RATES", "EUR=0.85", 'RAPPORT_CURRENCY_RATES: expected JSON such as {"EUR": 0.85}'),
+])
+def test_a_bad_value_names_the_variable(settings, monkeypatch, variable, value, expected):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value).startswith(expected)
+
+
+def test_a_secret_value_never_appears_in_the_error(settings, monkeypatch):
+    monkeypatch.setenv("RAPPORT_SERVING_API_KEYS", '["key-one-s3cret", 12345678]')
+    monkeypatch.setenv("RAPPORT_IDENTITY_SALT", "salt-s3cret")
+    monkeypatch.setenv("RAPPORT_DUCKDB_THREADS", "zero")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("2 problems in the settings: ")
+    assert "RAPPORT_SERVING_API_KEYS[1]: expected text (the value is secret: not shown)" in message
+    assert "RAPPORT_DUCKDB_THREADS: expected a whole number" in message
+    for secret in ("s3cret", "12345678"):
+        assert secret not in message
+    # pydantic's own error (which holds the input values) is not chained into a traceback either.
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_credentials_in_uris_are_masked_in_repr_and_by_the_masking_function(settings):
+    uri = "https://ana:pa55w0rd@mlflow.example:5000"
+    s = load_settings(mlflow_tracking_uri=uri)
+    assert s.mlflow_tracking_uri == uri  # the value itself is intact: MLflow needs it
+    assert "pa55w0rd" not in repr(s) and "ana:***@mlflow.example" in repr(s)
+    cases = {
+        uri: "https://ana:***@mlflow.example:5000",
+        "postgresql://mlflow:p@ss@db.internal:5432/mlflow": "postgresql://mlflow:***@db.internal:5432/mlflow",
+        "mysql://db/mlflow?user=ana&password=pa55": "mysql://db/mlflow?user=ana&password=***",
+        "failed to reach 'https://u:pw@host/api'; retrying": "failed to reach 'https://u:***@host/api'; retrying",
+        # Nothing to mask: no password, a port, a path, an e-mail-like text.
+        "sqlite:////srv/mlflow.db": "sqlite:////srv/mlflow.db",
+        "http://host:5000/api/2.0": "http://host:5000/api/2.0",
+        "https://ana@host": "https://ana@host",
+    }
+    for text, masked in cases.items():
+        assert mask_secrets(text) == masked

@@ -5,7 +5,10 @@ registry as it was, manual promotion, and the CRM scores of the champions."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+import json
+import os
+import signal
+from datetime import datetime, timedelta, timezone
 
 import mlflow
 import numpy as np
@@ -15,7 +18,9 @@ from typer.testing import CliRunner
 
 from features.store import ibis_backend
 from training import promotion, tracking
-from training.pipeline import PipelineError, run_pipeline
+from training.cutoff import CutoffError, sales_range
+from training.pipeline import PipelineError, TrainingInterrupted, run_pipeline
+from training.plotting import champion_plot_dir, run_plot_dir
 from tests.fixtures_history import synthetic_store
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
@@ -61,6 +66,39 @@ def test_first_training_promotes_every_eligible_model_under_one_parent_run(store
     assert summary["vs champion"].str.contains("no champion yet").all()
 
 
+def _runs(client, settings) -> int:
+    return len(client.search_runs([tracking.experiment_id(client, settings)], max_results=1000))
+
+
+def _versions(client) -> int:
+    return sum(len(client.search_model_versions(f"name = '{name}'")) for name in promotion.MODEL_NAMES)
+
+
+def test_a_cutoff_outside_the_history_is_refused_before_any_run(store, first):
+    settings, con = store
+    client = tracking.configure(settings)
+    runs, versions = _runs(client, settings), _versions(client)
+    first_sale, last_sale = sales_range(con)
+    with pytest.raises(CutoffError) as late:
+        run_pipeline(con, settings, cutoff=datetime(2030, 1, 1))
+    assert "2030-01-01" in str(late.value) and f"last sale ({last_sale.date()})" in str(late.value)
+    early_cutoff = first_sale + timedelta(days=30)
+    with pytest.raises(CutoffError) as early:
+        run_pipeline(con, settings, steps=["clv", "churn"], cutoff=early_cutoff)
+    # Both dates, and the earliest cutoff the steps asked for allow: churn needs the longest history.
+    needed = settings.churn_lookback_days + 3 * settings.churn_horizon_days
+    earliest = datetime.combine(first_sale.date(), datetime.min.time()) + timedelta(days=needed)
+    assert str(early_cutoff.date()) in str(early.value) and f"first sale is on {first_sale.date()}" in str(early.value)
+    assert f"churn needs at least {needed} days" in str(early.value)
+    assert f"earliest cutoff is {earliest.date()}" in str(early.value)
+    assert "steps short of history: clv, churn" in str(early.value)
+    # The day after the last sale is the latest cutoff allowed (it is the default one).
+    with pytest.raises(CutoffError):
+        run_pipeline(con, settings, steps=["clv"], cutoff=datetime.combine(last_sale.date(), datetime.min.time())
+                     + timedelta(days=2))
+    assert (_runs(client, settings), _versions(client)) == (runs, versions)  # nothing started, nothing registered
+
+
 def test_a_retraining_on_degraded_data_is_refused_and_the_champion_stays(store, first, monkeypatch):
     settings, con = store
     client = tracking.configure(settings)
@@ -90,6 +128,24 @@ def test_a_retraining_on_degraded_data_is_refused_and_the_champion_stays(store, 
     assert tags["promotion.decision"] == "challenger" and tags["promotion.reasons"]
 
 
+def test_plots_are_written_per_run_and_the_champions_stay_in_place(store, first):
+    settings, _ = store
+    client = tracking.configure(settings)
+    for outcome in first.steps:
+        own = run_plot_dir(settings.reports_dir, outcome.step, outcome.result.run_id)
+        assert {str(p) for p in outcome.result.plots} == {str(own / p.name) for p in own.glob("*.png")} != set()
+    # The degraded churn retraining (a challenger) wrote its plots beside, not over, the champion's.
+    churn_runs = list((settings.reports_dir / "churn" / "runs").iterdir())
+    assert len(churn_runs) >= 2
+    champion = client.get_model_version_by_alias("rapport-churn", "champion")
+    folder = champion_plot_dir(settings.reports_dir, "churn")
+    published = json.loads((folder / "champion.json").read_text())
+    assert (published["version"], published["run_id"]) == (str(champion.version), champion.run_id)
+    mine = run_plot_dir(settings.reports_dir, "churn", champion.run_id)
+    for png in mine.glob("*.png"):
+        assert (folder / png.name).read_bytes() == png.read_bytes()
+
+
 def test_a_failing_step_leaves_the_registry_as_it_was(store, first, monkeypatch):
     settings, con = store
     client = tracking.configure(settings)
@@ -114,13 +170,74 @@ def test_a_failing_step_leaves_the_registry_as_it_was(store, first, monkeypatch)
     assert parent.info.status == "FAILED" and parent.data.tags["failed_step"] == "churn"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_training_marks_its_runs_failed(store, first, monkeypatch, signum):
+    settings, con = store
+    client = tracking.configure(settings)
+    before = {name: _aliases(client, name) for name in ("rapport-clv", "rapport-churn")}
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    import training.clv.pipeline as clv_pipeline
+
+    def killed(*args, **kwargs):  # the signal arrives while the nested CLV run is open
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal should have stopped the step")
+
+    monkeypatch.setattr(clv_pipeline, "log_clv_model", killed)
+    with pytest.raises(TrainingInterrupted, match=signal.Signals(signum).name) as info:
+        run_pipeline(con, settings, steps=["clv", "churn"])
+    assert info.value.signum == signum
+    runs = client.search_runs([tracking.experiment_id(client, settings)], order_by=["attributes.start_time DESC"],
+                              max_results=2)
+    nested, parent = runs
+    assert (nested.data.tags["step"], parent.data.tags["step"]) == ("clv", "pipeline")
+    assert nested.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert nested.info.status == parent.info.status == "FAILED"
+    assert parent.data.tags["failed_step"] == "clv" and "TrainingInterrupted" in parent.data.tags["failure"]
+    assert {name: _aliases(client, name) for name in before} == before
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # put back
+
+
+def test_promoting_a_version_that_failed_its_gate_needs_force(store, first, monkeypatch):
+    from rapport.cli import app
+
+    settings, _ = store
+    client = tracking.configure(settings)
+    champion = _aliases(client, "rapport-churn")["champion"]
+    # The retraining on shuffled labels lost to its baselines: its own gate failed.
+    failed = next(v for v in client.search_model_versions("name = 'rapport-churn'")
+                  if v.tags.get("gate_eligible") == "false")
+    version = str(failed.version)
+    why = client.get_run(failed.run_id).data.tags["gate.reasons"]
+    with pytest.raises(promotion.GateFailedError, match="failed its own gate .*--force") as info:
+        promotion.promote_manually(client, "rapport-churn", version, reason="try")
+    assert why in str(info.value)
+    assert _aliases(client, "rapport-churn")["champion"] == champion
+    monkeypatch.setenv("RAPPORT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("COLUMNS", "250")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["models", "promote", "rapport-churn", version, "--reason", "try"])
+    assert refused.exit_code == 1 and "best baseline" in refused.output and "--force" in refused.output
+    forced = runner.invoke(app, ["models", "promote", "rapport-churn", version, "--reason", "try", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "forced although it failed its own gate" in forced.output and "champion plots:" in forced.output
+    assert client.get_model_version("rapport-churn", version).tags["promotion.forced"] == "true"
+    folder = champion_plot_dir(settings.reports_dir, "churn")
+    assert json.loads((folder / "champion.json").read_text())["version"] == version
+    assert {p.name for p in folder.glob("*.png")} == {"reliability.png", "feature_importance.png", "lift.png"}
+    back = runner.invoke(app, ["models", "promote", "rapport-churn", champion, "--reason", "back"])
+    assert back.exit_code == 0, back.output
+    assert json.loads((folder / "champion.json").read_text())["version"] == champion
+
+
 def test_manual_promotion_records_who_and_why(store, first):
     settings, _ = store
     client = tracking.configure(settings)
     versions = sorted(int(v.version) for v in client.search_model_versions("name = 'rapport-churn'"))
     champion = _aliases(client, "rapport-churn")["champion"]
     other = str(next(v for v in versions if str(v) != champion))
-    done = promotion.promote_manually(client, "rapport-churn", other, reason="seasonal rollback", by="ana")
+    done = promotion.promote_manually(client, "rapport-churn", other, reason="seasonal rollback", by="ana",
+                                      force=True)
     assert done.previous_champion == champion
     assert _aliases(client, "rapport-churn")["champion"] == other
     tags = client.get_model_version("rapport-churn", other).tags
@@ -189,3 +306,18 @@ def test_cli_exit_codes(store, first, tmp_path, monkeypatch):
     empty = CliRunner().invoke(app, ["score", "--output", str(tmp_path / "x.csv")],
                                env={"RAPPORT_DATA_DIR": str(tmp_path / "nothing")})
     assert empty.exit_code == 1 and "train" in empty.output
+    late = runner.invoke(app, ["train", "--cutoff", "2030-01-01"])
+    assert late.exit_code == 1 and "2030-01-01" in late.output and "last sale" in late.output
+
+
+def test_an_interrupted_train_command_exits_non_zero(store, first, monkeypatch):
+    from rapport.cli import app
+
+    settings = store[0]  # the store's connection was closed by test_cli_exit_codes
+    monkeypatch.setenv("RAPPORT_DATA_DIR", str(settings.data_dir))
+    import training.clv.pipeline as clv_pipeline
+
+    monkeypatch.setattr(clv_pipeline, "log_clv_model", lambda *a, **k: os.kill(os.getpid(), signal.SIGINT))
+    out = CliRunner().invoke(app, ["train", "--only", "clv"])
+    assert out.exit_code == 128 + signal.SIGINT
+    assert "training interrupted by SIGINT" in out.output

@@ -9,14 +9,24 @@ run is marked failed with the step and the message, the versions registered by e
 tagged as not promoted, and every alias stays where it was.
 
 A backtest (``cutoff`` given) registers its versions but never promotes them: a model trained on a
-past history is for analysis, not for serving.
+past history is for analysis, not for serving. A cutoff after the last sale, or one that leaves a
+step too little history, is refused before any run starts (:mod:`training.cutoff`).
+
+SIGTERM and SIGINT during :func:`run_pipeline` (in the main thread) raise
+:class:`TrainingInterrupted` where the pipeline is: the open runs (the step's nested run and the
+parent run) end FAILED with the signal's name, the versions already registered are tagged as not
+promoted, and the exception reaches the caller (the CLI exits with 128 + the signal's number). A
+killed process would otherwise leave its runs RUNNING forever.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +37,7 @@ import pandas as pd
 
 from features.settings import Settings
 from training import promotion, tracking
+from training.cutoff import check_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,42 @@ class PipelineError(RuntimeError):
         self.step = step
         self.cause = cause
         self.result = result
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A signal stopped the training; the runs it had open were marked FAILED."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"training interrupted by {self.signal_name}: its MLflow runs are marked FAILED, "
+                         f"no model was promoted by it")
+
+
+#: The signals that stop a training cleanly.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise :class:`TrainingInterrupted`; the previous handlers
+    come back afterwards. Only the main thread can install handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        # A second signal must not interrupt the runs being marked FAILED (a few registry writes).
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise TrainingInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -108,12 +155,23 @@ def run_pipeline(
     """Run ``steps`` (default: all, in pipeline order) under a parent run, then promote.
 
     ``progress(step, text)`` reports what a step is doing; ``on_step_done`` is called after each
-    step. Raises :class:`PipelineError` when a step fails (aliases untouched).
+    step. Raises :class:`~training.cutoff.CutoffError` before any run when ``cutoff`` does not fit
+    the history, :class:`PipelineError` when a step fails (aliases untouched) and
+    :class:`TrainingInterrupted` on SIGTERM/SIGINT.
     """
     wanted = list(STEPS) if steps is None else [s for s in STEPS if s in steps]
     unknown = sorted(set(steps or ()) - set(STEPS))
     if unknown or not wanted:
         raise ValueError(f"unknown training step(s) {', '.join(unknown) or '(none given)'}; available: {', '.join(STEPS)}")
+    if cutoff is not None:
+        check_cutoff(con, settings, cutoff, wanted)
+    with _signals_interrupt():
+        return _run(con, settings, wanted, cutoff, progress, on_step_done)
+
+
+def _run(con: duckdb.DuckDBPyConnection, settings: Settings, wanted: list[str], cutoff: datetime | None,
+         progress: Callable[[str, str], None] | None, on_step_done: Callable[[StepOutcome], None] | None,
+         ) -> PipelineResult:
     client = tracking.configure(settings)
     label = (cutoff or datetime.now()).date().isoformat()
     with tracking.start_run(settings, run_name=f"train {label}", tags={"step": "pipeline", "steps": ",".join(wanted)}) as run:
@@ -125,6 +183,9 @@ def run_pipeline(
             try:
                 outcome_result = _run_step(step, con, settings, cutoff,
                                            (lambda text, step=step: progress(step, text)) if progress else None)
+            except TrainingInterrupted as exc:
+                _mark_failed(client, result, step, exc)
+                raise
             except Exception as exc:
                 _mark_failed(client, result, step, exc)
                 raise PipelineError(step, exc, result) from exc
@@ -142,6 +203,8 @@ def run_pipeline(
                                             tolerance=settings.promotion_tolerance)
                 promotion.apply(client, decision)
                 outcome.promotion = decision
+                if decision.promoted:
+                    promotion.publish_champion_plots(client, settings.reports_dir, outcome.model_name)
             result.promoted = True
         summary = result.summary()
         tracking.log_table(summary, "training_summary")

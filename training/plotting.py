@@ -29,3 +29,17 @@ def save_png(figure: Figure, path: Path | str) -> Path:
     figure.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
     figure.clear()
     return path
+
+
+def run_plot_dir(reports_dir: Path, step: str, run_id: str) -> Path:
+    """Where a training run writes its plots: ``<reports>/<step>/runs/<run id>/``.
+
+    One folder per run, so that a challenger or a backtest never overwrites the plots of the
+    champion; the champion's are copied to :func:`champion_plot_dir` when it is promoted.
+    """
+    return Path(reports_dir) / step / "runs" / run_id
+
+
+def champion_plot_dir(reports_dir: Path, step: str) -> Path:
+    """The stable place of the current champion's plots: ``<reports>/<step>/champion/``."""
+    return Path(reports_dir) / step / "champion"

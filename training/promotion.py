@@ -18,7 +18,13 @@ runs) and :func:`apply` gives it an alias:
 so, since the numbers then come from different periods.
 
 :func:`promote_manually` is the override (``rapport models promote NAME VERSION``): it moves the
-alias whatever the metrics say and records who, why and when in the version's tags.
+alias whatever the comparison with the champion says and records who, why and when in the version's
+tags. A version that failed its own gate (worse than a rule of thumb) is refused with the gate's
+reasons unless ``force=True``, which the tags then record too.
+
+The champion's plots are copied from its run's artifacts to ``<reports>/<step>/champion/``
+(:func:`publish_champion_plots`) whenever the alias moves, so that the stable place always shows the
+served model, whatever challengers and backtests wrote since into their own run folders.
 
 Atomicity: a version is created by the registry only after its artefacts are written, its tags are
 set before the alias moves, and moving an alias is one registry call — a reader that resolves
@@ -28,11 +34,14 @@ set before the alias moves, and moving an alias is one registry call — a reade
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import math
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -40,6 +49,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from training import tracking
+from training.plotting import champion_plot_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,10 @@ WINDOW_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(KEY_METRICS)
+
+
+class GateFailedError(ValueError):
+    """A manual promotion of a version that failed its own gate, without ``force``."""
 
 
 @dataclass(frozen=True)
@@ -161,24 +175,76 @@ def apply(client: mlflow.MlflowClient, promotion: Promotion) -> None:
     log.info("%s version %s is now %s", name, version, promotion.alias)
 
 
+def gate_failure(client: mlflow.MlflowClient, version: ModelVersion) -> str | None:
+    """Why ``version`` failed its own gate (its run's ``gate.reasons``), or None when it passed."""
+    if (version.tags or {}).get("gate_eligible") == "true":
+        return None
+    _, _, tags = _run_of(client, version)
+    return tags.get("gate.reasons") or "its training run recorded no passing gate"
+
+
 def promote_manually(client: mlflow.MlflowClient, model_name: str, version: str, *, reason: str,
-                     by: str | None = None) -> Promotion:
-    """Make ``version`` the champion whatever its metrics, recording who, why and when."""
+                     by: str | None = None, force: bool = False) -> Promotion:
+    """Make ``version`` the champion whatever the comparison with the champion, recording who, why and
+    when. :class:`GateFailedError` with the gate's reasons when the version failed its own gate,
+    unless ``force``."""
     if not reason.strip():
         raise ValueError("a manual promotion needs a reason (--reason)")
     try:
-        client.get_model_version(model_name, str(version))
+        candidate = client.get_model_version(model_name, str(version))
     except MlflowException:
         raise tracking.NoModelError(f"{model_name} has no version {version}") from None
+    failure = gate_failure(client, candidate)
+    if failure is not None and not force:
+        raise GateFailedError(f"{model_name} version {version} failed its own gate ({failure}): it is not better "
+                              f"than its baselines; promote it anyway with --force")
     who = by or _user()
     champion = tracking.latest_with_alias(client, model_name, CHAMPION)
     previous = None if champion is None else str(champion.version)
     client.set_model_version_tag(model_name, str(version), "promotion.manual_by", who)
     client.set_model_version_tag(model_name, str(version), "promotion.manual_reason", reason)
-    promotion = Promotion(model_name, str(version), CHAMPION, previous,
-                          (f"promoted by hand by {who}: {reason}",), {}, None)
+    reasons = [f"promoted by hand by {who}: {reason}"]
+    if failure is not None:
+        client.set_model_version_tag(model_name, str(version), "promotion.forced", "true")
+        reasons.append(f"forced although it failed its own gate: {failure}")
+    promotion = Promotion(model_name, str(version), CHAMPION, previous, tuple(reasons), {}, None)
     apply(client, promotion)
     return promotion
+
+
+def publish_champion_plots(client: mlflow.MlflowClient, reports_dir: Path, model_name: str) -> Path | None:
+    """Copy the champion's plots (its run's ``plots/`` artifacts) to ``<reports>/<step>/champion/``
+    with a ``champion.json`` naming the version and run; returns the folder, None without a champion
+    or plots. The folder is replaced as a whole: it never mixes two versions' plots."""
+    champion = tracking.latest_with_alias(client, model_name, CHAMPION)
+    if champion is None or not champion.run_id:
+        return None
+    run = client.get_run(champion.run_id)
+    step = run.data.tags.get("step")
+    if not step:
+        return None
+    target = champion_plot_dir(reports_dir, step)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="plots", dst_path=str(staging),
+                                            tracking_uri=client.tracking_uri)
+    except (MlflowException, OSError) as exc:
+        # The promotion stands; only the copy of its plots is missing, and the log says why.
+        log.warning("the plots of %s version %s could not be copied to %s: %s", model_name, champion.version,
+                    target, exc)
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    for path in (staging / "plots").iterdir():
+        path.rename(staging / path.name)
+    (staging / "plots").rmdir()
+    (staging / "champion.json").write_text(json.dumps(
+        {"model": model_name, "version": str(champion.version), "run_id": champion.run_id, "copied_at": _now()},
+        indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
 
 
 def model_versions(client: mlflow.MlflowClient, model_names: Iterable[str] = MODEL_NAMES) -> pd.DataFrame:

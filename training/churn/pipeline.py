@@ -38,6 +38,7 @@ from training.churn.evaluation import (
 from training.churn.model import ChurnModel
 from training.churn.plots import plot_feature_importance, plot_lift, plot_reliability
 from training.churn.pyfunc import log_churn_model
+from training.plotting import run_plot_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,9 @@ def train_churn(
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
-    plot_dir = settings.reports_dir / "churn"
-    plot_dir.mkdir(parents=True, exist_ok=True)
     test_cutoff = max(dataset.cutoffs)
     with tracking.start_run(settings, run_name=f"churn {test_cutoff.date()}", tags={"step": "churn"}) as run:
+        plot_dir = run_plot_dir(settings.reports_dir, "churn", run.info.run_id)
         curves = {"LightGBM": reliability_curve(test[LABEL].to_numpy(), probability),
                   **baselines.reliability_curves(test)}
         plots = [

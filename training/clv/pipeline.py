@@ -45,6 +45,7 @@ from training.clv.plots import (
     plot_probability_alive_matrix,
 )
 from training.clv.pyfunc import log_clv_model
+from training.plotting import run_plot_dir
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,8 @@ def train_clv(
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
-    plot_dir = settings.reports_dir / "clv"
-    plot_dir.mkdir(parents=True, exist_ok=True)
     with tracking.start_run(settings, run_name=f"clv {cutoff.date()}", tags={"step": "clv", "model_kind": kind}) as run:
+        plot_dir = run_plot_dir(settings.reports_dir, "clv", run.info.run_id)
         plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
         tracking.log_params_flat({
             "model": kind,

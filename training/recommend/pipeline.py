@@ -30,6 +30,7 @@ from features.history import utc_naive
 from features.settings import Settings
 from features.store import ibis_backend
 from training import tracking
+from training.plotting import run_plot_dir
 from training.recommend.candidates import CandidateSizes
 from training.recommend.data import InteractionData
 from training.recommend.evaluation import CHOSEN, RecommenderGate, compare
@@ -135,12 +136,12 @@ def train_recommender(
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
-    plot_dir = settings.reports_dir / "recommend"
-    plots = [plot_comparison(comparison.table, plot_dir / "comparison.png",
-                             title=f"Recommenders on {split.valid_end:%Y-%m-%d} .. {split.test_end:%Y-%m-%d} "
-                                   f"({comparison.n_customers:,} customers)")]
     table = comparison.table
     with tracking.start_run(settings, run_name=f"recommend {split.test_end.date()}", tags={"step": "recommend"}) as run:
+        plot_dir = run_plot_dir(settings.reports_dir, "recommend", run.info.run_id)
+        plots = [plot_comparison(comparison.table, plot_dir / "comparison.png",
+                                 title=f"Recommenders on {split.valid_end:%Y-%m-%d} .. {split.test_end:%Y-%m-%d} "
+                                       f"({comparison.n_customers:,} customers)")]
         tracking.log_params_flat({
             "train_end": split.train_end.date().isoformat(),
             "valid_end": split.valid_end.date().isoformat(),
