@@ -293,9 +293,26 @@ def _options(request: schemas.RecommendRequest) -> tuple[Any, ...]:
             listed(request.exclude_items), request.channel, request.country)
 
 
+def worker_count(setting: int | str) -> int:
+    """The service's worker processes for the ``serving_workers`` setting (or the
+    ``RAPPORT_SERVING_WORKERS`` variable): a number, or ``auto``: two where there are two cores or
+    more (a request is answered on one core; the second worker keeps answering while one is busy or
+    restarted), else one."""
+    if isinstance(setting, str) and setting.strip().lower() == "auto":
+        return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+    try:
+        count = int(setting)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise ValueError(f"RAPPORT_SERVING_WORKERS must be auto or a number of workers from 1 to 64, got {setting!r}")
+    return count
+
+
 def bundle_directory(default: str = "bundle") -> Path:
     """Where the service finds its bundle: ``RAPPORT_BUNDLE_DIR``, else ``./bundle``."""
     return Path(os.environ.get("RAPPORT_BUNDLE_DIR") or default)
 
 
-__all__ = ["BundleError", "IdentityIndex", "Outcome", "RequestError", "Runtime", "bundle_directory", "score_records"]
+__all__ = ["BundleError", "IdentityIndex", "Outcome", "RequestError", "Runtime", "bundle_directory", "score_records",
+           "worker_count"]

@@ -39,6 +39,7 @@ import gc
 import hmac
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ from features.settings import load_settings
 from serving import schemas
 from serving.batching import Gatherer
 from serving.limits import RequestSizeLimit
-from serving.runtime import RequestError, Runtime, bundle_directory
+from serving.runtime import RequestError, Runtime, bundle_directory, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,17 @@ def _cancel_answered_timers() -> None:
 _cancel_answered_timers()
 
 
+def _stop_the_server(exc: Exception) -> None:
+    """A worker that cannot load its bundle would be restarted by BentoML's arbiter again and again
+    (and the server would never be ready): it asks the arbiter, its parent, to stop the whole server
+    instead. Only inside a BentoML worker (an instance made in a test has no arbiter)."""
+    from bentoml._internal.context import server_context
+
+    log.critical("cannot load the serving bundle %s: %s; stopping the server", bundle_directory(), exc)
+    if server_context.worker_index is not None:
+        os.kill(os.getppid(), signal.SIGTERM)
+
+
 def _tracing() -> dict[str, Any]:
     if os.environ.get("RAPPORT_SERVING_TRACING", "").lower() in ("1", "true", "yes"):
         return {}
@@ -168,8 +180,9 @@ def _tracing() -> dict[str, Any]:
     # BentoML keeps each request's timer (and everything the request's context holds) until the
     # timeout passes, answered or not: a short timeout bounds that memory. Answers take milliseconds.
     traffic={"timeout": 10},
-    # One worker by default (RAPPORT_SERVING_WORKERS to change it): each worker holds the bundle in memory.
-    workers=int(os.environ.get("RAPPORT_SERVING_WORKERS", "1")),
+    # RAPPORT_SERVING_WORKERS (the serving_workers setting, passed on by rapport serve start): two where
+    # there are two cores; the workers share the bundle's memory-mapped arrays.
+    workers=worker_count(os.environ.get("RAPPORT_SERVING_WORKERS", "auto")),
     logging={"access": {"enabled": False}},
     tracing=_tracing(),
 )
@@ -180,7 +193,11 @@ class Rapport:
         # Multi-threaded BLAS on a small machine costs more in wake-ups than it gains on one request.
         self._blas = threadpool_limits(limits=1)
         self.settings = load_settings()
-        self.runtime = Runtime.from_directory(bundle_directory(), self.settings)
+        try:
+            self.runtime = Runtime.from_directory(bundle_directory(), self.settings)
+        except Exception as exc:
+            _stop_the_server(exc)
+            raise
         self._keys = [key.get_secret_value().encode() for key in self.settings.serving_api_keys]
         self._recommend_keyed = self.settings.serving_recommend_requires_key
         # Concurrent recommend requests are ranked together (serving/batching.py).

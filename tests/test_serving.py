@@ -6,20 +6,14 @@ code path). ``bentoml build`` packages the bundle."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import socket
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,76 +23,21 @@ from features.identity import hash_key
 from features.schema import KeyType
 from features.store import connect, ibis_backend
 from training.bundle import load_bundle
-from training.pipeline import run_pipeline
 from training.scoring import build_snapshot, score_rows
-from tests.fixtures_history import synthetic_store
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
-API_KEY = "test-key-0123456789"
+from tests.fixtures_serving import API_KEY, ROOT
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serving")
-    settings, con = synthetic_store(tmp, 1_500, 31, now=NOW, clv_candidates=["bgnbd"], churn_max_cutoffs=8,
-                                    churn_n_estimators=60, recommend_factors=16, recommend_iterations=6,
-                                    recommend_ranker_trees=40, recommend_max_training_customers=2_000)
-    run_pipeline(con, settings)
-    con.close()
-    from training.bundle import export_bundle
-
-    export_bundle(settings, tmp / "bundle")
-    return settings, tmp / "bundle"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def trained(serving_bundle):
+    return serving_bundle
 
 
 @pytest.fixture(scope="module")
-def server(trained):
-    settings, bundle = trained
-    port = _free_port()
-    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING_API_KEYS": json.dumps([API_KEY, "other"]),
-           "RAPPORT_DATA_DIR": str(settings.data_dir), "OPENBLAS_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true"}
-    env.pop("RAPPORT_CONFIG", None)
-    log = bundle.parent / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host",
-                                    "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):  # not listening yet
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        # The server runs its workers as children in its own session: stop the whole group, so no
-        # worker outlives the tests.
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait)
-                time.sleep(0.5)
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+def server(serving_server):
+    return serving_server[0]
 
 
 def call(url: str, path: str, body: object | None = None, *, key: str | None = None,
