@@ -150,12 +150,12 @@ class Runtime:
 
     def resolve_key(self, key: schemas.RawKey) -> int | None:
         if not self._salt_ok:
-            raise RequestError(400, "key", "lookups by raw key are disabled: the service's identity salt is not the "
+            # The deployment's fault, not the request's: 503 until the salt is fixed.
+            raise RequestError(503, "key", "lookups by raw key are disabled: the service's identity salt is not the "
                                            "one the bundle was exported with")
         hashed = hash_key(KeyType(key.type), key.value, self.settings)
-        if hashed is None:
-            raise RequestError(400, "key.value", f"the {key.type} key is empty after normalisation")
-        return self.identity.customer(hashed)
+        # A key with nothing left after normalisation (a phone number without digits) is nobody's.
+        return None if hashed is None else self.identity.customer(hashed)
 
     # --- endpoints --------------------------------------------------------------------------------
 
@@ -267,7 +267,8 @@ class Runtime:
                   for key, value in manifest["models"].items()}
         counts = {str(k): int(v) for k, v in manifest.get("counts", {}).items()}
         return schemas.InfoResponse(models=models, snapshot_date=self.snapshot_date,
-                                    bundle_created=manifest.get("created"), counts=counts, metadata=self.metadata)
+                                    bundle_created=manifest.get("created"), counts=counts, process_id=os.getpid(),
+                                    metadata=self.metadata)
 
     def error(self, exc: RequestError) -> dict[str, Any]:
         body = schemas.ErrorResponse(error=exc.message, detail=[schemas.ErrorDetail(loc=[exc.field], msg=exc.message)],

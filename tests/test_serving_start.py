@@ -141,7 +141,7 @@ def test_the_bundle_arrays_are_memory_mapped(serving_bundle):
         return False
 
     model = bundle.recommender
-    for array in (model.models_.user_factors, model.models_.item_factors, model.data_.weight.data,
+    for array in (model.models_.user_factors, model.data_.weight.data,
                   model.data_.weight.indices, model.data_.customer_ids, bundle.default_lists.item,
                   bundle.default_lists.score):
         assert mapped(array), (array.dtype, array.shape)

@@ -197,7 +197,9 @@ def load(directory: Path | str) -> RecommenderModel:
                                        f"{item_factors.shape}, expected {settings.factors} columns")
     models = CandidateModels(
         user_factors=np.ascontiguousarray(user_factors, dtype=np.float32),
-        item_factors=np.ascontiguousarray(item_factors, dtype=np.float32),
+        # A copy in memory (items x factors, small): implicit's Cython solvers (the fold-in of an
+        # unknown customer) take writable buffers, and the memory map is read-only.
+        item_factors=np.array(item_factors, dtype=np.float32, order="C"),
         similarity=similarity,
         als_idf=array("als_idf", n_items).astype(np.float64, copy=False),
         als_mean_row_weight=float(fitted["als_mean_row_weight"]),
