@@ -153,9 +153,9 @@ _cancel_answered_timers()
 def _invalid_body_answers() -> None:
     """BentoML (1.4) answers a body that fails validation with a 400 whose ``loc`` mixes strings and
     numbers, and logs it at ERROR with a traceback whose exception text holds the body's values (a
-    phone number in the server log). The endpoint call, with a body that fails validation answered
-    here instead: a 400 of :class:`serving.schemas.ErrorResponse` naming each field and what was
-    expected (no value), logged at INFO with the field names only. Other 4xx of BentoML likewise."""
+    phone number in the server log). The endpoint call is wrapped here: a body that fails validation
+    gets a 400 of :class:`serving.schemas.ErrorResponse` naming each field and what was expected (no
+    value), logged at INFO with the field names only; BentoML's other 4xx likewise."""
     from _bentoml_impl.server.app import ServiceAppFactory
     from bentoml.exceptions import BentoMLException
     from pydantic import ValidationError
@@ -188,6 +188,31 @@ def _invalid_body_answers() -> None:
 
 
 _invalid_body_answers()
+
+
+#: Seconds between two checks of BentoML's arbiter for workers to restart (BentoML 1.4 sets 10).
+ARBITER_CHECK_DELAY = 1.0
+
+
+def _prompt_restarts() -> None:
+    """BentoML's arbiter (circus) restarts a worker that died only at its next check, every 10 s as
+    BentoML sets it (a delay meant for its runner processes, which 1.4 services do not have): up to
+    10 s with one worker fewer. The arbiter's checks every :data:`ARBITER_CHECK_DELAY` instead. The
+    service module is imported by the arbiter's process before it creates the arbiter."""
+    from circus.arbiter import Arbiter
+
+    if getattr(Arbiter, "_rapport_prompt_restarts", False):
+        return
+    init = Arbiter.__init__
+
+    def __init__(self: Any, *args: Any, check_delay: float = 1.0, **kwargs: Any) -> None:
+        init(self, *args, check_delay=min(check_delay, ARBITER_CHECK_DELAY), **kwargs)
+
+    Arbiter.__init__ = __init__
+    Arbiter._rapport_prompt_restarts = True
+
+
+_prompt_restarts()
 
 
 def _stop_the_server(exc: Exception) -> None:

@@ -10,7 +10,7 @@ Layout (``format_version`` 1)::
     recommender/              the recommender champion's artefact (training.recommend.artefact)
     snapshot_customers.parquet  build_snapshot(...).customers at the CLV champion's cutoff
     snapshot_churn.parquet      build_snapshot(...).churn (the churn population)
-    identity.parquet          the identity map, compact: key_type, the 128-bit key digest as two
+    identity.parquet          the identity map, compact, sorted: key_type, the 128-bit key digest as two
                               unsigned 64-bit words, customer_id (no key in clear, no salt)
     default_lists/ + .json    every known customer's top-N under the default options, ranked by the
                               recommender at export (training.recommend.precomputed; absent when
@@ -126,6 +126,13 @@ def _identity_frame(con: Any) -> pd.DataFrame:
     })
 
 
+def sort_identity(frame: pd.DataFrame) -> pd.DataFrame:
+    """The identity frame in the order the service looks keys up in (key type, high, low): a worker
+    then starts without sorting it (serving.runtime.IdentityIndex)."""
+    out = frame.assign(key_type=frame["key_type"].astype("category"))
+    return out.sort_values(["key_type", "hash_high", "hash_low"], kind="stable", ignore_index=True)
+
+
 def export_bundle(settings: Settings, directory: Path | str, *,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the serving bundle of the registry's champions into ``directory`` (replaced when it is
@@ -178,7 +185,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     lists = write_default_lists(models["recommender"], out, settings.serving_default_lists, step)
     snapshot.customers.to_parquet(out / SNAPSHOT_CUSTOMERS)
     snapshot.churn.to_parquet(out / SNAPSHOT_CHURN)
-    identity.to_parquet(out / IDENTITY, index=False)
+    sort_identity(identity).to_parquet(out / IDENTITY, index=False)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
