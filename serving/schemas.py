@@ -20,6 +20,7 @@ MAX_FILTER = 1_000
 #: Largest ``recent_items`` list (fold-in of an unknown customer).
 MAX_RECENT = 100
 
+
 def _whole_number(value: Any) -> Any:
     # JSON has one kind of number: 37.0 is the integer 37 (as JSON Schema says), 37.5 and "37" are not.
     if isinstance(value, float) and value.is_integer():
