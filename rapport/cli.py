@@ -819,7 +819,7 @@ def serve_start(
     if asked:
         raise typer.Exit(0)
     err.print(f"[bold red]error:[/] the service stopped by itself (exit code {code}): see its log above")
-    raise typer.Exit(code or 1)
+    raise typer.Exit(code if code > 0 else 1)  # killed by a signal: a negative code
 
 
 # --- config ---------------------------------------------------------------------------------------
