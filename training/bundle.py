@@ -10,8 +10,9 @@ Layout (``format_version`` 1)::
     recommender/              the recommender champion's artefact (training.recommend.artefact)
     snapshot_customers.parquet  build_snapshot(...).customers at the CLV champion's cutoff
     snapshot_churn.parquet      build_snapshot(...).churn (the churn population)
-    identity.parquet          the identity map, compact, sorted: key_type, the 128-bit key digest as two
-                              unsigned 64-bit words, customer_id (no key in clear, no salt)
+    identity.parquet          the identity map, compact, sorted by key: key_type, the 128-bit key
+                              digest as two unsigned 64-bit words, customer_id (no key in clear, no
+                              salt)
     default_lists/ + .json    every known customer's top-N under the default options, ranked by the
                               recommender at export (training.recommend.precomputed; absent when
                               serving_default_lists is 0)
