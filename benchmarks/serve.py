@@ -17,7 +17,7 @@ export, as ``rapport serve export`` writes them; the seconds it took are printed
 
     python benchmarks/serve.py --models bundle [--customers 1000000] [--items 50000]
                                [--interactions 10000000] [--seconds 30] [--connections 16] [--workers 2]
-                               [--client wrk|httpx] [--default-lists 20] [--reuse]
+                               [--client wrk|httpx] [--default-lists 20] [--reuse] [--kill-worker]
 
 Prints, for ``recommend`` (a random known customer, n=10, no option: the web shop's plain list, a
 lookup in the default lists), ``recommend_ranked`` (the same with ``exclude_purchased: false``: an
@@ -26,6 +26,11 @@ option, so the model ranks the list per request, in blocks of concurrent request
 p99 latency, errors; the share of echo's throughput recommend reaches, and the server's resident
 memory per worker. Targets on 2 cores: recommend >= 1,000 requests/s, p99 < 50 ms, zero errors,
 >= 60 % of echo; < 2 GB per worker.
+
+``--kill-worker`` measures recovery instead: ``recommend`` under the same load for ``--seconds``, one
+of the workers killed (SIGKILL) a third of the way in; prints the requests lost and the seconds until
+the restarted worker answers (it memory-maps the bundle's arrays). Targets: < 0.5 % of the requests
+lost, the worker answering again within 5 s.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
     import recommend as synthetic  # benchmarks/recommend.py
 
     from training.bundle import CHURN_STATE, CLV_STATE, IDENTITY, RECOMMENDER_DIR, SNAPSHOT_CHURN, \
-        SNAPSHOT_CUSTOMERS, read_manifest, write_default_lists, write_manifest
+        SNAPSHOT_CUSTOMERS, read_manifest, sort_identity, write_default_lists, write_manifest
     from training.recommend import artefact
     from training.recommend.model import RecommenderModel, RecommenderSettings
 
@@ -93,12 +98,12 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
     in_churn = churn.iloc[rng.integers(0, len(churn), len(ids) // 2)].set_axis(ids[::2][: len(ids) // 2])
     in_churn.to_parquet(out / SNAPSHOT_CHURN)
     n_keys = 3 * len(ids)
-    pd.DataFrame({
+    sort_identity(pd.DataFrame({
         "key_type": pd.Categorical(np.resize(np.asarray(["email", "account", "device"]), n_keys)),
         "hash_high": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
         "hash_low": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
         "customer_id": np.repeat(ids.to_numpy(), 3),
-    }).to_parquet(out / IDENTITY, index=False)
+    })).to_parquet(out / IDENTITY, index=False)
     manifest = {**manifest, "counts": {"customers": len(ids), "churn_population": len(in_churn), "identity_keys": n_keys,
                                        "recommender_customers": data.n_users, "items": data.n_items,
                                        "default_lists": 0 if lists is None else lists.n_customers},
@@ -202,6 +207,66 @@ def drive_wrk(url: str, endpoint: str, ids_file: Path, seconds: float, connectio
             "p50": float(p50), "p99": float(p99), "errors": int(errors)}
 
 
+def _workers(server_pid: int) -> list:
+    import psutil
+
+    return [p for p in psutil.Process(server_pid).children(recursive=True)
+            if any("_bentoml_impl.worker" in part for part in p.cmdline())]
+
+
+def _answering_process(url: str) -> int | None:
+    """The worker process that answers ``/info`` on a new connection (None: no answer)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=1)
+    try:
+        connection.request("POST", "/info", body=b"", headers={"Connection": "close"})
+        response = connection.getresponse()
+        return json.loads(response.read())["process_id"] if response.status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError, KeyError):
+        return None
+    finally:
+        connection.close()
+
+
+def kill_worker_case(url: str, server_pid: int, ids_file: Path, seconds: float, connections: int) -> dict:
+    """``recommend`` under wrk for ``seconds``; a third of the way in, one worker is killed (SIGKILL).
+    Counts the requests lost (wrk's errors: the killed worker's requests in flight, failed
+    reconnections) and the seconds until the restarted worker answers: new connections are opened
+    every 50 ms and asked which process answers (``/info``'s ``process_id``) until a process that was
+    not there before the kill answers."""
+    script = ids_file.parent / "kill.lua"
+    path, body = _WRK_BODIES["recommend"]
+    script.write_text(_WRK_SCRIPT % {"key": API_KEY, "ids": ids_file.with_suffix(".txt"), "endpoint": path,
+                                     "body": body})
+    threads = str(min(4, connections))
+    command = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{seconds:g}s", "-s", str(script), url]
+    subprocess.run([*command[:6], "5s", *command[7:]], capture_output=True, text=True, check=True)  # warm-up
+    before = {p.pid for p in _workers(server_pid)}
+    load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds / 3)
+    victim = sorted(before)[0]
+    killed_at = time.perf_counter()
+    os.kill(victim, 9)
+    recovered = None
+    # Until it answers (a minute at most: past the load's end, the figure is flagged).
+    while time.perf_counter() - killed_at < 60:
+        answered = _answering_process(url)
+        if answered is not None and answered not in before:
+            recovered = time.perf_counter() - killed_at
+            break
+        time.sleep(0.05)
+    out, _ = load.communicate(timeout=seconds + 60)
+    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+    requests, elapsed, p50, p99, errors = line.split()[1:]
+    return {"endpoint": "recommend, one worker killed", "requests": int(requests),
+            "rps": int(requests) / float(elapsed), "p50": float(p50), "p99": float(p99), "errors": int(errors),
+            "recovered_s": recovered, "during_load": recovered is not None and recovered < seconds * 2 / 3,
+            "workers_after": len([p for p in _workers(server_pid) if p.status() != "zombie"])}
+
+
 def drive_main() -> None:
     url, endpoint, ids_file, seconds, connections = sys.argv[2:7]
     ids = json.loads(Path(ids_file).read_text())
@@ -235,6 +300,9 @@ def main() -> None:
     parser.add_argument("--client", choices=("wrk", "httpx"), default=None,
                         help="The load generator (default: wrk when installed, else httpx).")
     parser.add_argument("--reuse", action="store_true", help="Use the bundle built by an earlier run.")
+    parser.add_argument("--kill-worker", action="store_true",
+                        help="Only the recovery case: recommend under load, one of the workers killed a third of the "
+                             "way in (needs wrk and --workers 2 or more).")
     parser.add_argument("--default-lists", type=int, default=20,
                         help="Length of the default lists ranked into the bundle (serving_default_lists; 0: none).")
     args = parser.parse_args()
@@ -275,6 +343,18 @@ def main() -> None:
         ids_file = bundle.parent / "ids.json"
         ids_file.write_text(json.dumps([int(i) for i in ids]))
         ids_file.with_suffix(".txt").write_text("\n".join(str(int(i)) for i in ids) + "\n")
+        if args.kill_worker:
+            if client != "wrk" or args.workers < 2:
+                raise SystemExit("--kill-worker needs wrk and at least two workers")
+            r = kill_worker_case(url, server.pid, ids_file, args.seconds, args.connections)
+            recovered = ("more than 60 s" if r["recovered_s"] is None else
+                         f"{r['recovered_s']:.1f} s" + ("" if r["during_load"] else " (after the load ended)"))
+            print(f"{r['endpoint']}: {r['rps']:,.0f} req/s   p50 {r['p50']:.1f} ms   p99 {r['p99']:.1f} ms   "
+                  f"lost {r['errors']:,} of {r['requests'] + r['errors']:,} requests "
+                  f"({r['errors'] / max(1, r['requests'] + r['errors']):.3%}); the restarted worker answered after "
+                  f"{recovered}; {r['workers_after']} workers at the end ({args.seconds:.0f} s, "
+                  f"{args.connections} connections)", flush=True)
+            return
         results = []
         # recommend first: BentoML keeps every answered request's timer for the 10 s timeout, and
         # echo's tens of thousands would still be in the heap during the next endpoint's run.

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -164,6 +164,10 @@ class Settings(BaseSettings):
         20, ge=0, le=100,
         description="Export: every known customer's top-N under the default options (no filter, purchases excluded) "
         "is ranked once into the bundle and served as a lookup (requests with n <= N and no filter); 0: rank every request.",
+    )
+    serving_workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", description="Worker processes of the service (rapport serve start; RAPPORT_SERVING_WORKERS for bentoml "
+        "serve). auto: 2 where there are two cores or more, else 1. The workers share the bundle's arrays.",
     )
 
     @field_validator("currency")

@@ -839,16 +839,76 @@ def serve_start(
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Run the service on a bundle (bentoml serve serving.service:Rapport); the OpenAPI page is at /."""
+    """Run the service on a bundle (bentoml serve serving.service:Rapport); the OpenAPI page is at /.
+
+    Every file of the bundle is checked against its manifest (size, SHA-256) first: a bundle that
+    cannot be served is refused here, with the file named, not by workers failing one after the
+    other. BentoML runs in its own process group; SIGTERM and SIGINT (Ctrl+C) are passed on to the
+    whole group, and whatever is left of it when the server has stopped is ended."""
+    import contextlib
+    import signal
     import subprocess
 
-    if not (bundle / "manifest.json").is_file():
-        _error(f"{bundle} is not a serving bundle: write one with rapport serve export")
-        raise typer.Exit(1)
-    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle.resolve())}
+    import psutil
+
+    from serving.runtime import worker_count
+    from training.bundle import verify_bundle
+
+    _guard(lambda: verify_bundle(bundle))
+    workers = _guard(lambda: worker_count(settings().serving_workers))
+    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle.resolve()), "RAPPORT_SERVING_WORKERS": str(workers)}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host", host, "--port", str(port)]
-    console.print(f"serving {bundle} on http://{host}:{port} (OpenAPI page at /, Ctrl+C to stop)")
-    raise typer.Exit(subprocess.call(command, env=env))
+    console.print(f"serving {bundle} on http://{host}:{port} with {workers} worker(s) (OpenAPI page at /, "
+                  "Ctrl+C to stop)")
+    server = subprocess.Popen(command, env=env, process_group=0)
+    # BentoML's arbiter starts each worker in a session of its own (circus), out of reach of a signal
+    # to the group: the workers are remembered while the server runs, so that none outlives it.
+    started: dict[int, psutil.Process] = {}
+    asked: list[int] = []
+
+    def remember() -> None:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(server.pid).children(recursive=True):
+                started.setdefault(child.pid, child)
+
+    def forward(signum: int, _frame: object) -> None:
+        asked.append(signum)
+        remember()
+        with contextlib.suppress(ProcessLookupError):  # the group has ended already
+            os.killpg(server.pid, signum)
+
+    def end_all(grace: float = 10.0) -> None:
+        # What is left of the server's group and of its workers once the arbiter is gone: given
+        # ``grace`` seconds, then killed.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        left = [p for p in started.values() if p.is_running()]
+        for process in left:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(left, timeout=grace)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                code = server.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                remember()
+    finally:
+        end_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if asked:
+        raise typer.Exit(0)
+    _error(f"the service stopped by itself (exit code {code}): see its log above")
+    raise typer.Exit(code if code > 0 else 1)  # killed by a signal: a negative code
 
 
 # --- config ---------------------------------------------------------------------------------------

@@ -47,18 +47,29 @@ class RequestError(ValueError):
 
 
 class IdentityIndex:
-    """The identity map as sorted arrays per key type: (high word, low word) -> customer id."""
+    """The identity map as sorted arrays per key type: (high word, low word) -> customer id.
+
+    A bundle's map is written sorted by (key type, high, low) (:func:`training.bundle.sort_identity`):
+    the index is then slices of the frame's arrays, checked in one vectorised pass (a worker starts
+    without sorting millions of keys); an unsorted frame is sorted here."""
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self._by_type: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        types = frame["key_type"].astype(str).to_numpy()
+        key_type = frame["key_type"]
+        if not isinstance(key_type.dtype, pd.CategoricalDtype):
+            key_type = key_type.astype("category")
+        codes = key_type.cat.codes.to_numpy()
         high = frame["hash_high"].to_numpy(dtype=np.uint64)
         low = frame["hash_low"].to_numpy(dtype=np.uint64)
         ids = frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64)
-        for key_type in np.unique(types):
-            at = np.flatnonzero(types == key_type)
-            order = np.lexsort((low[at], high[at]))
-            self._by_type[str(key_type)] = (high[at][order], low[at][order], ids[at][order])
+        if not _sorted_keys(codes, high, low):
+            order = np.lexsort((low, high, codes))
+            codes, high, low, ids = codes[order], high[order], low[order], ids[order]
+        bounds = np.searchsorted(codes, np.arange(len(key_type.cat.categories) + 1))
+        for k, name in enumerate(key_type.cat.categories):
+            start, stop = int(bounds[k]), int(bounds[k + 1])
+            if stop > start:
+                self._by_type[str(name)] = (high[start:stop], low[start:stop], ids[start:stop])
         self.size = len(frame)
 
     def customer(self, key_hash: str) -> int | None:
@@ -73,6 +84,14 @@ class IdentityIndex:
             if int(lows[k]) == low:
                 return int(ids[k])
         return None
+
+
+def _sorted_keys(codes: np.ndarray, high: np.ndarray, low: np.ndarray) -> bool:
+    """Whether (codes, high, low) is in lexicographic order."""
+    if len(codes) < 2:
+        return True
+    c0, c1, h0, h1 = codes[:-1], codes[1:], high[:-1], high[1:]
+    return bool(np.all((c0 < c1) | ((c0 == c1) & ((h0 < h1) | ((h0 == h1) & (low[:-1] <= low[1:]))))))
 
 
 def _float(value: Any) -> float | None:
@@ -150,12 +169,12 @@ class Runtime:
 
     def resolve_key(self, key: schemas.RawKey) -> int | None:
         if not self._salt_ok:
-            raise RequestError(400, "key", "lookups by raw key are disabled: the service's identity salt is not the "
+            # The deployment's fault, not the request's: 503 until the salt is fixed.
+            raise RequestError(503, "key", "lookups by raw key are disabled: the service's identity salt is not the "
                                            "one the bundle was exported with")
         hashed = hash_key(KeyType(key.type), key.value, self.settings)
-        if hashed is None:
-            raise RequestError(400, "key.value", f"the {key.type} key is empty after normalisation")
-        return self.identity.customer(hashed)
+        # A key with nothing left after normalisation (a phone number without digits) is nobody's.
+        return None if hashed is None else self.identity.customer(hashed)
 
     # --- endpoints --------------------------------------------------------------------------------
 
@@ -267,7 +286,8 @@ class Runtime:
                   for key, value in manifest["models"].items()}
         counts = {str(k): int(v) for k, v in manifest.get("counts", {}).items()}
         return schemas.InfoResponse(models=models, snapshot_date=self.snapshot_date,
-                                    bundle_created=manifest.get("created"), counts=counts, metadata=self.metadata)
+                                    bundle_created=manifest.get("created"), counts=counts, process_id=os.getpid(),
+                                    metadata=self.metadata)
 
     def error(self, exc: RequestError) -> dict[str, Any]:
         body = schemas.ErrorResponse(error=exc.message, detail=[schemas.ErrorDetail(loc=[exc.field], msg=exc.message)],
@@ -293,9 +313,26 @@ def _options(request: schemas.RecommendRequest) -> tuple[Any, ...]:
             listed(request.exclude_items), request.channel, request.country)
 
 
+def worker_count(setting: int | str) -> int:
+    """The service's worker processes for the ``serving_workers`` setting (or the
+    ``RAPPORT_SERVING_WORKERS`` variable): a number, or ``auto``: two where there are two cores or
+    more (a request is answered on one core; the second worker keeps answering while one is busy or
+    restarted), else one."""
+    if isinstance(setting, str) and setting.strip().lower() == "auto":
+        return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+    try:
+        count = int(setting)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise ValueError(f"RAPPORT_SERVING_WORKERS must be auto or a number of workers from 1 to 64, got {setting!r}")
+    return count
+
+
 def bundle_directory(default: str = "bundle") -> Path:
     """Where the service finds its bundle: ``RAPPORT_BUNDLE_DIR``, else ``./bundle``."""
     return Path(os.environ.get("RAPPORT_BUNDLE_DIR") or default)
 
 
-__all__ = ["BundleError", "IdentityIndex", "Outcome", "RequestError", "Runtime", "bundle_directory", "score_records"]
+__all__ = ["BundleError", "IdentityIndex", "Outcome", "RequestError", "Runtime", "bundle_directory", "score_records",
+           "worker_count"]

@@ -7,9 +7,9 @@ keep every request small and cheap to answer.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from features.schema import KeyType
 
@@ -20,12 +20,22 @@ MAX_FILTER = 1_000
 #: Largest ``recent_items`` list (fold-in of an unknown customer).
 MAX_RECENT = 100
 
+
+def _whole_number(value: Any) -> Any:
+    # JSON has one kind of number: 37.0 is the integer 37 (as JSON Schema says), 37.5 and "37" are not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-CustomerId = Annotated[int, Field(ge=0, le=2**62)]
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+CustomerId = Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_whole_number)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a number sent as a string, or a boolean as 0/1, is refused like the OpenAPI document says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RawKey(_Request):
@@ -50,7 +60,7 @@ class RecommendRequest(ItemFilters):
 
     customer_id: CustomerId | None = Field(None, description="Rapport customer id.")
     key: RawKey | None = Field(None, description="A raw customer key, resolved through the identity map.")
-    n: int = Field(10, ge=1, le=100, description="Number of items (1..100).")
+    n: WholeNumber = Field(10, ge=1, le=100, description="Number of items (1..100).")
     exclude_purchased: bool = Field(True, description="Leave out what the customer bought (except repurchasable categories).")
     channel: Literal["web", "app", "store", "marketplace"] | None = Field(
         None, description="Channel of the request: chooses the popular list of an unknown customer.")
@@ -59,16 +69,20 @@ class RecommendRequest(ItemFilters):
     recent_items: Annotated[list[Text], Field(max_length=MAX_RECENT)] | None = Field(
         None, description="Items an unknown customer just viewed or bought: folded into the model.")
 
-    @model_validator(mode="after")
-    def _one_customer(self) -> RecommendRequest:
-        if (self.customer_id is None) == (self.key is None):
-            raise ValueError("give exactly one of customer_id or key")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_customer(cls, data: Any) -> Any:
+        # Exactly one of the two, and not null (the OpenAPI document's oneOf).
+        if isinstance(data, dict):
+            given = [name for name in ("customer_id", "key") if data.get(name) is not None]
+            if len(given) != 1 or any(name in data and data[name] is None for name in ("customer_id", "key")):
+                raise ValueError("give exactly one of customer_id or key (not null)")
+        return data
 
 
 class SimilarItemsRequest(ItemFilters):
     item_id: Text = Field(description="The item of the product page.")
-    n: int = Field(10, ge=1, le=100, description="Number of items (1..100).")
+    n: WholeNumber = Field(10, ge=1, le=100, description="Number of items (1..100).")
 
 
 class CustomerScoresRequest(_Request):
@@ -151,6 +165,8 @@ class InfoResponse(BaseModel):
     snapshot_date: str
     bundle_created: str | None
     counts: dict[str, int]
+    process_id: int = Field(description="The worker process that answered (tells the workers apart, e.g. after a "
+                                        "restart).")
     metadata: Metadata
 
 
@@ -160,12 +176,13 @@ class EchoResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    loc: list[str]
-    msg: str
+    loc: list[str] = Field(description="The field: its path in the body (or the header), e.g. [\"key\", \"type\"].")
+    msg: str = Field(description="What is wrong and what was expected (never the value sent).")
+    type: str | None = Field(None, description="The kind of error (pydantic's error type), for a program.")
 
 
 class ErrorResponse(BaseModel):
-    """The body of a 4xx answer of Rapport's own checks (BentoML's validation errors look alike)."""
+    """The body of every answer but a 200: 4xx (the request's fault, ``detail`` names the field) and 5xx."""
 
     error: str
     detail: list[ErrorDetail] = []

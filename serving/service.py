@@ -13,9 +13,13 @@ Endpoints (POST, JSON; the OpenAPI page at ``/`` documents the bodies):
   (``X-API-Key``); unknown customers -> 404 naming them;
 - ``/info`` (model versions, snapshot date) and ``/echo`` (the ceiling of the load test).
 
-Every answer carries ``metadata`` (model versions, snapshot date). Malformed input gets a 400 that
-names the field, a body over ``serving_max_request_bytes`` a 413; an unexpected failure is a 500
-with a generic message (BentoML logs the traceback, it never reaches the client). BentoML serves
+Every answer carries ``metadata`` (model versions, snapshot date). Before a body is read, a missing
+or wrong API key gets a 401 / 403 and a body that is not JSON a 415 (:mod:`serving.gate`); a body
+over ``serving_max_request_bytes`` gets a 413, malformed input a 400 that names the field
+(:func:`_invalid_body_answers`); these are logged at INFO with the path, status and field names,
+never a value of the request. An unexpected failure is a 500 with a generic message (BentoML logs
+the traceback, it never reaches the client). ``/docs.json`` is the service's own OpenAPI document
+(:mod:`serving.openapi`): every status of every endpoint with its body. BentoML serves
 ``/metrics`` (Prometheus: its request counters and latencies plus Rapport's counters of fallbacks and
 unknown customers), ``/livez`` and ``/readyz``.
 
@@ -36,9 +40,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import hmac
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +53,12 @@ from threadpoolctl import threadpool_limits
 from features.settings import load_settings
 from serving import schemas
 from serving.batching import Gatherer
+from serving.gate import RequestGate
 from serving.limits import RequestSizeLimit
-from serving.runtime import RequestError, Runtime, bundle_directory
+from serving.runtime import RequestError, Runtime, bundle_directory, worker_count
 
 log = logging.getLogger(__name__)
 
-API_KEY_HEADER = "x-api-key"
 
 @dataclass(frozen=True)
 class Metrics:
@@ -95,17 +99,6 @@ def service_metrics() -> Metrics:
                           "computed).",
             buckets=(1, 2, 4, 8, 16, 32)),
     )
-
-
-def _keys_match(given: str | None, keys: list[bytes]) -> bool:
-    if not given:
-        return False
-    candidate = given.encode()
-    # Compare with every key (no early exit), each in constant time.
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(candidate, key)
-    return found
 
 
 #: Garbage-collector thresholds of a worker (Python's defaults: 700, 10, 10).
@@ -157,6 +150,82 @@ def _cancel_answered_timers() -> None:
 _cancel_answered_timers()
 
 
+def _invalid_body_answers() -> None:
+    """BentoML (1.4) answers a body that fails validation with a 400 whose ``loc`` mixes strings and
+    numbers, and logs it at ERROR with a traceback whose exception text holds the body's values (a
+    phone number in the server log). The endpoint call is wrapped here: a body that fails validation
+    gets a 400 of :class:`serving.schemas.ErrorResponse` naming each field and what was expected (no
+    value), logged at INFO with the field names only; BentoML's other 4xx likewise."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if getattr(ServiceAppFactory, "_rapport_answers_invalid_bodies", False):
+        return
+    endpoint = ServiceAppFactory.api_endpoint
+
+    async def api_endpoint(self: Any, name: str, request: Any) -> Any:
+        try:
+            return await endpoint(self, name, request)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            detail = [{"loc": [str(part) for part in error["loc"]] or ["body"], "msg": error["msg"],
+                       "type": error["type"]} for error in errors]
+            fields = sorted({".".join(item["loc"]) for item in detail})
+            log.info("POST %s: 400, %d invalid field(s): %s", request.url.path, len(detail), ", ".join(fields[:20]))
+            message = "; ".join(f"{'.'.join(item['loc'])}: {item['msg']}" for item in detail[:20])
+            return JSONResponse({"error": f"invalid request: {message}", "detail": detail}, status_code=400)
+        except BentoMLException as exc:
+            status = int(exc.error_code.value)
+            if status >= 500:
+                raise
+            log.info("POST %s: %d, %s", request.url.path, status, type(exc).__name__)
+            return JSONResponse({"error": exc.error_code.phrase, "detail": [{"loc": ["body"], "msg": exc.error_code.phrase}]},
+                                status_code=status)
+
+    ServiceAppFactory.api_endpoint = api_endpoint
+    ServiceAppFactory._rapport_answers_invalid_bodies = True
+
+
+_invalid_body_answers()
+
+
+#: Seconds between two checks of BentoML's arbiter for workers to restart (BentoML 1.4 sets 10).
+ARBITER_CHECK_DELAY = 1.0
+
+
+def _prompt_restarts() -> None:
+    """BentoML's arbiter (circus) restarts a worker that died only at its next check, every 10 s as
+    BentoML sets it (a delay meant for its runner processes, which 1.4 services do not have): up to
+    10 s with one worker fewer. The arbiter's checks every :data:`ARBITER_CHECK_DELAY` instead. The
+    service module is imported by the arbiter's process before it creates the arbiter."""
+    from circus.arbiter import Arbiter
+
+    if getattr(Arbiter, "_rapport_prompt_restarts", False):
+        return
+    init = Arbiter.__init__
+
+    def __init__(self: Any, *args: Any, check_delay: float = 1.0, **kwargs: Any) -> None:
+        init(self, *args, check_delay=min(check_delay, ARBITER_CHECK_DELAY), **kwargs)
+
+    Arbiter.__init__ = __init__
+    Arbiter._rapport_prompt_restarts = True
+
+
+_prompt_restarts()
+
+
+def _stop_the_server(exc: Exception) -> None:
+    """A worker that cannot load its bundle would be restarted by BentoML's arbiter again and again
+    (and the server would never be ready): it asks the arbiter, its parent, to stop the whole server
+    instead. Only inside a BentoML worker (an instance made in a test has no arbiter)."""
+    from bentoml._internal.context import server_context
+
+    log.critical("cannot load the serving bundle %s: %s; stopping the server", bundle_directory(), exc)
+    if server_context.worker_index is not None:
+        os.kill(os.getppid(), signal.SIGTERM)
+
+
 def _tracing() -> dict[str, Any]:
     if os.environ.get("RAPPORT_SERVING_TRACING", "").lower() in ("1", "true", "yes"):
         return {}
@@ -168,8 +237,9 @@ def _tracing() -> dict[str, Any]:
     # BentoML keeps each request's timer (and everything the request's context holds) until the
     # timeout passes, answered or not: a short timeout bounds that memory. Answers take milliseconds.
     traffic={"timeout": 10},
-    # One worker by default (RAPPORT_SERVING_WORKERS to change it): each worker holds the bundle in memory.
-    workers=int(os.environ.get("RAPPORT_SERVING_WORKERS", "1")),
+    # RAPPORT_SERVING_WORKERS (the serving_workers setting, passed on by rapport serve start): two where
+    # there are two cores; the workers share the bundle's memory-mapped arrays.
+    workers=worker_count(os.environ.get("RAPPORT_SERVING_WORKERS", "auto")),
     logging={"access": {"enabled": False}},
     tracing=_tracing(),
 )
@@ -177,12 +247,17 @@ class Rapport:
     """Recommendations and customer scores of the champion models in a serving bundle."""
 
     def __init__(self) -> None:
+        # BentoML's server logging shows INFO of its own loggers only (root at WARNING): the service's
+        # start and its refusals (4xx, at INFO) belong in the server log too.
+        logging.getLogger("serving").setLevel(logging.INFO)
         # Multi-threaded BLAS on a small machine costs more in wake-ups than it gains on one request.
         self._blas = threadpool_limits(limits=1)
         self.settings = load_settings()
-        self.runtime = Runtime.from_directory(bundle_directory(), self.settings)
-        self._keys = [key.get_secret_value().encode() for key in self.settings.serving_api_keys]
-        self._recommend_keyed = self.settings.serving_recommend_requires_key
+        try:
+            self.runtime = Runtime.from_directory(bundle_directory(), self.settings)
+        except Exception as exc:
+            _stop_the_server(exc)
+            raise
         # Concurrent recommend requests are ranked together (serving/batching.py).
         self._metrics = service_metrics()
         self._recommend = Gatherer(self.runtime.recommend_many, on_batch=self._metrics.batch_sizes.observe)
@@ -199,25 +274,17 @@ class Rapport:
     # --- helpers ----------------------------------------------------------------------------------
 
     def _error(self, ctx: bentoml.Context, exc: RequestError) -> JSONResponse:
+        # A client's mistake, not the service's: INFO, the field and the status, nothing of the body.
+        log.info("POST %s: %d, %s", ctx.request.url.path, exc.status, exc.field)
         # BentoML copies the context's status onto a response returned by an endpoint with a context.
         ctx.response.status_code = exc.status
         return JSONResponse(self.runtime.error(exc), status_code=exc.status)
-
-    def _unauthorised(self, ctx: bentoml.Context) -> JSONResponse | None:
-        given = ctx.request.headers.get(API_KEY_HEADER)
-        if not given:
-            return self._error(ctx, RequestError(401, "X-API-Key", "this endpoint needs an API key in the X-API-Key header"))
-        if not _keys_match(given, self._keys):
-            return self._error(ctx, RequestError(403, "X-API-Key", "the API key is not valid"))
-        return None
 
     # --- endpoints --------------------------------------------------------------------------------
 
     @bentoml.api(input_spec=schemas.RecommendRequest, output_spec=schemas.RecommendResponse)
     async def recommend(self, ctx: bentoml.Context, **fields: Any) -> schemas.RecommendResponse | JSONResponse:
         """Top-n items for a customer (by id or raw key), with score, source, reason and a fallback flag."""
-        if self._recommend_keyed and (denied := self._unauthorised(ctx)) is not None:
-            return denied
         request = schemas.RecommendRequest.model_construct(**fields)
         # A known customer's plain list was ranked at export: a lookup, no waiting for a block.
         answer = self.runtime.listed(request)
@@ -238,8 +305,6 @@ class Rapport:
     @bentoml.api(input_spec=schemas.SimilarItemsRequest, output_spec=schemas.SimilarItemsResponse)
     async def similar_items(self, ctx: bentoml.Context, **fields: Any) -> schemas.SimilarItemsResponse | JSONResponse:
         """Items bought together with an item (product pages), with the filters of recommend."""
-        if self._recommend_keyed and (denied := self._unauthorised(ctx)) is not None:
-            return denied
         try:
             return self.runtime.similar_items(schemas.SimilarItemsRequest.model_construct(**fields))
         except RequestError as exc:
@@ -248,8 +313,6 @@ class Rapport:
     @bentoml.api(input_spec=schemas.CustomerScoresRequest, output_spec=schemas.CustomerScoresResponse)
     def customer_scores(self, ctx: bentoml.Context, **fields: Any) -> schemas.CustomerScoresResponse | JSONResponse:
         """CLV and churn outputs of 1..1,000 customers (the rows of rapport score). Needs X-API-Key."""
-        if (denied := self._unauthorised(ctx)) is not None:
-            return denied
         try:
             return self.runtime.customer_scores(fields["customer_ids"])
         except RequestError as exc:
@@ -268,5 +331,7 @@ class Rapport:
         return schemas.EchoResponse(message=fields.get("message", ""), metadata=self.runtime.metadata)
 
 
-# The limit is read from the settings when the app is built (in each worker), not at import.
+# The limit, the keys and the spec are read from the settings when the app is built (in each
+# worker), not at import. The gate runs first: a request without its key is refused unread.
+Rapport.add_asgi_middleware(RequestGate)
 Rapport.add_asgi_middleware(RequestSizeLimit)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from features.settings import Settings, load_settings
+from tests.fixtures_serving import serving_bundle, serving_server  # noqa: F401  (session fixtures of the serving tests)
 from tests.log_audit import audit_file
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests never phone home

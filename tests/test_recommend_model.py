@@ -501,7 +501,6 @@ def test_default_lists_hold_every_customers_top_n_and_check_their_files(model, t
     with pytest.raises(DefaultListsError, match="out of range"):
         DefaultLists.load(tmp_path, model)
     (tmp_path / HEADER).write_text(json.dumps(header))
-    np.savez(tmp_path / ARRAYS, offsets=lists.offsets, item=lists.item[:-1], score=lists.score, source=lists.source,
-             reason=lists.reason)
+    np.save(tmp_path / ARRAYS / "item.npy", lists.item[:-1])
     with pytest.raises(DefaultListsError, match="do not have the"):
         DefaultLists.load(tmp_path, model)

@@ -6,20 +6,15 @@ code path). ``bentoml build`` packages the bundle."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import socket
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,76 +24,21 @@ from features.identity import hash_key
 from features.schema import KeyType
 from features.store import connect, ibis_backend
 from training.bundle import load_bundle
-from training.pipeline import run_pipeline
 from training.scoring import build_snapshot, score_rows
-from tests.fixtures_history import synthetic_store
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
-API_KEY = "test-key-0123456789"
+from tests.fixtures_serving import API_KEY, ROOT
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serving")
-    settings, con = synthetic_store(tmp, 1_500, 31, now=NOW, clv_candidates=["bgnbd"], churn_max_cutoffs=8,
-                                    churn_n_estimators=60, recommend_factors=16, recommend_iterations=6,
-                                    recommend_ranker_trees=40, recommend_max_training_customers=2_000)
-    run_pipeline(con, settings)
-    con.close()
-    from training.bundle import export_bundle
-
-    export_bundle(settings, tmp / "bundle")
-    return settings, tmp / "bundle"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def trained(serving_bundle):
+    return serving_bundle
 
 
 @pytest.fixture(scope="module")
-def server(trained):
-    settings, bundle = trained
-    port = _free_port()
-    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING_API_KEYS": json.dumps([API_KEY, "other"]),
-           "RAPPORT_DATA_DIR": str(settings.data_dir), "OPENBLAS_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true"}
-    env.pop("RAPPORT_CONFIG", None)
-    log = bundle.parent / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host",
-                                    "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):  # not listening yet
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        # The server runs its workers as children in its own session: stop the whole group, so no
-        # worker outlives the tests.
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait)
-                time.sleep(0.5)
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+def server(serving_server):
+    return serving_server[0]
 
 
 def call(url: str, path: str, body: object | None = None, *, key: str | None = None,
@@ -428,3 +368,72 @@ def test_bentoml_build_packages_the_bundle(trained, tmp_path):
     manifests = list((tmp_path / "home" / "bentos" / "rapport").glob("*/src/bundle/manifest.json"))
     assert len(manifests) == 1
     assert json.loads(manifests[0].read_text()) == json.loads((bundle / "manifest.json").read_text())
+
+
+# --- refusals before the body, logs, the OpenAPI document -----------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/recommend", "/similar_items", "/customer_scores", "/echo"])
+def test_bodies_that_are_not_json_get_a_415(server, path):
+    boundary = "XyZ"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"customer_id\"\r\n\r\n1\r\n--{boundary}--\r\n").encode()
+    for content_type, body in ((f"multipart/form-data; boundary={boundary}", form),
+                               ("application/x-www-form-urlencoded", b"customer_id=1"), ("text/plain", b"{}")):
+        request = urllib.request.Request(f"{server}{path}", data=body, method="POST",
+                                         headers={"Content-Type": content_type, "X-API-Key": API_KEY})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 415, (content_type, refused.value.read())
+        answer = json.loads(refused.value.read())
+        assert answer["detail"][0]["loc"] == ["Content-Type"] and "application/json" in answer["error"]
+
+
+def test_customer_scores_checks_the_key_before_the_body(server):
+    # Without a key, a malformed body (or one that is not JSON) is not looked at: 401, not 400.
+    assert call(server, "/customer_scores", raw=b"{not json")[0] == 401
+    assert call(server, "/customer_scores", {"customer_ids": "all"}, key="wrong")[0] == 403
+
+
+def test_refused_requests_are_logged_at_info_without_their_values(server, serving_server):
+    """The values of a refused request (here a phone number in a misspelt request) never reach the
+    server log, nor a traceback; the refusal is logged at INFO with the path, status and field."""
+    server_log = serving_server[1]
+    phone = "+44 7700 900461"
+    status, answer = call(server, "/recommend", {"key": {"type": "phone", "value": phone}, "nn": phone})
+    assert status == 400 and "nn" in _fields(answer) and phone not in _fields(answer)
+    status, _ = call(server, "/customer_scores", {"customer_ids": [phone]}, key=API_KEY)
+    assert status == 400
+    status, _ = call(server, "/recommend", raw=json.dumps({"customer_id": phone}).encode()[:-1])
+    assert status == 400
+    time.sleep(0.5)  # the workers write their log lines
+    text = server_log.read_text()
+    assert "7700" not in text
+    assert "Traceback" not in text
+    assert "[INFO]" in text and "POST /recommend: 400" in text and "nn" in text
+
+
+def test_the_openapi_document_lists_every_answer(server):
+    with urllib.request.urlopen(f"{server}/docs.json", timeout=30) as response:
+        spec = json.loads(response.read())
+    post = {path: item["post"] for path, item in spec["paths"].items() if "post" in item}
+    assert set(post) == {"/recommend", "/similar_items", "/customer_scores", "/info", "/echo"}
+    for path, operation in post.items():
+        statuses = set(operation["responses"])
+        assert {"200", "500"} <= statuses
+        if path != "/info":
+            assert {"400", "413", "415"} <= statuses, path
+        for status, answer in operation["responses"].items():
+            assert answer["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
+    assert {"401", "403", "404"} <= set(post["/customer_scores"]["responses"])
+    assert post["/customer_scores"]["security"] == [{"ApiKey": []}]
+    assert "401" not in post["/recommend"]["responses"]  # public unless serving_recommend_requires_key
+    body = spec["components"]["schemas"]["RecommendRequest"]
+    assert [v["required"] for v in body["oneOf"]] == [["customer_id"], ["key"]]
+    assert all(v["additionalProperties"] is False for v in body["oneOf"])
+    assert spec["components"]["schemas"]["CustomerScoresRequest"]["additionalProperties"] is False
+    n = body["oneOf"][0]["properties"]["n"]
+    assert (n["minimum"], n["maximum"]) == (1, 100)
+    # The document's rule is the service's: both identifiers, or a null one, are refused.
+    assert call(server, "/recommend", {"customer_id": 1, "key": {"type": "email", "value": "a@b.c"}})[0] == 400
+    assert call(server, "/recommend", {"customer_id": None, "key": {"type": "email", "value": "a@b.c"}})[0] == 400
+    assert call(server, "/recommend", {"customer_id": "12"})[0] == 400  # strict: no number as a string

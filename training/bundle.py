@@ -3,17 +3,24 @@ the tracking server afterwards.
 
 Layout (``format_version`` 1)::
 
-    manifest.json             models (name + version), snapshot date, created time, counts, salt check
+    manifest.json             models (name + version), snapshot date, created time, counts, salt check,
+                              and every other file's size and SHA-256 (``files``)
     clv.json                  ClvModel.to_dict() of the CLV champion
     churn.json                ChurnModel.to_dict() of the churn champion
     recommender/              the recommender champion's artefact (training.recommend.artefact)
     snapshot_customers.parquet  build_snapshot(...).customers at the CLV champion's cutoff
     snapshot_churn.parquet      build_snapshot(...).churn (the churn population)
-    identity.parquet          the identity map, compact: key_type, the 128-bit key digest as two
-                              unsigned 64-bit words, customer_id (no key in clear, no salt)
-    default_lists.npz / .json every known customer's top-N under the default options, ranked by the
+    identity.parquet          the identity map, compact, sorted by key: key_type, the 128-bit key
+                              digest as two unsigned 64-bit words, customer_id (no key in clear, no
+                              salt)
+    default_lists/ + .json    every known customer's top-N under the default options, ranked by the
                               recommender at export (training.recommend.precomputed; absent when
                               serving_default_lists is 0)
+
+The large arrays (the recommender's and the default lists) are uncompressed ``.npy`` files that
+the service memory-maps read-only: its workers share them through the page cache, and a worker
+that is restarted has almost nothing to read. :func:`verify_bundle` checks every file against the
+manifest (``rapport serve start`` runs it before it starts the server; a worker checks the sizes).
 
 :func:`export_bundle` writes it from the champions of the registry (``rapport serve export``);
 :func:`load_bundle` reads it back (the service, at start-up). The snapshot is taken at the CLV
@@ -58,6 +65,8 @@ SNAPSHOT_CHURN = "snapshot_churn.parquet"
 IDENTITY = "identity.parquet"
 #: Keys of manifest["models"], in the order the service reports them.
 MODEL_KEYS: tuple[str, ...] = ("clv", "churn", "recommender")
+#: Key of the manifest's file list: relative path -> {"bytes", "sha256"}.
+FILES = "files"
 
 
 class BundleError(ValueError):
@@ -118,6 +127,13 @@ def _identity_frame(con: Any) -> pd.DataFrame:
     })
 
 
+def sort_identity(frame: pd.DataFrame) -> pd.DataFrame:
+    """The identity frame in the order the service looks keys up in (key type, high, low): a worker
+    then starts without sorting it (serving.runtime.IdentityIndex)."""
+    out = frame.assign(key_type=frame["key_type"].astype("category"))
+    return out.sort_values(["key_type", "hash_high", "hash_low"], kind="stable", ignore_index=True)
+
+
 def export_bundle(settings: Settings, directory: Path | str, *,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the serving bundle of the registry's champions into ``directory`` (replaced when it is
@@ -170,7 +186,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     lists = write_default_lists(models["recommender"], out, settings.serving_default_lists, step)
     snapshot.customers.to_parquet(out / SNAPSHOT_CUSTOMERS)
     snapshot.churn.to_parquet(out / SNAPSHOT_CHURN)
-    identity.to_parquet(out / IDENTITY, index=False)
+    sort_identity(identity).to_parquet(out / IDENTITY, index=False)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -189,8 +205,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
         },
         "salt_check": salt_check(settings),
     }
-    write_manifest(out, manifest)
-    return manifest
+    return write_manifest(out, manifest)
 
 
 def write_default_lists(recommender: Any, directory: Path, length: int,
@@ -212,8 +227,51 @@ def write_default_lists(recommender: Any, directory: Path, length: int,
     return lists
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest`` with the size and SHA-256 of every other file of the bundle (``files``):
+    the last step of writing a bundle."""
+    manifest = {**manifest, FILES: file_digests(directory)}
     (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def file_digests(directory: Path | str) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"bytes": size, "sha256": hex digest}}`` of every file of a bundle but the
+    manifest."""
+    where = Path(directory)
+    return {path.relative_to(where).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            for path in sorted(where.rglob("*")) if path.is_file() and path.relative_to(where).as_posix() != MANIFEST}
+
+
+def verify_bundle(directory: Path | str, *, digests: bool = True) -> dict[str, Any]:
+    """The manifest, once every file it lists is there with its recorded size (and, with ``digests``,
+    its SHA-256); a :class:`BundleError` naming the first file that is missing, truncated or changed."""
+    where = Path(directory)
+    manifest = read_manifest(where)
+    files = manifest.get(FILES)
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{where / MANIFEST}: no list of files with their sizes and SHA-256 (a bundle written "
+                          f"before these checks): write it again with rapport serve export")
+    for name, recorded in files.items():
+        path = where / name
+        if not path.is_file():
+            raise BundleError(f"bundle {where}: file {name} is missing (the manifest lists it)")
+        size, expected = path.stat().st_size, int(recorded["bytes"])
+        if size < expected:
+            raise BundleError(f"bundle {where}: file {name} is truncated: {size:,} bytes, the manifest records "
+                              f"{expected:,}")
+        if size != expected:
+            raise BundleError(f"bundle {where}: file {name} has changed: {size:,} bytes, the manifest records "
+                              f"{expected:,}")
+        if digests and _sha256(path) != recorded["sha256"]:
+            raise BundleError(f"bundle {where}: file {name} has changed since the export: its SHA-256 is not the "
+                              f"one the manifest records")
+    return manifest
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -260,17 +318,26 @@ def load_bundle(directory: Path | str) -> Bundle:
     from training.recommend.precomputed import DefaultLists, DefaultListsError
 
     where = Path(directory)
-    manifest = read_manifest(where)
+    # Sizes only: cheap at every worker's start; `rapport serve start` checks the digests first.
+    manifest = verify_bundle(where, digests=False)
     for name in (CLV_STATE, CHURN_STATE, SNAPSHOT_CUSTOMERS, SNAPSHOT_CHURN, IDENTITY):
         if not (where / name).is_file():
             raise BundleError(f"bundle {where}: missing file {name}")
-    clv = ClvModel.from_dict(json.loads((where / CLV_STATE).read_text(encoding="utf-8")))
-    churn = ChurnModel.from_dict(json.loads((where / CHURN_STATE).read_text(encoding="utf-8")))
-    recommender = artefact.load(where / RECOMMENDER_DIR)
+
+    def read(name: str, how: Callable[[Path], Any]) -> Any:
+        # A file that passed the size check but cannot be read is named, with what is wrong in it.
+        try:
+            return how(where / name)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"bundle {where}: file {name} cannot be read: {type(exc).__name__}: {exc}") from None
+
+    clv = read(CLV_STATE, lambda path: ClvModel.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+    churn = read(CHURN_STATE, lambda path: ChurnModel.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+    recommender = read(RECOMMENDER_DIR, artefact.load)
     as_of = datetime.fromisoformat(manifest["snapshot_as_of"])
-    snapshot = Snapshot(as_of=as_of, customers=pd.read_parquet(where / SNAPSHOT_CUSTOMERS),
-                        churn=pd.read_parquet(where / SNAPSHOT_CHURN))
-    identity = pd.read_parquet(where / IDENTITY)
+    snapshot = Snapshot(as_of=as_of, customers=read(SNAPSHOT_CUSTOMERS, pd.read_parquet),
+                        churn=read(SNAPSHOT_CHURN, pd.read_parquet))
+    identity = read(IDENTITY, pd.read_parquet)
     expected = {"key_type", "hash_high", "hash_low", Col.CUSTOMER_ID}
     if not expected <= set(identity.columns):
         raise BundleError(f"{where / IDENTITY}: columns {sorted(identity.columns)}, expected {sorted(expected)}")

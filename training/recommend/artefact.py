@@ -1,10 +1,13 @@
-"""The recommender's fitted state on disk: a directory of three files, no pickle.
+"""The recommender's fitted state on disk: a directory of two files and a folder of arrays, no pickle.
 
 - ``recommender.json``: the header (``format``, ``format_version``), the settings, the cutoff, item
   ids, names and categories, the per-segment popular lists and what the ranker learned from;
-- ``arrays.npz``: numbers only (``allow_pickle=False`` on load): customer ids, the four interaction
-  matrices (one shared ``indptr`` / ``indices``, four data arrays), item statistics, ALS factors,
-  the item-item similarity and the ALS input weighting;
+- ``arrays/``: numbers only, one uncompressed ``.npy`` file per array (``allow_pickle=False`` on
+  load): customer ids, the four interaction matrices (one shared ``indptr`` / ``indices``, four data
+  arrays), item statistics, ALS factors, the item-item similarity and the ALS input weighting. They
+  are memory-mapped read-only on load, in the dtypes the model computes with: a service's workers
+  share one copy through the page cache and a worker starts without reading them (artefacts written
+  before, with one ``arrays.npz``, are still read, into memory);
 - ``ranker.txt``: LightGBM's own model text.
 
 :func:`save` writes it, :func:`load` reads it back and checks every array's shape against the
@@ -31,7 +34,9 @@ from training.recommend.model import CandidateModels, RankerTraining, Recommende
 ARTEFACT_FORMAT = "rapport-recommender"
 ARTEFACT_VERSION = 1
 HEADER = "recommender.json"
-ARRAYS = "arrays.npz"
+ARRAYS = "arrays"
+#: The single-file array format of earlier artefacts (still read).
+ARRAYS_NPZ = "arrays.npz"
 RANKER = "ranker.txt"
 _MATRICES = ("weight", "weight_short", "purchases", "days_since")
 _ITEM_ARRAYS = ("recommendable", "buyers", "buyers_30d", "buyers_90d", "orders_per_buyer")
@@ -39,6 +44,33 @@ _ITEM_ARRAYS = ("recommendable", "buyers", "buyers_30d", "buyers_90d", "orders_p
 
 class RecommenderArtefactError(ValueError):
     """A recommender artefact directory that cannot be read, naming the file and field."""
+
+
+def _index_dtype(index: np.ndarray) -> type:
+    return np.int32 if not len(index) or int(index[-1]) <= np.iinfo(np.int32).max else np.int64
+
+
+def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """One uncompressed ``.npy`` file per array in ``directory`` (replaced), loadable with
+    :func:`load_arrays`."""
+    if directory.is_dir():
+        for old in directory.glob("*.npy"):
+            old.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, value in arrays.items():
+        np.save(directory / f"{name}.npy", np.ascontiguousarray(value), allow_pickle=False)
+
+
+def load_arrays(directory: Path, error: type[Exception]) -> dict[str, np.ndarray]:
+    """The arrays of :func:`save_arrays`, memory-mapped read-only (no pickle); ``error`` names a file
+    that is not an array."""
+    arrays = {}
+    for path in sorted(directory.glob("*.npy")):
+        try:
+            arrays[path.stem] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise error(f"{path}: not a readable array ({exc})") from None
+    return arrays
 
 
 def save(model: RecommenderModel, directory: Path | str) -> Path:
@@ -55,19 +87,22 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
     sim = models.similarity
     arrays: dict[str, np.ndarray] = {
         "customer_ids": data.customer_ids,
-        "indptr": base.indptr.astype(np.int64),
+        # Index arrays in the dtype scipy keeps them in (int32 while they fit), so that a
+        # memory-mapped load builds the matrices without copying them.
+        "indptr": base.indptr.astype(_index_dtype(base.indptr)),
         "indices": base.indices.astype(np.int32),
         # float64 as in memory: a loaded model scores exactly as the one that was saved.
         **{f"data_{name}": m.data.astype(np.float64) for name, m in matrices.items()},
         **{name: getattr(data, name) for name in _ITEM_ARRAYS},
         "user_factors": models.user_factors,
         "item_factors": models.item_factors,
-        "similarity_indptr": sim.indptr.astype(np.int64),
+        "similarity_indptr": sim.indptr.astype(_index_dtype(sim.indptr)),
         "similarity_indices": sim.indices.astype(np.int32),
         "similarity_data": sim.data.astype(np.float64),
         "als_idf": models.als_idf,
     }
-    np.savez(out / ARRAYS, **arrays)
+    save_arrays(out / ARRAYS, arrays)
+    (out / ARRAYS_NPZ).unlink(missing_ok=True)
     (out / RANKER).write_text(model.booster_.model_to_string(), encoding="utf-8")
     training = asdict(model.training_)
     header = {
@@ -93,9 +128,11 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
 def load(directory: Path | str) -> RecommenderModel:
     """The model saved in ``directory`` by :func:`save`."""
     where = Path(directory)
-    for name in (HEADER, ARRAYS, RANKER):
+    for name in (HEADER, RANKER):
         if not (where / name).is_file():
             raise RecommenderArtefactError(f"recommender artefact {where}: missing file {name}")
+    if not (where / ARRAYS).is_dir() and not (where / ARRAYS_NPZ).is_file():
+        raise RecommenderArtefactError(f"recommender artefact {where}: missing folder {ARRAYS}")
     try:
         header = json.loads((where / HEADER).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -110,8 +147,11 @@ def load(directory: Path | str) -> RecommenderModel:
         raise RecommenderArtefactError(f"{where / HEADER}: settings: {exc}") from None
     item_ids = np.asarray(reader.field(fitted, "item_ids", list), dtype=object)
     n_items, n_users = len(item_ids), reader.field(fitted, "n_users", int)
-    with np.load(where / ARRAYS, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    if (where / ARRAYS).is_dir():
+        arrays = load_arrays(where / ARRAYS, RecommenderArtefactError)
+    else:
+        with np.load(where / ARRAYS_NPZ, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
 
     def array(name: str, length: int | None = None) -> np.ndarray:
         if name not in arrays:
@@ -124,7 +164,7 @@ def load(directory: Path | str) -> RecommenderModel:
     indptr, indices = array("indptr", n_users + 1), array("indices")
 
     def matrix(name: str) -> sparse.csr_matrix:
-        values = array(f"data_{name}", len(indices)).astype(np.float64)
+        values = array(f"data_{name}", len(indices)).astype(np.float64, copy=False)
         return sparse.csr_matrix((values, indices, indptr), shape=(n_users, n_items))
 
     try:
@@ -135,20 +175,20 @@ def load(directory: Path | str) -> RecommenderModel:
         raise RecommenderArtefactError(f"{where / HEADER}: fitted.popular_by is malformed ({exc})") from None
     data = InteractionData(
         as_of=datetime.fromisoformat(fitted["as_of"]),
-        customer_ids=array("customer_ids", n_users).astype(np.int64),
+        customer_ids=array("customer_ids", n_users).astype(np.int64, copy=False),
         item_ids=item_ids,
         **{name: matrix(name) for name in _MATRICES},
-        recommendable=array("recommendable", n_items).astype(bool),
+        recommendable=array("recommendable", n_items).astype(bool, copy=False),
         category=np.asarray(reader.field(fitted, "item_categories", list), dtype=object),
         name=np.asarray(reader.field(fitted, "item_names", list), dtype=object),
-        buyers=array("buyers", n_items).astype(np.float64),
-        buyers_30d=array("buyers_30d", n_items).astype(np.float64),
-        buyers_90d=array("buyers_90d", n_items).astype(np.float64),
-        orders_per_buyer=array("orders_per_buyer", n_items).astype(np.float64),
+        buyers=array("buyers", n_items).astype(np.float64, copy=False),
+        buyers_30d=array("buyers_30d", n_items).astype(np.float64, copy=False),
+        buyers_90d=array("buyers_90d", n_items).astype(np.float64, copy=False),
+        orders_per_buyer=array("orders_per_buyer", n_items).astype(np.float64, copy=False),
         popular_by=popular_by,
     )
     similarity = sparse.csr_matrix(
-        (array("similarity_data").astype(np.float64), array("similarity_indices"), array("similarity_indptr", n_items + 1)),
+        (array("similarity_data").astype(np.float64, copy=False), array("similarity_indices"), array("similarity_indptr", n_items + 1)),
         shape=(n_items, n_items))
     user_factors = array("user_factors", n_users)
     item_factors = array("item_factors", n_items)
@@ -157,9 +197,11 @@ def load(directory: Path | str) -> RecommenderModel:
                                        f"{item_factors.shape}, expected {settings.factors} columns")
     models = CandidateModels(
         user_factors=np.ascontiguousarray(user_factors, dtype=np.float32),
-        item_factors=np.ascontiguousarray(item_factors, dtype=np.float32),
+        # A copy in memory (items x factors, small): implicit's Cython solvers (the fold-in of an
+        # unknown customer) take writable buffers, and the memory map is read-only.
+        item_factors=np.array(item_factors, dtype=np.float32, order="C"),
         similarity=similarity,
-        als_idf=array("als_idf", n_items).astype(np.float64),
+        als_idf=array("als_idf", n_items).astype(np.float64, copy=False),
         als_mean_row_weight=float(fitted["als_mean_row_weight"]),
     )
     try:

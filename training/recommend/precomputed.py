@@ -12,8 +12,10 @@ Compact columns, one entry per (customer, rank), the customers in the model's or
 (float32: the ranker's scores are ranked in float32 precision, so nothing is lost), source code and
 reason code (an index into the distinct reasons). At 1,000,000 customers × 20 items about 220 MB.
 
-Files, beside the model in a bundle: ``default_lists.npz`` (the columns and per-customer offsets)
-and ``default_lists.json`` (the length, the reasons, the sources and the counts, checked on load).
+Files, beside the model in a bundle: ``default_lists/`` (the columns and per-customer offsets, one
+``.npy`` file each, memory-mapped read-only on load so that a service's workers share them; an
+earlier bundle's single ``default_lists.npz`` is still read) and ``default_lists.json`` (the length,
+the reasons, the sources and the counts, checked on load).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from training.recommend.artefact import load_arrays, save_arrays
 from training.recommend.model import SOURCES, Ranked, RecommenderModel
 
-ARRAYS = "default_lists.npz"
+ARRAYS = "default_lists"
+#: The single-file array format of earlier bundles (still read).
+ARRAYS_NPZ = "default_lists.npz"
 HEADER = "default_lists.json"
 FORMAT = "rapport-default-lists"
 VERSION = 1
@@ -93,8 +98,9 @@ class DefaultLists:
 
     def save(self, directory: Path | str) -> None:
         where = Path(directory)
-        np.savez(where / ARRAYS, offsets=self.offsets, item=self.item, score=self.score, source=self.source,
-                 reason=self.reason)
+        save_arrays(where / ARRAYS, {"offsets": self.offsets, "item": self.item, "score": self.score,
+                                     "source": self.source, "reason": self.reason})
+        (where / ARRAYS_NPZ).unlink(missing_ok=True)
         header = {"format": FORMAT, "version": VERSION, "length": self.length, "customers": self.n_customers,
                   "entries": int(len(self.item)), "sources": list(SOURCES),
                   "reasons": [None if r is None else str(r) for r in self.reasons]}
@@ -118,16 +124,19 @@ class DefaultLists:
         if header.get("customers") != model.data_.n_users:
             raise DefaultListsError(f"{where / HEADER}: lists of {header.get('customers')} customers, the recommender "
                                     f"knows {model.data_.n_users}: the lists belong to another model")
-        if not (where / ARRAYS).is_file():
+        if (where / ARRAYS).is_dir():
+            arrays = load_arrays(where / ARRAYS, DefaultListsError)
+        elif (where / ARRAYS_NPZ).is_file():
+            with np.load(where / ARRAYS_NPZ, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        else:
             raise DefaultListsError(f"{where}: {HEADER} without {ARRAYS}")
-        with np.load(where / ARRAYS, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
         missing = {"offsets", "item", "score", "source", "reason"} - set(arrays)
         if missing:
             raise DefaultListsError(f"{where / ARRAYS}: missing array(s) {', '.join(sorted(missing))}")
         reasons = np.asarray(header.get("reasons", []), dtype=object)
         entries = int(header.get("entries", -1))
-        offsets = arrays["offsets"].astype(np.int64)
+        offsets = arrays["offsets"].astype(np.int64, copy=False)
         bad = [name for name in ("item", "score", "source", "reason") if len(arrays[name]) != entries]
         if bad or len(offsets) != model.data_.n_users + 1 or (len(offsets) and offsets[-1] != entries):
             raise DefaultListsError(f"{where / ARRAYS}: the arrays do not have the {entries:,} entries of "
