@@ -418,9 +418,14 @@ def train(
                 progress.update(tasks[step], description=f"{step}: {text}")
 
             def done(outcome) -> None:  # noqa: ANN001
+                if outcome.skipped is not None:
+                    progress.update(tasks[outcome.step], description=f"{outcome.step}: skipped", total=1, completed=1)
+                    progress.console.print(f"[bold yellow]{outcome.skipped}[/]", highlight=False)
+                    return
                 progress.update(tasks[outcome.step], description=f"{outcome.step}: done in {outcome.seconds:.0f} s",
                                 total=1, completed=1)
                 progress.console.print(f"[bold]{outcome.step}[/] finished in {outcome.seconds:.1f} s")
+                _print_windows(outcome.result.windows)
                 printers[outcome.step](outcome.result, s)
 
             try:
@@ -432,6 +437,12 @@ def train(
     finally:
         con.close()
     _print_summary(result)
+
+
+def _print_windows(windows) -> None:  # noqa: ANN001
+    console.print(f"windows of {windows.step} from the {windows.stats.describe()}:", highlight=False)
+    for line in windows.lines():
+        console.print(f"  {line}", highlight=False)
 
 
 def _print_summary(result) -> None:  # noqa: ANN001
@@ -472,7 +483,7 @@ def _print_recommend(result, s: Settings) -> None:  # noqa: ANN001
 
 
 def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
-    table = Table(title=f"Churn (H = {s.churn_horizon_days} days) on the held-out cutoff {result.test_cutoff.date()}")
+    table = Table(title=f"Churn (H = {result.horizon_days} days) on the held-out cutoff {result.test_cutoff.date()}")
     table.add_column("model")
     for col in result.table.columns:
         table.add_column(str(col), justify="right")
@@ -571,7 +582,7 @@ def recommend(
         "--include-purchased", help="Keep items the customer already bought (default: excluded, "
                                     "except repurchasable categories).")] = False,
     version: Annotated[str | None, typer.Option(help="Registered version of rapport-recommender to use. "
-                                                      "Default: the champion, else the latest version.")] = None,
+                                                      "Default: the champion (none: refused).")] = None,
 ) -> None:
     """Write the top-N recommendations of every customer known to the recommender: customer_id, rank,
     item_id, score, source (model / repurchase / popularity) and reason; the same code path as the
@@ -579,12 +590,16 @@ def recommend(
     import mlflow
 
     from training import tracking
+    from training.bundle import champion_version
     from training.recommend.pipeline import MODEL_NAME
 
     _check_output(output)
     s = settings()
     client = tracking.configure(s)
-    chosen, how = _guard(lambda: tracking.resolve_version(client, MODEL_NAME, version))
+    if version is None:
+        chosen, how = _guard(lambda: champion_version(client, MODEL_NAME)), "the champion"
+    else:
+        chosen, how = _guard(lambda: tracking.resolve_version(client, MODEL_NAME, version))
     err.print(f"using {MODEL_NAME} version {chosen.version}: {how}")
     loaded = _guard(lambda: mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{chosen.version}"))
     model = loaded.unwrap_python_model().model
@@ -617,16 +632,17 @@ def score(
     from features.store import connect, ibis_backend
     from training import tracking
     from training.clv.pipeline import MODEL_NAME as CLV_MODEL
+    from training.bundle import champion_version
     from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
-    from training.scoring import build_snapshot, score_chunks
+    from training.scoring import build_snapshot, churn_lookback_days, score_chunks
 
     _check_output(output)
     s = settings()
     client = tracking.configure(s)
     models, versions = {}, {}
     for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL)):
-        chosen, how = _guard(lambda name=name: tracking.resolve_version(client, name))
-        err.print(f"using {name} version {chosen.version}: {how}")
+        chosen = _guard(lambda name=name: champion_version(client, name))
+        err.print(f"using {name} version {chosen.version}: the champion")
         loaded = _guard(lambda name=name, chosen=chosen: mlflow.pyfunc.load_model(f"models:/{name}/{chosen.version}"))
         models[key], versions[key] = loaded.unwrap_python_model().model, str(chosen.version)
     as_of = models["clv"].cutoff_
@@ -635,7 +651,8 @@ def score(
         with _progress() as progress:
             task = progress.add_task("snapshot", total=None)
             snapshot = _guard(lambda: build_snapshot(
-                ibis_backend(con), as_of, time_unit=models["clv"].time_unit_, lookback_days=s.churn_lookback_days,
+                ibis_backend(con), as_of, time_unit=models["clv"].time_unit_,
+                lookback_days=churn_lookback_days(models["churn"]),
                 progress=lambda text: progress.update(task, description=f"snapshot: {text}")))
     finally:
         con.close()
