@@ -40,6 +40,7 @@ from typing import Literal
 
 import ibis
 
+from features.churn import data_end
 from features.customer import _identified_product_lines
 from features.history import LINES_TABLE, cutoff_literal, utc_naive
 from features.schema import Col
@@ -268,11 +269,6 @@ def churn_cutoffs(windows: Windows, max_cutoffs: int) -> list[datetime]:
     return select_cutoffs(grid, horizon, max_cutoffs)
 
 
-def _data_end(last_sale: datetime) -> datetime:
-    last = utc_naive(last_sale)
-    return datetime(last.year, last.month, last.day) + timedelta(days=1)
-
-
 def _next_month(day: datetime) -> datetime:
     return datetime(day.year + day.month // 12, day.month % 12 + 1, 1)
 
@@ -288,7 +284,7 @@ def cutoff_grid(first_sale: datetime, last_sale: datetime, *, horizon_days: int,
     """
     first = utc_naive(first_sale)
     earliest = datetime(first.year, first.month, first.day) + timedelta(days=lookback_days)
-    latest = _data_end(last_sale) - timedelta(days=horizon_days)
+    latest = data_end(last_sale) - timedelta(days=horizon_days)
     if latest < earliest:
         return []
     if spacing == "monthly":

@@ -70,5 +70,10 @@ def test_a_cut_history_trains_every_model_or_skips_one_with_its_reason(tmp_path,
     assert len(churn.train_cutoffs) >= 3 and churn.model.horizon_days_ == churn.horizon_days
     recommend = outcomes["recommend"].result.windows
     assert recommend["test_days"] == recommend["valid_days"] == (20 if cut == "last four months" else 60)
-    if cut == "last year":
-        assert outcomes["clv"].skipped is None and outcomes["clv"].result.windows["holdout_days"] == 121
+    # CLV: a cut history starts with every old customer "new" and nobody visibly gone, so BG/NBD may not
+    # be identified on the calibration period; then the step says so and what might help.
+    clv = outcomes["clv"]
+    if clv.skipped is not None:
+        assert "could be fitted on the" in clv.skipped and "clv_holdout_days" in clv.skipped
+    else:
+        assert clv.result.windows["holdout_days"] == (40 if cut == "last four months" else 121)

@@ -43,7 +43,10 @@ def cli_env(monkeypatch):
 def test_a_history_too_short_skips_every_step_and_train_exits_0(tmp_path, cli_env):
     from rapport.cli import app
 
-    settings, con = _store(tmp_path, 400, date(2025, 11, 1), date(2025, 12, 15))
+    # The generator simulates at least 90 days: the store keeps the last 45 of them, as a short export would.
+    settings, con = _store(tmp_path, 400, date(2025, 9, 1), date(2025, 12, 15))
+    con.execute("DELETE FROM returns WHERE line_key IN (SELECT line_key FROM lines WHERE ts < TIMESTAMP '2025-11-01')")
+    con.execute("DELETE FROM lines WHERE ts < TIMESTAMP '2025-11-01'")
     try:
         result = run_pipeline(con, settings)
     finally:

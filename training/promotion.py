@@ -66,10 +66,11 @@ KEY_METRICS: dict[str, tuple[KeyMetric, ...]] = {
     ),
 }
 
-#: Run parameters that say which period a model was evaluated on.
+#: Run parameters that say which period a model was evaluated on (for churn also the horizon: with
+#: ``auto`` windows a new history may change it, and AUCs over other horizons are not the same test).
 WINDOW_PARAMS: dict[str, tuple[str, ...]] = {
     "rapport-clv": ("calibration_end", "cutoff"),
-    "rapport-churn": ("test_cutoff",),
+    "rapport-churn": ("test_cutoff", "horizon_days"),
     "rapport-recommender": ("valid_end", "test_end"),
 }
 
