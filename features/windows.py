@@ -26,8 +26,8 @@ the median over repeat customers) and ``week(x)`` = x rounded down to whole week
   to calibrate the purchase model, a third to judge it).
 
 Below a real minimum a step cannot learn anything honest and is skipped, never failed
-(:class:`HistoryTooShort`): every step needs :data:`MIN_SPAN_DAYS` days of history and
-:data:`MIN_REPEAT_CUSTOMERS` repeat customers (customers with purchases on two days or more); a
+(:class:`HistoryTooShort`): every step needs :data:`MIN_SPAN_DAYS` (60) days of history and
+:data:`MIN_REPEAT_CUSTOMERS` (100) repeat customers (purchases on two days or more); a
 window set by hand that does not fit the history skips its step as well, naming the setting.
 """
 
@@ -40,7 +40,7 @@ from typing import Literal
 
 import ibis
 
-from features.churn import data_end
+from features.churn import DEFAULT_HORIZON_DAYS, DEFAULT_LOOKBACK_DAYS, data_end
 from features.customer import _identified_product_lines
 from features.history import LINES_TABLE, cutoff_literal, utc_naive
 from features.schema import Col
@@ -59,9 +59,9 @@ MIN_TRAINING_CUTOFFS = 3
 
 # Bounds of the auto windows, in days (the upper ones are the fixed defaults of a two-year history).
 HORIZON_RHYTHMS = 3
-HORIZON_MIN, HORIZON_MAX = 14, 90
+HORIZON_MIN, HORIZON_MAX = 14, DEFAULT_HORIZON_DAYS
 LOOKBACK_HORIZONS = 4
-LOOKBACK_MAX = 365
+LOOKBACK_MAX = DEFAULT_LOOKBACK_DAYS
 RECOMMEND_SHARE, RECOMMEND_MIN, RECOMMEND_MAX = 6, 7, 90
 HALF_LIFE_SHARE, HALF_LIFE_MIN, HALF_LIFE_MAX = 2, 7, 365
 CLV_SHARE, CLV_MIN, CLV_MAX = 3, 7, 183

@@ -106,7 +106,8 @@ def champion_version(client: Any, model_name: str) -> Any:
         return champion
     registered = client.search_model_versions(f"name = '{model_name}'")
     if not registered:
-        raise tracking.NoModelError(f"no version of {model_name} is registered: train it first (rapport train)")
+        raise tracking.NoModelError(f"no version of {model_name} is registered: train it first (rapport train; a "
+                                    f"step skipped for too short a history registers none, its message says why)")
     latest = max(registered, key=lambda v: int(v.version))
     gate = {"false": "failed its gate", "true": "passed its gate but is not the champion"}.get(
         (latest.tags or {}).get("gate_eligible", ""), "has no gate verdict")

@@ -75,7 +75,7 @@ class PipelineResult:
         for outcome in self.steps:
             if outcome.skipped is not None:
                 rows.append({"model": outcome.model_name, "version": "", "seconds": round(outcome.seconds, 1),
-                             "key metrics": "", "vs baselines": f"skipped: {outcome.skipped}", "vs champion": "",
+                             "key metrics": "", "vs baselines": outcome.skipped, "vs champion": "",
                              "alias": "none (skipped)"})
                 continue
             gate = getattr(outcome.result, "gate", None)

@@ -32,7 +32,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from features.churn import churn_features
+from features.churn import DEFAULT_LOOKBACK_DAYS, churn_features
 from features.customer import customer_features
 from features.schema import Col, Feature
 
@@ -64,10 +64,6 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "as_of",
 )
 _CLV_COLUMNS = SCORE_COLUMNS[1:11]
-#: Population lookback of a churn model that does not say (artefacts older than the windows).
-DEFAULT_LOOKBACK_DAYS = 365
-
-
 def churn_lookback_days(churn_model: object) -> int:
     """The population lookback the churn model was trained with (365 days when it does not say)."""
     value = getattr(churn_model, "lookback_days_", None)
