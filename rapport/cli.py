@@ -706,6 +706,21 @@ def models_promote(
     console.print(f"{name} version {version} is now the champion{previous}: {done.reasons[0]}")
 
 
+def _missing_champion(s: Settings) -> str | None:
+    """Why the champions scores and examples need are not all there (None when they are)."""
+    from training import tracking
+    from training.bundle import champion_version
+    from training.promotion import MODEL_NAMES
+
+    client = tracking.configure(s)
+    try:
+        for name in MODEL_NAMES:
+            champion_version(client, name)
+    except tracking.NoModelError as exc:
+        return str(exc)
+    return None
+
+
 def _print_examples(scores_path: Path, n: int = 3) -> None:
     """The scores and recommendations of a few customers: the most valuable high-risk ones."""
     import mlflow
@@ -717,8 +732,10 @@ def _print_examples(scores_path: Path, n: int = 3) -> None:
     frame = pd.read_parquet(scores_path)
     at_risk = frame[frame["risk_band"] == "high"].sort_values("clv", ascending=False)
     chosen = (at_risk if len(at_risk) >= n else frame.sort_values("clv", ascending=False)).head(n)
+    from training.bundle import champion_version
+
     client = tracking.configure(settings())
-    version, _ = _guard(lambda: tracking.resolve_version(client, MODEL_NAME))
+    version = _guard(lambda: champion_version(client, MODEL_NAME))
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}").unwrap_python_model().model
     lists = model.recommend(chosen["customer_id"].tolist(), 5)
     names = dict(zip(model.data_.item_ids, model.data_.name))
@@ -816,10 +833,15 @@ def demo(
     console.rule("4. training: CLV, churn and recommender, evaluated against baselines, logged to MLflow, promoted")
     train(only=None, cutoff=None, raw=None)
     console.rule("5. CRM scores of every customer with the champion models")
-    scores_path = s.data_dir / "scores.parquet"
-    score(output=scores_path, chunk=200_000)
-    console.rule("6. a few customers")
-    _print_examples(scores_path)
+    missing = _missing_champion(s)
+    if missing is None:
+        scores_path = s.data_dir / "scores.parquet"
+        score(output=scores_path, chunk=200_000)
+        console.rule("6. a few customers")
+        _print_examples(scores_path)
+    else:
+        # Scores and examples use champions only: a model that lost to its baseline is not shown.
+        console.print(f"[yellow]no scores and no examples:[/] {missing}", highlight=False)
     console.rule("done")
     console.print(f"everything is under [bold]{s.data_dir.resolve()}[/]: raw files {raw}, store {s.database_path}, "
                   f"quarantine {s.quarantine_dir}, reports and plots {s.reports_dir}, MLflow {s.mlflow_dir} "
