@@ -30,6 +30,8 @@ from features.masking import mask_secrets
 DEFAULT_SALT = "rapport-development-salt"
 
 TimeUnit = Literal["D", "W"]
+#: A window in whole days, or ``auto``: chosen from the history by features.windows.
+AutoDays = Annotated[int, Field(ge=7)] | Literal["auto"]
 
 
 def _config_file() -> Path | None:
@@ -110,13 +112,15 @@ class Settings(BaseSettings):
         min_length=1,
         description="Purchase models compared on the holdout; the lowest per-customer MAE wins, BG/NBD on ties.",
     )
-    clv_holdout_days: int = Field(183, ge=7, description="Length of the CLV evaluation holdout before the cutoff.")
+    clv_holdout_days: AutoDays = Field("auto", description="Length of the CLV evaluation holdout before the cutoff (auto: a third of the history, 7 to 183 days).")
     clv_penalizer: float = Field(0.0, ge=0, description="L2 penalizer of the lifetimes fits (0: maximum likelihood).")
     clv_horizon_months: int = Field(12, ge=1, le=120, description="Horizon of the predicted CLV.")
     clv_monthly_discount_rate: float = Field(0.01, ge=0, lt=1, description="Monthly discount rate of the CLV.")
-    churn_horizon_days: int = Field(90, ge=7, description="H: a customer churns when they make no purchase in the H days after the cutoff.")
-    churn_lookback_days: int = Field(365, ge=30, description="Population: customers with a purchase in this many days before the cutoff.")
-    churn_max_cutoffs: int = Field(12, ge=3, description="Monthly cutoffs stacked into the training set (latest first; test = latest, validation = the one before).")
+    churn_horizon_days: AutoDays = Field("auto", description="H: a customer churns when they make no purchase in the H days after the cutoff (auto: three times the median days between purchases, 14 to 90, at most a fifth of the history).")
+    churn_lookback_days: AutoDays = Field("auto", description="Population: customers with a purchase in this many days before the cutoff (auto: four horizons, at most a year, fitted to the history).")
+    churn_cutoff_spacing: Annotated[int, Field(ge=1)] | Literal["auto", "monthly"] = Field(
+        "auto", description="Days between the stacked cutoffs, or monthly (the first of each month); auto: monthly when it gives at least three training cutoffs, else weekly.")
+    churn_max_cutoffs: int = Field(12, ge=3, description="Cutoffs stacked into the data set: the test (latest), the validation (one horizon before) and up to this many minus two training cutoffs (latest first).")
     churn_with_clv_features: bool = Field(True, description="Add BG/NBD probability alive and expected purchases (fitted per cutoff) as features.")
     churn_n_estimators: int = Field(500, ge=10, description="LightGBM: maximum boosting rounds (early stopping on the validation cutoff).")
     churn_learning_rate: float = Field(0.05, gt=0, le=1, description="LightGBM learning rate.")
@@ -127,9 +131,10 @@ class Settings(BaseSettings):
     churn_risk_thresholds: tuple[float, float] | None = Field(
         None, description="Churn probabilities separating low/medium and medium/high risk; default: the 50th and 80th percentiles of the training distribution."
     )
-    recommend_test_days: int = Field(90, ge=7, description="Recommender evaluation: the last days of the history held out as the test period.")
-    recommend_valid_days: int = Field(90, ge=7, description="Recommender: the label period the ranker learns on (the validation period before the test).")
-    recommend_half_life_days: float | None = Field(365.0, gt=0, description="Recency half-life of the purchases the candidate models learn from (None: no decay).")
+    recommend_test_days: AutoDays = Field("auto", description="Recommender evaluation: the last days of the history held out as the test period (auto: a sixth of the history, 7 to 90 days).")
+    recommend_valid_days: AutoDays = Field("auto", description="Recommender: the label period the ranker learns on (the validation period before the test; auto: a sixth of the history, 7 to 90 days).")
+    recommend_half_life_days: Annotated[float, Field(gt=0)] | None | Literal["auto"] = Field(
+        "auto", description="Recency half-life of the purchases the candidate models learn from (None: no decay; auto: half the history, 7 to 365 days).")
     recommend_browse_weight: float = Field(0.1, ge=0, description="What one browse event counts next to one purchase.")
     recommend_factors: int = Field(64, ge=2, description="ALS latent factors.")
     recommend_regularization: float = Field(0.05, ge=0, description="ALS regularisation.")

@@ -484,9 +484,14 @@ def _train(con, s: Settings, steps: list[str], when: datetime | None):  # noqa: 
             progress.update(tasks[step], description=f"{step}: {text}")
 
         def done(outcome) -> None:  # noqa: ANN001
+            if outcome.skipped is not None:
+                progress.update(tasks[outcome.step], description=f"{outcome.step}: skipped", total=1, completed=1)
+                progress.console.print(_styled(outcome.skipped, "bold yellow"), highlight=False)
+                return
             progress.update(tasks[outcome.step], description=f"{outcome.step}: done in {outcome.seconds:.0f} s",
                             total=1, completed=1)
             progress.console.print(_styled(outcome.step, "bold", f"finished in {outcome.seconds:.1f} s"))
+            _print_windows(outcome.result.windows)
             printers[outcome.step](outcome.result, s)
 
         try:
@@ -505,6 +510,12 @@ def _print_plots(plots: Iterable[Path | str]) -> None:
     folders = sorted({str(Path(p).parent) for p in plots})
     if folders:
         console.print(f"plots of this run: {', '.join(folders)}")
+
+
+def _print_windows(windows) -> None:  # noqa: ANN001
+    console.print(f"windows of {windows.step} from the {windows.stats.describe()}:", highlight=False)
+    for line in windows.lines():
+        console.print(f"  {line}", highlight=False)
 
 
 def _print_summary(result) -> None:  # noqa: ANN001
@@ -549,7 +560,7 @@ def _print_recommend(result, s: Settings) -> None:  # noqa: ANN001
 
 
 def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
-    table = Table(title=f"Churn (H = {s.churn_horizon_days} days) on the held-out cutoff {result.test_cutoff.date()}")
+    table = Table(title=f"Churn (H = {result.horizon_days} days) on the held-out cutoff {result.test_cutoff.date()}")
     table.add_column("model")
     for col in result.table.columns:
         table.add_column(str(col), justify="right")
@@ -651,7 +662,7 @@ def recommend(
         "--include-purchased", help="Keep items the customer already bought (default: excluded, "
                                     "except repurchasable categories).")] = False,
     version: Annotated[str | None, typer.Option(help="Registered version of rapport-recommender to use. "
-                                                      "Default: the champion, else the latest version.")] = None,
+                                                      "Default: the champion (none: refused).")] = None,
 ) -> None:
     """Write the top-N recommendations of every customer known to the recommender: customer_id, rank,
     item_id, score, source (model / repurchase / popularity) and reason; the same code path as the
@@ -659,12 +670,16 @@ def recommend(
     import mlflow
 
     from training import tracking
+    from training.bundle import champion_version
     from training.recommend.pipeline import MODEL_NAME
 
     _check_output(output)
     s = settings()
     client = tracking.configure(s)
-    chosen, how = _guard(lambda: tracking.resolve_version(client, MODEL_NAME, version))
+    if version is None:
+        chosen, how = _guard(lambda: champion_version(client, MODEL_NAME)), "the champion"
+    else:
+        chosen, how = _guard(lambda: tracking.resolve_version(client, MODEL_NAME, version))
     err.print(f"using {MODEL_NAME} version {chosen.version}: {how}")
     loaded = _guard(lambda: mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{chosen.version}"))
     model = loaded.unwrap_python_model().model
@@ -697,16 +712,17 @@ def score(
     from features.store import connect, ibis_backend
     from training import tracking
     from training.clv.pipeline import MODEL_NAME as CLV_MODEL
+    from training.bundle import champion_version
     from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
-    from training.scoring import build_snapshot, score_chunks
+    from training.scoring import build_snapshot, churn_lookback_days, score_chunks
 
     _check_output(output)
     s = settings()
     client = tracking.configure(s)
     models, versions = {}, {}
     for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL)):
-        chosen, how = _guard(lambda name=name: tracking.resolve_version(client, name))
-        err.print(f"using {name} version {chosen.version}: {how}")
+        chosen = _guard(lambda name=name: champion_version(client, name))
+        err.print(f"using {name} version {chosen.version}: the champion")
         loaded = _guard(lambda name=name, chosen=chosen: mlflow.pyfunc.load_model(f"models:/{name}/{chosen.version}"))
         models[key], versions[key] = loaded.unwrap_python_model().model, str(chosen.version)
     as_of = models["clv"].cutoff_
@@ -715,7 +731,8 @@ def score(
         with _progress() as progress:
             task = progress.add_task("snapshot", total=None)
             snapshot = _guard(lambda: build_snapshot(
-                ibis_backend(con), as_of, time_unit=models["clv"].time_unit_, lookback_days=s.churn_lookback_days,
+                ibis_backend(con), as_of, time_unit=models["clv"].time_unit_,
+                lookback_days=churn_lookback_days(models["churn"]),
                 progress=lambda text: progress.update(task, description=f"snapshot: {text}")))
     finally:
         con.close()
@@ -778,6 +795,21 @@ def models_promote(
         console.print(f"champion plots: {plots}")
 
 
+def _missing_champion(s: Settings) -> str | None:
+    """Why the champions scores and examples need are not all there (None when they are)."""
+    from training import tracking
+    from training.bundle import champion_version
+    from training.promotion import MODEL_NAMES
+
+    client = tracking.configure(s)
+    try:
+        for name in MODEL_NAMES:
+            champion_version(client, name)
+    except tracking.NoModelError as exc:
+        return str(exc)
+    return None
+
+
 def _print_examples(scores_path: Path, n: int = 3) -> None:
     """The scores and recommendations of a few customers: the most valuable high-risk ones."""
     import mlflow
@@ -789,8 +821,10 @@ def _print_examples(scores_path: Path, n: int = 3) -> None:
     frame = pd.read_parquet(scores_path)
     at_risk = frame[frame["risk_band"] == "high"].sort_values("clv", ascending=False)
     chosen = (at_risk if len(at_risk) >= n else frame.sort_values("clv", ascending=False)).head(n)
+    from training.bundle import champion_version
+
     client = tracking.configure(settings())
-    version, _ = _guard(lambda: tracking.resolve_version(client, MODEL_NAME))
+    version = _guard(lambda: champion_version(client, MODEL_NAME))
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}").unwrap_python_model().model
     lists = model.recommend(chosen["customer_id"].tolist(), 5)
     names = dict(zip(model.data_.item_ids, model.data_.name))
@@ -948,10 +982,15 @@ def demo(
     console.rule("4. training: CLV, churn and recommender, evaluated against baselines, logged to MLflow, promoted")
     train(only=None, cutoff=None, raw=None)
     console.rule("5. CRM scores of every customer with the champion models")
-    scores_path = s.data_dir / "scores.parquet"
-    score(output=scores_path, chunk=200_000)
-    console.rule("6. a few customers")
-    _print_examples(scores_path)
+    missing = _missing_champion(s)
+    if missing is None:
+        scores_path = s.data_dir / "scores.parquet"
+        score(output=scores_path, chunk=200_000)
+        console.rule("6. a few customers")
+        _print_examples(scores_path)
+    else:
+        # Scores and examples use champions only: a model that lost to its baseline is not shown.
+        console.print(_styled("no scores and no examples:", "yellow", missing), highlight=False)
     console.rule("done")
     console.print(f"everything is under {s.data_dir.resolve()}: raw files {raw}, store {s.database_path}, "
                   f"quarantine {s.quarantine_dir}, reports and plots {s.reports_dir}, MLflow {s.mlflow_dir} "

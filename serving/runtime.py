@@ -131,6 +131,8 @@ def score_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
         for name in _TEXTS:
             row[name] = _text(columns[name][k])
         row["expected_next_order_date"] = _date(columns["expected_next_order_date"][k])
+        horizon = columns["churn_horizon_days"][k]
+        row["churn_horizon_days"] = None if horizon is None or pd.isna(horizon) else int(horizon)
         out.append(row)
     return out
 

@@ -145,6 +145,8 @@ class CustomerScore(BaseModel):
     expected_next_order_date: str | None
     value_segment: str | None
     churn_probability: float | None
+    churn_horizon_days: int | None = Field(
+        None, description="H of the churn probability: the chance of no order in the next H days (null: not known).")
     risk_band: str | None
     percentile: float | None
     reason_1: str | None

@@ -33,7 +33,7 @@ def test_training_beats_the_baselines_is_calibrated_logged_and_registered(store)
     settings, con = store
     result = train_churn(con, settings)
     # Embargo: labels of the training cutoffs end by the validation cutoff, whose labels end by the test's.
-    horizon = pd.Timedelta(days=settings.churn_horizon_days)
+    horizon = pd.Timedelta(days=result.horizon_days)
     assert max(result.train_cutoffs) + horizon <= result.valid_cutoff
     assert result.valid_cutoff + horizon <= result.test_cutoff
     assert result.gate.eligible, result.gate.reasons

@@ -432,6 +432,11 @@ def test_cli_writes_every_customers_list(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("RAPPORT_DATA_DIR", str(settings.data_dir))
     runner = CliRunner()
     out_file = tmp_path / "recs.csv"
+    # The training step registers but does not promote (the pipeline does): no champion, no lists.
+    refused = runner.invoke(app, ["recommend", "--output", str(out_file)])
+    assert refused.exit_code == 1 and "rapport models promote" in refused.output and not out_file.exists()
+    promoted = runner.invoke(app, ["models", "promote", result.model_name, result.model_version, "--reason", "test"])
+    assert promoted.exit_code == 0, promoted.output
     out = runner.invoke(app, ["recommend", "--output", str(out_file), "--n", "5"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     frame = pd.read_csv(out_file)

@@ -24,7 +24,7 @@ from features.identity import hash_key
 from features.schema import KeyType
 from features.store import connect, ibis_backend
 from training.bundle import load_bundle
-from training.scoring import build_snapshot, score_rows
+from training.scoring import build_snapshot, churn_lookback_days, score_rows
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -253,7 +253,7 @@ def test_customer_scores_equal_the_batch_scores_of_the_store(server, bundle, tra
     con = connect(settings, read_only=True)
     try:
         snapshot = build_snapshot(ibis_backend(con), bundle.clv.cutoff_, time_unit=bundle.clv.time_unit_,
-                                  lookback_days=settings.churn_lookback_days)
+                                  lookback_days=churn_lookback_days(bundle.churn))
     finally:
         con.close()
     in_population = snapshot.churn.index[:5].tolist()

@@ -264,6 +264,9 @@ def test_scores_have_one_row_per_customer_and_no_gap_where_a_model_applies(store
     frame = pd.concat(score_chunks(snapshot, clv, models["rapport-churn"], versions={"clv": "1", "churn": "1"},
                                    chunk_size=1_000), ignore_index=True)
     assert list(frame.columns) == list(SCORE_COLUMNS)
+    # Every score names the horizon its churn probability is about: the churn model's own.
+    horizon = models["rapport-churn"].horizon_days_
+    assert horizon is not None and (frame["churn_horizon_days"] == horizon).all()
     assert frame["customer_id"].is_unique and len(frame) == len(snapshot.customers)
     clv_columns = ["expected_purchases_30d", "expected_purchases_90d", "expected_purchases_365d",
                    "probability_alive", "expected_order_value", "clv", "clv_lower", "clv_upper", "value_segment"]

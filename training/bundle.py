@@ -50,7 +50,7 @@ from features.schema import Col
 from features.settings import Settings
 from training.churn.model import ChurnModel
 from training.clv.model import ClvModel
-from training.scoring import Snapshot
+from training.scoring import Snapshot, churn_lookback_days
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,32 @@ def key_hash_words(key_hash: str) -> tuple[str, int, int]:
     """``"<type>:<32 hex>"`` (features.identity.hash_key) as (type, high word, low word)."""
     key_type, _, digest = key_hash.partition(":")
     return key_type, int(digest[:16], 16), int(digest[16:], 16)
+
+
+# --- choosing the versions -------------------------------------------------------------------------
+
+
+def champion_version(client: Any, model_name: str) -> Any:
+    """The ``champion`` version of ``model_name``: what the bundle, ``rapport score`` and ``rapport
+    recommend`` use. Never another version: a version that failed its gate is served only after a
+    person promoted it (``rapport models promote``). ``NoModelError`` says what to do otherwise."""
+    from training import tracking
+
+    champion = tracking.latest_with_alias(client, model_name, "champion")
+    if champion is not None:
+        return champion
+    registered = client.search_model_versions(f"name = '{model_name}'")
+    if not registered:
+        raise tracking.NoModelError(f"no version of {model_name} is registered: train it first (rapport train; a "
+                                    f"step skipped for too short a history registers none, its message says why)")
+    latest = max(registered, key=lambda v: int(v.version))
+    gate = {"false": "failed its gate", "true": "passed its gate but is not the champion"}.get(
+        (latest.tags or {}).get("gate_eligible", ""), "has no gate verdict")
+    raise tracking.NoModelError(
+        f"{model_name} has no champion: none of its {len(registered)} registered version(s) is promoted (the "
+        f"latest, version {latest.version}, {gate}) and no other version is used in its place. Retrain "
+        f"(rapport train) or promote a version by hand: rapport models promote {model_name} VERSION --reason TEXT "
+        f"(rapport models list shows the versions and their gates)")
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -160,7 +186,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     models: dict[str, Any] = {}
     described: dict[str, dict[str, str]] = {}
     for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL), ("recommender", RECOMMENDER_MODEL)):
-        chosen, how = tracking.resolve_version(client, name)
+        chosen, how = champion_version(client, name), "the champion"
         step(f"loading {name} version {chosen.version} ({how})")
         loaded = mlflow.pyfunc.load_model(f"models:/{name}/{chosen.version}")
         models[key] = loaded.unwrap_python_model().model
@@ -171,7 +197,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     con = connect(settings, read_only=True)
     try:
         snapshot = build_snapshot(ibis_backend(con), as_of, time_unit=clv.time_unit_,
-                                  lookback_days=settings.churn_lookback_days, progress=step)
+                                  lookback_days=churn_lookback_days(models["churn"]), progress=step)
         step("identity map")
         identity = _identity_frame(con)
     finally:

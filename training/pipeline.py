@@ -8,6 +8,11 @@ new version becomes ``champion`` or ``challenger``. A step that raises stops the
 run is marked failed with the step and the message, the versions registered by earlier steps are
 tagged as not promoted, and every alias stays where it was.
 
+A step whose history is too short (:class:`features.windows.HistoryTooShort`: below the minimum, or
+windows set by hand that do not fit) is *skipped*, not failed: its outcome says why (the minimum,
+what the data have, the setting to change), the parent run is tagged ``skipped.<step>``, the other
+steps run and are promoted as usual.
+
 A backtest (``cutoff`` given) registers its versions but never promotes them: a model trained on a
 past history is for analysis, not for serving. A cutoff after the last sale, or one that leaves a
 step too little history, is refused before any run starts (:mod:`training.cutoff`).
@@ -36,6 +41,7 @@ import mlflow
 import pandas as pd
 
 from features.settings import Settings
+from features.windows import HistoryTooShort
 from training import promotion, tracking
 from training.cutoff import check_cutoff
 
@@ -99,6 +105,8 @@ class StepOutcome:
     result: Any
     version: str | None
     promotion: promotion.Promotion | None = None
+    #: Why the step was skipped (too little history); None when it ran.
+    skipped: str | None = None
 
 
 @dataclass
@@ -112,6 +120,11 @@ class PipelineResult:
         """One row per step: model, version, key metrics, its own gate, the champion comparison, alias."""
         rows = []
         for outcome in self.steps:
+            if outcome.skipped is not None:
+                rows.append({"model": outcome.model_name, "version": "", "seconds": round(outcome.seconds, 1),
+                             "key metrics": "", "vs baselines": outcome.skipped, "vs champion": "",
+                             "alias": "none (skipped)"})
+                continue
             gate = getattr(outcome.result, "gate", None)
             p = outcome.promotion
             rows.append({
@@ -186,6 +199,15 @@ def _run(con: duckdb.DuckDBPyConnection, settings: Settings, wanted: list[str], 
             except TrainingInterrupted as exc:
                 _mark_failed(client, result, step, exc)
                 raise
+            except HistoryTooShort as short:
+                log.warning("%s", short)
+                tracking.set_tags({f"skipped.{step}": str(short)[:4000]})
+                outcome = StepOutcome(step=step, model_name=STEPS[step], seconds=time.perf_counter() - started,
+                                      result=None, version=None, skipped=str(short))
+                result.steps.append(outcome)
+                if on_step_done:
+                    on_step_done(outcome)
+                continue
             except Exception as exc:
                 _mark_failed(client, result, step, exc)
                 raise PipelineError(step, exc, result) from exc
@@ -208,8 +230,8 @@ def _run(con: duckdb.DuckDBPyConnection, settings: Settings, wanted: list[str], 
             result.promoted = True
         summary = result.summary()
         tracking.log_table(summary, "training_summary")
-        tracking.set_tags({f"promotion.{o.model_name}": o.promotion.alias if o.promotion else "none"
-                           for o in result.steps})
+        tracking.set_tags({f"promotion.{o.model_name}": o.promotion.alias if o.promotion else
+                           ("skipped" if o.skipped else "none") for o in result.steps})
     return result
 
 

@@ -76,10 +76,11 @@ KEY_METRICS: dict[str, tuple[KeyMetric, ...]] = {
     ),
 }
 
-#: Run parameters that say which period a model was evaluated on.
+#: Run parameters that say which period a model was evaluated on (for churn also the horizon: with
+#: ``auto`` windows a new history may change it, and AUCs over other horizons are not the same test).
 WINDOW_PARAMS: dict[str, tuple[str, ...]] = {
     "rapport-clv": ("calibration_end", "cutoff"),
-    "rapport-churn": ("test_cutoff",),
+    "rapport-churn": ("test_cutoff", "horizon_days"),
     "rapport-recommender": ("valid_end", "test_end"),
 }
 
@@ -260,7 +261,7 @@ def model_versions(client: mlflow.MlflowClient, model_names: Iterable[str] = MOD
         for alias, v in (registered.aliases or {}).items():
             aliases.setdefault(str(v), []).append(alias)
         for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
-            metrics, _, _ = _run_of(client, v)
+            metrics, params, _ = _run_of(client, v)
             rows.append({
                 "model": name,
                 "version": int(v.version),
@@ -268,10 +269,28 @@ def model_versions(client: mlflow.MlflowClient, model_names: Iterable[str] = MOD
                 "gate": (v.tags or {}).get("gate_eligible", "?"),
                 "key metrics": ", ".join(f"{k.metric} {metrics[k.metric]:.4f}" for k in KEY_METRICS[name]
                                          if k.metric in metrics),
+                "windows": windows_text(params),
                 "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
                 "decision": (v.tags or {}).get("promotion.reasons", ""),
             })
-    return pd.DataFrame(rows, columns=["model", "version", "aliases", "gate", "key metrics", "created", "decision"])
+    return pd.DataFrame(rows, columns=["model", "version", "aliases", "gate", "key metrics", "windows", "created",
+                                       "decision"])
+
+
+#: ``window.*`` parameters that describe the history rather than a chosen window.
+_HISTORY_PARAMS = ("window.history_days", "window.repeat_customers", "window.median_days_between_purchases")
+
+
+def windows_text(params: Mapping[str, str]) -> str:
+    """The windows a version was trained with, from its run's ``window.*`` parameters
+    (``features.windows.Windows.to_params``): "horizon_days 21 (auto), lookback_days 37 (auto)"."""
+    names = [k for k in sorted(params) if k.startswith("window.") and not k.endswith(".why")
+             and k not in _HISTORY_PARAMS]
+    parts = []
+    for name in names:
+        why = params.get(f"{name}.why", "")
+        parts.append(f"{name.removeprefix('window.')} {params[name]} ({'auto' if why.startswith('auto') else 'set'})")
+    return ", ".join(parts)
 
 
 def _now() -> str:

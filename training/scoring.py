@@ -10,9 +10,12 @@ One scoring path for batch files (``rapport score``) and the service:
    on the history before the date, exactly as at each training cutoff — no training/serving skew).
 2. :func:`score_rows` turns rows of the snapshot into :data:`SCORE_COLUMNS`: the CLV outputs
    (``ClvModel.predict``) and the churn outputs (``ChurnModel.predict``: calibrated probability,
-   risk band, percentile, three reasons). Customers outside the churn population bought nothing for
-   more than a year: they are ``lapsed`` (their churn probability is empty, their first reason says
-   why) — the churn model was neither trained nor calibrated on them.
+   risk band, percentile, three reasons) and ``churn_horizon_days``, the horizon H the probability is
+   about (no order in the next H days; it travels in the churn model, chosen by the data when
+   ``auto``). Customers outside the churn population bought nothing in the model's lookback: they are
+   ``lapsed`` (their churn probability is empty, their first reason says why) — the churn model was
+   neither trained nor calibrated on them. The snapshot's population uses the churn model's own
+   lookback (:func:`churn_lookback_days`), so scoring draws the population training drew.
 
 :func:`score_chunks` streams the whole snapshot in chunks, so a million customers never need more
 than a chunk's worth of outputs in memory.
@@ -29,7 +32,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from features.churn import churn_features
+from features.churn import DEFAULT_LOOKBACK_DAYS, churn_features
 from features.customer import customer_features
 from features.schema import Col, Feature
 
@@ -50,6 +53,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "expected_next_order_date",
     "value_segment",
     "churn_probability",
+    "churn_horizon_days",
     "risk_band",
     "percentile",
     "reason_1",
@@ -60,6 +64,11 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "as_of",
 )
 _CLV_COLUMNS = SCORE_COLUMNS[1:11]
+def churn_lookback_days(churn_model: object) -> int:
+    """The population lookback the churn model was trained with (365 days when it does not say)."""
+    value = getattr(churn_model, "lookback_days_", None)
+    return DEFAULT_LOOKBACK_DAYS if value is None else int(value)
+
 _CHURN_COLUMNS = ("churn_probability", "risk_band", "percentile", "reason_1", "reason_2", "reason_3")
 #: Customers per chunk of :func:`score_chunks`.
 DEFAULT_CHUNK = 200_000
@@ -126,6 +135,8 @@ def score_rows(snapshot: Snapshot, customer_ids: pd.Index, clv_model: object, ch
         churn.loc[customer_ids[lapsed], "risk_band"] = LAPSED
         churn.loc[customer_ids[lapsed], "reason_1"] = [f"no order for {int(d):,} days: lapsed" for d in days]
     out["churn_probability"] = pd.to_numeric(churn["churn_probability"], errors="coerce").to_numpy(dtype=np.float64)
+    horizon = getattr(churn_model, "horizon_days_", None)
+    out["churn_horizon_days"] = pd.array([horizon] * len(out), dtype="Int64")
     # object columns, None where empty, whatever pandas would infer (one row or many: the same dtype).
     out["risk_band"] = pd.Series(churn["risk_band"].to_numpy(dtype=object), dtype=object)
     out["percentile"] = pd.to_numeric(churn["percentile"], errors="coerce").to_numpy(dtype=np.float64)

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import duckdb
 import ibis
@@ -32,7 +32,6 @@ from features.churn import (
     check_label_window,
     churn_features,
     churn_labels,
-    data_end,
     sales_span,
 )
 from features.customer import DAYS_PER_UNIT, customer_features
@@ -40,6 +39,7 @@ from features.history import utc_naive
 from features.schema import Col, Feature
 from features.settings import TimeUnit
 from features.store import ibis_backend
+from features.windows import cutoff_grid
 from training.clv.adapter import ClvFitError
 from training.clv.model import ClvModel
 
@@ -89,22 +89,11 @@ def monthly_cutoffs(
     if last < first:
         raise ValueError(f"last_sale ({last}) is before first_sale ({first})")
 
-    earliest = datetime(first.year, first.month, first.day) + timedelta(days=max(min_history_days, lookback_days))
-    latest = data_end(last) - timedelta(days=horizon_days)
-    cutoff = datetime(earliest.year, earliest.month, 1)
-    if cutoff < earliest:
-        cutoff = _next_month(cutoff)
-    cutoffs = []
-    while cutoff <= latest:
-        cutoffs.append(cutoff)
-        cutoff = _next_month(cutoff)
+    cutoffs = cutoff_grid(first, last, horizon_days=horizon_days, lookback_days=max(min_history_days, lookback_days),
+                          spacing="monthly")
     if max_cutoffs is not None:
         cutoffs = cutoffs[-max_cutoffs:]
     return cutoffs
-
-
-def _next_month(day: datetime) -> datetime:
-    return datetime(day.year + day.month // 12, day.month % 12 + 1, 1)
 
 
 def _check_whole(name: str, value: object, *, minimum: int) -> None:

@@ -358,17 +358,23 @@ class ChurnModel(BaseEstimator):
         feature_names: Sequence[str],
         label: str = CHURNED,
         currency: str | None = None,
+        horizon_days: int | None = None,
+        lookback_days: int | None = None,
     ) -> ChurnModel:
         """Boost on ``train``, stop early and calibrate on ``valid`` (the cutoff after the training ones).
 
         ``feature_names``: the numeric columns to learn from (any subset and order; NaN allowed);
         ``label``: the 0/1 column; ``currency``: ISO code of the amounts, used in the reasons' words
         (None: bare numbers). Other columns (``customer_id``, ``cutoff``) are ignored.
+        ``horizon_days`` / ``lookback_days``: the label horizon H and the population lookback of the
+        data set, kept in the artefact (``horizon_days_``, ``lookback_days_``) so that every score
+        says which horizon its probability is about and scoring draws the same population.
 
         :class:`ChurnInputError` names a missing column, a non-numeric feature, a label that is not
         0/1 or a frame without both classes; ``ValueError`` names a bad setting.
         """
         settings = self._checked_settings()
+        windows = _check_windows({"horizon_days": horizon_days, "lookback_days": lookback_days}, ValueError)
         names = _check_feature_names(feature_names)
         if not isinstance(label, str) or label in names:
             raise ChurnInputError(f"label must be a column name other than the features, got {label!r}")
@@ -442,6 +448,7 @@ class ChurnModel(BaseEstimator):
             n_train=len(y_train),
             n_valid=len(y_valid),
         )
+        self.horizon_days_, self.lookback_days_ = windows
         logger.info(
             "churn model fitted on %d rows (churn rate %.1f %%), %d trees of at most %d (early stopping on %d "
             "validation rows, churn rate %.1f %%); %s calibration; risk thresholds %.3f / %.3f",
@@ -608,7 +615,8 @@ class ChurnModel(BaseEstimator):
         starts = np.flatnonzero(np.diff(features[by_feature], prepend=-1))
         for group in np.split(by_feature, starts[1:]):
             name = self.feature_names_[features[group[0]]]
-            out[rows[group], ranks[group]] = reason_texts(name, values, rows[group], currency=self.currency_)
+            out[rows[group], ranks[group]] = reason_texts(name, values, rows[group], currency=self.currency_,
+                                                          horizon_days=getattr(self, "horizon_days_", None))
         return out
 
     # --- artefact ---------------------------------------------------------------------------------
@@ -653,6 +661,7 @@ class ChurnModel(BaseEstimator):
                 "n_train": int(self.n_train_),
                 "n_valid": int(self.n_valid_),
             },
+            "windows": {"horizon_days": self.horizon_days_, "lookback_days": self.lookback_days_},
         }
 
     @classmethod
@@ -745,10 +754,25 @@ class ChurnModel(BaseEstimator):
             n_train=counts["n_train"],
             n_valid=counts["n_valid"],
         )
+        # Artefacts written before the windows travelled with the model have none: horizon unknown.
+        model.horizon_days_, model.lookback_days_ = _check_windows(data.get("windows") or {}, ChurnArtefactError)
         return model
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _check_windows(windows: Any, error: type[Exception]) -> tuple[int | None, int | None]:
+    """(horizon_days, lookback_days): whole numbers of days >= 1, or None (not known)."""
+    if not isinstance(windows, Mapping):
+        raise error(f"churn model windows must be a mapping, got {type(windows).__name__}")
+    out = []
+    for name in ("horizon_days", "lookback_days"):
+        value = windows.get(name)
+        if value is not None and not _is_whole(value, 1):
+            raise error(f"churn model windows.{name} must be a whole number of days >= 1 or null, got {value!r}")
+        out.append(None if value is None else int(value))
+    return out[0], out[1]
 
 
 def _check_feature_names(feature_names: Any) -> tuple[str, ...]:

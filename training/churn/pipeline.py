@@ -1,10 +1,15 @@
-"""The churn training step: stacked monthly cutoffs, LightGBM with early stopping and calibration on
-the validation cutoff, evaluation against three baselines on the latest cutoff, MLflow, registry.
+"""The churn training step: stacked cutoffs, LightGBM with early stopping and calibration on the
+validation cutoff, evaluation against three baselines on the latest cutoff, MLflow, registry.
 
-For horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before the
-training cutoff, for a backtest). The latest labelled cutoff is the test set, the one before it the
-validation set (early stopping, calibration), all earlier ones the training set: the model never
-sees a cutoff later than those it is evaluated on. The model registered is the one evaluated.
+The horizon H, the population lookback and the spacing of the cutoffs come from the settings or,
+when ``auto``, from the history (:func:`features.windows.churn_windows`); what was chosen and why is
+logged as ``window.*`` parameters, and H travels in the model (``ChurnModel.horizon_days_``). For
+horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before the
+training cutoff, for a backtest). The latest labelled cutoff is the test set, the latest one a
+horizon before it the validation set (early stopping, calibration), earlier ones a horizon before
+that the training set: the model never sees a cutoff later than those it is evaluated on. The model
+registered is the one evaluated. A history too short for any such triple skips the step
+(:class:`features.windows.HistoryTooShort`).
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
-from features.history import utc_naive
 from features.settings import Settings
 from features.store import ibis_backend
+from features.windows import Windows, churn_cutoffs, churn_windows, history_stats
 from training import tracking
-from training.churn.dataset import build_dataset, monthly_cutoffs
+from training.churn.dataset import build_dataset
 from training.churn.evaluation import (
     BASELINE_METRIC_PREFIXES,
     LABEL,
@@ -59,13 +64,18 @@ class ChurnTrainingResult:
     model: ChurnModel
     plots: tuple[str, ...]
     notes: tuple[str, ...]
+    windows: Windows
+
+    @property
+    def horizon_days(self) -> int:
+        return int(self.windows["horizon_days"])  # type: ignore[arg-type]
 
 
-def _sales_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime]:
-    first, last = con.execute("SELECT min(ts), max(ts) FROM lines").fetchall()[0]
-    if first is None:
-        raise ValueError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
-    return first, last
+def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None = None) -> Windows:
+    """The churn windows for the store's history (before ``cutoff``): settings, or ``auto`` resolved."""
+    return churn_windows(history_stats(ibis_backend(con), before=cutoff),
+                         horizon_days=settings.churn_horizon_days, lookback_days=settings.churn_lookback_days,
+                         cutoff_spacing=settings.churn_cutoff_spacing, max_cutoffs=settings.churn_max_cutoffs)
 
 
 def train_churn(
@@ -83,27 +93,17 @@ def train_churn(
             progress(text)
 
     backend = ibis_backend(con)
-    first, last = _sales_range(con)
-    if cutoff is not None:
-        # A backtest: nothing at or after the training cutoff may be seen, labels included.
-        last = min(last, utc_naive(cutoff) - timedelta(microseconds=1))
-    cutoffs = monthly_cutoffs(
-        first, last,
-        horizon_days=settings.churn_horizon_days,
-        lookback_days=settings.churn_lookback_days,
-        max_cutoffs=settings.churn_max_cutoffs,
-    )
-    if len(cutoffs) < 3:
-        raise ValueError(
-            f"churn needs at least 3 labelled monthly cutoffs (train, validation, test); the history "
-            f"{first.date()} .. {last.date()} with H = {settings.churn_horizon_days} days gives {len(cutoffs)}"
-        )
-    step(f"building the data set over {len(cutoffs)} cutoffs")
+    # A backtest sees nothing at or after the training cutoff, labels included: the windows and the
+    # cutoffs are those of the history before it.
+    windows = resolve_windows(con, settings, cutoff)
+    horizon, lookback = int(windows["horizon_days"]), int(windows["lookback_days"])  # type: ignore[arg-type]
+    cutoffs = churn_cutoffs(windows, settings.churn_max_cutoffs)
+    step(f"building the data set over {len(cutoffs)} cutoffs (H = {horizon} days, lookback {lookback} days)")
     dataset = build_dataset(
         backend,
         cutoffs=cutoffs,
-        horizon_days=settings.churn_horizon_days,
-        lookback_days=settings.churn_lookback_days,
+        horizon_days=horizon,
+        lookback_days=lookback,
         time_unit=settings.time_unit,
         with_clv=settings.churn_with_clv_features,
         progress=step,
@@ -120,7 +120,8 @@ def train_churn(
         calibration=settings.churn_calibration,
         risk_thresholds=settings.churn_risk_thresholds,
         num_threads=settings.model_threads,
-    ).fit(train, valid, feature_names=dataset.feature_names, label=LABEL, currency=settings.currency)
+    ).fit(train, valid, feature_names=dataset.feature_names, label=LABEL, currency=settings.currency,
+          horizon_days=horizon, lookback_days=lookback)
 
     step("evaluating on the latest cutoff against the baselines")
     probability = model.predict_proba(test)
@@ -144,8 +145,9 @@ def train_churn(
                       plot_dir / "lift.png"),
         ]
         tracking.log_params_flat({
-            "horizon_days": settings.churn_horizon_days,
-            "lookback_days": settings.churn_lookback_days,
+            "horizon_days": horizon,
+            "lookback_days": lookback,
+            **windows.to_params(),
             "train_cutoffs": ",".join(c.date().isoformat() for c in sorted(train["cutoff"].unique())),
             "valid_cutoff": pd.Timestamp(valid["cutoff"].iloc[0]).date().isoformat(),
             "test_cutoff": test_cutoff.date().isoformat(),
@@ -161,7 +163,7 @@ def train_churn(
         })
         tracking.log_params_flat({"baseline": baselines.to_params()})
         tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=test_cutoff + timedelta(
-            days=settings.churn_horizon_days))})
+            days=horizon))})
         tracking.log_metrics_flat({
             **metrics.to_metrics("model"),
             **{k: v for name, m in base.items() for k, v in m.to_metrics(BASELINE_METRIC_PREFIXES[name]).items()},
@@ -196,4 +198,5 @@ def train_churn(
         model=model,
         plots=tuple(str(p) for p in plots),
         notes=(*getattr(dataset, "notes", ()), *baseline_notes(baselines, test)),
+        windows=windows,
     )

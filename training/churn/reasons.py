@@ -326,14 +326,24 @@ def related_columns(feature: str) -> tuple[str, ...]:
     return _RELATED.get(feature, ())
 
 
-def reason_text(feature: str, row: Mapping[str, Any], *, currency: str | None = None) -> str:
+def _with_horizon(text: str, horizon_days: int | None) -> str:
+    """The churn horizon next to the days since the last order: the probability is about it."""
+    if horizon_days is None:
+        return text
+    horizon = f"churn horizon {_days(horizon_days)}"
+    return f"{text[:-1]}; {horizon})" if text.endswith(")") else f"{text} ({horizon})"
+
+
+def reason_text(feature: str, row: Mapping[str, Any], *, currency: str | None = None,
+                horizon_days: int | None = None) -> str:
     """The sentence for ``feature`` with the value ``row[feature]`` (and related columns of ``row``).
 
     ``currency`` (an ISO code such as ``"GBP"``) formats amounts ("£23.50"); None writes bare numbers.
     A missing or non-finite value reads "<what> unknown", except where missing has a meaning: no
     usual gap between orders means one order only, no change vs the previous quarter means nothing
     in that quarter. A feature without a template reads ``"<feature> = <value>"``. ``KeyError`` when
-    ``row`` has no ``feature`` at all.
+    ``row`` has no ``feature`` at all. ``horizon_days``, the churn model's horizon H, is named in the
+    days-since-last-order sentence: "no order for 40 days (usually every 7; churn horizon 21 days)".
     """
     if feature not in row:
         raise KeyError(f"reason_text: the row has no value for {feature!r}")
@@ -346,7 +356,8 @@ def reason_text(feature: str, row: Mapping[str, Any], *, currency: str | None = 
         if feature in (SPEND_CHANGE_90D, ORDERS_CHANGE_90D):
             return template(value, row, currency)  # NaN there means "nothing in the quarter before"
         return unknown
-    return template(value, row, currency)
+    text = template(value, row, currency)
+    return _with_horizon(text, horizon_days) if feature == Feature.DAYS_SINCE_LAST_ORDER else text
 
 
 # --- many rows at once ------------------------------------------------------------------------------
@@ -523,7 +534,7 @@ def _groups(keys: _Keys) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
 
 
 def reason_texts(feature: str, columns: Mapping[str, ArrayLike], rows: ArrayLike, *,
-                 currency: str | None = None) -> list[str]:
+                 currency: str | None = None, horizon_days: int | None = None) -> list[str]:
     """:func:`reason_text` of ``feature`` for each row index in ``rows`` of ``columns``, in that order.
 
     ``columns`` maps column names to equally long numeric arrays (missing values as NaN): the feature
@@ -545,6 +556,6 @@ def reason_texts(feature: str, columns: Mapping[str, ArrayLike], rows: ArrayLike
         return values[name] if name in values else np.full(index.size, np.nan)
 
     codes, representative = _groups(_keys(feature, values[feature], related))
-    texts = [reason_text(feature, {name: column[i] for name, column in values.items()}, currency=currency)
-             for i in representative]
+    texts = [reason_text(feature, {name: column[i] for name, column in values.items()}, currency=currency,
+                         horizon_days=horizon_days) for i in representative]
     return np.asarray(texts, dtype=object)[codes].tolist()

@@ -1,7 +1,8 @@
 """The CLV training step: candidates on a calibration/holdout split, the chosen model refitted on the
 whole history before the cutoff, everything logged to MLflow and the model registered.
 
-Steps, for a cutoff c and a holdout of h days:
+Steps, for a cutoff c and a holdout of h days (``clv_holdout_days``, or with ``auto`` a third of the
+history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too short skips the step):
 
 1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
    in the holdout [c − h, c).
@@ -34,6 +35,7 @@ from features.history import utc_naive
 from features.purchases import daily_repeat_purchases
 from features.settings import Settings
 from features.store import ibis_backend
+from features.windows import HistoryTooShort, Windows, clv_windows, history_stats
 from training import tracking
 from training.clv.adapter import ClvFitError
 from training.clv.evaluation import GateDecision, HoldoutEvaluation, evaluate_holdout, gate, holdout_table
@@ -69,6 +71,7 @@ class ClvTrainingResult:
     model: ClvModel
     plots: tuple[Path, ...]
     failed_candidates: tuple[tuple[str, str], ...]
+    windows: Windows
 
 
 def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -113,7 +116,9 @@ def train_clv(
 
     backend = ibis_backend(con)
     cutoff = utc_naive(cutoff) if cutoff is not None else default_cutoff(con)
-    calibration_end = cutoff - timedelta(days=settings.clv_holdout_days)
+    windows = clv_windows(history_stats(backend, before=cutoff), holdout_days=settings.clv_holdout_days)
+    holdout_days = int(windows["holdout_days"])  # type: ignore[arg-type]
+    calibration_end = cutoff - timedelta(days=holdout_days)
 
     step(f"calibration/holdout split at {calibration_end.date()}")
     split = calibration_holdout(backend, calibration_end, cutoff, time_unit=settings.time_unit)
@@ -134,7 +139,14 @@ def train_clv(
             continue
         evaluations[kind] = evaluate_holdout(fitted[kind], split)
     if not evaluations:
-        raise ClvFitError("no candidate model converged: " + "; ".join(f"{k}: {m}" for k, m in failed))
+        # Every candidate failing on the calibration period is what too short a history does (no
+        # drop-out visible yet: the parameters are not identified), not an error of the code.
+        raise HistoryTooShort("clv", (
+            f"clv skipped: no purchase model ({', '.join(k for k, _ in failed)}) could be fitted on the "
+            f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
+            f"{calibration_end:%Y-%m-%d} ({len(split):,} customers): the data do not pin their parameters down "
+            f"(each candidate's reason is in the log). A longer history helps; so may a shorter clv_holdout_days "
+            f"or a clv_penalizer above 0"))
     kind = choose(evaluations)
     decision = gate(evaluations[kind])
     table = holdout_table(evaluations)
@@ -153,7 +165,8 @@ def train_clv(
             "time_unit": settings.time_unit,
             "cutoff": cutoff.date().isoformat(),
             "calibration_end": calibration_end.date().isoformat(),
-            "holdout_days": settings.clv_holdout_days,
+            "holdout_days": holdout_days,
+            **windows.to_params(),
             "penalizer": settings.clv_penalizer,
             "horizon_months": settings.clv_horizon_months,
             "monthly_discount_rate": settings.clv_monthly_discount_rate,
@@ -198,6 +211,7 @@ def train_clv(
         model=final,
         plots=tuple(plots),
         failed_candidates=tuple(failed),
+        windows=windows,
     )
 
 

@@ -3,7 +3,9 @@ whole history, log to MLflow and register ``rapport-recommender``.
 
 1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend_test_days`` of
    the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend_valid_days``
-   before them the label period the ranker learns on.
+   before them the label period the ranker learns on. With ``auto`` both periods and the half-life
+   come from the history (:func:`features.windows.recommend_windows`); a history too short skips
+   the step.
 2. :func:`training.recommend.evaluation.compare`: the ranked blend, the baselines and the plain
    candidate models fitted before the test period and judged on it; the gate.
 3. The model that is registered is the same configuration refitted up to the end of the history:
@@ -29,6 +31,7 @@ import pandas as pd
 from features.history import utc_naive
 from features.settings import Settings
 from features.store import ibis_backend
+from features.windows import Windows, history_stats, recommend_windows
 from training import tracking
 from training.plotting import run_plot_dir
 from training.recommend.candidates import CandidateSizes
@@ -57,17 +60,25 @@ class RecommenderTrainingResult:
     n_test_customers: int
     catalogue_version: str
     plots: tuple[str, ...]
+    windows: Windows
 
 
-def recommender_settings(settings: Settings) -> RecommenderSettings:
-    """The model's settings from the project's (``recommend_*``, ``model_threads``)."""
+def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None = None) -> Windows:
+    """The recommender's test and label periods and half-life for the store's history (before ``cutoff``)."""
+    return recommend_windows(history_stats(ibis_backend(con), before=cutoff), test_days=settings.recommend_test_days,
+                             valid_days=settings.recommend_valid_days,
+                             half_life_days=settings.recommend_half_life_days)
+
+
+def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSettings:
+    """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows."""
     sizes = settings.recommend_candidates
     unknown = sorted(set(sizes) - {"own", "als", "knn", "popular"})
     if unknown:
         raise ValueError(f"recommend_candidates: unknown source(s) {', '.join(unknown)}; "
                          "expected own, als, knn and popular")
     return RecommenderSettings(
-        half_life_days=settings.recommend_half_life_days,
+        half_life_days=windows["half_life_days"],  # type: ignore[arg-type]
         browse_weight=settings.recommend_browse_weight,
         factors=settings.recommend_factors,
         regularization=settings.recommend_regularization,
@@ -75,7 +86,7 @@ def recommender_settings(settings: Settings) -> RecommenderSettings:
         warm_iterations=settings.recommend_warm_iterations,
         knn_neighbours=settings.recommend_neighbours,
         candidates=CandidateSizes(**sizes),
-        label_days=settings.recommend_valid_days,
+        label_days=int(windows["valid_days"]),  # type: ignore[arg-type]
         max_training_customers=settings.recommend_max_training_customers,
         n_estimators=settings.recommend_ranker_trees,
         repurchasable_categories=tuple(settings.recommend_repurchasable_categories),
@@ -119,9 +130,10 @@ def train_recommender(
             progress(text)
 
     backend = ibis_backend(con)
-    model_settings = recommender_settings(settings)
-    split = temporal_split(_last_sale(con, cutoff), test_days=settings.recommend_test_days,
-                           valid_days=settings.recommend_valid_days)
+    windows = resolve_windows(con, settings, cutoff)
+    model_settings = recommender_settings(settings, windows)
+    split = temporal_split(_last_sale(con, cutoff), test_days=int(windows["test_days"]),  # type: ignore[arg-type]
+                           valid_days=int(windows["valid_days"]))  # type: ignore[arg-type]
     comparison = compare(backend, split, model_settings, progress=lambda text: step(f"evaluation: {text}"))
     step("final model on the whole history")
     # The final ranker learns on the test period, the latest labels there are, from the candidate
@@ -153,6 +165,7 @@ def train_recommender(
             "model": {k: v for k, v in final_settings.as_dict().items() if k != "candidates"},
             "candidates": final_settings.candidates.__dict__,
             "ranker_best_iteration": model.training_.best_iteration,
+            **windows.to_params(),
         })
         tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=split.test_end)})
         metrics: dict[str, float] = {}
@@ -185,7 +198,7 @@ def train_recommender(
     return RecommenderTrainingResult(
         run_id=run_id, model_name=MODEL_NAME, model_version=None if version is None else str(version), split=split,
         table=table, gate=comparison.gate, model=model, n_test_customers=comparison.n_customers,
-        catalogue_version=version_of_catalogue, plots=tuple(str(p) for p in plots),
+        catalogue_version=version_of_catalogue, plots=tuple(str(p) for p in plots), windows=windows,
     )
 
 
