@@ -46,6 +46,8 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     assert run.data.params["model"] == result.kind and run.data.params["time_unit"] == "D"
     assert "holdout_mae" in run.data.metrics and "naive_holdout_mae" in run.data.metrics
     assert run.data.metrics["plausibility.one_order_unexplained"] == 0
+    alive = run.data.metrics["one_order_probability_alive_median"]
+    assert alive < 1.0 if result.kind != "bgnbd" else alive == 1.0
     assert "one-order customers" in run.data.tags["plausibility"]
     assert run.data.tags["gate.eligible"] == "true"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}

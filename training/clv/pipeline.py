@@ -36,11 +36,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from features.customer import calibration_holdout, customer_features
 from features.history import utc_naive
 from features.purchases import daily_repeat_purchases
+from features.schema import Feature
 from features.settings import Settings
 from features.store import ibis_backend
 from training import tracking
@@ -166,9 +168,13 @@ def train_clv(
     final = _model(kind, settings).fit(features, cutoff=cutoff, currency=settings.currency)
 
     step("checking the one-order customers' CLV against the repeat customers' actual spend")
-    plausibility = _plausibility(con, backend, final, features, cutoff, settings)
+    plausibility, one_order_alive = _plausibility(con, backend, final, features, cutoff, settings)
     if not plausibility.plausible:
         log.warning("CLV plausibility: %s", plausibility.message)
+    if kind not in WITHOUT_ONE_ORDER_ARTEFACT:
+        others = ", ".join(f"{k} {evaluations[k].mae:.4f}" for k in evaluations if k in WITHOUT_ONE_ORDER_ARTEFACT)
+        log.warning("CLV: %s chosen (holdout MAE %.4f; %s): it gives every one-order customer probability alive 1",
+                    kind, evaluations[kind].mae, others or "no candidate without that artefact converged")
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
@@ -198,6 +204,7 @@ def train_clv(
             "spend_customers": float(final.n_spend_customers_),
             "spend_excluded": float(final.n_spend_excluded_),
             **plausibility.to_metrics(),
+            "one_order_probability_alive_median": one_order_alive,
         })
         tracking.log_table(table, "holdout_table")
         for path in plots:
@@ -233,16 +240,21 @@ def train_clv(
 
 
 def _plausibility(con: duckdb.DuckDBPyConnection, backend, model: ClvModel, features: pd.DataFrame,  # noqa: ANN001
-                  cutoff: datetime, settings: Settings) -> PlausibilityCheck:
+                  cutoff: datetime, settings: Settings) -> tuple[PlausibilityCheck, float]:
     """The plausibility check of ``model``'s CLV, against the repeat customers' spend over the last
-    horizon before the cutoff (the last half of a history shorter than two horizons)."""
+    horizon before the cutoff (the last half of a history shorter than two horizons), and the
+    median probability alive of the one-order customers."""
     horizon_days = settings.clv_horizon_months * DAYS_PER_MONTH
     first = con.execute("SELECT min(ts) FROM lines").fetchall()[0][0]
     span_days = (cutoff - utc_naive(first)).days if first is not None else 0
     window = max(1, min(round(horizon_days), span_days // 2))
     reference = calibration_holdout(backend, cutoff - timedelta(days=window), cutoff, time_unit=settings.time_unit)
-    clv = model.predict(features)["clv"].to_numpy()
-    return plausibility_check(features, clv, reference, horizon_days=horizon_days, time_unit=settings.time_unit)
+    scores = model.predict(features)
+    check = plausibility_check(features, scores["clv"].to_numpy(), reference, horizon_days=horizon_days,
+                               time_unit=settings.time_unit)
+    one_order = features[Feature.FREQUENCY].to_numpy() == 0
+    alive = scores["probability_alive"].to_numpy()[one_order]
+    return check, float(np.median(alive)) if alive.size else float("nan")
 
 
 def _coefficients(model: ClvModel, prefix: str) -> dict[str, float]:
