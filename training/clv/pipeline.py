@@ -10,8 +10,8 @@ Steps, for a cutoff c and a holdout of h days:
    wins, except that a model in which a customer without repeat purchases can be inactive
    (MBG/NBD, Pareto/NBD) wins over BG/NBD when its MAE is within ``TIE_TOLERANCE`` (1 %) of the
    best: BG/NBD lets a customer drop out only after a repeat purchase, so it gives every one-order
-   customer, however long ago, a probability alive of exactly 1 (Fader, Hardie & Lee 2005,
-   eq. (A2); Batislam et al. 2007 remove it). A candidate that does not converge is reported, not
+   customer, however long ago, a probability alive of exactly 1 (Fader, Hardie & Lee, "Computing
+   P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al. 2007, removes it). A candidate that does not converge is reported, not
    fatal, unless all fail.
 3. The gate (``evaluation.gate``): worse than the naive baseline on the aggregate error or the
    per-customer MAE makes the model ineligible for promotion; the reasons are logged as tags.
