@@ -86,7 +86,6 @@ from sklearn.utils.validation import check_is_fitted
 from features.churn import CHURNED
 from training.artefact import ArtefactReader
 from training.churn.contributions import PathContributions
-from training.churn.evaluation import expected_calibration_error
 from training.churn.reasons import CONTEXT_COLUMNS, reason_texts
 
 logger = logging.getLogger(__name__)
@@ -244,6 +243,10 @@ def out_of_fold_calibration_errors(margin: FloatArray, label: FloatArray, *, see
     split into ``folds`` stratified folds (seeded), each map fitted on the other folds scores each
     one, and the ECE (10 quantile bins, ``evaluation.expected_calibration_error``) is taken over
     the pooled out-of-fold probabilities. Fewer churners or stayers than folds: one fit on all rows."""
+    # Imported here, at fit time: the evaluation module fits the baselines, and the service, which
+    # imports this module to score, must not load code that fits models.
+    from training.churn.evaluation import expected_calibration_error
+
     n_minority = int(min(label.sum(), label.size - label.sum()))
     out = {method: np.empty(label.size) for method in CALIBRATIONS}
     if n_minority < folds:
