@@ -531,7 +531,7 @@ class _Horizon:
         if self.seasonality == 0:
             return day
         omega = 2 * np.pi / 365.25
-        offset = self.start.timetuple().tm_yday - 1 - self.peak_day_of_year
+        offset = self.start.timetuple().tm_yday - self.peak_day_of_year
         return day + self.seasonality / omega * (np.sin(omega * (day + offset)) - np.sin(omega * offset))
 
     def calendar(self, operational: np.ndarray) -> np.ndarray:
