@@ -244,6 +244,82 @@ class GenerationSummary:
         }
 
 
+# --- Shapes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A kind of retailer's history: its span, the parameters it is drawn from and its seasonality.
+
+    ``seasonality`` is the amplitude A of a yearly cycle of every person's purchase intensity,
+    lambda (1 + A cos(2 pi (day of year - ``peak_day_of_year``) / 365.25)), first purchases
+    included (0: none; below 1, so the intensity stays positive). Seasonal draws are made in
+    *operational time* (the integral of the cycle) and mapped back to the calendar: a Poisson
+    process in operational time is an inhomogeneous one in calendar time with that intensity, so the
+    BG/NBD truth holds in operational time.
+    """
+
+    name: str
+    description: str
+    start: date
+    end: date
+    params: TrueParameters = TrueParameters()
+    behaviour: Behaviour = Behaviour()
+    seasonality: float = 0.0
+    peak_day_of_year: int = 335  # early December
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seasonality < 1:
+            raise ValueError(f"Shape {self.name!r}: seasonality must be in [0, 1), got {self.seasonality!r}")
+        if not 1 <= self.peak_day_of_year <= 366:
+            raise ValueError(f"Shape {self.name!r}: peak_day_of_year must be in 1..366, got {self.peak_day_of_year!r}")
+
+
+#: The shape :func:`generate` and ``rapport data generate`` draw unless told otherwise.
+DEFAULT_SHAPE = "default"
+
+#: Every shape by name (``rapport data generate --shape NAME``).
+SHAPES: dict[str, Shape] = {shape.name: shape for shape in (
+    Shape(
+        DEFAULT_SHAPE,
+        "three years of a homeware retailer across web, app, stores and marketplaces; a repeat "
+        "purchase about every 100 days, a sixth of the customers drop out after each",
+        date(2023, 1, 1), date(2025, 12, 31),
+    ),
+    Shape(
+        "grocery",
+        "four months of weekly baskets: a purchase about every 7 days (median gap), most customers "
+        "repeat, large baskets of favourite items",
+        date(2025, 9, 1), date(2025, 12, 31),
+        params=TrueParameters(r=6.0, alpha=60.0, a=1.0, b=40.0, p=8.0, q=5.0, gamma=25.0),
+        behaviour=Behaviour(extra_lines_mean=7.0, favourite_share=0.55, segment_share=0.30,
+                            free_delivery_threshold=40.0, return_share=0.01, events_per_order=0.3),
+    ),
+    Shape(
+        "fashion",
+        "two years of a fashion retailer: rare repeat purchases, a strong yearly season peaking in "
+        "December (nine times the intensity of early June), many returns",
+        date(2024, 1, 1), date(2025, 12, 31),
+        params=TrueParameters(r=0.25, alpha=250.0, a=2.0, b=2.0, p=5.0, q=4.0, gamma=40.0),
+        behaviour=Behaviour(extra_lines_mean=0.8, return_share=0.25, full_return_share=0.9),
+        seasonality=0.8,
+    ),
+    Shape(
+        "one-year",
+        "the default retailer observed for one year only",
+        date(2025, 1, 1), date(2025, 12, 31),
+    ),
+)}
+
+
+def shape_named(name: str) -> Shape:
+    """The shape called ``name``; ``ValueError`` lists the known ones."""
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise ValueError(f"unknown shape {name!r}: expected one of {', '.join(SHAPES)}") from None
+
+
 # --- Bad rows -------------------------------------------------------------------------------------
 
 #: Kinds of planted bad row and the quarantine reason ingestion must give each.
@@ -284,16 +360,19 @@ def generate(
     n_customers: int,
     seed: int,
     *,
-    start: date = date(2023, 1, 1),
-    end: date = date(2025, 12, 31),
+    shape: str | Shape = DEFAULT_SHAPE,
+    start: date | None = None,
+    end: date | None = None,
     file_format: FileFormat = "parquet",
-    params: TrueParameters = TrueParameters(),
-    behaviour: Behaviour = Behaviour(),
+    params: TrueParameters | None = None,
+    behaviour: Behaviour | None = None,
     bad_rows: bool = True,
     progress: Progress | None = None,
 ) -> GenerationSummary:
     """Write raw omnichannel files for ``n_customers`` persons and the truth they came from.
 
+    ``shape`` (a name of :data:`SHAPES` or a :class:`Shape`) gives the span, parameters, behaviour
+    and seasonality; ``start``, ``end``, ``params`` and ``behaviour`` override the shape's.
     ``start`` and ``end`` are the first and last day of the history (``end`` included); every
     timestamp lies in ``[start, end + 1 day)`` except the planted future ones. Raw files go to
     ``output_dir`` (``orders``, ``store_receipts``, ``returns``, ``catalogue``, ``browse_events``,
@@ -302,7 +381,12 @@ def generate(
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    horizon = _Horizon.from_dates(start, end)
+    chosen = shape if isinstance(shape, Shape) else shape_named(shape)
+    start = chosen.start if start is None else start
+    end = chosen.end if end is None else end
+    params = chosen.params if params is None else params
+    behaviour = chosen.behaviour if behaviour is None else behaviour
+    horizon = _Horizon.from_dates(start, end, seasonality=chosen.seasonality, peak_day_of_year=chosen.peak_day_of_year)
     _check_arguments(output_dir, n_customers, file_format)
     report = _progress_reporter(progress)
     rngs = _random_streams(seed)
@@ -328,7 +412,8 @@ def generate(
     truth_dir.mkdir(exist_ok=True)
     counts = world.counts()
     _write_truth(truth_dir, world, seed=seed, n_customers=n_customers, horizon=horizon, file_format=file_format,
-                 params=params, behaviour=behaviour, counts=counts, bad_counts=bad_counts, late_valid=late_valid)
+                 shape=chosen.name, params=params, behaviour=behaviour, counts=counts, bad_counts=bad_counts,
+                 late_valid=late_valid)
     report("done", 1.0)
     seconds = time.perf_counter() - started
     logger.info("generated %d persons, %d sales lines, %d rows in %.1f s into %s", counts["persons"],
@@ -429,15 +514,36 @@ def _write_main_files(writer: _Writer, world: _World, rngs: dict[str, np.random.
 
 @dataclass(frozen=True)
 class _Horizon:
-    """The observed period in epoch seconds: ``[start 00:00 UTC, end + 1 day 00:00 UTC)``."""
+    """The observed period in epoch seconds: ``[start 00:00 UTC, end + 1 day 00:00 UTC)``, and its
+    seasonal cycle (:class:`Shape`)."""
 
     start: date
     end: date
     start_s: int
     end_s: int
+    seasonality: float = 0.0
+    peak_day_of_year: int = 335
+
+    def operational(self, day: np.ndarray | float) -> np.ndarray:
+        """U(d) = integral over [0, d] of 1 + A cos(2 pi (x + x0 - peak) / 365.25) dx, x0 the start's
+        day of the year: the operational time of calendar day d (days after the start)."""
+        day = np.asarray(day, dtype=np.float64)
+        if self.seasonality == 0:
+            return day
+        omega = 2 * np.pi / 365.25
+        offset = self.start.timetuple().tm_yday - self.peak_day_of_year
+        return day + self.seasonality / omega * (np.sin(omega * (day + offset)) - np.sin(omega * offset))
+
+    def calendar(self, operational: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`operational` (U is strictly increasing for A < 1), read off a grid of
+        one point per minute."""
+        if self.seasonality == 0:
+            return operational
+        grid = np.linspace(0.0, float(self.days), self.days * 1_440 + 1)
+        return np.interp(operational, self.operational(grid), grid)
 
     @classmethod
-    def from_dates(cls, start: date, end: date) -> _Horizon:
+    def from_dates(cls, start: date, end: date, *, seasonality: float = 0.0, peak_day_of_year: int = 335) -> _Horizon:
         if not isinstance(start, date) or not isinstance(end, date):
             raise TypeError(f"start and end must be dates, got {start!r} and {end!r}")
         days = (end - start).days + 1
@@ -447,7 +553,7 @@ class _Horizon:
                 f"{MIN_OBSERVATION_DAYS} days (every person is observed that long after their first purchase)"
             )
         start_s = int(datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp())
-        return cls(start, end, start_s, start_s + days * 86_400)
+        return cls(start, end, start_s, start_s + days * 86_400, seasonality, peak_day_of_year)
 
     @property
     def days(self) -> int:
@@ -574,8 +680,8 @@ class _StackedSampler:
 @dataclass
 class _Persons:
     n: int
-    first_day: np.ndarray  # days after start (float)
-    window: np.ndarray  # days from first purchase to the end of the history
+    first_day: np.ndarray  # days after start (float), in operational time (see Shape)
+    window: np.ndarray  # operational days from first purchase to the end of the history
     lam: np.ndarray
     p_drop: np.ndarray
     nu: np.ndarray
@@ -593,8 +699,10 @@ def _draw_persons(rng: np.random.Generator, n: int, horizon: _Horizon, params: T
     Poisson process has N ~ Poisson(lambda * W) arrivals in the window W; the person makes
     k = min(J, N) of them and is still alive at the end iff N < J.
     """
-    first_day = rng.uniform(0.0, horizon.days - MIN_OBSERVATION_DAYS, size=n)
-    window = horizon.days - first_day
+    # Drawn in operational time (calendar time without a season): the first purchase lies before
+    # the last MIN_OBSERVATION_DAYS calendar days either way.
+    first_day = rng.uniform(0.0, float(horizon.operational(horizon.days - MIN_OBSERVATION_DAYS)), size=n)
+    window = float(horizon.operational(horizon.days)) - first_day
     lam = rng.gamma(params.r, 1.0 / params.alpha, size=n)
     p_drop = rng.beta(params.a, params.b, size=n)
     # Beta draws can underflow to exactly 0 for tiny a; numpy's geometric needs p > 0.
@@ -868,7 +976,7 @@ def _draw_orders(rng: np.random.Generator, persons: _Persons, identities: _Ident
                  params: TrueParameters, behaviour: Behaviour) -> _Orders:
     repeat_owner, repeat_day = _repeat_purchase_days(rng, persons)
     person = np.concatenate([np.arange(persons.n), repeat_owner])
-    day = np.concatenate([persons.first_day, repeat_day])
+    day = horizon.calendar(np.concatenate([persons.first_day, repeat_day]))
     u = rng.random(person.shape[0])
     channel = (u[:, None] >= identities.channel_cdf[person]).sum(axis=1).astype(np.int8)
     ts = horizon.start_s + np.floor(day * 86_400).astype(np.int64)
@@ -1431,7 +1539,7 @@ def _with_text_timestamps(table: pa.Table) -> pa.Table:
 
 
 def _write_truth(truth_dir: Path, world: _World, *, seed: int, n_customers: int, horizon: _Horizon,
-                 file_format: str, params: TrueParameters, behaviour: Behaviour, counts: dict[str, int],
+                 file_format: str, shape: str, params: TrueParameters, behaviour: Behaviour, counts: dict[str, int],
                  bad_counts: dict[str, dict[str, int]], late_valid: dict[str, int]) -> None:
     """params.json, persons.parquet and orders.parquet: what the data were drawn from."""
     pq.write_table(_persons_truth(world), truth_dir / "persons.parquet")
@@ -1439,6 +1547,8 @@ def _write_truth(truth_dir: Path, world: _World, *, seed: int, n_customers: int,
     document = {
         "generator": "features.generate",
         "seed": seed,
+        "shape": shape,
+        "seasonality": {"amplitude": horizon.seasonality, "peak_day_of_year": horizon.peak_day_of_year},
         "n_customers": n_customers,
         "start": horizon.start.isoformat(),
         "end": horizon.end.isoformat(),

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     churn_num_leaves: int = Field(31, ge=2, description="LightGBM leaves per tree.")
     churn_min_child_samples: int = Field(50, ge=1, description="LightGBM minimum customers per leaf.")
     churn_early_stopping_rounds: int = Field(50, ge=1, description="LightGBM early-stopping patience.")
-    churn_calibration: Literal["isotonic", "sigmoid"] = Field("isotonic", description="Probability calibration fitted on the validation cutoff.")
+    churn_calibration: Literal["auto", "isotonic", "interpolated", "sigmoid"] = Field("auto", description="Probability calibration fitted on the validation cutoff; auto: interpolated isotonic or Platt's sigmoid (both keep the ranking) unless isotonic's steps are better calibrated by more than 0.005 ECE out of fold.")
     churn_risk_thresholds: tuple[float, float] | None = Field(
         None, description="Churn probabilities separating low/medium and medium/high risk; default: the 50th and 80th percentiles of the training distribution."
     )
@@ -152,6 +152,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Categories still recommended after a purchase when already purchased items are excluded (consumables).",
     )
+    train_search_budget_s: float = Field(60.0, ge=0, description="Seconds each training step may spend searching its hyper-parameters on the validation period (0: no search, the configured values).")
     promotion_tolerance: float = Field(0.01, ge=0, lt=1, description="A new version becomes champion only if no key metric is worse than the champion's by more than this share.")
     model_threads: int = Field(2, ge=1, description="Threads of LightGBM and BLAS in training and scoring.")
     serving_api_keys: list[SecretStr] = Field(

@@ -156,29 +156,34 @@ def data_generate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 42,
     output: Annotated[Path, typer.Option(help="Folder to write the raw channel files into.")] = Path("data/raw"),
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
-    start: Annotated[str, typer.Option(help="First day of the simulated history.")] = "2023-01-01",
-    end: Annotated[str, typer.Option(help="Last day of the simulated history.")] = "2025-12-31",
+    shape: Annotated[str, typer.Option(help="Kind of history: default, grocery, fashion or one-year.")] = "default",
+    start: Annotated[str | None, typer.Option(help="First day of the simulated history (default: the shape's).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last day of the simulated history (default: the shape's).")] = None,
     bad_rows: Annotated[bool, typer.Option(help="Plant a counted sprinkling of bad rows.")] = True,
 ) -> None:
     """Write synthetic raw files for every source, from a generative model with known parameters
     (written to OUTPUT/_truth/params.json)."""
-    summary = _generate(customers, seed, output, file_format, start, end, bad_rows)
+    summary = _generate(customers, seed, output, file_format, start, end, bad_rows, shape=shape)
     _print_generation(summary)
 
 
-def _generate(customers: int, seed: int, output: Path, file_format: str, start: str, end: str, bad_rows: bool):  # noqa: ANN202
-    from features.generate import generate
+def _generate(customers: int, seed: int, output: Path, file_format: str, start: str | None, end: str | None,  # noqa: ANN202
+              bad_rows: bool, *, shape: str = "default"):
+    from features.generate import SHAPES, generate
 
     if file_format not in ("parquet", "csv"):
         raise typer.BadParameter("expected parquet or csv", param_hint="--format")
-    start_d, end_d = _date(start, "--start"), _date(end, "--end")
+    if shape not in SHAPES:
+        raise typer.BadParameter(f"expected one of {', '.join(SHAPES)}", param_hint="--shape")
+    start_d = None if start is None else _date(start, "--start").date()
+    end_d = None if end is None else _date(end, "--end").date()
     with _progress() as progress:
         task = progress.add_task("generating", total=1.0)
 
         def report(stage: str, fraction: float) -> None:
             progress.update(task, description=f"generating: {stage}", completed=fraction)
 
-        return _guard(lambda: generate(output, customers, seed, start=start_d.date(), end=end_d.date(),
+        return _guard(lambda: generate(output, customers, seed, shape=shape, start=start_d, end=end_d,
                                        file_format=file_format, bad_rows=bad_rows, progress=report))
 
 

@@ -81,6 +81,21 @@ def test_metrics_on_ten_customers_by_hand():
     # it holds 1 of the 4 churners = 0.25.
     assert m.top_decile_lift == pytest.approx(2.5)
     assert m.top_decile_capture == pytest.approx(0.25)
+    # Every customer has a probability of their own; the ECE is that of the reliability curve.
+    assert m.distinct_values == len(np.unique(P10))
+    assert m.ece == pytest.approx(expected_calibration_error(Y10, P10))
+
+
+@pytest.mark.unit
+def test_ties_are_counted_as_distinct_values_and_a_plain_score_has_no_ece():
+    plateaus = np.where(P10 > 0.5, 0.8, 0.2)
+    m = classifier_metrics("steps", Y10, plateaus)
+    assert m.distinct_values == 2
+    # Two bins, one per plateau: ECE = sum over them of share x |churn rate - probability|.
+    high = plateaus == 0.8
+    by_hand = (high.sum() * abs(Y10[high].mean() - 0.8) + (~high).sum() * abs(Y10[~high].mean() - 0.2)) / 10
+    assert m.ece == pytest.approx(by_hand)
+    assert math.isnan(classifier_metrics("days", Y10, 100 * P10, is_probability=False).ece)
 
 
 @pytest.mark.unit

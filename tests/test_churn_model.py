@@ -38,10 +38,14 @@ from training.churn.model import (  # noqa: E402
     ChurnArtefactError,
     ChurnInputError,
     ChurnModel,
+    CALIBRATION_TOLERANCE,
+    InterpolatedIsotonicCalibrator,
     IsotonicCalibrator,
     SigmoidCalibrator,
+    choose_calibration,
 )
 from training.churn.pyfunc import ARTIFACT_KEY, log_churn_model, pyfunc_output  # noqa: E402
+from training.churn.search import SEARCH_SPACE, search_boosting, searched_model  # noqa: E402
 from training.churn.reasons import (  # noqa: E402
     CLV_EXPECTED_PURCHASES_90D,
     CLV_PROBABILITY_ALIVE,
@@ -140,7 +144,8 @@ def test_calibration_is_fitted_on_the_validation_frame_only(data):
     # and only a map fitted on the validation frame (the real base rate) brings them back.
     shifted, _ = churn_frame(20_000, 4, intercept=1.0)
     valid, test = data["valid"][0], data["test"][0]
-    model = ChurnModel(balance_classes=False, seed=1).fit(shifted, valid, feature_names=FEATURES)
+    model = ChurnModel(balance_classes=False, calibration="isotonic", seed=1).fit(shifted, valid,
+                                                                                 feature_names=FEATURES)
     y = test["churned"].to_numpy()
     assert model.base_rate_ > model.validation_base_rate_ + 0.2
     assert model.raw_probability(test).mean() - y.mean() > 0.15
@@ -153,6 +158,75 @@ def test_calibration_is_fitted_on_the_validation_frame_only(data):
     assert isinstance(model.calibrator_, IsotonicCalibrator)
     np.testing.assert_array_equal(model.calibrator_.x, expected.X_thresholds_)
     np.testing.assert_array_equal(model.calibrator_.y, expected.y_thresholds_)
+
+
+@pytest.mark.model
+def test_auto_calibration_keeps_the_ranking_and_is_as_well_calibrated_as_isotonic(data):
+    train, valid, test = (data[k][0] for k in ("train", "valid", "test"))
+    y = test["churned"].to_numpy()
+    steps = ChurnModel(calibration="isotonic", seed=3).fit(train, valid, feature_names=FEATURES)
+    auto = ChurnModel(seed=3).fit(train, valid, feature_names=FEATURES)
+    # Out-of-fold validation ECE of every map; a map that keeps the ranking was within tolerance.
+    assert set(auto.calibration_errors_) == {"isotonic", "interpolated", "sigmoid"}
+    assert auto.calibrator_.method in ("interpolated", "sigmoid")
+    assert auto.calibration_errors_[auto.calibrator_.method] <= auto.calibration_errors_["isotonic"] + CALIBRATION_TOLERANCE
+    p_steps, p_auto = steps.predict_proba(test), auto.predict_proba(test)
+    # Isotonic plateaus put many customers on one probability; the chosen map tells them apart.
+    assert len(np.unique(p_steps)) < 200 < 0.9 * len(np.unique(auto.raw_probability(test))) <= len(np.unique(p_auto))
+    assert roc_auc_score(y, p_auto) == roc_auc_score(y, auto.raw_probability(test))
+    assert ece(y, p_auto) < ECE_BOUND
+    # The choice travels in the artefact.
+    again = ChurnModel.from_dict(json.loads(json.dumps(auto.to_dict())))
+    np.testing.assert_array_equal(again.predict_proba(test), p_auto)
+    assert again.calibrator_.method == auto.calibrator_.method
+
+
+@pytest.mark.unit
+def test_interpolated_isotonic_runs_through_the_plateau_centres_and_is_strictly_increasing():
+    raw = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    label = np.array([0, 0, 1, 0, 1, 1, 0, 1], dtype=float)
+    # Isotonic levels: 0 on [0.1, 0.2], 0.5 on [0.3, 0.4], 2/3 on [0.5, 0.7], 1 on [0.8].
+    calibrator = InterpolatedIsotonicCalibrator.fit(raw, label)
+    np.testing.assert_allclose(calibrator.x, [0.0, 0.35, 0.6, 1.0])
+    np.testing.assert_allclose(calibrator.y, [0.0, 0.5, 2 / 3, 1.0])
+    p = calibrator(logit(np.linspace(0.01, 0.99, 99)))
+    assert np.all(np.diff(p) > 0)
+    assert calibrator(logit(np.array([0.35])))[0] == pytest.approx(0.5)
+
+
+@pytest.mark.unit
+def test_choose_calibration_prefers_a_ranking_map_within_the_tolerance():
+    assert choose_calibration({"isotonic": 0.010, "interpolated": 0.012, "sigmoid": 0.011}) == "sigmoid"
+    assert choose_calibration({"isotonic": 0.010, "interpolated": 0.011, "sigmoid": 0.011}) == "interpolated"
+    assert choose_calibration({"isotonic": 0.010, "interpolated": 0.030, "sigmoid": 0.016}) == "isotonic"
+    assert choose_calibration({"isotonic": 0.020, "interpolated": 0.012, "sigmoid": 0.015}) == "interpolated"
+
+
+@pytest.mark.model
+def test_the_search_starts_from_the_configured_values_and_is_seeded(data):
+    train, valid = data["train"][0].head(8_000), data["valid"][0].head(5_000)
+    configured = ChurnModel(num_leaves=31, min_child_samples=50, learning_rate=0.05, num_threads=1, seed=4)
+    only_default = search_boosting(configured, train, valid, feature_names=FEATURES, label="churned", budget_s=0)
+    assert only_default.trials == 1
+    assert only_default.params == {"num_leaves": 31, "min_child_samples": 50, "learning_rate": 0.05}
+    assert only_default.validation_auc == only_default.default_auc
+
+    runs = [search_boosting(configured, train, valid, feature_names=FEATURES, label="churned", budget_s=600,
+                            max_trials=6) for _ in range(2)]
+    assert runs[0].trials == 6 and runs[0].params == runs[1].params  # seeded: the same proposals
+    best = runs[0]
+    assert best.validation_auc >= best.default_auc
+    for name, (low, high) in SEARCH_SPACE.items():
+        assert low <= best.params[name] <= high
+    assert {"search.num_leaves", "search.trials", "search.budget_s"} <= set(best.to_params())
+
+    # The model fitted with the chosen values scores the validation cutoff as the search measured.
+    model = searched_model(configured, best).fit(train, valid, feature_names=FEATURES)
+    assert model.best_iteration_ == best.best_iteration
+    assert roc_auc_score(valid["churned"], model.raw_probability(valid)) == pytest.approx(best.validation_auc)
+    assert searched_model(configured, None) is configured
+    with pytest.raises(ValueError, match="train_search_budget_s"):
+        search_boosting(configured, train, valid, feature_names=FEATURES, label="churned", budget_s=-1)
 
 
 @pytest.mark.model
@@ -223,7 +297,7 @@ def test_missing_and_bad_columns_are_named(fitted, data):
         ChurnModel().fit(train, valid.assign(churned=0), feature_names=FEATURES)
     with pytest.raises(ChurnInputError, match="repeated: orders_90d"):
         ChurnModel().fit(train, valid, feature_names=["orders_90d", "orders_90d"])
-    with pytest.raises(ValueError, match="setting calibration must be one of isotonic, sigmoid, got 'platt'"):
+    with pytest.raises(ValueError, match="setting calibration must be one of auto, isotonic, interpolated, sigmoid, got 'platt'"):
         ChurnModel(calibration="platt").fit(train, valid, feature_names=FEATURES)
     with pytest.raises(ValueError, match="risk_thresholds .* got \\(0.5, 0.2\\)"):
         ChurnModel(risk_thresholds=(0.5, 0.2)).fit(train, valid, feature_names=FEATURES)

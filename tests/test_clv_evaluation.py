@@ -38,6 +38,7 @@ from training.clv.evaluation import (
     gate,
     holdout_by_frequency,
     holdout_table,
+    plausibility_check,
 )
 from training.clv.plots import (
     plot_calibration_vs_holdout,
@@ -409,3 +410,53 @@ def test_cumulative_plot_from_the_store(tmp_path, random_backend):
     path = tmp_path / "cumulative.png"
     assert_png(path, plot_cumulative_transactions(GammaPoisson(r=0.5, alpha=25.0), ch[Feature.FIRST_PURCHASE],
                                                   daily, cal_end, path))
+
+
+# --- plausibility of the one-order customers' CLV ---------------------------------------------------
+
+
+def _reference(spend: list[float], frequency: list[int], days: float = 365.0) -> pd.DataFrame:
+    return pd.DataFrame({Feature.FREQUENCY: frequency, Holdout.SPEND: spend,
+                         Holdout.DURATION: [days] * len(spend)})
+
+
+@pytest.mark.unit
+def test_plausibility_flags_a_one_order_customer_valued_above_what_repeat_customers_spend():
+    # 100 repeat customers spent 1..100 over the year (99th percentile 99.01); one-order customers
+    # never count in the reference, whatever they spent.
+    reference = _reference([*map(float, range(1, 101)), 5_000.0], [1] * 100 + [0])
+    features = pd.DataFrame({Feature.FREQUENCY: [0, 0, 0, 2], Feature.HISTORIC_CLV: [49.80, 150.0, 20.0, 10.0]})
+    check = plausibility_check(features, [120.0, 160.0, 30.0, 1_000.0], reference, horizon_days=365.0)
+    assert check.threshold == pytest.approx(np.quantile(np.arange(1, 101), 0.99))
+    assert check.reference_customers == 100 and check.one_order_customers == 3
+    # 120 (spent 49.80) is unexplained; 160 (spent 150, above the threshold already) is explained;
+    # the repeat customer's 1,000 is not this check's business.
+    assert (check.above, check.unexplained) == (2, 1) and not check.plausible
+    assert check.largest_one_order_clv == 160.0 and check.own_spend_of_largest == 150.0
+    assert check.median_ratio_to_own_spend == pytest.approx(np.median([120 / 49.8, 160 / 150, 30 / 20]))
+    assert "1 have not" in check.message and "3 one-order customers" in check.message
+
+    fine = plausibility_check(features, [90.0, 160.0, 30.0, 1_000.0], reference, horizon_days=365.0)
+    assert fine.plausible and fine.above == 1
+
+
+@pytest.mark.unit
+def test_plausibility_scales_a_shorter_reference_window_to_the_horizon():
+    # Half a year of actual spend, in weeks: doubled to the 52-week horizon.
+    reference = _reference([float(v) for v in range(1, 101)], [1] * 100, days=26.0)
+    features = pd.DataFrame({Feature.FREQUENCY: [0], Feature.HISTORIC_CLV: [10.0]})
+    check = plausibility_check(features, [150.0], reference, horizon_days=364.0, time_unit="W")
+    assert check.reference_days == 182.0
+    assert check.threshold == pytest.approx(2 * np.quantile(np.arange(1, 101), 0.99))
+    assert check.plausible
+
+
+@pytest.mark.unit
+def test_plausibility_without_repeat_customers_or_with_bad_input_says_so():
+    features = pd.DataFrame({Feature.FREQUENCY: [0], Feature.HISTORIC_CLV: [10.0]})
+    empty = plausibility_check(features, [150.0], _reference([5.0], [0]), horizon_days=365.0)
+    assert math.isnan(empty.threshold) and empty.plausible and "could not be checked" in empty.message
+    with pytest.raises(ValueError, match="spend_holdout"):
+        plausibility_check(features, [1.0], pd.DataFrame({Feature.FREQUENCY: [1]}), horizon_days=365.0)
+    with pytest.raises(ValueError, match="2 CLV values for 1 customers"):
+        plausibility_check(features, [1.0, 2.0], _reference([5.0], [1]), horizon_days=365.0)

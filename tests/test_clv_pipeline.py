@@ -34,11 +34,21 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     assert set(result.candidates.index) >= {"bgnbd", "naive (historic rate)"}
     assert result.gate.eligible, result.gate.reasons  # planted BG/NBD data: the model beats the naive rate
     assert result.evaluation.aggregate_error < 0.05
+    # No one-order customer is valued above the 99th percentile of the repeat customers' actual
+    # 12-month spend without their own spend to show for it.
+    check = result.plausibility
+    assert check.reference_customers > 500 and check.one_order_customers > 500
+    assert check.plausible, check.message
+    assert check.largest_one_order_clv < check.threshold
 
     client = tracking.configure(settings)
     run = client.get_run(result.run_id)
     assert run.data.params["model"] == result.kind and run.data.params["time_unit"] == "D"
     assert "holdout_mae" in run.data.metrics and "naive_holdout_mae" in run.data.metrics
+    assert run.data.metrics["plausibility.one_order_unexplained"] == 0
+    alive = run.data.metrics["one_order_probability_alive_median"]
+    assert alive < 1.0 if result.kind != "bgnbd" else alive == 1.0
+    assert "one-order customers" in run.data.tags["plausibility"]
     assert run.data.tags["gate.eligible"] == "true"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {"plots/calibration_vs_holdout.png", "plots/cumulative_transactions.png"} <= artifacts
@@ -55,13 +65,20 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     assert int(again.model_version) == int(result.model_version) + 1
 
 
-def test_choose_prefers_bgnbd_on_a_tie():
+@pytest.mark.unit
+def test_choose_prefers_a_model_without_the_one_order_artefact_when_it_is_as_good():
     class E:
         def __init__(self, mae):
             self.mae = mae
 
-    assert choose({"bgnbd": E(1.002), "paretonbd": E(1.0)}) == "bgnbd"
+    # Within 1 % of BG/NBD's MAE, a model that lets one-order customers be inactive wins.
+    assert choose({"bgnbd": E(1.0), "paretonbd": E(1.009)}) == "paretonbd"
+    assert choose({"bgnbd": E(1.0), "mbgnbd": E(1.008), "paretonbd": E(1.004)}) == "paretonbd"
+    assert choose({"bgnbd": E(1.0), "mbgnbd": E(1.003), "paretonbd": E(1.2)}) == "mbgnbd"
+    # Further away, the lowest MAE wins, BG/NBD included.
+    assert choose({"bgnbd": E(1.0), "paretonbd": E(1.02)}) == "bgnbd"
     assert choose({"bgnbd": E(1.2), "paretonbd": E(1.0)}) == "paretonbd"
+    assert choose({"bgnbd": E(1.0)}) == "bgnbd"
 
 
 def test_rapport_train_only_clv_with_a_cutoff(store, monkeypatch):

@@ -19,6 +19,8 @@ from scipy.sparse.csgraph import connected_components
 
 from features.generate import (
     BAD_ROW_KINDS,
+    DEFAULT_SHAPE,
+    SHAPES,
     TRUTH_DIR,
     Behaviour,
     TrueParameters,
@@ -487,3 +489,109 @@ def test_gamma_gamma_recovers_the_mean_spend_tightly_and_the_parameters_loosely(
     # And the raw order values themselves average p * gamma / (q - 1) (orders are independent of nu).
     values = pd.read_parquet(recovery / TRUTH_DIR / "orders.parquet")["order_value"]
     assert values.mean() == pytest.approx(truth.mean_order_value, rel=0.03)
+
+
+# --- Shapes -------------------------------------------------------------------------------------------
+
+
+def _purchase_days(folder: Path) -> pd.DataFrame:
+    """One row per (person, calendar day with a purchase), from the truth's orders, in time order."""
+    orders = pd.read_parquet(folder / TRUTH_DIR / "orders.parquet")
+    orders["day"] = pd.to_datetime(orders["timestamp"]).dt.tz_localize(None).dt.floor("D")
+    return orders.drop_duplicates(["person_id", "day"]).sort_values(["person_id", "day"])
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """1,500 customers of every shape, without late files."""
+    out = {}
+    for name in SHAPES:
+        out[name] = tmp_path_factory.mktemp(name)
+        generate(out[name], 1_500, seed=5, shape=name, bad_rows=False)
+    return out
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_every_shape_writes_the_raw_sources_and_the_truth_over_its_span(shapes: dict[str, Path], name: str) -> None:
+    folder, shape = shapes[name], SHAPES[name]
+    for source in MAIN_SOURCES:
+        assert (folder / f"{source}.parquet").is_file(), source
+    truth = json.loads((folder / TRUTH_DIR / "params.json").read_text())
+    assert truth["shape"] == name and truth["start"] == shape.start.isoformat() and truth["end"] == shape.end.isoformat()
+    days = _purchase_days(folder)
+    first, last = days["day"].min().date(), days["day"].max().date()
+    assert shape.start <= first <= shape.start + timedelta(days=7)
+    assert shape.end - timedelta(days=7) <= last <= shape.end
+    persons = pd.read_parquet(folder / TRUTH_DIR / "persons.parquet")
+    assert len(persons) == 1_500 and truth["counts"]["orders"] == persons["n_orders"].sum()
+    # Every first purchase leaves the newest customers 90 days of history, in every shape.
+    latest_first = pd.Timestamp(shape.end, tz="UTC") + pd.Timedelta(days=1) - pd.Timedelta(days=90)
+    assert (persons["first_purchase"] < latest_first).all()
+    assert truth["counts"]["lines"] == sum(len(read(folder, source)) for source in SALES)
+
+
+def test_the_default_shape_is_what_generate_drew_before_shapes(tmp_path: Path) -> None:
+    assert DEFAULT_SHAPE == "default" and (SHAPES["default"].start, SHAPES["default"].end) == (START, END)
+    generate(tmp_path / "a", 300, seed=9, bad_rows=False)
+    generate(tmp_path / "b", 300, seed=9, start=START, end=END, params=TrueParameters(), behaviour=Behaviour(),
+             shape="default", bad_rows=False)
+    for source in MAIN_SOURCES:
+        assert (tmp_path / "a" / f"{source}.parquet").read_bytes() == (tmp_path / "b" / f"{source}.parquet").read_bytes()
+
+
+def test_grocery_is_weekly_baskets_over_four_months_with_high_repeat(shapes: dict[str, Path]) -> None:
+    days = _purchase_days(shapes["grocery"])
+    span = (days["day"].max() - days["day"].min()).days + 1
+    assert 90 <= span <= 125  # three to four months
+    gaps = days.groupby("person_id")["day"].diff().dt.days.dropna()
+    assert 5.5 <= gaps.median() <= 8.5  # about a week between purchases
+    per_person = days.groupby("person_id").size()
+    assert (per_person > 1).mean() > 0.9
+    lines = pd.concat([read(shapes["grocery"], ORDERS.name), read(shapes["grocery"], STORE_RECEIPTS.name)])
+    default = pd.concat([read(shapes["default"], ORDERS.name), read(shapes["default"], STORE_RECEIPTS.name)])
+    # Baskets: several times the lines per order of the default shape.
+    assert lines.groupby("order_id").size().mean() > 3 * default.groupby("order_id").size().mean()
+
+
+def test_fashion_repeats_rarely_and_peaks_before_christmas(shapes: dict[str, Path]) -> None:
+    days = _purchase_days(shapes["fashion"])
+    assert (days.groupby("person_id").size() > 1).mean() < 0.3
+    default = _purchase_days(shapes["default"])
+    assert (default.groupby("person_id").size() > 1).mean() > 0.6
+    month = days["day"].dt.month
+    # Intensity 1 + 0.8 cos(...) peaking on 1 December: November-December against May-June.
+    assert ((month >= 11).mean() / month.isin([5, 6]).mean()) > 3
+    flat = default["day"].dt.month
+    assert 0.7 < (flat >= 11).mean() / flat.isin([5, 6]).mean() < 1.4
+
+
+def test_one_year_spans_one_year(shapes: dict[str, Path]) -> None:
+    days = _purchase_days(shapes["one-year"])
+    assert 350 <= (days["day"].max() - days["day"].min()).days + 1 <= 365
+    assert SHAPES["one-year"].params == SHAPES["default"].params
+
+
+@pytest.mark.parametrize("name", ["grocery", "fashion"])
+def test_each_shape_is_deterministic_per_seed(tmp_path: Path, name: str) -> None:
+    for folder, seed in (("a", 2), ("b", 2), ("c", 3)):
+        generate(tmp_path / folder, 200, seed=seed, shape=name)
+    same = [(tmp_path / f / "orders.parquet").read_bytes() for f in ("a", "b", "c")]
+    assert same[0] == same[1] and same[0] != same[2]
+
+
+def test_an_unknown_shape_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown shape 'bakery': expected one of default, grocery, fashion, one-year"):
+        generate(tmp_path, 10, seed=1, shape="bakery")
+
+
+def test_rapport_data_generate_shape(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rapport.cli import app
+
+    out = CliRunner().invoke(app, ["data", "generate", "--customers", "50", "--shape", "grocery", "--output",
+                                   str(tmp_path / "raw")], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "raw" / TRUTH_DIR / "params.json").read_text())["shape"] == "grocery"
+    bad = CliRunner().invoke(app, ["data", "generate", "--shape", "bakery", "--output", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "grocery" in bad.output

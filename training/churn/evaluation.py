@@ -16,7 +16,7 @@ more likely to churn".
   result is the expected value under a random tie-break, the same for every order of the rows
   (sorting with a tie-break on position would make the number depend on how the frame was sorted).
 - *Calibration*: the reliability curve on quantile bins of the predicted probability and the
-  expected calibration error (ECE) over the same bins.
+  expected calibration error (ECE) over the same bins; the number of distinct probabilities.
 
 Baselines (:func:`fit_baselines`, :func:`baseline_metrics`), on the same customers:
 
@@ -80,7 +80,7 @@ RFM_FEATURES: tuple[str, ...] = (Feature.FREQUENCY, Feature.RECENCY, Feature.T, 
 RECENCY_FEATURE = Feature.DAYS_SINCE_LAST_ORDER
 
 #: Columns of :func:`metrics_table`, in order.
-TABLE_COLUMNS: tuple[str, ...] = ("ROC AUC", "PR AUC", "Brier", "log loss", "lift@10%", "capture@10%")
+TABLE_COLUMNS: tuple[str, ...] = ("ROC AUC", "PR AUC", "Brier", "log loss", "ECE", "lift@10%", "capture@10%")
 
 #: Columns of :func:`reliability_curve`.
 RELIABILITY_COLUMNS: tuple[str, ...] = ("lower", "upper", "mean_predicted", "observed_rate", "count")
@@ -103,7 +103,9 @@ class ClassifierMetrics:
     ``pr_auc`` (average precision) are NaN when only one class is present; ``brier`` and
     ``log_loss`` are NaN for a score that is not a probability; ``top_decile_lift`` and
     ``top_decile_capture`` (see the module docstring for the top decile and its ties) are NaN
-    without churners.
+    without churners. ``ece``: the expected calibration error on 10 quantile bins (NaN for a score
+    that is not a probability); ``distinct_values``: how many different scores the customers get (a
+    step-function calibration puts many of them on one value, hiding their order).
     """
 
     name: str
@@ -116,6 +118,8 @@ class ClassifierMetrics:
     log_loss: float
     top_decile_lift: float
     top_decile_capture: float
+    ece: float = math.nan
+    distinct_values: int = 0
 
     def to_metrics(self, prefix: str) -> dict[str, float]:
         """The numbers under stable metric names, ``{prefix}_{name}`` (just ``{name}`` for an empty
@@ -135,6 +139,8 @@ METRIC_FIELDS: dict[str, str] = {
     "log_loss": "log_loss",
     "top_decile_lift": "top_decile_lift",
     "top_decile_capture": "top_decile_capture",
+    "ece": "ece",
+    "distinct_values": "distinct_values",
 }
 
 
@@ -221,6 +227,8 @@ def classifier_metrics(
         log_loss=float(log_loss(y, scores, labels=[0, 1])) if is_probability else math.nan,
         top_decile_lift=(in_top / k) / base_rate if positives else math.nan,
         top_decile_capture=in_top / positives if positives else math.nan,
+        ece=expected_calibration_error(y, scores) if is_probability else math.nan,
+        distinct_values=int(np.unique(scores).size),
     )
 
 
@@ -477,7 +485,8 @@ def baseline_metrics(baselines: Baselines, test: pd.DataFrame) -> dict[str, Clas
     days = _features(test, (RECENCY_FEATURE,), "test")[:, 0]
     ranking = classifier_metrics(RECENCY_BASELINE, y, days, is_probability=False)
     calibrated = classifier_metrics(RECENCY_BASELINE, y, baselines.recency_probability(test))
-    results[RECENCY_BASELINE] = replace(ranking, brier=calibrated.brier, log_loss=calibrated.log_loss)
+    results[RECENCY_BASELINE] = replace(ranking, brier=calibrated.brier, log_loss=calibrated.log_loss,
+                                        ece=calibrated.ece)
 
     results[RFM_BASELINE] = classifier_metrics(RFM_BASELINE, y, baselines.rfm_probability(test))
     return results
@@ -563,7 +572,8 @@ def metrics_table(model: ClassifierMetrics, baselines: Mapping[str, ClassifierMe
     if len(rows) != 1 + len(baselines):
         raise ValueError(f"the model's name {model.name!r} is also the name of a baseline")
     values = [
-        (m.roc_auc, m.pr_auc, m.brier, m.log_loss, m.top_decile_lift, m.top_decile_capture) for m in rows.values()
+        (m.roc_auc, m.pr_auc, m.brier, m.log_loss, m.ece, m.top_decile_lift, m.top_decile_capture)
+        for m in rows.values()
     ]
     return pd.DataFrame(values, index=pd.Index(list(rows), name="model"), columns=list(TABLE_COLUMNS)).astype(
         "float64"

@@ -13,11 +13,18 @@ training cutoffs and the validation cutoff after them (``training.churn.dataset`
   ``early_stopping_rounds`` rounds; the trees after the best round are dropped.
 - *Calibration*: the re-weighted booster's probabilities are not probabilities of churn (a churner
   weighed 4 times pulls them up). A monotone map fitted on the validation cutoff only turns them
-  into calibrated ones: isotonic regression on the raw probability (default), or Platt's sigmoid on
-  the raw log-odds (``calibration="sigmoid"``). Calibrating on the set that also chose the number of
-  trees is the issue's choice: that set picked one integer, so the map's optimism from it is small,
-  and the training rows, which the trees have seen, would bias the map far more. Being monotone, the
-  map keeps the ranking (the AUC) of the booster.
+  into calibrated ones: isotonic regression on the raw probability (``"isotonic"``), the same with
+  linear interpolation between the centres of its plateaus (``"interpolated"``), or Platt's sigmoid
+  on the raw log-odds (``"sigmoid"``). Isotonic regression is a step function: it puts thousands
+  of customers on one probability (ties that hide their order from whoever sorts by risk); the
+  other two are strictly increasing and keep every distinction the booster makes. ``"auto"``
+  (default) measures each map's expected calibration error out of fold on the validation cutoff
+  (:data:`CALIBRATION_FOLDS` folds: fitted on the others, scored on each) and takes the better of
+  the two that keep the ranking unless it is worse than isotonic by more than
+  :data:`CALIBRATION_TOLERANCE` in ECE. Calibrating on the set that also chose the number of trees
+  is deliberate: that set picked one integer, so the map's optimism from it is small, and the
+  training rows, which the trees have seen, would bias the map far more. Being monotone, every map
+  keeps the booster's ROC AUC (isotonic's ties can only lower it).
 - *Outputs* (:data:`CHURN_OUTPUT_COLUMNS`, one scoring function, :meth:`ChurnModel.predict`, for
   batch scores and the service alike): ``churn_probability`` (calibrated); ``risk_band`` ``low`` /
   ``medium`` / ``high`` by two probability thresholds fixed at fit (given, or the 50th and 80th
@@ -73,6 +80,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from features.churn import CHURNED
@@ -102,8 +110,17 @@ CHURN_OUTPUT_COLUMNS: tuple[str, ...] = (
     "percentile",
     *reason_columns(DEFAULT_TOP_REASONS),
 )
-#: Calibration methods: isotonic regression, or Platt's sigmoid (scikit-learn's name for it).
-CALIBRATIONS: tuple[str, ...] = ("isotonic", "sigmoid")
+#: Calibration maps: isotonic regression, isotonic interpolated between its plateau centres, and
+#: Platt's sigmoid (scikit-learn's name for it).
+CALIBRATIONS: tuple[str, ...] = ("isotonic", "interpolated", "sigmoid")
+#: The ``calibration`` setting that chooses among :data:`CALIBRATIONS` on the validation cutoff.
+AUTO_CALIBRATION = "auto"
+#: Maps that keep the booster's ranking (strictly increasing), in the order ``auto`` prefers on a tie.
+RANK_PRESERVING_CALIBRATIONS: tuple[str, ...] = ("interpolated", "sigmoid")
+#: ``auto`` takes a ranking-preserving map whose out-of-fold ECE exceeds isotonic's by at most this.
+CALIBRATION_TOLERANCE = 0.005
+#: Folds of the validation rows for the out-of-fold ECE of ``auto``.
+CALIBRATION_FOLDS = 5
 #: Quantiles of the training rows' calibrated probabilities kept for percentile ranks (every 0.1 %).
 N_QUANTILES = 1001
 #: Percentiles of the training distribution used as default risk thresholds (low | medium | high).
@@ -184,14 +201,76 @@ class SigmoidCalibrator:
         return {"method": self.method, "slope": self.slope, "intercept": self.intercept}
 
 
+@dataclass(frozen=True)
+class InterpolatedIsotonicCalibrator(IsotonicCalibrator):
+    """Isotonic regression without its plateaus: the piecewise-linear map through the centre of each
+    plateau (the midpoint of its raw-probability range, at its level), anchored at (0, 0) and (1, 1).
+    Strictly increasing, so customers the booster tells apart stay apart; a plateau's mean level is
+    kept at its centre, so calibration is about that of the step function."""
+
+    method: str = "interpolated"
+
+    @classmethod
+    def fit(cls, raw_probability: FloatArray, label: FloatArray) -> InterpolatedIsotonicCalibrator:
+        steps = IsotonicCalibrator.fit(raw_probability, label)
+        # sklearn's thresholds run through both ends of every plateau: group them by level.
+        levels, first = np.unique(steps.y, return_index=True)
+        last = np.append(first[1:], steps.x.size) - 1
+        centres = (steps.x[first] + steps.x[last]) / 2.0
+        inside = (centres > 0.0) & (centres < 1.0) & (levels > 0.0) & (levels < 1.0)
+        x = np.concatenate(([0.0], centres[inside], [1.0]))
+        y = np.concatenate(([0.0], levels[inside], [1.0]))
+        return cls(x, y)
+
+
 Calibrator = IsotonicCalibrator | SigmoidCalibrator
+
+_CALIBRATOR_CLASSES: dict[str, type[IsotonicCalibrator] | type[SigmoidCalibrator]] = {
+    "isotonic": IsotonicCalibrator, "interpolated": InterpolatedIsotonicCalibrator, "sigmoid": SigmoidCalibrator,
+}
+
+
+def fit_calibrator(method: str, margin: FloatArray, label: FloatArray) -> Calibrator:
+    """The calibration map ``method`` (one of :data:`CALIBRATIONS`) of the label on the raw log-odds."""
+    if method == "sigmoid":
+        return SigmoidCalibrator.fit(margin, label)
+    return _CALIBRATOR_CLASSES[method].fit(expit(margin), label)  # type: ignore[return-value]
+
+
+def out_of_fold_calibration_errors(margin: FloatArray, label: FloatArray, *, seed: int,
+                                   folds: int = CALIBRATION_FOLDS) -> dict[str, float]:
+    """Each map's expected calibration error on the validation rows, out of fold: the rows are
+    split into ``folds`` stratified folds (seeded), each map fitted on the other folds scores each
+    one, and the ECE (10 quantile bins, ``evaluation.expected_calibration_error``) is taken over
+    the pooled out-of-fold probabilities. Fewer churners or stayers than folds: one fit on all rows."""
+    # Imported here, at fit time: the evaluation module fits the baselines, and the service, which
+    # imports this module to score, must not load code that fits models.
+    from training.churn.evaluation import expected_calibration_error
+
+    n_minority = int(min(label.sum(), label.size - label.sum()))
+    out = {method: np.empty(label.size) for method in CALIBRATIONS}
+    if n_minority < folds:
+        splits = [(np.arange(label.size), np.arange(label.size))]
+    else:
+        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(margin[:, None], label))
+    for fit_rows, score_rows in splits:
+        for method in CALIBRATIONS:
+            out[method][score_rows] = fit_calibrator(method, margin[fit_rows], label[fit_rows])(margin[score_rows])
+    return {method: expected_calibration_error(label, np.clip(p, 0.0, 1.0)) for method, p in out.items()}
+
+
+def choose_calibration(errors: Mapping[str, float], tolerance: float = CALIBRATION_TOLERANCE) -> str:
+    """The ranking-preserving map with the lowest ECE when it is within ``tolerance`` of isotonic's,
+    else isotonic."""
+    best = min(RANK_PRESERVING_CALIBRATIONS, key=lambda method: (errors[method], RANK_PRESERVING_CALIBRATIONS.index(method)))
+    return best if errors[best] <= errors["isotonic"] + tolerance else "isotonic"
 
 
 def _calibrator_from_dict(data: Any) -> Calibrator:
     if not isinstance(data, Mapping):
         raise ChurnArtefactError(f"churn model artefact: fitted.calibrator must be a mapping, got {data!r}")
     method = data.get("method")
-    if method == "isotonic":
+    if method in ("isotonic", "interpolated"):
         try:
             x = np.asarray(data["x"], dtype=np.float64)
             y = np.asarray(data["y"], dtype=np.float64)
@@ -206,7 +285,7 @@ def _calibrator_from_dict(data: Any) -> Calibrator:
             raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must be non-decreasing")
         if x[0] < 0 or x[-1] > 1 or y[0] < 0 or y[-1] > 1:
             raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must lie in [0, 1]")
-        return IsotonicCalibrator(x, y)
+        return _CALIBRATOR_CLASSES[method](x, y)  # type: ignore[return-value]
     if method == "sigmoid":
         slope, intercept = data.get("slope"), data.get("intercept")
         if not (_is_number(slope) and _is_number(intercept)):
@@ -267,8 +346,8 @@ def _check_settings(values: Mapping[str, Any]) -> _Settings:
             fail(name, f"a whole number >= {minimum}")
     if not _is_number(values["learning_rate"]) or not 0 < values["learning_rate"] <= 1:
         fail("learning_rate", "a number in (0, 1]")
-    if values["calibration"] not in CALIBRATIONS:
-        fail("calibration", f"one of {', '.join(CALIBRATIONS)}")
+    if values["calibration"] not in (AUTO_CALIBRATION, *CALIBRATIONS):
+        fail("calibration", f"one of {', '.join((AUTO_CALIBRATION, *CALIBRATIONS))}")
     if not isinstance(values["balance_classes"], bool | np.bool_):
         fail("balance_classes", "True or False")
     return _Settings(
@@ -286,6 +365,54 @@ def _check_settings(values: Mapping[str, Any]) -> _Settings:
     )
 
 
+def boosting_data(frame: pd.DataFrame, feature_names: Sequence[str], label: str, what: str) -> tuple[FloatArray, FloatArray]:
+    """The feature matrix and the 0/1 label of a frame, checked as :meth:`ChurnModel.fit` checks them."""
+    names = _check_feature_names(feature_names)
+    return _feature_matrix(frame, names, what), _labels(frame, label, what)
+
+
+def train_booster(
+    model_settings: Mapping[str, Any], x_train: FloatArray, y_train: FloatArray, x_valid: FloatArray,
+    y_valid: FloatArray, names: Sequence[str],
+) -> tuple[lgb.Booster, int, float]:
+    """LightGBM boosted on the training rows with early stopping on the validation rows, with the
+    :class:`ChurnModel` settings ``model_settings`` (``ChurnModel.get_params()``, checked): the booster,
+    its best round and the churners' weight (stayers / churners with ``balance_classes``, else 1)."""
+    return _train_booster(_check_settings(model_settings), x_train, y_train, x_valid, y_valid, names)
+
+
+def _train_booster(
+    settings: _Settings, x_train: FloatArray, y_train: FloatArray, x_valid: FloatArray, y_valid: FloatArray,
+    names: Sequence[str],
+) -> tuple[lgb.Booster, int, float]:
+    n_pos = float(y_train.sum())
+    scale_pos_weight = (len(y_train) - n_pos) / n_pos if settings.balance_classes else 1.0
+    params = {
+        "objective": "binary",
+        "metric": "binary_logloss",
+        "learning_rate": settings.learning_rate,
+        "num_leaves": settings.num_leaves,
+        "min_child_samples": settings.min_child_samples,
+        "scale_pos_weight": scale_pos_weight,
+        "num_threads": settings.num_threads,
+        "seed": settings.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+    }
+    # The validation loss carries the training's class weights: early stopping then watches the
+    # objective the trees optimise, not one that also counts their deliberate shift of the base rate.
+    valid_weight = np.where(y_valid == 1, scale_pos_weight, 1.0)
+    d_train = lgb.Dataset(x_train, y_train, feature_name=list(names), params={"verbosity": -1})
+    d_valid = lgb.Dataset(x_valid, y_valid, weight=valid_weight, reference=d_train)
+    booster = lgb.train(
+        params, d_train, num_boost_round=settings.n_estimators, valid_sets=[d_valid], valid_names=["valid"],
+        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, first_metric_only=True, verbose=False)],
+    )
+    best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+    return booster, int(best), float(scale_pos_weight)
+
+
 # --- the model ------------------------------------------------------------------------------------
 
 
@@ -297,7 +424,8 @@ class ChurnModel(BaseEstimator):
     - ``n_estimators`` (500): the most boosting rounds; early stopping usually ends sooner;
     - ``learning_rate`` (0.05), ``num_leaves`` (31), ``min_child_samples`` (50: customers per leaf);
     - ``early_stopping_rounds`` (50): rounds without a better validation log loss before stopping;
-    - ``calibration``: ``"isotonic"`` (default) or ``"sigmoid"`` (Platt), fitted on the validation frame;
+    - ``calibration``: ``"auto"`` (default: chosen on the validation frame, see the module docstring),
+      ``"isotonic"``, ``"interpolated"`` or ``"sigmoid"`` (Platt), fitted on the validation frame;
     - ``risk_thresholds``: (medium from, high from) churn probabilities; None (default): the 50th and
       80th percentiles of the calibrated probabilities of the training rows, fixed at fit;
     - ``top_reasons`` (3): reasons per customer (0: none, and no contribution computation);
@@ -316,7 +444,9 @@ class ChurnModel(BaseEstimator):
     ``training_probabilities_quantiles_`` (:data:`N_QUANTILES` quantiles of the calibrated training
     probabilities, for percentiles), ``feature_importance_gain_`` (pd.Series: total split gain per
     feature, largest first), ``base_rate_`` (churn rate of the training rows),
-    ``validation_base_rate_``, ``scale_pos_weight_`` (1 without ``balance_classes``), ``currency_``
+    ``validation_base_rate_``, ``scale_pos_weight_`` (1 without ``balance_classes``),
+    ``calibration_errors_`` (with ``calibration="auto"``: each map's out-of-fold validation ECE; set
+    by fit, not stored in the artefact, empty after loading), ``currency_``
     (amounts in the reasons), ``n_train_``, ``n_valid_``, and ``settings_``, the checked settings the
     fit used: changing a setting needs a refit, except ``top_reasons`` and ``num_threads``, which
     scoring reads from the instance.
@@ -329,7 +459,7 @@ class ChurnModel(BaseEstimator):
         num_leaves: int = 31,
         min_child_samples: int = 50,
         early_stopping_rounds: int = 50,
-        calibration: str = "isotonic",
+        calibration: str = AUTO_CALIBRATION,
         risk_thresholds: tuple[float, float] | None = None,
         top_reasons: int = DEFAULT_TOP_REASONS,
         balance_classes: bool = True,
@@ -385,45 +515,24 @@ class ChurnModel(BaseEstimator):
         y_train = _labels(train, label, "training frame")
         y_valid = _labels(valid, label, "validation frame")
 
-        n_pos = float(y_train.sum())
-        scale_pos_weight = (len(y_train) - n_pos) / n_pos if settings.balance_classes else 1.0
-        params = {
-            "objective": "binary",
-            "metric": "binary_logloss",
-            "learning_rate": settings.learning_rate,
-            "num_leaves": settings.num_leaves,
-            "min_child_samples": settings.min_child_samples,
-            "scale_pos_weight": scale_pos_weight,
-            "num_threads": settings.num_threads,
-            "seed": settings.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "verbosity": -1,
-        }
-        # The validation loss carries the training's class weights: early stopping then watches the
-        # objective the trees optimise, not one that also counts their deliberate shift of the base rate.
-        valid_weight = np.where(y_valid == 1, scale_pos_weight, 1.0)
-        d_train = lgb.Dataset(x_train, y_train, feature_name=list(names), params={"verbosity": -1})
-        d_valid = lgb.Dataset(x_valid, y_valid, weight=valid_weight, reference=d_train)
-        booster = lgb.train(
-            params, d_train, num_boost_round=settings.n_estimators, valid_sets=[d_valid], valid_names=["valid"],
-            callbacks=[lgb.early_stopping(settings.early_stopping_rounds, first_metric_only=True, verbose=False)],
-        )
-        best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+        booster, best, scale_pos_weight = _train_booster(settings, x_train, y_train, x_valid, y_valid, names)
         gain = booster.feature_importance(importance_type="gain", iteration=best)
         # Keep the trees up to the best round only, as the artefact does: the fitted and the reloaded
         # model are the same trees, and scoring needs no iteration argument.
         self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-        del booster, d_train, d_valid
+        del booster
         if tuple(self.booster_.feature_name()) != names:
             raise ChurnInputError(f"LightGBM renamed the features {list(names)} to {self.booster_.feature_name()}: "
                                   "use names without spaces")
 
         margin_valid = self._margin(x_valid)
-        if settings.calibration == "isotonic":
-            calibrator: Calibrator = IsotonicCalibrator.fit(expit(margin_valid), y_valid)
+        if settings.calibration == AUTO_CALIBRATION:
+            self.calibration_errors_ = out_of_fold_calibration_errors(margin_valid, y_valid, seed=settings.seed)
+            method = choose_calibration(self.calibration_errors_)
         else:
-            calibrator = SigmoidCalibrator.fit(margin_valid, y_valid)
+            self.calibration_errors_ = {}
+            method = settings.calibration
+        calibrator = fit_calibrator(method, margin_valid, y_valid)
         p_train = calibrator(self._margin(x_train))
         quantiles = np.quantile(p_train, np.linspace(0.0, 1.0, N_QUANTILES))
         if settings.risk_thresholds is None:
@@ -451,9 +560,9 @@ class ChurnModel(BaseEstimator):
         self.horizon_days_, self.lookback_days_ = windows
         logger.info(
             "churn model fitted on %d rows (churn rate %.1f %%), %d trees of at most %d (early stopping on %d "
-            "validation rows, churn rate %.1f %%); %s calibration; risk thresholds %.3f / %.3f",
+            "validation rows, churn rate %.1f %%); %s calibration (setting %s); risk thresholds %.3f / %.3f",
             len(y_train), 100 * self.base_rate_, best, settings.n_estimators, len(y_valid),
-            100 * self.validation_base_rate_, settings.calibration, *thresholds,
+            100 * self.validation_base_rate_, calibrator.method, settings.calibration, *thresholds,
         )
         return self
 
@@ -687,7 +796,7 @@ class ChurnModel(BaseEstimator):
             raise ChurnArtefactError(f"churn model artefact: fitted.best_iteration {best} contradicts the booster, "
                                      f"which holds {booster.current_iteration()} trees")
         calibrator = _calibrator_from_dict(fitted["calibrator"])
-        if calibrator.method != settings.calibration:
+        if settings.calibration != AUTO_CALIBRATION and calibrator.method != settings.calibration:
             raise ChurnArtefactError(f"churn model artefact: fitted.calibrator method {calibrator.method!r} "
                                      f"contradicts settings.calibration {settings.calibration!r}")
         thresholds = reader.field(fitted, "risk_thresholds", Mapping)
@@ -756,6 +865,7 @@ class ChurnModel(BaseEstimator):
         )
         # Artefacts written before the windows travelled with the model have none: horizon unknown.
         model.horizon_days_, model.lookback_days_ = _check_windows(data.get("windows") or {}, ChurnArtefactError)
+        model.calibration_errors_ = {}
         return model
 
 

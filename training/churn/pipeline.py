@@ -43,6 +43,7 @@ from training.churn.evaluation import (
 from training.churn.model import ChurnModel
 from training.churn.plots import plot_feature_importance, plot_lift, plot_reliability
 from training.churn.pyfunc import log_churn_model
+from training.churn.search import BoostingSearch, search_boosting, searched_model
 from training.plotting import run_plot_dir
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,7 @@ def train_churn(
     )
     train, valid, test = dataset.split()
 
-    step("training LightGBM (early stopping and calibration on the validation cutoff)")
-    model = ChurnModel(
+    configured = ChurnModel(
         n_estimators=settings.churn_n_estimators,
         learning_rate=settings.churn_learning_rate,
         num_leaves=settings.churn_num_leaves,
@@ -120,8 +120,17 @@ def train_churn(
         calibration=settings.churn_calibration,
         risk_thresholds=settings.churn_risk_thresholds,
         num_threads=settings.model_threads,
-    ).fit(train, valid, feature_names=dataset.feature_names, label=LABEL, currency=settings.currency,
-          horizon_days=horizon, lookback_days=lookback)
+    )
+    search = None
+    if settings.train_search_budget_s > 0:
+        step(f"searching LightGBM's leaves, leaf size and learning rate on the validation cutoff "
+             f"(budget {settings.train_search_budget_s:g} s)")
+        search = search_boosting(configured, train, valid, feature_names=dataset.feature_names, label=LABEL,
+                                 budget_s=settings.train_search_budget_s)
+    step("training LightGBM (early stopping and calibration on the validation cutoff)")
+    model = searched_model(configured, search).fit(train, valid, feature_names=dataset.feature_names, label=LABEL,
+                                                   currency=settings.currency,
+                                                   horizon_days=horizon, lookback_days=lookback)
 
     step("evaluating on the latest cutoff against the baselines")
     probability = model.predict_proba(test)
@@ -158,6 +167,9 @@ def train_churn(
             "min_child_samples": settings.churn_min_child_samples,
             "early_stopping_rounds": settings.churn_early_stopping_rounds,
             "calibration": settings.churn_calibration,
+            "calibration_chosen": model.calibrator_.method,
+            **{f"calibration_ece.{method}": round(value, 6) for method, value in model.calibration_errors_.items()},
+            **(search.to_params() if search is not None else {"search.budget_s": 0}),
             "best_iteration": model.best_iteration_,
             "with_clv_features": settings.churn_with_clv_features,
         })
@@ -197,6 +209,14 @@ def train_churn(
         gate=decision,
         model=model,
         plots=tuple(str(p) for p in plots),
-        notes=(*getattr(dataset, "notes", ()), *baseline_notes(baselines, test)),
+        notes=(*getattr(dataset, "notes", ()), *baseline_notes(baselines, test), *_model_notes(model, search, metrics)),
         windows=windows,
     )
+
+
+def _model_notes(model: ChurnModel, search: BoostingSearch | None, metrics: ClassifierMetrics) -> tuple[str, ...]:
+    """What the step chose on the validation cutoff: the hyper-parameters and the calibration map."""
+    errors = ", ".join(f"{method} {value:.4f}" for method, value in model.calibration_errors_.items())
+    calibration = (f"calibration {model.calibrator_.method}" + (f" (out-of-fold validation ECE: {errors})" if errors else "")
+                   + f"; {metrics.distinct_values:,} distinct probabilities among {metrics.n:,} test customers")
+    return (*((search.message,) if search is not None else ()), calibration)

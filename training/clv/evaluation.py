@@ -429,3 +429,125 @@ def expected_cumulative_repeat_purchases(
     before_start = cumulative[start_offset - 1] if start_offset > 0 else 0.0
     return cumulative[offsets] - before_start
 
+
+
+#: A one-order customer's predicted CLV above this quantile of the repeat customers' actual spend
+#: over the same horizon needs a reason (:func:`plausibility_check`).
+PLAUSIBLE_QUANTILE = 0.99
+
+
+@dataclass(frozen=True)
+class PlausibilityCheck:
+    """Predicted CLV of the customers without a repeat purchase, checked against what customers
+    actually spend.
+
+    The reference is the repeat customers' actual net spend over the last ``reference_days`` before
+    the cutoff (``reference_customers`` customers with a repeat purchase before that window),
+    scaled to the CLV horizon (``horizon_days``); ``threshold`` is its :data:`PLAUSIBLE_QUANTILE`
+    quantile. A one-order customer (frequency 0) whose CLV exceeds it is *explained* when their own
+    spend to date already exceeds it too (a large first order), and *unexplained* otherwise:
+    nothing in their own history supports a value above what 99 % of the repeat customers spend.
+    ``largest_one_order_clv`` is the highest CLV of a one-order customer, ``own_spend_of_largest``
+    what that customer has spent so far, and ``median_ratio_to_own_spend`` the median of CLV /
+    spend to date over the one-order customers with positive spend.
+    """
+
+    horizon_days: float
+    reference_days: float
+    reference_customers: int
+    threshold: float
+    one_order_customers: int
+    above: int
+    unexplained: int
+    largest_one_order_clv: float
+    own_spend_of_largest: float
+    median_ratio_to_own_spend: float
+
+    @property
+    def plausible(self) -> bool:
+        return self.unexplained == 0
+
+    @property
+    def message(self) -> str:
+        if self.reference_customers == 0:
+            return (f"no repeat customer bought before the last {self.reference_days:g} days: the CLV of the "
+                    f"{self.one_order_customers} one-order customers could not be checked")
+        head = (f"{self.above} of {self.one_order_customers} one-order customers have a CLV above the "
+                f"{PLAUSIBLE_QUANTILE:.0%} quantile of the repeat customers' actual spend over {self.horizon_days:g} "
+                f"days ({self.threshold:,.2f}; {self.reference_customers} repeat customers, the last "
+                f"{self.reference_days:g} days scaled to the horizon)")
+        if self.above == 0:
+            return head
+        explained = self.above - self.unexplained
+        return (f"{head}: {explained} of them have spent more than that already, {self.unexplained} have not "
+                f"(largest one-order CLV {self.largest_one_order_clv:,.2f}, own spend {self.own_spend_of_largest:,.2f})")
+
+    def to_metrics(self) -> dict[str, float]:
+        return {
+            "plausibility.threshold": self.threshold,
+            "plausibility.reference_customers": float(self.reference_customers),
+            "plausibility.one_order_customers": float(self.one_order_customers),
+            "plausibility.one_order_above": float(self.above),
+            "plausibility.one_order_unexplained": float(self.unexplained),
+            "plausibility.largest_one_order_clv": self.largest_one_order_clv,
+            "plausibility.median_ratio_to_own_spend": self.median_ratio_to_own_spend,
+        }
+
+
+def plausibility_check(
+    features: pd.DataFrame, clv: ArrayLike, reference: pd.DataFrame, *, horizon_days: float, time_unit: str = "D",
+) -> PlausibilityCheck:
+    """Check the predicted ``clv`` (one value per row of ``features``, the customer features as of
+    the cutoff) of the one-order customers against the repeat customers' actual spend.
+
+    ``reference`` is a calibration/holdout frame whose holdout ends at the cutoff
+    (:func:`features.customer.calibration_holdout`): its repeat customers' ``spend_holdout`` over
+    ``duration_holdout`` (in ``time_unit``, "D" or "W") is what they actually spent; it is
+    scaled by ``horizon_days`` / the holdout length to the CLV horizon.
+    """
+    for column in (Feature.FREQUENCY, Feature.HISTORIC_CLV):
+        if column not in features.columns:
+            raise ValueError(f"plausibility_check: the features lack column {column!r}")
+    for column in (Feature.FREQUENCY, Holdout.SPEND, Holdout.DURATION):
+        if column not in reference.columns:
+            raise ValueError(f"plausibility_check: the reference frame lacks column {column!r} (expected the output "
+                             "of features.customer.calibration_holdout)")
+    values = _array(clv)
+    if values.shape != (len(features),):
+        raise ValueError(f"plausibility_check: {values.shape[0] if values.ndim else 1} CLV values for "
+                         f"{len(features)} customers")
+    one = _array(features[Feature.FREQUENCY]) == 0
+    own = _array(features[Feature.HISTORIC_CLV])[one]
+    one_clv = values[one]
+
+    repeat = _array(reference[Feature.FREQUENCY]) > 0
+    if time_unit not in DAYS_PER_UNIT:
+        raise ValueError(f"plausibility_check: time_unit must be one of {', '.join(DAYS_PER_UNIT)}, got {time_unit!r}")
+    days_per_unit = float(DAYS_PER_UNIT[time_unit])
+    duration_days = float(_array(reference[Holdout.DURATION]).max()) * days_per_unit if len(reference) else 0.0
+    if repeat.any() and duration_days > 0:
+        spend = _array(reference[Holdout.SPEND])[repeat] * (horizon_days / duration_days)
+        threshold = float(np.quantile(spend, PLAUSIBLE_QUANTILE))
+        above = one_clv > threshold
+        unexplained = above & ~(own > threshold)
+    else:
+        threshold = math.nan
+        above = unexplained = np.zeros(one_clv.shape, dtype=bool)
+    positive = own > 0
+    if one_clv.size:
+        largest = int(np.argmax(one_clv))
+        largest_clv, largest_own = float(one_clv[largest]), float(own[largest])
+    else:
+        largest_clv = largest_own = math.nan
+    return PlausibilityCheck(
+        horizon_days=float(horizon_days),
+        reference_days=duration_days,
+        reference_customers=int(repeat.sum()),
+        threshold=threshold,
+        one_order_customers=int(one.sum()),
+        above=int(above.sum()),
+        unexplained=int(unexplained.sum()),
+        largest_one_order_clv=largest_clv,
+        own_spend_of_largest=largest_own,
+        median_ratio_to_own_spend=float(np.median(one_clv[positive] / own[positive])) if positive.any() else math.nan,
+    )

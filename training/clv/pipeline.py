@@ -8,13 +8,22 @@ history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too shor
    in the holdout [c − h, c).
 2. Every candidate purchase model (BG/NBD, MBG/NBD, Pareto/NBD) is fitted on the calibration
    features and evaluated on the holdout against the naive baseline. The lowest per-customer MAE
-   wins; BG/NBD wins ties (relative difference below ``TIE_TOLERANCE``). A candidate that does not
-   converge is reported, not fatal, unless all fail.
+   wins, except that a model in which a customer without repeat purchases can be inactive
+   (MBG/NBD, Pareto/NBD) wins over BG/NBD when its MAE is within ``TIE_TOLERANCE`` (1 %) of the
+   best: BG/NBD lets a customer drop out only after a repeat purchase, so it gives every one-order
+   customer, however long ago, a probability alive of exactly 1 (Fader, Hardie & Lee, "Computing
+   P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al. 2007, removes it). A candidate that does not converge is reported, not
+   fatal, unless all fail.
 3. The gate (``evaluation.gate``): worse than the naive baseline on the aggregate error or the
    per-customer MAE makes the model ineligible for promotion; the reasons are logged as tags.
 4. The winner's kind is refitted on ``customer_features`` at c (all history before the cutoff):
    that is the model scored and served.
-5. One MLflow run: parameters, coefficients with standard errors, holdout metrics of every
+5. The plausibility check (``evaluation.plausibility_check``): the refitted model's CLV of the
+   one-order customers against the repeat customers' actual spend over the last year (the last
+   half of a shorter history), scaled to the horizon; logged as metrics and a tag, and a warning
+   when a one-order customer is valued above the 99th percentile without their own spend to show
+   for it.
+6. One MLflow run: parameters, coefficients with standard errors, holdout metrics of every
    candidate and the baseline, the holdout table, four diagnostic plots, the data fingerprint; the
    model as a pyfunc registered as ``rapport-clv``.
 """
@@ -28,18 +37,28 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from features.customer import calibration_holdout, customer_features
 from features.history import utc_naive
 from features.purchases import daily_repeat_purchases
+from features.schema import Feature
 from features.settings import Settings
 from features.store import ibis_backend
 from features.windows import HistoryTooShort, Windows, clv_windows, history_stats
 from training import tracking
 from training.clv.adapter import ClvFitError
-from training.clv.evaluation import GateDecision, HoldoutEvaluation, evaluate_holdout, gate, holdout_table
-from training.clv.model import ClvModel
+from training.clv.evaluation import (
+    GateDecision,
+    HoldoutEvaluation,
+    PlausibilityCheck,
+    evaluate_holdout,
+    gate,
+    holdout_table,
+    plausibility_check,
+)
+from training.clv.model import DAYS_PER_MONTH, ClvModel
 from training.clv.plots import (
     plot_calibration_vs_holdout,
     plot_cumulative_transactions,
@@ -52,9 +71,11 @@ from training.plotting import run_plot_dir
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "rapport-clv"
-#: Candidates within this relative MAE of the best count as tied; BG/NBD wins a tie.
-TIE_TOLERANCE = 0.005
-PREFERRED = "bgnbd"
+#: Candidates within this relative per-customer MAE of the best count as tied.
+TIE_TOLERANCE = 0.01
+#: Purchase models in which a customer without a repeat purchase can be inactive (BG/NBD gives such a
+#: customer P(alive) = 1 by construction); one of them wins a tie, the better one on the holdout first.
+WITHOUT_ONE_ORDER_ARTEFACT: tuple[str, ...] = ("mbgnbd", "paretonbd")
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,7 @@ class ClvTrainingResult:
     plots: tuple[Path, ...]
     failed_candidates: tuple[tuple[str, str], ...]
     windows: Windows
+    plausibility: PlausibilityCheck
 
 
 def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -83,10 +105,13 @@ def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
 
 
 def choose(evaluations: dict[str, HoldoutEvaluation]) -> str:
-    """The candidate with the lowest per-customer holdout MAE; BG/NBD wins ties."""
-    best = min(evaluations, key=lambda kind: evaluations[kind].mae)
-    if PREFERRED in evaluations and evaluations[PREFERRED].mae <= evaluations[best].mae * (1 + TIE_TOLERANCE):
-        return PREFERRED
+    """The candidate with the lowest per-customer holdout MAE, unless one of
+    :data:`WITHOUT_ONE_ORDER_ARTEFACT` is within :data:`TIE_TOLERANCE` of it: then the best of those."""
+    by_mae = sorted(evaluations, key=lambda kind: (evaluations[kind].mae, kind))
+    best = by_mae[0]
+    for kind in by_mae:
+        if kind in WITHOUT_ONE_ORDER_ARTEFACT and evaluations[kind].mae <= evaluations[best].mae * (1 + TIE_TOLERANCE):
+            return kind
     return best
 
 
@@ -155,6 +180,15 @@ def train_clv(
     features = customer_features(backend, cutoff, time_unit=settings.time_unit)
     final = _model(kind, settings).fit(features, cutoff=cutoff, currency=settings.currency)
 
+    step("checking the one-order customers' CLV against the repeat customers' actual spend")
+    plausibility, one_order_alive = _plausibility(con, backend, final, features, cutoff, settings)
+    if not plausibility.plausible:
+        log.warning("CLV plausibility: %s", plausibility.message)
+    if kind not in WITHOUT_ONE_ORDER_ARTEFACT:
+        others = ", ".join(f"{k} {evaluations[k].mae:.4f}" for k in evaluations if k in WITHOUT_ONE_ORDER_ARTEFACT)
+        log.warning("CLV: %s chosen (holdout MAE %.4f; %s): it gives every one-order customer probability alive 1",
+                    kind, evaluations[kind].mae, others or "no candidate without that artefact converged")
+
     step("logging the run to MLflow")
     client = tracking.configure(settings)
     with tracking.start_run(settings, run_name=f"clv {cutoff.date()}", tags={"step": "clv", "model_kind": kind}) as run:
@@ -182,6 +216,8 @@ def train_clv(
             "customers": float(len(features)),
             "spend_customers": float(final.n_spend_customers_),
             "spend_excluded": float(final.n_spend_excluded_),
+            **plausibility.to_metrics(),
+            "one_order_probability_alive_median": one_order_alive,
         })
         tracking.log_table(table, "holdout_table")
         for path in plots:
@@ -190,6 +226,7 @@ def train_clv(
             "gate.eligible": str(decision.eligible).lower(),
             "gate.reasons": " | ".join(decision.reasons) or "beats the naive baseline",
             "failed_candidates": "; ".join(f"{k}: {m}" for k, m in failed) or "none",
+            "plausibility": plausibility.message,
         })
         info = log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5))
         version = getattr(info, "registered_model_version", None)
@@ -212,7 +249,26 @@ def train_clv(
         plots=tuple(plots),
         failed_candidates=tuple(failed),
         windows=windows,
+        plausibility=plausibility,
     )
+
+
+def _plausibility(con: duckdb.DuckDBPyConnection, backend, model: ClvModel, features: pd.DataFrame,  # noqa: ANN001
+                  cutoff: datetime, settings: Settings) -> tuple[PlausibilityCheck, float]:
+    """The plausibility check of ``model``'s CLV, against the repeat customers' spend over the last
+    horizon before the cutoff (the last half of a history shorter than two horizons), and the
+    median probability alive of the one-order customers."""
+    horizon_days = settings.clv_horizon_months * DAYS_PER_MONTH
+    first = con.execute("SELECT min(ts) FROM lines").fetchall()[0][0]
+    span_days = (cutoff - utc_naive(first)).days if first is not None else 0
+    window = max(1, min(round(horizon_days), span_days // 2))
+    reference = calibration_holdout(backend, cutoff - timedelta(days=window), cutoff, time_unit=settings.time_unit)
+    scores = model.predict(features)
+    check = plausibility_check(features, scores["clv"].to_numpy(), reference, horizon_days=horizon_days,
+                               time_unit=settings.time_unit)
+    one_order = features[Feature.FREQUENCY].to_numpy() == 0
+    alive = scores["probability_alive"].to_numpy()[one_order]
+    return check, float(np.median(alive)) if alive.size else float("nan")
 
 
 def _coefficients(model: ClvModel, prefix: str) -> dict[str, float]:
