@@ -2,7 +2,7 @@
 
 For a block of customers (known ones sliced from :class:`~training.recommend.data.InteractionData`,
 or a new customer folded in from the items of a request), :func:`candidates` proposes items from
-four sources and describes every (customer, item) pair with the features the ranker reads:
+five sources and describes every (customer, item) pair with the features the ranker reads:
 
 - *own* items: what the customer bought, by decayed purchases (the repeat-purchase source), at most
   ``n_own``;
@@ -455,15 +455,20 @@ def candidates(
     excluded_rows, excluded_cols = excluded_keys // n_items, excluded_keys % n_items
     als_r, als_c, als_rank = item_index.top(block.factors, sizes.als, allowed, excluded_rows, excluded_cols)
 
-    # Item-KNN: the scores implicit's item-item models rank by.
-    knn_scores = (block.weight @ similarity).tocsr()
+    # Item-KNN: the scores implicit's item-item models rank by. A source of size 0 is not computed
+    # (its score feature is 0): the rule rankers read neither item-KNN nor, for top frequency, TIFU-KNN.
+    nothing = sparse.csr_matrix((b, n_items), dtype=np.float64)
+    knn_scores = (block.weight @ similarity).tocsr() if sizes.knn else nothing
     knn_scores.sort_indices()
     kr, kc = _entry_rows(knn_scores), knn_scores.indices.astype(np.int64)
     keep = not_excluded(kr, kc) & (knn_scores.data > 0)
     knn_r, knn_c, knn_rank = _top_per_row(kr[keep], kc[keep], knn_scores.data[keep], sizes.knn)
 
     # TIFU-KNN: personal and neighbours' decayed basket frequencies.
-    tifu_scores = tifu.scores(block) if tifu is not None else sparse.csr_matrix(block.tifu)
+    if not sizes.tifu:
+        tifu_scores = nothing
+    else:
+        tifu_scores = tifu.scores(block) if tifu is not None else sparse.csr_matrix(block.tifu)
     tr, tc = _entry_rows(tifu_scores), tifu_scores.indices.astype(np.int64)
     keep = not_excluded(tr, tc) & (tifu_scores.data > 0)
     tifu_r, tifu_c, tifu_rank = _top_per_row(tr[keep], tc[keep], tifu_scores.data[keep], sizes.tifu)

@@ -168,14 +168,12 @@ class InteractionData:
     def history_sets(self) -> dict[int, set[str]]:
         """Customer id -> the items they bought (purchases > 0), as in :func:`training.recommend.split.history_items`."""
         m = self.purchases
-        out: dict[int, set[str]] = {}
-        for u in range(self.n_users):
-            cols = m.indices[m.indptr[u] : m.indptr[u + 1]]
-            vals = m.data[m.indptr[u] : m.indptr[u + 1]]
-            bought = cols[vals > 0]
-            if len(bought):
-                out[int(self.customer_ids[u])] = set(self.item_ids[bought].tolist())
-        return out
+        bought = m.data > 0
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(m.indptr))[bought]
+        items = self.item_ids[m.indices[bought]]
+        cut = np.flatnonzero(np.diff(rows)) + 1
+        firsts = rows[np.r_[0, cut]] if len(rows) else rows
+        return {int(self.customer_ids[u]): set(group.tolist()) for u, group in zip(firsts, np.split(items, cut))}
 
 
 def _check_same_pairs(a: pd.DataFrame, b: pd.DataFrame) -> None:

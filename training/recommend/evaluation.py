@@ -42,7 +42,14 @@ from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from features.schema import Col
-from training.recommend.candidates import CandidateSizes, UserBlock, candidates
+from training.recommend.candidates import (
+    CandidateSizes,
+    ItemFactorIndex,
+    UserBlock,
+    candidates,
+    ranks_in_rows,
+    row_score_order,
+)
 from training.recommend.data import InteractionData
 from training.recommend.metrics import (
     N_CUSTOMERS,
@@ -155,34 +162,58 @@ def _row(all_lists: Mapping[int, list[str]], new_lists: Mapping[int, list[str]],
     return out
 
 
-def _lists_from_scores(
-    score_block: Callable[[NDArray[np.int64]], NDArray[np.floating]],
-    rows: NDArray[np.int64],
-    customer_ids: NDArray[np.int64],
-    item_ids: NDArray[np.object_],
-    allowed: NDArray[np.bool_],
-    purchases: sparse.csr_matrix,
-    exclude_owned: bool,
-) -> dict[int, list[str]]:
-    """Top-K items per customer of a dense score function over all items (blocks of customers)."""
+def _as_lists(rows: NDArray[np.int64], cols: NDArray[np.int64], at: NDArray[np.int64],
+              customer_ids: NDArray[np.int64], item_ids: NDArray[np.object_], out: dict[int, list[str]]) -> None:
+    """Add the lists of (block row, item) entries sorted by row then rank to ``out`` (an empty list
+    for a block row without entries)."""
+    bounds = np.searchsorted(rows, np.arange(len(at) + 1))
+    items = item_ids[cols]
+    for i, u in enumerate(at):
+        out[int(customer_ids[u])] = list(items[bounds[i] : bounds[i + 1]])
+
+
+def _owned(purchases: sparse.csr_matrix, at: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    owned = purchases[at].tocoo()
+    bought = owned.data > 0
+    return owned.row[bought].astype(np.int64), owned.col[bought].astype(np.int64)
+
+
+def _factor_lists(user_factors: NDArray[np.floating], index: ItemFactorIndex, rows: NDArray[np.int64],
+                  data: InteractionData, exclude_owned: bool) -> dict[int, list[str]]:
+    """Top-K items per customer of a factor model (``user_factors @ item_factors.T`` over the
+    recommendable items), by the exact top-k of :class:`ItemFactorIndex`, in blocks of customers."""
     out: dict[int, list[str]] = {}
-    block = max(1, 5_000_000 // max(len(item_ids), 1))
-    for start in range(0, len(rows), block):
-        at = rows[start : start + block]
-        scores = np.array(score_block(at), dtype=np.float64)
-        scores[:, ~allowed] = -np.inf
+    empty = np.empty(0, dtype=np.int64)
+    for start in range(0, len(rows), 1_000):
+        at = rows[start : start + 1_000]
+        ex_rows, ex_cols = _owned(data.purchases, at) if exclude_owned else (empty, empty)
+        r, c, _ = index.top(user_factors[at], K, data.recommendable, ex_rows, ex_cols)
+        _as_lists(r, c, at, data.customer_ids, data.item_ids, out)
+    return out
+
+
+def _similarity_lists(similarity: sparse.csr_matrix, rows: NDArray[np.int64], data: InteractionData,
+                      exclude_owned: bool) -> dict[int, list[str]]:
+    """Top-K items per customer of an item-item model (``weight @ similarity``, implicit's item-KNN
+    score), among the items with a positive score (the others are not ranked)."""
+    out: dict[int, list[str]] = {}
+    for start in range(0, len(rows), 1_000):
+        at = rows[start : start + 1_000]
+        scores = (data.weight[at] @ similarity).tocsr()
+        scores.sort_indices()
+        r = np.repeat(np.arange(len(at), dtype=np.int64), np.diff(scores.indptr))
+        c = scores.indices.astype(np.int64)
+        keep = data.recommendable[c] & (scores.data > 0)
         if exclude_owned:
-            owned = purchases[at].tocoo()
-            bought = owned.data > 0
-            scores[owned.row[bought], owned.col[bought]] = -np.inf
-        k = min(K, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)
-        top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
-        for i, u in enumerate(at):
-            keep = np.isfinite(top_scores[i])
-            out[int(customer_ids[u])] = list(item_ids[top[i][keep]])
+            orows, ocols = _owned(data.purchases, at)
+            owned_keys = np.sort(orows * data.n_items + ocols)
+            keys = r * data.n_items + c
+            pos = np.minimum(np.searchsorted(owned_keys, keys), max(len(owned_keys) - 1, 0))
+            keep &= ~((owned_keys[pos] == keys) if len(owned_keys) else np.zeros(len(keys), dtype=bool))
+        order = row_score_order(r[keep], scores.data[keep])
+        kr, kc = r[keep][order], c[keep][order]
+        first = ranks_in_rows(kr) < K
+        _as_lists(kr[first], kc[first], at, data.customer_ids, data.item_ids, out)
     return out
 
 
@@ -229,10 +260,8 @@ def als_row(model: RecommenderModel, customers: NDArray[np.int64], relevant: Map
     """Plain ALS: the candidate model's own top-K over every allowed item."""
     data = model.data_
     rows, _ = data.user_positions(customers)
-    score = lambda at: model.models_.user_factors[at] @ model.models_.item_factors.T  # noqa: E731
-    return _row(*(_lists_from_scores(score, rows, data.customer_ids, data.item_ids, data.recommendable,
-                                     data.purchases, exclude) for exclude in (False, True)),
-                relevant, history, int(data.recommendable.sum()))
+    return _row(*(_factor_lists(model.models_.user_factors, model.models_.item_index, rows, data, exclude)
+                  for exclude in (False, True)), relevant, history, int(data.recommendable.sum()))
 
 
 def compare(
@@ -317,16 +346,14 @@ def compare(
             warnings.filterwarnings("ignore", message="Method expects CSR input")  # implicit's internal COO
             cosine.fit(data.weight.tocsr(), show_progress=False)
     cos_sim = sparse.csr_matrix(cosine.similarity)
-    bpr_users, bpr_items = np.asarray(bpr.user_factors), np.asarray(bpr.item_factors)
-    scorers: dict[str, Callable[[NDArray[np.int64]], NDArray[np.floating]]] = {
-        BPR: lambda at: bpr_users[at] @ bpr_items.T,
-        KNN_COSINE: lambda at: (data.weight[at] @ cos_sim).toarray(),
-        KNN_BM25: lambda at: (data.weight[at] @ model.models_.similarity).toarray(),
-    }
-    for name, scorer in scorers.items():
-        plain = _lists_from_scores(scorer, rows, data.customer_ids, data.item_ids, allowed, data.purchases, False)
-        filtered = _lists_from_scores(scorer, rows, data.customer_ids, data.item_ids, allowed, data.purchases, True)
-        table[name] = _row(plain, filtered, relevant, history, catalogue)
+    cos_sim.sort_indices()
+    bpr_index = ItemFactorIndex(np.asarray(bpr.item_factors))
+    bpr_users = np.asarray(bpr.user_factors)
+    table[BPR] = _row(*(_factor_lists(bpr_users, bpr_index, rows, data, exclude) for exclude in (False, True)),
+                      relevant, history, catalogue)
+    for name, similarity in ((KNN_COSINE, cos_sim), (KNN_BM25, model.models_.similarity)):
+        table[name] = _row(*(_similarity_lists(similarity, rows, data, exclude) for exclude in (False, True)),
+                           relevant, history, catalogue)
 
     frame = comparison_table(table)
     frame = frame.loc[[CHOSEN, TIFU, *BASELINES, ALS, BPR, KNN_COSINE, KNN_BM25]]

@@ -391,6 +391,9 @@ def _ranker_params(settings: RecommenderSettings) -> dict[str, Any]:
         "learning_rate": settings.learning_rate,
         "num_leaves": settings.num_leaves,
         "min_data_in_leaf": settings.min_child_samples,
+        # 63 bins instead of 255: histograms a quarter the size, the same splits on these features
+        # (counts, days, ranks and scores) to a few percent of a feature's range.
+        "max_bin": 63,
         "num_threads": settings.num_threads,
         "seed": settings.seed,
         "deterministic": True,

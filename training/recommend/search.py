@@ -7,7 +7,8 @@ looked at here):
   (``[train_end - label_days, train_end)``), its candidate models on everything before
   ``train_end`` — and recommends 20 items to every customer who bought in the validation period
   ``[train_end, valid_end)`` and was known before it, as :func:`training.recommend.evaluation.compare`
-  does on the test period;
+  does on the test period (on a large history, the ranker learns from and the lists are judged for
+  a seeded sample of :data:`SEARCH_CUSTOMERS` customers);
 - the trial is scored by ``recall@20 + recall@20_new`` of the blend (all items, and new items with
   the purchases excluded: the gate's two measures, one number); the same fit also gives TIFU-KNN's
   row with the trial's k and alpha (a rule on the same candidates), so both are searched at once;
@@ -58,6 +59,10 @@ from training.recommend.split import TemporalSplit, purchases_between
 
 logger = logging.getLogger(__name__)
 
+#: Customers of a trial: the ranker learns from at most this many, and the lists of at most this
+#: many validation customers (a seeded sample, the same for every trial) are judged, so that a trial
+#: costs a fraction of the final fit on a large history.
+SEARCH_CUSTOMERS = 5_000
 #: Half-lives the search tries (None: no decay).
 HALF_LIVES: tuple[float | None, ...] = (30.0, 90.0, 180.0, 365.0, 730.0, None)
 
@@ -82,6 +87,29 @@ class SearchResult:
 def _score(row: Mapping[str, float]) -> float:
     value = float(row[RECALL]) + float(row[RECALL_NEW])
     return value if np.isfinite(value) else float("-inf")
+
+
+def choose_champion(table: pd.DataFrame) -> tuple[str, list[str]]:
+    """The champion's row among the servable configurations of a validation ``table`` (rows
+    :data:`CHOSEN`, :data:`TIFU`, :data:`TOP_FREQUENCY`, :data:`POPULAR`, :data:`ALS`), and why
+    (see the module docstring)."""
+    reasons: list[str] = []
+    eligible: dict[str, float] = {}
+    base = table.loc[TOP_FREQUENCY]
+    for name in (CHOSEN, TIFU):
+        row = table.loc[name]
+        beats_all = row[RECALL] > base[RECALL]
+        beats_new = all(row[RECALL_NEW] > table.loc[rival, RECALL_NEW] for rival in (POPULAR, ALS))
+        reasons.append(f"{name} on validation: recall@20 {row[RECALL]:.4f} vs {base[RECALL]:.4f} for {TOP_FREQUENCY} "
+                       f"({'beats' if beats_all else 'does not beat'}), new items {row[RECALL_NEW]:.4f} vs "
+                       f"{table.loc[POPULAR, RECALL_NEW]:.4f} popularity / {table.loc[ALS, RECALL_NEW]:.4f} ALS "
+                       f"({'beats both' if beats_new else 'does not beat both'})")
+        if beats_all and beats_new:
+            eligible[name] = _score(row)
+    # On a tie the simpler configuration: TIFU-KNN before the blend.
+    champion = max(eligible, key=lambda n: (eligible[n], n == TIFU)) if eligible else TOP_FREQUENCY
+    reasons.append(f"champion: {champion}")
+    return champion, reasons
 
 
 def suggest(trial: Any, base: RecommenderSettings) -> dict[str, Any]:
@@ -166,13 +194,16 @@ def search(
         key = (s.half_life_days, s.factors, s.regularization, s.knn_neighbours, s.tifu_pool)
         if key not in fitted:
             fitted[key] = fit_candidate_models(before, s)
-        model = RecommenderModel(s).fit_data(before, labels, data, models_before=fitted[key])
+        trial_settings = replace(s, max_training_customers=min(s.max_training_customers, SEARCH_CUSTOMERS))
+        model = RecommenderModel(trial_settings).fit_data(before, labels, data, models_before=fitted[key])
         known = data.history_sets()
-        relevant = {c: items for c, items in validation.items() if c in known}
-        if not relevant:
+        customers = np.asarray(sorted(c for c in validation if c in known), dtype=np.int64)
+        if len(customers) == 0:
             raise RecommenderInputError(f"no customer known before {split.train_end:%Y-%m-%d} bought in the "
                                         "validation period: nothing to choose on")
-        customers = np.asarray(sorted(relevant), dtype=np.int64)
+        if len(customers) > SEARCH_CUSTOMERS:
+            customers = np.sort(np.random.default_rng(s.seed).choice(customers, SEARCH_CUSTOMERS, replace=False))
+        relevant = {int(c): validation[int(c)] for c in customers}
         out = {CHOSEN: configuration_row(model, customers, relevant, known),
                TIFU: configuration_row(model.with_ranker("tifu_knn"), customers, relevant, known)}
         # The rules of thumb do not depend on the searched values (but for the half-life of the
@@ -234,22 +265,7 @@ def search(
                   ALS: rows[best_blend.number][ALS]}
     table = comparison_table(table_rows)
 
-    reasons: list[str] = []
-    eligible: dict[str, float] = {}
-    base = table.loc[TOP_FREQUENCY]
-    for name in (CHOSEN, TIFU):
-        row = table.loc[name]
-        beats_all = row[RECALL] > base[RECALL]
-        beats_new = all(row[RECALL_NEW] > table.loc[rival, RECALL_NEW] for rival in (POPULAR, ALS))
-        reasons.append(f"{name} on validation: recall@20 {row[RECALL]:.4f} vs {base[RECALL]:.4f} for {TOP_FREQUENCY} "
-                       f"({'beats' if beats_all else 'does not beat'}), new items {row[RECALL_NEW]:.4f} vs "
-                       f"{table.loc[POPULAR, RECALL_NEW]:.4f} popularity / {table.loc[ALS, RECALL_NEW]:.4f} ALS "
-                       f"({'beats both' if beats_new else 'does not beat both'})")
-        if beats_all and beats_new:
-            eligible[name] = _score(row)
-    # On a tie the simpler configuration: TIFU-KNN before the blend.
-    champion = max(eligible, key=lambda n: (eligible[n], n == TIFU)) if eligible else TOP_FREQUENCY
-    reasons.append(f"champion: {champion}")
+    champion, reasons = choose_champion(table)
     # Personal top frequency reads no searched value: it keeps the blend's best (its candidate
     # models still serve similar items and explanations).
     chosen_trial = best_tifu if champion == TIFU else best_blend
