@@ -14,11 +14,13 @@ distinct lines; surplus lines are dropped so that the file has exactly ``--lines
 Then ``rapport train --only recommend`` runs as a subprocess (the command a user types: the
 import of the CLI, the split, the comparison with every baseline, the search within
 ``train_search_budget_s``, the final fit, MLflow logging and registration), ``--runs`` times, and
-once more with ``RAPPORT_TRAIN_SEARCH_BUDGET_S=0`` (no search) in the same run, so that the cost of
-the search reads as a ratio on the same machine at the same moment.
+once more with ``RAPPORT_TRAIN_SEARCH_BUDGET_S=0`` (no search), and, with ``--reference DIR`` (a
+checkout of another version of the project, e.g. ``git worktree add /tmp/before main``), once with
+that version's code on the same store: the cost of the search and the speed-up read as ratios on the
+same machine at the same moment (timings on a shared machine are noisy; ratios much less).
 
     python benchmarks/recommend_train.py [--lines 1000000] [--items 50000] [--customers 20000]
-                                         [--runs 1] [--budget S] [--keep DIR]
+                                         [--runs 1] [--budget S] [--reference DIR] [--keep DIR]
 
 Prints the seconds of generating and ingesting the data (not part of the target), then the wall
 time of each training run, the median, the no-search time and the ratio, and the champion's table
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="train_search_budget_s for the timed runs (default: the setting's default)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the store in this folder (default: removed)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="a checkout of another version of the project to time on the same store")
     args = parser.parse_args(argv)
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="rapport-bench-recommend-"))
@@ -185,6 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         plain, _ = _run([rapport, "train", "--only", "recommend"], {**env, "RAPPORT_TRAIN_SEARCH_BUDGET_S": "0"})
         print(f"median {median:.1f} s over {len(times)} run(s) (target < 60 s); without the search "
               f"{plain:.1f} s; ratio {median / plain:.2f}")
+        if args.reference is not None:
+            # The reference's own CLI, imported from its checkout (ahead of this one on the path).
+            before, _ = _run([sys.executable, "-c", "from rapport.cli import app; app()", "train", "--only", "recommend"],
+                             {**env, "PYTHONPATH": str(args.reference.resolve())})
+            print(f"reference {args.reference}: {before:.1f} s; this version {median:.1f} s "
+                  f"(ratio {median / before:.2f}), without the search {plain / before:.2f}")
         print(output[-4000:])
     finally:
         if args.keep is None:

@@ -4,10 +4,11 @@ People re-buy what they bought, and they also discover. Neither a pure "buy agai
 factorisation serves both, so the model has two stages:
 
 1. *Candidates* (:mod:`training.recommend.candidates`): the customer's own items, ALS
-   (``implicit``, BM25-weighted decayed purchases), item-item KNN (``implicit``'s BM25 similarity)
-   and the items with the most buyers in the last 30 days, each pair described by 20 features:
-   how often and how recently the customer bought the item, the customer's activity, the item's
-   popularity and trend, and the models' scores and ranks.
+   (``implicit``, BM25-weighted decayed purchases), item-item KNN (``implicit``'s BM25 similarity),
+   TIFU-KNN (time-decayed basket frequencies blended with the nearest customers') and the items
+   with the most buyers in the last 30 days, each pair described by 22 features: how often and how
+   recently the customer bought the item, the customer's activity, the item's popularity and
+   trend, and the models' scores and ranks.
 2. *Ranking*: a LightGBM learning-to-rank model (``rank_xendcg``, the cross-entropy bound of NDCG:
    the quality of ``lambdarank`` on Online Retail II with fewer trees and a third of its training
    time) orders each customer's candidates. It learns the mix
@@ -16,6 +17,11 @@ factorisation serves both, so the model has two stages:
    ``c - label_days``, the ranker learns which of their candidates the customers bought in
    ``[c - label_days, c)`` (early stopping on a fifth of those customers, NDCG@20), then the
    candidate models are refitted on everything before ``c`` and the ranker is kept.
+
+The ranking stage can also be a rule (:data:`RANKERS`): personal top frequency (the customer's
+items by number of orders, then the popular list) or TIFU-KNN's score. A rule model is fitted,
+saved, served and explained exactly as the blend, so that a baseline that wins on validation is
+what the service serves (:meth:`RecommenderModel.with_ranker`).
 
 :meth:`RecommenderModel.recommend` is the one scoring path of batch lists, the CLI and the service:
 filters are applied while candidates are generated (recommendable items only; already purchased
@@ -510,6 +516,20 @@ class RecommenderModel:
         out.data_, out.models_, out.settings_ = self.data_, self.models_, out.settings
         out.booster_ = self.booster_ if ranker == "lightgbm" else None
         out.training_ = self.training_ if ranker == "lightgbm" else None
+        return out
+
+    def refitted_on(self, data: InteractionData) -> RecommenderModel:
+        """This model's ranker (or rule) with its candidate models refitted on ``data``, a later
+        history (ALS warm-started from this model's factors): the configuration that was judged,
+        brought up to date without learning its ranking again."""
+        self._check_fitted()
+        if not self.data_.as_of < data.as_of:
+            raise RecommenderInputError(f"the history to refit on ({data.as_of}) must be later than the model's "
+                                        f"({self.data_.as_of})")
+        out = RecommenderModel(self.settings_)
+        out.data_ = data
+        out.models_ = fit_candidate_models(data, self.settings_, warm_start=(self.data_, self.models_))
+        out.booster_, out.training_, out.settings_ = self.booster_, self.training_, self.settings_
         return out
 
     def _check_fitted(self) -> None:

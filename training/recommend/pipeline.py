@@ -9,10 +9,10 @@ whole history, log to MLflow and register ``rapport-recommender``.
    (the blend, TIFU-KNN, personal top frequency: a baseline when nothing beats it).
 3. :func:`training.recommend.evaluation.compare`: the ranked blend, TIFU-KNN, the baselines and the
    plain candidate models fitted before the test period and judged on it; the champion's gate.
-4. The model that is registered is the champion's configuration refitted up to the end of the history:
-   its ranker learns on the test period (the latest labels, from the candidate models the comparison
-   fitted before it), its candidate models see everything, so that the service recommends from the
-   latest purchases. The run logs the comparison table (CSV and
+4. The model that is registered is the champion's configuration brought up to the end of the
+   history: the ranker (or rule) the test period judged, with its candidate models refitted on
+   everything (ALS warm-started), so that the service recommends from the latest purchases. The
+   run logs the comparison table (CSV and
    JSON) and the validation table, its plot, the parameters (the searched values as ``search.*``),
    the catalogue version and the data fingerprint; the model version is tagged ``gate_eligible``
    and ``champion_configuration``.
@@ -42,7 +42,7 @@ from training.recommend.model import RecommenderInputError, RecommenderModel, Re
 from training.recommend.plots import plot_comparison
 from training.recommend.pyfunc import log_recommender_model
 from training.recommend.search import SearchResult, search
-from training.recommend.split import TemporalSplit, purchases_between, temporal_split
+from training.recommend.split import TemporalSplit, temporal_split
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +159,11 @@ def train_recommender(
             *gate.reasons)))
         model_settings = replace(model_settings, ranker=CONFIGURATIONS[champion])
     step(f"final model on the whole history ({comparison.gate.champion})")
-    # The final ranker learns on the test period, the latest labels there are, from the candidate
-    # models the comparison already fitted on the history before it (not fitted a second time).
-    evaluated = comparison.model
-    final_settings = replace(model_settings, label_days=(split.test_end - split.valid_end).days)
-    if final_settings.ranker != "lightgbm":
-        evaluated = evaluated.with_ranker(final_settings.ranker)
-    model = RecommenderModel(final_settings)
-    model.fit_data(evaluated.data_, purchases_between(backend, split.valid_end, split.test_end),
-                   model.interaction_data(backend, split.test_end), models_before=evaluated.models_,
-                   progress=lambda text: step(f"final: {text}"))
+    # The ranker (or rule) judged on the test period is the one served; its candidate models are
+    # refitted on the whole history, ALS starting from the comparison's factors.
+    evaluated = comparison.model.with_ranker(model_settings.ranker)
+    final_settings = evaluated.settings_
+    model = evaluated.refitted_on(evaluated.interaction_data(backend, split.test_end))
     version_of_catalogue = catalogue_version(model.data_)
 
     step("logging the run to MLflow")
