@@ -165,3 +165,31 @@ def test_a_baseline_champion_is_registered_tagged_and_served_as_judged(baseline_
     customers = result.model.data_.customer_ids[:20]
     got = loaded.predict(pd.DataFrame({"customer_id": customers}), params={"n": 7})
     pd.testing.assert_frame_equal(got.reset_index(drop=True), result.model.recommend(list(customers), 7))
+
+
+def test_the_search_starts_from_the_settings_as_given_and_stays_within_its_budget(store):
+    import optuna
+
+    from training.recommend.search import search, suggest
+    from training.recommend.split import temporal_split
+
+    _, con = store
+    last = con.execute("SELECT max(ts) FROM lines").fetchall()[0][0]
+    split = temporal_split(last, test_days=90, valid_days=90)
+    result = search(ibis_backend(con), split, SMALL, budget_s=25.0)
+    assert result.trials >= 2 and result.champion in {CHOSEN, TIFU, TOP_FREQUENCY}
+    # Stopped before a trial of the mean duration would overrun the budget, so within it by at most
+    # one trial's overrun of the mean.
+    assert result.seconds < 25.0 * 2
+    assert {CHOSEN, TIFU, TOP_FREQUENCY} <= set(result.table.index)
+    # The first trial is the settings as given, in the search's own names.
+    given = suggest(optuna.trial.FixedTrial(_given_params(SMALL)), SMALL)
+    assert given["factors"] == SMALL.factors and given["candidates"] == SMALL.candidates
+    assert result.settings.ranker == {CHOSEN: "lightgbm", TIFU: "tifu_knn", TOP_FREQUENCY: "top_frequency"}[result.champion]
+    assert result.params["half_life_days"] == result.settings.half_life_days
+
+
+def _given_params(settings: RecommenderSettings) -> dict:
+    from training.recommend.search import _as_trial_params
+
+    return _as_trial_params(settings)

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import sparse
 
 from training.artefact import ArtefactReader
+from training.recommend.candidates import tifu_pool_vectors
 from training.recommend.data import InteractionData, PopularList
 from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
 
@@ -171,7 +172,7 @@ def load(directory: Path | str) -> RecommenderModel:
         als_idf=array("als_idf", n_items).astype(np.float64),
         als_mean_row_weight=float(fitted["als_mean_row_weight"]),
         tifu_pool_rows=pool_rows,
-        tifu_pool=data.tifu_matrix[pool_rows],
+        tifu_pool=tifu_pool_vectors(data, pool_rows),
     )
     booster, ranker_training = None, None
     if settings.ranker == "lightgbm":

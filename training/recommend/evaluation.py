@@ -41,7 +41,6 @@ from numpy.typing import NDArray
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
-from features.schema import Col
 from training.recommend.candidates import (
     CandidateSizes,
     ItemFactorIndex,
@@ -52,9 +51,11 @@ from training.recommend.candidates import (
 )
 from training.recommend.data import InteractionData
 from training.recommend.metrics import (
+    EXPLORE_SUFFIX,
     N_CUSTOMERS,
     N_CUSTOMERS_NEW,
     NEW_SUFFIX,
+    REPEAT_SUFFIX,
     comparison_table,
     evaluate,
     metric_name,
@@ -78,7 +79,6 @@ KNN_BM25 = "item-KNN BM25"
 BASELINES: tuple[str, ...] = (TOP_FREQUENCY, POPULAR, POPULAR_RECENT, BUY_AGAIN)
 #: The servable configurations (rows of the table) and the ranker each is served with.
 CONFIGURATIONS: dict[str, str] = {CHOSEN: "lightgbm", TIFU: "tifu_knn", TOP_FREQUENCY: "top_frequency"}
-ROW_OF_RANKER: dict[str, str] = {ranker: row for row, ranker in CONFIGURATIONS.items()}
 #: The list length every model is judged on.
 K = 20
 RECALL = metric_name("recall", K)
@@ -362,9 +362,11 @@ def compare(
 
 
 def summary_columns() -> list[str]:
-    """The columns a person reads first: recall, NDCG and coverage at 10 and 20, all and new items."""
-    return [N_CUSTOMERS, metric_name("recall", 10), RECALL, metric_name("ndcg", K), metric_name("recall", 10, new=True),
-            RECALL_NEW, metric_name("ndcg", K, new=True), metric_name("coverage", K)]
+    """The columns a person reads first: recall (with its repeat / explore split), NDCG and coverage
+    at 10 and 20, all and new items."""
+    return [N_CUSTOMERS, metric_name("recall", 10), RECALL, RECALL + REPEAT_SUFFIX, RECALL + EXPLORE_SUFFIX,
+            metric_name("ndcg", K), metric_name("recall", 10, new=True), RECALL_NEW, metric_name("ndcg", K, new=True),
+            metric_name("coverage", K)]
 
 
 def evaluated_at(split: TemporalSplit) -> dict[str, datetime]:

@@ -75,6 +75,7 @@ from training.recommend.candidates import (
     ranks_in_rows,
     row_score_order,
     tifu_pool,
+    tifu_pool_vectors,
 )
 from training.recommend.data import InteractionData, TifuDecay, build_interaction_data, relevant_positions
 from training.recommend.split import purchases_between
@@ -385,7 +386,7 @@ def fit_candidate_models(data: InteractionData, settings: RecommenderSettings, *
         als_idf=idf.astype(np.float64),
         als_mean_row_weight=mean_row,
         tifu_pool_rows=pool,
-        tifu_pool=data.tifu_matrix[pool],
+        tifu_pool=tifu_pool_vectors(data, pool),
     )
 
 

@@ -171,7 +171,8 @@ def train_recommender(
     plot_dir = settings.reports_dir / "recommend"
     plots = [plot_comparison(comparison.table, plot_dir / "comparison.png",
                              title=f"Recommenders on {split.valid_end:%Y-%m-%d} .. {split.test_end:%Y-%m-%d} "
-                                   f"({comparison.n_customers:,} customers)")]
+                                   f"({comparison.n_customers:,} customers)",
+                             champion=comparison.gate.champion)]
     table = comparison.table
     with tracking.start_run(settings, run_name=f"recommend {split.test_end.date()}", tags={"step": "recommend"}) as run:
         tracking.log_params_flat({
