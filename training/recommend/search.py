@@ -54,7 +54,7 @@ from training.recommend.evaluation import (
     popular_rows,
 )
 from training.recommend.metrics import comparison_table
-from training.recommend.model import CandidateModels, RecommenderInputError, RecommenderModel, RecommenderSettings, fit_candidate_models
+from training.recommend.model import RecommenderInputError, RecommenderModel, RecommenderSettings
 from training.recommend.split import TemporalSplit, purchases_between
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ HALF_LIVES: tuple[float | None, ...] = (30.0, 90.0, 180.0, 365.0, 730.0, None)
 class SearchResult:
     """What the validation period chose: the settings (``ranker`` set to the champion's), the
     champion's row name, the validation table (the champion's rivals), the searched values and
-    how the search went. ``model``: the best blend trial, fitted as of ``train_end`` (its history
+    how the search went. ``model``: the chosen trial's model, fitted as of ``train_end`` (its history
     and candidate models serve the comparison's label period)."""
 
     settings: RecommenderSettings
@@ -176,7 +176,6 @@ def search(
     labels = purchases_between(backend, label_start, split.train_end)
     validation = purchases_between(backend, split.train_end, split.valid_end)
     histories: dict[float | None, tuple[InteractionData, InteractionData]] = {}
-    fitted: dict[tuple[Any, ...], CandidateModels] = {}
 
     def history(s: RecommenderSettings) -> tuple[InteractionData, InteractionData]:
         if s.half_life_days not in histories:
@@ -191,11 +190,8 @@ def search(
 
     def evaluate(s: RecommenderSettings) -> tuple[dict[str, dict[str, float]], RecommenderModel]:
         before, data = history(s)
-        key = (s.half_life_days, s.factors, s.regularization, s.knn_neighbours, s.tifu_pool)
-        if key not in fitted:
-            fitted[key] = fit_candidate_models(before, s)
         trial_settings = replace(s, max_training_customers=min(s.max_training_customers, SEARCH_CUSTOMERS))
-        model = RecommenderModel(trial_settings).fit_data(before, labels, data, models_before=fitted[key])
+        model = RecommenderModel(trial_settings).fit_data(before, labels, data)
         known = data.history_sets()
         customers = np.asarray(sorted(c for c in validation if c in known), dtype=np.int64)
         if len(customers) == 0:
@@ -236,6 +232,9 @@ def search(
     def within_budget(study: Any, trial: Any) -> None:
         durations.append(trial.duration.total_seconds() if trial.duration else 0.0)
         if time.perf_counter() - started + float(np.mean(durations)) > budget_s:
+            study.stop()
+        elif trial.state == optuna.trial.TrialState.FAIL and not rows:
+            # The settings as given cannot be judged (too little history): other values will not be.
             study.stop()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
