@@ -143,8 +143,8 @@ class Settings(BaseSettings):
         5, ge=1, description="ALS iterations of the final candidate models, started from the label period's factors.")
     recommend_neighbours: int = Field(100, ge=1, description="Item-KNN: neighbours kept per item (BM25 similarity).")
     recommend_candidates: dict[str, int] = Field(
-        default_factory=lambda: {"own": 50, "als": 50, "knn": 50, "popular": 30},
-        description="Candidates per customer from each source (own purchases, ALS, item-KNN, popular) before ranking.",
+        default_factory=lambda: {"own": 50, "als": 50, "knn": 50, "popular": 30, "tifu": 50},
+        description="Candidates per customer from each source (own purchases, ALS, item-KNN, popular, TIFU-KNN) before ranking.",
     )
     recommend_max_training_customers: int = Field(20_000, ge=10, description="Customers sampled to train the ranker.")
     recommend_ranker_trees: int = Field(150, ge=1, description="LightGBM ranker: maximum boosting rounds (early stopping on held-out label-period customers; every tree costs scoring time).")
@@ -152,7 +152,14 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Categories still recommended after a purchase when already purchased items are excluded (consumables).",
     )
-    train_search_budget_s: float = Field(60.0, ge=0, description="Seconds each training step may spend searching its hyper-parameters on the validation period (0: no search, the configured values).")
+    recommend_tifu_neighbours: int = Field(100, ge=1, description="TIFU-KNN: nearest customers whose decayed basket frequencies are blended in (k).")
+    recommend_tifu_alpha: float = Field(0.7, ge=0, le=1, description="TIFU-KNN: share of the customer's own vector in the blend with the neighbours' (alpha).")
+    recommend_tifu_group_size: int = Field(7, ge=1, description="TIFU-KNN: baskets per group (m), counted from the latest.")
+    recommend_tifu_within_decay: float = Field(0.9, gt=0, le=1, description="TIFU-KNN: decay between consecutive baskets of a group (r_b).")
+    recommend_tifu_across_decay: float = Field(0.7, gt=0, le=1, description="TIFU-KNN: decay between consecutive groups of baskets (r_g).")
+    recommend_tifu_pool: int = Field(5_000, ge=1, description="TIFU-KNN: the most active customers among whom neighbours are searched.")
+    train_search_budget_s: float = Field(
+        40.0, ge=0, description="Seconds each training step may spend searching its hyper-parameters on the validation period (0: no search, the settings as given).")
     promotion_tolerance: float = Field(0.01, ge=0, lt=1, description="A new version becomes champion only if no key metric is worse than the champion's by more than this share.")
     model_threads: int = Field(2, ge=1, description="Threads of LightGBM and BLAS in training and scoring.")
     serving_api_keys: list[SecretStr] = Field(

@@ -32,6 +32,10 @@ k = 3, items new to the user
     C  new {21}: no hit
     means: precision 2/9, recall 1/2, NDCG 0.2688579, MAP 1/6, hit rate 2/3
 
+Repeat and explore (the same lists): repeat = relevant & history, A {1}, C {20} (B has none).
+    k = 3 and 5: A's 1 is at position 1, recall 1 / min(1, k) = 1; C's 20 is not listed, 0:
+    recall@k_repeat 1/2 over 2 customers; recall@k_explore is recall@k over the new items: 1/2 at k = 3.
+
 Coverage (catalogue 20): top 3 shows {1,2,3} + {7,8,9} + {10,11,12} = 9 items, 9/20 = 0.45;
 top 5 shows {1..5} + {7,8,9} + {10..13} = 12 items, 12/20 = 0.6.
 """
@@ -215,6 +219,7 @@ def test_evaluate_keys_and_values():
         + [f"{m}@{k}" for k in (3, 5) for m in RANKING_METRICS]
         + [f"{m}@{k}_new" for k in (3, 5) for m in RANKING_METRICS]
         + ["coverage@3", "coverage@5"]
+        + ["n_customers_repeat", "recall@3_repeat", "recall@3_explore", "recall@5_repeat", "recall@5_explore"]
     )
     assert list(result) == expected_keys
     assert result[N_CUSTOMERS] == 3 and result[N_CUSTOMERS_NEW] == 3
@@ -225,6 +230,10 @@ def test_evaluate_keys_and_values():
         assert result[metric_name(metric, 3, new=True)] == pytest.approx(value), metric
     assert result["coverage@3"] == pytest.approx(0.45)
     assert result["coverage@5"] == pytest.approx(0.6)
+    assert result["n_customers_repeat"] == 2
+    assert result["recall@3_repeat"] == pytest.approx(0.5) and result["recall@5_repeat"] == pytest.approx(0.5)
+    assert result["recall@3_explore"] == pytest.approx(0.5)
+    assert result["recall@3_explore"] == result["recall@3_new"]
     # Slicing one hit matrix for the smaller k gives what each function computes on its own.
     for metric, function in FUNCTIONS.items():
         assert result[f"{metric}@3"] == pytest.approx(function(RECOMMENDED, RELEVANT, 3))

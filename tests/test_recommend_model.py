@@ -390,7 +390,7 @@ def trained(store):
 
     settings, con = store
     small = settings.model_copy(update={"recommend_factors": 16, "recommend_iterations": 8,
-                                        "recommend_ranker_trees": 60})
+                                        "recommend_ranker_trees": 60, "train_search_budget_s": 0.0})
     return small, train_recommender(con, small)
 
 

@@ -28,17 +28,19 @@ import numpy as np
 from scipy import sparse
 
 from training.artefact import ArtefactReader
+from training.recommend.candidates import tifu_pool_vectors
 from training.recommend.data import InteractionData, PopularList
 from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
 
 ARTEFACT_FORMAT = "rapport-recommender"
-ARTEFACT_VERSION = 1
+#: 2: TIFU-KNN's vectors and neighbour pool, and rule rankers (no ranker.txt).
+ARTEFACT_VERSION = 2
 HEADER = "recommender.json"
 ARRAYS = "arrays"
 #: The single-file array format of earlier artefacts (still read).
 ARRAYS_NPZ = "arrays.npz"
 RANKER = "ranker.txt"
-_MATRICES = ("weight", "weight_short", "purchases", "days_since")
+_MATRICES = ("weight", "weight_short", "purchases", "days_since", "tifu")
 _ITEM_ARRAYS = ("recommendable", "buyers", "buyers_30d", "buyers_90d", "orders_per_buyer")
 
 
@@ -79,7 +81,7 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     data, models = model.data_, model.models_
-    matrices = {name: getattr(data, name) for name in _MATRICES}
+    matrices = {name: getattr(data, name) for name in _MATRICES[:-1]} | {"tifu": data.tifu_matrix}
     base = matrices["weight"]
     for name, m in matrices.items():
         if not (np.array_equal(m.indptr, base.indptr) and np.array_equal(m.indices, base.indices)):
@@ -100,11 +102,15 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
         "similarity_indices": sim.indices.astype(np.int32),
         "similarity_data": sim.data.astype(np.float64),
         "als_idf": models.als_idf,
+        "tifu_pool_rows": models.tifu_pool_rows.astype(np.int64),
     }
     save_arrays(out / ARRAYS, arrays)
     (out / ARRAYS_NPZ).unlink(missing_ok=True)
-    (out / RANKER).write_text(model.booster_.model_to_string(), encoding="utf-8")
-    training = asdict(model.training_)
+    if model.booster_ is not None:
+        (out / RANKER).write_text(model.booster_.model_to_string(), encoding="utf-8")
+    else:
+        (out / RANKER).unlink(missing_ok=True)
+    training = None if model.training_ is None else asdict(model.training_)
     header = {
         "format": ARTEFACT_FORMAT,
         "format_version": ARTEFACT_VERSION,
@@ -118,7 +124,8 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
             "popular_by": {col: {seg: {"items": p.items.tolist(), "orders": p.orders.tolist()} for seg, p in segs.items()}
                            for col, segs in data.popular_by.items()},
             "als_mean_row_weight": models.als_mean_row_weight,
-            "training": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in training.items()},
+            "training": None if training is None else {k: (v.isoformat() if isinstance(v, datetime) else v)
+                                                       for k, v in training.items()},
         },
     }
     (out / HEADER).write_text(json.dumps(header, allow_nan=True), encoding="utf-8")
@@ -128,7 +135,7 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
 def load(directory: Path | str) -> RecommenderModel:
     """The model saved in ``directory`` by :func:`save`."""
     where = Path(directory)
-    for name in (HEADER, RANKER):
+    for name in (HEADER,):
         if not (where / name).is_file():
             raise RecommenderArtefactError(f"recommender artefact {where}: missing file {name}")
     if not (where / ARRAYS).is_dir() and not (where / ARRAYS_NPZ).is_file():
@@ -195,6 +202,9 @@ def load(directory: Path | str) -> RecommenderModel:
     if user_factors.shape[1:] != (settings.factors,) or item_factors.shape[1:] != (settings.factors,):
         raise RecommenderArtefactError(f"{where / ARRAYS}: factors have shape {user_factors.shape} / "
                                        f"{item_factors.shape}, expected {settings.factors} columns")
+    pool_rows = array("tifu_pool_rows").astype(np.int64)
+    if len(pool_rows) and (pool_rows.min() < 0 or pool_rows.max() >= n_users):
+        raise RecommenderArtefactError(f"{where / ARRAYS}: tifu_pool_rows holds rows outside 0 .. {n_users - 1}")
     models = CandidateModels(
         user_factors=np.ascontiguousarray(user_factors, dtype=np.float32),
         # A copy in memory (items x factors, small): implicit's Cython solvers (the fold-in of an
@@ -203,16 +213,23 @@ def load(directory: Path | str) -> RecommenderModel:
         similarity=similarity,
         als_idf=array("als_idf", n_items).astype(np.float64, copy=False),
         als_mean_row_weight=float(fitted["als_mean_row_weight"]),
+        tifu_pool_rows=pool_rows,
+        tifu_pool=tifu_pool_vectors(data, pool_rows),
     )
-    try:
-        booster = lgb.Booster(model_str=(where / RANKER).read_text(encoding="utf-8"))
-    except lgb.basic.LightGBMError as exc:
-        raise RecommenderArtefactError(f"{where / RANKER}: not a LightGBM model ({exc})") from None
-    training: dict[str, Any] = dict(reader.field(fitted, "training", dict))
-    for key in ("label_start", "label_end"):
-        training[key] = datetime.fromisoformat(training[key])
+    booster, ranker_training = None, None
+    if settings.ranker == "lightgbm":
+        if not (where / RANKER).is_file():
+            raise RecommenderArtefactError(f"recommender artefact {where}: missing file {RANKER} (the ranker is lightgbm)")
+        try:
+            booster = lgb.Booster(model_str=(where / RANKER).read_text(encoding="utf-8"))
+        except lgb.basic.LightGBMError as exc:
+            raise RecommenderArtefactError(f"{where / RANKER}: not a LightGBM model ({exc})") from None
+        training: dict[str, Any] = dict(reader.field(fitted, "training", dict))
+        for key in ("label_start", "label_end"):
+            training[key] = datetime.fromisoformat(training[key])
+        ranker_training = RankerTraining(**training)
     model = RecommenderModel(settings)
     model.data_, model.models_, model.booster_ = data, models, booster
-    model.training_ = RankerTraining(**training)
+    model.training_ = ranker_training
     model.settings_ = settings
     return model

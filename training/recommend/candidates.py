@@ -2,7 +2,7 @@
 
 For a block of customers (known ones sliced from :class:`~training.recommend.data.InteractionData`,
 or a new customer folded in from the items of a request), :func:`candidates` proposes items from
-four sources and describes every (customer, item) pair with the features the ranker reads:
+five sources and describes every (customer, item) pair with the features the ranker reads:
 
 - *own* items: what the customer bought, by decayed purchases (the repeat-purchase source), at most
   ``n_own``;
@@ -11,6 +11,10 @@ four sources and describes every (customer, item) pair with the features the ran
   without scoring most of the catalogue;
 - *item-KNN*: the top ``n_knn`` items of ``user_items @ similarity``, the score of ``implicit``'s
   item-item models (BM25 similarity, K neighbours per item), "customers who bought X also bought";
+- *TIFU-KNN* (Hu et al., SIGIR 2020): the top ``n_tifu`` items of ``alpha * u + (1 - alpha) *
+  mean of the k nearest customers' u``, with ``u`` the customer's time-decayed item-frequency vector
+  over baskets (:func:`training.recommend.data.tifu_vectors`) and the neighbours found by cosine
+  similarity among a pool of the most active customers (:class:`TifuNeighbours`);
 - *popular*: the ``n_popular`` allowed items with the most buyers in the last 30 days (the same for
   every customer: the seasonal trend).
 
@@ -34,6 +38,7 @@ from numpy.typing import NDArray
 from scipy import sparse
 
 from training.recommend.data import InteractionData
+from training.recommend.data import lookup_pairs as _lookup
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -61,11 +66,13 @@ FEATURES: tuple[str, ...] = (
     "knn_score",
     "knn_rank",
     "popular_rank",
+    "tifu_score",  # TIFU-KNN's blend of the personal and the neighbours' decayed frequencies
+    "tifu_rank",
 )
 _F = {name: i for i, name in enumerate(FEATURES)}
 
 #: Source flags of a candidate (bits of :attr:`Candidates.sources`).
-SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR = 1, 2, 4, 8
+SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR, SOURCE_TIFU = 1, 2, 4, 8, 16
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,10 @@ class CandidateSizes:
     als: int = 50
     knn: int = 50
     popular: int = 30
+    tifu: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("own", "als", "knn", "popular"):
+        for name in ("own", "als", "knn", "popular", "tifu"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"candidate size {name!r} must be a whole number >= 0, got {value!r}")
@@ -94,6 +102,9 @@ class UserBlock:
     purchases: sparse.csr_matrix
     days_since: sparse.csr_matrix  # days + 1; 0 = never bought
     factors: NDArray[np.floating]
+    tifu: sparse.csr_matrix  # TIFU-KNN's personal vectors
+    #: The customers' rows in the data (None for a customer folded in from a request).
+    rows: IntArray | None = None
 
     @property
     def size(self) -> int:
@@ -116,16 +127,95 @@ class UserBlock:
             return sparse.csr_matrix((m.data[entry], indices, out_indptr), shape=shape)
 
         return cls(take(data.weight), take(data.weight_short), take(data.purchases), take(data.days_since),
-                   np.asarray(user_factors[rows]))
+                   np.asarray(user_factors[rows]), take(data.tifu_matrix), rows)
 
     @classmethod
-    def folded_in(cls, n_items: int, items: IntArray, factors: NDArray[np.floating]) -> UserBlock:
+    def folded_in(cls, n_items: int, items: IntArray, factors: NDArray[np.floating], *,
+                  tifu_weight: float = 1.0) -> UserBlock:
         """One customer unknown to the data whose recent items are given: each counts as one
-        purchase made on the cutoff's day."""
+        purchase made on the cutoff's day, and as one basket (``tifu_weight``: its TIFU weight)."""
         cols = np.unique(np.asarray(items, dtype=np.int64))
         one = sparse.csr_matrix((np.ones(len(cols)), (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, n_items))
         one.sort_indices()
-        return cls(one, one.copy(), one.copy(), one.copy(), np.asarray(factors, dtype=np.float32).reshape(1, -1))
+        return cls(one, one.copy(), one.copy(), one.copy(), np.asarray(factors, dtype=np.float32).reshape(1, -1),
+                   one * float(tifu_weight))
+
+
+def _normalised_rows(m: sparse.csr_matrix) -> sparse.csr_matrix:
+    """``m`` with each row scaled to unit length (an all-zero row stays zero)."""
+    counts = np.diff(m.indptr)
+    rows = np.repeat(np.arange(m.shape[0]), counts)
+    norms = np.sqrt(np.bincount(rows, weights=m.data * m.data, minlength=m.shape[0]))
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return sparse.csr_matrix((m.data * scale[rows], m.indices, m.indptr), shape=m.shape)
+
+
+class TifuNeighbours:
+    """TIFU-KNN's scores of a block of customers (Hu et al., SIGIR 2020, eq. 5):
+    ``alpha * u + (1 - alpha) * (1/k) * sum of the k nearest customers' u``.
+
+    Neighbours are the ``k`` customers of the pool (``pool``: their vectors, P × items; ``pool_rows``:
+    their rows in the data) with the largest positive cosine similarity to the customer, never the
+    customer themself; a customer with fewer such neighbours gets the sum over those it has, still
+    divided by ``k`` (as the paper's mean over a fixed k). The pool is the most active customers
+    (:func:`tifu_pool`): the nearest neighbours of a whole history cost ``customers²``, a pool's
+    ``customers × pool``; each neighbour lends its strongest items (:func:`tifu_pool_vectors`)."""
+
+    def __init__(self, pool_rows: IntArray, pool: sparse.csr_matrix, k: int, alpha: float):
+        self.pool_rows = np.asarray(pool_rows, dtype=np.int64)
+        self.pool = sparse.csr_matrix(pool)
+        self.k, self.alpha = int(k), float(alpha)
+        self._normalised_t = _normalised_rows(self.pool).T.tocsr()
+        self._place = np.argsort(self.pool_rows, kind="stable")
+
+    def scores(self, block: UserBlock) -> sparse.csr_matrix:
+        own = sparse.csr_matrix(block.tifu)
+        k = min(self.k, self.pool.shape[0])
+        if k == 0 or self.alpha >= 1.0 or own.nnz == 0:
+            return (own * self.alpha).tocsr()
+        sim = (_normalised_rows(own) @ self._normalised_t).toarray()
+        if block.rows is not None and len(self.pool_rows):
+            # A customer of the pool is not their own neighbour.
+            sorted_rows = self.pool_rows[self._place]
+            at = np.minimum(np.searchsorted(sorted_rows, block.rows), len(sorted_rows) - 1)
+            member = sorted_rows[at] == block.rows
+            sim[np.flatnonzero(member), self._place[at[member]]] = -np.inf
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.argsort(-sim, axis=1)
+        near = np.take_along_axis(sim, top, axis=1) > 0
+        indptr = np.zeros(sim.shape[0] + 1, dtype=np.int64)
+        np.cumsum(near.sum(axis=1), out=indptr[1:])
+        weights = sparse.csr_matrix((np.full(int(indptr[-1]), 1.0 / self.k), top[near], indptr),
+                                    shape=(sim.shape[0], self.pool.shape[0]))
+        out = (own * self.alpha + (weights @ self.pool) * (1.0 - self.alpha)).tocsr()
+        out.sort_indices()
+        return out
+
+
+#: Items each pool customer contributes to a neighbour mean: their strongest ones. A full vector per
+#: neighbour makes a block's mean hold k x (items a customer bought) entries, most of them too weak
+#: to enter any list; 20 keeps the mean of k = 100 neighbours within 2,000 entries a customer.
+TIFU_NEIGHBOUR_ITEMS = 20
+
+
+def tifu_pool_vectors(data: InteractionData, rows: IntArray) -> sparse.csr_matrix:
+    """The pool customers' TIFU vectors, each cut to its :data:`TIFU_NEIGHBOUR_ITEMS` largest entries
+    (ties to the lower item)."""
+    pool = data.tifu_matrix[np.asarray(rows, dtype=np.int64)].tocsr()
+    pool.sort_indices()
+    r, c, _ = _top_per_row(_entry_rows(pool), pool.indices.astype(np.int64), pool.data, TIFU_NEIGHBOUR_ITEMS)
+    values = _lookup(pool, r, c)
+    out = sparse.csr_matrix((values, (r, c)), shape=pool.shape)
+    out.sort_indices()
+    return out
+
+
+def tifu_pool(data: InteractionData, size: int) -> IntArray:
+    """The rows of the ``size`` customers with the most purchases (orders × items; ties to the lower
+    row), TIFU-KNN's neighbour candidates, ascending."""
+    totals = np.ravel(data.purchases.sum(axis=1))
+    order = np.lexsort((np.arange(len(totals)), -totals))
+    chosen = order[: min(size, len(order))]
+    return np.sort(chosen[totals[chosen] > 0]).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -165,17 +255,6 @@ def _entry_of(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> IntArray:
     query = rows.astype(np.int64) * n_cols + cols.astype(np.int64)
     pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
     return np.where(keys[pos] == query, pos, -1)
-
-
-def _lookup(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatArray:
-    """``m[rows, cols]`` for many pairs at once (0 where nothing is stored); ``m`` has sorted indices."""
-    n_cols = m.shape[1]
-    keys = _entry_rows(m) * n_cols + m.indices.astype(np.int64)
-    query = rows.astype(np.int64) * n_cols + cols.astype(np.int64)
-    if len(keys) == 0:
-        return np.zeros(len(query))
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[pos] == query, m.data[pos], 0.0).astype(np.float64)
 
 
 def _reversed_score_bits(scores: FloatArray) -> NDArray[np.int64]:
@@ -362,6 +441,7 @@ def candidates(
     exclude_owned: bool,
     keep_owned: BoolArray | None = None,
     popular: IntArray | None = None,
+    tifu: TifuNeighbours | None = None,
 ) -> Candidates:
     """Candidates of every customer of ``block`` with their features (see the module docstring).
 
@@ -369,6 +449,7 @@ def candidates(
     ``exclude_owned``: drop the items each customer bought, except where ``keep_owned`` is true.
     ``popular``: item positions by popularity for the popular source (default: overall).
     ``item_index``: the ALS item factors (:class:`ItemFactorIndex`, built once per model).
+    ``tifu``: TIFU-KNN's neighbours (None: the customers' own vectors only, ``alpha`` 1).
     """
     n_items, b = data.n_items, block.size
     excluded_keys = np.empty(0, dtype=np.int64)
@@ -396,12 +477,23 @@ def candidates(
     excluded_rows, excluded_cols = excluded_keys // n_items, excluded_keys % n_items
     als_r, als_c, als_rank = item_index.top(block.factors, sizes.als, allowed, excluded_rows, excluded_cols)
 
-    # Item-KNN: the scores implicit's item-item models rank by.
-    knn_scores = (block.weight @ similarity).tocsr()
+    # Item-KNN: the scores implicit's item-item models rank by. A source of size 0 is not computed
+    # (its score feature is 0): the rule rankers read neither item-KNN nor, for top frequency, TIFU-KNN.
+    nothing = sparse.csr_matrix((b, n_items), dtype=np.float64)
+    knn_scores = (block.weight @ similarity).tocsr() if sizes.knn else nothing
     knn_scores.sort_indices()
     kr, kc = _entry_rows(knn_scores), knn_scores.indices.astype(np.int64)
     keep = not_excluded(kr, kc) & (knn_scores.data > 0)
     knn_r, knn_c, knn_rank = _top_per_row(kr[keep], kc[keep], knn_scores.data[keep], sizes.knn)
+
+    # TIFU-KNN: personal and neighbours' decayed basket frequencies.
+    if not sizes.tifu:
+        tifu_scores = nothing
+    else:
+        tifu_scores = tifu.scores(block) if tifu is not None else sparse.csr_matrix(block.tifu)
+    tr, tc = _entry_rows(tifu_scores), tifu_scores.indices.astype(np.int64)
+    keep = not_excluded(tr, tc) & (tifu_scores.data > 0)
+    tifu_r, tifu_c, tifu_rank = _top_per_row(tr[keep], tc[keep], tifu_scores.data[keep], sizes.tifu)
 
     # Popular: the same ranked list for everyone, minus each customer's exclusions.
     ranked = data.popular_overall if popular is None else np.asarray(popular, dtype=np.int64)
@@ -412,8 +504,9 @@ def candidates(
     pop_r, pop_c, pop_rank = _top_per_row(pr[keep], pc[keep], -np.tile(np.arange(len(ranked), dtype=np.float64), b)[keep],
                                           sizes.popular)
 
-    keys_by_source = [own_r * n_items + own_c, als_r * n_items + als_c, knn_r * n_items + knn_c, pop_r * n_items + pop_c]
-    ranks_by_source = [None, als_rank, knn_rank, None]
+    keys_by_source = [own_r * n_items + own_c, als_r * n_items + als_c, knn_r * n_items + knn_c,
+                      pop_r * n_items + pop_c, tifu_r * n_items + tifu_c]
+    ranks_by_source = [None, als_rank, knn_rank, None, tifu_rank]
     keys, inverse = np.unique(np.concatenate(keys_by_source), return_inverse=True)
     inverse = inverse.ravel()
     row, item = keys // n_items, keys % n_items
@@ -421,7 +514,8 @@ def candidates(
     source_ranks: dict[int, FloatArray] = {}
     start = 0
     # Each source's entries are a stretch of the concatenation: ``inverse`` tells which pair each is.
-    for flag, source_keys, source_rank in zip((SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR), keys_by_source,
+    for flag, source_keys, source_rank in zip((SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR, SOURCE_TIFU),
+                                              keys_by_source,
                                               ranks_by_source):
         at = inverse[start : start + len(source_keys)]
         start += len(source_keys)
@@ -483,4 +577,6 @@ def candidates(
     popular_rank = np.full(n_items, float(len(ranked)))
     popular_rank[ranked] = np.arange(len(ranked))
     x[:, _F["popular_rank"]] = popular_rank[item]
+    x[:, _F["tifu_score"]] = _lookup(tifu_scores, row, item)
+    x[:, _F["tifu_rank"]] = rank_of(SOURCE_TIFU, sizes.tifu)
     return Candidates(row=row, item=item, sources=sources, x=x)

@@ -10,7 +10,8 @@ position, so that scoring a batch of customers never touches the store:
   with a short half-life: what the customer buys *now*), ``purchases`` (distinct orders, 0 for a
   browse-only pair) and ``days_since`` (days from the pair's last purchase to the cutoff, stored
   plus one so that a purchase on the cutoff's day is not an implicit zero; NaN-free: a browse-only
-  pair stores 0, read back as "never bought");
+  pair stores 0, read back as "never bought"); and ``tifu``, the customer's time-decayed
+  item-frequency vector over baskets (:func:`tifu_vectors`, 0 for a browse-only pair);
 - per item: ``name`` (for explanations), ``recommendable`` (an active product of the catalogue), ``category`` (None when the
   catalogue does not know the item), and popularity: distinct buyers ever, in the last 30 and the
   last 90 days before the cutoff (a buyer whose last purchase of the item is that recent), and the
@@ -81,6 +82,16 @@ class InteractionData:
     orders_per_buyer: FloatArray
     #: segment column (channel, country) -> segment value (lower case) -> its popular items.
     popular_by: Mapping[str, Mapping[str, PopularList]] = field(default_factory=dict)
+    #: TIFU-KNN's personal vectors (:func:`tifu_vectors`), on the sparsity of ``weight``; None: all zero.
+    tifu: sparse.csr_matrix | None = None
+
+    @cached_property
+    def tifu_matrix(self) -> sparse.csr_matrix:
+        """``tifu``, or an all-zero matrix on the sparsity of ``weight`` when the data has none."""
+        if self.tifu is not None:
+            return self.tifu
+        return sparse.csr_matrix((np.zeros(self.weight.nnz), self.weight.indices, self.weight.indptr),
+                                 shape=self.weight.shape)
 
     @property
     def n_users(self) -> int:
@@ -157,14 +168,12 @@ class InteractionData:
     def history_sets(self) -> dict[int, set[str]]:
         """Customer id -> the items they bought (purchases > 0), as in :func:`training.recommend.split.history_items`."""
         m = self.purchases
-        out: dict[int, set[str]] = {}
-        for u in range(self.n_users):
-            cols = m.indices[m.indptr[u] : m.indptr[u + 1]]
-            vals = m.data[m.indptr[u] : m.indptr[u + 1]]
-            bought = cols[vals > 0]
-            if len(bought):
-                out[int(self.customer_ids[u])] = set(self.item_ids[bought].tolist())
-        return out
+        bought = m.data > 0
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(m.indptr))[bought]
+        items = self.item_ids[m.indices[bought]]
+        cut = np.flatnonzero(np.diff(rows)) + 1
+        firsts = rows[np.r_[0, cut]] if len(rows) else rows
+        return {int(self.customer_ids[u]): set(group.tolist()) for u, group in zip(firsts, np.split(items, cut))}
 
 
 def _check_same_pairs(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -211,6 +220,81 @@ def _popular_by(backend: ibis.BaseBackend, as_of: datetime, item_ids: NDArray[np
     return out
 
 
+@dataclass(frozen=True)
+class TifuDecay:
+    """TIFU-KNN's basket decay (Hu et al., SIGIR 2020, section 3): baskets in groups of
+    ``group_size`` counted from the latest, ``within`` the decay between consecutive baskets of a
+    group (r_b), ``across`` the decay between consecutive groups (r_g)."""
+
+    group_size: int = 7
+    within: float = 0.9
+    across: float = 0.7
+
+    @property
+    def basket_weight(self) -> float:
+        """The weight of each item of a customer's only basket: 1 / m."""
+        return 1.0 / self.group_size
+
+    def __post_init__(self) -> None:
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"TIFU group size must be a whole number >= 1, got {self.group_size!r}")
+        for name in ("within", "across"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"TIFU decay {name!r} must be in (0, 1], got {getattr(self, name)!r}")
+
+
+def basket_lines(backend: ibis.BaseBackend, as_of: datetime, since: datetime | None = None) -> pd.DataFrame:
+    """One row per (customer, order, item) bought before ``as_of`` (at or after ``since``): the
+    purchases of :func:`features.interactions.interactions` before they are summed per pair (a
+    positive net quantity in the order, products only, identified customers), with the order's time.
+    Columns ``customer_id``, ``item_id``, ``order_key``, ``ts``."""
+    lines = unified_lines(backend, as_of)
+    lines = lines.filter(lines[Col.CUSTOMER_ID].notnull() & lines[Col.IS_PRODUCT])
+    if since is not None:
+        lines = lines.filter(lines[Col.TS] >= cutoff_literal(since))
+    per_order = lines.group_by([Col.CUSTOMER_ID, Col.ITEM_ID, Col.ORDER_KEY]).aggregate(
+        _net=(lines[Col.QUANTITY] - lines[Col.RETURNED_QUANTITY]).sum(), ts=lines[Col.TS].min())
+    frame = per_order.filter(per_order._net > 0).drop("_net").to_pandas()
+    frame[Col.ITEM_ID] = frame[Col.ITEM_ID].astype(str)
+    # An order's time is its first line's, so that all its items share one basket position.
+    frame["ts"] = frame.groupby([Col.CUSTOMER_ID, Col.ORDER_KEY], sort=False)["ts"].transform("min")
+    return frame
+
+
+def tifu_vectors(customer: IntArray, item: IntArray, basket_ts: NDArray[np.int64], basket_key: IntArray,
+                 shape: tuple[int, int], decay: TifuDecay) -> sparse.csr_matrix:
+    """TIFU-KNN's personal item-frequency vectors (Hu et al. 2020, eq. 3-4), one row per customer.
+
+    Each (customer row, item column) purchase belongs to a basket (``basket_key``, time
+    ``basket_ts``). A customer's baskets, counted from the latest (position p = 0, 1, ...), fall in
+    groups of m = ``group_size`` (g = p // m; the oldest group may be partial), and
+
+        u = 1/G * sum_g across^g * (1/m * sum_{baskets of g} within^(p mod m) * basket),
+
+    with G the customer's number of groups and a basket the 0/1 vector of its items: recent groups
+    and the recent baskets within each count most."""
+    n = len(customer)
+    if n == 0:
+        return sparse.csr_matrix(shape, dtype=np.float64)
+    # Baskets, one entry each, by customer then time descending (ties by key): position p.
+    keys, first = np.unique(basket_key, return_index=True)
+    b_customer, b_ts = customer[first], basket_ts[first]
+    order = np.lexsort((keys, -b_ts, b_customer))
+    position = np.empty(len(keys), dtype=np.int64)
+    counts = np.bincount(b_customer[order], minlength=shape[0])
+    starts = np.cumsum(counts) - counts
+    position[order] = np.arange(len(keys)) - starts[b_customer[order]]
+    m = decay.group_size
+    groups = np.zeros(shape[0], dtype=np.float64)
+    np.maximum.at(groups, b_customer, position // m + 1.0)
+    basket_weight = (decay.across ** (position // m)) * (decay.within ** (position % m)) / (m * groups[b_customer])
+    line_weight = basket_weight[np.searchsorted(keys, basket_key)]
+    out = sparse.csr_matrix((line_weight, (customer, item)), shape=shape)
+    out.sum_duplicates()
+    out.sort_indices()
+    return out
+
+
 def build_interaction_data(
     backend: ibis.BaseBackend,
     as_of: datetime,
@@ -219,11 +303,13 @@ def build_interaction_data(
     short_half_life_days: float = 30.0,
     browse_weight: float = 0.1,
     since: datetime | None = None,
+    tifu: TifuDecay | None = None,
 ) -> InteractionData:
     """The arrays of :class:`InteractionData` for the history before ``as_of`` (at or after ``since``).
 
     ``half_life_days`` decays the models' ``weight`` (None: no decay), ``short_half_life_days`` the
-    ``weight_short`` feature; ``browse_weight`` is what one view counts next to one purchase.
+    ``weight_short`` feature; ``browse_weight`` is what one view counts next to one purchase;
+    ``tifu`` the basket decay of the TIFU-KNN vectors (default :class:`TifuDecay`).
     """
     frame = interactions(backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since)
     short = interactions(backend, as_of, half_life_days=short_half_life_days, browse_weight=browse_weight, since=since)
@@ -258,6 +344,16 @@ def build_interaction_data(
     category = np.asarray([None if pd.isna(c) else str(c) for c in info["category"]], dtype=object)
     name = np.asarray([None if pd.isna(c) else str(c) for c in info["name"]], dtype=object)
 
+    baskets = basket_lines(backend, as_of, since)
+    b_rows = np.searchsorted(customer_ids, baskets[Col.CUSTOMER_ID].to_numpy(dtype=np.int64))
+    b_cols = np.searchsorted(item_ids, baskets[Col.ITEM_ID].to_numpy(dtype=object))
+    basket_key = baskets.groupby([Col.CUSTOMER_ID, Col.ORDER_KEY], sort=False).ngroup().to_numpy(dtype=np.int64)
+    basket_ts = pd.to_datetime(baskets["ts"]).to_numpy(dtype="datetime64[s]").astype(np.int64)
+    personal = tifu_vectors(b_rows, b_cols, basket_ts, basket_key, shape,
+                            tifu or TifuDecay())
+    # On the sparsity of the other matrices: every bought pair is one of their pairs.
+    tifu_data = lookup_pairs(personal, rows, cols)
+
     n_items = len(item_ids)
     is_bought = purchases > 0
     recent = {d: is_bought & (days_plus_one - 1.0 < d) for d in RECENT_DAYS}
@@ -279,7 +375,18 @@ def build_interaction_data(
         buyers_90d=np.bincount(cols[recent[90]], minlength=n_items).astype(np.float64),
         orders_per_buyer=np.divide(orders, buyers, out=np.zeros(n_items), where=buyers > 0),
         popular_by=_popular_by(backend, as_of, item_ids, recommendable),
+        tifu=matrix(tifu_data),
     )
+
+
+def lookup_pairs(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatArray:
+    """``m[rows, cols]`` for many pairs (0 where nothing is stored); ``m`` has sorted indices."""
+    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * m.shape[1] + m.indices
+    if len(keys) == 0:
+        return np.zeros(len(rows))
+    query = np.asarray(rows, dtype=np.int64) * m.shape[1] + np.asarray(cols, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[pos] == query, m.data[pos], 0.0)
 
 
 def relevant_positions(data: InteractionData, relevant: Mapping[Hashable, set[str]]) -> sparse.csr_matrix:

@@ -7,16 +7,23 @@ Protocol (:func:`compare`), on the temporal split of :mod:`training.recommend.sp
   candidate models are refitted on everything before ``valid_end``; nothing of the test period is
   seen, and no choice is made on it;
 - the baselines (most popular ever, most popular in the last 30 days, buy again with a one-year
-  half-life) and the plain candidate models (``implicit`` ALS on BM25 weights, BPR, item-KNN with
-  cosine and with BM25 similarity) are fitted on the same history before ``valid_end``;
+  half-life, personal top frequency: the customer's items by number of orders, then the popular
+  list), TIFU-KNN on its own and the plain candidate models (``implicit`` ALS on BM25 weights, BPR,
+  item-KNN with cosine and with BM25 similarity) are fitted on the same history before
+  ``valid_end``; personal top frequency and TIFU-KNN are the same fitted model with a rule in place
+  of the ranker (:meth:`RecommenderModel.with_ranker`), so their rows are what serving them gives;
 - every model recommends 20 items to each customer who bought in the test period and was known
   before it, twice: as is (judged on all test purchases) and with the customer's purchases excluded,
   the service's default filter (judged on the items new to the customer: the ``_new`` columns).
   Only recommendable items (active products) are ever proposed.
 
-The gate (:func:`recommender_gate`), from the recommender issue: the chosen model is eligible for
-promotion only if it beats the best baseline on recall@20 over all items AND beats popularity and
-plain ALS on recall@20 over new items; otherwise the run says which condition failed.
+Which configuration is registered (the *champion* row: the blend, TIFU-KNN or personal top
+frequency) is decided before, on the validation period (:mod:`training.recommend.search`); the
+test period only reports and gates it. The gate (:func:`recommender_gate`): a learned champion
+(the blend, TIFU-KNN) is eligible for promotion only if it beats the best baseline on recall@20
+over all items AND beats popularity and plain ALS on recall@20 over new items; a baseline champion
+(personal top frequency, registered when nothing beat it on validation) only if no other baseline
+beats it on recall@20. Either way the run says which condition failed.
 """
 
 from __future__ import annotations
@@ -34,12 +41,21 @@ from numpy.typing import NDArray
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
-from features.schema import Col
-from training.recommend.candidates import CandidateSizes, UserBlock, candidates
+from training.recommend.candidates import (
+    CandidateSizes,
+    ItemFactorIndex,
+    UserBlock,
+    candidates,
+    ranks_in_rows,
+    row_score_order,
+)
+from training.recommend.data import InteractionData
 from training.recommend.metrics import (
+    EXPLORE_SUFFIX,
     N_CUSTOMERS,
     N_CUSTOMERS_NEW,
     NEW_SUFFIX,
+    REPEAT_SUFFIX,
     comparison_table,
     evaluate,
     metric_name,
@@ -49,8 +65,10 @@ from training.recommend.split import TemporalSplit, purchases_between
 
 logger = logging.getLogger(__name__)
 
-#: The chosen configuration's row in the comparison table.
+#: The blend's row in the comparison table.
 CHOSEN = "ranked blend (LightGBM)"
+TIFU = "TIFU-KNN"
+TOP_FREQUENCY = "personal top frequency"
 POPULAR = "most popular"
 POPULAR_RECENT = "most popular, last 30 days"
 BUY_AGAIN = "buy again (1-year half-life)"
@@ -58,7 +76,9 @@ ALS = "ALS (BM25)"
 BPR = "BPR"
 KNN_COSINE = "item-KNN cosine"
 KNN_BM25 = "item-KNN BM25"
-BASELINES: tuple[str, ...] = (POPULAR, POPULAR_RECENT, BUY_AGAIN)
+BASELINES: tuple[str, ...] = (TOP_FREQUENCY, POPULAR, POPULAR_RECENT, BUY_AGAIN)
+#: The servable configurations (rows of the table) and the ranker each is served with.
+CONFIGURATIONS: dict[str, str] = {CHOSEN: "lightgbm", TIFU: "tifu_knn", TOP_FREQUENCY: "top_frequency"}
 #: The list length every model is judged on.
 K = 20
 RECALL = metric_name("recall", K)
@@ -74,10 +94,15 @@ class RecommenderGate:
     margin_all: float  # recall@20 over all items, chosen minus the best baseline
     margin_new: float  # recall@20 over new items, chosen minus the better of popularity and ALS
     reasons: tuple[str, ...]
+    #: The row of the configuration that is registered.
+    champion: str = CHOSEN
+    #: The champion's recall@20 over personal top frequency's (the issue's target: >= 1.05).
+    ratio_to_top_frequency: float = float("nan")
 
     def to_metrics(self) -> dict[str, float]:
         return {"gate_eligible": float(self.eligible), "gate_margin_recall_at_20": self.margin_all,
-                "gate_margin_recall_at_20_new": self.margin_new}
+                "gate_margin_recall_at_20_new": self.margin_new,
+                "gate_ratio_recall_at_20_to_top_frequency": self.ratio_to_top_frequency}
 
 
 @dataclass(frozen=True)
@@ -93,15 +118,24 @@ class Comparison:
 
 
 def recommender_gate(table: pd.DataFrame, chosen: str = CHOSEN) -> RecommenderGate:
-    """The issue's rule on a comparison table (see the module docstring)."""
-    baselines = [b for b in BASELINES if b in table.index]
+    """The rule of the module docstring on a comparison table, for the ``chosen`` row."""
+    baselines = [b for b in BASELINES if b in table.index and b != chosen]
     best = max(baselines, key=lambda b: table.loc[b, RECALL])
     mine_all, mine_new = float(table.loc[chosen, RECALL]), float(table.loc[chosen, RECALL_NEW])
     margin_all = mine_all - float(table.loc[best, RECALL])
     rivals_new = {name: float(table.loc[name, RECALL_NEW]) for name in (POPULAR, ALS) if name in table.index}
     best_new = max(rivals_new.values()) if rivals_new else float("nan")
     margin_new = mine_new - best_new
+    ratio = mine_all / float(table.loc[TOP_FREQUENCY, RECALL]) if TOP_FREQUENCY in table.index else float("nan")
     reasons = []
+    if chosen in BASELINES:
+        # A baseline is served when nothing beat it on validation: it must still be the best rule.
+        ok_all = margin_all >= 0
+        reasons.append(f"{chosen} is the champion: no candidate beat it on the validation period")
+        reasons.append(f"recall@20 over all items {mine_all:.4f} vs {table.loc[best, RECALL]:.4f} for {best}, the best "
+                       f"other baseline ({'not beaten' if ok_all else 'beaten'}, {margin_all:+.4f})")
+        return RecommenderGate(eligible=ok_all, best_baseline=best, margin_all=margin_all, margin_new=margin_new,
+                               reasons=tuple(reasons), champion=chosen, ratio_to_top_frequency=ratio)
     ok_all = margin_all > 0
     ok_new = bool(rivals_new) and margin_new > 0
     reasons.append(f"recall@20 over all items {mine_all:.4f} vs {table.loc[best, RECALL]:.4f} for {best} "
@@ -110,7 +144,8 @@ def recommender_gate(table: pd.DataFrame, chosen: str = CHOSEN) -> RecommenderGa
         verdict = "beats" if mine_new > value else "does not beat"
         reasons.append(f"recall@20 over new items {mine_new:.4f} {verdict} {name} ({value:.4f})")
     return RecommenderGate(eligible=ok_all and ok_new, best_baseline=best, margin_all=margin_all,
-                           margin_new=margin_new, reasons=tuple(reasons))
+                           margin_new=margin_new, reasons=tuple(reasons), champion=chosen,
+                           ratio_to_top_frequency=ratio)
 
 
 def _row(all_lists: Mapping[int, list[str]], new_lists: Mapping[int, list[str]], relevant: Mapping[int, set[str]],
@@ -127,35 +162,106 @@ def _row(all_lists: Mapping[int, list[str]], new_lists: Mapping[int, list[str]],
     return out
 
 
-def _lists_from_scores(
-    score_block: Callable[[NDArray[np.int64]], NDArray[np.floating]],
-    rows: NDArray[np.int64],
-    customer_ids: NDArray[np.int64],
-    item_ids: NDArray[np.object_],
-    allowed: NDArray[np.bool_],
-    purchases: sparse.csr_matrix,
-    exclude_owned: bool,
-) -> dict[int, list[str]]:
-    """Top-K items per customer of a dense score function over all items (blocks of customers)."""
+def _as_lists(rows: NDArray[np.int64], cols: NDArray[np.int64], at: NDArray[np.int64],
+              customer_ids: NDArray[np.int64], item_ids: NDArray[np.object_], out: dict[int, list[str]]) -> None:
+    """Add the lists of (block row, item) entries sorted by row then rank to ``out`` (an empty list
+    for a block row without entries)."""
+    bounds = np.searchsorted(rows, np.arange(len(at) + 1))
+    items = item_ids[cols]
+    for i, u in enumerate(at):
+        out[int(customer_ids[u])] = list(items[bounds[i] : bounds[i + 1]])
+
+
+def _owned(purchases: sparse.csr_matrix, at: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    owned = purchases[at].tocoo()
+    bought = owned.data > 0
+    return owned.row[bought].astype(np.int64), owned.col[bought].astype(np.int64)
+
+
+def _factor_lists(user_factors: NDArray[np.floating], index: ItemFactorIndex, rows: NDArray[np.int64],
+                  data: InteractionData, exclude_owned: bool) -> dict[int, list[str]]:
+    """Top-K items per customer of a factor model (``user_factors @ item_factors.T`` over the
+    recommendable items), by the exact top-k of :class:`ItemFactorIndex`, in blocks of customers."""
     out: dict[int, list[str]] = {}
-    block = max(1, 5_000_000 // max(len(item_ids), 1))
-    for start in range(0, len(rows), block):
-        at = rows[start : start + block]
-        scores = np.array(score_block(at), dtype=np.float64)
-        scores[:, ~allowed] = -np.inf
-        if exclude_owned:
-            owned = purchases[at].tocoo()
-            bought = owned.data > 0
-            scores[owned.row[bought], owned.col[bought]] = -np.inf
-        k = min(K, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)
-        top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
-        for i, u in enumerate(at):
-            keep = np.isfinite(top_scores[i])
-            out[int(customer_ids[u])] = list(item_ids[top[i][keep]])
+    empty = np.empty(0, dtype=np.int64)
+    for start in range(0, len(rows), 1_000):
+        at = rows[start : start + 1_000]
+        ex_rows, ex_cols = _owned(data.purchases, at) if exclude_owned else (empty, empty)
+        r, c, _ = index.top(user_factors[at], K, data.recommendable, ex_rows, ex_cols)
+        _as_lists(r, c, at, data.customer_ids, data.item_ids, out)
     return out
+
+
+def _similarity_lists(similarity: sparse.csr_matrix, rows: NDArray[np.int64], data: InteractionData,
+                      exclude_owned: bool) -> dict[int, list[str]]:
+    """Top-K items per customer of an item-item model (``weight @ similarity``, implicit's item-KNN
+    score), among the items with a positive score (the others are not ranked)."""
+    out: dict[int, list[str]] = {}
+    for start in range(0, len(rows), 1_000):
+        at = rows[start : start + 1_000]
+        scores = (data.weight[at] @ similarity).tocsr()
+        scores.sort_indices()
+        r = np.repeat(np.arange(len(at), dtype=np.int64), np.diff(scores.indptr))
+        c = scores.indices.astype(np.int64)
+        keep = data.recommendable[c] & (scores.data > 0)
+        if exclude_owned:
+            orows, ocols = _owned(data.purchases, at)
+            owned_keys = np.sort(orows * data.n_items + ocols)
+            keys = r * data.n_items + c
+            pos = np.minimum(np.searchsorted(owned_keys, keys), max(len(owned_keys) - 1, 0))
+            keep &= ~((owned_keys[pos] == keys) if len(owned_keys) else np.zeros(len(keys), dtype=bool))
+        order = row_score_order(r[keep], scores.data[keep])
+        kr, kc = r[keep][order], c[keep][order]
+        first = ranks_in_rows(kr) < K
+        _as_lists(kr[first], kc[first], at, data.customer_ids, data.item_ids, out)
+    return out
+
+
+def ranked_lists(model: RecommenderModel, customers: NDArray[np.int64], *,
+                 exclude_purchased: bool) -> dict[int, list[str]]:
+    """Customer id -> the model's top-K item ids (what :meth:`RecommenderModel.recommend` serves)."""
+    ranked = model.recommend_ranked(customers, K, exclude_purchased=exclude_purchased)
+    # Entries come grouped by customer: one split at each change of customer.
+    cut = np.flatnonzero(np.diff(ranked.customer_id)) + 1
+    ids = ranked.customer_id[np.r_[0, cut]] if len(ranked) else np.empty(0, dtype=np.int64)
+    items = model.data_.item_ids[ranked.item]
+    return {int(c): list(group) for c, group in zip(ids, np.split(items, cut))}
+
+
+def configuration_row(model: RecommenderModel, customers: NDArray[np.int64], relevant: Mapping[int, set[str]],
+                      history: Mapping[int, set[str]]) -> dict[str, float]:
+    """A servable configuration's metrics: its lists as is and with purchases excluded."""
+    catalogue = int(model.data_.recommendable.sum())
+    return _row(ranked_lists(model, customers, exclude_purchased=False),
+                ranked_lists(model, customers, exclude_purchased=True), relevant, history, catalogue)
+
+
+def popular_rows(data: InteractionData, customers: NDArray[np.int64], relevant: Mapping[int, set[str]],
+                 history: Mapping[int, set[str]]) -> dict[str, dict[str, float]]:
+    """Most popular ever (distinct buyers) and in the last 30 days, the same list for everyone."""
+    rows, _ = data.user_positions(customers)
+    allowed = data.recommendable
+    catalogue = int(allowed.sum())
+    out = {}
+    for name, ranked in ((POPULAR, np.lexsort((np.arange(data.n_items), -data.buyers))), (POPULAR_RECENT, data.popular_overall)):
+        ranked = ranked[allowed[ranked]]
+        plain = {int(c): list(data.item_ids[ranked[:K]]) for c in customers}
+        filtered = {}
+        for c, u in zip(customers, rows):
+            lo, hi = data.purchases.indptr[u], data.purchases.indptr[u + 1]
+            owned = set(data.purchases.indices[lo:hi][data.purchases.data[lo:hi] > 0].tolist())
+            filtered[int(c)] = [data.item_ids[i] for i in ranked[: K + len(owned)] if i not in owned][:K]
+        out[name] = _row(plain, filtered, relevant, history, catalogue)
+    return out
+
+
+def als_row(model: RecommenderModel, customers: NDArray[np.int64], relevant: Mapping[int, set[str]],
+            history: Mapping[int, set[str]]) -> dict[str, float]:
+    """Plain ALS: the candidate model's own top-K over every allowed item."""
+    data = model.data_
+    rows, _ = data.user_positions(customers)
+    return _row(*(_factor_lists(model.models_.user_factors, model.models_.item_index, rows, data, exclude)
+                  for exclude in (False, True)), relevant, history, int(data.recommendable.sum()))
 
 
 def compare(
@@ -163,20 +269,34 @@ def compare(
     split: TemporalSplit,
     settings: RecommenderSettings,
     *,
+    champion: str = CHOSEN,
+    prefitted: RecommenderModel | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Comparison:
-    """Fit every model on the history before ``split.valid_end`` and judge them on the test period."""
+    """Fit every model on the history before ``split.valid_end`` and judge them on the test period;
+    the gate is ``champion``'s (a row of :data:`CONFIGURATIONS`, chosen on validation).
+    ``prefitted``: a model with these settings fitted as of ``split.train_end`` (the validation
+    search's), whose history and candidate models are then the label period's, not built again."""
 
     def step(text: str) -> None:
         logger.info(text)
         if progress:
             progress(text)
 
+    if champion not in CONFIGURATIONS:
+        raise ValueError(f"champion {champion!r} is not a servable configuration; expected one of "
+                         f"{', '.join(CONFIGURATIONS)}")
     label_days = (split.valid_end - split.train_end).days
     if label_days < 1:
         raise ValueError("the recommender's evaluation needs a validation period of at least one day to learn the ranking")
-    settings = replace(settings, label_days=label_days)
-    model = RecommenderModel(settings).fit(backend, split.valid_end, progress=step)
+    settings = replace(settings, label_days=label_days, ranker="lightgbm")
+    if prefitted is not None and prefitted.data_.as_of == split.train_end:
+        model = RecommenderModel(settings)
+        step(f"interactions before {split.valid_end:%Y-%m-%d} (label period from the validation search)")
+        model.fit_data(prefitted.data_, purchases_between(backend, split.train_end, split.valid_end),
+                       model.interaction_data(backend, split.valid_end), models_before=prefitted.models_, progress=step)
+    else:
+        model = RecommenderModel(settings).fit(backend, split.valid_end, progress=step)
     data = model.data_
     history = data.history_sets()
     step("test-period purchases")
@@ -192,26 +312,16 @@ def compare(
     table: dict[str, dict[str, float]] = {}
 
     step(f"ranked lists for {len(customers):,} test customers")
-    lists = {}
-    for exclude in (False, True):
-        out = model.recommend(customers, K, exclude_purchased=exclude)
-        lists[exclude] = {int(c): list(g) for c, g in out.groupby(Col.CUSTOMER_ID, sort=False)[Col.ITEM_ID]}
-    table[CHOSEN] = _row(lists[False], lists[True], relevant, history, catalogue)
+    for name, ranker in CONFIGURATIONS.items():
+        table[name] = configuration_row(model.with_ranker(ranker), customers, relevant, history)
 
     step("baselines")
-    for name, ranked in ((POPULAR, np.lexsort((np.arange(data.n_items), -data.buyers))), (POPULAR_RECENT, data.popular_overall)):
-        ranked = ranked[allowed[ranked]]
-        plain = {int(c): list(data.item_ids[ranked[:K]]) for c in customers}
-        filtered = {}
-        for c, u in zip(customers, rows):
-            owned = set(data.purchases.indices[data.purchases.indptr[u] : data.purchases.indptr[u + 1]][
-                data.purchases.data[data.purchases.indptr[u] : data.purchases.indptr[u + 1]] > 0].tolist())
-            filtered[int(c)] = [data.item_ids[i] for i in ranked[: K + len(owned)] if i not in owned][:K]
-        table[name] = _row(plain, filtered, relevant, history, catalogue)
+    table.update(popular_rows(data, customers, relevant, history))
     buy_again: dict[int, list[str]] = {}
     block = UserBlock.of_users(data, rows, model.models_.user_factors)
     own = candidates(data, block, item_index=model.models_.item_index, similarity=model.models_.similarity,
-                     sizes=CandidateSizes(own=K, als=0, knn=0, popular=0), allowed=allowed, exclude_owned=False)
+                     sizes=CandidateSizes(own=K, als=0, knn=0, popular=0, tifu=0), allowed=allowed,
+                     exclude_owned=False)
     # Ties on the decayed weight go to the most recent purchase, then to the item id.
     order = np.lexsort((own.item, own.feature("days_since_purchase"), -own.feature("weight"), own.row))
     for r, i in zip(own.row[order], own.item[order]):
@@ -219,6 +329,7 @@ def compare(
     table[BUY_AGAIN] = _row(buy_again, {}, relevant, history, catalogue, has_new=False)
 
     step("candidate models on their own (ALS, BPR, item-KNN)")
+    table[ALS] = als_row(model, customers, relevant, history)
     from implicit.cpu.bpr import BayesianPersonalizedRanking
     from implicit.nearest_neighbours import CosineRecommender
 
@@ -235,28 +346,27 @@ def compare(
             warnings.filterwarnings("ignore", message="Method expects CSR input")  # implicit's internal COO
             cosine.fit(data.weight.tocsr(), show_progress=False)
     cos_sim = sparse.csr_matrix(cosine.similarity)
-    bpr_users, bpr_items = np.asarray(bpr.user_factors), np.asarray(bpr.item_factors)
-    scorers: dict[str, Callable[[NDArray[np.int64]], NDArray[np.floating]]] = {
-        ALS: lambda at: model.models_.user_factors[at] @ model.models_.item_factors.T,
-        BPR: lambda at: bpr_users[at] @ bpr_items.T,
-        KNN_COSINE: lambda at: (data.weight[at] @ cos_sim).toarray(),
-        KNN_BM25: lambda at: (data.weight[at] @ model.models_.similarity).toarray(),
-    }
-    for name, scorer in scorers.items():
-        plain = _lists_from_scores(scorer, rows, data.customer_ids, data.item_ids, allowed, data.purchases, False)
-        filtered = _lists_from_scores(scorer, rows, data.customer_ids, data.item_ids, allowed, data.purchases, True)
-        table[name] = _row(plain, filtered, relevant, history, catalogue)
+    cos_sim.sort_indices()
+    bpr_index = ItemFactorIndex(np.asarray(bpr.item_factors))
+    bpr_users = np.asarray(bpr.user_factors)
+    table[BPR] = _row(*(_factor_lists(bpr_users, bpr_index, rows, data, exclude) for exclude in (False, True)),
+                      relevant, history, catalogue)
+    for name, similarity in ((KNN_COSINE, cos_sim), (KNN_BM25, model.models_.similarity)):
+        table[name] = _row(*(_similarity_lists(similarity, rows, data, exclude) for exclude in (False, True)),
+                           relevant, history, catalogue)
 
     frame = comparison_table(table)
-    frame = frame.loc[[CHOSEN, *BASELINES, ALS, BPR, KNN_COSINE, KNN_BM25]]
-    return Comparison(split=split, table=frame, gate=recommender_gate(frame), model=model,
+    frame = frame.loc[[CHOSEN, TIFU, *BASELINES, ALS, BPR, KNN_COSINE, KNN_BM25]]
+    return Comparison(split=split, table=frame, gate=recommender_gate(frame, champion), model=model,
                       n_customers=len(customers))
 
 
 def summary_columns() -> list[str]:
-    """The columns a person reads first: recall, NDCG and coverage at 10 and 20, all and new items."""
-    return [N_CUSTOMERS, metric_name("recall", 10), RECALL, metric_name("ndcg", K), metric_name("recall", 10, new=True),
-            RECALL_NEW, metric_name("ndcg", K, new=True), metric_name("coverage", K)]
+    """The columns a person reads first: recall (with its repeat / explore split), NDCG and coverage
+    at 10 and 20, all and new items."""
+    return [N_CUSTOMERS, metric_name("recall", 10), RECALL, RECALL + REPEAT_SUFFIX, RECALL + EXPLORE_SUFFIX,
+            metric_name("ndcg", K), metric_name("recall", 10, new=True), RECALL_NEW, metric_name("ndcg", K, new=True),
+            metric_name("coverage", K)]
 
 
 def evaluated_at(split: TemporalSplit) -> dict[str, datetime]:

@@ -41,6 +41,11 @@ first time, ``hits_u = sum_{i<=k} hit_u,i`` and ``R_u`` the customer's relevant 
 - ``coverage@k`` (:func:`catalogue_coverage`): the number of distinct items in the top-k lists of
   every customer of ``recommended`` divided by the catalogue size. It depends on the lists only,
   not on the purchases, so it has no ``_new`` variant.
+- ``recall@k_repeat`` and ``recall@k_explore``: recall@k of the same lists split by what the
+  customer bought: over the relevant items they had bought before (:func:`repeat_items`; customers
+  with none excluded) and over those new to them (:func:`new_items`). Where ``recall@k_new`` judges
+  a list with the customer's purchases excluded, these two say how one unfiltered list divides its
+  hits between buying again and discovering.
 
 Cost: one Python pass over the customers builds a boolean hit matrix (customers x k); every metric
 is then a numpy reduction of it. :func:`evaluate` builds the matrix once per variant for the
@@ -69,9 +74,13 @@ RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "hit_r
 COVERAGE = "coverage"
 #: Suffix of the metrics over the items new to each customer.
 NEW_SUFFIX = "_new"
+#: Suffixes of recall over the items bought before and over the new ones, on the same lists.
+REPEAT_SUFFIX = "_repeat"
+EXPLORE_SUFFIX = "_explore"
 #: Number of evaluated customers, over all purchases and over new items.
 N_CUSTOMERS = "n_customers"
 N_CUSTOMERS_NEW = "n_customers_new"
+N_CUSTOMERS_REPEAT = "n_customers_repeat"
 #: Index name of :func:`comparison_table`.
 MODEL = "model"
 
@@ -204,6 +213,16 @@ def new_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[Ite
     return out
 
 
+def repeat_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[ItemId]]:
+    """The relevant items each customer had bought before; customers left with none are dropped."""
+    out: dict[CustomerId, set[ItemId]] = {}
+    for customer, items in relevant.items():
+        again = set(items) & set(history.get(customer, ()))
+        if again:
+            out[customer] = again
+    return out
+
+
 def precision_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
     """Mean over evaluated customers of hits in the top k / k."""
     return _mean(_precision(*_hit_matrix(recommended, relevant, k)))
@@ -277,16 +296,26 @@ def evaluate(
 
     Keys, in this order: ``n_customers``, ``n_customers_new``; then for each k,
     ``precision@k``, ``recall@k``, ``ndcg@k``, ``map@k``, ``hit_rate@k``; the same with the suffix
-    ``_new`` (relevant items minus history, see :func:`new_items`); then ``coverage@k`` for each k.
+    ``_new`` (relevant items minus history, see :func:`new_items`); then ``coverage@k`` for each k;
+    then ``n_customers_repeat`` and, for each k, ``recall@k_repeat`` and ``recall@k_explore`` (the
+    same lists judged on the items bought before, and on the new ones).
     """
     ks = _check_ks(ks)
+    fresh = new_items(relevant, history)
+    again = repeat_items(relevant, history)
     n_all, on_all = _ranking_metrics(recommended, relevant, ks, new=False)
-    n_new, on_new = _ranking_metrics(recommended, new_items(relevant, history), ks, new=True)
+    n_new, on_new = _ranking_metrics(recommended, fresh, ks, new=True)
     out: dict[str, float] = {N_CUSTOMERS: float(n_all), N_CUSTOMERS_NEW: float(n_new)}
     out.update(on_all)
     out.update(on_new)
     for k in ks:
         out[metric_name(COVERAGE, k)] = catalogue_coverage(recommended, catalogue_size, k)
+    repeat_hits, repeat_sizes = _hit_matrix(recommended, again, max(ks))
+    out[N_CUSTOMERS_REPEAT] = float(len(repeat_sizes))
+    for k in ks:
+        out[metric_name("recall", k) + REPEAT_SUFFIX] = _mean(_recall(repeat_hits[:, :k], repeat_sizes))
+        # The same lists judged on the new items: what recall@k_new is for these lists.
+        out[metric_name("recall", k) + EXPLORE_SUFFIX] = on_new[metric_name("recall", k, new=True)]
     return out
 
 

@@ -4,10 +4,11 @@ People re-buy what they bought, and they also discover. Neither a pure "buy agai
 factorisation serves both, so the model has two stages:
 
 1. *Candidates* (:mod:`training.recommend.candidates`): the customer's own items, ALS
-   (``implicit``, BM25-weighted decayed purchases), item-item KNN (``implicit``'s BM25 similarity)
-   and the items with the most buyers in the last 30 days, each pair described by 20 features:
-   how often and how recently the customer bought the item, the customer's activity, the item's
-   popularity and trend, and the models' scores and ranks.
+   (``implicit``, BM25-weighted decayed purchases), item-item KNN (``implicit``'s BM25 similarity),
+   TIFU-KNN (time-decayed basket frequencies blended with the nearest customers') and the items
+   with the most buyers in the last 30 days, each pair described by 22 features: how often and how
+   recently the customer bought the item, the customer's activity, the item's popularity and
+   trend, and the models' scores and ranks.
 2. *Ranking*: a LightGBM learning-to-rank model (``rank_xendcg``, the cross-entropy bound of NDCG:
    the quality of ``lambdarank`` on Online Retail II with fewer trees and a third of its training
    time) orders each customer's candidates. It learns the mix
@@ -16,6 +17,11 @@ factorisation serves both, so the model has two stages:
    ``c - label_days``, the ranker learns which of their candidates the customers bought in
    ``[c - label_days, c)`` (early stopping on a fifth of those customers, NDCG@20), then the
    candidate models are refitted on everything before ``c`` and the ranker is kept.
+
+The ranking stage can also be a rule (:data:`RANKERS`): personal top frequency (the customer's
+items by number of orders, then the popular list) or TIFU-KNN's score. A rule model is fitted,
+saved, served and explained exactly as the blend, so that a baseline that wins on validation is
+what the service serves (:meth:`RecommenderModel.with_ranker`).
 
 :meth:`RecommenderModel.recommend` is the one scoring path of batch lists, the CLI and the service:
 filters are applied while candidates are generated (recommendable items only; already purchased
@@ -58,16 +64,20 @@ from training.recommend.candidates import (
     SOURCE_ALS,
     SOURCE_KNN,
     SOURCE_OWN,
+    SOURCE_TIFU,
     CandidateSizes,
     Candidates,
     ItemFactorIndex,
+    TifuNeighbours,
     UserBlock,
     _lookup,
     candidates,
     ranks_in_rows,
     row_score_order,
+    tifu_pool,
+    tifu_pool_vectors,
 )
-from training.recommend.data import InteractionData, build_interaction_data, relevant_positions
+from training.recommend.data import InteractionData, TifuDecay, build_interaction_data, relevant_positions
 from training.recommend.split import purchases_between
 
 logger = logging.getLogger(__name__)
@@ -80,6 +90,13 @@ BoolArray = NDArray[np.bool_]
 RECOMMENDATION_COLUMNS: tuple[str, ...] = (Col.CUSTOMER_ID, "rank", Col.ITEM_ID, "score", "source", "reason", "fallback")
 #: Sources of a recommended item.
 SOURCES: tuple[str, ...] = ("repurchase", "model", "popularity")
+#: How a model orders its candidates: the LightGBM ranker (the blend), TIFU-KNN's score alone, or
+#: personal top frequency (the customer's items by their number of orders, then the popular list).
+#: The last two learn nothing beyond the candidate models: they are the rules of thumb the ranker
+#: must beat, servable through the same code.
+RANKERS: tuple[str, ...] = ("lightgbm", "tifu_knn", "top_frequency")
+#: Candidate sources each ranker reads (the others are left empty to save their cost).
+_RULE_SOURCES = {"tifu_knn": ("own", "tifu", "popular"), "top_frequency": ("own", "popular")}
 #: Candidate rows from which the ranker scores on several threads.
 PARALLEL_SCORING_ROWS = 20_000
 #: Rows from which a recommendation frame takes its item ids in Arrow (2.6 s -> 0.1 s at 20 M rows).
@@ -185,6 +202,15 @@ class RecommenderSettings:
     min_child_samples: int = 100
     early_stopping_rounds: int = 30
     repurchasable_categories: tuple[str, ...] = ()
+    #: One of :data:`RANKERS`.
+    ranker: str = "lightgbm"
+    #: TIFU-KNN (Hu et al. 2020): neighbours k, the personal share alpha, the basket decay, the pool.
+    tifu_neighbours: int = 100
+    tifu_alpha: float = 0.7
+    tifu_group_size: int = 7
+    tifu_within_decay: float = 0.9
+    tifu_across_decay: float = 0.7
+    tifu_pool: int = 5_000
     num_threads: int = 2
     seed: int = 0
 
@@ -207,10 +233,29 @@ class RecommenderSettings:
             ("min_child_samples", self.min_child_samples >= 1),
             ("early_stopping_rounds", self.early_stopping_rounds >= 1),
             ("num_threads", self.num_threads >= 1),
+            ("ranker", self.ranker in RANKERS),
+            ("tifu_neighbours", self.tifu_neighbours >= 1),
+            ("tifu_alpha", 0 <= self.tifu_alpha <= 1),
+            ("tifu_group_size", self.tifu_group_size >= 1),
+            ("tifu_within_decay", 0 < self.tifu_within_decay <= 1),
+            ("tifu_across_decay", 0 < self.tifu_across_decay <= 1),
+            ("tifu_pool", self.tifu_pool >= 1),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError(f"invalid recommender setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+    @property
+    def tifu_decay(self) -> TifuDecay:
+        return TifuDecay(self.tifu_group_size, self.tifu_within_decay, self.tifu_across_decay)
+
+    @property
+    def ranked_candidates(self) -> CandidateSizes:
+        """The candidate sizes the ranker reads: all of them for the blend, its own sources for a rule."""
+        used = _RULE_SOURCES.get(self.ranker)
+        if used is None:
+            return self.candidates
+        return CandidateSizes(**{name: (size if name in used else 0) for name, size in self.candidates.__dict__.items()})
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -235,6 +280,17 @@ class CandidateModels:
     #: BM25 of the ALS input (users as documents): IDF per item and the mean customer weight.
     als_idf: FloatArray
     als_mean_row_weight: float
+    #: TIFU-KNN's neighbour pool: the customers' rows in the data and their vectors.
+    tifu_pool_rows: IntArray
+    tifu_pool: sparse.csr_matrix
+
+    def tifu(self, settings: RecommenderSettings) -> TifuNeighbours:
+        """TIFU-KNN's neighbour search with the settings' k and alpha (built once per pair)."""
+        key = (settings.tifu_neighbours, settings.tifu_alpha)
+        built = self.__dict__.setdefault("_tifu", {})
+        if key not in built:
+            built[key] = TifuNeighbours(self.tifu_pool_rows, self.tifu_pool, *key)
+        return built[key]
 
     @cached_property
     def item_index(self) -> ItemFactorIndex:
@@ -322,12 +378,15 @@ def fit_candidate_models(data: InteractionData, settings: RecommenderSettings, *
             knn.fit(weight.tocsr(), show_progress=False)
     similarity = sparse.csr_matrix(knn.similarity, dtype=np.float64)
     similarity.sort_indices()
+    pool = tifu_pool(data, settings.tifu_pool)
     return CandidateModels(
         user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
         item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
         similarity=similarity,
         als_idf=idf.astype(np.float64),
         als_mean_row_weight=mean_row,
+        tifu_pool_rows=pool,
+        tifu_pool=tifu_pool_vectors(data, pool),
     )
 
 
@@ -339,6 +398,9 @@ def _ranker_params(settings: RecommenderSettings) -> dict[str, Any]:
         "learning_rate": settings.learning_rate,
         "num_leaves": settings.num_leaves,
         "min_data_in_leaf": settings.min_child_samples,
+        # 63 bins instead of 255: histograms a quarter the size, the same splits on these features
+        # (counts, days, ranks and scores) to a few percent of a feature's range.
+        "max_bin": 63,
         "num_threads": settings.num_threads,
         "seed": settings.seed,
         "deterministic": True,
@@ -422,8 +484,11 @@ class RecommenderModel:
         if models_before is None:
             step("candidate models for the label period")
             models_before = fit_candidate_models(before, settings)
-        step("ranker on the label period")
-        booster, training = _fit_ranker(before, models_before, relevant, settings, before.as_of, data.as_of)
+        booster: lgb.Booster | None = None
+        training: RankerTraining | None = None
+        if settings.ranker == "lightgbm":
+            step("ranker on the label period")
+            booster, training = _fit_ranker(before, models_before, relevant, settings, before.as_of, data.as_of)
         step("final candidate models")
         self.data_ = data
         # ALS starts from the label period's factors: a few iterations move them to the cutoff.
@@ -437,10 +502,39 @@ class RecommenderModel:
         """The history as of ``as_of`` with this model's decay and browse settings."""
         s = self.settings
         return build_interaction_data(backend, as_of, half_life_days=s.half_life_days,
-                                      short_half_life_days=s.short_half_life_days, browse_weight=s.browse_weight)
+                                      short_half_life_days=s.short_half_life_days, browse_weight=s.browse_weight,
+                                      tifu=s.tifu_decay)
+
+    def with_ranker(self, ranker: str, **settings: Any) -> RecommenderModel:
+        """A fitted model on the same history and candidate models that orders its candidates with
+        ``ranker`` (one of :data:`RANKERS`; a rule for anything but ``lightgbm``, whose ranker this
+        model must have), with other settings replaced (e.g. TIFU-KNN's k and alpha, which only
+        change the scoring)."""
+        self._check_fitted()
+        if ranker == "lightgbm" and self.booster_ is None:
+            raise RecommenderInputError("this model has no LightGBM ranker to order candidates with")
+        out = RecommenderModel(replace(self.settings_, ranker=ranker, **settings))
+        out.data_, out.models_, out.settings_ = self.data_, self.models_, out.settings
+        out.booster_ = self.booster_ if ranker == "lightgbm" else None
+        out.training_ = self.training_ if ranker == "lightgbm" else None
+        return out
+
+    def refitted_on(self, data: InteractionData) -> RecommenderModel:
+        """This model's ranker (or rule) with its candidate models refitted on ``data``, a later
+        history (ALS warm-started from this model's factors): the configuration that was judged,
+        brought up to date without learning its ranking again."""
+        self._check_fitted()
+        if not self.data_.as_of < data.as_of:
+            raise RecommenderInputError(f"the history to refit on ({data.as_of}) must be later than the model's "
+                                        f"({self.data_.as_of})")
+        out = RecommenderModel(self.settings_)
+        out.data_ = data
+        out.models_ = fit_candidate_models(data, self.settings_, warm_start=(self.data_, self.models_))
+        out.booster_, out.training_, out.settings_ = self.booster_, self.training_, self.settings_
+        return out
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_"):
+        if not hasattr(self, "settings_"):
             raise NotFittedError("this RecommenderModel is not fitted yet: call fit() first")
 
     # --- filters --------------------------------------------------------------------------------
@@ -689,7 +783,8 @@ class RecommenderModel:
         pos, known = self.data_.item_positions(list(items))
         if not known.any():
             return None
-        block = UserBlock.folded_in(self.data_.n_items, pos[known], np.zeros(self.models_.item_factors.shape[1]))
+        block = UserBlock.folded_in(self.data_.n_items, pos[known], np.zeros(self.models_.item_factors.shape[1]),
+                                    tifu_weight=self.settings_.tifu_decay.basket_weight)
         weighted = _bm25_rows(block.weight, self.models_.als_idf, self.models_.als_mean_row_weight,
                               self.settings_.bm25_k1, self.settings_.bm25_b)
         als = self._als_object()
@@ -706,6 +801,8 @@ class RecommenderModel:
     def _score(self, found: Candidates, threads: int | None = None) -> FloatArray:
         if len(found) == 0:
             return np.empty(0)
+        if self.booster_ is None:
+            return rule_scores(found, self.settings_.ranker)
         if threads is None:
             # LightGBM's OpenMP threads cost milliseconds to wake up: one thread for a single request.
             threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
@@ -714,9 +811,9 @@ class RecommenderModel:
     def _rank_block(self, block: UserBlock, customer_ids: IntArray, options: _Options, *,
                     scoring_threads: int | None = None) -> Ranked:
         found = candidates(self.data_, block, item_index=self.models_.item_index, similarity=self.models_.similarity,
-                           sizes=self.settings_.candidates, allowed=options.allowed,
+                           sizes=self.settings_.ranked_candidates, allowed=options.allowed,
                            exclude_owned=options.exclude_purchased, keep_owned=options.keep_owned,
-                           popular=options.popular)
+                           popular=options.popular, tifu=self.models_.tifu(self.settings_))
         # Scores in float32 precision, as they are ranked: candidates come in (row, item) order, so a
         # tie goes to the lower item position.
         scores = self._score(found, scoring_threads).astype(np.float32).astype(np.float64)
@@ -724,17 +821,19 @@ class RecommenderModel:
         rank = ranks_in_rows(found.row[order])
         at, rank = order[rank < options.n], rank[rank < options.n]
         row, item, score, sources = found.row[at], found.item[at], scores[at], found.sources[at]
-        source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0,
-                                                            np.where(sources & (SOURCE_ALS | SOURCE_KNN), 1, 2))]
+        source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0, np.where(
+            sources & (SOURCE_ALS | SOURCE_KNN | SOURCE_TIFU), 1, 2))]
         reasons = self._reasons(block, row, item, sources, found, at)
         return Ranked(customer_id=customer_ids[row].astype(np.int64), rank=(rank + 1).astype(np.int64), item=item,
                       score=score, source=source, reason=reasons, fallback=np.zeros(len(row), dtype=bool))
 
     def _reasons(self, block: UserBlock, row: IntArray, item: IntArray, sources: NDArray[np.int8],
                  found: Candidates, at: IntArray) -> NDArray[np.object_]:
-        """Words for each recommended pair: the repurchase history, the bought item that makes the
-        item-KNN score (the largest ``weight[u, j] * similarity[j, i]``, the first such item on a tie),
-        or popularity."""
+        """Words for each recommended pair, by its source: the repurchase history; for an item-KNN
+        candidate the bought item that makes its score (the largest ``weight[u, j] * similarity[j,
+        i]``, the first such item on a tie); for ALS and TIFU-KNN the similar customers; else (the
+        popular source alone) its popularity. "because you bought" is only ever said of an item the
+        item-KNN source proposed."""
         data = self.data_
         out = np.empty(len(row), dtype=object)
         purchases = found.feature("purchases")[at]
@@ -748,9 +847,7 @@ class RecommenderModel:
             texts = np.asarray([f"you bought it {t} time{'s' if t != 1 else ''}"
                                 + ("" if d < 0 else f", last {d} days ago") for t, d in combos.tolist()], dtype=object)
             out[own] = texts[inverse.ravel()]
-        rest = np.flatnonzero(~(sources & SOURCE_OWN).astype(bool))
-        if len(rest) == 0:
-            return out
+        rest = np.flatnonzero(~(sources & SOURCE_OWN).astype(bool) & (sources & SOURCE_KNN).astype(bool))
         # Every (pair, item the customer has) at once: its share of the pair's KNN score.
         weight = block.weight
         starts, stops = weight.indptr[row[rest]], weight.indptr[row[rest] + 1]
@@ -775,11 +872,11 @@ class RecommenderModel:
             best_item[pair[first][positive]] = bought[first][positive]
         because, popular = self._item_sentences()
         has = best_item >= 0
-        als = ~has & (sources[rest] & SOURCE_ALS).astype(bool)
         out[rest[has]] = because[best_item[has]]
-        out[rest[als]] = "customers with similar purchases bought it"
-        others = rest[~has & ~als]
-        out[others] = popular[item[others]]
+        others = np.flatnonzero(out == None)  # noqa: E711 (an elementwise test of the object array)
+        alike = (sources[others] & (SOURCE_ALS | SOURCE_KNN | SOURCE_TIFU)).astype(bool)
+        out[others[alike]] = "customers with similar purchases bought it"
+        out[others[~alike]] = popular[item[others[~alike]]]
         return out
 
     def _item_sentences(self) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
@@ -908,7 +1005,7 @@ def _fit_ranker(
         rows = with_labels[start : start + size]
         block = UserBlock.of_users(data, rows, models.user_factors)
         found = candidates(data, block, item_index=models.item_index, similarity=models.similarity,
-                           sizes=settings.candidates, allowed=allowed, exclude_owned=False)
+                           sizes=settings.candidates, allowed=allowed, exclude_owned=False, tifu=models.tifu(settings))
         y = _lookup(labels[rows], found.row, found.item)
         xs.append(found.x)
         ys.append(y)
@@ -947,6 +1044,28 @@ def _fit_ranker(
         best_iteration=best, validation_ndcg20=ndcg,
     )
     return booster, training
+
+
+# --- rules of thumb ------------------------------------------------------------------------------------
+
+
+def rule_scores(found: Candidates, ranker: str) -> FloatArray:
+    """The scores of the rule rankers of :data:`RANKERS`, larger first.
+
+    ``top_frequency`` (P-TopFreq): an item the customer bought scores its number of orders, plus
+    ``0.5 / (2 + days since its last purchase)`` so that a tie goes to the more recent; every other
+    candidate scores below any of them by its place in the popular list. ``tifu_knn``: TIFU-KNN's
+    score where it is positive, then the popular list the same way."""
+    n_popular = float(np.nanmax(found.feature("popular_rank"))) + 2.0
+    popular = -(found.feature("popular_rank").astype(np.float64) + 1.0) / n_popular  # in (-1, 0)
+    if ranker == "top_frequency":
+        purchases = found.feature("purchases").astype(np.float64)
+        days = np.nan_to_num(found.feature("days_since_purchase").astype(np.float64), nan=0.0)
+        return np.where(purchases > 0, purchases + 0.5 / (2.0 + days), popular)
+    if ranker == "tifu_knn":
+        tifu = found.feature("tifu_score").astype(np.float64)
+        return np.where(tifu > 0, tifu, popular)
+    raise ValueError(f"ranker {ranker!r} is not a rule; expected one of {', '.join(RANKERS[1:])}")
 
 
 # --- helpers ------------------------------------------------------------------------------------------

@@ -6,14 +6,18 @@ whole history, log to MLflow and register ``rapport-recommender``.
    before them the label period the ranker learns on. With ``auto`` both periods and the half-life
    come from the history (:func:`features.windows.recommend_windows`); a history too short skips
    the step.
-2. :func:`training.recommend.evaluation.compare`: the ranked blend, the baselines and the plain
-   candidate models fitted before the test period and judged on it; the gate.
-3. The model that is registered is the same configuration refitted up to the end of the history:
-   its ranker learns on the test period (the latest labels, from the candidate models the comparison
-   fitted before it), its candidate models see everything, so that the service recommends from the
-   latest purchases. The run logs the comparison table (CSV and
-   JSON), its plot, the parameters, the catalogue version and the data fingerprint; the model
-   version is tagged ``gate_eligible``.
+2. :func:`training.recommend.search.search`: on the validation period, the hyper-parameters
+   (Optuna, within ``train_search_budget_s``) and the champion among the servable configurations
+   (the blend, TIFU-KNN, personal top frequency: a baseline when nothing beats it).
+3. :func:`training.recommend.evaluation.compare`: the ranked blend, TIFU-KNN, the baselines and the
+   plain candidate models fitted before the test period and judged on it; the champion's gate.
+4. The model that is registered is the champion's configuration brought up to the end of the
+   history: the ranker (or rule) the test period judged, with its candidate models refitted on
+   everything (ALS warm-started), so that the service recommends from the latest purchases. The
+   run logs the comparison table (CSV and
+   JSON) and the validation table, its plot, the parameters (the searched values as ``search.*``),
+   the catalogue version and the data fingerprint; the model version is tagged ``gate_eligible``
+   and ``champion_configuration``.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from training import tracking
 from training.plotting import run_plot_dir
 from training.recommend.candidates import CandidateSizes
 from training.recommend.data import InteractionData
-from training.recommend.evaluation import CHOSEN, RecommenderGate, compare
+from training.recommend.evaluation import CHOSEN, CONFIGURATIONS, TIFU, TOP_FREQUENCY, RecommenderGate, compare, recommender_gate
 from training.recommend.metrics import mlflow_metric_name
-from training.recommend.model import RecommenderModel, RecommenderSettings
+from training.recommend.model import RecommenderInputError, RecommenderModel, RecommenderSettings
 from training.recommend.plots import plot_comparison
 from training.recommend.pyfunc import log_recommender_model
-from training.recommend.split import TemporalSplit, purchases_between, temporal_split
+from training.recommend.search import SearchResult, search
+from training.recommend.split import TemporalSplit, temporal_split
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class RecommenderTrainingResult:
     catalogue_version: str
     plots: tuple[str, ...]
     windows: Windows
+    #: The validation search (None when the history had no room for it; the reason is in the gate).
+    search: SearchResult | None = None
 
 
 def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None = None) -> Windows:
@@ -73,10 +80,11 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
 def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSettings:
     """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows."""
     sizes = settings.recommend_candidates
-    unknown = sorted(set(sizes) - {"own", "als", "knn", "popular"})
+    sources = tuple(CandidateSizes.__dataclass_fields__)
+    unknown = sorted(set(sizes) - set(sources))
     if unknown:
         raise ValueError(f"recommend_candidates: unknown source(s) {', '.join(unknown)}; "
-                         "expected own, als, knn and popular")
+                         f"expected {', '.join(sources[:-1])} and {sources[-1]}")
     return RecommenderSettings(
         half_life_days=windows["half_life_days"],  # type: ignore[arg-type]
         browse_weight=settings.recommend_browse_weight,
@@ -90,6 +98,12 @@ def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSet
         max_training_customers=settings.recommend_max_training_customers,
         n_estimators=settings.recommend_ranker_trees,
         repurchasable_categories=tuple(settings.recommend_repurchasable_categories),
+        tifu_neighbours=settings.recommend_tifu_neighbours,
+        tifu_alpha=settings.recommend_tifu_alpha,
+        tifu_group_size=settings.recommend_tifu_group_size,
+        tifu_within_decay=settings.recommend_tifu_within_decay,
+        tifu_across_decay=settings.recommend_tifu_across_decay,
+        tifu_pool=settings.recommend_tifu_pool,
         num_threads=settings.model_threads,
     )
 
@@ -134,16 +148,35 @@ def train_recommender(
     model_settings = recommender_settings(settings, windows)
     split = temporal_split(_last_sale(con, cutoff), test_days=int(windows["test_days"]),  # type: ignore[arg-type]
                            valid_days=int(windows["valid_days"]))  # type: ignore[arg-type]
-    comparison = compare(backend, split, model_settings, progress=lambda text: step(f"evaluation: {text}"))
-    step("final model on the whole history")
-    # The final ranker learns on the test period, the latest labels there are, from the candidate
-    # models the comparison already fitted on the history before it (not fitted a second time).
-    evaluated = comparison.model
-    final_settings = replace(model_settings, label_days=(split.test_end - split.valid_end).days)
-    model = RecommenderModel(final_settings)
-    model.fit_data(evaluated.data_, purchases_between(backend, split.valid_end, split.test_end),
-                   model.interaction_data(backend, split.test_end), models_before=evaluated.models_,
-                   progress=lambda text: step(f"final: {text}"))
+    chosen: SearchResult | None = None
+    try:
+        chosen = search(backend, split, model_settings, budget_s=settings.train_search_budget_s,
+                        progress=lambda text: step(f"validation: {text}"))
+    except RecommenderInputError as exc:
+        step(f"validation: no choice on the validation period ({exc}); the settings as given")
+    if chosen is not None:
+        model_settings = chosen.settings
+        comparison = compare(backend, split, model_settings, champion=chosen.champion, prefitted=chosen.model,
+                             progress=lambda text: step(f"evaluation: {text}"))
+        comparison = replace(comparison, gate=replace(
+            comparison.gate, reasons=(*chosen.reasons[:-1], *comparison.gate.reasons)))
+    else:
+        comparison = compare(backend, split, model_settings, progress=lambda text: step(f"evaluation: {text}"))
+        # Nothing to choose on before the test period: the first learned configuration that passes
+        # the gate there, else the baseline, so that what is served never loses to it.
+        champion = next((name for name in (CHOSEN, TIFU) if recommender_gate(comparison.table, name).eligible),
+                        TOP_FREQUENCY)
+        gate = recommender_gate(comparison.table, champion)
+        comparison = replace(comparison, gate=replace(gate, reasons=(
+            "the history leaves no validation period before the test period: chosen on the test period",
+            *gate.reasons)))
+        model_settings = replace(model_settings, ranker=CONFIGURATIONS[champion])
+    step(f"final model on the whole history ({comparison.gate.champion})")
+    # The ranker (or rule) judged on the test period is the one served; its candidate models are
+    # refitted on the whole history, ALS starting from the comparison's factors.
+    evaluated = comparison.model.with_ranker(model_settings.ranker)
+    final_settings = evaluated.settings_
+    model = evaluated.refitted_on(evaluated.interaction_data(backend, split.test_end))
     version_of_catalogue = catalogue_version(model.data_)
 
     step("logging the run to MLflow")
@@ -153,7 +186,8 @@ def train_recommender(
         plot_dir = run_plot_dir(settings.reports_dir, "recommend", run.info.run_id)
         plots = [plot_comparison(comparison.table, plot_dir / "comparison.png",
                                  title=f"Recommenders on {split.valid_end:%Y-%m-%d} .. {split.test_end:%Y-%m-%d} "
-                                       f"({comparison.n_customers:,} customers)")]
+                                       f"({comparison.n_customers:,} customers)",
+                                 champion=comparison.gate.champion)]
         tracking.log_params_flat({
             "train_end": split.train_end.date().isoformat(),
             "valid_end": split.valid_end.date().isoformat(),
@@ -164,27 +198,41 @@ def train_recommender(
             "customers": int(model.data_.n_users),
             "model": {k: v for k, v in final_settings.as_dict().items() if k != "candidates"},
             "candidates": final_settings.candidates.__dict__,
-            "ranker_best_iteration": model.training_.best_iteration,
+            "ranker_best_iteration": None if model.training_ is None else model.training_.best_iteration,
+            "champion_configuration": comparison.gate.champion,
             **windows.to_params(),
         })
+        if chosen is not None:
+            tracking.log_params_flat({"search": {
+                "trials": chosen.trials, "seconds": round(chosen.seconds, 1),
+                "budget_s": settings.train_search_budget_s,
+                **{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in chosen.params.items()}}})
         tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=split.test_end)})
         metrics: dict[str, float] = {}
         for name, row in table.iterrows():
-            prefix = "model" if name == CHOSEN else _slug(str(name))
+            prefix = "model" if name == comparison.gate.champion else _slug(str(name))
             metrics.update({f"{prefix}.{mlflow_metric_name(col)}": float(v) for col, v in row.items()
                             if isinstance(v, (int, float, np.floating)) and np.isfinite(v)})
         metrics.update(comparison.gate.to_metrics())
-        metrics.update({"test_customers": float(comparison.n_customers),
-                        "ranker_candidate_recall": model.training_.candidate_recall,
-                        "ranker_validation_ndcg_at_20": model.training_.validation_ndcg20})
+        metrics["test_customers"] = float(comparison.n_customers)
+        if model.training_ is not None:
+            metrics.update({"ranker_candidate_recall": model.training_.candidate_recall,
+                            "ranker_validation_ndcg_at_20": model.training_.validation_ndcg20})
+        if chosen is not None:
+            for name, row in chosen.table.iterrows():
+                metrics.update({f"validation.{_slug(str(name))}.{mlflow_metric_name(col)}": float(v)
+                                for col, v in row.items() if np.isfinite(v)})
         tracking.log_metrics_flat(metrics)
         tracking.log_table(table.reset_index(), "model_comparison")
+        if chosen is not None:
+            tracking.log_table(chosen.table.reset_index(), "validation_comparison")
         for path in plots:
             tracking.log_artifact(path, "plots")
         tracking.set_tags({
             "gate.eligible": str(comparison.gate.eligible).lower(),
             "gate.reasons": " | ".join(comparison.gate.reasons),
             "gate.best_baseline": comparison.gate.best_baseline,
+            "gate.champion": comparison.gate.champion,
             "catalogue_version": version_of_catalogue,
         })
         sample = pd.DataFrame({"customer_id": model.data_.customer_ids[:5]})
@@ -194,11 +242,13 @@ def train_recommender(
         if version is not None:
             client.set_model_version_tag(MODEL_NAME, str(version), "gate_eligible",
                                          str(comparison.gate.eligible).lower())
+            client.set_model_version_tag(MODEL_NAME, str(version), "champion_configuration", comparison.gate.champion)
         run_id = run.info.run_id
     return RecommenderTrainingResult(
         run_id=run_id, model_name=MODEL_NAME, model_version=None if version is None else str(version), split=split,
         table=table, gate=comparison.gate, model=model, n_test_customers=comparison.n_customers,
-        catalogue_version=version_of_catalogue, plots=tuple(str(p) for p in plots), windows=windows,
+        catalogue_version=version_of_catalogue, plots=tuple(str(p) for p in plots), search=chosen,
+        windows=windows,
     )
 
 

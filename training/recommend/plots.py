@@ -17,9 +17,11 @@ from training.recommend.evaluation import CHOSEN, RECALL, RECALL_NEW
 _ALL, _NEW, _CHOSEN = "#1f4e79", "#1b9e77", "#d95f02"
 
 
-def plot_comparison(table: pd.DataFrame, path: Path | str, *, title: str | None = None) -> Path:
+def plot_comparison(table: pd.DataFrame, path: Path | str, *, title: str | None = None,
+                    champion: str = CHOSEN) -> Path:
     """Horizontal bars of recall@20 per model (all items, and new items with purchases excluded);
-    the chosen model's bars are highlighted and models without a new-items figure show none."""
+    the champion's bar (the configuration registered) is highlighted and models without a new-items
+    figure show none."""
     names = list(table.index)
     y = np.arange(len(names))[::-1]
     figure = new_figure(8.0, 0.55 * len(names) + 1.6)
@@ -27,7 +29,7 @@ def plot_comparison(table: pd.DataFrame, path: Path | str, *, title: str | None 
     height = 0.38
     all_items = table[RECALL].to_numpy(dtype=float)
     new_items = table[RECALL_NEW].to_numpy(dtype=float)
-    colours_all = [_CHOSEN if n == CHOSEN else _ALL for n in names]
+    colours_all = [_CHOSEN if n == champion else _ALL for n in names]
     ax.barh(y + height / 2, all_items, height, color=colours_all)
     ax.barh(y - height / 2, np.nan_to_num(new_items), height, color=_NEW, alpha=0.85)
     for yy, a, b in zip(y, all_items, new_items):
@@ -40,7 +42,7 @@ def plot_comparison(table: pd.DataFrame, path: Path | str, *, title: str | None 
     from matplotlib.patches import Patch
 
     handles = [Patch(color=_ALL, label="recall@20, all test purchases"),
-               Patch(color=_CHOSEN, label="recall@20, all test purchases (chosen model)"),
+               Patch(color=_CHOSEN, label="recall@20, all test purchases (the champion)"),
                Patch(color=_NEW, alpha=0.85, label="recall@20, items new to the customer (purchases excluded)")]
     # Below the axes: never over a bar.
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, fontsize=8, frameon=False)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 import ibis
+import numpy as np
 import pandas as pd
 
 from features.history import utc_naive
@@ -93,10 +94,15 @@ def last_sale(backend: ibis.BaseBackend) -> datetime:
 
 def _item_sets(frame: pd.DataFrame) -> dict[Hashable, set[Hashable]]:
     bought = frame[frame[PURCHASES] > 0]
-    return {
-        int(customer): set(items.astype(str))
-        for customer, items in bought.groupby(Col.CUSTOMER_ID, sort=True)[Col.ITEM_ID]
-    }
+    # The frame is sorted by customer: one split of plain arrays (a pandas group per customer costs
+    # seconds for 100,000 customers).
+    customers = bought[Col.CUSTOMER_ID].to_numpy(dtype=np.int64)
+    items = bought[Col.ITEM_ID].astype(str).to_numpy(dtype=object)
+    order = np.argsort(customers, kind="stable")
+    customers, items = customers[order], items[order]
+    cut = np.flatnonzero(np.diff(customers)) + 1
+    firsts = customers[np.r_[0, cut]] if len(customers) else customers
+    return {int(c): set(group) for c, group in zip(firsts.tolist(), np.split(items, cut))}
 
 
 def purchases_between(backend: ibis.BaseBackend, start: datetime, end: datetime) -> dict[int, set[str]]:
