@@ -17,6 +17,9 @@ from tests.fixtures_serving import serving_bundle, serving_server  # noqa: F401 
 from tests.log_audit import audit_file
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests never phone home
+# The hyper-parameter searches spend their whole time budget by design: the suite judges the settings
+# as given, and the tests of the searches pass a budget of their own.
+os.environ.setdefault("RAPPORT_TRAIN_SEARCH_BUDGET_S", "0")
 
 #: The session's log file and the handler that writes every log record into it.
 _AUDIT: dict[str, object] = {}
