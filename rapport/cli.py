@@ -308,6 +308,7 @@ def data_load(
     dataset: Annotated[str, typer.Argument(help="online-retail-ii or cdnow.")],
     path: Annotated[Path | None, typer.Option(help="The Online Retail II CSV (.csv or .csv.gz).")] = None,
     full: Annotated[bool, typer.Option(help="cdnow: the full 23,570-customer file instead of the 1/10 sample.")] = False,
+    append_distant_history: Annotated[bool, typer.Option(help="Store sales distant_history_days or more away from the store's history.")] = False,
 ) -> None:
     """Convert a known public data set into the contract and ingest it."""
     from features.discovery import RawInput
@@ -334,7 +335,7 @@ def data_load(
                f"{foreign[0]} RAPPORT_DATA_DIR=data/{dataset}, or set RAPPORT_CURRENCY_RATES")
         raise typer.Exit(1)
     inputs = [RawInput(source, f"{dataset}:{source}", table=tables[source]) for source in tables]
-    _ingest_and_print(inputs, [])
+    _ingest_and_print(inputs, [], append_distant_history=append_distant_history)
 
 
 # --- data report ----------------------------------------------------------------------------------
@@ -672,14 +673,15 @@ def recommend(
     """Write the top-N recommendations of every customer known to the recommender: customer_id, rank,
     item_id, score, source (model / repurchase / popularity) and reason; the same code path as the
     service."""
+    _check_output(output)
+    s = settings()
+    _require_registry(s)
     import mlflow
 
     from training import tracking
     from training.bundle import champion_version
     from training.recommend.pipeline import MODEL_NAME
 
-    _check_output(output)
-    s = settings()
     client = tracking.configure(s)
     if version is None:
         chosen, how = _guard(lambda: champion_version(client, MODEL_NAME)), "the champion"
@@ -701,6 +703,15 @@ def recommend(
                   f"history up to {model.data_.as_of.date()}) written to {output}")
 
 
+def _require_registry(s: Settings) -> None:
+    """The embedded model registry must exist before a command reads models from it: refused in a
+    second, before MLflow is imported (a tracking server is asked by MLflow itself)."""
+    if s.mlflow_tracking_uri is None and not s.mlflow_db_path.is_file():
+        _error(f"no model has been trained in {s.data_dir}: the registry {s.mlflow_db_path} does not exist; "
+               f"train first with rapport train")
+        raise typer.Exit(1)
+
+
 # --- score ----------------------------------------------------------------------------------------
 
 
@@ -712,17 +723,20 @@ def score(
     """Write the CRM scores of every known customer with the champion models: expected purchases,
     P(alive), expected order value, CLV with its interval, next order date, value segment, churn
     probability, risk band, percentile, three reasons and the model versions."""
-    import mlflow
-
     from features.store import connect, ibis_backend
-    from training import tracking
-    from training.clv.pipeline import MODEL_NAME as CLV_MODEL
-    from training.bundle import champion_version
-    from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
-    from training.scoring import build_snapshot, churn_lookback_days, score_chunks
 
     _check_output(output)
     s = settings()
+    _guard(lambda: connect(s, read_only=True)).close()  # a missing store is named before MLflow is imported
+    _require_registry(s)
+    import mlflow
+
+    from training import tracking
+    from training.bundle import champion_version
+    from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
+    from training.clv.pipeline import MODEL_NAME as CLV_MODEL
+    from training.scoring import build_snapshot, churn_lookback_days, score_chunks
+
     client = tracking.configure(s)
     models, versions = {}, {}
     for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL)):

@@ -174,6 +174,9 @@ def test_light_commands_and_early_errors_never_import_the_model_libraries(run, s
         (("train",), missing, 1, "ingest data first"),
         (("train", "--cutoff", "2030-01-01"), store, 1, "after the last sale (2024-02-01)"),
         (("config",), {**store, "RAPPORT_CHURN_HORIZON": "30"}, 1, "did you mean RAPPORT_CHURN_HORIZON_DAYS"),
+        (("score", "--output", str(tmp_path / "s.parquet")), missing, 1, "ingest data first"),
+        (("score", "--output", str(tmp_path / "s.parquet")), store, 1, "train first with rapport train"),
+        (("recommend", "--output", str(tmp_path / "r.parquet")), store, 1, "train first with rapport train"),
     ]
     for args, env, code, fragment in cases:
         done, names = _imported(*args, env=env)
