@@ -58,8 +58,16 @@ all customers at once, once per distinct case (:func:`training.churn.reasons.rea
 customers share "no order for 120 days (usually every 30)"). ``predict(frame, top_reasons=0)``
 skips the reasons.
 
-The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, the calibration
-map, features, thresholds, quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
+*Learner* ``logistic_rfm`` (:data:`LEARNERS`): instead of the booster, a logistic regression on the
+standardised features (the RFM baseline's fit, served when it beats LightGBM on the validation
+cutoff). Everything else is the same: its log-odds go through the same calibration map, bands and
+percentiles; its reasons come from the exact decomposition of a linear model, coefficient x
+standardised value (the distance from the training mean in log-odds), worded the same way. It needs
+a number in every feature (no rule for a missing value).
+
+The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, or the
+regression's coefficients, intercept and scaler; the calibration map, features, thresholds,
+quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
 names what is wrong). No pickle, no training rows.
 """
 
@@ -451,9 +459,14 @@ class ChurnModel(BaseEstimator):
       threads finding leaves and summing path contributions for the reasons (chunks of rows, one
       LightGBM thread each; scipy's sparse product, no BLAS, so no BLAS limit is needed);
     - ``seed`` (0): LightGBM's seed; fits are deterministic (``deterministic=True``) for a given
-      number of threads.
+      number of threads;
+    - ``learner`` (``"lightgbm"``): or ``"logistic_rfm"``, a logistic regression on the standardised
+      ``feature_names`` (the boosting settings are then unused). Its fitted attributes: ``coef_``
+      (per standard deviation), ``intercept_``, ``scaler_mean_``, ``scaler_scale_``; ``booster_`` and
+      ``path_contributions_`` are None, ``best_iteration_`` None, ``scale_pos_weight_`` 1 and
+      ``feature_importance_gain_`` holds |coefficient| per standard deviation.
 
-    Fitted attributes: ``booster_`` (``lightgbm.Booster`` holding the trees up to the best round
+    Fitted attributes: ``learner_``, ``booster_`` (``lightgbm.Booster`` holding the trees up to the best round
     only), ``path_contributions_`` (its trees' per-leaf credit tables for the reasons, derived, not
     stored), ``best_iteration_``, ``calibrator_`` (:class:`IsotonicCalibrator` x/y arrays or
     :class:`SigmoidCalibrator` slope/intercept), ``feature_names_`` (the columns scoring reads, in
