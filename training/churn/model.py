@@ -633,7 +633,7 @@ class ChurnModel(BaseEstimator):
         return _check_settings({name: getattr(self, name) for name in (*_SETTINGS, "learner")})
 
     def _set_fitted(
-        self, settings: _Settings, *, feature_names: tuple[str, ...], label: str, best_iteration: int,
+        self, settings: _Settings, *, feature_names: tuple[str, ...], label: str, best_iteration: int | None,
         calibrator: Calibrator, risk_thresholds: tuple[float, float], quantiles: FloatArray, importance: pd.Series,
         base_rate: float, validation_base_rate: float, scale_pos_weight: float, currency: str | None, n_train: int,
         n_valid: int,
@@ -811,7 +811,8 @@ class ChurnModel(BaseEstimator):
     # --- artefact ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The fitted state as JSON-serialisable data: LightGBM's model text, the calibration map,
+        """The fitted state as JSON-serialisable data: LightGBM's model text (or the regression's
+        coefficients, intercept and scaler), the calibration map,
         features, thresholds, quantiles and settings (no training rows, no pickles)."""
         self._check_fitted()
         used = {name: getattr(self.settings_, name) for name in (*_SETTINGS, "learner")}
