@@ -575,7 +575,7 @@ def _print_churn(result, s: Settings) -> None:  # noqa: ANN001
     console.print(table)
     console.print(f"trained on cutoffs {', '.join(str(c.date()) for c in result.train_cutoffs)}; "
                   f"validation (early stopping, calibration) {result.valid_cutoff.date()}")
-    console.print(Text.assemble("LightGBM: ", _verdict(result.gate.eligible), ": " + "; ".join(result.gate.reasons)))
+    console.print(Text.assemble(f"{result.metrics.name}: ", _verdict(result.gate.eligible), ": " + "; ".join(result.gate.reasons)))
     for note in result.notes:
         console.print(_styled("note", "yellow", note))
     console.print(f"registered {result.model_name} version {result.model_version} (MLflow run {result.run_id})")

@@ -28,8 +28,10 @@ Baselines (:func:`fit_baselines`, :func:`baseline_metrics`), on the same custome
 - ``logistic regression on RFM``: frequency, recency, T and monetary value, standardised, fitted on
   the training rows.
 
-The gate (:func:`churn_gate`): the model is eligible for promotion only if its ROC AUC is higher
-than the best baseline's.
+The learner served (:func:`choose_learner`): LightGBM or, when it ranks the validation cutoff's
+customers better, the logistic regression on RFM. The gate (:func:`churn_gate`): the model served is
+eligible for promotion only if its ROC AUC on the test cutoff is higher than the best remaining
+baseline's (the RFM baseline is not its own competitor when it is the model served).
 """
 
 from __future__ import annotations
@@ -490,6 +492,49 @@ def baseline_metrics(baselines: Baselines, test: pd.DataFrame) -> dict[str, Clas
 
     results[RFM_BASELINE] = classifier_metrics(RFM_BASELINE, y, baselines.rfm_probability(test))
     return results
+
+
+# --- the learner served ---------------------------------------------------------------------------
+
+#: The name of the model served in the tables, by learner (:data:`training.churn.model.LEARNERS`).
+SERVED_NAMES: dict[str, str] = {"lightgbm": "LightGBM", "logistic_rfm": f"{RFM_BASELINE} (served)"}
+
+
+@dataclass(frozen=True)
+class LearnerChoice:
+    """Which learner is served, from the ROC AUCs on the validation cutoff (``n`` customers):
+    LightGBM's raw probability (before the calibration map, which is fitted on those rows) and the
+    RFM logistic regression's (fitted on the training rows only)."""
+
+    learner: str
+    lightgbm_roc_auc: float
+    logistic_rfm_roc_auc: float
+    n: int
+
+    @property
+    def message(self) -> str:
+        numbers = (f"validation ROC AUC on {self.n:,} customers: LightGBM {self.lightgbm_roc_auc:.3f}, "
+                   f"{RFM_BASELINE} {self.logistic_rfm_roc_auc:.3f}")
+        if self.learner == "lightgbm":
+            return f"learner LightGBM ({numbers})"
+        return (f"learner {RFM_BASELINE}: it ranks the validation cutoff better than LightGBM ({numbers}), "
+                f"so it is the model fitted, judged on the test cutoff and registered")
+
+    def to_params(self) -> dict[str, object]:
+        return {"learner": self.learner, "validation_roc_auc.lightgbm": round(self.lightgbm_roc_auc, 6),
+                "validation_roc_auc.logistic_rfm": round(self.logistic_rfm_roc_auc, 6)}
+
+
+def choose_learner(lightgbm_probability: ArrayLike, baselines: Baselines, valid: pd.DataFrame) -> LearnerChoice:
+    """LightGBM unless the RFM logistic regression's ROC AUC on ``valid`` is strictly higher (a tie
+    keeps LightGBM). LightGBM's number is a little optimistic, its early stopping watched these rows:
+    the logistic regression has to win despite that."""
+    _require(valid, (baselines.label,), "validation")
+    y = _labels(valid[baselines.label], f"validation column {baselines.label!r}")
+    lightgbm = classifier_metrics("LightGBM", y, lightgbm_probability).roc_auc
+    logistic = classifier_metrics(RFM_BASELINE, y, baselines.rfm_probability(valid)).roc_auc
+    learner = "logistic_rfm" if math.isfinite(logistic) and not logistic <= lightgbm else "lightgbm"
+    return LearnerChoice(learner=learner, lightgbm_roc_auc=lightgbm, logistic_rfm_roc_auc=logistic, n=len(y))
 
 
 # --- gate and tables ------------------------------------------------------------------------------

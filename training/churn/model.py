@@ -58,8 +58,16 @@ all customers at once, once per distinct case (:func:`training.churn.reasons.rea
 customers share "no order for 120 days (usually every 30)"). ``predict(frame, top_reasons=0)``
 skips the reasons.
 
-The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, the calibration
-map, features, thresholds, quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
+*Learner* ``logistic_rfm`` (:data:`LEARNERS`): instead of the booster, a logistic regression on the
+standardised features (the RFM baseline's fit, served when it beats LightGBM on the validation
+cutoff). Everything else is the same: its log-odds go through the same calibration map, bands and
+percentiles; its reasons come from the exact decomposition of a linear model, coefficient x
+standardised value (the distance from the training mean in log-odds), worded the same way. It needs
+a number in every feature (no rule for a missing value).
+
+The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, or the
+regression's coefficients, intercept and scaler; the calibration map, features, thresholds,
+quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
 names what is wrong). No pickle, no training rows.
 """
 
@@ -126,6 +134,12 @@ N_QUANTILES = 1001
 #: Percentiles of the training distribution used as default risk thresholds (low | medium | high).
 DEFAULT_RISK_PERCENTILES = (50.0, 80.0)
 
+#: Learners: LightGBM, or a logistic regression on the standardised features (fitted as the
+#: "logistic regression on RFM" baseline is; served when it beats LightGBM on the validation cutoff).
+LIGHTGBM = "lightgbm"
+LOGISTIC_RFM = "logistic_rfm"
+LEARNERS: tuple[str, ...] = (LIGHTGBM, LOGISTIC_RFM)
+
 #: Artefact format written by :meth:`ChurnModel.to_dict`.
 ARTEFACT_FORMAT = "rapport.churn_model"
 ARTEFACT_VERSION = 1
@@ -135,6 +149,11 @@ _SETTINGS = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples",
 _FITTED = ("feature_names", "label", "booster", "best_iteration", "calibrator", "risk_thresholds",
            "training_probabilities_quantiles", "feature_importance_gain", "base_rate", "validation_base_rate",
            "scale_pos_weight", "currency", "n_train", "n_valid")
+#: The fitted section of a ``logistic_rfm`` artefact: coefficients per standard deviation, intercept,
+#: the scaler's means and scales, and what both learners share.
+_LOGISTIC_FITTED = ("feature_names", "label", "coef", "intercept", "scaler_mean", "scaler_scale", "calibrator",
+                    "risk_thresholds", "training_probabilities_quantiles", "base_rate", "validation_base_rate",
+                    "currency", "n_train", "n_valid")
 #: Settings scoring reads from the instance rather than from the fit (they do not change the model).
 _SCORING_SETTINGS = ("top_reasons", "num_threads")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -312,6 +331,7 @@ class _Settings:
     balance_classes: bool
     num_threads: int
     seed: int
+    learner: str = LIGHTGBM
 
 
 def _is_number(value: Any) -> bool:
@@ -350,6 +370,10 @@ def _check_settings(values: Mapping[str, Any]) -> _Settings:
         fail("calibration", f"one of {', '.join((AUTO_CALIBRATION, *CALIBRATIONS))}")
     if not isinstance(values["balance_classes"], bool | np.bool_):
         fail("balance_classes", "True or False")
+    # Artefacts written before the logistic learner existed have no learner: LightGBM.
+    learner = values.get("learner", LIGHTGBM)
+    if learner not in LEARNERS:
+        fail("learner", f"one of {', '.join(LEARNERS)}")
     return _Settings(
         n_estimators=int(values["n_estimators"]),
         learning_rate=float(values["learning_rate"]),
@@ -362,6 +386,7 @@ def _check_settings(values: Mapping[str, Any]) -> _Settings:
         balance_classes=bool(values["balance_classes"]),
         num_threads=int(values["num_threads"]),
         seed=int(values["seed"]),
+        learner=str(learner),
     )
 
 
@@ -434,9 +459,14 @@ class ChurnModel(BaseEstimator):
       threads finding leaves and summing path contributions for the reasons (chunks of rows, one
       LightGBM thread each; scipy's sparse product, no BLAS, so no BLAS limit is needed);
     - ``seed`` (0): LightGBM's seed; fits are deterministic (``deterministic=True``) for a given
-      number of threads.
+      number of threads;
+    - ``learner`` (``"lightgbm"``): or ``"logistic_rfm"``, a logistic regression on the standardised
+      ``feature_names`` (the boosting settings are then unused). Its fitted attributes: ``coef_``
+      (per standard deviation), ``intercept_``, ``scaler_mean_``, ``scaler_scale_``; ``booster_`` and
+      ``path_contributions_`` are None, ``best_iteration_`` None, ``scale_pos_weight_`` 1 and
+      ``feature_importance_gain_`` holds |coefficient| per standard deviation.
 
-    Fitted attributes: ``booster_`` (``lightgbm.Booster`` holding the trees up to the best round
+    Fitted attributes: ``learner_``, ``booster_`` (``lightgbm.Booster`` holding the trees up to the best round
     only), ``path_contributions_`` (its trees' per-leaf credit tables for the reasons, derived, not
     stored), ``best_iteration_``, ``calibrator_`` (:class:`IsotonicCalibrator` x/y arrays or
     :class:`SigmoidCalibrator` slope/intercept), ``feature_names_`` (the columns scoring reads, in
@@ -465,6 +495,7 @@ class ChurnModel(BaseEstimator):
         balance_classes: bool = True,
         num_threads: int = 2,
         seed: int = 0,
+        learner: str = LIGHTGBM,
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -477,6 +508,7 @@ class ChurnModel(BaseEstimator):
         self.balance_classes = balance_classes
         self.num_threads = num_threads
         self.seed = seed
+        self.learner = learner
 
     # --- fitting ----------------------------------------------------------------------------------
 
@@ -515,15 +547,19 @@ class ChurnModel(BaseEstimator):
         y_train = _labels(train, label, "training frame")
         y_valid = _labels(valid, label, "validation frame")
 
-        booster, best, scale_pos_weight = _train_booster(settings, x_train, y_train, x_valid, y_valid, names)
-        gain = booster.feature_importance(importance_type="gain", iteration=best)
-        # Keep the trees up to the best round only, as the artefact does: the fitted and the reloaded
-        # model are the same trees, and scoring needs no iteration argument.
-        self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-        del booster
-        if tuple(self.booster_.feature_name()) != names:
-            raise ChurnInputError(f"LightGBM renamed the features {list(names)} to {self.booster_.feature_name()}: "
-                                  "use names without spaces")
+        self.learner_ = settings.learner
+        if settings.learner == LOGISTIC_RFM:
+            best, scale_pos_weight, gain = None, 1.0, self._fit_logistic(x_train, y_train, x_valid, names)
+        else:
+            booster, best, scale_pos_weight = _train_booster(settings, x_train, y_train, x_valid, y_valid, names)
+            gain = booster.feature_importance(importance_type="gain", iteration=best)
+            # Keep the trees up to the best round only, as the artefact does: the fitted and the reloaded
+            # model are the same trees, and scoring needs no iteration argument.
+            self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+            del booster
+            if tuple(self.booster_.feature_name()) != names:
+                raise ChurnInputError(f"LightGBM renamed the features {list(names)} to "
+                                      f"{self.booster_.feature_name()}: use names without spaces")
 
         margin_valid = self._margin(x_valid)
         if settings.calibration == AUTO_CALIBRATION:
@@ -545,7 +581,7 @@ class ChurnModel(BaseEstimator):
             settings,
             feature_names=names,
             label=label,
-            best_iteration=int(best),
+            best_iteration=None if best is None else int(best),
             calibrator=calibrator,
             risk_thresholds=thresholds,
             quantiles=quantiles,
@@ -558,6 +594,12 @@ class ChurnModel(BaseEstimator):
             n_valid=len(y_valid),
         )
         self.horizon_days_, self.lookback_days_ = windows
+        if settings.learner == LOGISTIC_RFM:
+            logger.info("churn model (logistic regression on %s) fitted on %d rows (churn rate %.1f %%); %s "
+                        "calibration on %d validation rows (setting %s); risk thresholds %.3f / %.3f",
+                        ", ".join(names), len(y_train), 100 * self.base_rate_, calibrator.method, len(y_valid),
+                        settings.calibration, *thresholds)
+            return self
         logger.info(
             "churn model fitted on %d rows (churn rate %.1f %%), %d trees of at most %d (early stopping on %d "
             "validation rows, churn rate %.1f %%); %s calibration (setting %s); risk thresholds %.3f / %.3f",
@@ -566,18 +608,40 @@ class ChurnModel(BaseEstimator):
         )
         return self
 
+    def _fit_logistic(self, x_train: FloatArray, y_train: FloatArray, x_valid: FloatArray,
+                      names: tuple[str, ...]) -> FloatArray:
+        """Standardise on the training rows and fit the logistic regression there, exactly as the
+        RFM baseline is fitted (``training.churn.evaluation.fit_baselines``); returns the importance
+        (|coefficient| per standard deviation)."""
+        from sklearn.preprocessing import StandardScaler
+
+        _require_finite(x_train, names, "training frame")
+        _require_finite(x_valid, names, "validation frame")
+        scaler = StandardScaler().fit(x_train)
+        # Default L2 penalty (C = 1) and no class weights, as the baseline: its probabilities are
+        # those of the training churn rate, and the calibration map then follows the validation cutoff.
+        logistic = LogisticRegression(max_iter=1000).fit(scaler.transform(x_train), y_train)
+        self.booster_ = None
+        self.feature_names_ = names
+        self.coef_ = np.asarray(logistic.coef_[0], dtype=np.float64)
+        self.intercept_ = float(logistic.intercept_[0])
+        self.scaler_mean_ = np.asarray(scaler.mean_, dtype=np.float64)
+        self.scaler_scale_ = np.asarray(scaler.scale_, dtype=np.float64)
+        return np.abs(self.coef_)
+
     def _checked_settings(self) -> _Settings:
-        return _check_settings({name: getattr(self, name) for name in _SETTINGS})
+        return _check_settings({name: getattr(self, name) for name in (*_SETTINGS, "learner")})
 
     def _set_fitted(
-        self, settings: _Settings, *, feature_names: tuple[str, ...], label: str, best_iteration: int,
+        self, settings: _Settings, *, feature_names: tuple[str, ...], label: str, best_iteration: int | None,
         calibrator: Calibrator, risk_thresholds: tuple[float, float], quantiles: FloatArray, importance: pd.Series,
         base_rate: float, validation_base_rate: float, scale_pos_weight: float, currency: str | None, n_train: int,
         n_valid: int,
     ) -> None:
         self.settings_ = settings
+        self.learner_ = settings.learner
         # Derived from the trees, never stored: the artefact holds the model text only.
-        self.path_contributions_ = PathContributions(self.booster_)
+        self.path_contributions_ = None if self.booster_ is None else PathContributions(self.booster_)
         self.feature_names_ = feature_names
         self.label_ = label
         self.best_iteration_ = best_iteration
@@ -595,7 +659,8 @@ class ChurnModel(BaseEstimator):
         self.n_valid_ = n_valid
 
     def _check_fitted(self) -> None:
-        check_is_fitted(self, ["booster_", "calibrator_", "feature_names_", "training_probabilities_quantiles_"])
+        check_is_fitted(self, ["learner_", "booster_", "calibrator_", "feature_names_",
+                               "training_probabilities_quantiles_"])
 
     # --- scoring ----------------------------------------------------------------------------------
 
@@ -603,9 +668,11 @@ class ChurnModel(BaseEstimator):
         return int(self.num_threads) if _is_whole(self.num_threads, 1) else 1
 
     def _margin(self, x: FloatArray) -> FloatArray:
-        """Raw log-odds of the booster for a feature matrix."""
+        """Raw log-odds of the booster (or of the logistic regression) for a feature matrix."""
         if x.shape[0] == 0:
             return np.empty(0)
+        if self.learner_ == LOGISTIC_RFM:
+            return self._standardised(x) @ self.coef_ + self.intercept_
         return np.asarray(self.booster_.predict(x, raw_score=True, num_threads=self._threads()), dtype=np.float64)
 
     def raw_probability(self, frame: pd.DataFrame) -> FloatArray:
@@ -625,7 +692,8 @@ class ChurnModel(BaseEstimator):
         """Each feature's contribution to each row's raw log-odds (path contributions,
         :class:`training.churn.contributions.PathContributions`), indexed like ``frame``; the column
         ``expected_value`` is the base value (the sum of the trees' root values), and a row's
-        contributions and base value add up to its raw log-odds (to rounding)."""
+        contributions and base value add up to its raw log-odds (to rounding). For the ``logistic_rfm``
+        learner: coefficient x standardised value, and the intercept as the base value."""
         self._check_fitted()
         contributions = self._contributions(_feature_matrix(frame, self.feature_names_, "scored frame"))
         return pd.DataFrame(contributions, index=frame.index, columns=[*self.feature_names_, "expected_value"])
@@ -633,9 +701,21 @@ class ChurnModel(BaseEstimator):
     def _contributions(self, x: FloatArray) -> FloatArray:
         return self._margin_and_contributions(x)[1]
 
+    def _standardised(self, x: FloatArray) -> FloatArray:
+        _require_finite(x, self.feature_names_, "scored frame")
+        return (x - self.scaler_mean_) / self.scaler_scale_
+
     def _margin_and_contributions(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         if x.shape[0] == 0:
             return np.empty(0), np.empty((0, len(self.feature_names_) + 1))
+        if self.learner_ == LOGISTIC_RFM:
+            # A linear model's exact decomposition: coefficient x standardised value, i.e. the
+            # feature's distance from its training mean in log-odds; the intercept is the base value.
+            z = self._standardised(x)
+            contributions = np.empty((x.shape[0], len(self.feature_names_) + 1))
+            contributions[:, :-1] = z * self.coef_
+            contributions[:, -1] = self.intercept_
+            return z @ self.coef_ + self.intercept_, contributions
         return self.path_contributions_.raw_score_and_contributions(x, num_threads=self._threads())
 
     def percentile(self, probability: FloatArray) -> FloatArray:
@@ -731,10 +811,11 @@ class ChurnModel(BaseEstimator):
     # --- artefact ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The fitted state as JSON-serialisable data: LightGBM's model text, the calibration map,
+        """The fitted state as JSON-serialisable data: LightGBM's model text (or the regression's
+        coefficients, intercept and scaler), the calibration map,
         features, thresholds, quantiles and settings (no training rows, no pickles)."""
         self._check_fitted()
-        used = {name: getattr(self.settings_, name) for name in _SETTINGS}
+        used = {name: getattr(self.settings_, name) for name in (*_SETTINGS, "learner")}
         # The fit's settings, with the scoring-only ones as the instance has them now (checked).
         settings = _check_settings({**used, **{name: getattr(self, name) for name in _SCORING_SETTINGS}})
         thresholds = settings.risk_thresholds
@@ -753,8 +834,9 @@ class ChurnModel(BaseEstimator):
                 "balance_classes": settings.balance_classes,
                 "num_threads": settings.num_threads,
                 "seed": settings.seed,
+                "learner": settings.learner,
             },
-            "fitted": {
+            "fitted": self._logistic_fitted() if settings.learner == LOGISTIC_RFM else {
                 "feature_names": list(self.feature_names_),
                 "label": self.label_,
                 "booster": self.booster_.model_to_string(),
@@ -773,28 +855,50 @@ class ChurnModel(BaseEstimator):
             "windows": {"horizon_days": self.horizon_days_, "lookback_days": self.lookback_days_},
         }
 
+    def _logistic_fitted(self) -> dict[str, Any]:
+        return {
+            "feature_names": list(self.feature_names_),
+            "label": self.label_,
+            "coef": self.coef_.tolist(),
+            "intercept": float(self.intercept_),
+            "scaler_mean": self.scaler_mean_.tolist(),
+            "scaler_scale": self.scaler_scale_.tolist(),
+            "calibrator": self.calibrator_.to_dict(),
+            "risk_thresholds": {"medium": float(self.risk_thresholds_[0]), "high": float(self.risk_thresholds_[1])},
+            "training_probabilities_quantiles": self.training_probabilities_quantiles_.tolist(),
+            "base_rate": float(self.base_rate_),
+            "validation_base_rate": float(self.validation_base_rate_),
+            "currency": self.currency_,
+            "n_train": int(self.n_train_),
+            "n_valid": int(self.n_valid_),
+        }
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChurnModel:
         """Rebuild a fitted model from :meth:`to_dict` output; :class:`ChurnArtefactError` names what is wrong."""
         reader = ArtefactReader(data, what="churn model", format=ARTEFACT_FORMAT, version=ARTEFACT_VERSION,
                                 error=ChurnArtefactError)
         settings_data = reader.section("settings", _SETTINGS)
-        fitted = reader.section("fitted", _FITTED)
         try:
             settings = _check_settings(settings_data)
         except ValueError as exc:
             raise ChurnArtefactError(f"churn model artefact settings: {exc}") from exc
+        logistic = settings.learner == LOGISTIC_RFM
+        fitted = reader.section("fitted", _LOGISTIC_FITTED if logistic else _FITTED)
 
         try:
             names = _check_feature_names(reader.field(fitted, "feature_names", list))
         except ChurnInputError as exc:
             raise ChurnArtefactError(f"churn model artefact: fitted.feature_names: {exc}") from exc
         label = reader.field(fitted, "label", str)
-        booster = _booster_from_text(reader.field(fitted, "booster", str), names)
-        best = reader.field(fitted, "best_iteration", int)
-        if best != booster.current_iteration():
-            raise ChurnArtefactError(f"churn model artefact: fitted.best_iteration {best} contradicts the booster, "
-                                     f"which holds {booster.current_iteration()} trees")
+        if logistic:
+            booster, best, linear = None, None, _linear_from_dict(fitted, names)
+        else:
+            booster = _booster_from_text(reader.field(fitted, "booster", str), names)
+            best = reader.field(fitted, "best_iteration", int)
+            if best != booster.current_iteration():
+                raise ChurnArtefactError(f"churn model artefact: fitted.best_iteration {best} contradicts the "
+                                         f"booster, which holds {booster.current_iteration()} trees")
         calibrator = _calibrator_from_dict(fitted["calibrator"])
         if settings.calibration != AUTO_CALIBRATION and calibrator.method != settings.calibration:
             raise ChurnArtefactError(f"churn model artefact: fitted.calibrator method {calibrator.method!r} "
@@ -820,10 +924,13 @@ class ChurnModel(BaseEstimator):
                 or np.any(np.diff(quantiles) < 0) or quantiles[0] < 0 or quantiles[-1] > 1):
             raise ChurnArtefactError("churn model artefact: fitted.training_probabilities_quantiles must be at "
                                      "least 2 non-decreasing probabilities")
-        gains = reader.field(fitted, "feature_importance_gain", Mapping)
-        if set(gains) != set(names) or not all(_is_number(v) and v >= 0 for v in gains.values()):
-            raise ChurnArtefactError("churn model artefact: fitted.feature_importance_gain must hold a gain >= 0 "
-                                     "for every feature and nothing else")
+        if logistic:
+            gains = dict(zip(names, np.abs(linear["coef"]).tolist()))
+        else:
+            gains = reader.field(fitted, "feature_importance_gain", Mapping)
+            if set(gains) != set(names) or not all(_is_number(v) and v >= 0 for v in gains.values()):
+                raise ChurnArtefactError("churn model artefact: fitted.feature_importance_gain must hold a gain >= 0 "
+                                         "for every feature and nothing else")
         rates = {}
         for name in ("base_rate", "validation_base_rate"):
             value = fitted.get(name)
@@ -831,7 +938,7 @@ class ChurnModel(BaseEstimator):
                 raise ChurnArtefactError(f"churn model artefact: fitted.{name} must be a rate in (0, 1), "
                                          f"got {value!r}")
             rates[name] = float(value)
-        scale_pos_weight = fitted["scale_pos_weight"]
+        scale_pos_weight = 1.0 if logistic else fitted["scale_pos_weight"]
         if not (_is_number(scale_pos_weight) and scale_pos_weight > 0):
             raise ChurnArtefactError(f"churn model artefact: fitted.scale_pos_weight must be a number > 0, "
                                      f"got {scale_pos_weight!r}")
@@ -843,10 +950,13 @@ class ChurnModel(BaseEstimator):
         if min(counts.values()) < 1:
             raise ChurnArtefactError(f"churn model artefact: row counts must be >= 1, got {counts}")
 
-        model = cls(**{name: settings_data[name] for name in _SETTINGS})
+        model = cls(**{name: settings_data[name] for name in _SETTINGS}, learner=settings.learner)
         if model.risk_thresholds is not None:
             model.risk_thresholds = tuple(model.risk_thresholds)
         model.booster_ = booster
+        if logistic:
+            model.coef_, model.intercept_ = linear["coef"], float(linear["intercept"][0])
+            model.scaler_mean_, model.scaler_scale_ = linear["scaler_mean"], linear["scaler_scale"]
         model._set_fitted(
             settings,
             feature_names=names,
@@ -870,6 +980,33 @@ class ChurnModel(BaseEstimator):
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _linear_from_dict(fitted: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, FloatArray]:
+    """The logistic learner's coefficients, intercept and scaler, checked: finite numbers, one per
+    feature (the intercept alone), scales > 0."""
+    out = {}
+    for name, size in (("coef", len(names)), ("intercept", 1), ("scaler_mean", len(names)),
+                       ("scaler_scale", len(names))):
+        value = fitted[name]
+        values = [value] if name == "intercept" else value
+        if (not isinstance(values, list) or len(values) != size or not all(_is_number(v) for v in values)):
+            expected = "a finite number" if name == "intercept" else f"a list of {size} finite numbers (one per feature)"
+            raise ChurnArtefactError(f"churn model artefact: fitted.{name} must be {expected}, "
+                                     f"got {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, list) else ""))
+        out[name] = np.asarray(values, dtype=np.float64)
+    if np.any(out["scaler_scale"] <= 0):
+        raise ChurnArtefactError("churn model artefact: fitted.scaler_scale must hold standard deviations > 0")
+    return out
+
+
+def _require_finite(x: FloatArray, names: Sequence[str], what: str) -> None:
+    """The logistic learner has no rule for a missing value (LightGBM has one): name the features."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        counts = ", ".join(f"{name} ({int(n)} rows)" for name, n in zip(names, bad.sum(axis=0)) if n)
+        raise ChurnInputError(f"the logistic churn model needs a number in every feature; the {what} has "
+                              f"missing or infinite values in {counts}")
 
 
 def _check_windows(windows: Any, error: type[Exception]) -> tuple[int | None, int | None]:

@@ -7,8 +7,11 @@ logged as ``window.*`` parameters, and H travels in the model (``ChurnModel.hori
 horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before the
 training cutoff, for a backtest). The latest labelled cutoff is the test set, the latest one a
 horizon before it the validation set (early stopping, calibration), earlier ones a horizon before
-that the training set: the model never sees a cutoff later than those it is evaluated on. The model
-registered is the one evaluated. A history too short for any such triple skips the step
+that the training set: the model never sees a cutoff later than those it is evaluated on. LightGBM is
+served unless the logistic regression on RFM (the baseline) ranks the validation cutoff better: then
+that regression is the churn model (``learner = logistic_rfm``), calibrated, banded and explained the
+same way, and the gate judges it against the remaining baselines. The model registered is the one
+evaluated. A history too short for any such triple skips the step
 (:class:`features.windows.HistoryTooShort`).
 """
 
@@ -30,17 +33,22 @@ from training.churn.dataset import build_dataset
 from training.churn.evaluation import (
     BASELINE_METRIC_PREFIXES,
     LABEL,
+    RFM_BASELINE,
+    RFM_FEATURES,
+    SERVED_NAMES,
     ChurnGate,
     ClassifierMetrics,
+    LearnerChoice,
     baseline_metrics,
     baseline_notes,
+    choose_learner,
     churn_gate,
     classifier_metrics,
     fit_baselines,
     metrics_table,
     reliability_curve,
 )
-from training.churn.model import ChurnModel
+from training.churn.model import LIGHTGBM, LOGISTIC_RFM, ChurnModel
 from training.churn.plots import plot_feature_importance, plot_lift, plot_reliability
 from training.churn.pyfunc import log_churn_model
 from training.churn.search import BoostingSearch, search_boosting, searched_model
@@ -66,6 +74,12 @@ class ChurnTrainingResult:
     plots: tuple[str, ...]
     notes: tuple[str, ...]
     windows: Windows
+    #: The learner served and the validation numbers that chose it.
+    choice: LearnerChoice | None = None
+
+    @property
+    def learner(self) -> str:
+        return LIGHTGBM if self.choice is None else self.choice.learner
 
     @property
     def horizon_days(self) -> int:
@@ -128,29 +142,48 @@ def train_churn(
         search = search_boosting(configured, train, valid, feature_names=dataset.feature_names, label=LABEL,
                                  budget_s=settings.train_search_budget_s)
     step("training LightGBM (early stopping and calibration on the validation cutoff)")
-    model = searched_model(configured, search).fit(train, valid, feature_names=dataset.feature_names, label=LABEL,
-                                                   currency=settings.currency,
-                                                   horizon_days=horizon, lookback_days=lookback)
+    lightgbm = searched_model(configured, search).fit(train, valid, feature_names=dataset.feature_names,
+                                                      label=LABEL, currency=settings.currency,
+                                                      horizon_days=horizon, lookback_days=lookback)
+    baselines = fit_baselines(train, label=LABEL)
+    choice = choose_learner(lightgbm.raw_probability(valid), baselines, valid)
+    model = lightgbm
+    if choice.learner == LOGISTIC_RFM:
+        step("fitting the logistic regression on RFM as the churn model (it ranks the validation cutoff "
+             "better than LightGBM)")
+        model = ChurnModel(**{**configured.get_params(), "learner": LOGISTIC_RFM}).fit(
+            train, valid, feature_names=RFM_FEATURES, label=LABEL, currency=settings.currency,
+            horizon_days=horizon, lookback_days=lookback)
 
     step("evaluating on the latest cutoff against the baselines")
+    y_test = test[LABEL].to_numpy()
     probability = model.predict_proba(test)
-    metrics = classifier_metrics("LightGBM", test[LABEL].to_numpy(), probability)
-    baselines = fit_baselines(train, label=LABEL)
+    metrics = classifier_metrics(SERVED_NAMES[choice.learner], y_test, probability)
     base = baseline_metrics(baselines, test)
-    decision = churn_gate(metrics, base)
-    table = metrics_table(metrics, base)
+    rivals, lightgbm_metrics, served_curves = base, None, {}
+    if choice.learner == LOGISTIC_RFM:
+        # The served regression is the RFM baseline (recalibrated): it is judged against the others,
+        # and LightGBM, which lost on the validation cutoff, is shown next to it.
+        rivals = {name: m for name, m in base.items() if name != RFM_BASELINE}
+        lightgbm_probability = lightgbm.predict_proba(test)
+        lightgbm_metrics = classifier_metrics(SERVED_NAMES[LIGHTGBM], y_test, lightgbm_probability)
+        served_curves = {SERVED_NAMES[LIGHTGBM]: lightgbm_probability}
+    decision = churn_gate(metrics, rivals)
+    table = metrics_table(metrics, rivals if lightgbm_metrics is None
+                          else {lightgbm_metrics.name: lightgbm_metrics, **rivals})
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
     test_cutoff = max(dataset.cutoffs)
     with tracking.start_run(settings, run_name=f"churn {test_cutoff.date()}", tags={"step": "churn"}) as run:
         plot_dir = run_plot_dir(settings.reports_dir, "churn", run.info.run_id)
-        curves = {"LightGBM": reliability_curve(test[LABEL].to_numpy(), probability),
+        curves = {metrics.name: reliability_curve(y_test, probability),
+                  **{name: reliability_curve(y_test, p) for name, p in served_curves.items()},
                   **baselines.reliability_curves(test)}
         plots = [
             plot_reliability(curves, plot_dir / "reliability.png"),
-            plot_feature_importance(model.feature_importance_gain_, plot_dir / "feature_importance.png"),
-            plot_lift(test[LABEL].to_numpy(), {"LightGBM": probability, **baselines.scores(test)},
+            plot_feature_importance(lightgbm.feature_importance_gain_, plot_dir / "feature_importance.png"),
+            plot_lift(y_test, {metrics.name: probability, **served_curves, **baselines.scores(test)},
                       plot_dir / "lift.png"),
         ]
         tracking.log_params_flat({
@@ -170,7 +203,8 @@ def train_churn(
             "calibration_chosen": model.calibrator_.method,
             **{f"calibration_ece.{method}": round(value, 6) for method, value in model.calibration_errors_.items()},
             **(search.to_params() if search is not None else {"search.budget_s": 0}),
-            "best_iteration": model.best_iteration_,
+            "best_iteration": lightgbm.best_iteration_,
+            **choice.to_params(),
             "with_clv_features": settings.churn_with_clv_features,
         })
         tracking.log_params_flat({"baseline": baselines.to_params()})
@@ -178,12 +212,13 @@ def train_churn(
             days=horizon))})
         tracking.log_metrics_flat({
             **metrics.to_metrics("model"),
+            **(lightgbm_metrics.to_metrics("lightgbm") if lightgbm_metrics is not None else {}),
             **{k: v for name, m in base.items() for k, v in m.to_metrics(BASELINE_METRIC_PREFIXES[name]).items()},
             **decision.to_metrics(),
             "train_rows": float(len(train)), "valid_rows": float(len(valid)), "test_rows": float(len(test)),
         })
         tracking.log_table(table.reset_index(), "metrics_table")
-        tracking.log_table(model.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
+        tracking.log_table(lightgbm.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
                            "feature_importance")
         for path in plots:
             tracking.log_artifact(path, "plots")
@@ -191,11 +226,13 @@ def train_churn(
             "gate.eligible": str(decision.eligible).lower(),
             "gate.reasons": " | ".join(decision.reasons),
             "gate.best_baseline": decision.best_baseline or "none",
+            "churn_learner": choice.learner,
         })
         info = log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5))
         version = getattr(info, "registered_model_version", None)
         if version is not None:
             client.set_model_version_tag(MODEL_NAME, str(version), "gate_eligible", str(decision.eligible).lower())
+            client.set_model_version_tag(MODEL_NAME, str(version), "churn_learner", choice.learner)
         run_id = run.info.run_id
     return ChurnTrainingResult(
         run_id=run_id,
@@ -209,8 +246,10 @@ def train_churn(
         gate=decision,
         model=model,
         plots=tuple(str(p) for p in plots),
-        notes=(*getattr(dataset, "notes", ()), *baseline_notes(baselines, test), *_model_notes(model, search, metrics)),
+        notes=(choice.message, *getattr(dataset, "notes", ()), *baseline_notes(baselines, test),
+               *_model_notes(model, search, metrics)),
         windows=windows,
+        choice=choice,
     )
 
 
