@@ -133,7 +133,8 @@ class PipelineResult:
                 "seconds": round(outcome.seconds, 1),
                 "key metrics": ", ".join(f"{k.label} {p.metrics.get(k.metric, float('nan')):.4f}"
                                          for k in promotion.KEY_METRICS[outcome.model_name]) if p else "",
-                "vs baselines": ("passes" if getattr(gate, "eligible", False) else "fails") + " its gate",
+                "vs baselines": ("passes" if getattr(gate, "eligible", False) else "fails") + " its gate"
+                                + _served_as(outcome.result),
                 "vs champion": "; ".join(r for r in (p.reasons if p else ()) if not r.startswith("its own gate failed")),
                 "alias": p.alias if p else ("none (backtest)" if self.cutoff else "none"),
             })
@@ -244,3 +245,18 @@ def _mark_failed(client: mlflow.MlflowClient, result: PipelineResult, step: str,
         if outcome.version is not None:
             client.set_model_version_tag(outcome.model_name, outcome.version, "promotion.decision",
                                          f"not promoted: the pipeline failed at step {step}")
+
+
+def _served_as(result: object) -> str:
+    """What a step serves when it is not its learned model: a baseline that won on validation (the
+    recommender's ``gate.champion``, churn's ``learner``)."""
+    from training.churn.model import LIGHTGBM
+    from training.recommend.evaluation import CHOSEN
+
+    learner = getattr(result, "learner", None)
+    if isinstance(learner, str) and learner != LIGHTGBM:
+        return f" (serves {learner}: it beat LightGBM on validation)"
+    champion = getattr(getattr(result, "gate", None), "champion", None)
+    if isinstance(champion, str) and champion != CHOSEN:
+        return f" (serves {champion})"
+    return ""
