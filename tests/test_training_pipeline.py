@@ -324,3 +324,27 @@ def test_an_interrupted_train_command_exits_non_zero(store, first, monkeypatch):
     out = CliRunner().invoke(app, ["train", "--only", "clv"])
     assert out.exit_code == 128 + signal.SIGINT
     assert "training interrupted by SIGINT" in out.output
+
+
+@pytest.mark.unit
+def test_the_summary_says_when_a_step_serves_a_baseline():
+    from types import SimpleNamespace
+
+    from training.churn.model import LIGHTGBM, LOGISTIC_RFM
+    from training.pipeline import PipelineResult, StepOutcome
+    from training.recommend.evaluation import CHOSEN, TOP_FREQUENCY
+
+    def outcome(step: str, result: object) -> StepOutcome:
+        return StepOutcome(step=step, model_name=f"rapport-{step}", seconds=1.0, result=result, version="1")
+
+    gate = SimpleNamespace(eligible=True)
+    result = PipelineResult(run_id="r", cutoff=None, steps=[
+        outcome("churn", SimpleNamespace(gate=gate, learner=LOGISTIC_RFM)),
+        outcome("churn", SimpleNamespace(gate=gate, learner=LIGHTGBM)),
+        outcome("recommend", SimpleNamespace(gate=SimpleNamespace(eligible=True, champion=TOP_FREQUENCY))),
+        outcome("recommend", SimpleNamespace(gate=SimpleNamespace(eligible=True, champion=CHOSEN))),
+    ])
+    verdicts = list(result.summary()["vs baselines"])
+    assert verdicts[0] == f"passes its gate (serves {LOGISTIC_RFM}: it beat LightGBM on validation)"
+    assert verdicts[1] == verdicts[3] == "passes its gate"
+    assert verdicts[2] == f"passes its gate (serves {TOP_FREQUENCY})"
