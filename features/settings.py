@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import types
+import typing
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -278,7 +280,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        problems += [_describe(error, overrides) for error in exc.errors(include_url=False)]
+        problems += _describe_all(exc.errors(include_url=False), overrides)
     except _SourceError as exc:
         # pydantic-settings' own error when a variable's JSON does not parse; it names the field only.
         field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
@@ -343,6 +345,27 @@ _EXPECTED = {
 }
 _BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
            "less_than": ("<", "lt")}
+
+
+def _describe_all(errors: list[Any], overrides: Mapping[str, Any]) -> list[str]:
+    """One problem per setting: pydantic reports a value that fits no member of a union such as
+    ``int | "auto"`` once per member (``loc`` = field, member tag); those become one line that lists
+    what each member expects (``expected a whole number or 'auto', got 'thirty'``)."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if len(loc) >= 2 and _is_union(str(loc[0])):
+            error = {**error, "loc": (loc[0], *loc[2:])}
+        where, _, rest = _describe(error, overrides).partition(": ")
+        expected, got = rest.split(", got ", 1) if ", got " in rest else (rest, "")
+        merged.setdefault((where, got), []).append(expected)
+    return [f"{where}: {' or '.join(dict.fromkeys(e.removeprefix('expected ') if i else e for i, e in enumerate(expected)))}"
+            + (f", got {got}" if got else "") for (where, got), expected in merged.items()]
+
+
+def _is_union(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    return info is not None and typing.get_origin(info.annotation) in (typing.Union, types.UnionType)
 
 
 def _describe(error: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:

@@ -80,8 +80,8 @@ def test_a_typo_in_the_toml_file_is_refused_the_same_way(settings, tmp_path, mon
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("RAPPORT_CHURN_HORIZON_DAYS", "thirty", "RAPPORT_CHURN_HORIZON_DAYS: expected a whole number, got 'thirty'"),
-    ("RAPPORT_CHURN_HORIZON_DAYS", "3", "RAPPORT_CHURN_HORIZON_DAYS: expected a value >= 7, got '3'"),
+    ("RAPPORT_CHURN_HORIZON_DAYS", "thirty", "RAPPORT_CHURN_HORIZON_DAYS: expected a whole number or 'auto', got 'thirty'"),
+    ("RAPPORT_CHURN_HORIZON_DAYS", "3", "RAPPORT_CHURN_HORIZON_DAYS: expected a value >= 7 or 'auto', got '3'"),
     ("RAPPORT_TIME_UNIT", "M", "RAPPORT_TIME_UNIT: expected 'D' or 'W', got 'M'"),
     ("RAPPORT_CHURN_WITH_CLV_FEATURES", "maybe", "RAPPORT_CHURN_WITH_CLV_FEATURES: expected true or false"),
     ("RAPPORT_CURRENCY_RATES", "EUR=0.85", 'RAPPORT_CURRENCY_RATES: expected JSON such as {"EUR": 0.85}'),
