@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.store import ibis_backend
+from features.windows import MIN_SPAN_DAYS
 from training import promotion, tracking
 from training.cutoff import CutoffError, sales_range
 from training.pipeline import PipelineError, TrainingInterrupted, run_pipeline
@@ -83,9 +84,15 @@ def test_a_cutoff_outside_the_history_is_refused_before_any_run(store, first):
         run_pipeline(con, settings, cutoff=datetime(2030, 1, 1))
     assert "2030-01-01" in str(late.value) and f"last sale ({last_sale.date()})" in str(late.value)
     early_cutoff = first_sale + timedelta(days=30)
+    # Windows left to the data: below the span every step needs, whatever the windows would be.
+    with pytest.raises(CutoffError, match=f"needs at least {MIN_SPAN_DAYS} days before the cutoff"):
+        run_pipeline(con, settings, steps=["recommend"], cutoff=early_cutoff)
+    # Windows set by hand: both dates, and the earliest cutoff the steps asked for allow (churn needs
+    # the longest history).
+    settings = settings.model_copy(update={"clv_holdout_days": 183, "churn_lookback_days": 365,
+                                           "churn_horizon_days": 90})
     with pytest.raises(CutoffError) as early:
         run_pipeline(con, settings, steps=["clv", "churn"], cutoff=early_cutoff)
-    # Both dates, and the earliest cutoff the steps asked for allow: churn needs the longest history.
     needed = settings.churn_lookback_days + 3 * settings.churn_horizon_days
     earliest = datetime.combine(first_sale.date(), datetime.min.time()) + timedelta(days=needed)
     assert str(early_cutoff.date()) in str(early.value) and f"first sale is on {first_sale.date()}" in str(early.value)
@@ -308,7 +315,7 @@ def test_cli_exit_codes(store, first, tmp_path, monkeypatch):
     assert pd.read_csv(out)["customer_id"].is_unique
     empty = CliRunner().invoke(app, ["score", "--output", str(tmp_path / "x.csv")],
                                env={"RAPPORT_DATA_DIR": str(tmp_path / "nothing")})
-    assert empty.exit_code == 1 and "train" in empty.output
+    assert empty.exit_code == 1 and "ingest data first" in empty.output
     late = runner.invoke(app, ["train", "--cutoff", "2030-01-01"])
     assert late.exit_code == 1 and "2030-01-01" in late.output and "last sale" in late.output
 

@@ -50,19 +50,26 @@ def history_needed(settings: Settings, steps: Sequence[str]) -> dict[str, tuple[
       cutoffs, one horizon apart so that no label overlaps the next set);
     - ``recommend``: the test and validation periods, plus at least one day of training history.
     """
+    from features.windows import MIN_SPAN_DAYS
+
+    # With windows left to the data, the floor is the span below which every step is skipped.
+    auto = (MIN_SPAN_DAYS, f"{MIN_SPAN_DAYS} days of history, the least any step learns from (its windows are "
+                           f"chosen from the data)")
     needed: dict[str, tuple[int, str]] = {}
     holdout = _days(settings.clv_holdout_days)
-    if "clv" in steps and holdout is not None:
-        needed["clv"] = (holdout + 1, f"a {holdout}-day holdout (clv_holdout_days) after a calibration period")
+    if "clv" in steps:
+        needed["clv"] = auto if holdout is None else (
+            holdout + 1, f"a {holdout}-day holdout (clv_holdout_days) after a calibration period")
     lookback, horizon = _days(settings.churn_lookback_days), _days(settings.churn_horizon_days)
-    if "churn" in steps and lookback is not None and horizon is not None:
-        needed["churn"] = (lookback + 3 * horizon,
-                           f"a {lookback}-day lookback (churn_lookback_days) and three {horizon}-day label windows "
-                           f"(churn_horizon_days) for the training, validation and test cutoffs")
+    if "churn" in steps:
+        needed["churn"] = auto if lookback is None or horizon is None else (
+            lookback + 3 * horizon, f"a {lookback}-day lookback (churn_lookback_days) and three {horizon}-day label "
+                                    f"windows (churn_horizon_days) for the training, validation and test cutoffs")
     test, valid = _days(settings.recommend_test_days), _days(settings.recommend_valid_days)
-    if "recommend" in steps and test is not None and valid is not None:
-        needed["recommend"] = (test + valid + 1, f"a {test}-day test period (recommend_test_days) and a {valid}-day "
-                                                 f"validation period (recommend_valid_days) after some history")
+    if "recommend" in steps:
+        needed["recommend"] = auto if test is None or valid is None else (
+            test + valid + 1, f"a {test}-day test period (recommend_test_days) and a {valid}-day validation period "
+                              f"(recommend_valid_days) after some history")
     return needed
 
 
