@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import autograd.numpy as anp
 from autograd import grad, value_and_grad  # lifetimes' differentiation library
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from numpy.typing import ArrayLike, NDArray
@@ -73,6 +74,19 @@ GRADIENT_TOLERANCE = 1e-9
 #: BFGS may stop with "precision loss" when the gradient cannot shrink further in floating point; that
 #: counts as converged when the gradient is at most this (it does at a proper optimum, e.g. CDNOW).
 PRECISION_LOSS_GRADIENT = 1e-5
+#: The no-drop-out limit of each purchase model, on the optimiser's scale (durations divided by the
+#: longest T): BG/NBD and MBG/NBD with a drop-out probability p ~ Beta(a, b) of mean 1e-6 per
+#: purchase, Pareto/NBD with a drop-out rate mu ~ Gamma(s, beta) of mean 1e-6 per longest T. There each
+#: reduces to the NBD (Ehrenberg 1959): Poisson purchases with Gamma(r, alpha) rates, nobody leaving.
+#: A fit that runs to a bound (a or s towards 0) is a fit heading to this limit.
+NO_DROPOUT: dict[str, dict[str, float]] = {
+    "bgnbd": {"a": 1e-3, "b": 1e3},
+    "mbgnbd": {"a": 1e-3, "b": 1e3},
+    "paretonbd": {"s": 1e-3, "beta": 1e3},
+}
+#: The limit is accepted when twice the log-likelihood gained by the failed full fit is at most the
+#: 95 % point of chi-squared with 2 degrees of freedom (the two drop-out parameters).
+NO_DROPOUT_LR_CRITICAL = 5.991
 #: Start of the optimiser in log-parameters (lifetimes' start: every parameter e^0.1).
 _START = 0.1
 #: Steps in log-parameters of the finite differences: the Hessian (differences of gradients) and the
@@ -113,7 +127,9 @@ class FittedParams:
     total over customers, without the penalty, in the durations' unit (on CDNOW in weeks it is
     comparable with the -9582.4 of Fader, Hardie & Lee 2005). ``penalizer`` is the one the accepted
     fit used; ``retried`` says whether that was the retry after a failed fit. ``n_rows`` is the
-    number of distinct rows the likelihood was evaluated on after compression.
+    number of distinct rows the likelihood was evaluated on after compression. ``fixed`` names the
+    parameters held at :data:`NO_DROPOUT` instead of estimated (their covariance is 0): the model's
+    no-drop-out limit, the NBD, accepted when the data do not reject it.
     """
 
     kind: str
@@ -126,6 +142,7 @@ class FittedParams:
     message: str
     n_customers: int
     n_rows: int
+    fixed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in PARAMETER_NAMES:
@@ -140,6 +157,18 @@ class FittedParams:
             raise ValueError(f"{self.kind} covariance must be {k} x {k}")
         if not all(math.isfinite(c) for row in self.covariance for c in row):
             raise ValueError(f"{self.kind} covariance must be finite")
+        if not set(self.fixed) <= set(expected):
+            raise ValueError(f"{self.kind} fixed parameters must be among {expected}, got {tuple(self.fixed)}")
+
+    @property
+    def without_dropout(self) -> bool:
+        """The purchase model was fitted in its no-drop-out limit (:data:`NO_DROPOUT`): the NBD."""
+        return bool(self.fixed)
+
+    @property
+    def label(self) -> str:
+        """The model as tables, tags and messages name it: the kind, and its NBD limit when fitted so."""
+        return f"{self.kind} without drop-out (NBD)" if self.fixed else self.kind
 
     def as_dict(self) -> dict[str, float]:
         """Parameter values by name."""
@@ -157,6 +186,7 @@ class FittedParams:
         return FittedParams(
             self.kind, self.names, tuple(float(v) for v in np.asarray(values, dtype=np.float64)), self.covariance,
             self.log_likelihood, self.penalizer, self.retried, self.message, self.n_customers, self.n_rows,
+            self.fixed,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +202,7 @@ class FittedParams:
             "message": str(self.message),
             "n_customers": int(self.n_customers),
             "n_rows": int(self.n_rows),
+            "fixed": list(self.fixed),
         }
 
     @classmethod
@@ -197,6 +228,8 @@ class FittedParams:
                 message=_typed(data, "message", str),
                 n_customers=_typed(data, "n_customers", int),
                 n_rows=_typed(data, "n_rows", int),
+                # Artefacts written before the no-drop-out limit existed have no such field.
+                fixed=tuple(_typed(n, "fixed", str) for n in _typed(data, "fixed", list)) if "fixed" in data else (),
             )
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
@@ -386,9 +419,7 @@ def _hessian_problem(h: FloatArray) -> str | None:
     return None
 
 
-def _attempt(kind: str, args: tuple[Any, ...], penalizer: float) -> _Attempt:
-    likelihood = _LIKELIHOODS[kind]
-    names = PARAMETER_NAMES[kind]
+def _attempt(likelihood: _Likelihood, names: tuple[str, ...], args: tuple[Any, ...], penalizer: float) -> _Attempt:
     full_args = (*args, penalizer)
     with _quiet():
         result = _minimise(likelihood, full_args, len(names))
@@ -400,22 +431,47 @@ def _attempt(kind: str, args: tuple[Any, ...], penalizer: float) -> _Attempt:
     return _Attempt(penalizer, result, reason, np.asarray(result.x, dtype=np.float64), h)
 
 
+def _restricted(likelihood: _Likelihood, k: int, fixed: Mapping[int, float]) -> _Likelihood:
+    """The likelihood as a function of the parameters not in ``fixed`` (index: value on the
+    optimiser's scale), the others held at their values."""
+    free = [i for i in range(k) if i not in fixed]
+
+    def function(log_free: Any, *args: Any) -> Any:
+        parts = [anp.full(1, math.log(fixed[i])) if i in fixed else log_free[free.index(i):free.index(i) + 1]
+                 for i in range(k)]
+        return likelihood.function(anp.concatenate(parts), *args)
+
+    return _Likelihood(function, (), likelihood.differentiable)
+
+
 def _fit(
     kind: str, data: tuple[FloatArray, ...], weights: FloatArray, scale: float, n_customers: int,
     penalizer: float, retry_penalizer: float | None, check: Callable[[dict[str, float]], str | None] | None = None,
 ) -> FittedParams:
-    """Fit ``kind`` on (scaled) ``data`` with the retry policy; ``data`` are in the caller's units."""
+    """Fit ``kind`` on (scaled) ``data`` with the retry policy; ``data`` are in the caller's units.
+
+    A purchase model whose full fit fails is then fitted in its no-drop-out limit
+    (:data:`NO_DROPOUT`), accepted when the failed fit's likelihood is not significantly higher
+    (:data:`NO_DROPOUT_LR_CRITICAL`): the data then show no drop-out to estimate, as in a history
+    that starts at a cut (every old customer looks new, nobody is visibly gone yet).
+    """
     if not penalizer >= 0:
         raise ValueError(f"penalizer must be >= 0, got {penalizer!r}")
     likelihood = _LIKELIHOODS[kind]
     names = PARAMETER_NAMES[kind]
     scaled = _scaled(kind, data, scale)
+    k = len(names)
 
-    def run(pen: float) -> tuple[_Attempt, FloatArray | None]:
-        attempt = _attempt(kind, (*scaled, weights), pen)
+    def run(pen: float, fixed: Mapping[int, float]) -> tuple[_Attempt, FloatArray | None]:
+        free = [i for i in range(k) if i not in fixed]
+        model = _restricted(likelihood, k, fixed) if fixed else likelihood
+        attempt = _attempt(model, tuple(names[i] for i in free), (*scaled, weights), pen)
         if attempt.reason is not None:
             return attempt, None
-        values = np.exp(attempt.log_params)
+        values = np.empty(k)
+        values[free] = np.exp(attempt.log_params)
+        for i, value in fixed.items():
+            values[i] = value
         values[list(likelihood.time_parameters)] /= scale
         if check is not None:
             problem = check(dict(zip(names, values)))
@@ -423,43 +479,77 @@ def _fit(
                 return _Attempt(pen, attempt.result, problem, attempt.log_params, attempt.hessian), None
         return attempt, values
 
-    first, values = run(penalizer)
+    first, values = run(penalizer, {})
     attempts = [first]
     if values is None and retry_penalizer is not None and retry_penalizer > penalizer:
         logger.warning("%s fit failed (%s; %s); retrying with penalizer %g", kind, first.reason,
                        first.optimiser_message, retry_penalizer)
-        second, values = run(retry_penalizer)
+        second, values = run(retry_penalizer, {})
         attempts.append(second)
+    fixed: dict[int, float] = {}
+    if values is None and kind in NO_DROPOUT:
+        fixed = {names.index(name): value for name, value in NO_DROPOUT[kind].items()}
+        limit, values = run(penalizer, fixed)
+        if values is not None:
+            # Likelihood-ratio test of the limit against the best point the failed fits reached, both
+            # without the penalty; a failed fit with no finite likelihood is no evidence against it.
+            with _quiet():
+                reached = [float(likelihood.function(a.log_params, *scaled, weights, 0.0)) for a in attempts
+                           if np.all(np.isfinite(a.log_params))]
+                own = float(likelihood.function(np.log(values * _time_scale(likelihood, k, scale)), *scaled,
+                                                weights, 0.0))
+            reached = [v for v in reached if math.isfinite(v)]
+            statistic = 2 * float(weights.sum()) * (own - min(reached)) if reached else 0.0
+            if not statistic <= NO_DROPOUT_LR_CRITICAL:
+                limit = _Attempt(penalizer, limit.result,
+                                 f"the data reject no drop-out (likelihood-ratio statistic {statistic:.3g} above "
+                                 f"{NO_DROPOUT_LR_CRITICAL:g})", limit.log_params, None)
+                values = None
+        attempts.append(limit)
     accepted = attempts[-1]
     if values is None:
         detail = "; ".join(
-            f"with penalizer {a.penalizer:g}: {a.reason} (optimiser: {a.optimiser_message})" for a in attempts
+            f"{'without drop-out' if a is attempts[-1] and fixed else f'with penalizer {a.penalizer:g}'}: "
+            f"{a.reason} (optimiser: {a.optimiser_message})" for a in attempts
         )
-        raise ClvFitError(f"{kind} fit failed {detail}", kind=kind, reason=accepted.reason,
-                          optimiser_message=accepted.optimiser_message)
+        raise ClvFitError(f"{kind} fit failed {detail}", kind=kind, reason=first.reason,
+                          optimiser_message=first.optimiser_message)
 
     assert accepted.hessian is not None
     # Var(log theta) = H^-1 / N (H: Hessian of the mean per customer); theta = exp(log theta), so
     # Cov(theta) = D Var(log theta) D with D = diag(theta) (delta method). Rescaling time shifts
-    # log alpha by a constant, which leaves Var(log theta) unchanged.
+    # log alpha by a constant, which leaves Var(log theta) unchanged. Fixed parameters have none.
     total = float(weights.sum())
-    log_covariance = np.linalg.inv((accepted.hessian + accepted.hessian.T) / 2) / total
+    free = [i for i in range(k) if i not in fixed]
+    log_covariance = np.zeros((k, k))
+    log_covariance[np.ix_(free, free)] = np.linalg.inv((accepted.hessian + accepted.hessian.T) / 2) / total
     covariance = log_covariance * np.outer(values, values)
     with _quiet():
         mean_nll = likelihood.function(np.log(values), *data, weights, 0.0)
     message = accepted.optimiser_message
-    if len(attempts) > 1:
+    if fixed:
+        message += (f"; without drop-out (NBD: {', '.join(f'{names[i]}={fixed[i]:g}' for i in fixed)} fixed on the "
+                    f"optimiser's scale) after: {first.reason}")
+    elif len(attempts) > 1:
         message += f"; retried with penalizer {accepted.penalizer:g} after: {first.reason}"
     params = FittedParams(
         kind=kind, names=names, values=tuple(float(v) for v in values),
         covariance=tuple(tuple(float(c) for c in row) for row in covariance),
-        log_likelihood=-float(mean_nll) * total, penalizer=float(accepted.penalizer), retried=len(attempts) > 1,
-        message=message, n_customers=n_customers, n_rows=int(weights.shape[0]),
+        log_likelihood=-float(mean_nll) * total, penalizer=float(accepted.penalizer),
+        retried=len(attempts) > 1 and not fixed, message=message, n_customers=n_customers,
+        n_rows=int(weights.shape[0]), fixed=tuple(names[i] for i in sorted(fixed)),
     )
-    logger.info("%s fitted on %d customers (%d distinct rows): %s, log-likelihood %.1f", kind, n_customers,
+    logger.info("%s fitted on %d customers (%d distinct rows): %s, log-likelihood %.1f", params.label, n_customers,
                 params.n_rows, ", ".join(f"{k}={v:.4g}" for k, v in params.as_dict().items()),
                 params.log_likelihood)
     return params
+
+
+def _time_scale(likelihood: _Likelihood, k: int, scale: float) -> FloatArray:
+    """Factors that put parameters in the caller's units back on the optimiser's scale."""
+    factors = np.ones(k)
+    factors[list(likelihood.time_parameters)] = scale
+    return factors
 
 
 def _scaled(kind: str, data: tuple[FloatArray, ...], scale: float) -> tuple[FloatArray, ...]:
