@@ -512,8 +512,9 @@ def _fit(
             f"{'without drop-out' if a is attempts[-1] and fixed else f'with penalizer {a.penalizer:g}'}: "
             f"{a.reason} (optimiser: {a.optimiser_message})" for a in attempts
         )
-        raise ClvFitError(f"{kind} fit failed {detail}", kind=kind, reason=first.reason,
-                          optimiser_message=first.optimiser_message)
+        reason = f"{first.reason}; without drop-out: {accepted.reason}" if fixed else first.reason
+        raise ClvFitError(f"{kind} fit failed {detail}", kind=kind, reason=reason,
+                          optimiser_message=accepted.optimiser_message)
 
     assert accepted.hessian is not None
     # Var(log theta) = H^-1 / N (H: Hessian of the mean per customer); theta = exp(log theta), so
