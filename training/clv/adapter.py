@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import autograd.numpy as anp
 from autograd import grad, value_and_grad  # lifetimes' differentiation library
+from autograd.scipy.special import gammaln
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import OptimizeResult, minimize
@@ -431,17 +432,19 @@ def _attempt(likelihood: _Likelihood, names: tuple[str, ...], args: tuple[Any, .
     return _Attempt(penalizer, result, reason, np.asarray(result.x, dtype=np.float64), h)
 
 
-def _restricted(likelihood: _Likelihood, k: int, fixed: Mapping[int, float]) -> _Likelihood:
-    """The likelihood as a function of the parameters not in ``fixed`` (index: value on the
-    optimiser's scale), the others held at their values."""
-    free = [i for i in range(k) if i not in fixed]
+def _nbd_negative_log_likelihood(
+    log_params: Any, frequency: FloatArray, recency: FloatArray, T: FloatArray, weights: FloatArray, penalizer: float,
+) -> Any:
+    """The no-drop-out limit shared by the three purchase models: x purchases in (0, T] at a rate
+    lambda ~ Gamma(r, alpha), likelihood Gamma(r + x) / Gamma(r) alpha^r / (alpha + T)^(r + x) (the
+    BG/NBD likelihood of Fader, Hardie & Lee 2005a eq. (6) at p = 0). Recency does not enter."""
+    params = anp.exp(log_params)
+    r, alpha = params[0], params[1]
+    ll = gammaln(r + frequency) - gammaln(r) + r * anp.log(alpha) - (r + frequency) * anp.log(alpha + T)
+    return -(weights * ll).sum() / weights.sum() + penalizer * (params**2).sum()
 
-    def function(log_free: Any, *args: Any) -> Any:
-        parts = [anp.full(1, math.log(fixed[i])) if i in fixed else log_free[free.index(i):free.index(i) + 1]
-                 for i in range(k)]
-        return likelihood.function(anp.concatenate(parts), *args)
 
-    return _Likelihood(function, (), likelihood.differentiable)
+_NBD = _Likelihood(_nbd_negative_log_likelihood, (1,), True)
 
 
 def _fit(
@@ -464,8 +467,7 @@ def _fit(
 
     def run(pen: float, fixed: Mapping[int, float]) -> tuple[_Attempt, FloatArray | None]:
         free = [i for i in range(k) if i not in fixed]
-        model = _restricted(likelihood, k, fixed) if fixed else likelihood
-        attempt = _attempt(model, tuple(names[i] for i in free), (*scaled, weights), pen)
+        attempt = _attempt(_NBD if fixed else likelihood, tuple(names[i] for i in free), (*scaled, weights), pen)
         if attempt.reason is not None:
             return attempt, None
         values = np.empty(k)
@@ -496,8 +498,7 @@ def _fit(
             with _quiet():
                 reached = [float(likelihood.function(a.log_params, *scaled, weights, 0.0)) for a in attempts
                            if np.all(np.isfinite(a.log_params))]
-                own = float(likelihood.function(np.log(values * _time_scale(likelihood, k, scale)), *scaled,
-                                                weights, 0.0))
+                own = float(_NBD.function(limit.log_params, *scaled, weights, 0.0))
             reached = [v for v in reached if math.isfinite(v)]
             statistic = 2 * float(weights.sum()) * (own - min(reached)) if reached else 0.0
             if not statistic <= NO_DROPOUT_LR_CRITICAL:
@@ -526,7 +527,8 @@ def _fit(
     log_covariance[np.ix_(free, free)] = np.linalg.inv((accepted.hessian + accepted.hessian.T) / 2) / total
     covariance = log_covariance * np.outer(values, values)
     with _quiet():
-        mean_nll = likelihood.function(np.log(values), *data, weights, 0.0)
+        mean_nll = (_NBD.function(np.log(values[free]), *data, weights, 0.0) if fixed
+                    else likelihood.function(np.log(values), *data, weights, 0.0))
     message = accepted.optimiser_message
     if fixed:
         message += (f"; without drop-out (NBD: {', '.join(f'{names[i]}={fixed[i]:g}' for i in fixed)} fixed on the "
@@ -544,13 +546,6 @@ def _fit(
                 params.n_rows, ", ".join(f"{k}={v:.4g}" for k, v in params.as_dict().items()),
                 params.log_likelihood)
     return params
-
-
-def _time_scale(likelihood: _Likelihood, k: int, scale: float) -> FloatArray:
-    """Factors that put parameters in the caller's units back on the optimiser's scale."""
-    factors = np.ones(k)
-    factors[list(likelihood.time_parameters)] = scale
-    return factors
 
 
 def _scaled(kind: str, data: tuple[FloatArray, ...], scale: float) -> tuple[FloatArray, ...]:
@@ -661,9 +656,12 @@ def probability_alive(params: FittedParams, frequency: ArrayLike, recency: Array
     - MBG/NBD: the same without [x > 0] and with b + x (Batislam et al. 2007, appendix A, eq. (5)).
     - Pareto/NBD: 1 / (1 + s / (r + s + x) (alpha + T)^(r + x) (beta + T)^s A_0) (Fader, Hardie &
       Lee 2005, note 009, eq. (36)-(37), with A_0 of eq. (19)-(20)).
+    - Any of them fitted in the no-drop-out limit (``params.fixed``): 1.
     """
     _require(params, PURCHASE_MODELS)
     x, tx, t_age = _as_float(frequency, recency, T)
+    if params.without_dropout:  # the NBD: nobody leaves
+        return np.ones(np.broadcast_shapes(x.shape, tx.shape, t_age.shape))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if params.kind == "paretonbd":
             r, alpha, s, beta = params.values
@@ -712,9 +710,13 @@ def expected_purchases_given_alive(
     - Pareto/NBD: (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T) / (beta + T + t))^(s - 1)]
       (note 009, eq. (41) without its P(alive) factor; the limit (r + x)/(alpha + T) (beta + T)
       log((beta + T + t) / (beta + T)) at s = 1).
+    - Any of them in the no-drop-out limit, the NBD: (r + x) t / (alpha + T).
     """
     _require(params, PURCHASE_MODELS)
     t_, x, t_age = _as_float(t, frequency, T)
+    if params.without_dropout:  # the NBD: the posterior mean rate (r + x) / (alpha + T) times t
+        r, alpha = params.values[0], params.values[1]
+        return (r + x) * t_ / (alpha + t_age)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if params.kind == "paretonbd":
             r, alpha, s, beta = params.values
@@ -754,7 +756,7 @@ def unconditional_expected_purchases(params: FittedParams, t: ArrayLike) -> Floa
     _require(params, PURCHASE_MODELS)
     (t_,) = _as_float(t)
     zero = np.zeros_like(t_)
-    if params.kind == "mbgnbd":
+    if params.kind == "mbgnbd" and not params.without_dropout:
         # At T = 0 a new MBG/NBD customer is alive with probability b / (a + b).
         _, _, a, b = params.values
         return b / (a + b) * expected_purchases_given_alive(params, t_, zero, zero)
