@@ -118,3 +118,26 @@ def test_a_fit_with_visible_drop_out_is_not_replaced_by_the_limit():
         frequency[i] = x
     params = fit_purchase_model("bgnbd", frequency, recency, horizon - birth)
     assert not params.without_dropout and params.fixed == () and params.label == "bgnbd"
+
+
+def test_a_skip_names_each_candidate_and_why_it_could_not_be_fitted(tmp_path, monkeypatch):
+    # A real store, but a calibration period in which everyone bought exactly once: no candidate can
+    # be fitted, not even without drop-out; the skip says which, why, and what may help.
+    from features.settings import load_settings
+    from features.windows import HistoryTooShort
+    from tests.fixtures_history import random_history, store_with
+    from training.clv import pipeline
+
+    con = store_with(random_history(seed=20240301, n_customers=400))
+    settings = load_settings(data_dir=tmp_path / "state")
+    n = 200
+    once = pd.DataFrame({Feature.FREQUENCY: np.zeros(n), Feature.RECENCY: np.zeros(n), Feature.T: np.full(n, 30.0),
+                         Feature.MONETARY_VALUE: np.zeros(n), Feature.HISTORIC_CLV: np.full(n, 20.0)})
+    monkeypatch.setattr(pipeline, "calibration_holdout", lambda *args, **kwargs: once)
+    with pytest.raises(HistoryTooShort) as caught:
+        pipeline.train_clv(con, settings)
+    message = str(caught.value)
+    assert message.startswith("clv skipped: no purchase model (bgnbd, mbgnbd, paretonbd) could be fitted on the ")
+    for kind in ("bgnbd", "mbgnbd", "paretonbd"):
+        assert f"{kind}: " in message
+    assert message.count("; without drop-out: ") == 3 and "clv_holdout_days" in message

@@ -179,8 +179,8 @@ def train_clv(
             f"clv skipped: no purchase model ({', '.join(k for k, _ in failed)}) could be fitted on the "
             f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
             f"{calibration_end:%Y-%m-%d} ({len(split):,} customers), not even without drop-out: "
-            f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a shorter clv_holdout_days "
-            f"or a clv_penalizer above 0"))
+            f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a "
+            f"shorter clv_holdout_days or a clv_penalizer above 0"))
     kind = choose(evaluations)
     decision = gate(evaluations[kind])
     table = holdout_table(evaluations)
