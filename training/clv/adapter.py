@@ -584,8 +584,9 @@ def fit_purchase_model(
     ``features.customer.validate_rfm``); the fitted alpha (and beta) are per unit of their durations.
     With ``compress`` customers with identical (frequency, recency, T) are fitted as one weighted
     row. A fit that does not converge or lands on the boundary is retried once with
-    ``retry_penalizer`` (when larger than ``penalizer``; ``None``: never) before
-    :class:`ClvFitError` is raised; the returned parameters record the retry.
+    ``retry_penalizer`` (when larger than ``penalizer``; ``None``: never), then fitted in its
+    no-drop-out limit (the NBD, accepted when a likelihood-ratio test does not reject it), before
+    :class:`ClvFitError` is raised; the returned parameters record the retry or the limit (``fixed``).
     """
     if kind not in PURCHASE_MODELS:
         raise ValueError(f"kind must be one of {PURCHASE_MODELS}, got {kind!r}")
