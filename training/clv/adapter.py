@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import autograd.numpy as anp
 from autograd import grad, value_and_grad  # lifetimes' differentiation library
+from autograd.scipy.special import gammaln
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import OptimizeResult, minimize
@@ -73,6 +75,19 @@ GRADIENT_TOLERANCE = 1e-9
 #: BFGS may stop with "precision loss" when the gradient cannot shrink further in floating point; that
 #: counts as converged when the gradient is at most this (it does at a proper optimum, e.g. CDNOW).
 PRECISION_LOSS_GRADIENT = 1e-5
+#: The no-drop-out limit of each purchase model, on the optimiser's scale (durations divided by the
+#: longest T): BG/NBD and MBG/NBD with a drop-out probability p ~ Beta(a, b) of mean 1e-6 per
+#: purchase, Pareto/NBD with a drop-out rate mu ~ Gamma(s, beta) of mean 1e-6 per longest T. There each
+#: reduces to the NBD (Ehrenberg 1959): Poisson purchases with Gamma(r, alpha) rates, nobody leaving.
+#: A fit that runs to a bound (a or s towards 0) is a fit heading to this limit.
+NO_DROPOUT: dict[str, dict[str, float]] = {
+    "bgnbd": {"a": 1e-3, "b": 1e3},
+    "mbgnbd": {"a": 1e-3, "b": 1e3},
+    "paretonbd": {"s": 1e-3, "beta": 1e3},
+}
+#: The limit is accepted when twice the log-likelihood gained by the failed full fit is at most the
+#: 95 % point of chi-squared with 2 degrees of freedom (the two drop-out parameters).
+NO_DROPOUT_LR_CRITICAL = 5.991
 #: Start of the optimiser in log-parameters (lifetimes' start: every parameter e^0.1).
 _START = 0.1
 #: Steps in log-parameters of the finite differences: the Hessian (differences of gradients) and the
@@ -113,7 +128,9 @@ class FittedParams:
     total over customers, without the penalty, in the durations' unit (on CDNOW in weeks it is
     comparable with the -9582.4 of Fader, Hardie & Lee 2005). ``penalizer`` is the one the accepted
     fit used; ``retried`` says whether that was the retry after a failed fit. ``n_rows`` is the
-    number of distinct rows the likelihood was evaluated on after compression.
+    number of distinct rows the likelihood was evaluated on after compression. ``fixed`` names the
+    parameters held at :data:`NO_DROPOUT` instead of estimated (their covariance is 0): the model's
+    no-drop-out limit, the NBD, accepted when the data do not reject it.
     """
 
     kind: str
@@ -126,6 +143,7 @@ class FittedParams:
     message: str
     n_customers: int
     n_rows: int
+    fixed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in PARAMETER_NAMES:
@@ -140,6 +158,18 @@ class FittedParams:
             raise ValueError(f"{self.kind} covariance must be {k} x {k}")
         if not all(math.isfinite(c) for row in self.covariance for c in row):
             raise ValueError(f"{self.kind} covariance must be finite")
+        if not set(self.fixed) <= set(expected):
+            raise ValueError(f"{self.kind} fixed parameters must be among {expected}, got {tuple(self.fixed)}")
+
+    @property
+    def without_dropout(self) -> bool:
+        """The purchase model was fitted in its no-drop-out limit (:data:`NO_DROPOUT`): the NBD."""
+        return bool(self.fixed)
+
+    @property
+    def label(self) -> str:
+        """The model as tables, tags and messages name it: the kind, and its NBD limit when fitted so."""
+        return f"{self.kind} without drop-out (NBD)" if self.fixed else self.kind
 
     def as_dict(self) -> dict[str, float]:
         """Parameter values by name."""
@@ -157,6 +187,7 @@ class FittedParams:
         return FittedParams(
             self.kind, self.names, tuple(float(v) for v in np.asarray(values, dtype=np.float64)), self.covariance,
             self.log_likelihood, self.penalizer, self.retried, self.message, self.n_customers, self.n_rows,
+            self.fixed,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +203,7 @@ class FittedParams:
             "message": str(self.message),
             "n_customers": int(self.n_customers),
             "n_rows": int(self.n_rows),
+            "fixed": list(self.fixed),
         }
 
     @classmethod
@@ -197,6 +229,8 @@ class FittedParams:
                 message=_typed(data, "message", str),
                 n_customers=_typed(data, "n_customers", int),
                 n_rows=_typed(data, "n_rows", int),
+                # Artefacts written before the no-drop-out limit existed have no such field.
+                fixed=tuple(_typed(n, "fixed", str) for n in _typed(data, "fixed", list)) if "fixed" in data else (),
             )
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
@@ -386,9 +420,7 @@ def _hessian_problem(h: FloatArray) -> str | None:
     return None
 
 
-def _attempt(kind: str, args: tuple[Any, ...], penalizer: float) -> _Attempt:
-    likelihood = _LIKELIHOODS[kind]
-    names = PARAMETER_NAMES[kind]
+def _attempt(likelihood: _Likelihood, names: tuple[str, ...], args: tuple[Any, ...], penalizer: float) -> _Attempt:
     full_args = (*args, penalizer)
     with _quiet():
         result = _minimise(likelihood, full_args, len(names))
@@ -400,22 +432,48 @@ def _attempt(kind: str, args: tuple[Any, ...], penalizer: float) -> _Attempt:
     return _Attempt(penalizer, result, reason, np.asarray(result.x, dtype=np.float64), h)
 
 
+def _nbd_negative_log_likelihood(
+    log_params: Any, frequency: FloatArray, recency: FloatArray, T: FloatArray, weights: FloatArray, penalizer: float,
+) -> Any:
+    """The no-drop-out limit shared by the three purchase models: x purchases in (0, T] at a rate
+    lambda ~ Gamma(r, alpha), likelihood Gamma(r + x) / Gamma(r) alpha^r / (alpha + T)^(r + x) (the
+    BG/NBD likelihood of Fader, Hardie & Lee 2005a eq. (6) at p = 0). Recency does not enter."""
+    params = anp.exp(log_params)
+    r, alpha = params[0], params[1]
+    ll = gammaln(r + frequency) - gammaln(r) + r * anp.log(alpha) - (r + frequency) * anp.log(alpha + T)
+    return -(weights * ll).sum() / weights.sum() + penalizer * (params**2).sum()
+
+
+_NBD = _Likelihood(_nbd_negative_log_likelihood, (1,), True)
+
+
 def _fit(
     kind: str, data: tuple[FloatArray, ...], weights: FloatArray, scale: float, n_customers: int,
     penalizer: float, retry_penalizer: float | None, check: Callable[[dict[str, float]], str | None] | None = None,
 ) -> FittedParams:
-    """Fit ``kind`` on (scaled) ``data`` with the retry policy; ``data`` are in the caller's units."""
+    """Fit ``kind`` on (scaled) ``data`` with the retry policy; ``data`` are in the caller's units.
+
+    A purchase model whose full fit fails is then fitted in its no-drop-out limit
+    (:data:`NO_DROPOUT`), accepted when the failed fit's likelihood is not significantly higher
+    (:data:`NO_DROPOUT_LR_CRITICAL`): the data then show no drop-out to estimate, as in a history
+    that starts at a cut (every old customer looks new, nobody is visibly gone yet).
+    """
     if not penalizer >= 0:
         raise ValueError(f"penalizer must be >= 0, got {penalizer!r}")
     likelihood = _LIKELIHOODS[kind]
     names = PARAMETER_NAMES[kind]
     scaled = _scaled(kind, data, scale)
+    k = len(names)
 
-    def run(pen: float) -> tuple[_Attempt, FloatArray | None]:
-        attempt = _attempt(kind, (*scaled, weights), pen)
+    def run(pen: float, fixed: Mapping[int, float]) -> tuple[_Attempt, FloatArray | None]:
+        free = [i for i in range(k) if i not in fixed]
+        attempt = _attempt(_NBD if fixed else likelihood, tuple(names[i] for i in free), (*scaled, weights), pen)
         if attempt.reason is not None:
             return attempt, None
-        values = np.exp(attempt.log_params)
+        values = np.empty(k)
+        values[free] = np.exp(attempt.log_params)
+        for i, value in fixed.items():
+            values[i] = value
         values[list(likelihood.time_parameters)] /= scale
         if check is not None:
             problem = check(dict(zip(names, values)))
@@ -423,40 +481,68 @@ def _fit(
                 return _Attempt(pen, attempt.result, problem, attempt.log_params, attempt.hessian), None
         return attempt, values
 
-    first, values = run(penalizer)
+    first, values = run(penalizer, {})
     attempts = [first]
     if values is None and retry_penalizer is not None and retry_penalizer > penalizer:
         logger.warning("%s fit failed (%s; %s); retrying with penalizer %g", kind, first.reason,
                        first.optimiser_message, retry_penalizer)
-        second, values = run(retry_penalizer)
+        second, values = run(retry_penalizer, {})
         attempts.append(second)
+    fixed: dict[int, float] = {}
+    if values is None and kind in NO_DROPOUT:
+        fixed = {names.index(name): value for name, value in NO_DROPOUT[kind].items()}
+        limit, values = run(penalizer, fixed)
+        if values is not None:
+            # Likelihood-ratio test of the limit against the best point the failed fits reached, both
+            # without the penalty; a failed fit with no finite likelihood is no evidence against it.
+            with _quiet():
+                reached = [float(likelihood.function(a.log_params, *scaled, weights, 0.0)) for a in attempts
+                           if np.all(np.isfinite(a.log_params))]
+                own = float(_NBD.function(limit.log_params, *scaled, weights, 0.0))
+            reached = [v for v in reached if math.isfinite(v)]
+            statistic = 2 * float(weights.sum()) * (own - min(reached)) if reached else 0.0
+            if not statistic <= NO_DROPOUT_LR_CRITICAL:
+                limit = _Attempt(penalizer, limit.result,
+                                 f"the data reject no drop-out (likelihood-ratio statistic {statistic:.3g} above "
+                                 f"{NO_DROPOUT_LR_CRITICAL:g})", limit.log_params, None)
+                values = None
+        attempts.append(limit)
     accepted = attempts[-1]
     if values is None:
         detail = "; ".join(
-            f"with penalizer {a.penalizer:g}: {a.reason} (optimiser: {a.optimiser_message})" for a in attempts
+            f"{'without drop-out' if a is attempts[-1] and fixed else f'with penalizer {a.penalizer:g}'}: "
+            f"{a.reason} (optimiser: {a.optimiser_message})" for a in attempts
         )
-        raise ClvFitError(f"{kind} fit failed {detail}", kind=kind, reason=accepted.reason,
+        reason = f"{first.reason}; without drop-out: {accepted.reason}" if fixed else first.reason
+        raise ClvFitError(f"{kind} fit failed {detail}", kind=kind, reason=reason,
                           optimiser_message=accepted.optimiser_message)
 
     assert accepted.hessian is not None
     # Var(log theta) = H^-1 / N (H: Hessian of the mean per customer); theta = exp(log theta), so
     # Cov(theta) = D Var(log theta) D with D = diag(theta) (delta method). Rescaling time shifts
-    # log alpha by a constant, which leaves Var(log theta) unchanged.
+    # log alpha by a constant, which leaves Var(log theta) unchanged. Fixed parameters have none.
     total = float(weights.sum())
-    log_covariance = np.linalg.inv((accepted.hessian + accepted.hessian.T) / 2) / total
+    free = [i for i in range(k) if i not in fixed]
+    log_covariance = np.zeros((k, k))
+    log_covariance[np.ix_(free, free)] = np.linalg.inv((accepted.hessian + accepted.hessian.T) / 2) / total
     covariance = log_covariance * np.outer(values, values)
     with _quiet():
-        mean_nll = likelihood.function(np.log(values), *data, weights, 0.0)
+        mean_nll = (_NBD.function(np.log(values[free]), *data, weights, 0.0) if fixed
+                    else likelihood.function(np.log(values), *data, weights, 0.0))
     message = accepted.optimiser_message
-    if len(attempts) > 1:
+    if fixed:
+        message += (f"; without drop-out (NBD: {', '.join(f'{names[i]}={fixed[i]:g}' for i in fixed)} fixed on the "
+                    f"optimiser's scale) after: {first.reason}")
+    elif len(attempts) > 1:
         message += f"; retried with penalizer {accepted.penalizer:g} after: {first.reason}"
     params = FittedParams(
         kind=kind, names=names, values=tuple(float(v) for v in values),
         covariance=tuple(tuple(float(c) for c in row) for row in covariance),
-        log_likelihood=-float(mean_nll) * total, penalizer=float(accepted.penalizer), retried=len(attempts) > 1,
-        message=message, n_customers=n_customers, n_rows=int(weights.shape[0]),
+        log_likelihood=-float(mean_nll) * total, penalizer=float(accepted.penalizer),
+        retried=len(attempts) > 1 and not fixed, message=message, n_customers=n_customers,
+        n_rows=int(weights.shape[0]), fixed=tuple(names[i] for i in sorted(fixed)),
     )
-    logger.info("%s fitted on %d customers (%d distinct rows): %s, log-likelihood %.1f", kind, n_customers,
+    logger.info("%s fitted on %d customers (%d distinct rows): %s, log-likelihood %.1f", params.label, n_customers,
                 params.n_rows, ", ".join(f"{k}={v:.4g}" for k, v in params.as_dict().items()),
                 params.log_likelihood)
     return params
@@ -498,8 +584,9 @@ def fit_purchase_model(
     ``features.customer.validate_rfm``); the fitted alpha (and beta) are per unit of their durations.
     With ``compress`` customers with identical (frequency, recency, T) are fitted as one weighted
     row. A fit that does not converge or lands on the boundary is retried once with
-    ``retry_penalizer`` (when larger than ``penalizer``; ``None``: never) before
-    :class:`ClvFitError` is raised; the returned parameters record the retry.
+    ``retry_penalizer`` (when larger than ``penalizer``; ``None``: never), then fitted in its
+    no-drop-out limit (the NBD, accepted when a likelihood-ratio test does not reject it), before
+    :class:`ClvFitError` is raised; the returned parameters record the retry or the limit (``fixed``).
     """
     if kind not in PURCHASE_MODELS:
         raise ValueError(f"kind must be one of {PURCHASE_MODELS}, got {kind!r}")
@@ -570,9 +657,12 @@ def probability_alive(params: FittedParams, frequency: ArrayLike, recency: Array
     - MBG/NBD: the same without [x > 0] and with b + x (Batislam et al. 2007, appendix A, eq. (5)).
     - Pareto/NBD: 1 / (1 + s / (r + s + x) (alpha + T)^(r + x) (beta + T)^s A_0) (Fader, Hardie &
       Lee 2005, note 009, eq. (36)-(37), with A_0 of eq. (19)-(20)).
+    - Any of them fitted in the no-drop-out limit (``params.fixed``): 1.
     """
     _require(params, PURCHASE_MODELS)
     x, tx, t_age = _as_float(frequency, recency, T)
+    if params.without_dropout:  # the NBD: nobody leaves
+        return np.ones(np.broadcast_shapes(x.shape, tx.shape, t_age.shape))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if params.kind == "paretonbd":
             r, alpha, s, beta = params.values
@@ -621,9 +711,13 @@ def expected_purchases_given_alive(
     - Pareto/NBD: (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T) / (beta + T + t))^(s - 1)]
       (note 009, eq. (41) without its P(alive) factor; the limit (r + x)/(alpha + T) (beta + T)
       log((beta + T + t) / (beta + T)) at s = 1).
+    - Any of them in the no-drop-out limit, the NBD: (r + x) t / (alpha + T).
     """
     _require(params, PURCHASE_MODELS)
     t_, x, t_age = _as_float(t, frequency, T)
+    if params.without_dropout:  # the NBD: the posterior mean rate (r + x) / (alpha + T) times t
+        r, alpha = params.values[0], params.values[1]
+        return (r + x) * t_ / (alpha + t_age)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if params.kind == "paretonbd":
             r, alpha, s, beta = params.values
@@ -663,7 +757,7 @@ def unconditional_expected_purchases(params: FittedParams, t: ArrayLike) -> Floa
     _require(params, PURCHASE_MODELS)
     (t_,) = _as_float(t)
     zero = np.zeros_like(t_)
-    if params.kind == "mbgnbd":
+    if params.kind == "mbgnbd" and not params.without_dropout:
         # At T = 0 a new MBG/NBD customer is alive with probability b / (a + b).
         _, _, a, b = params.values
         return b / (a + b) * expected_purchases_given_alive(params, t_, zero, zero)

@@ -245,7 +245,7 @@ class ClvModel(BaseEstimator):
     - ``time_unit``: ``"D"`` (days) or ``"W"`` (weeks of 7 days), the unit the features' recency and
       T are measured in (``customer_features(..., time_unit=...)``); stored with the fit;
     - ``penalizer``: lifetimes' L2 penalty on the parameters (0: plain maximum likelihood; a failed
-      fit is retried once with 0.001, see ``adapter.fit_purchase_model``);
+      fit is retried once with 0.001, then fitted without drop-out, see ``adapter.fit_purchase_model``);
     - ``horizon_months`` (12) and ``monthly_discount_rate`` (0.01): the CLV horizon and discounting;
     - ``interval`` (0.8): coverage of the parameter-uncertainty intervals;
     - ``segment_shares`` ((0.2, 0.2)): shares of the fitted population in the bottom and top value

@@ -12,8 +12,10 @@ history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too shor
    (MBG/NBD, Pareto/NBD) wins over BG/NBD when its MAE is within ``TIE_TOLERANCE`` (1 %) of the
    best: BG/NBD lets a customer drop out only after a repeat purchase, so it gives every one-order
    customer, however long ago, a probability alive of exactly 1 (Fader, Hardie & Lee, "Computing
-   P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al. 2007, removes it). A candidate that does not converge is reported, not
-   fatal, unless all fail.
+   P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al. 2007, removes it). A candidate whose fit
+   runs to the no-drop-out bound (a history cut at a date: every old customer looks new, nobody is
+   visibly gone) is fitted in that limit, the NBD, and named so (``without_dropout``); a candidate
+   that cannot be fitted even so is reported, not fatal, unless all fail.
 3. The gate (``evaluation.gate``): worse than the naive baseline on the aggregate error or the
    per-customer MAE makes the model ineligible for promotion; the reasons are logged as tags.
 4. The winner's kind is refitted on ``customer_features`` at c (all history before the cutoff):
@@ -92,6 +94,8 @@ class ClvTrainingResult:
     model: ClvModel
     plots: tuple[Path, ...]
     failed_candidates: tuple[tuple[str, str], ...]
+    #: Candidates fitted in their no-drop-out limit, the NBD (``adapter.NO_DROPOUT``).
+    without_dropout: tuple[str, ...]
     windows: Windows
     plausibility: PlausibilityCheck
 
@@ -154,24 +158,29 @@ def train_clv(
     fitted: dict[str, ClvModel] = {}
     evaluations: dict[str, HoldoutEvaluation] = {}
     failed: list[tuple[str, str]] = []
+    reasons: dict[str, str] = {}
     for kind in settings.clv_candidates:
         step(f"fitting candidate {kind} on the calibration period")
         try:
             fitted[kind] = _model(kind, settings).fit(split, cutoff=calibration_end, currency=settings.currency)
         except ClvFitError as exc:
             failed.append((kind, str(exc)))
+            reasons[kind] = exc.reason or str(exc)
             log.warning("candidate %s failed: %s", kind, exc)
             continue
         evaluations[kind] = evaluate_holdout(fitted[kind], split)
+        if fitted[kind].purchase_params_.without_dropout:
+            step(f"candidate {kind} fitted without drop-out (NBD): the calibration period shows no drop-out to "
+                 f"estimate")
     if not evaluations:
         # Every candidate failing on the calibration period is what too short a history does (no
         # drop-out visible yet: the parameters are not identified), not an error of the code.
         raise HistoryTooShort("clv", (
             f"clv skipped: no purchase model ({', '.join(k for k, _ in failed)}) could be fitted on the "
             f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
-            f"{calibration_end:%Y-%m-%d} ({len(split):,} customers): the data do not pin their parameters down "
-            f"(each candidate's reason is in the log). A longer history helps; so may a shorter clv_holdout_days "
-            f"or a clv_penalizer above 0"))
+            f"{calibration_end:%Y-%m-%d} ({len(split):,} customers), not even without drop-out: "
+            f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a "
+            f"shorter clv_holdout_days or a clv_penalizer above 0"))
     kind = choose(evaluations)
     decision = gate(evaluations[kind])
     table = holdout_table(evaluations)
@@ -179,6 +188,10 @@ def train_clv(
     step(f"refitting {kind} on all history before {cutoff.date()}")
     features = customer_features(backend, cutoff, time_unit=settings.time_unit)
     final = _model(kind, settings).fit(features, cutoff=cutoff, currency=settings.currency)
+    label = final.purchase_params_.label
+    if final.purchase_params_.without_dropout:
+        log.warning("CLV: %s: the history shows no drop-out to estimate, every customer is taken to stay (%s)",
+                    label, final.purchase_params_.message)
 
     step("checking the one-order customers' CLV against the repeat customers' actual spend")
     plausibility, one_order_alive = _plausibility(con, backend, final, features, cutoff, settings)
@@ -196,6 +209,7 @@ def train_clv(
         plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
         tracking.log_params_flat({
             "model": kind,
+            "model_fit": label,
             "time_unit": settings.time_unit,
             "cutoff": cutoff.date().isoformat(),
             "calibration_end": calibration_end.date().isoformat(),
@@ -226,6 +240,7 @@ def train_clv(
             "gate.eligible": str(decision.eligible).lower(),
             "gate.reasons": " | ".join(decision.reasons) or "beats the naive baseline",
             "failed_candidates": "; ".join(f"{k}: {m}" for k, m in failed) or "none",
+            "without_dropout": ",".join(k for k in fitted if fitted[k].purchase_params_.without_dropout) or "none",
             "plausibility": plausibility.message,
         })
         info = log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5))
@@ -248,6 +263,7 @@ def train_clv(
         model=final,
         plots=tuple(plots),
         failed_candidates=tuple(failed),
+        without_dropout=tuple(k for k in fitted if fitted[k].purchase_params_.without_dropout),
         windows=windows,
         plausibility=plausibility,
     )
