@@ -114,7 +114,9 @@ def test_a_step_that_does_not_fit_is_skipped_and_the_others_are_promoted(tmp_pat
     assert "no version of rapport-recommender is registered" in " ".join(no_recommender.output.split())
 
     # The override: promoted by hand, the CLV champion is used; churn was never trained, so scores wait.
-    promoted = runner.invoke(app, ["models", "promote", "rapport-clv", clv.version, "--reason", "checked"])
+    refused = runner.invoke(app, ["models", "promote", "rapport-clv", clv.version, "--reason", "checked"])
+    assert refused.exit_code == 1 and "--force" in refused.output, refused.output
+    promoted = runner.invoke(app, ["models", "promote", "rapport-clv", clv.version, "--reason", "checked", "--force"])
     assert promoted.exit_code == 0, promoted.output
     waiting = runner.invoke(app, ["score", "--output", str(tmp_path / "s.parquet")])
     assert waiting.exit_code == 1 and "no version of rapport-churn is registered" in " ".join(waiting.output.split())

@@ -124,7 +124,7 @@ def champion_version(client: Any, model_name: str) -> Any:
         f"{model_name} has no champion: none of its {len(registered)} registered version(s) is promoted (the "
         f"latest, version {latest.version}, {gate}) and no other version is used in its place. Retrain "
         f"(rapport train) or promote a version by hand: rapport models promote {model_name} VERSION --reason TEXT "
-        f"(rapport models list shows the versions and their gates)")
+        f"(--force for a version that failed its gate; rapport models list shows the versions and their gates)")
 
 
 # --- writing ---------------------------------------------------------------------------------------
