@@ -597,7 +597,8 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
     for col in frame.columns:
         table.add_column(formats.get(col, (str(col), ""))[0], justify="right")
     for name, row in frame.iterrows():
-        label = f"{name} (chosen)" if name == result.kind else str(name)
+        label = str(name) + (" without drop-out (NBD)" if name in result.without_dropout else "")
+        label += " (chosen)" if name == result.kind else ""
         cells = [formats[c][1].format(v) if c in formats and v == v else str(v) for c, v in row.items()]
         table.add_row(label, *cells)
     console.print(table)
