@@ -13,6 +13,7 @@ that exactly the file given is read.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import re
@@ -141,12 +142,10 @@ def detect_encoding(sample: bytes) -> tuple[str, str]:
             return "utf-16-le", "detected: NUL bytes of UTF-16 little-endian text"
         if even > 0.4 * len(head[0::2]) and odd == 0:
             return "utf-16-be", "detected: NUL bytes of UTF-16 big-endian text"
-    try:
+    with contextlib.suppress(UnicodeDecodeError):  # not UTF-8: tried below
         # A multi-byte character may be cut at the end of the sample: not final.
         codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
         return "utf-8", "valid UTF-8"
-    except UnicodeDecodeError:
-        pass
     # Not UTF-8: Windows-1252 (Latin-1 plus curly quotes, euro sign...) unless the bytes it leaves
     # undefined occur, then Latin-1, which decodes every byte.
     try:
