@@ -30,7 +30,7 @@ from features.customer import (
     _to_frame,
     customer_feature_table,
 )
-from features.history import LINES_TABLE, cutoff_literal, orders, utc_naive
+from features.history import LINES_TABLE, cutoff_literal, money_sum, orders, utc_naive
 from features.schema import Col, Feature
 from features.settings import TimeUnit
 
@@ -116,7 +116,7 @@ def trend_feature_table(backend: ibis.BaseBackend, as_of: datetime) -> ir.Table:
         if end:
             inside &= ts < cutoff_literal(as_of - timedelta(days=end))
         counts[f"orders_{suffix}"] = o.count(where=inside)
-        spends[f"spend_{suffix}"] = net.sum(where=inside)
+        spends[f"spend_{suffix}"] = money_sum(net, where=inside)
     t = o.group_by(o[Col.CUSTOMER_ID].name(_T_CUSTOMER_ID)).aggregate(**counts, **spends)
 
     spend = {name: _no_float_dust(t[name].fill_null(0.0)).cast("float64") for name in spends}

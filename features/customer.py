@@ -20,7 +20,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
-from features.history import cutoff_literal, orders, product_lines, unified_lines, utc_naive
+from features.history import cutoff_literal, money_sum, orders, product_lines, unified_lines, utc_naive
 from features.schema import CHANNELS, Col, Feature, Holdout
 from features.settings import TimeUnit
 
@@ -139,7 +139,7 @@ def customer_feature_table(backend: ibis.BaseBackend, as_of: datetime, *, time_u
     # summed); the first period is the customer's birth, the others are repeat purchases.
     o_periods = o.mutate(**{_PERIOD: _period_of(o[Col.TS], time_unit)})
     per_period = o_periods.group_by([Col.CUSTOMER_ID, _PERIOD]).aggregate(
-        **{_PERIOD_NET: o_periods[Col.NET_AMOUNT].sum()}
+        **{_PERIOD_NET: money_sum(o_periods[Col.NET_AMOUNT])}
     )
     p = per_period
     rfm = p.group_by(Col.CUSTOMER_ID).aggregate(
@@ -153,12 +153,12 @@ def customer_feature_table(backend: ibis.BaseBackend, as_of: datetime, *, time_u
     stats = o.group_by(o[Col.CUSTOMER_ID].name("_o_customer_id")).aggregate(
         _n_orders=o.count(),
         _n_guest=o[Col.IS_GUEST].sum(),
-        _gross=o[Col.GROSS_AMOUNT].sum(),
-        _refund=o[Col.REFUND_AMOUNT].sum(),
-        _net=o[Col.NET_AMOUNT].sum(),
+        _gross=money_sum(o[Col.GROSS_AMOUNT]),
+        _refund=money_sum(o[Col.REFUND_AMOUNT]),
+        _net=money_sum(o[Col.NET_AMOUNT]),
         _first_ts=o[Col.TS].min(),
         _last_ts=o[Col.TS].max(),
-        **{f"_gross_{ch}": o[Col.GROSS_AMOUNT].sum(where=o[Col.CHANNEL] == ch).fill_null(0.0) for ch in CHANNELS},
+        **{f"_gross_{ch}": money_sum(o[Col.GROSS_AMOUNT], where=o[Col.CHANNEL] == ch).fill_null(0.0) for ch in CHANNELS},
     )
 
     categories = lines.filter(lines[Col.CATEGORY].notnull())
@@ -298,9 +298,9 @@ def calibration_holdout(
 
     o = orders(_identified_product_lines(backend, hold_end, since=cal_end))
     o = o.mutate(**{_PERIOD: _period_of(o[Col.TS], time_unit)})
-    per_period = o.group_by([Col.CUSTOMER_ID, _PERIOD]).aggregate(**{_PERIOD_NET: o[Col.NET_AMOUNT].sum()})
+    per_period = o.group_by([Col.CUSTOMER_ID, _PERIOD]).aggregate(**{_PERIOD_NET: money_sum(o[Col.NET_AMOUNT])})
     holdout = per_period.group_by(per_period[Col.CUSTOMER_ID].name("_h_customer_id")).aggregate(
-        _h_periods=per_period.count(), _h_spend=per_period[_PERIOD_NET].sum()
+        _h_periods=per_period.count(), _h_spend=money_sum(per_period[_PERIOD_NET])
     )
 
     j = calibration.left_join(holdout, calibration[Col.CUSTOMER_ID] == holdout._h_customer_id)

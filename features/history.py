@@ -19,6 +19,10 @@ import ibis.expr.types as ir
 
 from features.schema import Col
 
+#: Scale of :func:`money_sum`'s exact sums: a millionth of the currency unit, far below any price
+#: and any fractional quantity times a price, and 32 integer digits, room for billions of lines of ``features.schema.MAX_ABS_NUMBER``.
+MONEY_SUM_TYPE = "decimal(38, 6)"
+
 #: Store tables read by this module (filled by ingestion, see :mod:`features.store`).
 LINES_TABLE = "lines"
 RETURNS_TABLE = "returns"
@@ -111,7 +115,7 @@ def unified_lines(backend: ibis.BaseBackend, as_of: datetime | None = None) -> i
 
     returned = returns.group_by(returns[Col.LINE_KEY].name("_r_line_key")).aggregate(
         _r_quantity=returns[Col.QUANTITY].sum(),
-        _r_refund=returns[Col.REFUND_AMOUNT].sum(),
+        _r_refund=money_sum(returns[Col.REFUND_AMOUNT]),
     )
     catalogue = items.select(
         _i_item_id=items[Col.ITEM_ID], _i_category=items[Col.CATEGORY], _i_is_product=items[Col.IS_PRODUCT]
@@ -148,6 +152,14 @@ def unified_lines(backend: ibis.BaseBackend, as_of: datetime | None = None) -> i
     )
 
 
+def money_sum(amount: ir.NumericColumn, where: ir.BooleanValue | None = None) -> ir.FloatingScalar:
+    """The sum of an amount column as float64, computed exactly: every value rounded to a millionth,
+    summed as a decimal. A sum of doubles depends on the order the backend adds them in, which a
+    parallel aggregation changes from run to run (the last bits of a customer's spend differ); an
+    exact sum does not, so features, and the models trained on them, are the same on every run."""
+    return amount.cast(MONEY_SUM_TYPE).sum(where=where).cast("float64")
+
+
 def product_lines(lines: ir.Table) -> ir.Table:
     """The lines that are purchases of products: postage, fees and adjustments removed."""
     return lines.filter(lines[Col.IS_PRODUCT])
@@ -166,9 +178,9 @@ def orders(lines: ir.Table) -> ir.Table:
             Col.TS: lines[Col.TS].min(),
             Col.CHANNEL: lines[Col.CHANNEL].min(),
             Col.IS_GUEST: lines[Col.IS_GUEST].any(),
-            Col.GROSS_AMOUNT: lines[Col.GROSS_AMOUNT].sum(),
-            Col.REFUND_AMOUNT: lines[Col.REFUND_AMOUNT].sum(),
-            Col.NET_AMOUNT: lines[Col.NET_AMOUNT].sum(),
+            Col.GROSS_AMOUNT: money_sum(lines[Col.GROSS_AMOUNT]),
+            Col.REFUND_AMOUNT: money_sum(lines[Col.REFUND_AMOUNT]),
+            Col.NET_AMOUNT: money_sum(lines[Col.NET_AMOUNT]),
             N_LINES: lines.count(),
         }
     )
