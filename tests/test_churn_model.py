@@ -206,8 +206,9 @@ def test_choose_calibration_prefers_a_ranking_map_within_the_tolerance():
 def test_the_search_starts_from_the_configured_values_and_is_seeded(data):
     train, valid = data["train"][0].head(8_000), data["valid"][0].head(5_000)
     configured = ChurnModel(num_leaves=31, min_child_samples=50, learning_rate=0.05, num_threads=1, seed=4)
-    only_default = search_boosting(configured, train, valid, feature_names=FEATURES, label="churned", budget_s=0)
-    assert only_default.trials == 1
+    only_default = search_boosting(configured, train, valid, feature_names=FEATURES, label="churned", budget_s=600,
+                                   max_trials=1)
+    assert only_default.trials == 1 and only_default.stopped == 0
     assert only_default.params == {"num_leaves": 31, "min_child_samples": 50, "learning_rate": 0.05}
     assert only_default.validation_auc == only_default.default_auc
 
@@ -218,7 +219,8 @@ def test_the_search_starts_from_the_configured_values_and_is_seeded(data):
     assert best.validation_auc >= best.default_auc
     for name, (low, high) in SEARCH_SPACE.items():
         assert low <= best.params[name] <= high
-    assert {"search.num_leaves", "search.trials", "search.budget_s"} <= set(best.to_params())
+    assert {"search.num_leaves", "search.trials", "search.trials_stopped", "search.seconds",
+            "search.budget_s"} <= set(best.to_params())
 
     # The model fitted with the chosen values scores the validation cutoff as the search measured.
     model = searched_model(configured, best).fit(train, valid, feature_names=FEATURES)
@@ -227,6 +229,58 @@ def test_the_search_starts_from_the_configured_values_and_is_seeded(data):
     assert searched_model(configured, None) is configured
     with pytest.raises(ValueError, match="train_search_budget_s"):
         search_boosting(configured, train, valid, feature_names=FEATURES, label="churned", budget_s=-1)
+
+
+class StepClock:
+    """A clock that moves ``step`` seconds every time it is read: the search's time is then its number
+    of clock reads (one per boosting round, a few per trial), the same on every machine."""
+
+    def __init__(self, step: float = 1.0) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _search(data, budget_s: float, **kwargs):
+    train, valid = data["train"][0].head(8_000), data["valid"][0].head(5_000)
+    configured = ChurnModel(num_leaves=31, min_child_samples=50, learning_rate=0.05, num_threads=1, seed=4)
+    return search_boosting(configured, train, valid, feature_names=FEATURES, label="churned", budget_s=budget_s,
+                           clock=StepClock(), **kwargs)
+
+
+@pytest.mark.model
+def test_a_trial_still_boosting_at_the_deadline_stops_there_and_is_not_chosen(data):
+    alone = _search(data, 1e6, max_trials=1)
+    assert alone.trials == 1 and alone.best_iteration > 20
+    # A budget that passes in the middle of the configured values' boosting: it stops at the first
+    # round after the deadline, is pruned, and the configured values are kept unjudged.
+    cut = _search(data, alone.seconds / 2)
+    assert not cut.completed and (cut.trials, cut.stopped) == (0, 1)
+    assert alone.seconds / 2 <= cut.seconds <= alone.seconds / 2 + 3
+    assert cut.params == {"num_leaves": 31, "min_child_samples": 50, "learning_rate": 0.05}
+    assert "search.best_iteration" not in cut.to_params()
+    assert cut.to_params()["search.trials_stopped"] == 1
+    assert "did not finish boosting within the budget" in cut.message
+
+
+@pytest.mark.model
+def test_no_trial_starts_when_the_longest_so_far_would_pass_the_budget(data):
+    alone = _search(data, 1e6, max_trials=1)
+    # After the first trial the time spent plus that trial's duration is about twice its time: over
+    # 1.5 times it, so no second trial starts (one would have been cut at the deadline, or finished).
+    first_only = _search(data, 1.5 * alone.seconds)
+    assert (first_only.trials, first_only.stopped) == (1, 0)
+    assert first_only.params == alone.params and first_only.seconds <= 1.5 * alone.seconds
+    # With room for more, trials run until the rule stops them; whatever is chosen finished boosting,
+    # and the search never runs more than a round past the budget.
+    budget = 6 * alone.seconds
+    several = _search(data, budget)
+    assert several.trials >= 2 and several.completed
+    assert several.seconds <= budget + 3
+    assert several.validation_auc >= several.default_auc
+    assert several.to_params()["search.trials"] == several.trials
 
 
 @pytest.mark.model

@@ -76,7 +76,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -398,17 +398,19 @@ def boosting_data(frame: pd.DataFrame, feature_names: Sequence[str], label: str,
 
 def train_booster(
     model_settings: Mapping[str, Any], x_train: FloatArray, y_train: FloatArray, x_valid: FloatArray,
-    y_valid: FloatArray, names: Sequence[str],
+    y_valid: FloatArray, names: Sequence[str], *, callbacks: Sequence[Callable[[Any], None]] = (),
 ) -> tuple[lgb.Booster, int, float]:
     """LightGBM boosted on the training rows with early stopping on the validation rows, with the
     :class:`ChurnModel` settings ``model_settings`` (``ChurnModel.get_params()``, checked): the booster,
-    its best round and the churners' weight (stayers / churners with ``balance_classes``, else 1)."""
-    return _train_booster(_check_settings(model_settings), x_train, y_train, x_valid, y_valid, names)
+    its best round and the churners' weight (stayers / churners with ``balance_classes``, else 1).
+    ``callbacks``: more LightGBM callbacks, called after early stopping's in every round."""
+    return _train_booster(_check_settings(model_settings), x_train, y_train, x_valid, y_valid, names,
+                          callbacks=callbacks)
 
 
 def _train_booster(
     settings: _Settings, x_train: FloatArray, y_train: FloatArray, x_valid: FloatArray, y_valid: FloatArray,
-    names: Sequence[str],
+    names: Sequence[str], *, callbacks: Sequence[Callable[[Any], None]] = (),
 ) -> tuple[lgb.Booster, int, float]:
     n_pos = float(y_train.sum())
     scale_pos_weight = (len(y_train) - n_pos) / n_pos if settings.balance_classes else 1.0
@@ -432,7 +434,8 @@ def _train_booster(
     d_valid = lgb.Dataset(x_valid, y_valid, weight=valid_weight, reference=d_train)
     booster = lgb.train(
         params, d_train, num_boost_round=settings.n_estimators, valid_sets=[d_valid], valid_names=["valid"],
-        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, first_metric_only=True, verbose=False)],
+        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, first_metric_only=True, verbose=False),
+                   *callbacks],
     )
     best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
     return booster, int(best), float(scale_pos_weight)

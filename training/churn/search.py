@@ -6,15 +6,30 @@ leaves per tree, minimum customers per leaf and learning rate; each trial boosts
 cutoffs with early stopping on the validation cutoff (which picks the rounds) and is scored by the
 booster's ROC AUC on the validation cutoff, the number the gate compares with the baselines. The
 configured values are the first trial, so the search can only keep or improve them on validation.
-The test cutoff is never seen. Trials stop when ``budget_s`` seconds have passed (a trial under
-way finishes) or after ``max_trials``; a budget of 0 skips the search.
+The test cutoff is never seen.
+
+The budget holds within a trial, not only between trials:
+
+- every boosting round ends with a look at the clock (:class:`StopAtDeadline`): a trial still
+  boosting when ``budget_s`` has passed stops there and is *pruned*, never chosen. Its ROC AUC
+  would come from fewer rounds than early stopping keeps, so it is not comparable with the
+  completed trials, and the final fit, which boosts until early stopping, would not be the model
+  it measured;
+- no trial starts when the time spent plus the longest trial so far would pass the budget;
+- at most ``max_trials`` trials.
+
+When not even the configured values finish within the budget, nothing is chosen: the configured
+values are kept, as with no search. With the same data and a budget that lets the same trials
+finish the search is reproducible (seeded sampler, deterministic LightGBM), but how many trials fit
+in a time budget depends on the machine's speed and load.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,37 +52,79 @@ SEARCH_SPACE: dict[str, tuple[float, float]] = {
 MAX_TRIALS = 40
 
 
+class DeadlinePassed(Exception):
+    """Raised out of LightGBM's boosting loop by :class:`StopAtDeadline`: ``rounds`` were boosted."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__(f"the search's time budget passed after {rounds} boosting rounds")
+        self.rounds = rounds
+
+
+class StopAtDeadline:
+    """LightGBM callback: after every round, stop boosting once ``clock()`` has reached ``deadline``
+    (raises :class:`DeadlinePassed`). Runs after early stopping (LightGBM orders callbacks by
+    ``order``; early stopping's is 30), so a round that ends the trial normally still does."""
+
+    order = 40
+    before_iteration = False
+
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.deadline = deadline
+        self.clock = clock
+
+    def __call__(self, env: Any) -> None:
+        if self.clock() >= self.deadline:
+            raise DeadlinePassed(env.iteration - env.begin_iteration + 1)
+
+
 @dataclass(frozen=True)
 class BoostingSearch:
     """The outcome: the chosen ``params`` (the searched settings), the rounds early stopping kept
     with them (``best_iteration``), their validation ROC AUC and that of the configured values
-    (``default_auc``, the first trial), the number of ``trials`` and the ``seconds`` spent."""
+    (``default_auc``, the first trial), the number of completed ``trials``, of trials ``stopped`` at
+    the deadline (pruned), the ``seconds`` spent and the budget. With no completed trial ``params``
+    are the configured values, ``best_iteration`` is None and both ROC AUCs are NaN."""
 
     params: dict[str, Any]
-    best_iteration: int
+    best_iteration: int | None
     validation_auc: float
     default_auc: float
     trials: int
     seconds: float
     budget_s: float
+    stopped: int = 0
+
+    @property
+    def completed(self) -> bool:
+        """Whether a trial finished within the budget (else the configured values are kept unjudged)."""
+        return self.best_iteration is not None
 
     def to_params(self) -> dict[str, Any]:
         """Flat MLflow parameters: ``search.<setting>`` and the search's own numbers."""
-        return {
-            **{f"search.{name}": value for name, value in self.params.items()},
+        judged = {
             "search.best_iteration": self.best_iteration,
             "search.validation_auc": round(self.validation_auc, 6),
             "search.default_validation_auc": round(self.default_auc, 6),
+        } if self.completed else {}
+        return {
+            **{f"search.{name}": value for name, value in self.params.items()},
+            **judged,
             "search.trials": self.trials,
+            "search.trials_stopped": self.stopped,
             "search.seconds": round(self.seconds, 1),
             "search.budget_s": self.budget_s,
         }
 
     @property
     def message(self) -> str:
+        stopped = f", {self.stopped} stopped at the deadline" if self.stopped else ""
+        head = (f"searched {self.trials} LightGBM configurations{stopped} in {self.seconds:.0f} s "
+                f"(budget {self.budget_s:g} s)")
+        if not self.completed:
+            return (f"{head}: the configured values did not finish boosting within the budget, so they are "
+                    "kept unjudged (raise train_search_budget_s to search)")
         chosen = ", ".join(f"{name} {value:g}" for name, value in self.params.items())
-        return (f"searched {self.trials} LightGBM configurations in {self.seconds:.0f} s (budget {self.budget_s:g} s): "
-                f"{chosen}, {self.best_iteration} rounds; validation ROC AUC {self.validation_auc:.4f} "
+        return (f"{head}: {chosen}, {self.best_iteration} rounds; validation ROC AUC {self.validation_auc:.4f} "
                 f"(configured values {self.default_auc:.4f})")
 
 
@@ -80,9 +137,11 @@ def search_boosting(
     label: str,
     budget_s: float,
     max_trials: int = MAX_TRIALS,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> BoostingSearch:
     """Search :data:`SEARCH_SPACE` for ``model``'s booster (its other settings as they are, its
-    values of the searched ones as the first trial) on ``train`` / ``valid``; the model is not fitted.
+    values of the searched ones as the first trial) on ``train`` / ``valid`` within ``budget_s``
+    seconds of ``clock`` (see the module docstring); the model is not fitted.
 
     Raises what :meth:`ChurnModel.fit` raises for bad frames or settings, and ``ValueError`` for a
     negative budget.
@@ -94,6 +153,9 @@ def search_boosting(
     x_valid, y_valid = boosting_data(valid, feature_names, label, "validation frame")
     names = list(feature_names)
     rounds: dict[int, int] = {}
+    durations: list[float] = []
+    started = clock()
+    deadline = StopAtDeadline(started + budget_s, clock)
 
     def objective(trial: optuna.Trial) -> float:
         low, high = SEARCH_SPACE["num_leaves"]
@@ -103,29 +165,47 @@ def search_boosting(
         low, high = SEARCH_SPACE["learning_rate"]
         rate = trial.suggest_float("learning_rate", low, high, log=True)
         settings = {**base, "num_leaves": leaves, "min_child_samples": per_leaf, "learning_rate": rate}
-        booster, best, _ = train_booster(settings, x_train, y_train, x_valid, y_valid, names)
+        t0 = clock()
+        try:
+            booster, best, _ = train_booster(settings, x_train, y_train, x_valid, y_valid, names,
+                                             callbacks=[deadline])
+        except DeadlinePassed as stop:
+            raise optuna.TrialPruned(str(stop)) from None
+        finally:
+            durations.append(clock() - t0)
         rounds[trial.number] = best
         return float(roc_auc_score(y_valid, expit(booster.predict(x_valid, num_iteration=best, raw_score=True))))
 
-    started = time.perf_counter()
+    def within_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # The next trial would likely take as long as the longest so far: start it only if that fits.
+        if clock() - started + max(durations) > budget_s:
+            study.stop()
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=base["seed"]))
     default = {name: base[name] for name in SEARCH_SPACE}
     study.enqueue_trial(default, skip_if_exists=True)
-    # The configured values always run, even with a tiny budget, so there is something to compare.
-    study.optimize(objective, n_trials=1)
-    remaining = budget_s - (time.perf_counter() - started)
-    if remaining > 0 and max_trials > 1:
-        study.optimize(objective, n_trials=max_trials - 1, timeout=remaining)
+    study.optimize(objective, n_trials=max(1, max_trials), callbacks=[within_budget])
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    stopped = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    seconds = clock() - started
+    if not done:
+        result = BoostingSearch(params=default, best_iteration=None, validation_auc=math.nan,
+                                default_auc=math.nan, trials=0, seconds=seconds, budget_s=float(budget_s),
+                                stopped=stopped)
+        log.warning("churn: %s", result.message)
+        return result
     best = study.best_trial
+    first = study.trials[0]
     result = BoostingSearch(
         params={name: best.params[name] for name in SEARCH_SPACE},
         best_iteration=rounds[best.number],
         validation_auc=float(best.value),
-        default_auc=float(study.trials[0].value),
-        trials=len(study.trials),
-        seconds=time.perf_counter() - started,
+        default_auc=float(first.value) if first.state == optuna.trial.TrialState.COMPLETE else math.nan,
+        trials=len(done),
+        seconds=seconds,
         budget_s=float(budget_s),
+        stopped=stopped,
     )
     log.info("churn: %s", result.message)
     return result
