@@ -13,8 +13,11 @@ looked at here):
   the purchases excluded: the gate's two measures, one number); the same fit also gives TIFU-KNN's
   row with the trial's k and alpha (a rule on the same candidates), so both are searched at once;
 - the first trial is the settings as given, so the search never ends below them; Optuna's TPE
-  sampler (seeded with the model's ``seed``) proposes the others until ``budget_s`` would be
-  exceeded by one more trial of the mean duration so far. The searched values
+  sampler (seeded with the model's ``seed``) proposes the others; a trial starts only when the
+  time spent plus the longest trial so far stays within ``budget_s`` (one as long as the mean would
+  still overrun it). The first trial always runs, whatever the budget: the champion is chosen on
+  its validation rows. A trial under way is not cut short (its fits have no deadline check), so
+  the search can pass its budget by a trial longer than every earlier one. The searched values
   (:func:`suggest`): the half-life, ALS factors and regularisation, item-KNN neighbours, the
   candidate counts, the ranker's rounds, TIFU-KNN's k and alpha.
 
@@ -161,8 +164,10 @@ def search(
     *,
     budget_s: float,
     progress: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> SearchResult:
-    """Search and choose on the validation period (see the module docstring)."""
+    """Search and choose on the validation period (see the module docstring), within ``budget_s``
+    seconds of ``clock``."""
     import optuna
 
     def step(text: str) -> None:
@@ -170,7 +175,7 @@ def search(
         if progress:
             progress(text)
 
-    started = time.perf_counter()
+    started = clock()
     label_days = settings.label_days
     label_start = split.train_end - timedelta(days=label_days)
     labels = purchases_between(backend, label_start, split.train_end)
@@ -186,6 +191,7 @@ def search(
 
     rows: dict[int, dict[str, dict[str, float]]] = {}
     models: dict[int, RecommenderModel] = {}
+    durations: list[float] = []
     fixed: dict[str, dict[str, float]] = {}
 
     def evaluate(s: RecommenderSettings) -> tuple[dict[str, dict[str, float]], RecommenderModel]:
@@ -213,13 +219,17 @@ def search(
 
     def objective(trial: Any) -> float:
         s = replace(settings, **suggest(trial, settings), ranker="lightgbm")
-        t0 = time.perf_counter()
-        out, model = evaluate(s)
+        t0 = clock()
+        try:
+            out, model = evaluate(s)
+        finally:
+            # A trial that fails took its time too: the next one is judged by it as well.
+            durations.append(clock() - t0)
         rows[trial.number], models[trial.number] = out, model
         trial.set_user_attr("tifu_score", _score(out[TIFU]))
         step(f"trial {trial.number + 1}: blend {out[CHOSEN][RECALL]:.4f} / {out[CHOSEN][RECALL_NEW]:.4f}, "
              f"TIFU-KNN {out[TIFU][RECALL]:.4f} / {out[TIFU][RECALL_NEW]:.4f} (recall@20 all / new) "
-             f"in {time.perf_counter() - t0:.1f} s")
+             f"in {durations[-1]:.1f} s")
         # Keep the fitted models of the best blend and TIFU-KNN trials only (memory).
         keep = {max(rows, key=lambda n: (_score(rows[n][CHOSEN]), -n)), max(rows, key=lambda n: (_score(rows[n][TIFU]), -n))}
         for n in list(models):
@@ -227,11 +237,8 @@ def search(
                 del models[n]
         return _score(out[CHOSEN])
 
-    durations: list[float] = []
-
     def within_budget(study: Any, trial: Any) -> None:
-        durations.append(trial.duration.total_seconds() if trial.duration else 0.0)
-        if time.perf_counter() - started + float(np.mean(durations)) > budget_s:
+        if clock() - started + max(durations, default=0.0) > budget_s:
             study.stop()
         elif trial.state == optuna.trial.TrialState.FAIL and not rows:
             # The settings as given cannot be judged (too little history): other values will not be.
@@ -271,5 +278,5 @@ def search(
     params = dict(suggest(optuna.trial.FixedTrial(chosen_trial.params), settings))
     chosen = replace(settings, **params, ranker=CONFIGURATIONS[champion])
     return SearchResult(settings=chosen, champion=champion, table=table, params=params, trials=len(done),
-                        seconds=time.perf_counter() - started, reasons=tuple(reasons),
+                        seconds=clock() - started, reasons=tuple(reasons),
                         model=models.get(chosen_trial.number))
