@@ -17,6 +17,7 @@ from features.customer import customer_features
 from features.schema import Feature
 from features.store import ibis_backend
 from tests.fixtures_history import History, line, store_with, synthetic_store
+from training import tracking
 from training.churn.evaluation import LABEL
 from training.churn.pipeline import train_churn
 
@@ -46,12 +47,18 @@ def test_spend_does_not_depend_on_the_order_of_the_lines():
     assert values == [0.6, 0.6]
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("reproducible"), 1_500, 5,
+                           now=datetime(2026, 1, 1, tzinfo=timezone.utc), churn_with_clv_features=True,
+                           churn_max_cutoffs=3)
+
+
 @pytest.mark.model
-def test_training_the_churn_step_twice_on_one_store_gives_the_same_model(tmp_path):
+def test_training_the_churn_step_twice_on_one_store_gives_the_same_model(store):
     # The search is off (the suite's budget 0): with a time budget the number of trials depends on
     # the machine's speed, and so may the chosen configuration.
-    settings, con = synthetic_store(tmp_path, 1_500, 5, now=datetime(2026, 1, 1, tzinfo=timezone.utc),
-                                    churn_with_clv_features=True, churn_max_cutoffs=4)
+    settings, con = store
     assert settings.train_search_budget_s == 0
     first, second = (train_churn(con, settings) for _ in range(2))
     assert first.test_cutoff == second.test_cutoff
@@ -62,6 +69,26 @@ def test_training_the_churn_step_twice_on_one_store_gives_the_same_model(tmp_pat
     test = _test_frame(con, settings, first)
     assert np.array_equal(a.predict_proba(test), b.predict_proba(test))
     assert first.table.equals(second.table)
+    # LightGBM is fitted whichever learner is served: its rounds, and every number the runs logged.
+    client = tracking.configure(settings)
+    runs = [client.get_run(r.run_id).data for r in (first, second)]
+    assert int(runs[0].params["best_iteration"]) > 0
+    assert runs[0].params == runs[1].params and runs[0].metrics == runs[1].metrics
+
+
+@pytest.mark.model
+def test_the_churn_run_logs_how_its_search_went(store):
+    settings, con = store
+    # A budget of a few seconds: how many trials finish depends on the machine, the figures do not.
+    budgeted = settings.model_copy(update={"train_search_budget_s": 3.0})
+    result = train_churn(con, budgeted)
+    params = tracking.configure(budgeted).get_run(result.run_id).data.params
+    trials, stopped = int(params["search.trials"]), int(params["search.trials_stopped"])
+    assert trials + stopped >= 1 and stopped <= 1
+    assert float(params["search.seconds"]) >= 0 and float(params["search.budget_s"]) == 3.0
+    # The chosen values are a finished trial's (with its rounds), or the configured ones kept unjudged.
+    assert ("search.best_iteration" in params) == (trials > 0)
+    assert any(note.startswith("searched ") for note in result.notes)
 
 
 def _test_frame(con, settings, result):
