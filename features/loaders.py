@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import store
+from features.discovery import IngestError
 from features.schema import SOURCES, Channel
 from features.settings import Settings
 
@@ -207,7 +208,7 @@ def _read_online_retail(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     found = [row[0] for row in con.execute("DESCRIBE raw").fetchall()]
     missing = [name for name in ONLINE_RETAIL_COLUMNS if name not in found]
     if missing:
-        raise ValueError(
+        raise IngestError(
             f"{path}: missing columns {missing}; an Online Retail II file has {list(ONLINE_RETAIL_COLUMNS)}, "
             f"this one has {found}"
         )
@@ -586,7 +587,7 @@ def load_cdnow(sample: bool = True) -> ContractTables:
                 continue
             expected = 5 if sample else 4
             if len(fields) != expected:
-                raise ValueError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
+                raise IngestError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
             customer, day, cds, value = (fields[0], *fields[-3:])
             customers.append(customer)
             days.append(day)
