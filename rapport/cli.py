@@ -78,8 +78,9 @@ _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Permis
 
 
 class _Commands(TyperGroup):
-    """The command group: an exception no command expected is shown with its traceback and exits
-    with :data:`BUG_EXIT_CODE` (Python's own exit code for it, 1, is the user's errors')."""
+    """The command group: a user's error that no ``_guard`` caught is one line (exit code 1); an
+    exception no command expected is shown with its traceback and exits with :data:`BUG_EXIT_CODE`
+    (Python's own code for an uncaught exception, 1, would pass it off as the user's error)."""
 
     def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
         try:
@@ -905,7 +906,7 @@ def serve_export(
 
     with _progress() as progress:
         task = progress.add_task("bundle", total=None)
-        # BundleError is a ValueError: _guard prints it as one line.
+        # BundleError is a RapportError: _guard prints it as one line.
         manifest = _guard(lambda: export_bundle(settings(), output,
                                                 progress=lambda text: progress.update(task, description=text)))
     models = ", ".join(f"{m['name']} v{m['version']}" for m in manifest["models"].values())
