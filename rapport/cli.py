@@ -72,9 +72,10 @@ def _traceback(exc: BaseException) -> None:
 #: Exit code of an unexpected error (a bug): its traceback is shown. A user's error exits with 1.
 BUG_EXIT_CODE = 2
 
-#: Errors of a path the user gave (missing, a folder where a file is expected, not writable): the
-#: message names the file. Other ``OSError``s (a full disk, a dropped connection) keep their traceback.
-_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+#: Errors of a path the user gave (missing, already there, a folder where a file is expected, not
+#: writable): the message names the file. Other ``OSError``s (a full disk, a dropped connection) keep
+#: their traceback.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 class _Commands(TyperGroup):

@@ -83,6 +83,14 @@ def test_a_missing_file_is_one_line(run, tmp_path):
     assert len(out.output.strip().splitlines()) == 1 and "absent.csv" in out.output
 
 
+def test_a_refused_argument_is_one_line(run, tmp_path):
+    out = run("data", "generate", "--customers", "10", "--start", "2025-01-01", "--end", "2025-02-01",
+              "--output", str(tmp_path / "raw"))
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    [line] = out.output.strip().splitlines()
+    assert line.startswith("error: the history from start=2025-01-01 to end=2025-02-01 covers 32 days")
+
+
 def test_usage_errors_keep_their_usage_message(run):
     out = run("data", "features", "--as-of", "yesterday", "--output", "x.csv")
     assert out.exit_code == 2 and "expected a date like 2024-06-30" in out.output and "Traceback" not in out.output
