@@ -10,6 +10,8 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from serving import patches
 
+pytestmark = pytest.mark.serving
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _patched() -> None:
