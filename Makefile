@@ -11,23 +11,43 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 DEMO_CUSTOMERS ?= 20000
 DEMO_SEED ?= 42
 
-.PHONY: demo test install install-test bench clean
+# Installs come from the lock files (the versions the suite was run with), then the project itself
+# without its dependencies: a fresh machine gets the tested MLflow and BentoML, not the newest.
+UV_VERSION ?= 0.13.9
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+# The platform the suite runs on: a lock resolved elsewhere could pick other wheels or markers.
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release pyproject.toml allows.
+LOCK_ARGS ?=
+
+.PHONY: demo test install install-test lock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/python -m pip install --quiet --upgrade pip uv==$(UV_VERSION)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e .
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r $(LOCK)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]"
+$(VENV)/.installed-test: pyproject.toml $(TEST_LOCK) | $(BIN)/python
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r $(TEST_LOCK)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+# The pins already in the lock files are kept while pyproject.toml allows them; the test lock is
+# resolved within the runtime lock, so both install the same version of every shared package.
+lock: | $(BIN)/python
+	$(BIN)/uv pip compile --quiet $(LOCK_TARGET) --custom-compile-command "make lock" $(LOCK_ARGS) \
+		pyproject.toml -o $(LOCK)
+	$(BIN)/uv pip compile --quiet $(LOCK_TARGET) --custom-compile-command "make lock" $(LOCK_ARGS) \
+		pyproject.toml --extra test -c $(LOCK) -o $(TEST_LOCK)
 
 demo: install
 	$(BIN)/rapport demo --customers $(DEMO_CUSTOMERS) --seed $(DEMO_SEED)

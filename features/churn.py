@@ -30,6 +30,7 @@ from features.customer import (
     _to_frame,
     customer_feature_table,
 )
+from features.errors import ArgumentError, NoDataError
 from features.history import LINES_TABLE, cutoff_literal, money_sum, orders, utc_naive
 from features.schema import Col, Feature
 from features.settings import TimeUnit
@@ -200,7 +201,7 @@ def sales_span(backend: ibis.BaseBackend) -> tuple[datetime, datetime]:
     span = lines.aggregate(_first=lines[Col.TS].min(), _last=lines[Col.TS].max()).to_pandas()
     first, last = span["_first"].iloc[0], span["_last"].iloc[0]
     if pd.isna(first) or pd.isna(last):
-        raise ValueError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
+        raise NoDataError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
     return pd.Timestamp(first).to_pydatetime(), pd.Timestamp(last).to_pydatetime()
 
 
@@ -218,7 +219,7 @@ def check_label_window(as_of: datetime, horizon_days: int, last_sale: datetime) 
     end = data_end(last_sale)
     if window_end > end:
         latest = end - timedelta(days=horizon_days)
-        raise ValueError(
+        raise ArgumentError(
             f"cannot label churn at cutoff {as_of:%Y-%m-%d %H:%M}: the {horizon_days}-day label window ends "
             f"{window_end:%Y-%m-%d %H:%M}, after the data (last sale {utc_naive(last_sale):%Y-%m-%d %H:%M}, "
             f"so the data end at {end:%Y-%m-%d %H:%M}); a label there would be fake. "

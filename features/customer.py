@@ -20,6 +20,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
+from features.errors import ArgumentError, RapportError
 from features.history import cutoff_literal, money_sum, orders, product_lines, unified_lines, utc_naive
 from features.schema import CHANNELS, Col, Feature, Holdout
 from features.settings import TimeUnit
@@ -60,7 +61,7 @@ _PERIOD = "_period"
 _PERIOD_NET = "_period_net"
 
 
-class RFMValidationError(ValueError):
+class RFMValidationError(RapportError, ValueError):
     """An RFM table breaks an invariant of the lifetimes convention.
 
     ``column`` is the offending column, ``customer_ids`` the first offending customers (at most
@@ -92,7 +93,7 @@ def _show(value: object) -> str:
 
 def _check_time_unit(time_unit: str) -> TimeUnit:
     if time_unit not in get_args(TimeUnit):
-        raise ValueError(f"time_unit must be one of {get_args(TimeUnit)}, got {time_unit!r}")
+        raise ArgumentError(f"time_unit must be one of {get_args(TimeUnit)}, got {time_unit!r}")
     return time_unit  # type: ignore[return-value]
 
 
@@ -292,7 +293,7 @@ def calibration_holdout(
     time_unit = _check_time_unit(time_unit)
     cal_end, hold_end = utc_naive(calibration_end), utc_naive(holdout_end)
     if hold_end <= cal_end:
-        raise ValueError(f"holdout_end ({hold_end}) must be after calibration_end ({cal_end})")
+        raise ArgumentError(f"holdout_end ({hold_end}) must be after calibration_end ({cal_end})")
 
     calibration = customer_feature_table(backend, cal_end, time_unit=time_unit)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from features.errors import RapportError
 from features.schema import FILE_EXTENSIONS, SOURCES
 
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from features.rawformat import CsvOptions
 
 
-class IngestError(Exception):
+class IngestError(RapportError):
     """A file-level problem: the message names the file, the column and what was expected."""
 
 

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features.errors import ArgumentError
 from features.schema import (
     BROWSE_EVENTS,
     CATALOGUE,
@@ -548,7 +549,7 @@ class _Horizon:
             raise TypeError(f"start and end must be dates, got {start!r} and {end!r}")
         days = (end - start).days + 1
         if days <= MIN_OBSERVATION_DAYS:
-            raise ValueError(
+            raise ArgumentError(
                 f"the history from start={start} to end={end} covers {days} days; it must cover more than "
                 f"{MIN_OBSERVATION_DAYS} days (every person is observed that long after their first purchase)"
             )
@@ -1012,7 +1013,7 @@ def _sales_ids(is_store: np.ndarray) -> np.ndarray:
     online_rank = np.cumsum(~is_store)
     store_rank = np.cumsum(is_store)
     if online_rank[-1] > _MAX_SALES_PER_SOURCE or store_rank[-1] > _MAX_SALES_PER_SOURCE:
-        raise ValueError("too many orders for the id ranges; generate fewer customers per directory")
+        raise ArgumentError("too many orders for the id ranges; generate fewer customers per directory")
     return np.where(is_store, RECEIPT_ID_BASE + store_rank, ORDER_ID_BASE + online_rank).astype(np.int64)
 
 

@@ -30,10 +30,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import store
+from features.discovery import IngestError
 from features.schema import SOURCES, Channel
 from features.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+class DatasetFileError(IngestError, ValueError):
+    """A public data set's file that cannot be converted (a missing column, a malformed line): the
+    message names the file, the line or column and what was expected."""
 
 
 # --- The result of a conversion -------------------------------------------------------------------
@@ -207,7 +213,7 @@ def _read_online_retail(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     found = [row[0] for row in con.execute("DESCRIBE raw").fetchall()]
     missing = [name for name in ONLINE_RETAIL_COLUMNS if name not in found]
     if missing:
-        raise ValueError(
+        raise DatasetFileError(
             f"{path}: missing columns {missing}; an Online Retail II file has {list(ONLINE_RETAIL_COLUMNS)}, "
             f"this one has {found}"
         )
@@ -586,7 +592,7 @@ def load_cdnow(sample: bool = True) -> ContractTables:
                 continue
             expected = 5 if sample else 4
             if len(fields) != expected:
-                raise ValueError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
+                raise DatasetFileError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
             customer, day, cds, value = (fields[0], *fields[-3:])
             customers.append(customer)
             days.append(day)

@@ -19,6 +19,7 @@ import ibis.expr.types as ir
 import pandas as pd
 from rich.table import Table
 
+from features.errors import ArgumentError
 from features.history import cutoff_literal, orders, product_lines, unified_lines, utc_naive
 from features.schema import CHANNELS, Channel, Col
 
@@ -140,7 +141,7 @@ def window_orders(backend: ibis.BaseBackend, start: datetime | None, end: dateti
     start_n = utc_naive(start) if start is not None else None
     end_n = utc_naive(end) if end is not None else None
     if start_n is not None and end_n is not None and end_n <= start_n:
-        raise ValueError(f"end ({end_n}) must be after start ({start_n})")
+        raise ArgumentError(f"end ({end_n}) must be after start ({start_n})")
     lines = product_lines(unified_lines(backend, end_n))
     if start_n is not None:
         lines = lines.filter(lines[Col.TS] >= cutoff_literal(start_n))

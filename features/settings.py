@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as _SourceError
 
+from features.errors import RapportError
 from features.masking import mask_secrets
 
 #: Development salt. Fine for synthetic data; a real deployment sets RAPPORT_IDENTITY_SALT.
@@ -260,7 +261,7 @@ OTHER_VARIABLES = frozenset({"RAPPORT_CONFIG", "RAPPORT_BUNDLE_DIR", "RAPPORT_SE
                              "RAPPORT_SERVING_TRACING"})
 
 
-class SettingsError(ValueError):
+class SettingsError(RapportError, ValueError):
     """Settings that cannot be used: each problem names the variable, file key or argument it came
     from and what was expected; a secret's value is never part of the message."""
 

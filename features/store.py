@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import ibis
 
+from features.errors import RapportError
 from features.settings import Settings
 
 SCHEMA_VERSION = 1
@@ -58,7 +59,7 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class StoreBusyError(RuntimeError):
+class StoreBusyError(RapportError, RuntimeError):
     """Another process holds the store's lock for longer than ``store_busy_timeout_seconds``."""
 
 

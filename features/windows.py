@@ -42,6 +42,7 @@ import ibis
 
 from features.churn import DEFAULT_HORIZON_DAYS, DEFAULT_LOOKBACK_DAYS, data_end
 from features.customer import _identified_product_lines
+from features.errors import NoDataError, RapportError
 from features.history import LINES_TABLE, cutoff_literal, utc_naive
 from features.schema import Col
 
@@ -68,7 +69,7 @@ CLV_SHARE, CLV_MIN, CLV_MAX = 3, 7, 183
 WEEKLY = 7
 
 
-class HistoryTooShort(ValueError):
+class HistoryTooShort(RapportError, ValueError):
     """A step cannot be trained on this history: its message names the minimum, what the data have
     and the setting to change. The pipeline records the step as skipped, not failed."""
 
@@ -110,7 +111,7 @@ def history_stats(backend: ibis.BaseBackend, *, before: datetime | None = None) 
     first, last = span["first"].iloc[0], span["last"].iloc[0]
     if first is None or first != first:
         where = "" if before is None else f" before {before:%Y-%m-%d}"
-        raise ValueError(f"the store holds no sale{where}: ingest data first (rapport data ingest DIR)")
+        raise NoDataError(f"the store holds no sale{where}: ingest data first (rapport data ingest DIR)")
     end = utc_naive(before) if before is not None else last.to_pydatetime() + timedelta(microseconds=1)
     product = _identified_product_lines(backend, end)
     days = product.select(product[Col.CUSTOMER_ID], day=product[Col.TS].date()).distinct()

@@ -7,18 +7,22 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
+from features.errors import NoDataError, RapportError
 from features.masking import MaskingFormatter, mask_secrets
 from features.settings import Settings, load_settings
 
@@ -59,7 +63,40 @@ def _styled(label: str, style: str, message: object = "") -> Text:
 def _error(message: object) -> None:
     err.print(_styled("error:", "bold red", message), highlight=False)
 
-app = typer.Typer(help="Customer intelligence for omnichannel retailers.", no_args_is_help=True,
+
+def _traceback(exc: BaseException) -> None:
+    # Plain text through the masking console: a URI's password never reaches the terminal or a CI log.
+    err.print("".join(traceback.format_exception(exc)).rstrip(), highlight=False)
+
+
+#: Exit code of an unexpected error (a bug): its traceback is shown. A user's error exits with 1.
+BUG_EXIT_CODE = 2
+
+#: Errors of a path the user gave (missing, already there, a folder where a file is expected, not
+#: writable): the message names the file. Other ``OSError``s (a full disk, a dropped connection) keep
+#: their traceback.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+class _Commands(TyperGroup):
+    """The command group: a user's error that no ``_guard`` caught is one line (exit code 1); an
+    exception no command expected is shown with its traceback and exits with :data:`BUG_EXIT_CODE`
+    (Python's own code for an uncaught exception, 1, would pass it off as the user's error)."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # exit codes and usage errors, typer's own
+            raise
+        except (RapportError, *_PATH_ERRORS) as exc:
+            _user_error(exc)
+        except Exception as exc:
+            _traceback(exc)
+            _error(f"unexpected {type(exc).__name__} (a bug; the traceback is above): {exc}")
+            raise typer.Exit(BUG_EXIT_CODE) from exc
+
+
+app = typer.Typer(cls=_Commands, help="Customer intelligence for omnichannel retailers.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Generate, ingest, inspect and report on the unified customer history.",
                        no_args_is_help=True)
@@ -70,6 +107,7 @@ app.add_typer(models_app, name="models")
 
 class _State:
     settings: Settings | None = None
+    verbose: bool = False
 
 
 _state = _State()
@@ -79,8 +117,10 @@ _state = _State()
 def main(
     config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (else $RAPPORT_CONFIG or ./rapport.toml).")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="State folder (else $RAPPORT_DATA_DIR or ./data).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details; show the traceback of an "
+                                                                     "error too.")] = False,
 ) -> None:
+    _state.verbose = verbose
     handler = logging.StreamHandler()
     handler.setFormatter(MaskingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
@@ -96,34 +136,21 @@ def settings() -> Settings:
     return _state.settings
 
 
-#: Errors that are the user's to fix, by module: a one-line message and exit code 1, no traceback.
-#: Looked up only in modules already imported (an error of a module never imported cannot occur),
-#: so that light commands do not pay for importing the model libraries.
-_USER_ERRORS = {
-    "features.discovery": "IngestError",
-    "features.store": "StoreBusyError",
-    "features.customer": "RFMValidationError",
-    "training.clv.adapter": "ClvFitError",
-    "training.churn.model": "ChurnModelError",
-    "training.recommend.model": "RecommenderInputError",
-    "training.recommend.artefact": "RecommenderArtefactError",
-    "training.tracking": "NoModelError",
-    "training.pipeline": "PipelineError",
-    "pydantic": "ValidationError",
-}
+def _user_error(exc: BaseException) -> NoReturn:
+    """One red line and exit code 1; the traceback first under ``--verbose``."""
+    if _state.verbose:
+        _traceback(exc)
+    _error(exc)
+    raise typer.Exit(1) from exc
 
 
 def _guard(fn):  # noqa: ANN001, ANN202 - tiny wrapper
-    """Run ``fn``; expected failures become one red line and exit code 1 instead of a traceback."""
+    """Run ``fn``; the user's errors (a :class:`RapportError`, a path that cannot be read or written)
+    become one red line and exit code 1. Anything else is a bug: :class:`_Commands` shows its traceback."""
     try:
         return fn()
-    except Exception as exc:
-        known = tuple(error for module, name in _USER_ERRORS.items()
-                      if (error := getattr(sys.modules.get(module), name, None)) is not None)
-        if isinstance(exc, (*known, FileNotFoundError, ValueError)):
-            _error(exc)
-            raise typer.Exit(1) from exc
-        raise
+    except (RapportError, *_PATH_ERRORS) as exc:
+        _user_error(exc)
 
 
 @contextmanager
@@ -501,11 +528,14 @@ def _train(con, s: Settings, steps: list[str], when: datetime | None):  # noqa: 
             printers[outcome.step](outcome.result, s)
 
         try:
-            result = _guard(lambda: run_pipeline(con, s, steps=steps, cutoff=when, progress=report,
-                                                 on_step_done=done))
+            result = run_pipeline(con, s, steps=steps, cutoff=when, progress=report, on_step_done=done)
         except PipelineError as exc:
+            if isinstance(exc.cause, (RapportError, *_PATH_ERRORS)):
+                _user_error(exc)
+            # A step failed on something no check expected: a bug, shown with the traceback of its cause.
+            _traceback(exc.cause)
             _error(exc)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(BUG_EXIT_CODE) from exc
         except TrainingInterrupted as exc:
             _error(exc)
             raise typer.Exit(128 + exc.signum) from exc
@@ -646,7 +676,7 @@ def _write_chunks(chunks: Iterable[tuple[int, pd.DataFrame]], output: Path, *, t
             writer.close()
             writer = None
         if not tmp.exists():
-            raise ValueError(f"nothing to write to {output}: no customer to score")
+            raise NoDataError(f"nothing to write to {output}: no customer to score")
         tmp.replace(output)
     finally:
         if writer is not None:
@@ -877,7 +907,7 @@ def serve_export(
 
     with _progress() as progress:
         task = progress.add_task("bundle", total=None)
-        # BundleError is a ValueError: _guard prints it as one line.
+        # BundleError is a RapportError: _guard prints it as one line.
         manifest = _guard(lambda: export_bundle(settings(), output,
                                                 progress=lambda text: progress.update(task, description=text)))
     models = ", ".join(f"{m['name']} v{m['version']}" for m in manifest["models"].values())

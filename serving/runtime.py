@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.errors import ArgumentError, RapportError
 from features.identity import hash_key
 from features.schema import Col, KeyType
 from features.settings import Settings
@@ -35,7 +36,7 @@ from training.scoring import SCORE_COLUMNS, score_rows
 log = logging.getLogger(__name__)
 
 
-class RequestError(ValueError):
+class RequestError(RapportError, ValueError):
     """A request the service answers with a 4xx: the status, the field and the message."""
 
     def __init__(self, status: int, field: str, message: str, *, unknown_customer_ids: list[int] | None = None) -> None:
@@ -327,7 +328,7 @@ def worker_count(setting: int | str) -> int:
     except ValueError:
         count = 0
     if not 1 <= count <= 64:
-        raise ValueError(f"RAPPORT_SERVING_WORKERS must be auto or a number of workers from 1 to 64, got {setting!r}")
+        raise ArgumentError(f"RAPPORT_SERVING_WORKERS must be auto or a number of workers from 1 to 64, got {setting!r}")
     return count
 
 

@@ -16,7 +16,7 @@ Endpoints (POST, JSON; the OpenAPI page at ``/`` documents the bodies):
 Every answer carries ``metadata`` (model versions, snapshot date). Before a body is read, a missing
 or wrong API key gets a 401 / 403 and a body that is not JSON a 415 (:mod:`serving.gate`); a body
 over ``serving_max_request_bytes`` gets a 413, malformed input a 400 that names the field
-(:func:`_invalid_body_answers`); these are logged at INFO with the path, status and field names,
+(:mod:`serving.patches`); these are logged at INFO with the path, status and field names,
 never a value of the request. An unexpected failure is a 500 with a generic message (BentoML logs
 the traceback, it never reaches the client). ``/docs.json`` is the service's own OpenAPI document
 (:mod:`serving.openapi`): every status of every endpoint with its body. BentoML serves
@@ -29,7 +29,7 @@ middleware keeps every request's timer, with the request's context and span, ali
 timeout passes: at 2,000 requests/s and a 30 s timeout, 60,000 live spans, a growing heap and
 garbage-collector passes of 0.1 s (the p99 of even the echo endpoint). The API paths are therefore
 not traced unless ``RAPPORT_SERVING_TRACING=1``, the timer of an answered request is cancelled
-(:func:`_cancel_answered_timers`) and the timeout is 10 s. (3) The bundle's objects
+(:mod:`serving.patches`) and the timeout is 10 s. (3) The bundle's objects
 are frozen out of the collector's full passes once loaded and its thresholds raised. A known
 customer's plain list (no filter, ``n`` up to ``serving_default_lists``) was ranked at export and is
 looked up; other concurrent ``recommend`` requests are ranked together (:mod:`serving.batching`).
@@ -37,7 +37,6 @@ looked up; other concurrent ``recommend`` requests are ranked together (:mod:`se
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import logging
@@ -51,7 +50,7 @@ from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
 from features.settings import load_settings
-from serving import schemas
+from serving import patches, schemas
 from serving.batching import Gatherer
 from serving.gate import RequestGate
 from serving.limits import RequestSizeLimit
@@ -107,112 +106,8 @@ GC_THRESHOLDS = (50_000, 20, 1_000)
 UNTRACED = ("/recommend", "/similar_items", "/customer_scores", "/echo")
 
 
-def _cancel_answered_timers() -> None:
-    """BentoML's ``TimeoutMiddleware`` (1.4) schedules a timer per request with ``loop.call_later`` and
-    never cancels it: every answered request's waiter, and through it the request's context, stays in
-    the event loop's heap until the timeout passes (tens of thousands of objects at a few thousand
-    requests/s, which the garbage collector's passes walk: the p99 of every endpoint). The same
-    middleware, with its timer cancelled once the response has started; a request that runs past the
-    timeout still gets BentoML's 504."""
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
-
-    if getattr(TimeoutMiddleware, "_rapport_cancels_timers", False):
-        return
-
-    async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
-
-        async def _send(message: Any) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-            await send(message)
-
-        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
-        try:
-            await waiter
-        except asyncio.TimeoutError:
-            if fut.cancel():
-                response = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
-                                        status_code=504)
-                await response(scope, receive, send)
-        else:
-            timer.cancel()
-            await fut
-
-    TimeoutMiddleware.__call__ = call
-    TimeoutMiddleware._rapport_cancels_timers = True
-
-
-_cancel_answered_timers()
-
-
-def _invalid_body_answers() -> None:
-    """BentoML (1.4) answers a body that fails validation with a 400 whose ``loc`` mixes strings and
-    numbers, and logs it at ERROR with a traceback whose exception text holds the body's values (a
-    phone number in the server log). The endpoint call is wrapped here: a body that fails validation
-    gets a 400 of :class:`serving.schemas.ErrorResponse` naming each field and what was expected (no
-    value), logged at INFO with the field names only; BentoML's other 4xx likewise."""
-    from _bentoml_impl.server.app import ServiceAppFactory
-    from bentoml.exceptions import BentoMLException
-    from pydantic import ValidationError
-
-    if getattr(ServiceAppFactory, "_rapport_answers_invalid_bodies", False):
-        return
-    endpoint = ServiceAppFactory.api_endpoint
-
-    async def api_endpoint(self: Any, name: str, request: Any) -> Any:
-        try:
-            return await endpoint(self, name, request)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            detail = [{"loc": [str(part) for part in error["loc"]] or ["body"], "msg": error["msg"],
-                       "type": error["type"]} for error in errors]
-            fields = sorted({".".join(item["loc"]) for item in detail})
-            log.info("POST %s: 400, %d invalid field(s): %s", request.url.path, len(detail), ", ".join(fields[:20]))
-            message = "; ".join(f"{'.'.join(item['loc'])}: {item['msg']}" for item in detail[:20])
-            return JSONResponse({"error": f"invalid request: {message}", "detail": detail}, status_code=400)
-        except BentoMLException as exc:
-            status = int(exc.error_code.value)
-            if status >= 500:
-                raise
-            log.info("POST %s: %d, %s", request.url.path, status, type(exc).__name__)
-            return JSONResponse({"error": exc.error_code.phrase, "detail": [{"loc": ["body"], "msg": exc.error_code.phrase}]},
-                                status_code=status)
-
-    ServiceAppFactory.api_endpoint = api_endpoint
-    ServiceAppFactory._rapport_answers_invalid_bodies = True
-
-
-_invalid_body_answers()
-
-
-#: Seconds between two checks of BentoML's arbiter for workers to restart (BentoML 1.4 sets 10).
-ARBITER_CHECK_DELAY = 1.0
-
-
-def _prompt_restarts() -> None:
-    """BentoML's arbiter (circus) restarts a worker that died only at its next check, every 10 s as
-    BentoML sets it (a delay meant for its runner processes, which 1.4 services do not have): up to
-    10 s with one worker fewer. The arbiter's checks every :data:`ARBITER_CHECK_DELAY` instead. The
-    service module is imported by the arbiter's process before it creates the arbiter."""
-    from circus.arbiter import Arbiter
-
-    if getattr(Arbiter, "_rapport_prompt_restarts", False):
-        return
-    init = Arbiter.__init__
-
-    def __init__(self: Any, *args: Any, check_delay: float = 1.0, **kwargs: Any) -> None:
-        init(self, *args, check_delay=min(check_delay, ARBITER_CHECK_DELAY), **kwargs)
-
-    Arbiter.__init__ = __init__
-    Arbiter._rapport_prompt_restarts = True
-
-
-_prompt_restarts()
+# BentoML's and circus's private parts the service changes, each at its tested version only.
+patches.apply()
 
 
 def _stop_the_server(exc: Exception) -> None:

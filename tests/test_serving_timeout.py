@@ -1,12 +1,22 @@
-"""BentoML's request timeout as the service runs it (serving/service.py patches its middleware): an
+"""BentoML's request timeout as the service runs it (serving/patches.py changes its middleware): an
 answered request leaves no timer behind, a request past the timeout still gets the 504."""
 
 from __future__ import annotations
 
 import asyncio
 
-import serving.service  # noqa: F401  (applies the patch)
+import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+from serving import patches
+
+pytestmark = pytest.mark.serving
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _patched() -> None:
+    # What importing serving.service does, without building the service.
+    assert "cancel_answered_timers" in patches.apply()
 
 
 def _run(app, timeout: float) -> tuple[list[dict], int]:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.errors import RapportError
 from features.schema import Col
 from features.settings import Settings
 from training.churn.model import ChurnModel
@@ -69,7 +70,7 @@ MODEL_KEYS: tuple[str, ...] = ("clv", "churn", "recommender")
 FILES = "files"
 
 
-class BundleError(ValueError):
+class BundleError(RapportError, ValueError):
     """A bundle directory that cannot be written or read, naming the file and what is wrong."""
 
 

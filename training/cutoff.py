@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 
 import duckdb
 
+from features.errors import RapportError
 from features.history import utc_naive
 from features.settings import Settings
 
 
-class CutoffError(ValueError):
+class CutoffError(RapportError, ValueError):
     """The cutoff does not fit the history; the message gives the cutoff and the dates it must respect."""
 
 

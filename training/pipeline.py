@@ -40,6 +40,7 @@ import duckdb
 import mlflow
 import pandas as pd
 
+from features.errors import ArgumentError, RapportError
 from features.settings import Settings
 from features.windows import HistoryTooShort
 from training import promotion, tracking
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 STEPS: dict[str, str] = {"clv": "rapport-clv", "churn": "rapport-churn", "recommend": "rapport-recommender"}
 
 
-class PipelineError(RuntimeError):
+class PipelineError(RapportError, RuntimeError):
     """A step failed; the message names it. Aliases were left untouched."""
 
     def __init__(self, step: str, cause: BaseException, result: PipelineResult) -> None:
@@ -176,7 +177,7 @@ def run_pipeline(
     wanted = list(STEPS) if steps is None else [s for s in STEPS if s in steps]
     unknown = sorted(set(steps or ()) - set(STEPS))
     if unknown or not wanted:
-        raise ValueError(f"unknown training step(s) {', '.join(unknown) or '(none given)'}; available: {', '.join(STEPS)}")
+        raise ArgumentError(f"unknown training step(s) {', '.join(unknown) or '(none given)'}; available: {', '.join(STEPS)}")
     if cutoff is not None:
         check_cutoff(con, settings, cutoff, wanted)
     with _signals_interrupt():

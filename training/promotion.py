@@ -48,6 +48,7 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from features.errors import ArgumentError, RapportError
 from training import tracking
 from training.plotting import champion_plot_dir
 
@@ -87,7 +88,7 @@ WINDOW_PARAMS: dict[str, tuple[str, ...]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(KEY_METRICS)
 
 
-class GateFailedError(ValueError):
+class GateFailedError(RapportError, ValueError):
     """A manual promotion of a version that failed its own gate, without ``force``."""
 
 
@@ -190,7 +191,7 @@ def promote_manually(client: mlflow.MlflowClient, model_name: str, version: str,
     when. :class:`GateFailedError` with the gate's reasons when the version failed its own gate,
     unless ``force``."""
     if not reason.strip():
-        raise ValueError("a manual promotion needs a reason (--reason)")
+        raise ArgumentError("a manual promotion needs a reason (--reason)")
     try:
         candidate = client.get_model_version(model_name, str(version))
     except MlflowException:

@@ -45,6 +45,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
+from features.errors import RapportError
 from features.history import utc_naive
 from features.settings import Settings
 
@@ -464,7 +465,7 @@ def model_uri(model_name: str, alias: str) -> str:
     return f"models:/{model_name}@{alias}"
 
 
-class NoModelError(LookupError):
+class NoModelError(RapportError, LookupError):
     """No registered version of a model to use: it must be trained first."""
 
 

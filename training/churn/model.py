@@ -92,6 +92,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from features.churn import CHURNED
+from features.errors import RapportError
 from training.artefact import ArtefactReader
 from training.churn.contributions import PathContributions
 from training.churn.reasons import CONTEXT_COLUMNS, reason_texts
@@ -160,7 +161,7 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _LIGHTGBM_SPECIAL = re.compile(r'[\[\]{}",:]')
 
 
-class ChurnModelError(ValueError):
+class ChurnModelError(RapportError, ValueError):
     """What a user can fix about the churn model's inputs or artefact (the CLI prints it in one line)."""
 
 

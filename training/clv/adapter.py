@@ -47,6 +47,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import OptimizeResult, minimize
 from scipy.special import expit, hyp2f1
 
+from features.errors import RapportError
+
 logger = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
@@ -102,7 +104,7 @@ WARM_START_ROWS = 50_000
 _WARM_START_SEED = 20_050_101
 
 
-class ClvFitError(RuntimeError):
+class ClvFitError(RapportError, RuntimeError):
     """A CLV model could not be fitted: the optimiser did not converge, or it converged to the
     boundary of the parameter space (a parameter running to 0 or infinity, non-finite values, a
     singular Hessian). ``kind`` is the model, ``reason`` what went wrong and ``optimiser_message``

@@ -61,6 +61,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController
 
 from features.customer import DAYS_PER_UNIT, RFMValidationError, validate_rfm
+from features.errors import RapportError
 from features.history import utc_naive
 from features.schema import Feature
 from training.artefact import ArtefactReader
@@ -147,7 +148,7 @@ _FITTED = ("kind", "time_unit", "cutoff", "currency", "purchase_params", "spend_
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-class ClvArtefactError(ValueError):
+class ClvArtefactError(RapportError, ValueError):
     """A CLV model artefact (``ClvModel.to_dict()`` output) cannot be loaded: wrong format or
     version, a missing or malformed field, or fields that contradict each other."""
 

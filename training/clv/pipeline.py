@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from features.customer import calibration_holdout, customer_features
+from features.errors import NoDataError
 from features.history import utc_naive
 from features.purchases import daily_repeat_purchases
 from features.schema import Feature
@@ -104,7 +105,7 @@ def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
     """The day after the last stored sale: train on everything there is."""
     last = con.execute("SELECT max(ts) FROM lines").fetchall()[0][0]
     if last is None:
-        raise ValueError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
+        raise NoDataError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
     return datetime.combine(last.date() + timedelta(days=1), datetime.min.time())
 
 
@@ -152,7 +153,7 @@ def train_clv(
     step(f"calibration/holdout split at {calibration_end.date()}")
     split = calibration_holdout(backend, calibration_end, cutoff, time_unit=settings.time_unit)
     if len(split) == 0:
-        raise ValueError(f"no customer bought before the calibration end {calibration_end.date()}: "
+        raise NoDataError(f"no customer bought before the calibration end {calibration_end.date()}: "
                          f"choose a later --cutoff or a shorter clv_holdout_days")
 
     fitted: dict[str, ClvModel] = {}

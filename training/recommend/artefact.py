@@ -27,6 +27,7 @@ import lightgbm as lgb
 import numpy as np
 from scipy import sparse
 
+from features.errors import RapportError
 from training.artefact import ArtefactReader
 from training.recommend.candidates import tifu_pool_vectors
 from training.recommend.data import InteractionData, PopularList
@@ -44,7 +45,7 @@ _MATRICES = ("weight", "weight_short", "purchases", "days_since", "tifu")
 _ITEM_ARRAYS = ("recommendable", "buyers", "buyers_30d", "buyers_90d", "orders_per_buyer")
 
 
-class RecommenderArtefactError(ValueError):
+class RecommenderArtefactError(RapportError, ValueError):
     """A recommender artefact directory that cannot be read, naming the file and field."""
 
 

@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
+from features.errors import NoDataError
 from training.recommend.candidates import (
     CandidateSizes,
     ItemFactorIndex,
@@ -303,7 +304,7 @@ def compare(
     relevant = {c: items for c, items in purchases_between(backend, split.valid_end, split.test_end).items()
                 if c in history}
     if not relevant:
-        raise ValueError(f"no customer known before {split.valid_end:%Y-%m-%d} bought in the test period: "
+        raise NoDataError(f"no customer known before {split.valid_end:%Y-%m-%d} bought in the test period: "
                          "nothing to evaluate on")
     customers = np.asarray(sorted(relevant), dtype=np.int64)
     rows, _ = data.user_positions(customers)

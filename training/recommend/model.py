@@ -56,6 +56,7 @@ from scipy import sparse
 from sklearn.exceptions import NotFittedError
 from threadpoolctl import threadpool_limits
 
+from features.errors import RapportError
 from features.history import utc_naive
 from features.interactions import confidence
 from features.schema import Col
@@ -168,7 +169,7 @@ class _Options:
     country: str | None
 
 
-class RecommenderInputError(ValueError):
+class RecommenderInputError(RapportError, ValueError):
     """A request the recommender cannot serve, with what was expected."""
 
 

@@ -32,8 +32,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from features.errors import NoDataError
 from features.history import utc_naive
-from features.settings import Settings
+from features.settings import Settings, SettingsError
 from features.store import ibis_backend
 from features.windows import Windows, history_stats, recommend_windows
 from training import tracking
@@ -83,8 +84,8 @@ def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSet
     sources = tuple(CandidateSizes.__dataclass_fields__)
     unknown = sorted(set(sizes) - set(sources))
     if unknown:
-        raise ValueError(f"recommend_candidates: unknown source(s) {', '.join(unknown)}; "
-                         f"expected {', '.join(sources[:-1])} and {sources[-1]}")
+        raise SettingsError([f"recommend_candidates: unknown source(s) {', '.join(unknown)}; "
+                           f"expected {', '.join(sources[:-1])} and {sources[-1]}"])
     return RecommenderSettings(
         half_life_days=windows["half_life_days"],  # type: ignore[arg-type]
         browse_weight=settings.recommend_browse_weight,
@@ -125,7 +126,7 @@ def _last_sale(con: duckdb.DuckDBPyConnection, cutoff: datetime | None) -> datet
     latest = rows[0][0]
     if latest is None:
         where = "" if cutoff is None else f" before {cutoff:%Y-%m-%d}"
-        raise ValueError(f"the store holds no sale{where}: ingest data first (rapport data ingest DIR)")
+        raise NoDataError(f"the store holds no sale{where}: ingest data first (rapport data ingest DIR)")
     return pd.Timestamp(latest).to_pydatetime()
 
 

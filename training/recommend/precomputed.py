@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from features.errors import RapportError
 from training.recommend.artefact import load_arrays, save_arrays
 from training.recommend.model import SOURCES, Ranked, RecommenderModel
 
@@ -41,7 +42,7 @@ FORMAT = "rapport-default-lists"
 VERSION = 1
 
 
-class DefaultListsError(ValueError):
+class DefaultListsError(RapportError, ValueError):
     """Default lists that cannot be read or do not belong to the model, naming the file."""
 
 

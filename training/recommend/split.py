@@ -31,6 +31,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
+from features.errors import NoDataError
 from features.history import utc_naive
 from features.interactions import PURCHASES, interactions
 from features.schema import Col
@@ -88,7 +89,7 @@ def last_sale(backend: ibis.BaseBackend) -> datetime:
     lines = backend.table("lines")
     latest = lines[Col.TS].max().to_pandas()
     if latest is None or pd.isna(latest):
-        raise ValueError("the store holds no sale line: ingest orders before splitting the history")
+        raise NoDataError("the store holds no sale line: ingest orders before splitting the history")
     return pd.Timestamp(latest).to_pydatetime()
 
 
