@@ -38,6 +38,7 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
+from features.errors import RapportError
 from training.churn.model import ChurnModel, boosting_data, train_booster
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ SEARCH_SPACE: dict[str, tuple[float, float]] = {
 MAX_TRIALS = 40
 
 
-class DeadlinePassed(Exception):
+class DeadlinePassed(RapportError):
     """Raised out of LightGBM's boosting loop by :class:`StopAtDeadline`: ``rounds`` were boosted."""
 
     def __init__(self, rounds: int) -> None:
