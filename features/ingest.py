@@ -39,7 +39,7 @@ import pyarrow as pa
 from features.discovery import IngestError, RawInput
 from features.identity import IdentityUpdate, bind_salt, hash_sql, resolve
 from features.loaders import latest_earlier_sale
-from features.rawformat import CsvOptions, date_formats, literal, stage_csv, strftime_format
+from features.rawformat import CsvOptions, blank_lines, date_formats, literal, stage_csv, strftime_format
 from features.schema import (
     CHANNELS,
     DUCKDB_TYPES,
@@ -192,13 +192,18 @@ def _read(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int, workdir: Pa
         """
     )
     reasons = " ".join(f"WHEN {_lit(kind)} THEN {_lit(reason.value)}" for kind, reason in _REJECT_REASONS.items())
-    # One line can have several errors; the header is line 1, so data row = line - 1.
+    # One line can have several errors. The header is line 1 and the reader counts the blank lines it
+    # skips, so the data row is line - 1 - the blank lines before it (see rawformat.blank_lines).
+    last = con.execute(f"SELECT max(line) FROM {rejects}").fetchall()[0][0]
+    blanks = blank_lines(staged.path, last) if last is not None else []
     con.execute(
         f"""
         INSERT INTO _rejected
-        SELECT line - 1, CASE arg_min(error_type, column_idx) {reasons} ELSE {_lit(Q.UNREADABLE_ROW.value)} END
+        SELECT line - 1 - (SELECT count(*) FROM (SELECT unnest(?::BIGINT[]) AS b) WHERE b < line),
+               CASE arg_min(error_type, column_idx) {reasons} ELSE {_lit(Q.UNREADABLE_ROW.value)} END
         FROM {rejects} GROUP BY line
-        """
+        """,
+        [blanks],
     )
     con.execute(f"DROP TABLE {rejects}")
     con.execute(f"DROP TABLE {rejects}_scan")

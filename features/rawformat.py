@@ -227,6 +227,37 @@ def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
     return StagedFile(target, "utf-8", delimiter, columns, tuple(detected))
 
 
+def blank_lines(path: Path, until: int) -> list[int]:
+    """The blank lines of a CSV file up to line ``until``, numbered as DuckDB's reader numbers them.
+
+    The reader skips a blank line (it is no row) but counts it in the line numbers of the rows it
+    refuses, while a line break inside a quoted field does not start a line there: the header is
+    line 1, every row and every blank line between rows the next. So the data row of refused line
+    ``L`` is ``L - 1`` minus the blank lines before it. A line break is inside a field when an odd
+    number of quotes precede it (a quote inside a field is doubled); the bytes of a quote and of a
+    line break are the same in UTF-8 and Latin-1, the encodings the reader is given.
+    """
+    blanks: list[int] = []
+    line, inside, rest, newline = 0, False, b"", None
+    with _open(path) as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            if newline is None:  # a file of classic Mac line ends has no \n at all
+                newline = b"\r" if b"\n" not in block and b"\r" in block else b"\n"
+            pieces = (rest + block).split(newline)
+            rest = pieces.pop()
+            for piece in pieces:
+                if not inside:
+                    line += 1
+                    if line > until:
+                        return blanks
+                    if piece in (b"", b"\r"):
+                        blanks.append(line)
+                        continue
+                if piece.count(b'"') % 2:
+                    inside = not inside
+    return blanks
+
+
 def header_names(header: str, delimiter: str) -> tuple[str, ...]:
     """The column names of a header line, unique and non-empty (the reader needs both)."""
     fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])
