@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 DEMO_CUSTOMERS ?= 20000
 DEMO_SEED ?= 42
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test install install-test bench kpi-queries clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: install-test
 
 bench: install
 	$(BIN)/python benchmarks/features.py
+
+# The KPI query of `rapport data report`, compiled from its Ibis expression (after changing the history or the report).
+kpi-queries: install
+	$(BIN)/python -m features.report
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis
