@@ -348,8 +348,12 @@ def data_report(
     output: Annotated[Path | None, typer.Option(help="JSON file (default: DATA_DIR/reports/kpi_report.json).")] = None,
 ) -> None:
     """Engagement KPIs overall and per channel, identity and quarantine summaries; printed and written as JSON."""
+    from features.moments import utc_naive
     from features.store import connect
 
+    first, last = _date(start, "--start"), _date(end, "--end")
+    if first is not None and last is not None and utc_naive(last) <= utc_naive(first):
+        raise typer.BadParameter(f"expected a day after --start ({start}), got {end}", param_hint="--end")
     s = settings()
     con = _guard(lambda: connect(s, read_only=True))
     try:
@@ -357,7 +361,7 @@ def data_report(
         from features.identity import identity_summary
         from features.report import kpi_report_duckdb, render_kpi_table
 
-        report = kpi_report_duckdb(con, start=_date(start, "--start"), end=_date(end, "--end"))
+        report = kpi_report_duckdb(con, start=first, end=last)
         ident = identity_summary(con)
         quarantine = con.execute(
             "SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC").fetchall()

@@ -75,6 +75,13 @@ def test_generic_export_with_map_options(run, tmp_path):
     assert "2 customers" in out.output
 
 
+def test_a_report_window_that_ends_before_it_starts_is_an_option_error(run):
+    out = run("data", "report", "--start", "2024-03-01", "--end", "2024-01-01")
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    text = " ".join(out.output.replace("│", " ").split())  # typer frames the error in a box
+    assert "--end" in text and "expected a day after --start (2024-03-01), got 2024-01-01" in text
+
+
 def test_report_without_data_explains_what_to_do(run):
     out = run("data", "report")
     assert out.exit_code == 1 and "ingest data first" in out.output
