@@ -227,8 +227,20 @@ def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
     return StagedFile(target, "utf-8", delimiter, columns, tuple(detected))
 
 
-def blank_lines(path: Path, until: int) -> list[int]:
-    """The blank lines of a CSV file up to line ``until``, numbered as DuckDB's reader numbers them.
+@dataclass(frozen=True)
+class LineScan:
+    """The lines of a CSV file as DuckDB's reader counts them (see :func:`scan_lines`)."""
+
+    #: The line break the file uses: LF (also for CR LF), or CR in a file of classic Mac line ends.
+    newline: bytes
+    #: Physical lines: every line break ends one, a last line without a break counts too.
+    physical: int
+    #: Blank lines outside quoted fields, numbered as the reader numbers lines.
+    blank: tuple[int, ...]
+
+
+def scan_lines(path: Path, until: int | None = None) -> LineScan:
+    """Read a CSV file's lines (up to the reader's line ``until`` when given) without parsing fields.
 
     The reader skips a blank line (it is no row) but counts it in the line numbers of the rows it
     refuses, while a line break inside a quoted field does not start a line there: the header is
@@ -238,24 +250,25 @@ def blank_lines(path: Path, until: int) -> list[int]:
     line break are the same in UTF-8 and Latin-1, the encodings the reader is given.
     """
     blanks: list[int] = []
-    line, inside, rest, newline = 0, False, b"", None
+    line, physical, inside, rest, newline = 0, 0, False, b"", None
     with _open(path) as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
-            if newline is None:  # a file of classic Mac line ends has no \n at all
+            if newline is None:
                 newline = b"\r" if b"\n" not in block and b"\r" in block else b"\n"
             pieces = (rest + block).split(newline)
             rest = pieces.pop()
             for piece in pieces:
+                physical += 1
                 if not inside:
                     line += 1
-                    if line > until:
-                        return blanks
+                    if until is not None and line > until:
+                        return LineScan(newline, physical - 1, tuple(blanks))
                     if piece in (b"", b"\r"):
                         blanks.append(line)
                         continue
                 if piece.count(b'"') % 2:
                     inside = not inside
-    return blanks
+    return LineScan(newline or b"\n", physical + (1 if rest else 0), tuple(blanks))
 
 
 def header_names(header: str, delimiter: str) -> tuple[str, ...]:

@@ -103,6 +103,14 @@ def main() -> None:
     multiline[7] = order(8, price="n/a")
     (HERE / "orders_multiline_then_bad_byte.csv").write_bytes(
         orders(*multiline).encode("utf-8", errors="surrogateescape"))
+    # A multi-line field is no quote left open: a misplaced quote after it is one refused row, and
+    # a quote never closed after it still refuses the file, counting the lines it swallowed.
+    multiline = good(12)
+    multiline[1] = order(2, country='"United\nKingdom"')
+    multiline[5] = order(6, item='"I1"x')
+    write("orders_multiline_then_misplaced_quote.csv", orders(*multiline))
+    write("orders_multiline_then_unclosed_quote.csv",
+          orders(*good(1), order(2, country='"United\nKingdom"'), *good(1, 3), order(4, item='"I1'), *good(2, 5)))
     # Blank lines are no rows, but the reader counts them in the lines of the rows it refuses.
     blank = good(12)
     blank[1] = order(2, country='"United\n\nKingdom"')  # a blank line inside a field is no blank line
