@@ -21,7 +21,7 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 # `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release pyproject.toml allows.
 LOCK_ARGS ?=
 
-.PHONY: demo test install install-test lock bench clean
+.PHONY: demo test install install-test lock bench kpi-queries clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ test: install-test
 
 bench: install
 	$(BIN)/python benchmarks/features.py
+
+# The KPI query of `rapport data report`, compiled from its Ibis expression (after changing the history or the report).
+kpi-queries: install
+	$(BIN)/python -m features.report
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

@@ -7,6 +7,7 @@ folder first, for ``data report`` and the refused ``train --cutoff``. ``models l
 reference: it needs MLflow, the commands above must not.
 
     python benchmarks/cli_startup.py --repeat 5
+    python benchmarks/cli_startup.py --repeat 5 --store data   # also data report on a real store
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def _tiny_store(folder: Path, env: dict[str, str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs of each command (median reported)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="a DATA_DIR with an ingested store: data report is timed on it too (read only)")
     args = parser.parse_args()
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
     with tempfile.TemporaryDirectory(prefix="rapport-startup-") as tmp:
@@ -72,6 +75,11 @@ def main() -> None:
             ("error: unknown RAPPORT_ variable", [RAPPORT, "config"], {**store, "RAPPORT_CHURN_HORIZON": "30"}),
             ("reference: rapport models list", [RAPPORT, "models", "list"], store),
         ]
+        if args.store is not None:
+            # The JSON goes to the temporary folder: the store's own reports stay as they are.
+            cases.insert(5, (f"rapport data report ({args.store.name})",
+                             [RAPPORT, "data", "report", "--output", f"{tmp}/report.json"],
+                             {**base, "RAPPORT_DATA_DIR": str(args.store.resolve())}))
         floor = None
         print(f"{'command':<36} {'wall s':>7} {'cpu s':>7} {'x python':>9} {'exit':>5}")
         for label, command, env in cases:

@@ -12,11 +12,12 @@ never depend on anything that happened at or after ``as_of``.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import ibis
 import ibis.expr.types as ir
 
+from features.moments import utc_naive
 from features.schema import Col
 
 #: Scale of :func:`money_sum`'s exact sums: a millionth of the currency unit, far below any price
@@ -66,21 +67,6 @@ ORDER_COLUMNS: tuple[str, ...] = (
     Col.NET_AMOUNT,
     N_LINES,
 )
-
-
-def utc_naive(moment: datetime | date) -> datetime:
-    """A cutoff as the store keeps time: naive UTC.
-
-    The store's ``ts`` columns are UTC without an offset. An aware ``datetime`` is converted to UTC;
-    a naive one is taken to be UTC already; a ``date`` means midnight UTC at the start of that day.
-    """
-    if not isinstance(moment, datetime):
-        if isinstance(moment, date):
-            return datetime(moment.year, moment.month, moment.day)
-        raise TypeError(f"expected a datetime or date cutoff, got {type(moment).__name__}: {moment!r}")
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
 
 
 def cutoff_literal(moment: datetime | date) -> ir.TimestampScalar:

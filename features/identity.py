@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
-import numpy as np
-import pandas as pd
 
 from features.schema import KeyType
 from features.settings import Settings
@@ -153,7 +151,10 @@ def resolve(con: duckdb.DuckDBPyConnection, *, ingest_id: int, now: datetime) ->
         "SELECT a.code AS a, b.code AS b FROM identity_links l "
         "JOIN _id_keys a ON a.key_hash = l.key_a JOIN _id_keys b ON b.key_hash = l.key_b"
     ).fetchnumpy()
-    # Imported here: scipy costs a second that readers of the identity map (rapport data report) never need.
+    # Imported here: numpy, pandas and scipy cost seconds that readers of the identity map (rapport
+    # data report) never need.
+    import numpy as np
+    import pandas as pd
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

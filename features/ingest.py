@@ -39,7 +39,7 @@ import pyarrow as pa
 from features.discovery import IngestError, RawInput
 from features.identity import IdentityUpdate, bind_salt, hash_sql, resolve
 from features.loaders import latest_earlier_sale
-from features.rawformat import CsvOptions, date_formats, literal, stage_csv, strftime_format
+from features.rawformat import CsvOptions, date_formats, literal, scan_lines, stage_csv, strftime_format
 from features.schema import (
     CHANNELS,
     DUCKDB_TYPES,
@@ -192,18 +192,23 @@ def _read(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int, workdir: Pa
         """
     )
     reasons = " ".join(f"WHEN {_lit(kind)} THEN {_lit(reason.value)}" for kind, reason in _REJECT_REASONS.items())
-    # One line can have several errors; the header is line 1, so data row = line - 1.
+    # One line can have several errors. The header is line 1 and the reader counts the blank lines it
+    # skips, so the data row is line - 1 - the blank lines before it (see rawformat.scan_lines).
+    last = con.execute(f"SELECT max(line) FROM {rejects}").fetchall()[0][0]
+    blanks = list(scan_lines(staged.path, last).blank) if last is not None else []
     con.execute(
         f"""
         INSERT INTO _rejected
-        SELECT line - 1, CASE arg_min(error_type, column_idx) {reasons} ELSE {_lit(Q.UNREADABLE_ROW.value)} END
+        SELECT line - 1 - (SELECT count(*) FROM (SELECT unnest(?::BIGINT[]) AS b) WHERE b < line),
+               CASE arg_min(error_type, column_idx) {reasons} ELSE {_lit(Q.UNREADABLE_ROW.value)} END
         FROM {rejects} GROUP BY line
-        """
+        """,
+        [blanks],
     )
     con.execute(f"DROP TABLE {rejects}")
     con.execute(f"DROP TABLE {rejects}_scan")
     rejected = con.execute("SELECT count(*) FROM _rejected").fetchall()[0][0]
-    _check_unclosed_quote(con, inp.label, staged.path, staged.encoding, rejected)
+    _check_unclosed_quote(con, inp.label, staged.path, rejected)
     if rejected:
         # The reader numbered only the rows it kept: shift each by the refused rows before it. With
         # refused rows R_1 < R_2 < ..., R_i - i good rows precede R_i, so good row k is row
@@ -222,20 +227,20 @@ def _read(con: duckdb.DuckDBPyConnection, inp: RawInput, index: int, workdir: Pa
     return _Read(_described(con), rejected, staged.detected)
 
 
-def _check_unclosed_quote(con: duckdb.DuckDBPyConnection, label: str, path: Path, encoding: str,
-                          rejected: int) -> None:
+def _check_unclosed_quote(con: duckdb.DuckDBPyConnection, label: str, path: Path, rejected: int) -> None:
     """A quote that is never closed swallows every line after it into one refused row: the rows
     cannot be told apart any more, so the file is refused rather than losing them unsaid."""
     first = con.execute("SELECT min(_row) FROM _rejected WHERE reason = ?", [Q.BAD_QUOTING.value]).fetchall()[0][0]
     if first is None:
         return
-    lines = con.execute(
-        f"SELECT count(*) FROM read_csv({_lit(str(path))}, columns = {{'l': 'VARCHAR'}}, auto_detect = false,"
-        f" header = false, delim = '\x1f', quote = '', escape = '', comment = '', encoding = {_lit(encoding)})"
-        " WHERE l <> ''"
-    ).fetchall()[0][0]
-    kept = con.execute("SELECT count(*) FROM _raw").fetchall()[0][0]
-    lost = lines - 1 - kept - rejected
+    scan = scan_lines(path)
+    # Every physical line is the header, a row kept or refused, a blank line, or a line break inside
+    # a field of a kept row (a quoted multi-line field): any other line was swallowed.
+    newline = f"chr({ord(scan.newline)})"
+    breaks = " + ".join(f"coalesce(length({_q(name)}) - length(replace({_q(name)}, {newline}, '')), 0)"
+                        for name, _ in _described(con)) or "0"
+    kept, inside = con.execute(f"SELECT count(*), coalesce(sum({breaks}), 0) FROM _raw").fetchall()[0]
+    lost = scan.physical - 1 - kept - inside - rejected - len(scan.blank)
     if lost > 0:
         raise IngestError(
             f"{label}: row {first} opens a quote that is never closed, so the {lost:,} line(s) after it cannot be "

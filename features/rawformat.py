@@ -227,6 +227,50 @@ def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
     return StagedFile(target, "utf-8", delimiter, columns, tuple(detected))
 
 
+@dataclass(frozen=True)
+class LineScan:
+    """The lines of a CSV file as DuckDB's reader counts them (see :func:`scan_lines`)."""
+
+    #: The line break the file uses: LF (also for CR LF), or CR in a file of classic Mac line ends.
+    newline: bytes
+    #: Physical lines: every line break ends one, a last line without a break counts too.
+    physical: int
+    #: Blank lines outside quoted fields, numbered as the reader numbers lines.
+    blank: tuple[int, ...]
+
+
+def scan_lines(path: Path, until: int | None = None) -> LineScan:
+    """Read a CSV file's lines (up to the reader's line ``until`` when given) without parsing fields.
+
+    The reader skips a blank line (it is no row) but counts it in the line numbers of the rows it
+    refuses, while a line break inside a quoted field does not start a line there: the header is
+    line 1, every row and every blank line between rows the next. So the data row of refused line
+    ``L`` is ``L - 1`` minus the blank lines before it. A line break is inside a field when an odd
+    number of quotes precede it (a quote inside a field is doubled); the bytes of a quote and of a
+    line break are the same in UTF-8 and Latin-1, the encodings the reader is given.
+    """
+    blanks: list[int] = []
+    line, physical, inside, rest, newline = 0, 0, False, b"", None
+    with _open(path) as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            if newline is None:
+                newline = b"\r" if b"\n" not in block and b"\r" in block else b"\n"
+            pieces = (rest + block).split(newline)
+            rest = pieces.pop()
+            for piece in pieces:
+                physical += 1
+                if not inside:
+                    line += 1
+                    if until is not None and line > until:
+                        return LineScan(newline, physical - 1, tuple(blanks))
+                    if piece in (b"", b"\r"):
+                        blanks.append(line)
+                        continue
+                if piece.count(b'"') % 2:
+                    inside = not inside
+    return LineScan(newline or b"\n", physical + (1 if rest else 0), tuple(blanks))
+
+
 def header_names(header: str, delimiter: str) -> tuple[str, ...]:
     """The column names of a header line, unique and non-empty (the reader needs both)."""
     fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])

@@ -7,21 +7,35 @@ booked before the end of the window, and a customer is an identified customer (`
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
-from typing import Any
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import ibis
-import ibis.expr.types as ir
-import pandas as pd
 from rich.table import Table
 
 from features.errors import ArgumentError
-from features.history import cutoff_literal, orders, product_lines, unified_lines, utc_naive
+from features.moments import utc_naive
 from features.schema import CHANNELS, Channel, Col
+
+if TYPE_CHECKING:
+    import duckdb
+    import ibis
+    import ibis.expr.types as ir
+    import pandas as pd
+
+# Ibis, the history's expressions and pandas are imported inside the functions that build or run an
+# expression: `rapport data report` runs the KPI query compiled ahead of time (kpi_report_duckdb)
+# and starts in a fraction of the second Ibis alone takes to import.
+
+logger = logging.getLogger(__name__)
 
 #: Label of the all-channels row in the JSON output and the table.
 ALL_CHANNELS = "all"
@@ -135,13 +149,21 @@ def _channel_kpis(row: Mapping[str, Any]) -> ChannelKpis:
     )
 
 
-def window_orders(backend: ibis.BaseBackend, start: datetime | None, end: datetime | None) -> ir.Table:
-    """Orders of product lines made in ``[start, end)``, net of the returns booked before ``end``:
-    the one definition of "the orders of a reporting window" every KPI shares."""
+def _bounds(start: datetime | date | None, end: datetime | date | None) -> tuple[datetime | None, datetime | None]:
+    """A reporting window's bounds in naive UTC, checked."""
     start_n = utc_naive(start) if start is not None else None
     end_n = utc_naive(end) if end is not None else None
     if start_n is not None and end_n is not None and end_n <= start_n:
         raise ArgumentError(f"end ({end_n}) must be after start ({start_n})")
+    return start_n, end_n
+
+
+def window_orders(backend: ibis.BaseBackend, start: datetime | None, end: datetime | None) -> ir.Table:
+    """Orders of product lines made in ``[start, end)``, net of the returns booked before ``end``:
+    the one definition of "the orders of a reporting window" every KPI shares."""
+    from features.history import cutoff_literal, orders, product_lines, unified_lines
+
+    start_n, end_n = _bounds(start, end)
     lines = product_lines(unified_lines(backend, end_n))
     if start_n is not None:
         lines = lines.filter(lines[Col.TS] >= cutoff_literal(start_n))
@@ -157,6 +179,14 @@ def kpi_report(backend: ibis.BaseBackend, *, start: datetime | None = None, end:
     channel they ordered in, and "repeat" means two orders in that channel. ``by_channel`` lists the
     channels with at least one order, in the contract's order (web, app, store, marketplace).
     """
+    return _assemble(kpi_table(backend, start=start, end=end).to_pyarrow().to_pylist(), start, end)
+
+
+def kpi_table(backend: ibis.BaseBackend, *, start: datetime | None = None, end: datetime | None = None) -> ir.Table:
+    """The aggregates of :func:`kpi_report` as one Ibis expression: a row per channel with an order
+    and one for all channels (``_channel`` = :data:`ALL_CHANNELS`)."""
+    import ibis
+
     o = window_orders(backend, start, end)
 
     # One row per (channel, customer) -- anonymous orders of a channel form one NULL-customer group.
@@ -186,16 +216,113 @@ def kpi_report(backend: ibis.BaseBackend, *, start: datetime | None = None, end:
     overall = per_customer.aggregate(**_kpi_aggregates(per_customer)).mutate(
         _channel=ibis.literal(ALL_CHANNELS, type="string")
     )
-    rows = ibis.union(overall.select(by_channel.columns), by_channel).to_pyarrow().to_pylist()
+    return ibis.union(overall.select(by_channel.columns), by_channel)
 
+
+def _assemble(rows: list[dict[str, Any]], start: datetime | date | None, end: datetime | date | None) -> KpiReport:
+    start_n, end_n = _bounds(start, end)
     found = {row["_channel"]: _channel_kpis(row) for row in rows}
     ordered = [c for c in CHANNELS if c in found] + sorted(c for c in found if c not in CHANNELS and c != ALL_CHANNELS)
-    return KpiReport(
-        start=utc_naive(start) if start is not None else None,
-        end=utc_naive(end) if end is not None else None,
-        overall=found[ALL_CHANNELS],
-        by_channel={c: found[c] for c in ordered},
-    )
+    return KpiReport(start=start_n, end=end_n, overall=found[ALL_CHANNELS], by_channel={c: found[c] for c in ordered})
+
+
+# --- The KPI query compiled ahead of time -----------------------------------------------------------
+
+#: Modules of this package whose source the compiled KPI query depends on (its expression, the
+#: history, the column names, the store's tables): a change to any of them makes it stale.
+KPI_QUERY_SOURCES: tuple[str, ...] = ("report.py", "history.py", "moments.py", "schema.py", "store.py")
+#: Where :func:`write_kpi_queries` writes the compiled query (a generated module).
+KPI_QUERIES_MODULE = Path(__file__).with_name("kpi_queries.py")
+#: Bounds compiled into the query and then replaced by the parameters ``$start`` and ``$end``:
+#: moments no store holds, so their literals cannot be mistaken for anything else in the SQL.
+_PLACEHOLDERS = {"start": datetime(1901, 2, 3, 4, 5, 6), "end": datetime(2998, 7, 8, 9, 10, 11)}
+
+
+def _variant(start: datetime | None, end: datetime | None) -> str:
+    """The key of the compiled query for a window: which bounds it has."""
+    return ",".join(name for name, bound in (("start", start), ("end", end)) if bound is not None)
+
+
+def kpi_query_fingerprint() -> str:
+    """SHA-256 of what the compiled KPI query depends on: the Ibis and sqlglot versions and the
+    source of :data:`KPI_QUERY_SOURCES`."""
+    digest = hashlib.sha256()
+    for package in ("ibis-framework", "sqlglot"):
+        digest.update(f"{package}=={metadata.version(package)}\n".encode())
+    for name in KPI_QUERY_SOURCES:
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()
+
+
+def compile_kpi_queries(backend: ibis.BaseBackend) -> dict[str, str]:
+    """The DuckDB SQL of :func:`kpi_table` for each kind of window (no bound, a start, an end, both),
+    the bounds as the parameters ``$start`` and ``$end``. ``backend`` is a DuckDB store's."""
+    import ibis
+
+    queries: dict[str, str] = {}
+    for key in ("", "start", "end", "start,end"):
+        bounds = {name: _PLACEHOLDERS[name] for name in key.split(",") if name}
+        sql = backend.compile(kpi_table(backend, **bounds))
+        for name, moment in bounds.items():
+            shown = backend.compile(ibis.literal(moment, type="timestamp").name("x"))
+            found = re.fullmatch(r'SELECT (.+) AS "x"', shown)
+            if found is None or found.group(1) not in sql:
+                raise RuntimeError(f"the {name} of the KPI query is not compiled as a literal {shown!r}")
+            sql = sql.replace(found.group(1), f"CAST(${name} AS TIMESTAMP)")
+        if any(str(moment.year) in sql for moment in _PLACEHOLDERS.values()):
+            raise RuntimeError("a bound of the KPI query is compiled in a form that was not replaced by its parameter")
+        queries[key] = sql
+    return queries
+
+
+def write_kpi_queries(path: Path = KPI_QUERIES_MODULE) -> None:
+    """Compile the KPI query on an empty store and write it, with its fingerprint, as a module."""
+    import duckdb
+
+    from features.store import create_tables, ibis_backend
+
+    con = duckdb.connect(":memory:")
+    try:
+        create_tables(con)
+        queries = compile_kpi_queries(ibis_backend(con))
+    finally:
+        con.close()
+    lines = [
+        '"""The KPI report\'s query (features.report.kpi_table) compiled to DuckDB SQL, one per kind of window.',
+        "",
+        "Generated by ``make kpi-queries``; do not edit. ``rapport data report`` runs it without importing Ibis",
+        "while FINGERPRINT matches features.report.kpi_query_fingerprint(), and compiles the expression otherwise.",
+        '"""',
+        "",
+        f"FINGERPRINT = {kpi_query_fingerprint()!r}",
+        "",
+        "QUERIES = {",
+        *(f"    {key!r}: {sql!r}," for key, sql in queries.items()),
+        "}",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def kpi_report_duckdb(con: duckdb.DuckDBPyConnection, *, start: datetime | None = None,
+                      end: datetime | None = None) -> KpiReport:
+    """:func:`kpi_report` of a DuckDB store, by the query compiled ahead of time (no Ibis import).
+
+    When the sources of the query changed since it was compiled (:func:`kpi_query_fingerprint`),
+    the expression is compiled and run instead: the numbers never come from a stale query.
+    """
+    start_n, end_n = _bounds(start, end)
+    from features import kpi_queries
+
+    if kpi_queries.FINGERPRINT != kpi_query_fingerprint():
+        logger.info("the compiled KPI query is older than its sources (make kpi-queries): compiling it")
+        from features.store import ibis_backend
+
+        return kpi_report(ibis_backend(con), start=start_n, end=end_n)
+    bounds = {name: bound for name, bound in (("start", start_n), ("end", end_n)) if bound is not None}
+    cursor = con.execute(kpi_queries.QUERIES[_variant(start_n, end_n)], bounds)
+    names = [column[0] for column in cursor.description]
+    return _assemble([dict(zip(names, row, strict=True)) for row in cursor.fetchall()], start_n, end_n)
 
 
 # --- Revenue over time ------------------------------------------------------------------------------
@@ -239,6 +366,8 @@ def revenue_by_period(
     ``customers`` counts distinct identified customers with an order in the period and channel.
     Columns: :data:`PERIOD_COLUMNS`. ``freq`` is one of :data:`PERIOD_FREQUENCIES`.
     """
+    import pandas as pd
+
     if freq not in PERIOD_FREQUENCIES:
         raise ValueError(f"freq must be one of {', '.join(PERIOD_FREQUENCIES)}, got {freq!r}")
     unit, pandas_freq = PERIOD_FREQUENCIES[freq]
@@ -332,3 +461,7 @@ def render_kpi_table(report: KpiReport, currency: str) -> Table:
     for label, cell in rows:
         table.add_row(label, *(cell(k) for _, k in columns))
     return table
+
+
+if __name__ == "__main__":
+    write_kpi_queries()

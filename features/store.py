@@ -10,12 +10,15 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import ibis
 
 from features.errors import RapportError
 from features.settings import Settings
+
+if TYPE_CHECKING:
+    import ibis
 
 SCHEMA_VERSION = 1
 
@@ -153,4 +156,7 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def ibis_backend(con: duckdb.DuckDBPyConnection) -> ibis.BaseBackend:
     """The Ibis backend over an open DuckDB connection: feature code only ever sees this."""
+    # Imported here: Ibis costs about a second that commands reading the store by SQL never need.
+    import ibis
+
     return ibis.duckdb.from_connection(con)

@@ -375,16 +375,20 @@ def data_report(
     output: Annotated[Path | None, typer.Option(help="JSON file (default: DATA_DIR/reports/kpi_report.json).")] = None,
 ) -> None:
     """Engagement KPIs overall and per channel, identity and quarantine summaries; printed and written as JSON."""
-    from features.store import connect, ibis_backend
+    from features.moments import utc_naive
+    from features.store import connect
 
+    first, last = _date(start, "--start"), _date(end, "--end")
+    if first is not None and last is not None and utc_naive(last) <= utc_naive(first):
+        raise typer.BadParameter(f"expected a day after --start ({start}), got {end}", param_hint="--end")
     s = settings()
     con = _guard(lambda: connect(s, read_only=True))
     try:
         # Imported once the store is known to exist: a missing store is reported without paying for them.
         from features.identity import identity_summary
-        from features.report import kpi_report, render_kpi_table
+        from features.report import kpi_report_duckdb, render_kpi_table
 
-        report = kpi_report(ibis_backend(con), start=_date(start, "--start"), end=_date(end, "--end"))
+        report = kpi_report_duckdb(con, start=first, end=last)
         ident = identity_summary(con)
         quarantine = con.execute(
             "SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC").fetchall()

@@ -13,7 +13,7 @@ import pytest
 
 from features.discovery import IngestError, RawInput, discover, load_mapping_file, parse_map_options
 from features.ingest import ingest
-from features.rawformat import CsvOptions, detect_delimiter, detect_encoding, strftime_format
+from features.rawformat import CsvOptions, detect_delimiter, detect_encoding, scan_lines, strftime_format
 from features.schema import QuarantineReason as Q
 from features.store import StoreBusyError, connect
 from tests.conftest import NOW, ORDER_HEADER, RECEIPT_HEADER, RETURN_HEADER, write_csv
@@ -388,3 +388,17 @@ def test_a_store_released_within_the_timeout_is_opened(settings):
         con.close()
     finally:
         holder.wait()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_lines_are_counted_and_numbered_as_the_reader_counts_them(tmp_path, newline):
+    # Lines as DuckDB numbers them: the header 1, then each row and each blank line; the line breaks
+    # of a quoted field (blank ones included, and a doubled quote inside it) start no line.
+    text = ["h1,h2", "a,1", "", 'b,"x', "", 'y ""z""",2', "", "", "c,3", "", "d,4"]
+    path = tmp_path / "f.csv"
+    path.write_bytes(newline.join(text).encode() + newline.encode())
+    scan = scan_lines(path)
+    assert (scan.blank, scan.physical, scan.newline) == ((3, 5, 6, 8), 11, newline[-1].encode())
+    assert scan_lines(path, 5).blank == (3, 5)
+    assert scan_lines(path, 2).blank == ()

@@ -89,6 +89,36 @@ def main() -> None:
     nul[2] = nul[2].replace(",I1,", ",I\x001,")
     write("orders_nul_byte.csv", orders(*nul))
     write("orders_unterminated_quote.csv", orders(*good(2), order(3, item='"I1'), *good(2, 4)))
+    # A quoted field holding line breaks is one row over several lines: the rows after it keep their
+    # numbers (1 = first data row), whether the reader refuses them or the checks quarantine them.
+    multiline = good(12)
+    multiline[1] = order(2, country='"United\nKingdom"')
+    multiline[4] = order(5, country='"Isle of\r\nMan\n"')
+    multiline[6] += ",extra"
+    multiline[9] = order(10, price="n/a")
+    write("orders_multiline_then_ragged.csv", orders(*multiline))
+    multiline = good(12)
+    multiline[1] = order(2, country='"United\nKingdom"')
+    multiline[3] = order(4, country="Fran\udce7e")
+    multiline[7] = order(8, price="n/a")
+    (HERE / "orders_multiline_then_bad_byte.csv").write_bytes(
+        orders(*multiline).encode("utf-8", errors="surrogateescape"))
+    # A multi-line field is no quote left open: a misplaced quote after it is one refused row, and
+    # a quote never closed after it still refuses the file, counting the lines it swallowed.
+    multiline = good(12)
+    multiline[1] = order(2, country='"United\nKingdom"')
+    multiline[5] = order(6, item='"I1"x')
+    write("orders_multiline_then_misplaced_quote.csv", orders(*multiline))
+    write("orders_multiline_then_unclosed_quote.csv",
+          orders(*good(1), order(2, country='"United\nKingdom"'), *good(1, 3), order(4, item='"I1'), *good(2, 5)))
+    # Blank lines are no rows, but the reader counts them in the lines of the rows it refuses.
+    blank = good(12)
+    blank[1] = order(2, country='"United\n\nKingdom"')  # a blank line inside a field is no blank line
+    blank[0] += "\n"
+    blank[2] += "\n\n"
+    blank[4] += ",extra"
+    blank[8] = blank[8].replace(",I1,", ",I\x001,")
+    write("orders_blank_lines.csv", orders(*blank))
 
     # -- encodings
     catalogue = "item_id,name,category\nI1,Crème brûlée dish,Kitchen\nI2,Café au lait bowl,Kitchen\nI3,Plain mug,Kitchen\n"
