@@ -63,7 +63,8 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
     import recommend as synthetic  # benchmarks/recommend.py
 
     from training.bundle import CHURN_STATE, CLV_STATE, IDENTITY, RECOMMENDER_DIR, SNAPSHOT_CHURN, \
-        SNAPSHOT_CUSTOMERS, read_manifest, sort_identity, write_default_lists, write_manifest
+        SNAPSHOT_CUSTOMERS, read_manifest, read_table, sort_identity, table_path, write_default_lists, write_manifest
+    from training.frames import write_frame
     from training.recommend import artefact
     from training.recommend.model import RecommenderModel, RecommenderSettings
 
@@ -91,19 +92,29 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
         shutil.copy(source / name, out / name)
     rng = np.random.default_rng(7)
     ids = pd.Index(data.customer_ids, name="customer_id")
-    customers = pd.read_parquet(source / SNAPSHOT_CUSTOMERS)
-    churn = pd.read_parquet(source / SNAPSHOT_CHURN)
+    customers = read_table(table_path(source, SNAPSHOT_CUSTOMERS))
+    churn = read_table(table_path(source, SNAPSHOT_CHURN))
     rows = customers.iloc[rng.integers(0, len(customers), len(ids))].set_axis(ids)
-    rows.to_parquet(out / SNAPSHOT_CUSTOMERS)
+    write_frame(rows, out / SNAPSHOT_CUSTOMERS)
     in_churn = churn.iloc[rng.integers(0, len(churn), len(ids) // 2)].set_axis(ids[::2][: len(ids) // 2])
-    in_churn.to_parquet(out / SNAPSHOT_CHURN)
+    write_frame(in_churn, out / SNAPSHOT_CHURN)
+    # The same tables as Parquet (earlier bundles' format), read back once each: the figure the columns replace.
+    for name, frame in ((SNAPSHOT_CUSTOMERS, rows), (SNAPSHOT_CHURN, in_churn)):
+        frame.to_parquet(out.parent / f"{name}.parquet")
+        began = time.perf_counter()
+        pd.read_parquet(out.parent / f"{name}.parquet")
+        parquet_s = time.perf_counter() - began
+        began = time.perf_counter()
+        read_table(out / name)
+        print(f"{name}: {len(frame):,} rows read in {time.perf_counter() - began:.2f} s as .npy columns, "
+              f"{parquet_s:.2f} s as Parquet", flush=True)
     n_keys = 3 * len(ids)
-    sort_identity(pd.DataFrame({
+    write_frame(sort_identity(pd.DataFrame({
         "key_type": pd.Categorical(np.resize(np.asarray(["email", "account", "device"]), n_keys)),
         "hash_high": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
         "hash_low": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
         "customer_id": np.repeat(ids.to_numpy(), 3),
-    })).to_parquet(out / IDENTITY, index=False)
+    })), out / IDENTITY, index=False)
     manifest = {**manifest, "counts": {"customers": len(ids), "churn_population": len(in_churn), "identity_keys": n_keys,
                                        "recommender_customers": data.n_users, "items": data.n_items,
                                        "default_lists": 0 if lists is None else lists.n_customers},
@@ -328,6 +339,8 @@ def main() -> None:
     try:
         import httpx
 
+        from training.bundle import SNAPSHOT_CUSTOMERS, read_table, table_path
+
         started = time.perf_counter()
         while True:
             with contextlib.suppress(httpx.HTTPError):  # not listening yet
@@ -338,7 +351,7 @@ def main() -> None:
             time.sleep(1)
         print(f"server ready in {time.perf_counter() - started:.0f} s (bundle load)", flush=True)
         manifest = json.loads((bundle / "manifest.json").read_text())
-        ids_all = pd.read_parquet(bundle / "snapshot_customers.parquet", columns=[]).index.to_numpy()
+        ids_all = read_table(table_path(bundle, SNAPSHOT_CUSTOMERS)).index.to_numpy()
         ids = np.random.default_rng(1).choice(ids_all, 20_000, replace=False).tolist()
         ids_file = bundle.parent / "ids.json"
         ids_file.write_text(json.dumps([int(i) for i in ids]))

@@ -18,13 +18,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
-
-import duckdb
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from features.schema import KeyType
 from features.settings import Settings
+
+if TYPE_CHECKING:
+    # Annotations only: a service's worker hashes request keys with this module before it has
+    # imported DuckDB or pandas (serving.lookup).
+    import duckdb
 
 SALT_VARIABLE = "rapport_salt"
 HASH_HEX_CHARS = 32  # 128 bits: collisions are negligible for billions of keys
@@ -154,6 +156,8 @@ def resolve(con: duckdb.DuckDBPyConnection, *, ingest_id: int, now: datetime) ->
         "JOIN _id_keys a ON a.key_hash = l.key_a JOIN _id_keys b ON b.key_hash = l.key_b"
     ).fetchnumpy()
     # Imported here: scipy costs a second that readers of the identity map (rapport data report) never need.
+    import numpy as np
+    import pandas as pd
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

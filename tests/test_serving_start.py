@@ -2,7 +2,9 @@
 bundle's manifest records every file's size and SHA-256 and ``rapport serve start`` refuses a bundle
 with a missing, truncated or changed file (naming it) before BentoML starts; a worker that cannot
 load its bundle stops the server instead of being restarted in a loop; SIGTERM to ``rapport serve
-start`` leaves no process behind. The bundle's arrays are memory-mapped, not copied."""
+start`` leaves no process behind. The bundle's arrays are memory-mapped, not copied; a worker
+answers from them before it imports the model libraries, which it loads right after in a thread;
+a bundle whose tables are Parquet files (written before the tables of columns) is still served."""
 
 from __future__ import annotations
 
@@ -15,11 +17,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 
 from tests.fixtures_serving import ROOT, bentoml_command, free_port, server_env, stop_group, wait_ready
-from training.bundle import BundleError, load_bundle, verify_bundle
+from serving import schemas
+from serving.lookup import Lookups
+from serving.runtime import Runtime
+from training.bundle import IDENTITY, SNAPSHOT_CHURN, SNAPSHOT_CUSTOMERS, BundleError, load_bundle, read_manifest, \
+    read_table, verify_bundle, write_manifest
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -53,10 +60,10 @@ def test_the_manifest_records_every_file_and_each_change_is_named(bundle_copy):
     with pytest.raises(BundleError, match=r"recommender/ranker.txt has changed since the export"):
         verify_bundle(bundle_copy)
     verify_bundle(bundle_copy, digests=False)  # what a worker checks: the sizes
-    (bundle_copy / "identity.parquet").unlink()
-    with pytest.raises(BundleError, match=r"identity.parquet is missing"):
+    (bundle_copy / "identity" / "hash_low.npy").unlink()
+    with pytest.raises(BundleError, match=r"identity/hash_low.npy is missing"):
         verify_bundle(bundle_copy, digests=False)
-    with pytest.raises(BundleError, match=r"identity.parquet is missing"):
+    with pytest.raises(BundleError, match=r"identity/hash_low.npy is missing"):
         load_bundle(bundle_copy)
 
 
@@ -146,3 +153,78 @@ def test_the_bundle_arrays_are_memory_mapped(serving_bundle):
                   bundle.default_lists.score):
         assert mapped(array), (array.dtype, array.shape)
         assert not array.flags.writeable
+
+
+#: Imported by a worker only once it answers (serving.lookup): the libraries of the models and the snapshot.
+MODEL_LIBRARIES = ("pandas", "pyarrow", "scipy", "sklearn", "lightgbm", "ibis", "duckdb", "mlflow", "lifetimes",
+                   "implicit", "autograd")
+
+_WORKER_START = """
+import json, sys, threading
+heavy = set(sys.argv[1].split(","))
+seen = {}
+
+class Watch:
+    # Records which thread imports each model library first (the import itself goes on as usual).
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in heavy and top not in seen:
+            seen[top] = threading.current_thread().name
+        return None
+
+sys.meta_path.insert(0, Watch())
+from serving import schemas
+from serving.service import Rapport
+
+service = Rapport.inner()
+# What the worker answers before the models are loaded, on the thread that starts it.
+answers = {"info": service.lookups.info().process_id > 0,
+           "listed": service.lookups.listed(schemas.RecommendRequest(customer_id=int(sys.argv[2]), n=5)) is not None}
+on_start = sorted(top for top, thread in seen.items() if thread == "MainThread")
+runtime = service._loaded.result(timeout=300)
+answers["scores"] = len(runtime.customer_scores([int(sys.argv[2])]).scores) == 1
+print(json.dumps({"on_start": on_start, "later": sorted(seen), "answers": answers}))
+"""
+
+
+def test_a_worker_answers_before_it_imports_the_model_libraries(serving_bundle):
+    """The service's start (its ``__init__``, what a worker runs before it accepts requests) imports
+    none of the model libraries; they are loaded right after, in the thread that loads the models."""
+    settings, bundle = serving_bundle
+    customer = int(load_bundle(bundle).recommender.data_.customer_ids[0])
+    done = subprocess.run([sys.executable, "-c", _WORKER_START, ",".join(MODEL_LIBRARIES), str(customer)], cwd=ROOT,
+                          env=server_env(bundle, settings.data_dir), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["on_start"] == [], found
+    assert found["answers"] == {"info": True, "listed": True, "scores": True}, found
+    # The watch itself sees the imports: the thread that loads the models does import them.
+    assert {"pandas", "lightgbm", "sklearn", "scipy"} <= set(found["later"]), found
+
+
+def _as_parquet_bundle(bundle: Path) -> None:
+    """The bundle as it was written before the tables of columns: Parquet files, a new manifest."""
+    for name, index in ((SNAPSHOT_CUSTOMERS, True), (SNAPSHOT_CHURN, True), (IDENTITY, False)):
+        frame = read_table(bundle / name)
+        shutil.rmtree(bundle / name)
+        frame.to_parquet(bundle / f"{name}.parquet", index=index)
+    manifest = read_manifest(bundle)
+    manifest.pop("files")
+    write_manifest(bundle, manifest)
+
+
+def test_a_bundle_with_parquet_tables_is_still_served(bundle_copy, serving_bundle):
+    settings, bundle = serving_bundle
+    current = load_bundle(bundle)
+    _as_parquet_bundle(bundle_copy)
+    earlier = load_bundle(bundle_copy)
+    for name in ("customers", "churn"):
+        pd.testing.assert_frame_equal(getattr(earlier.snapshot, name), getattr(current.snapshot, name))
+    # The lookups answer by customer id at once; raw keys wait for the runtime, which reads the Parquet map.
+    lookups = Lookups.from_directory(bundle_copy, settings)
+    assert lookups.identity is None
+    customer = int(current.recommender.data_.customer_ids[0])
+    assert lookups.listed(schemas.RecommendRequest(customer_id=customer, n=5)) is not None
+    runtime = Runtime.from_directory(bundle_copy, settings, lookups)
+    assert lookups.identity is not None and lookups.identity.size == len(current.identity)
+    assert runtime.identity.size == len(current.identity)
