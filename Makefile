@@ -17,12 +17,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 
+# --compile-bytecode: what pip does by default and uv does not. Without it, where Python may not
+# write bytecode (PYTHONDONTWRITEBYTECODE, common in containers) every process compiles its
+# libraries from source: a restarted service worker took 7.4 s instead of 4.5 s (benchmarks/serve.py).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e .
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[test]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -51,7 +51,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # after the project: benchmarks/features.py is no package
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
