@@ -18,6 +18,7 @@ export, as ``rapport serve export`` writes them; the seconds it took are printed
     python benchmarks/serve.py --models bundle [--customers 1000000] [--items 50000]
                                [--interactions 10000000] [--seconds 30] [--connections 16] [--workers 2]
                                [--client wrk|httpx] [--default-lists 20] [--reuse] [--kill-worker]
+                               [--worker-start N]
 
 Prints, for ``recommend`` (a random known customer, n=10, no option: the web shop's plain list, a
 lookup in the default lists), ``recommend_ranked`` (the same with ``exclude_purchased: false``: an
@@ -31,6 +32,10 @@ memory per worker. Targets on 2 cores: recommend >= 1,000 requests/s, p99 < 50 m
 of the workers killed (SIGKILL) a third of the way in; prints the requests lost and the seconds until
 the restarted worker answers (it memory-maps the bundle's arrays). Targets: < 0.5 % of the requests
 lost, the worker answering again within 5 s.
+
+``--worker-start N`` measures a worker's start alone, without load: one worker killed N times; prints
+the median seconds until the new process answers (the arbiter's check, the interpreter, the imports,
+the bundle's lookups) and until it has loaded the models and the snapshot in the background.
 """
 
 from __future__ import annotations
@@ -278,6 +283,31 @@ def kill_worker_case(url: str, server_pid: int, ids_file: Path, seconds: float, 
             "workers_after": len([p for p in _workers(server_pid) if p.status() != "zombie"])}
 
 
+def worker_start_case(url: str, server_pid: int, log: Path, repeats: int) -> dict:
+    """A worker's start without load: ``repeats`` times, one worker killed (SIGKILL) and the seconds
+    until a new process answers ``/info`` (spawned by the arbiter, imports, the lookups), then the
+    seconds its log gives for loading the models and the snapshot in the background."""
+    answered, loaded = [], []
+    for _ in range(repeats):
+        before = {p.pid for p in _workers(server_pid)}
+        logged = log.read_text().count("models loaded in")
+        killed_at = time.perf_counter()
+        os.kill(sorted(before)[0], 9)
+        while time.perf_counter() - killed_at < 120:
+            if (pid := _answering_process(url)) is not None and pid not in before:
+                answered.append(time.perf_counter() - killed_at)
+                break
+            time.sleep(0.05)
+        # (A server whose workers load everything before they answer logs no such line.)
+        while logged and time.perf_counter() - killed_at < 120 and log.read_text().count("models loaded in") == logged:
+            time.sleep(0.2)
+        lines = [x for x in log.read_text().splitlines() if "models loaded in" in x]
+        if logged:
+            loaded.append(float(lines[-1].rsplit("models loaded in ", 1)[1].split()[0]))
+        time.sleep(2)  # the survivors settle before the next kill
+    return {"answered": answered, "loaded": loaded}
+
+
 def drive_main() -> None:
     url, endpoint, ids_file, seconds, connections = sys.argv[2:7]
     ids = json.loads(Path(ids_file).read_text())
@@ -314,6 +344,9 @@ def main() -> None:
     parser.add_argument("--kill-worker", action="store_true",
                         help="Only the recovery case: recommend under load, one of the workers killed a third of the "
                              "way in (needs wrk and --workers 2 or more).")
+    parser.add_argument("--worker-start", type=int, default=0, metavar="N",
+                        help="Only a worker's start without load: one worker killed N times, the seconds until a new "
+                             "process answers and until its models are loaded.")
     parser.add_argument("--default-lists", type=int, default=20,
                         help="Length of the default lists ranked into the bundle (serving_default_lists; 0: none).")
     args = parser.parse_args()
@@ -356,6 +389,15 @@ def main() -> None:
         ids_file = bundle.parent / "ids.json"
         ids_file.write_text(json.dumps([int(i) for i in ids]))
         ids_file.with_suffix(".txt").write_text("\n".join(str(int(i)) for i in ids) + "\n")
+        if args.worker_start:
+            if args.workers < 2:
+                raise SystemExit("--worker-start needs at least two workers (one answers while the other starts)")
+            r = worker_start_case(url, server.pid, log, args.worker_start)
+            print(f"a killed worker answered again after {np.median(r['answered']):.1f} s without load (median of "
+                  f"{len(r['answered'])}: {', '.join(f'{x:.1f}' for x in r['answered'])} s)"
+                  + (f"; its models and snapshot were loaded {np.median(r['loaded']):.1f} s later in the background "
+                     f"({', '.join(f'{x:.1f}' for x in r['loaded'])} s)" if r["loaded"] else ""), flush=True)
+            return
         if args.kill_worker:
             if client != "wrk" or args.workers < 2:
                 raise SystemExit("--kill-worker needs wrk and at least two workers")

@@ -24,8 +24,17 @@ from features.identity import hash_key
 from features.schema import Col, KeyType
 from features.settings import Settings
 from serving import schemas
-from training.bundle import IDENTITY, IDENTITY_COLUMNS, MODEL_KEYS, RECOMMENDER_DIR, BundleError, key_hash_words, salt_check, \
-    table_path, verify_bundle
+from training.bundle import (
+    IDENTITY,
+    IDENTITY_COLUMNS,
+    MODEL_KEYS,
+    RECOMMENDER_DIR,
+    BundleError,
+    key_hash_words,
+    salt_check,
+    table_path,
+    verify_bundle,
+)
 from training.frames import Columns, FrameFileError, read_columns
 from training.recommend.artefact import RecommenderArtefactError, read_ids
 from training.recommend.precomputed import DefaultLists, DefaultListsError
@@ -167,7 +176,8 @@ class Lookups:
             # The deployment's fault, not the request's: 503 until the salt is fixed.
             raise RequestError(503, "key", "lookups by raw key are disabled: the service's identity salt is not the "
                                            "one the bundle was exported with")
-        assert self.identity is not None, "resolve_key before the identity index is loaded"
+        if self.identity is None:
+            raise RuntimeError("raw keys are resolved once the identity index is loaded (Runtime supplies it)")
         hashed = hash_key(KeyType(key.type), key.value, self.settings)
         # A key with nothing left after normalisation (a phone number without digits) is nobody's.
         return None if hashed is None else self.identity.customer(hashed)

@@ -86,7 +86,9 @@ class Runtime:
     def __init__(self, bundle: Bundle, settings: Settings, lookups: Lookups | None = None) -> None:
         self.bundle = bundle
         self.settings = settings
-        self.identity = IdentityIndex(bundle.identity)
+        # The worker's lookups read the map already (from its columns) unless the bundle's is Parquet.
+        found = None if lookups is None else lookups.identity
+        self.identity = found if found is not None else IdentityIndex(bundle.identity)
         if lookups is None:
             lookups = Lookups(bundle.manifest, settings, customer_ids=bundle.recommender.data_.customer_ids,
                               item_ids=bundle.recommender.data_.item_ids, default_lists=bundle.default_lists,

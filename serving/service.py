@@ -2,7 +2,10 @@
 
 Start it with ``rapport serve start`` or ``bentoml serve serving.service:Rapport`` (``RAPPORT_BUNDLE_DIR``
 names the bundle written by ``rapport serve export``; default ``./bundle``). Each worker loads the
-bundle into memory once; no request touches a database or the tracking server.
+bundle once; no request touches a database or the tracking server. A worker answers from the
+bundle's lookups (:mod:`serving.lookup`: numpy, memory-mapped) as soon as it starts and loads the
+models and the scoring snapshot right after, in a thread; the requests that need them wait for them
+(a restarted worker takes its share of the load again in seconds, not after its imports).
 
 Endpoints (POST, JSON; the OpenAPI page at ``/`` documents the bodies):
 
@@ -310,7 +313,8 @@ class Rapport:
 
     def _recommend_many(self, requests: Any) -> Any:
         # Submitted only once the runtime is loaded (recommend awaits it first).
-        assert self.runtime is not None
+        if self.runtime is None:
+            raise RuntimeError("recommend requests were submitted before the runtime was loaded")
         return self.runtime.recommend_many(requests)
 
     # --- helpers ----------------------------------------------------------------------------------
