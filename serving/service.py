@@ -306,7 +306,7 @@ class Rapport:
                  runtime.versions, runtime.snapshot_date, time.perf_counter() - started)
 
     async def _runtime(self) -> Runtime:
-        """The loaded runtime, once the thread has loaded it (at once after a worker's first seconds)."""
+        """The loaded runtime (in a worker's first seconds: once the thread has loaded it)."""
         if self.runtime is not None:
             return self.runtime
         return await asyncio.wrap_future(self._loaded)
