@@ -288,6 +288,10 @@ def worker_start_case(url: str, server_pid: int, log: Path, repeats: int) -> dic
     until a new process answers ``/info`` (spawned by the arbiter, imports, the lookups), then the
     seconds its log gives for loading the models and the snapshot in the background."""
     answered, loaded = [], []
+    # Every worker of the server's start has loaded its models (each logs it once) before the first kill.
+    began = time.perf_counter()
+    while log.read_text().count("models loaded in") < len(_workers(server_pid)) and time.perf_counter() - began < 120:
+        time.sleep(0.2)
     for _ in range(repeats):
         before = {p.pid for p in _workers(server_pid)}
         logged = log.read_text().count("models loaded in")
