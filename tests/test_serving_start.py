@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from tests.fixtures_serving import ROOT, bentoml_command, free_port, server_env, stop_group, wait_ready
+from features.schema import KeyType
 from serving import schemas
 from serving.lookup import Lookups
 from serving.runtime import Runtime
@@ -160,8 +161,9 @@ MODEL_LIBRARIES = ("pandas", "pyarrow", "scipy", "sklearn", "lightgbm", "ibis", 
                    "implicit", "autograd")
 
 _WORKER_START = """
-import json, sys, threading
+import json, os, sys, threading
 heavy = set(sys.argv[1].split(","))
+customer, email = int(sys.argv[2]), sys.stdin.read()
 seen = {}
 
 class Watch:
@@ -173,31 +175,57 @@ class Watch:
         return None
 
 sys.meta_path.insert(0, Watch())
+from features.schema import KeyType
+from features.settings import load_settings
 from serving import schemas
+from serving.lookup import Lookups, RequestError
 from serving.service import Rapport
 
+# What a worker answers with before it loads the models, in a process that has loaded nothing else.
+lookups = Lookups.from_directory(os.environ["RAPPORT_BUNDLE_DIR"], load_settings())
+by_id = lookups.listed(schemas.RecommendRequest(customer_id=customer, n=5))
+by_key = lookups.listed(schemas.RecommendRequest(key=schemas.RawKey(type=KeyType.EMAIL, value=email), n=5))
+answers = {"by_id": [i.item_id for i in by_id[0].items], "by_key": [i.item_id for i in by_key[0].items],
+           "info": lookups.info().process_id == os.getpid(),
+           "error": lookups.error(RequestError(404, "item_id", "not known"))["detail"][0]["loc"] == ["item_id"]}
+before_service = sorted(seen)
+# The service's own start: the models are loaded by its thread, never by the thread that starts it.
 service = Rapport.inner()
-# What the worker answers before the models are loaded, on the thread that starts it.
-answers = {"info": service.lookups.info().process_id > 0,
-           "listed": service.lookups.listed(schemas.RecommendRequest(customer_id=int(sys.argv[2]), n=5)) is not None}
-on_start = sorted(top for top, thread in seen.items() if thread == "MainThread")
 runtime = service._loaded.result(timeout=300)
-answers["scores"] = len(runtime.customer_scores([int(sys.argv[2])]).scores) == 1
-print(json.dumps({"on_start": on_start, "later": sorted(seen), "answers": answers}))
+answers["scores"] = len(runtime.customer_scores([customer]).scores) == 1
+on_start = sorted(top for top, thread in seen.items() if thread == "MainThread")
+print(json.dumps({"before_service": before_service, "on_start": on_start, "later": sorted(seen), "answers": answers}))
 """
 
 
+def _email(value: str) -> schemas.RawKey:
+    return schemas.RawKey(type=KeyType.EMAIL, value=value)
+
+
 def test_a_worker_answers_before_it_imports_the_model_libraries(serving_bundle):
-    """The service's start (its ``__init__``, what a worker runs before it accepts requests) imports
-    none of the model libraries; they are loaded right after, in the thread that loads the models."""
+    """The lookups a worker answers with at once (default lists by id and by raw key, /info, error
+    bodies) import none of the model libraries, and neither does the service's start (its
+    ``__init__``, what a worker runs before it accepts requests): they are loaded right after, in the
+    thread that loads the models."""
     settings, bundle = serving_bundle
-    customer = int(load_bundle(bundle).recommender.data_.customer_ids[0])
+    runtime = Runtime(load_bundle(bundle), settings)
+    keys = pd.read_parquet(bundle.parent / "raw" / "customer_keys.parquet")
+    # A customer whose e-mail resolves to a default list (the same lookup, made by the full runtime).
+    email, expected_by_key = next(
+        (e, answer) for e in keys["email"] if isinstance(e, str) and e
+        and isinstance(answer := runtime.listed(schemas.RecommendRequest(key=_email(e), n=5)), tuple))
+    customer = int(runtime.bundle.recommender.data_.customer_ids[0])
+    expected_by_id = runtime.listed(schemas.RecommendRequest(customer_id=customer, n=5))
+    # The e-mail goes through stdin: never in a command line.
     done = subprocess.run([sys.executable, "-c", _WORKER_START, ",".join(MODEL_LIBRARIES), str(customer)], cwd=ROOT,
-                          env=server_env(bundle, settings.data_dir), capture_output=True, text=True, timeout=600)
+                          env=server_env(bundle, settings.data_dir), input=email, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found["on_start"] == [], found
-    assert found["answers"] == {"info": True, "listed": True, "scores": True}, found
+    assert found["before_service"] == [] and found["on_start"] == [], found
+    assert found["answers"] == {"by_id": [i.item_id for i in expected_by_id[0].items],
+                                "by_key": [i.item_id for i in expected_by_key[0].items],
+                                "info": True, "error": True, "scores": True}, found
     # The watch itself sees the imports: the thread that loads the models does import them.
     assert {"pandas", "lightgbm", "sklearn", "scipy"} <= set(found["later"]), found
 
