@@ -50,7 +50,6 @@ import ibis
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from numpy.typing import NDArray
 from scipy import sparse
 from sklearn.exceptions import NotFittedError
