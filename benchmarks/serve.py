@@ -18,6 +18,7 @@ export, as ``rapport serve export`` writes them; the seconds it took are printed
     python benchmarks/serve.py --models bundle [--customers 1000000] [--items 50000]
                                [--interactions 10000000] [--seconds 30] [--connections 16] [--workers 2]
                                [--client wrk|httpx] [--default-lists 20] [--reuse] [--kill-worker]
+                               [--worker-start N]
 
 Prints, for ``recommend`` (a random known customer, n=10, no option: the web shop's plain list, a
 lookup in the default lists), ``recommend_ranked`` (the same with ``exclude_purchased: false``: an
@@ -31,6 +32,10 @@ memory per worker. Targets on 2 cores: recommend >= 1,000 requests/s, p99 < 50 m
 of the workers killed (SIGKILL) a third of the way in; prints the requests lost and the seconds until
 the restarted worker answers (it memory-maps the bundle's arrays). Targets: < 0.5 % of the requests
 lost, the worker answering again within 5 s.
+
+``--worker-start N`` measures a worker's start alone, without load: one worker killed N times; prints
+the median seconds until the new process answers (the arbiter's check, the interpreter, the imports,
+the bundle's lookups) and until it has loaded the models and the snapshot in the background.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # after the project: benchmarks/features.py is no package
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -63,7 +68,8 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
     import recommend as synthetic  # benchmarks/recommend.py
 
     from training.bundle import CHURN_STATE, CLV_STATE, IDENTITY, RECOMMENDER_DIR, SNAPSHOT_CHURN, \
-        SNAPSHOT_CUSTOMERS, read_manifest, sort_identity, write_default_lists, write_manifest
+        SNAPSHOT_CUSTOMERS, read_manifest, read_table, sort_identity, table_path, write_default_lists, write_manifest
+    from training.frames import write_frame
     from training.recommend import artefact
     from training.recommend.model import RecommenderModel, RecommenderSettings
 
@@ -91,19 +97,29 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
         shutil.copy(source / name, out / name)
     rng = np.random.default_rng(7)
     ids = pd.Index(data.customer_ids, name="customer_id")
-    customers = pd.read_parquet(source / SNAPSHOT_CUSTOMERS)
-    churn = pd.read_parquet(source / SNAPSHOT_CHURN)
+    customers = read_table(table_path(source, SNAPSHOT_CUSTOMERS))
+    churn = read_table(table_path(source, SNAPSHOT_CHURN))
     rows = customers.iloc[rng.integers(0, len(customers), len(ids))].set_axis(ids)
-    rows.to_parquet(out / SNAPSHOT_CUSTOMERS)
+    write_frame(rows, out / SNAPSHOT_CUSTOMERS)
     in_churn = churn.iloc[rng.integers(0, len(churn), len(ids) // 2)].set_axis(ids[::2][: len(ids) // 2])
-    in_churn.to_parquet(out / SNAPSHOT_CHURN)
+    write_frame(in_churn, out / SNAPSHOT_CHURN)
+    # The same tables as Parquet (earlier bundles' format), read back once each: the figure the columns replace.
+    for name, frame in ((SNAPSHOT_CUSTOMERS, rows), (SNAPSHOT_CHURN, in_churn)):
+        frame.to_parquet(out.parent / f"{name}.parquet")
+        began = time.perf_counter()
+        pd.read_parquet(out.parent / f"{name}.parquet")
+        parquet_s = time.perf_counter() - began
+        began = time.perf_counter()
+        read_table(out / name)
+        print(f"{name}: {len(frame):,} rows read in {time.perf_counter() - began:.2f} s as .npy columns, "
+              f"{parquet_s:.2f} s as Parquet", flush=True)
     n_keys = 3 * len(ids)
-    sort_identity(pd.DataFrame({
+    write_frame(sort_identity(pd.DataFrame({
         "key_type": pd.Categorical(np.resize(np.asarray(["email", "account", "device"]), n_keys)),
         "hash_high": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
         "hash_low": rng.integers(0, 2**63, n_keys, dtype=np.int64).astype(np.uint64),
         "customer_id": np.repeat(ids.to_numpy(), 3),
-    })).to_parquet(out / IDENTITY, index=False)
+    })), out / IDENTITY, index=False)
     manifest = {**manifest, "counts": {"customers": len(ids), "churn_population": len(in_churn), "identity_keys": n_keys,
                                        "recommender_customers": data.n_users, "items": data.n_items,
                                        "default_lists": 0 if lists is None else lists.n_customers},
@@ -267,6 +283,35 @@ def kill_worker_case(url: str, server_pid: int, ids_file: Path, seconds: float, 
             "workers_after": len([p for p in _workers(server_pid) if p.status() != "zombie"])}
 
 
+def worker_start_case(url: str, server_pid: int, log: Path, repeats: int) -> dict:
+    """A worker's start without load: ``repeats`` times, one worker killed (SIGKILL) and the seconds
+    until a new process answers ``/info`` (spawned by the arbiter, imports, the lookups), then the
+    seconds its log gives for loading the models and the snapshot in the background."""
+    answered, loaded = [], []
+    # Every worker of the server's start has loaded its models (each logs it once) before the first kill.
+    began = time.perf_counter()
+    while log.read_text().count("models loaded in") < len(_workers(server_pid)) and time.perf_counter() - began < 120:
+        time.sleep(0.2)
+    for _ in range(repeats):
+        before = {p.pid for p in _workers(server_pid)}
+        logged = log.read_text().count("models loaded in")
+        killed_at = time.perf_counter()
+        os.kill(sorted(before)[0], 9)
+        while time.perf_counter() - killed_at < 120:
+            if (pid := _answering_process(url)) is not None and pid not in before:
+                answered.append(time.perf_counter() - killed_at)
+                break
+            time.sleep(0.05)
+        # (A server whose workers load everything before they answer logs no such line.)
+        while logged and time.perf_counter() - killed_at < 120 and log.read_text().count("models loaded in") == logged:
+            time.sleep(0.2)
+        lines = [x for x in log.read_text().splitlines() if "models loaded in" in x]
+        if logged:
+            loaded.append(float(lines[-1].rsplit("models loaded in ", 1)[1].split()[0]))
+        time.sleep(2)  # the survivors settle before the next kill
+    return {"answered": answered, "loaded": loaded}
+
+
 def drive_main() -> None:
     url, endpoint, ids_file, seconds, connections = sys.argv[2:7]
     ids = json.loads(Path(ids_file).read_text())
@@ -303,6 +348,9 @@ def main() -> None:
     parser.add_argument("--kill-worker", action="store_true",
                         help="Only the recovery case: recommend under load, one of the workers killed a third of the "
                              "way in (needs wrk and --workers 2 or more).")
+    parser.add_argument("--worker-start", type=int, default=0, metavar="N",
+                        help="Only a worker's start without load: one worker killed N times, the seconds until a new "
+                             "process answers and until its models are loaded.")
     parser.add_argument("--default-lists", type=int, default=20,
                         help="Length of the default lists ranked into the bundle (serving_default_lists; 0: none).")
     args = parser.parse_args()
@@ -328,6 +376,8 @@ def main() -> None:
     try:
         import httpx
 
+        from training.bundle import SNAPSHOT_CUSTOMERS, read_table, table_path
+
         started = time.perf_counter()
         while True:
             with contextlib.suppress(httpx.HTTPError):  # not listening yet
@@ -338,11 +388,20 @@ def main() -> None:
             time.sleep(1)
         print(f"server ready in {time.perf_counter() - started:.0f} s (bundle load)", flush=True)
         manifest = json.loads((bundle / "manifest.json").read_text())
-        ids_all = pd.read_parquet(bundle / "snapshot_customers.parquet", columns=[]).index.to_numpy()
+        ids_all = read_table(table_path(bundle, SNAPSHOT_CUSTOMERS)).index.to_numpy()
         ids = np.random.default_rng(1).choice(ids_all, 20_000, replace=False).tolist()
         ids_file = bundle.parent / "ids.json"
         ids_file.write_text(json.dumps([int(i) for i in ids]))
         ids_file.with_suffix(".txt").write_text("\n".join(str(int(i)) for i in ids) + "\n")
+        if args.worker_start:
+            if args.workers < 2:
+                raise SystemExit("--worker-start needs at least two workers (one answers while the other starts)")
+            r = worker_start_case(url, server.pid, log, args.worker_start)
+            print(f"a killed worker answered again after {np.median(r['answered']):.1f} s without load (median of "
+                  f"{len(r['answered'])}: {', '.join(f'{x:.1f}' for x in r['answered'])} s)"
+                  + (f"; its models and snapshot were loaded {np.median(r['loaded']):.1f} s later in the background "
+                     f"({', '.join(f'{x:.1f}' for x in r['loaded'])} s)" if r["loaded"] else ""), flush=True)
+            return
         if args.kill_worker:
             if client != "wrk" or args.workers < 2:
                 raise SystemExit("--kill-worker needs wrk and at least two workers")

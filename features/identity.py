@@ -18,11 +18,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from features.schema import KeyType
 from features.settings import Settings
+
+if TYPE_CHECKING:
+    # Annotations only: a service's worker hashes request keys with this module before it has
+    # imported DuckDB or pandas (serving.lookup).
+    import duckdb
 
 SALT_VARIABLE = "rapport_salt"
 HASH_HEX_CHARS = 32  # 128 bits: collisions are negligible for billions of keys

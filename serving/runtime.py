@@ -3,8 +3,8 @@ one function per endpoint. :mod:`serving.service` wraps it in BentoML; tests cal
 
 Lookups never touch a database: customers by id are rows of the snapshot (pandas index) and of the
 recommender's sorted id array; raw keys are hashed with the deployment's salt
-(:func:`features.identity.hash_key`) and found by binary search in :class:`IdentityIndex`, the
-identity map as sorted 64-bit words (24 bytes a key). Scores come from
+(:func:`features.identity.hash_key`) and found by binary search in
+:class:`serving.lookup.IdentityIndex`, the identity map as sorted 64-bit words (24 bytes a key). Scores come from
 :func:`training.scoring.score_rows` and lists from ``RecommenderModel.recommend``: the code paths of
 ``rapport score`` and ``rapport recommend``, so the service and the batch files agree. A request for
 a known customer's plain list (no filter, ``n`` within the bundle's ``serving_default_lists``) is a
@@ -15,84 +15,22 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from features.errors import ArgumentError, RapportError
-from features.identity import hash_key
-from features.schema import Col, KeyType
+from features.schema import Col
 from features.settings import Settings
 from serving import schemas
-from training.bundle import Bundle, BundleError, key_hash_words, load_bundle, salt_check
-from training.recommend.model import Ranked, RecommenderInputError
+from serving.lookup import IdentityIndex, Lookups, Outcome, RequestError, bundle_directory, worker_count
+from training.bundle import Bundle, BundleError, load_bundle
+from training.recommend.model import RecommenderInputError
 from training.scoring import SCORE_COLUMNS, score_rows
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(RapportError, ValueError):
-    """A request the service answers with a 4xx: the status, the field and the message."""
-
-    def __init__(self, status: int, field: str, message: str, *, unknown_customer_ids: list[int] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
-        self.message = message
-        self.unknown_customer_ids = unknown_customer_ids
-
-
-class IdentityIndex:
-    """The identity map as sorted arrays per key type: (high word, low word) -> customer id.
-
-    A bundle's map is written sorted by (key type, high, low) (:func:`training.bundle.sort_identity`):
-    the index is then slices of the frame's arrays, checked in one vectorised pass (a worker starts
-    without sorting millions of keys); an unsorted frame is sorted here."""
-
-    def __init__(self, frame: pd.DataFrame) -> None:
-        self._by_type: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        key_type = frame["key_type"]
-        if not isinstance(key_type.dtype, pd.CategoricalDtype):
-            key_type = key_type.astype("category")
-        codes = key_type.cat.codes.to_numpy()
-        high = frame["hash_high"].to_numpy(dtype=np.uint64)
-        low = frame["hash_low"].to_numpy(dtype=np.uint64)
-        ids = frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64)
-        if not _sorted_keys(codes, high, low):
-            order = np.lexsort((low, high, codes))
-            codes, high, low, ids = codes[order], high[order], low[order], ids[order]
-        bounds = np.searchsorted(codes, np.arange(len(key_type.cat.categories) + 1))
-        for k, name in enumerate(key_type.cat.categories):
-            start, stop = int(bounds[k]), int(bounds[k + 1])
-            if stop > start:
-                self._by_type[str(name)] = (high[start:stop], low[start:stop], ids[start:stop])
-        self.size = len(frame)
-
-    def customer(self, key_hash: str) -> int | None:
-        key_type, high, low = key_hash_words(key_hash)
-        found = self._by_type.get(key_type)
-        if found is None:
-            return None
-        highs, lows, ids = found
-        start = int(np.searchsorted(highs, np.uint64(high), side="left"))
-        stop = int(np.searchsorted(highs, np.uint64(high), side="right"))
-        for k in range(start, stop):
-            if int(lows[k]) == low:
-                return int(ids[k])
-        return None
-
-
-def _sorted_keys(codes: np.ndarray, high: np.ndarray, low: np.ndarray) -> bool:
-    """Whether (codes, high, low) is in lexicographic order."""
-    if len(codes) < 2:
-        return True
-    c0, c1, h0, h1 = codes[:-1], codes[1:], high[:-1], high[1:]
-    return bool(np.all((c0 < c1) | ((c0 == c1) & ((h0 < h1) | ((h0 == h1) & (low[:-1] <= low[1:]))))))
 
 
 def _float(value: Any) -> float | None:
@@ -138,46 +76,40 @@ def score_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-@dataclass
-class Outcome:
-    """What an answer did, for the service's counters."""
-
-    fallback: bool = False
-    unknown_customers: int = 0
-
-
 class Runtime:
-    """The loaded bundle and the answers of every endpoint (plain Python objects in, pydantic out)."""
+    """The loaded bundle and the answers of every endpoint (plain Python objects in, pydantic out).
 
-    def __init__(self, bundle: Bundle, settings: Settings) -> None:
+    The answers that are lookups (default lists, raw keys, ``info``, error bodies) are those of its
+    :class:`serving.lookup.Lookups` (the service passes the ones its worker answered with while this
+    was loading)."""
+
+    def __init__(self, bundle: Bundle, settings: Settings, lookups: Lookups | None = None) -> None:
         self.bundle = bundle
         self.settings = settings
-        self.identity = IdentityIndex(bundle.identity)
-        self.versions = bundle.versions()
-        self.snapshot_date = str(bundle.manifest["snapshot_date"])
-        self.metadata = schemas.Metadata(model_versions=self.versions, snapshot_date=self.snapshot_date)
-        self._salt_ok = bundle.manifest.get("salt_check") in (None, salt_check(settings))
-        if not self._salt_ok:
-            log.error("the identity salt differs from the one the bundle was exported with: lookups by raw key "
-                      "will answer 400 (set RAPPORT_IDENTITY_SALT to the store's salt)")
+        # The worker's lookups read the map already (from its columns) unless the bundle's is Parquet.
+        found = None if lookups is None else lookups.identity
+        self.identity = found if found is not None else IdentityIndex(bundle.identity)
+        if lookups is None:
+            lookups = Lookups(bundle.manifest, settings, customer_ids=bundle.recommender.data_.customer_ids,
+                              item_ids=bundle.recommender.data_.item_ids, default_lists=bundle.default_lists,
+                              identity=self.identity)
+        elif lookups.identity is None:
+            lookups.identity = self.identity
+        self.lookups = lookups
+        self.versions = lookups.versions
+        self.snapshot_date = lookups.snapshot_date
+        self.metadata = lookups.metadata
         self._score_versions = {"clv": self.versions["clv"], "churn": self.versions["churn"]}
         self._customers_index = bundle.snapshot.customers.index
-        self._recommender_ids = bundle.recommender.data_.customer_ids
 
     @classmethod
-    def from_directory(cls, directory: Path | str, settings: Settings) -> Runtime:
-        return cls(load_bundle(directory), settings)
+    def from_directory(cls, directory: Path | str, settings: Settings, lookups: Lookups | None = None) -> Runtime:
+        return cls(load_bundle(directory), settings, lookups)
 
     # --- lookups ----------------------------------------------------------------------------------
 
     def resolve_key(self, key: schemas.RawKey) -> int | None:
-        if not self._salt_ok:
-            # The deployment's fault, not the request's: 503 until the salt is fixed.
-            raise RequestError(503, "key", "lookups by raw key are disabled: the service's identity salt is not the "
-                                           "one the bundle was exported with")
-        hashed = hash_key(KeyType(key.type), key.value, self.settings)
-        # A key with nothing left after normalisation (a phone number without digits) is nobody's.
-        return None if hashed is None else self.identity.customer(hashed)
+        return self.lookups.resolve_key(key)
 
     # --- endpoints --------------------------------------------------------------------------------
 
@@ -188,23 +120,8 @@ class Runtime:
         return answer
 
     def listed(self, request: schemas.RecommendRequest) -> tuple[schemas.RecommendResponse, Outcome] | RequestError | None:
-        """The answer from the bundle's default lists when the request asks for one of them: a
-        customer the model knows, ``n`` within the lists' length and the default options (purchases
-        excluded, no filter, no channel or country); None when the list must be ranked."""
-        lists = self.bundle.default_lists
-        if lists is None or not _default_options(request, lists.length):
-            return None
-        try:
-            customer = request.customer_id if request.key is None else self.resolve_key(request.key)
-        except RequestError as exc:
-            return exc
-        if customer is None:
-            return None
-        customer = int(customer)
-        row = int(np.searchsorted(self._recommender_ids, customer))
-        if row >= len(self._recommender_ids) or int(self._recommender_ids[row]) != customer:
-            return None
-        return self._recommendation(customer, lists.lookup(row, request.n, customer), True)
+        """:meth:`serving.lookup.Lookups.listed`."""
+        return self.lookups.listed(request)
 
     def recommend_many(
         self, requests: Sequence[schemas.RecommendRequest],
@@ -244,17 +161,8 @@ class Runtime:
                     out[k] = RequestError(400, "body", str(exc))
                 continue
             for (k, asked), (ranked, known) in zip(members, answers):
-                out[k] = self._recommendation(asked if asked >= 0 else None, ranked, known)
+                out[k] = self.lookups.recommendation(asked if asked >= 0 else None, ranked, known)
         return out  # type: ignore[return-value]
-
-    def _recommendation(self, customer: int | None, ranked: Ranked,
-                        known: bool) -> tuple[schemas.RecommendResponse, Outcome]:
-        fallback = bool(ranked.fallback.any()) if len(ranked) else not known
-        items = [schemas.RecommendedItem.model_construct(rank=r, item_id=str(i), score=s, source=src, reason=reason)
-                 for r, i, s, src, reason in ranked.records(self.bundle.recommender.data_.item_ids)]
-        response = schemas.RecommendResponse.model_construct(customer_id=customer, known=known, fallback=fallback,
-                                                             items=items, metadata=self.metadata)
-        return response, Outcome(fallback=fallback, unknown_customers=0 if known else 1)
 
     def similar_items(self, request: schemas.SimilarItemsRequest) -> schemas.SimilarItemsResponse:
         try:
@@ -284,25 +192,10 @@ class Runtime:
         return schemas.CustomerScoresResponse(scores=scores, metadata=self.metadata)
 
     def info(self) -> schemas.InfoResponse:
-        manifest = self.bundle.manifest
-        models = {key: {"name": str(value["name"]), "version": str(value["version"])}
-                  for key, value in manifest["models"].items()}
-        counts = {str(k): int(v) for k, v in manifest.get("counts", {}).items()}
-        return schemas.InfoResponse(models=models, snapshot_date=self.snapshot_date,
-                                    bundle_created=manifest.get("created"), counts=counts, process_id=os.getpid(),
-                                    metadata=self.metadata)
+        return self.lookups.info()
 
     def error(self, exc: RequestError) -> dict[str, Any]:
-        body = schemas.ErrorResponse(error=exc.message, detail=[schemas.ErrorDetail(loc=[exc.field], msg=exc.message)],
-                                     unknown_customer_ids=exc.unknown_customer_ids, metadata=self.metadata)
-        return body.model_dump(mode="json", exclude_none=True)
-
-
-def _default_options(request: schemas.RecommendRequest, length: int) -> bool:
-    """Whether a request asks for a prefix of a default list (see training.recommend.precomputed)."""
-    return (request.n <= length and request.exclude_purchased and request.categories is None
-            and request.exclude_categories is None and not request.exclude_items and request.channel is None
-            and request.country is None)
+        return self.lookups.error(exc)
 
 
 def _options(request: schemas.RecommendRequest) -> tuple[Any, ...]:
@@ -316,26 +209,5 @@ def _options(request: schemas.RecommendRequest) -> tuple[Any, ...]:
             listed(request.exclude_items), request.channel, request.country)
 
 
-def worker_count(setting: int | str) -> int:
-    """The service's worker processes for the ``serving_workers`` setting (or the
-    ``RAPPORT_SERVING_WORKERS`` variable): a number, or ``auto``: two where there are two cores or
-    more (a request is answered on one core; the second worker keeps answering while one is busy or
-    restarted), else one."""
-    if isinstance(setting, str) and setting.strip().lower() == "auto":
-        return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
-    try:
-        count = int(setting)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= 64:
-        raise ArgumentError(f"RAPPORT_SERVING_WORKERS must be auto or a number of workers from 1 to 64, got {setting!r}")
-    return count
-
-
-def bundle_directory(default: str = "bundle") -> Path:
-    """Where the service finds its bundle: ``RAPPORT_BUNDLE_DIR``, else ``./bundle``."""
-    return Path(os.environ.get("RAPPORT_BUNDLE_DIR") or default)
-
-
-__all__ = ["BundleError", "IdentityIndex", "Outcome", "RequestError", "Runtime", "bundle_directory", "score_records",
-           "worker_count"]
+__all__ = ["BundleError", "IdentityIndex", "Lookups", "Outcome", "RequestError", "Runtime", "bundle_directory",
+           "score_records", "worker_count"]

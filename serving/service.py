@@ -2,7 +2,10 @@
 
 Start it with ``rapport serve start`` or ``bentoml serve serving.service:Rapport`` (``RAPPORT_BUNDLE_DIR``
 names the bundle written by ``rapport serve export``; default ``./bundle``). Each worker loads the
-bundle into memory once; no request touches a database or the tracking server.
+bundle once; no request touches a database or the tracking server. A worker answers from the
+bundle's lookups (:mod:`serving.lookup`: numpy, memory-mapped) as soon as it starts and loads the
+models and the scoring snapshot right after, in a thread; the requests that need them wait for them
+(a restarted worker takes its share of the load again in seconds, not after its imports).
 
 Endpoints (POST, JSON; the OpenAPI page at ``/`` documents the bodies):
 
@@ -37,13 +40,17 @@ looked up; other concurrent ``recommend`` requests are ranked together (:mod:`se
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import gc
 import logging
 import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 from starlette.responses import JSONResponse
@@ -54,7 +61,10 @@ from serving import patches, schemas
 from serving.batching import Gatherer
 from serving.gate import RequestGate
 from serving.limits import RequestSizeLimit
-from serving.runtime import RequestError, Runtime, bundle_directory, worker_count
+from serving.lookup import Lookups, RequestError, bundle_directory, worker_count
+
+if TYPE_CHECKING:
+    from serving.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -148,23 +158,60 @@ class Rapport:
         # Multi-threaded BLAS on a small machine costs more in wake-ups than it gains on one request.
         self._blas = threadpool_limits(limits=1)
         self.settings = load_settings()
+        # A worker answers from the lookups (numpy, memory-mapped) as soon as it starts: a restarted
+        # worker takes its share of the load again within seconds. The models and the snapshot, with
+        # their libraries (LightGBM, scikit-learn, SciPy, pandas: most of a worker's start), are
+        # loaded right after in a thread; the requests that need them wait for them (see _runtime).
         try:
-            self.runtime = Runtime.from_directory(bundle_directory(), self.settings)
+            self.lookups = Lookups.from_directory(bundle_directory(), self.settings)
         except Exception as exc:
             _stop_the_server(exc)
             raise
+        self.runtime: Runtime | None = None
+        self._loaded: concurrent.futures.Future[Runtime] = concurrent.futures.Future()
         # Concurrent recommend requests are ranked together (serving/batching.py).
         self._metrics = service_metrics()
-        self._recommend = Gatherer(self.runtime.recommend_many, on_batch=self._metrics.batch_sizes.observe)
-        # The bundle lives as long as the worker: keep its objects out of the garbage collector's
-        # full passes (~0.1 s each at a million customers, a latency spike every few thousand requests).
-        gc.collect()
-        gc.freeze()
+        self._recommend = Gatherer(self._recommend_many, on_batch=self._metrics.batch_sizes.observe)
         # Requests allocate many short-lived objects; with the default thresholds the collector's
         # full passes come every second or so under load, each a pause for every waiting request.
         gc.set_threshold(*GC_THRESHOLDS)
-        log.info("serving bundle %s: models %s, snapshot %s", bundle_directory(), self.runtime.versions,
-                 self.runtime.snapshot_date)
+        threading.Thread(target=self._load_runtime, name="rapport-bundle", daemon=True).start()
+
+    def _load_runtime(self) -> None:
+        """The models and the scoring snapshot (the thread started by ``__init__``)."""
+        started = time.perf_counter()
+        try:
+            from serving.runtime import Runtime
+
+            runtime = Runtime.from_directory(bundle_directory(), self.settings, self.lookups)
+        except Exception as exc:
+            self._loaded.set_exception(exc)
+            _stop_the_server(exc)
+            return
+        # The libraries loaded since (LightGBM's OpenMP, SciPy's BLAS) get one thread too.
+        self._blas = threadpool_limits(limits=1)
+        # The bundle lives as long as the worker: keep its objects out of the garbage collector's
+        # full passes (~0.1 s each at a million customers, a latency spike every few thousand requests).
+        # No gc.collect() first: the worker already answers, and a full pass here would hold every
+        # request for as long as it walks the heap (0.27 s at 300,000 customers); the few hundred
+        # objects of garbage the load leaves are frozen with the rest, once.
+        gc.freeze()
+        self.runtime = runtime
+        self._loaded.set_result(runtime)
+        log.info("serving bundle %s: models %s, snapshot %s (models loaded in %.1f s)", bundle_directory(),
+                 runtime.versions, runtime.snapshot_date, time.perf_counter() - started)
+
+    async def _runtime(self) -> Runtime:
+        """The loaded runtime (in a worker's first seconds: once the thread has loaded it)."""
+        if self.runtime is not None:
+            return self.runtime
+        return await asyncio.wrap_future(self._loaded)
+
+    def _recommend_many(self, requests: Any) -> Any:
+        # Submitted only once the runtime is loaded (recommend awaits it first).
+        if self.runtime is None:
+            raise RuntimeError("recommend requests were submitted before the runtime was loaded")
+        return self.runtime.recommend_many(requests)
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -173,7 +220,7 @@ class Rapport:
         log.info("POST %s: %d, %s", ctx.request.url.path, exc.status, exc.field)
         # BentoML copies the context's status onto a response returned by an endpoint with a context.
         ctx.response.status_code = exc.status
-        return JSONResponse(self.runtime.error(exc), status_code=exc.status)
+        return JSONResponse(self.lookups.error(exc), status_code=exc.status)
 
     # --- endpoints --------------------------------------------------------------------------------
 
@@ -182,8 +229,12 @@ class Rapport:
         """Top-n items for a customer (by id or raw key), with score, source, reason and a fallback flag."""
         request = schemas.RecommendRequest.model_construct(**fields)
         # A known customer's plain list was ranked at export: a lookup, no waiting for a block.
-        answer = self.runtime.listed(request)
+        answer = self.lookups.listed(request)
+        if answer is None and request.key is not None and self.lookups.identity is None:
+            # A bundle whose identity map is Parquet: the key is resolved once the runtime is loaded.
+            answer = (await self._runtime()).listed(request)
         if answer is None:
+            await self._runtime()
             answer = await self._recommend.submit(request)
             self._metrics.answers.labels(path="ranked").inc()
         else:
@@ -200,16 +251,19 @@ class Rapport:
     @bentoml.api(input_spec=schemas.SimilarItemsRequest, output_spec=schemas.SimilarItemsResponse)
     async def similar_items(self, ctx: bentoml.Context, **fields: Any) -> schemas.SimilarItemsResponse | JSONResponse:
         """Items bought together with an item (product pages), with the filters of recommend."""
+        runtime = await self._runtime()
         try:
-            return self.runtime.similar_items(schemas.SimilarItemsRequest.model_construct(**fields))
+            return runtime.similar_items(schemas.SimilarItemsRequest.model_construct(**fields))
         except RequestError as exc:
             return self._error(ctx, exc)
 
     @bentoml.api(input_spec=schemas.CustomerScoresRequest, output_spec=schemas.CustomerScoresResponse)
     def customer_scores(self, ctx: bentoml.Context, **fields: Any) -> schemas.CustomerScoresResponse | JSONResponse:
         """CLV and churn outputs of 1..1,000 customers (the rows of rapport score). Needs X-API-Key."""
+        # A thread of BentoML's pool: waiting here holds no other request.
+        runtime = self.runtime or self._loaded.result()
         try:
-            return self.runtime.customer_scores(fields["customer_ids"])
+            return runtime.customer_scores(fields["customer_ids"])
         except RequestError as exc:
             if exc.unknown_customer_ids:
                 self._metrics.unknown_customers.labels(endpoint="customer_scores").inc(len(exc.unknown_customer_ids))
@@ -218,12 +272,12 @@ class Rapport:
     @bentoml.api(route="/info")
     async def info(self) -> schemas.InfoResponse:
         """Model names and versions, the snapshot date and the bundle's counts."""
-        return self.runtime.info()
+        return self.lookups.info()
 
     @bentoml.api(input_spec=schemas.EchoRequest, output_spec=schemas.EchoResponse)
     async def echo(self, **fields: Any) -> schemas.EchoResponse:
         """Returns the message: the cost of the HTTP layer alone (the load test's ceiling)."""
-        return schemas.EchoResponse(message=fields.get("message", ""), metadata=self.runtime.metadata)
+        return schemas.EchoResponse(message=fields.get("message", ""), metadata=self.lookups.metadata)
 
 
 # The limit, the keys and the spec are read from the settings when the app is built (in each

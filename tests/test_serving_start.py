@@ -2,7 +2,9 @@
 bundle's manifest records every file's size and SHA-256 and ``rapport serve start`` refuses a bundle
 with a missing, truncated or changed file (naming it) before BentoML starts; a worker that cannot
 load its bundle stops the server instead of being restarted in a loop; SIGTERM to ``rapport serve
-start`` leaves no process behind. The bundle's arrays are memory-mapped, not copied."""
+start`` leaves no process behind. The bundle's arrays are memory-mapped, not copied; a worker
+answers from them before it imports the model libraries, which it loads right after in a thread;
+a bundle whose tables are Parquet files (written before the tables of columns) is still served."""
 
 from __future__ import annotations
 
@@ -15,11 +17,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 
 from tests.fixtures_serving import ROOT, bentoml_command, free_port, server_env, stop_group, wait_ready
-from training.bundle import BundleError, load_bundle, verify_bundle
+from features.schema import KeyType
+from serving import schemas
+from serving.lookup import Lookups
+from serving.runtime import Runtime
+from training.bundle import IDENTITY, SNAPSHOT_CHURN, SNAPSHOT_CUSTOMERS, BundleError, load_bundle, read_manifest, \
+    read_table, verify_bundle, write_manifest
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -53,10 +61,10 @@ def test_the_manifest_records_every_file_and_each_change_is_named(bundle_copy):
     with pytest.raises(BundleError, match=r"recommender/ranker.txt has changed since the export"):
         verify_bundle(bundle_copy)
     verify_bundle(bundle_copy, digests=False)  # what a worker checks: the sizes
-    (bundle_copy / "identity.parquet").unlink()
-    with pytest.raises(BundleError, match=r"identity.parquet is missing"):
+    (bundle_copy / "identity" / "hash_low.npy").unlink()
+    with pytest.raises(BundleError, match=r"identity/hash_low.npy is missing"):
         verify_bundle(bundle_copy, digests=False)
-    with pytest.raises(BundleError, match=r"identity.parquet is missing"):
+    with pytest.raises(BundleError, match=r"identity/hash_low.npy is missing"):
         load_bundle(bundle_copy)
 
 
@@ -146,3 +154,105 @@ def test_the_bundle_arrays_are_memory_mapped(serving_bundle):
                   bundle.default_lists.score):
         assert mapped(array), (array.dtype, array.shape)
         assert not array.flags.writeable
+
+
+#: Imported by a worker only once it answers (serving.lookup): the libraries of the models and the snapshot.
+MODEL_LIBRARIES = ("pandas", "pyarrow", "scipy", "sklearn", "lightgbm", "ibis", "duckdb", "mlflow", "lifetimes",
+                   "implicit", "autograd")
+
+_WORKER_START = """
+import json, os, sys, threading
+heavy = set(sys.argv[1].split(","))
+customer, email = int(sys.argv[2]), sys.stdin.read()
+seen = {}
+
+class Watch:
+    # Records which thread imports each model library first (the import itself goes on as usual).
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in heavy and top not in seen:
+            seen[top] = threading.current_thread().name
+        return None
+
+sys.meta_path.insert(0, Watch())
+from features.schema import KeyType
+from features.settings import load_settings
+from serving import schemas
+from serving.lookup import Lookups, RequestError
+from serving.service import Rapport
+
+# What a worker answers with before it loads the models, in a process that has loaded nothing else.
+lookups = Lookups.from_directory(os.environ["RAPPORT_BUNDLE_DIR"], load_settings())
+by_id = lookups.listed(schemas.RecommendRequest(customer_id=customer, n=5))
+by_key = lookups.listed(schemas.RecommendRequest(key=schemas.RawKey(type=KeyType.EMAIL, value=email), n=5))
+answers = {"by_id": [i.item_id for i in by_id[0].items], "by_key": [i.item_id for i in by_key[0].items],
+           "info": lookups.info().process_id == os.getpid(),
+           "error": lookups.error(RequestError(404, "item_id", "not known"))["detail"][0]["loc"] == ["item_id"]}
+before_service = sorted(seen)
+# The service's own start: the models are loaded by its thread, never by the thread that starts it.
+service = Rapport.inner()
+runtime = service._loaded.result(timeout=300)
+answers["scores"] = len(runtime.customer_scores([customer]).scores) == 1
+on_start = sorted(top for top, thread in seen.items() if thread == "MainThread")
+print(json.dumps({"before_service": before_service, "on_start": on_start, "later": sorted(seen), "answers": answers}))
+"""
+
+
+def _email(value: str) -> schemas.RawKey:
+    return schemas.RawKey(type=KeyType.EMAIL, value=value)
+
+
+def test_a_worker_answers_before_it_imports_the_model_libraries(serving_bundle):
+    """The lookups a worker answers with at once (default lists by id and by raw key, /info, error
+    bodies) import none of the model libraries, and neither does the service's start (its
+    ``__init__``, what a worker runs before it accepts requests): they are loaded right after, in the
+    thread that loads the models."""
+    settings, bundle = serving_bundle
+    runtime = Runtime(load_bundle(bundle), settings)
+    keys = pd.read_parquet(bundle.parent / "raw" / "customer_keys.parquet")
+    # A customer whose e-mail resolves to a default list (the same lookup, made by the full runtime).
+    email, expected_by_key = next(
+        (e, answer) for e in keys["email"] if isinstance(e, str) and e
+        and isinstance(answer := runtime.listed(schemas.RecommendRequest(key=_email(e), n=5)), tuple))
+    customer = int(runtime.bundle.recommender.data_.customer_ids[0])
+    expected_by_id = runtime.listed(schemas.RecommendRequest(customer_id=customer, n=5))
+    # The e-mail goes through stdin: never in a command line.
+    done = subprocess.run([sys.executable, "-c", _WORKER_START, ",".join(MODEL_LIBRARIES), str(customer)], cwd=ROOT,
+                          env=server_env(bundle, settings.data_dir), input=email, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["before_service"] == [] and found["on_start"] == [], found
+    assert found["answers"] == {"by_id": [i.item_id for i in expected_by_id[0].items],
+                                "by_key": [i.item_id for i in expected_by_key[0].items],
+                                "info": True, "error": True, "scores": True}, found
+    # The watch itself sees the imports: the thread that loads the models does import them.
+    assert {"pandas", "lightgbm", "sklearn", "scipy"} <= set(found["later"]), found
+
+
+def _as_parquet_bundle(bundle: Path) -> None:
+    """The bundle as it was written before the tables of columns: Parquet files, a new manifest."""
+    for name, index in ((SNAPSHOT_CUSTOMERS, True), (SNAPSHOT_CHURN, True), (IDENTITY, False)):
+        frame = read_table(bundle / name)
+        shutil.rmtree(bundle / name)
+        frame.to_parquet(bundle / f"{name}.parquet", index=index)
+    manifest = read_manifest(bundle)
+    manifest.pop("files")
+    write_manifest(bundle, manifest)
+
+
+def test_a_bundle_with_parquet_tables_is_still_served(bundle_copy, serving_bundle):
+    settings, bundle = serving_bundle
+    current = load_bundle(bundle)
+    _as_parquet_bundle(bundle_copy)
+    earlier = load_bundle(bundle_copy)
+    for name in ("customers", "churn"):
+        pd.testing.assert_frame_equal(getattr(earlier.snapshot, name), getattr(current.snapshot, name))
+    # The lookups answer by customer id at once; raw keys wait for the runtime, which reads the Parquet map.
+    lookups = Lookups.from_directory(bundle_copy, settings)
+    assert lookups.identity is None
+    customer = int(current.recommender.data_.customer_ids[0])
+    assert lookups.listed(schemas.RecommendRequest(customer_id=customer, n=5)) is not None
+    runtime = Runtime.from_directory(bundle_copy, settings, lookups)
+    assert lookups.identity is not None and lookups.identity.size == len(current.identity)
+    assert runtime.identity.size == len(current.identity)

@@ -8,9 +8,9 @@ Layout (``format_version`` 1)::
     clv.json                  ClvModel.to_dict() of the CLV champion
     churn.json                ChurnModel.to_dict() of the churn champion
     recommender/              the recommender champion's artefact (training.recommend.artefact)
-    snapshot_customers.parquet  build_snapshot(...).customers at the CLV champion's cutoff
-    snapshot_churn.parquet      build_snapshot(...).churn (the churn population)
-    identity.parquet          the identity map, compact, sorted by key: key_type, the 128-bit key
+    snapshot_customers/       build_snapshot(...).customers at the CLV champion's cutoff
+    snapshot_churn/           build_snapshot(...).churn (the churn population)
+    identity/                 the identity map, compact, sorted by key: key_type, the 128-bit key
                               digest as two unsigned 64-bit words, customer_id (no key in clear, no
                               salt)
     default_lists/ + .json    every known customer's top-N under the default options, ranked by the
@@ -19,7 +19,9 @@ Layout (``format_version`` 1)::
 
 The large arrays (the recommender's and the default lists) are uncompressed ``.npy`` files that
 the service memory-maps read-only: its workers share them through the page cache, and a worker
-that is restarted has almost nothing to read. :func:`verify_bundle` checks every file against the
+that is restarted has almost nothing to read. The three tables are folders of ``.npy`` columns
+(:mod:`training.frames`), read without decoding; a bundle written with them as Parquet files
+(``snapshot_customers.parquet``, ...) is still read. :func:`verify_bundle` checks every file against the
 manifest (``rapport serve start`` runs it before it starts the server; a worker checks the sizes).
 
 :func:`export_bundle` writes it from the champions of the registry (``rapport serve export``);
@@ -43,15 +45,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from features.errors import RapportError
 from features.schema import Col
 from features.settings import Settings
-from training.churn.model import ChurnModel
-from training.clv.model import ClvModel
-from training.scoring import Snapshot, churn_lookback_days
+from training.frames import read_frame, write_frame
+
+if TYPE_CHECKING:
+    # The models and pandas are imported where a bundle is written or fully loaded: a service's
+    # worker reads the manifest and answers from the default lists first (serving.lookup).
+    import pandas as pd
+
+    from training.churn.model import ChurnModel
+    from training.clv.model import ClvModel
+    from training.scoring import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +71,16 @@ MANIFEST = "manifest.json"
 CLV_STATE = "clv.json"
 CHURN_STATE = "churn.json"
 RECOMMENDER_DIR = "recommender"
-SNAPSHOT_CUSTOMERS = "snapshot_customers.parquet"
-SNAPSHOT_CHURN = "snapshot_churn.parquet"
-IDENTITY = "identity.parquet"
+#: The tables: folders of .npy columns (training.frames); ``<name>.parquet`` in earlier bundles.
+SNAPSHOT_CUSTOMERS = "snapshot_customers"
+SNAPSHOT_CHURN = "snapshot_churn"
+IDENTITY = "identity"
 #: Keys of manifest["models"], in the order the service reports them.
 MODEL_KEYS: tuple[str, ...] = ("clv", "churn", "recommender")
 #: Key of the manifest's file list: relative path -> {"bytes", "sha256"}.
 FILES = "files"
+#: Columns of the identity table.
+IDENTITY_COLUMNS = frozenset({"key_type", "hash_high", "hash_low", Col.CUSTOMER_ID})
 
 
 class BundleError(RapportError, ValueError):
@@ -138,6 +151,8 @@ def _state(model: Any, path: Path) -> None:
 
 
 def _identity_frame(con: Any) -> pd.DataFrame:
+    import pandas as pd
+
     table = con.execute("SELECT key_hash, customer_id FROM identity_map").fetchnumpy()
     hashes = np.asarray(table["key_hash"], dtype=object)
     split = pd.Series(hashes, dtype=object).str.split(":", n=1, expand=True)
@@ -156,7 +171,7 @@ def _identity_frame(con: Any) -> pd.DataFrame:
 
 def sort_identity(frame: pd.DataFrame) -> pd.DataFrame:
     """The identity frame in the order the service looks keys up in (key type, high, low): a worker
-    then starts without sorting it (serving.runtime.IdentityIndex)."""
+    then starts without sorting it (serving.lookup.IdentityIndex)."""
     out = frame.assign(key_type=frame["key_type"].astype("category"))
     return out.sort_values(["key_type", "hash_high", "hash_low"], kind="stable", ignore_index=True)
 
@@ -166,6 +181,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     """Write the serving bundle of the registry's champions into ``directory`` (replaced when it is
     a bundle already; refused when it holds anything else). Returns the manifest."""
     import mlflow
+    import pandas as pd
 
     from features.store import connect, ibis_backend
     from training import tracking
@@ -173,7 +189,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     from training.clv.pipeline import MODEL_NAME as CLV_MODEL
     from training.recommend import artefact
     from training.recommend.pipeline import MODEL_NAME as RECOMMENDER_MODEL
-    from training.scoring import build_snapshot
+    from training.scoring import build_snapshot, churn_lookback_days
 
     def step(text: str) -> None:
         log.info(text)
@@ -211,9 +227,9 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     _state(models["churn"], out / CHURN_STATE)
     artefact.save(models["recommender"], out / RECOMMENDER_DIR)
     lists = write_default_lists(models["recommender"], out, settings.serving_default_lists, step)
-    snapshot.customers.to_parquet(out / SNAPSHOT_CUSTOMERS)
-    snapshot.churn.to_parquet(out / SNAPSHOT_CHURN)
-    sort_identity(identity).to_parquet(out / IDENTITY, index=False)
+    write_frame(snapshot.customers, out / SNAPSHOT_CUSTOMERS)
+    write_frame(snapshot.churn, out / SNAPSHOT_CHURN)
+    write_frame(sort_identity(identity), out / IDENTITY, index=False)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -339,17 +355,40 @@ def read_manifest(directory: Path | str) -> dict[str, Any]:
     return manifest
 
 
+def table_path(where: Path, name: str) -> Path:
+    """Where a table of the bundle is: its folder of columns, else the Parquet file of an earlier
+    bundle; a :class:`BundleError` when it has neither."""
+    if (where / name).is_dir():
+        return where / name
+    if (where / f"{name}.parquet").is_file():
+        return where / f"{name}.parquet"
+    raise BundleError(f"bundle {where}: missing table {name} (neither the folder {name}/ nor {name}.parquet)")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A table at :func:`table_path`: its columns, or the Parquet file of an earlier bundle."""
+    if path.is_dir():
+        return read_frame(path)
+    import pandas as pd
+
+    return pd.read_parquet(path)
+
+
 def load_bundle(directory: Path | str) -> Bundle:
     """The bundle written by :func:`export_bundle` (or a synthetic one with the same layout)."""
+    from training.churn.model import ChurnModel
+    from training.clv.model import ClvModel
     from training.recommend import artefact
     from training.recommend.precomputed import DefaultLists, DefaultListsError
+    from training.scoring import Snapshot
 
     where = Path(directory)
     # Sizes only: cheap at every worker's start; `rapport serve start` checks the digests first.
     manifest = verify_bundle(where, digests=False)
-    for name in (CLV_STATE, CHURN_STATE, SNAPSHOT_CUSTOMERS, SNAPSHOT_CHURN, IDENTITY):
+    for name in (CLV_STATE, CHURN_STATE):
         if not (where / name).is_file():
             raise BundleError(f"bundle {where}: missing file {name}")
+    tables = {name: table_path(where, name) for name in (SNAPSHOT_CUSTOMERS, SNAPSHOT_CHURN, IDENTITY)}
 
     def read(name: str, how: Callable[[Path], Any]) -> Any:
         # A file that passed the size check but cannot be read is named, with what is wrong in it.
@@ -362,12 +401,11 @@ def load_bundle(directory: Path | str) -> Bundle:
     churn = read(CHURN_STATE, lambda path: ChurnModel.from_dict(json.loads(path.read_text(encoding="utf-8"))))
     recommender = read(RECOMMENDER_DIR, artefact.load)
     as_of = datetime.fromisoformat(manifest["snapshot_as_of"])
-    snapshot = Snapshot(as_of=as_of, customers=read(SNAPSHOT_CUSTOMERS, pd.read_parquet),
-                        churn=read(SNAPSHOT_CHURN, pd.read_parquet))
-    identity = read(IDENTITY, pd.read_parquet)
-    expected = {"key_type", "hash_high", "hash_low", Col.CUSTOMER_ID}
-    if not expected <= set(identity.columns):
-        raise BundleError(f"{where / IDENTITY}: columns {sorted(identity.columns)}, expected {sorted(expected)}")
+    snapshot = Snapshot(as_of=as_of, customers=read(tables[SNAPSHOT_CUSTOMERS].name, read_table),
+                        churn=read(tables[SNAPSHOT_CHURN].name, read_table))
+    identity = read(tables[IDENTITY].name, read_table)
+    if not IDENTITY_COLUMNS <= set(identity.columns):
+        raise BundleError(f"{tables[IDENTITY]}: columns {sorted(identity.columns)}, expected {sorted(IDENTITY_COLUMNS)}")
     try:
         default_lists = DefaultLists.load(where, recommender)
     except DefaultListsError as exc:

@@ -21,17 +21,15 @@ import json
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
-from scipy import sparse
 
 from features.errors import RapportError
 from training.artefact import ArtefactReader
-from training.recommend.candidates import tifu_pool_vectors
-from training.recommend.data import InteractionData, PopularList
-from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
+
+if TYPE_CHECKING:
+    from training.recommend.model import RecommenderModel
 
 ARTEFACT_FORMAT = "rapport-recommender"
 #: 2: TIFU-KNN's vectors and neighbour pool, and rule rankers (no ranker.txt).
@@ -133,9 +131,7 @@ def save(model: RecommenderModel, directory: Path | str) -> Path:
     return out
 
 
-def load(directory: Path | str) -> RecommenderModel:
-    """The model saved in ``directory`` by :func:`save`."""
-    where = Path(directory)
+def _header(where: Path) -> ArtefactReader:
     for name in (HEADER,):
         if not (where / name).is_file():
             raise RecommenderArtefactError(f"recommender artefact {where}: missing file {name}")
@@ -145,10 +141,48 @@ def load(directory: Path | str) -> RecommenderModel:
         header = json.loads((where / HEADER).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RecommenderArtefactError(f"{where / HEADER}: not JSON ({exc})") from None
-    reader = ArtefactReader(header, what="recommender", format=ARTEFACT_FORMAT, version=ARTEFACT_VERSION,
-                            error=RecommenderArtefactError)
-    fitted = reader.section("fitted", ("as_of", "n_users", "item_ids", "item_names", "item_categories",
-                                       "popular_by", "als_mean_row_weight", "training"))
+    return ArtefactReader(header, what="recommender", format=ARTEFACT_FORMAT, version=ARTEFACT_VERSION,
+                          error=RecommenderArtefactError)
+
+
+_FITTED = ("as_of", "n_users", "item_ids", "item_names", "item_categories", "popular_by", "als_mean_row_weight",
+           "training")
+
+
+def read_ids(directory: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """The saved model's customer ids (memory-mapped, sorted) and item ids, without loading the
+    model or its libraries: what a service's worker needs to answer from the default lists at once."""
+    where = Path(directory)
+    reader = _header(where)
+    fitted = reader.section("fitted", _FITTED)
+    item_ids = np.asarray(reader.field(fitted, "item_ids", list), dtype=object)
+    n_users = reader.field(fitted, "n_users", int)
+    path = where / ARRAYS / "customer_ids.npy"
+    if (where / ARRAYS).is_dir():
+        try:
+            customer_ids = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise RecommenderArtefactError(f"{path}: not a readable array ({exc})") from None
+    else:
+        with np.load(where / ARRAYS_NPZ, allow_pickle=False) as npz:
+            customer_ids = npz["customer_ids"]
+    if len(customer_ids) != n_users:
+        raise RecommenderArtefactError(f"{path}: customer_ids has {len(customer_ids)} entries, expected {n_users}")
+    return customer_ids.astype(np.int64, copy=False), item_ids
+
+
+def load(directory: Path | str) -> RecommenderModel:
+    """The model saved in ``directory`` by :func:`save`."""
+    import lightgbm as lgb
+    from scipy import sparse
+
+    from training.recommend.candidates import tifu_pool_vectors
+    from training.recommend.data import InteractionData, PopularList
+    from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
+
+    where = Path(directory)
+    reader = _header(where)
+    fitted = reader.section("fitted", _FITTED)
     try:
         settings = RecommenderSettings.from_dict(reader.section("settings", ()))
     except (TypeError, ValueError) as exc:
@@ -171,7 +205,7 @@ def load(directory: Path | str) -> RecommenderModel:
 
     indptr, indices = array("indptr", n_users + 1), array("indices")
 
-    def matrix(name: str) -> sparse.csr_matrix:
+    def matrix(name: str) -> Any:
         values = array(f"data_{name}", len(indices)).astype(np.float64, copy=False)
         return sparse.csr_matrix((values, indices, indptr), shape=(n_users, n_items))
 

@@ -50,7 +50,6 @@ import ibis
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from numpy.typing import NDArray
 from scipy import sparse
 from sklearn.exceptions import NotFittedError
@@ -79,6 +78,9 @@ from training.recommend.candidates import (
     tifu_pool_vectors,
 )
 from training.recommend.data import InteractionData, TifuDecay, build_interaction_data, relevant_positions
+# Ranked lists and their columns live in a module of their own (numpy only): a service's worker
+# answers from the default lists with them before it has imported the model's libraries.
+from training.recommend.ranked import LARGE_FRAME_ROWS, RECOMMENDATION_COLUMNS, SOURCES, Ranked  # noqa: F401
 from training.recommend.split import purchases_between
 
 logger = logging.getLogger(__name__)
@@ -87,10 +89,6 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 
-#: Columns of :meth:`RecommenderModel.recommend`.
-RECOMMENDATION_COLUMNS: tuple[str, ...] = (Col.CUSTOMER_ID, "rank", Col.ITEM_ID, "score", "source", "reason", "fallback")
-#: Sources of a recommended item.
-SOURCES: tuple[str, ...] = ("repurchase", "model", "popularity")
 #: How a model orders its candidates: the LightGBM ranker (the blend), TIFU-KNN's score alone, or
 #: personal top frequency (the customer's items by their number of orders, then the popular list).
 #: The last two learn nothing beyond the candidate models: they are the rules of thumb the ranker
@@ -100,60 +98,9 @@ RANKERS: tuple[str, ...] = ("lightgbm", "tifu_knn", "top_frequency")
 _RULE_SOURCES = {"tifu_knn": ("own", "tifu", "popular"), "top_frequency": ("own", "popular")}
 #: Candidate rows from which the ranker scores on several threads.
 PARALLEL_SCORING_ROWS = 20_000
-#: Rows from which a recommendation frame takes its item ids in Arrow (2.6 s -> 0.1 s at 20 M rows).
-LARGE_FRAME_ROWS = 100_000
 #: Customers per block of candidate generation (the ALS top-k scores the items in stretches, so a
 #: block's memory is its candidates: about 130 rows of 20 features a customer).
 BLOCK_CUSTOMERS = 1_000
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """Ranked lists, one entry per (customer, rank), columns as arrays: what :meth:`RecommenderModel.recommend`
-    turns into its DataFrame and :meth:`RecommenderModel.recommend_one` returns as is (``item``: item
-    positions in the model's ``data_.item_ids``)."""
-
-    customer_id: IntArray
-    rank: IntArray
-    item: IntArray
-    score: FloatArray
-    source: NDArray[np.object_]
-    reason: NDArray[np.object_]
-    fallback: BoolArray
-
-    def __len__(self) -> int:
-        return len(self.rank)
-
-    @classmethod
-    def concat(cls, parts: Sequence[Ranked]) -> Ranked:
-        if len(parts) == 1:
-            return parts[0]
-        if not parts:
-            empty = np.empty(0, dtype=np.int64)
-            return cls(empty, empty, empty, np.empty(0), np.empty(0, dtype=object), np.empty(0, dtype=object),
-                       np.empty(0, dtype=bool))
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__))
-
-    def take(self, at: IntArray) -> Ranked:
-        return Ranked(*(getattr(self, name)[at] for name in self.__dataclass_fields__))
-
-    def frame(self, item_ids: NDArray[np.object_]) -> pd.DataFrame:
-        """The rows as :data:`RECOMMENDATION_COLUMNS`."""
-        if len(self) >= LARGE_FRAME_ROWS:
-            # Taken from the catalogue's strings in Arrow: no Python string per row to convert.
-            vocabulary = pa.array([str(i) for i in item_ids], type=pa.large_string())
-            items: Any = pd.array(vocabulary.take(pa.array(self.item)), dtype=pd.StringDtype(na_value=np.nan))
-        else:
-            items = item_ids[self.item].astype(object)
-        return pd.DataFrame({
-            Col.CUSTOMER_ID: self.customer_id, "rank": self.rank, Col.ITEM_ID: items,
-            "score": self.score, "source": self.source, "reason": self.reason, "fallback": self.fallback,
-        })
-
-    def records(self, item_ids: NDArray[np.object_]) -> list[tuple[int, str, float, str, str | None]]:
-        """(rank, item id, score, source, reason) per entry, as plain Python values."""
-        return list(zip(self.rank.tolist(), item_ids[self.item].tolist(), self.score.tolist(), self.source.tolist(),
-                        self.reason.tolist()))
 
 
 @dataclass(frozen=True)

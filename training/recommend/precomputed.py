@@ -24,15 +24,17 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from features.errors import RapportError
 from training.recommend.artefact import load_arrays, save_arrays
-from training.recommend.model import SOURCES, Ranked, RecommenderModel
+from training.recommend.ranked import SOURCES, Ranked
+
+if TYPE_CHECKING:
+    from training.recommend.model import RecommenderModel
 
 ARRAYS = "default_lists"
 #: The single-file array format of earlier bundles (still read).
@@ -66,6 +68,8 @@ class DefaultLists:
     def compute(cls, model: RecommenderModel, length: int,
                 progress: Callable[[int, int], None] | None = None) -> DefaultLists:
         """Rank every customer the model knows (``model.recommend``'s blocks and threads)."""
+        import pandas as pd
+
         customer_ids = model.data_.customer_ids
         ranked = model.recommend_ranked(customer_ids, length, exclude_purchased=True, progress=progress)
         counts = np.bincount(np.searchsorted(customer_ids, ranked.customer_id), minlength=len(customer_ids))
@@ -110,6 +114,13 @@ class DefaultLists:
     @classmethod
     def load(cls, directory: Path | str, model: RecommenderModel) -> DefaultLists | None:
         """The lists saved in ``directory`` for ``model``, or None when there are none."""
+        return cls.load_for(directory, model.data_.n_users, model.data_.n_items)
+
+    @classmethod
+    def load_for(cls, directory: Path | str, n_customers: int, n_items: int) -> DefaultLists | None:
+        """The lists saved in ``directory`` for a model of ``n_customers`` x ``n_items`` (checked), or
+        None when there are none: without the model itself (a worker answers from them before it has
+        loaded it)."""
         where = Path(directory)
         if not (where / HEADER).is_file():
             return None
@@ -122,9 +133,9 @@ class DefaultLists:
                                     f"{header.get('version')!r}, expected {FORMAT!r} version {VERSION}")
         if header.get("sources") != list(SOURCES):
             raise DefaultListsError(f"{where / HEADER}: sources {header.get('sources')}, expected {list(SOURCES)}")
-        if header.get("customers") != model.data_.n_users:
+        if header.get("customers") != n_customers:
             raise DefaultListsError(f"{where / HEADER}: lists of {header.get('customers')} customers, the recommender "
-                                    f"knows {model.data_.n_users}: the lists belong to another model")
+                                    f"knows {n_customers}: the lists belong to another model")
         if (where / ARRAYS).is_dir():
             arrays = load_arrays(where / ARRAYS, DefaultListsError)
         elif (where / ARRAYS_NPZ).is_file():
@@ -139,10 +150,10 @@ class DefaultLists:
         entries = int(header.get("entries", -1))
         offsets = arrays["offsets"].astype(np.int64, copy=False)
         bad = [name for name in ("item", "score", "source", "reason") if len(arrays[name]) != entries]
-        if bad or len(offsets) != model.data_.n_users + 1 or (len(offsets) and offsets[-1] != entries):
+        if bad or len(offsets) != n_customers + 1 or (len(offsets) and offsets[-1] != entries):
             raise DefaultListsError(f"{where / ARRAYS}: the arrays do not have the {entries:,} entries of "
-                                    f"{model.data_.n_users:,} customers the header describes")
-        if entries and (int(arrays["item"].max()) >= model.data_.n_items or int(arrays["reason"].max()) >= len(reasons)
+                                    f"{n_customers:,} customers the header describes")
+        if entries and (int(arrays["item"].max()) >= n_items or int(arrays["reason"].max()) >= len(reasons)
                         or int(arrays["source"].max()) >= len(SOURCES)):
             raise DefaultListsError(f"{where / ARRAYS}: an item, reason or source code is out of range")
         return cls(length=int(header["length"]), offsets=offsets, item=arrays["item"], score=arrays["score"],
