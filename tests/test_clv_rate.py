@@ -93,7 +93,7 @@ def test_probability_alive_from_mbgnbd_removes_bgnbd_one_order_artefact(cdnow, b
     # never buy again. BG/NBD keeps every one of them at exactly 1.
     assert (own.loc[one_order, "probability_alive"] == 1.0).all()
     assert reported.loc[one_order, "probability_alive"].max() < 1.0
-    assert reported.loc[one_order, "probability_alive"].median() < 0.7
+    assert reported.loc[one_order, "probability_alive"].median() < 0.5
     # Purchases, CLV and the next order stay BG/NBD's; P(alive) of repeat customers is MBG/NBD's own.
     for column in ("expected_purchases_365d", "clv", "days_to_next_order"):
         pd.testing.assert_series_equal(reported[column], own[column])

@@ -142,6 +142,11 @@ class ClvTrainingResult:
     #: How the blend and naive candidates were chosen (None when neither is a candidate).
     rate_validation: RateValidation | None = None
 
+    @property
+    def serves_baseline(self) -> str | None:
+        """The baseline served when the naive candidate won (the training summary names it), else None."""
+        return "the naive historic rate with Gamma-Gamma spend" if self.kind == NAIVE else None
+
 
 def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
     """The day after the last stored sale: train on everything there is."""
