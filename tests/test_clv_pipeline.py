@@ -165,5 +165,6 @@ def test_rapport_train_only_clv_with_a_cutoff(store, monkeypatch):
     out = CliRunner().invoke(app, ["train", "--only", "clv", "--cutoff", "2025-07-01"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     assert "rapport-clv" in out.output and "2025-07-01" in out.output
+    assert "served: " in out.output and "blend" in out.output and "naive" in out.output  # the candidates' rows
     bad = CliRunner().invoke(app, ["train", "--only", "nothing"])
     assert bad.exit_code != 0 and "clv" in bad.output
