@@ -501,7 +501,8 @@ class ClvModel(BaseEstimator):
         return _Scores(
             purchases=expected[:k][:, rows.inverse],
             purchases_365d_sd=purchases_sd,
-            probability_alive=probability_alive(self._alive_source(), rows.frequency, rows.recency, rows.T)[rows.inverse],
+            probability_alive=probability_alive(self._alive_source(), rows.frequency, rows.recency,
+                                                rows.T)[rows.inverse],
             order_value=order_value,
             cashflows=cashflows,
             clv=clv,
