@@ -12,11 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from features.customer import customer_features
+from features.schema import Feature
 from features.settings import load_settings
 from features.store import ibis_backend
 from training import tracking
-from training.clv.evaluation import HoldoutEvaluation
 from training.clv.adapter import PURCHASE_MODELS
+from training.clv.evaluation import HoldoutEvaluation
 from training.clv.pipeline import BLEND, MODEL_NAME, NAIVE, RATE_WEIGHTS, WITHOUT_ONE_ORDER_ARTEFACT, choose, train_clv
 from tests.fixtures_history import History, line, store_with, synthetic_store
 
@@ -77,6 +78,11 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     own = result.model.predict(features)
     pd.testing.assert_series_equal(served["clv"], own["clv"], check_names=False)
     pd.testing.assert_series_equal(served["probability_alive"], own["probability_alive"], check_names=False)
+    # No one-order customer quiet for over a year is certainly alive, whichever model is served.
+    everyone = customer_features(ibis_backend(con), result.cutoff)
+    lapsed = (everyone[Feature.FREQUENCY] == 0) & (everyone[Feature.DAYS_SINCE_LAST_ORDER] > 365)
+    assert lapsed.sum() > 100
+    assert result.model.predict(everyone).loc[lapsed, "probability_alive"].max() < 0.999
 
     again = train_clv(con, settings)
     assert int(again.model_version) == int(result.model_version) + 1

@@ -7,8 +7,13 @@ history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too shor
 1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
    in the holdout [c − h, c).
 2. Every candidate purchase model (BG/NBD, MBG/NBD, Pareto/NBD) is fitted on the calibration
-   features and evaluated on the holdout against the naive baseline. The lowest per-customer MAE
-   wins, except that a model in which a customer without repeat purchases can be inactive
+   features and evaluated on the holdout against the naive baseline. The historic-rate candidates
+   (``blend``: a purchase model's expected purchases blended with frequency / T; ``naive``: the rate
+   itself with Gamma-Gamma spend) are first chosen on a validation split inside the calibration
+   period (:func:`validate_rate_candidates`: the purchase models fitted on its first part, the
+   blend's model and weight chosen on its last h days), then fitted on the calibration features and
+   evaluated on the holdout like the others. The lowest per-customer MAE among the candidates that
+   pass the gate wins (the lowest overall when none does), except that a model in which a customer without repeat purchases can be inactive
    (MBG/NBD, Pareto/NBD) wins over BG/NBD when its MAE is within ``TIE_TOLERANCE`` (1 %) of the
    best: BG/NBD lets a customer drop out only after a repeat purchase, so it gives every one-order
    customer, however long ago, a probability alive of exactly 1 (Fader, Hardie & Lee, "Computing
@@ -18,8 +23,9 @@ history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too shor
    that cannot be fitted even so is reported, not fatal, unless all fail.
 3. The gate (``evaluation.gate``): worse than the naive baseline on the aggregate error or the
    per-customer MAE makes the model ineligible for promotion; the reasons are logged as tags.
-4. The winner's kind is refitted on ``customer_features`` at c (all history before the cutoff):
-   that is the model scored and served.
+4. The winner (its purchase model and rate weight) is refitted on ``customer_features`` at c (all
+   history before the cutoff): that is the model scored and served. When its purchase model is
+   BG/NBD, :data:`ALIVE_COMPANION` (MBG/NBD) is fitted alongside and reports P(alive).
 5. The plausibility check (``evaluation.plausibility_check``): the refitted model's CLV of the
    one-order customers against the repeat customers' actual spend over the last year (the last
    half of a shorter history), scaled to the horizon; logged as metrics and a tag, and a warning
