@@ -110,10 +110,12 @@ class Settings(BaseSettings):
         "sqlite:///<data_dir>/mlflow/mlflow.db with artifacts under <data_dir>/mlflow/artifacts.",
     )
     mlflow_experiment: str = Field("rapport", min_length=1, description="MLflow experiment of every training run.")
-    clv_candidates: list[Literal["bgnbd", "mbgnbd", "paretonbd"]] = Field(
-        default_factory=lambda: ["bgnbd", "mbgnbd", "paretonbd"],
+    clv_candidates: list[Literal["bgnbd", "mbgnbd", "paretonbd", "blend", "naive"]] = Field(
+        default_factory=lambda: ["bgnbd", "mbgnbd", "paretonbd", "blend", "naive"],
         min_length=1,
-        description="Purchase models compared on the holdout; the lowest per-customer MAE wins, BG/NBD on ties.",
+        description="CLV candidates compared on the holdout: purchase models, their blend with the historic rate "
+        "(chosen on a validation split of the calibration period) and the naive historic rate; the lowest "
+        "per-customer MAE among those passing the gate wins, MBG/NBD or Pareto/NBD within 1 %.",
     )
     clv_holdout_days: AutoDays = Field("auto", description="Length of the CLV evaluation holdout before the cutoff (auto: a third of the history, 7 to 183 days).")
     clv_penalizer: float = Field(0.0, ge=0, description="L2 penalizer of the lifetimes fits (0: maximum likelihood).")

@@ -640,6 +640,7 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
         console.print(_styled(f"candidate {kind} did not converge:", "yellow", message))
     console.print(Text.assemble(f"{result.kind}: ", _verdict(result.gate.eligible),
                                 "" if result.gate.eligible else ": " + "; ".join(result.gate.reasons)))
+    console.print(f"served: {result.model.label_}")
     console.print(f"registered {result.model_name} version {result.model_version} "
                   f"(MLflow run {result.run_id}, cutoff {result.cutoff.date()})")
     _print_plots(result.plots)

@@ -3,18 +3,23 @@ pyfunc that scores like the fitted model, and the ``rapport train`` command."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from features.customer import customer_features
+from features.schema import Feature
+from features.settings import load_settings
 from features.store import ibis_backend
 from training import tracking
-from training.clv.pipeline import MODEL_NAME, choose, train_clv
-from tests.fixtures_history import synthetic_store
+from training.clv.adapter import PURCHASE_MODELS
+from training.clv.evaluation import HoldoutEvaluation
+from training.clv.pipeline import BLEND, MODEL_NAME, NAIVE, RATE_WEIGHTS, WITHOUT_ONE_ORDER_ARTEFACT, choose, train_clv
+from tests.fixtures_history import History, line, store_with, synthetic_store
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -31,9 +36,21 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     settings, con = store
     result = train_clv(con, settings)
     assert result.cutoff == datetime(2026, 1, 1)  # the day after the last sale
-    assert set(result.candidates.index) >= {"bgnbd", "naive (historic rate)"}
+    assert set(result.candidates.index) >= {"bgnbd", BLEND, NAIVE, "naive (historic rate)"}
     assert result.gate.eligible, result.gate.reasons  # planted BG/NBD data: the model beats the naive rate
     assert result.evaluation.aggregate_error < 0.05
+    # Planted BG/NBD truth: the purchase model is right, so the validation split gives the historic
+    # rate little weight and a purchase model is served, not the naive rate.
+    assert result.kind in PURCHASE_MODELS
+    validation = result.rate_validation
+    assert validation is not None and validation.validation_days == result.windows["holdout_days"]
+    assert validation.validation_start + timedelta(days=validation.validation_days) == result.calibration_end
+    assert validation.blend_weight <= 0.2
+    assert min(min(maes) for maes in validation.mae.values()) < validation.naive_mae
+    assert result.candidates.loc[NAIVE, "mae"] > result.candidates.loc[result.kind, "mae"]
+    # Whichever purchase model is served, a one-order customer is not certainly alive.
+    assert result.model.label_.startswith(result.kind)
+    assert result.model.alive_params_ is not None or result.kind in WITHOUT_ONE_ORDER_ARTEFACT
     # No one-order customer is valued above the 99th percentile of the repeat customers' actual
     # 12-month spend without their own spend to show for it.
     check = result.plausibility
@@ -46,8 +63,9 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     assert run.data.params["model"] == result.kind and run.data.params["time_unit"] == "D"
     assert "holdout_mae" in run.data.metrics and "naive_holdout_mae" in run.data.metrics
     assert run.data.metrics["plausibility.one_order_unexplained"] == 0
-    alive = run.data.metrics["one_order_probability_alive_median"]
-    assert alive < 1.0 if result.kind != "bgnbd" else alive == 1.0
+    assert run.data.metrics["one_order_probability_alive_median"] < 1.0
+    assert run.data.params["rate_weight"] == "0.0"
+    assert run.data.metrics["validation.blend_weight"] == validation.blend_weight
     assert "one-order customers" in run.data.tags["plausibility"]
     assert run.data.tags["gate.eligible"] == "true"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
@@ -60,16 +78,67 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     own = result.model.predict(features)
     pd.testing.assert_series_equal(served["clv"], own["clv"], check_names=False)
     pd.testing.assert_series_equal(served["probability_alive"], own["probability_alive"], check_names=False)
+    # No one-order customer quiet for over a year is certainly alive, whichever model is served.
+    everyone = customer_features(ibis_backend(con), result.cutoff)
+    lapsed = (everyone[Feature.FREQUENCY] == 0) & (everyone[Feature.DAYS_SINCE_LAST_ORDER] > 365)
+    assert lapsed.sum() > 100
+    assert result.model.predict(everyone).loc[lapsed, "probability_alive"].max() < 0.999
 
     again = train_clv(con, settings)
     assert int(again.model_version) == int(result.model_version) + 1
 
 
+def _regular_buyers(n: int, seed: int) -> History:
+    """Customers who buy like clockwork, each at their own period (5 to 100 days, log-uniform), from
+    a random phase of it when the record starts on 2025-01-01, for 360 days, none leaving: the
+    customer's own rate is the truth, and neither Poisson purchases nor a Gamma spread of rates is."""
+    rng = np.random.default_rng(seed)
+    h = History()
+    h.items.append({"item_id": "I1", "name": "I1", "category": "home", "price": 10.0, "active": True,
+                    "is_product": True})
+    start = datetime(2025, 1, 1, 9)
+    for c in range(n):
+        key = f"k{c}"
+        h.identity.append({"key_hash": key, "key_type": "account", "customer_id": c + 1})
+        period = float(np.exp(rng.uniform(np.log(5.0), np.log(100.0))))
+        day, k = rng.uniform(0.0, period), 0
+        while day < 360:
+            h.lines.append(line(f"L{c}-{k}", f"O{c}-{k}", "web", start + timedelta(days=float(day)), key, "I1",
+                                int(rng.integers(1, 4)), 10.0))
+            day, k = day + period, k + 1
+    return h
+
+
+def test_regular_buyers_are_served_their_historic_rate(tmp_path):
+    con = store_with(_regular_buyers(600, seed=7))
+    settings = load_settings(data_dir=tmp_path / "state")
+    result = train_clv(con, settings)
+    table = result.candidates
+    # The rate candidates win on the validation split, and so on the holdout: the weight goes to the rate.
+    assert result.kind in (BLEND, NAIVE)
+    assert result.rate_validation.blend_weight >= 0.5
+    assert table.loc[result.kind, "mae"] < min(table.loc[kind, "mae"] for kind in PURCHASE_MODELS)
+    assert result.gate.eligible, result.gate.reasons
+    # Served with Gamma-Gamma spend and a purchase model's P(alive); CLV is the rate's purchases times spend.
+    scores = result.model.predict(customer_features(ibis_backend(con), result.cutoff))
+    assert scores["clv"].gt(0).all() and scores["probability_alive"].between(0, 1).all()
+
+
+def _evaluation(mae: float, aggregate: float, *, naive_mae: float = 1.0) -> HoldoutEvaluation:
+    """A holdout evaluation with the given MAE and aggregate error, next to a naive baseline with
+    ``naive_mae`` and an aggregate error of 20 %."""
+    return HoldoutEvaluation(
+        n_customers=100, duration=30.0, actual_total=100.0, predicted_total=100 * (1 - aggregate),
+        aggregate_error=aggregate, mae=mae, rmse=mae, correlation=0.5, naive_predicted_total=80.0,
+        naive_aggregate_error=0.2, naive_mae=naive_mae, naive_rmse=naive_mae, naive_correlation=0.4, spend_n=10,
+        spend_actual_mean=1.0, spend_predicted_mean=1.0, spend_mae=0.1, spend_baseline_mae=0.1, time_unit="D",
+        kind="bgnbd")
+
+
 @pytest.mark.unit
 def test_choose_prefers_a_model_without_the_one_order_artefact_when_it_is_as_good():
-    class E:
-        def __init__(self, mae):
-            self.mae = mae
+    def E(mae):  # every one passes the gate
+        return _evaluation(mae, 0.1, naive_mae=2.0)
 
     # Within 1 % of BG/NBD's MAE, a model that lets one-order customers be inactive wins.
     assert choose({"bgnbd": E(1.0), "paretonbd": E(1.009)}) == "paretonbd"
@@ -81,6 +150,18 @@ def test_choose_prefers_a_model_without_the_one_order_artefact_when_it_is_as_goo
     assert choose({"bgnbd": E(1.0)}) == "bgnbd"
 
 
+@pytest.mark.unit
+def test_choose_serves_the_best_candidate_that_passes_the_gate():
+    evaluation = _evaluation  # the naive baseline: MAE 1.0, aggregate error 20 %
+
+    # The lowest MAE but a larger total error than the baseline fails the gate: the naive rate is served.
+    assert choose({"bgnbd": evaluation(0.95, 0.3), NAIVE: evaluation(1.0, 0.2)}) == NAIVE
+    assert choose({"bgnbd": evaluation(0.95, 0.1), NAIVE: evaluation(1.0, 0.2)}) == "bgnbd"
+    # When nothing passes, the lowest MAE is still the one registered (and the run says it failed).
+    assert choose({"bgnbd": evaluation(1.1, 0.3), BLEND: evaluation(1.2, 0.3)}) == "bgnbd"
+    assert RATE_WEIGHTS[0] == 0.0 and RATE_WEIGHTS[-1] == 1.0
+
+
 def test_rapport_train_only_clv_with_a_cutoff(store, monkeypatch):
     from rapport.cli import app
 
@@ -90,5 +171,6 @@ def test_rapport_train_only_clv_with_a_cutoff(store, monkeypatch):
     out = CliRunner().invoke(app, ["train", "--only", "clv", "--cutoff", "2025-07-01"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     assert "rapport-clv" in out.output and "2025-07-01" in out.output
+    assert "served: " in out.output and "blend" in out.output and "naive" in out.output  # the candidates' rows
     bad = CliRunner().invoke(app, ["train", "--only", "nothing"])
     assert bad.exit_code != 0 and "clv" in bad.output

@@ -254,6 +254,9 @@ def _served_as(result: object) -> str:
     from training.churn.model import LIGHTGBM
     from training.recommend.evaluation import CHOSEN
 
+    baseline = getattr(result, "serves_baseline", None)
+    if isinstance(baseline, str):
+        return f" (serves {baseline})"
     learner = getattr(result, "learner", None)
     if isinstance(learner, str) and learner != LIGHTGBM:
         return f" (serves {learner}: it beat LightGBM on validation)"

@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike
 
 from features.customer import DAYS_PER_UNIT, validate_rfm
 from features.schema import Feature, Holdout
+from training.clv.model import historic_rate
 
 #: Calibration/holdout columns :func:`evaluate_holdout` reads.
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -202,9 +203,7 @@ def _check_frame(calibration_holdout: pd.DataFrame) -> None:
 
 def naive_holdout_purchases(calibration_holdout: pd.DataFrame) -> np.ndarray:
     """The naive baseline's holdout repeat purchases: frequency / T x duration_holdout (rate 0 for T = 0)."""
-    f = _array(calibration_holdout[Feature.FREQUENCY])
-    t = _array(calibration_holdout[Feature.T])
-    rate = np.divide(f, t, out=np.zeros_like(f), where=t > 0)
+    rate = historic_rate(_array(calibration_holdout[Feature.FREQUENCY]), _array(calibration_holdout[Feature.T]))
     return rate * _array(calibration_holdout[Holdout.DURATION])
 
 

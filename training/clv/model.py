@@ -14,6 +14,10 @@ Outputs per customer (:data:`CLV_OUTPUT_COLUMNS`; money in the currency of the d
   ``customer_lifetime_value`` convention with calendar-exact months;
 - ``clv_lower``/``clv_upper`` and ``expected_purchases_365d_lower``/``_upper``: an ``interval``
   (default 80 %) interval from the uncertainty of the fitted parameters, by the delta method (below);
+- with ``rate_weight`` w > 0 every expected-purchases output (and so CLV) is the blend
+  (1 - w) E[X(t) | history] + w (frequency / T) t with the customer's historic rate; with
+  ``alive_kind`` set, ``probability_alive`` comes from that second model (BG/NBD's one-order
+  customers are otherwise all at 1);
 - ``historic_clv`` (passed through from the features: net spend to date);
 - ``days_to_next_order``: the median wait for the next purchase of a customer who is still active,
   (alpha + T)(2^(1 / (r + x)) - 1) (see ``adapter.median_time_to_next_purchase``), in days, and
@@ -143,6 +147,11 @@ ARTEFACT_VERSION = 1
 
 _SETTINGS = ("kind", "time_unit", "penalizer", "horizon_months", "monthly_discount_rate", "interval",
              "segment_shares")
+#: Settings added after the first artefacts were written: read when present, their defaults otherwise.
+_OPTIONAL_SETTINGS = {"rate_weight": 0.0, "alive_kind": None}
+#: Purchase models in which a customer without a repeat purchase can be inactive: the ones
+#: ``alive_kind`` may name (BG/NBD gives every such customer P(alive) = 1 by construction).
+ALIVE_KINDS: tuple[str, ...] = ("mbgnbd", "paretonbd")
 _FITTED = ("kind", "time_unit", "cutoff", "currency", "purchase_params", "spend_params", "segment_thresholds",
            "n_customers", "n_spend_customers", "n_spend_excluded")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -162,6 +171,8 @@ class _Settings:
     monthly_discount_rate: float
     interval: float
     segment_shares: tuple[float, float]
+    rate_weight: float = 0.0
+    alive_kind: str | None = None
 
     @property
     def days_per_unit(self) -> float:
@@ -174,7 +185,7 @@ class _Settings:
 
 def _check_settings(
     kind: Any, time_unit: Any, penalizer: Any, horizon_months: Any, monthly_discount_rate: Any, interval: Any,
-    segment_shares: Any,
+    segment_shares: Any, rate_weight: Any = 0.0, alive_kind: Any = None,
 ) -> _Settings:
     """The settings, checked; ``ValueError`` names the first bad one, its value and what is expected."""
 
@@ -196,8 +207,14 @@ def _check_settings(
     shares = tuple(segment_shares) if isinstance(segment_shares, tuple | list) else ()
     if (len(shares) != 2 or not all(_is_number(s) and 0 < s < 1 for s in shares) or sum(shares) > 1):
         fail("segment_shares", segment_shares, "(bottom share, top share), each in (0, 1), summing to at most 1")
+    if not _is_number(rate_weight) or not 0 <= rate_weight <= 1:
+        fail("rate_weight", rate_weight, "a weight in [0, 1] (0: the purchase model alone, 1: the historic rate alone)")
+    if alive_kind is not None and (alive_kind not in ALIVE_KINDS or alive_kind == kind):
+        fail("alive_kind", alive_kind, f"None or one of {', '.join(k for k in ALIVE_KINDS if k != kind)} "
+             f"(a model other than kind {kind!r} in which a one-order customer can be inactive)")
     return _Settings(str(kind), str(time_unit), float(penalizer), int(horizon_months), float(monthly_discount_rate),
-                     float(interval), (float(shares[0]), float(shares[1])))
+                     float(interval), (float(shares[0]), float(shares[1])), float(rate_weight),
+                     None if alive_kind is None else str(alive_kind))
 
 
 def _is_number(value: Any) -> bool:
@@ -250,7 +267,16 @@ class ClvModel(BaseEstimator):
     - ``horizon_months`` (12) and ``monthly_discount_rate`` (0.01): the CLV horizon and discounting;
     - ``interval`` (0.8): coverage of the parameter-uncertainty intervals;
     - ``segment_shares`` ((0.2, 0.2)): shares of the fitted population in the bottom and top value
-      segments.
+      segments;
+    - ``rate_weight`` (0): expected purchases are (1 - w) x the purchase model's + w x the customer's
+      historic rate, frequency / T repeat purchases per time unit (0 for T = 0) times t, a forecast
+      combination (Bates & Granger 1969) whose weight the training step chooses on a validation split
+      of the calibration period. 1 serves the naive rate itself (with Gamma-Gamma spend); 0 the model
+      alone. The rate carries no parameter uncertainty, so the intervals shrink by 1 - w;
+    - ``alive_kind`` (None): a second purchase model (``"mbgnbd"`` or ``"paretonbd"``) fitted on the
+      same features whose P(alive) is reported instead of the purchase model's: BG/NBD gives every
+      customer without a repeat purchase P(alive) = 1 by construction, however long ago their order.
+      Expected purchases, CLV and the next-order wait stay the purchase model's.
 
     Fitted attributes: ``purchase_params_``/``spend_params_`` (``adapter.FittedParams``), ``kind_``,
     ``time_unit_``, ``penalizer_``, ``horizon_months_``, ``monthly_discount_rate_``, ``interval_``,
@@ -258,7 +284,9 @@ class ClvModel(BaseEstimator):
     refit), ``cutoff_`` (naive UTC), ``currency_``, ``n_customers_``, ``n_spend_customers_`` (repeat
     customers with positive spend, the Gamma-Gamma sample), ``n_spend_excluded_`` (the others: no
     repeat purchase, or repeat purchases all returned), ``population_order_value_``,
-    ``segment_thresholds_`` (CLV at the bottom and top quantiles of the fitted population).
+    ``segment_thresholds_`` (CLV at the bottom and top quantiles of the fitted population),
+    ``rate_weight_``, ``alive_params_`` (the ``alive_kind`` fit, or None), ``label_`` (the model as
+    tables and titles name it).
     """
 
     def __init__(
@@ -270,6 +298,8 @@ class ClvModel(BaseEstimator):
         monthly_discount_rate: float = 0.01,
         interval: float = 0.8,
         segment_shares: tuple[float, float] = (0.2, 0.2),
+        rate_weight: float = 0.0,
+        alive_kind: str | None = None,
     ) -> None:
         self.kind = kind
         self.time_unit = time_unit
@@ -278,6 +308,8 @@ class ClvModel(BaseEstimator):
         self.monthly_discount_rate = monthly_discount_rate
         self.interval = interval
         self.segment_shares = segment_shares
+        self.rate_weight = rate_weight
+        self.alive_kind = alive_kind
 
     # --- fitting ----------------------------------------------------------------------------------
 
@@ -297,6 +329,9 @@ class ClvModel(BaseEstimator):
         n_spend = int(spend.sum())
         with _single_threaded_blas():
             purchase_params = fit_purchase_model(settings.kind, f, r, t, penalizer=settings.penalizer)
+            alive_params = None
+            if settings.alive_kind is not None:
+                alive_params = fit_purchase_model(settings.alive_kind, f, r, t, penalizer=settings.penalizer)
             if n_spend == 0:
                 raise ClvFitError(
                     f"{SPEND_MODEL} fit failed: none of the {len(f)} customers has a repeat purchase with positive "
@@ -305,24 +340,27 @@ class ClvModel(BaseEstimator):
             spend_params = fit_spend_model(f[spend], m[spend], penalizer=settings.penalizer)
 
             self._set_fitted(settings, cutoff_, currency, purchase_params, spend_params,
-                             thresholds=(0.0, 0.0), n_customers=len(f), n_spend_customers=n_spend)
+                             thresholds=(0.0, 0.0), n_customers=len(f), n_spend_customers=n_spend,
+                             alive_params=alive_params)
             clv = self._score(f, r, t, m, intervals=False).clv
         bottom, top = settings.segment_shares
         low, high = np.quantile(clv, [bottom, 1.0 - top])
         self.segment_thresholds_ = (float(low), float(high))
         logger.info(
             "CLV model %s fitted on %d customers as of %s (%d in the spend model); segment thresholds %.2f / %.2f %s",
-            settings.kind, len(f), cutoff_.date(), n_spend, low, high, currency,
+            self.label_, len(f), cutoff_.date(), n_spend, low, high, currency,
         )
         return self
 
     def _checked_settings(self) -> _Settings:
         return _check_settings(self.kind, self.time_unit, self.penalizer, self.horizon_months,
-                               self.monthly_discount_rate, self.interval, self.segment_shares)
+                               self.monthly_discount_rate, self.interval, self.segment_shares, self.rate_weight,
+                               self.alive_kind)
 
     def _set_fitted(
         self, settings: _Settings, cutoff: datetime, currency: str, purchase_params: FittedParams,
         spend_params: FittedParams, *, thresholds: tuple[float, float], n_customers: int, n_spend_customers: int,
+        alive_params: FittedParams | None = None,
     ) -> None:
         self.kind_ = settings.kind
         self.time_unit_ = settings.time_unit
@@ -340,26 +378,54 @@ class ClvModel(BaseEstimator):
         self.n_spend_customers_ = n_spend_customers
         self.n_spend_excluded_ = n_customers - n_spend_customers
         self.segment_thresholds_ = thresholds
+        self.rate_weight_ = settings.rate_weight
+        self.alive_params_ = alive_params
+
+    @property
+    def label_(self) -> str:
+        """The fitted model as tables, titles and messages name it."""
+        self._check_fitted()
+        purchase = self.purchase_params_.label
+        if self.rate_weight_ >= 1.0:
+            text = "naive (historic rate)"
+        elif self.rate_weight_ > 0.0:
+            text = f"{purchase} blended with the historic rate (rate weight {self.rate_weight_:.2f})"
+        else:
+            text = purchase
+        if self.alive_params_ is not None:
+            text += f", P(alive) from {self.alive_params_.label}"
+        elif self.rate_weight_ >= 1.0:
+            text += f", P(alive) from {purchase}"
+        return text
 
     def _check_fitted(self) -> None:
         check_is_fitted(self, ["purchase_params_", "spend_params_", "segment_thresholds_"])
 
     def _fitted_settings(self) -> _Settings:
         return _Settings(self.kind_, self.time_unit_, self.penalizer_, self.horizon_months_,
-                         self.monthly_discount_rate_, self.interval_, self.segment_shares_)
+                         self.monthly_discount_rate_, self.interval_, self.segment_shares_, self.rate_weight_,
+                         None if self.alive_params_ is None else self.alive_params_.kind)
 
     # --- the model's functions (durations in the model's time unit) --------------------------------
 
     def expected_purchases(self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> FloatArray:
         """Expected repeat purchases in (T, T + t] given (frequency, recency, T); t, recency, T in
-        ``time_unit_``. Arguments broadcast like numpy arrays."""
+        ``time_unit_``; blended with the historic rate by ``rate_weight_``. Arguments broadcast like
+        numpy arrays."""
         self._check_fitted()
-        return expected_purchases(self.purchase_params_, t, frequency, recency, T)
+        model = expected_purchases(self.purchase_params_, t, frequency, recency, T)
+        if self.rate_weight_ == 0.0:
+            return model
+        w = self.rate_weight_
+        return (1.0 - w) * model + w * historic_rate(frequency, T) * np.asarray(t, dtype=np.float64)
 
     def probability_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> FloatArray:
-        """Probability that the customer is still active at T."""
+        """Probability that the customer is still active at T: from ``alive_params_`` when fitted."""
         self._check_fitted()
-        return probability_alive(self.purchase_params_, frequency, recency, T)
+        return probability_alive(self._alive_source(), frequency, recency, T)
+
+    def _alive_source(self) -> FittedParams:
+        return self.alive_params_ if self.alive_params_ is not None else self.purchase_params_
 
     def probability_no_purchase(
         self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
@@ -369,9 +435,10 @@ class ClvModel(BaseEstimator):
         return probability_no_purchase(self.purchase_params_, t, frequency, recency, T)
 
     def unconditional_expected_purchases(self, t: ArrayLike) -> FloatArray:
-        """Expected repeat purchases in the first t (``time_unit_``) of a new customer's life."""
+        """Expected repeat purchases in the first t (``time_unit_``) of a new customer's life; the
+        historic-rate share of a blend contributes nothing (a new customer has no rate yet)."""
         self._check_fitted()
-        return unconditional_expected_purchases(self.purchase_params_, t)
+        return (1.0 - self.rate_weight_) * unconditional_expected_purchases(self.purchase_params_, t)
 
     def expected_order_value(self, frequency: ArrayLike, monetary_value: ArrayLike) -> FloatArray:
         """Expected value of a future order (``currency_``), Gamma-Gamma eq. (5) of Fader & Hardie 2013."""
@@ -405,7 +472,11 @@ class ClvModel(BaseEstimator):
         months = np.arange(1, settings.horizon_months + 1, dtype=np.float64) * DAYS_PER_MONTH / settings.days_per_unit
         discount = (1.0 + settings.monthly_discount_rate) ** -np.arange(1, settings.horizon_months + 1)
 
-        expected = _purchases_by_row(purchase, rows, np.concatenate([horizons, months]))
+        times = np.concatenate([horizons, months])
+        expected = _purchases_by_row(purchase, rows, times)
+        w = settings.rate_weight
+        if w > 0.0:
+            expected = (1.0 - w) * expected + w * historic_rate(rows.frequency, rows.T)[None, :] * times[:, None]
         k = horizons.shape[0]
         increments = np.diff(expected[k:], axis=0, prepend=0.0)  # (months, rows): purchases in each month
         order_value = expected_order_value(self.spend_params_, f, m)
@@ -415,6 +486,8 @@ class ClvModel(BaseEstimator):
         purchases_sd = clv_sd = None
         if intervals:
             grad_discounted, grad_365 = _purchase_sensitivities(purchase, rows, horizons[-1], months, discount)
+            # The historic-rate share has no parameters: only the model's share is uncertain.
+            grad_discounted, grad_365 = (1.0 - w) * grad_discounted, (1.0 - w) * grad_365
             cov = purchase.covariance_matrix()
             var_discounted = _quadratic_form(grad_discounted, cov)
             var_365 = _quadratic_form(grad_365, cov)
@@ -429,7 +502,8 @@ class ClvModel(BaseEstimator):
         return _Scores(
             purchases=expected[:k][:, rows.inverse],
             purchases_365d_sd=purchases_sd,
-            probability_alive=probability_alive(purchase, rows.frequency, rows.recency, rows.T)[rows.inverse],
+            probability_alive=probability_alive(self._alive_source(), rows.frequency, rows.recency,
+                                                rows.T)[rows.inverse],
             order_value=order_value,
             cashflows=cashflows,
             clv=clv,
@@ -489,6 +563,7 @@ class ClvModel(BaseEstimator):
                 "kind": s.kind, "time_unit": s.time_unit, "penalizer": s.penalizer,
                 "horizon_months": s.horizon_months, "monthly_discount_rate": s.monthly_discount_rate,
                 "interval": s.interval, "segment_shares": list(s.segment_shares),
+                "rate_weight": s.rate_weight, "alive_kind": s.alive_kind,
             },
             "fitted": {
                 "kind": self.kind_,
@@ -497,6 +572,7 @@ class ClvModel(BaseEstimator):
                 "currency": self.currency_,
                 "purchase_params": self.purchase_params_.to_dict(),
                 "spend_params": self.spend_params_.to_dict(),
+                "alive_params": None if self.alive_params_ is None else self.alive_params_.to_dict(),
                 "segment_thresholds": {"bottom": float(low), "top": float(high)},
                 "n_customers": int(self.n_customers_),
                 "n_spend_customers": int(self.n_spend_customers_),
@@ -511,8 +587,9 @@ class ClvModel(BaseEstimator):
                                 error=ClvArtefactError)
         settings_data = reader.section("settings", _SETTINGS)
         fitted = reader.section("fitted", _FITTED)
+        optional = {name: settings_data.get(name, default) for name, default in _OPTIONAL_SETTINGS.items()}
         try:
-            settings = _check_settings(*(settings_data[name] for name in _SETTINGS))
+            settings = _check_settings(*(settings_data[name] for name in _SETTINGS), **optional)
         except ValueError as exc:
             raise ClvArtefactError(f"CLV model artefact settings: {exc}") from exc
         for name in ("kind", "time_unit"):
@@ -530,6 +607,16 @@ class ClvModel(BaseEstimator):
             if params[name].kind != kind:
                 raise ClvArtefactError(f"CLV model artefact: fitted.{name} holds {params[name].kind!r} parameters, "
                                        f"expected {kind!r}")
+        alive_params = None
+        if settings.alive_kind is not None:
+            try:
+                alive_params = FittedParams.from_dict(fitted.get("alive_params"))
+            except ValueError as exc:
+                raise ClvArtefactError(f"CLV model artefact: fitted.alive_params (settings.alive_kind "
+                                       f"{settings.alive_kind!r}): {exc}") from exc
+            if alive_params.kind != settings.alive_kind:
+                raise ClvArtefactError(f"CLV model artefact: fitted.alive_params holds {alive_params.kind!r} "
+                                       f"parameters, expected {settings.alive_kind!r}")
         if params["spend_params"].values[1] <= 1:
             raise ClvArtefactError("CLV model artefact: fitted.spend_params q must exceed 1")
         try:
@@ -554,15 +641,23 @@ class ClvModel(BaseEstimator):
         if min(counts.values()) < 0 or spend_total != counts["n_customers"]:
             raise ClvArtefactError(f"CLV model artefact: inconsistent customer counts {counts}")
 
-        model = cls(**{name: settings_data[name] for name in _SETTINGS})
+        model = cls(**{name: settings_data[name] for name in _SETTINGS}, **optional)
         model.segment_shares = tuple(model.segment_shares)
         model._set_fitted(settings, utc_naive(cutoff), currency, params["purchase_params"], params["spend_params"],
                           thresholds=(low, high), n_customers=counts["n_customers"],
-                          n_spend_customers=counts["n_spend_customers"])
+                          n_spend_customers=counts["n_spend_customers"], alive_params=alive_params)
         return model
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def historic_rate(frequency: ArrayLike, T: ArrayLike) -> FloatArray:
+    """The customer's own repeat-purchase rate, frequency / T per time unit; 0 for T = 0 (a customer
+    born at the cutoff has no rate yet). The naive baseline of ``evaluation.naive_holdout_purchases``."""
+    f, t = np.asarray(frequency, dtype=np.float64), np.asarray(T, dtype=np.float64)
+    f, t = np.broadcast_arrays(f, t)
+    return np.divide(f, t, out=np.zeros(f.shape), where=t > 0)
 
 
 @cache

@@ -7,8 +7,13 @@ history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too shor
 1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
    in the holdout [c − h, c).
 2. Every candidate purchase model (BG/NBD, MBG/NBD, Pareto/NBD) is fitted on the calibration
-   features and evaluated on the holdout against the naive baseline. The lowest per-customer MAE
-   wins, except that a model in which a customer without repeat purchases can be inactive
+   features and evaluated on the holdout against the naive baseline. The historic-rate candidates
+   (``blend``: a purchase model's expected purchases blended with frequency / T; ``naive``: the rate
+   itself with Gamma-Gamma spend) are first chosen on a validation split inside the calibration
+   period (:func:`validate_rate_candidates`: the purchase models fitted on its first part, the
+   blend's model and weight chosen on its last h days), then fitted on the calibration features and
+   evaluated on the holdout like the others. The lowest per-customer MAE among the candidates that
+   pass the gate wins (the lowest overall when none does), except that a model in which a customer without repeat purchases can be inactive
    (MBG/NBD, Pareto/NBD) wins over BG/NBD when its MAE is within ``TIE_TOLERANCE`` (1 %) of the
    best: BG/NBD lets a customer drop out only after a repeat purchase, so it gives every one-order
    customer, however long ago, a probability alive of exactly 1 (Fader, Hardie & Lee, "Computing
@@ -18,8 +23,9 @@ history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too shor
    that cannot be fitted even so is reported, not fatal, unless all fail.
 3. The gate (``evaluation.gate``): worse than the naive baseline on the aggregate error or the
    per-customer MAE makes the model ineligible for promotion; the reasons are logged as tags.
-4. The winner's kind is refitted on ``customer_features`` at c (all history before the cutoff):
-   that is the model scored and served.
+4. The winner (its purchase model and rate weight) is refitted on ``customer_features`` at c (all
+   history before the cutoff): that is the model scored and served. When its purchase model is
+   BG/NBD, :data:`ALIVE_COMPANION` (MBG/NBD) is fitted alongside and reports P(alive).
 5. The plausibility check (``evaluation.plausibility_check``): the refitted model's CLV of the
    one-order customers against the repeat customers' actual spend over the last year (the last
    half of a shorter history), scaled to the horizon; logged as metrics and a tag, and a warning
@@ -46,12 +52,12 @@ from features.customer import calibration_holdout, customer_features
 from features.errors import NoDataError
 from features.history import utc_naive
 from features.purchases import daily_repeat_purchases
-from features.schema import Feature
+from features.schema import Feature, Holdout
 from features.settings import Settings
 from features.store import ibis_backend
 from features.windows import HistoryTooShort, Windows, clv_windows, history_stats
 from training import tracking
-from training.clv.adapter import ClvFitError
+from training.clv.adapter import PURCHASE_MODELS, ClvFitError
 from training.clv.evaluation import (
     GateDecision,
     HoldoutEvaluation,
@@ -59,7 +65,9 @@ from training.clv.evaluation import (
     evaluate_holdout,
     gate,
     holdout_table,
+    naive_holdout_purchases,
     plausibility_check,
+    predicted_holdout_purchases,
 )
 from training.clv.model import DAYS_PER_MONTH, ClvModel
 from training.clv.plots import (
@@ -79,6 +87,45 @@ TIE_TOLERANCE = 0.01
 #: Purchase models in which a customer without a repeat purchase can be inactive (BG/NBD gives such a
 #: customer P(alive) = 1 by construction); one of them wins a tie, the better one on the holdout first.
 WITHOUT_ONE_ORDER_ARTEFACT: tuple[str, ...] = ("mbgnbd", "paretonbd")
+#: Candidate: a purchase model's expected purchases blended with the customer's historic rate, the
+#: base model and the weight chosen on the validation split of the calibration period.
+BLEND = "blend"
+#: Candidate: the naive baseline itself (historic rate x t) served with Gamma-Gamma spend and the
+#: P(alive) of the purchase model that validated best, so that the champion is never worse than it.
+NAIVE = "naive"
+#: Weights of the historic rate the blend tries on the validation split (0: the model alone).
+RATE_WEIGHTS: tuple[float, ...] = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 21), 2))
+#: The model whose P(alive) is reported when BG/NBD predicts the purchases: MBG/NBD is BG/NBD with
+#: the one change that lets a customer drop out before a repeat purchase (Batislam et al. 2007).
+ALIVE_COMPANION = "mbgnbd"
+
+
+@dataclass(frozen=True)
+class RateValidation:
+    """How the historic-rate candidates were chosen, on the validation split of the calibration
+    period: every base model fitted on [start, validation_start) and evaluated on
+    [validation_start, calibration_end) (``validation_days`` long). ``mae[kind][i]`` is the
+    per-customer validation MAE of the blend with rate weight ``RATE_WEIGHTS[i]``; ``blend_kind``
+    and ``blend_weight`` the chosen blend, ``naive_kind`` the model whose P(alive) the naive
+    candidate reports; ``failed`` the base models that could not be fitted there, with the reason."""
+
+    validation_start: datetime
+    validation_days: int
+    n_customers: int
+    naive_mae: float
+    mae: dict[str, tuple[float, ...]]
+    blend_kind: str
+    blend_weight: float
+    naive_kind: str
+    failed: tuple[tuple[str, str], ...]
+
+    def to_metrics(self) -> dict[str, float]:
+        out = {"validation.customers": float(self.n_customers), "validation.days": float(self.validation_days),
+               "validation.naive_mae": self.naive_mae, "validation.blend_weight": self.blend_weight}
+        for kind, maes in self.mae.items():
+            out[f"validation.{kind}.mae"] = maes[0]
+            out[f"validation.{kind}.best_blend_mae"] = min(maes)
+        return out
 
 
 @dataclass(frozen=True)
@@ -99,6 +146,13 @@ class ClvTrainingResult:
     without_dropout: tuple[str, ...]
     windows: Windows
     plausibility: PlausibilityCheck
+    #: How the blend and naive candidates were chosen (None when neither is a candidate).
+    rate_validation: RateValidation | None = None
+
+    @property
+    def serves_baseline(self) -> str | None:
+        """The baseline served when the naive candidate won (the training summary names it), else None."""
+        return "the naive historic rate with Gamma-Gamma spend" if self.kind == NAIVE else None
 
 
 def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -109,24 +163,77 @@ def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
     return datetime.combine(last.date() + timedelta(days=1), datetime.min.time())
 
 
-def choose(evaluations: dict[str, HoldoutEvaluation]) -> str:
-    """The candidate with the lowest per-customer holdout MAE, unless one of
-    :data:`WITHOUT_ONE_ORDER_ARTEFACT` is within :data:`TIE_TOLERANCE` of it: then the best of those."""
-    by_mae = sorted(evaluations, key=lambda kind: (evaluations[kind].mae, kind))
+def _lowest(maes: dict[str, float]) -> str:
+    """The lowest MAE, unless one of :data:`WITHOUT_ONE_ORDER_ARTEFACT` is within
+    :data:`TIE_TOLERANCE` of it: then the best of those."""
+    by_mae = sorted(maes, key=lambda kind: (maes[kind], kind))
     best = by_mae[0]
     for kind in by_mae:
-        if kind in WITHOUT_ONE_ORDER_ARTEFACT and evaluations[kind].mae <= evaluations[best].mae * (1 + TIE_TOLERANCE):
+        if kind in WITHOUT_ONE_ORDER_ARTEFACT and maes[kind] <= maes[best] * (1 + TIE_TOLERANCE):
             return kind
     return best
 
 
-def _model(kind: str, settings: Settings) -> ClvModel:
+def choose(evaluations: dict[str, HoldoutEvaluation]) -> str:
+    """The candidate with the lowest per-customer holdout MAE among those that pass the gate (all of
+    them when none does), unless one of :data:`WITHOUT_ONE_ORDER_ARTEFACT` is within
+    :data:`TIE_TOLERANCE` of it: then the best of those."""
+    eligible = {kind: e.mae for kind, e in evaluations.items() if gate(e).eligible}
+    return _lowest(eligible or {kind: e.mae for kind, e in evaluations.items()})
+
+
+def _model(kind: str, settings: Settings, *, rate_weight: float = 0.0, alive_kind: str | None = None) -> ClvModel:
     return ClvModel(
         kind=kind,
         time_unit=settings.time_unit,
         penalizer=settings.clv_penalizer,
         horizon_months=settings.clv_horizon_months,
         monthly_discount_rate=settings.clv_monthly_discount_rate,
+        rate_weight=rate_weight,
+        alive_kind=alive_kind,
+    )
+
+
+def validate_rate_candidates(
+    backend, settings: Settings, kinds: tuple[str, ...], calibration_end: datetime, holdout_days: int,  # noqa: ANN001
+    first_sale: datetime,
+) -> RateValidation:
+    """Choose the blend (base model and rate weight) and the naive candidate's P(alive) model on a
+    validation split inside the calibration period: fit on its first part, validate on its last
+    ``holdout_days`` (half of it when the calibration period is shorter than two holdouts). The
+    holdout after ``calibration_end`` plays no part. Raises ``ValueError`` when the calibration
+    period is too short to split or no base model can be fitted on its first part."""
+    span = (calibration_end - utc_naive(first_sale)).days
+    days = min(holdout_days, span // 2)
+    if days < 1:
+        raise ValueError(f"the {span}-day calibration period is too short to split into a fit and a validation part")
+    start = calibration_end - timedelta(days=days)
+    inner = calibration_holdout(backend, start, calibration_end, time_unit=settings.time_unit)
+    if len(inner) == 0:
+        raise ValueError(f"no customer bought before the validation start {start.date()}")
+    actual = inner[Holdout.FREQUENCY].to_numpy(dtype=np.float64)
+    naive = naive_holdout_purchases(inner)
+    maes: dict[str, tuple[float, ...]] = {}
+    failed: list[tuple[str, str]] = []
+    for kind in kinds:
+        try:
+            model = _model(kind, settings).fit(inner, cutoff=start, currency=settings.currency)
+        except ClvFitError as exc:
+            failed.append((kind, exc.reason or str(exc)))
+            continue
+        predicted = predicted_holdout_purchases(model, inner)
+        maes[kind] = tuple(float(np.abs((1 - w) * predicted + w * naive - actual).mean()) for w in RATE_WEIGHTS)
+    if not maes:
+        raise ValueError(f"no base model could be fitted on the {span - days}-day first part of the calibration "
+                         f"period: {'; '.join(f'{k}: {why}' for k, why in failed)}")
+    # The blend: each base model at its best weight (the smaller weight on a tie), then the best model.
+    best_weight = {kind: int(np.argmin(values)) for kind, values in maes.items()}
+    blend_kind = _lowest({kind: maes[kind][best_weight[kind]] for kind in maes})
+    return RateValidation(
+        validation_start=start, validation_days=days, n_customers=len(inner),
+        naive_mae=float(np.abs(naive - actual).mean()), mae=maes, blend_kind=blend_kind,
+        blend_weight=RATE_WEIGHTS[best_weight[blend_kind]], naive_kind=_lowest({k: v[0] for k, v in maes.items()}),
+        failed=tuple(failed),
     )
 
 
@@ -160,7 +267,22 @@ def train_clv(
     evaluations: dict[str, HoldoutEvaluation] = {}
     failed: list[tuple[str, str]] = []
     reasons: dict[str, str] = {}
-    for kind in settings.clv_candidates:
+
+    def skipped() -> HistoryTooShort:
+        # Every candidate failing on the calibration period is what too short a history does (no
+        # drop-out visible yet: the parameters are not identified), not an error of the code.
+        return HistoryTooShort("clv", (
+            f"clv skipped: no purchase model ({', '.join(k for k, _ in failed)}) could be fitted on the "
+            f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
+            f"{calibration_end:%Y-%m-%d} ({len(split):,} customers), not even without drop-out: "
+            f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a "
+            f"shorter clv_holdout_days or a clv_penalizer above 0"))
+
+    kinds = tuple(k for k in settings.clv_candidates if k in PURCHASE_MODELS)
+    # What each candidate is, as (purchase model, rate weight): the purchase models alone, then the
+    # historic-rate candidates once the validation split has chosen them.
+    recipes: dict[str, tuple[str, float]] = {kind: (kind, 0.0) for kind in kinds}
+    for kind in kinds:
         step(f"fitting candidate {kind} on the calibration period")
         try:
             fitted[kind] = _model(kind, settings).fit(split, cutoff=calibration_end, currency=settings.currency)
@@ -173,23 +295,47 @@ def train_clv(
         if fitted[kind].purchase_params_.without_dropout:
             step(f"candidate {kind} fitted without drop-out (NBD): the calibration period shows no drop-out to "
                  f"estimate")
+    if kinds and not evaluations:
+        raise skipped()
+    rate_validation = None
+    rate_candidates = [k for k in settings.clv_candidates if k in (BLEND, NAIVE)]
+    if rate_candidates:
+        step(f"choosing {' and '.join(rate_candidates)} on a validation split of the calibration period")
+        try:
+            rate_validation = validate_rate_candidates(backend, settings, kinds or PURCHASE_MODELS, calibration_end,
+                                                       holdout_days, windows.stats.first_sale)
+        except ValueError as exc:
+            for name in rate_candidates:
+                failed.append((name, f"not validated: {exc}"))
+                reasons[name] = str(exc)
+            log.warning("candidates %s not validated: %s", ", ".join(rate_candidates), exc)
+    if rate_validation is not None:
+        chosen_rate = {BLEND: (rate_validation.blend_kind, rate_validation.blend_weight),
+                       NAIVE: (rate_validation.naive_kind, 1.0)}
+        for name in rate_candidates:
+            recipes[name] = chosen_rate[name]
+            base, weight = recipes[name]
+            step(f"fitting candidate {name} ({base}, rate weight {weight:g}) on the calibration period")
+            try:
+                fitted[name] = _model(base, settings, rate_weight=weight).fit(split, cutoff=calibration_end,
+                                                                             currency=settings.currency)
+            except ClvFitError as exc:
+                failed.append((name, str(exc)))
+                reasons[name] = exc.reason or str(exc)
+                log.warning("candidate %s failed: %s", name, exc)
+                continue
+            evaluations[name] = evaluate_holdout(fitted[name], split)
     if not evaluations:
-        # Every candidate failing on the calibration period is what too short a history does (no
-        # drop-out visible yet: the parameters are not identified), not an error of the code.
-        raise HistoryTooShort("clv", (
-            f"clv skipped: no purchase model ({', '.join(k for k, _ in failed)}) could be fitted on the "
-            f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
-            f"{calibration_end:%Y-%m-%d} ({len(split):,} customers), not even without drop-out: "
-            f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a "
-            f"shorter clv_holdout_days or a clv_penalizer above 0"))
+        raise skipped()
     kind = choose(evaluations)
     decision = gate(evaluations[kind])
     table = holdout_table(evaluations)
 
+    base, weight = recipes[kind]
     step(f"refitting {kind} on all history before {cutoff.date()}")
     features = customer_features(backend, cutoff, time_unit=settings.time_unit)
-    final = _model(kind, settings).fit(features, cutoff=cutoff, currency=settings.currency)
-    label = final.purchase_params_.label
+    final = _refit(base, weight, settings, features, cutoff)
+    label = final.label_
     if final.purchase_params_.without_dropout:
         log.warning("CLV: %s: the history shows no drop-out to estimate, every customer is taken to stay (%s)",
                     label, final.purchase_params_.message)
@@ -198,10 +344,11 @@ def train_clv(
     plausibility, one_order_alive = _plausibility(con, backend, final, features, cutoff, settings)
     if not plausibility.plausible:
         log.warning("CLV plausibility: %s", plausibility.message)
-    if kind not in WITHOUT_ONE_ORDER_ARTEFACT:
+    if final.alive_params_ is None and final.purchase_params_.kind not in WITHOUT_ONE_ORDER_ARTEFACT:
         others = ", ".join(f"{k} {evaluations[k].mae:.4f}" for k in evaluations if k in WITHOUT_ONE_ORDER_ARTEFACT)
-        log.warning("CLV: %s chosen (holdout MAE %.4f; %s): it gives every one-order customer probability alive 1",
-                    kind, evaluations[kind].mae, others or "no candidate without that artefact converged")
+        log.warning("CLV: %s chosen (holdout MAE %.4f; %s) and %s could not be fitted for P(alive): it gives every "
+                    "one-order customer probability alive 1", kind, evaluations[kind].mae,
+                    others or "no candidate without that artefact converged", ALIVE_COMPANION)
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
@@ -211,6 +358,9 @@ def train_clv(
         tracking.log_params_flat({
             "model": kind,
             "model_fit": label,
+            "purchase_model": base,
+            "rate_weight": weight,
+            "probability_alive_model": (final.alive_params_ or final.purchase_params_).label,
             "time_unit": settings.time_unit,
             "cutoff": cutoff.date().isoformat(),
             "calibration_end": calibration_end.date().isoformat(),
@@ -233,6 +383,7 @@ def train_clv(
             "spend_excluded": float(final.n_spend_excluded_),
             **plausibility.to_metrics(),
             "one_order_probability_alive_median": one_order_alive,
+            **(rate_validation.to_metrics() if rate_validation is not None else {}),
         })
         tracking.log_table(table, "holdout_table")
         for path in plots:
@@ -267,7 +418,25 @@ def train_clv(
         without_dropout=tuple(k for k in fitted if fitted[k].purchase_params_.without_dropout),
         windows=windows,
         plausibility=plausibility,
+        rate_validation=rate_validation,
     )
+
+
+def _refit(base: str, weight: float, settings: Settings, features: pd.DataFrame, cutoff: datetime) -> ClvModel:
+    """The chosen candidate refitted on ``features``; with BG/NBD as its purchase model, P(alive)
+    comes from :data:`ALIVE_COMPANION` fitted alongside, unless that cannot be fitted (then the run
+    warns: BG/NBD's own P(alive) is 1 for every one-order customer)."""
+    if base in WITHOUT_ONE_ORDER_ARTEFACT:
+        return _model(base, settings, rate_weight=weight).fit(features, cutoff=cutoff, currency=settings.currency)
+    try:
+        return _model(base, settings, rate_weight=weight, alive_kind=ALIVE_COMPANION).fit(
+            features, cutoff=cutoff, currency=settings.currency)
+    except ClvFitError as exc:
+        if exc.kind != ALIVE_COMPANION:
+            raise
+        log.warning("CLV: %s for P(alive) could not be fitted (%s): P(alive) comes from %s", ALIVE_COMPANION,
+                    exc.reason or exc, base)
+        return _model(base, settings, rate_weight=weight).fit(features, cutoff=cutoff, currency=settings.currency)
 
 
 def _plausibility(con: duckdb.DuckDBPyConnection, backend, model: ClvModel, features: pd.DataFrame,  # noqa: ANN001

@@ -48,6 +48,11 @@ def _unit_singular(model: ClvPredictor) -> str:
     return _unit(model).removesuffix("s")
 
 
+def _name(model: ClvPredictor) -> str:
+    """The model as a title names it: its label when it has one (a blend, the naive rate), else its kind."""
+    return str(getattr(model, "label_", model.kind_))
+
+
 
 def plot_calibration_vs_holdout(
     model: ClvPredictor, calibration_holdout: pd.DataFrame, path: Path, max_frequency: int = 7
@@ -61,12 +66,12 @@ def plot_calibration_vs_holdout(
     figure = _new_figure(8.0, 5.0)
     ax = figure.add_subplot()
     ax.plot(x, table["actual"], marker="o", color=_ACTUAL, linewidth=2, label="actual")
-    ax.plot(x, table["predicted"], marker="s", color=_MODEL, linewidth=2, label=f"model ({model.kind_})")
+    ax.plot(x, table["predicted"], marker="s", color=_MODEL, linewidth=2, label=f"model ({_name(model)})")
     ax.plot(x, table["naive"], marker="^", color=_NAIVE, linestyle="--", label="naive (historic rate)")
     ax.set_xticks(x, [f"{label}\nn={n:,}" for label, n in zip(table.index, table["n_customers"])])
     ax.set_xlabel("repeat purchases in the calibration period (frequency)")
     ax.set_ylabel(f"mean repeat purchases in the holdout ({duration:g} {_unit(model)})")
-    ax.set_title(f"Calibration vs holdout purchases — {model.kind_}, time unit: {_unit(model)}")
+    ax.set_title(f"Calibration vs holdout purchases — {_name(model)}, time unit: {_unit(model)}")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
@@ -173,7 +178,7 @@ def plot_frequency_recency_matrix(
     return _plot_matrix(
         model, values, frequencies, recencies, impossible,
         title=(
-            f"Expected repeat purchases in the next {t:g} {unit} — {model.kind_}\n"
+            f"Expected repeat purchases in the next {t:g} {unit} — {_name(model)}\n"
             f"customers observed for T = {max_T:g} {_unit(model)}"
         ),
         colorbar_label=f"expected repeat purchases in the next {t:g} {unit}",
@@ -200,7 +205,7 @@ def plot_probability_alive_matrix(
     return _plot_matrix(
         model, values, frequencies, recencies, impossible,
         title=(
-            f"Probability a customer is still active — {model.kind_}\n"
+            f"Probability a customer is still active — {_name(model)}\n"
             f"customers observed for T = {max_T:g} {_unit(model)}"
         ),
         colorbar_label="probability alive",
@@ -246,10 +251,10 @@ def plot_cumulative_transactions(
     figure = _new_figure(10.0, 7.0)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     top.plot(x, actual_line, color=_ACTUAL, linewidth=2, label="actual")
-    top.plot(x, expected_line, color=_MODEL, linewidth=2, linestyle="--", label=f"expected ({model.kind_})")
+    top.plot(x, expected_line, color=_MODEL, linewidth=2, linestyle="--", label=f"expected ({_name(model)})")
     top.set_ylabel("cumulative repeat purchases")
     top.set_title(
-        f"Cumulative repeat purchases: actual vs expected — {model.kind_}, time unit: {_unit(model)}\n"
+        f"Cumulative repeat purchases: actual vs expected — {_name(model)}, time unit: {_unit(model)}\n"
         f"{len(first_purchases.dropna()):,} customers born before the calibration end"
     )
 
