@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from features.errors import RapportError
-from features.history import utc_naive
+from features.moments import utc_naive
 from features.settings import Settings
 
 
