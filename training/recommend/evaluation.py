@@ -246,13 +246,13 @@ def _grouped(customer_id: NDArray[np.int64], items: NDArray[np.object_]) -> dict
     return {int(c): list(group) for c, group in zip(ids, np.split(items, cut))}
 
 
-def ranked_lists(model: RecommenderModel, customers: NDArray[np.int64], rankers: tuple[str, ...], *,
-                 exclude_purchased: bool) -> dict[str, dict[int, list[str]]]:
-    """Per ranker, customer id -> the model's top-K item ids under that ranker (what
-    :meth:`RecommenderModel.recommend` of ``model.with_ranker(ranker)`` serves), from one candidate
-    generation (:meth:`RecommenderModel.ranked_items`)."""
-    found = model.ranked_items(customers, K, rankers, exclude_purchased=exclude_purchased)
-    return {r: _grouped(ids, model.data_.item_ids[items]) for r, (ids, items) in found.items()}
+def ranked_lists(model: RecommenderModel, customers: NDArray[np.int64],
+                 rankers: tuple[str, ...]) -> dict[tuple[str, bool], dict[int, list[str]]]:
+    """Per ranker and purchase filter (``(ranker, exclude_purchased)``), customer id -> the model's
+    top-K item ids (what :meth:`RecommenderModel.recommend` of ``model.with_ranker(ranker)`` serves),
+    from one candidate generation per filter (:meth:`RecommenderModel.ranked_items`)."""
+    found = model.ranked_items(customers, K, rankers, exclude_purchased=(False, True))
+    return {key: _grouped(ids, model.data_.item_ids[items]) for key, (ids, items) in found.items()}
 
 
 def configuration_rows(model: RecommenderModel, names: tuple[str, ...], customers: NDArray[np.int64],
@@ -261,9 +261,8 @@ def configuration_rows(model: RecommenderModel, names: tuple[str, ...], customer
     each one's lists as is and with purchases excluded."""
     catalogue = int(model.data_.recommendable.sum())
     rankers = tuple(CONFIGURATIONS[name] for name in names)
-    plain = ranked_lists(model, customers, rankers, exclude_purchased=False)
-    filtered = ranked_lists(model, customers, rankers, exclude_purchased=True)
-    return {name: _row(plain[r], filtered[r], relevant, history, catalogue) for name, r in zip(names, rankers)}
+    lists = ranked_lists(model, customers, rankers)
+    return {name: _row(lists[r, False], lists[r, True], relevant, history, catalogue) for name, r in zip(names, rankers)}
 
 
 def popular_rows(data: InteractionData, customers: NDArray[np.int64], relevant: Mapping[int, set[str]],

@@ -75,6 +75,7 @@ from training.recommend.candidates import (
     candidates,
     ranks_in_rows,
     row_score_order,
+    source_scores,
     tifu_pool,
     tifu_pool_vectors,
 )
@@ -707,24 +708,26 @@ class RecommenderModel:
         return out
 
     def ranked_items(self, customer_ids: Sequence[Hashable], n: int, rankers: Sequence[str], *,
-                     exclude_purchased: bool = True) -> dict[str, tuple[IntArray, IntArray]]:
-        """The top-``n`` items of known customers under several rankers (of :data:`RANKERS`), from one
-        candidate generation per block of customers: per ranker, ``(customer ids, item positions)``,
-        grouped by customer in the order asked and by rank within each customer: the items and order
-        of :meth:`recommend_ranked` of :meth:`with_ranker` (no other filter), without its scores,
+                     exclude_purchased: Sequence[bool] = (True,)) -> dict[tuple[str, bool], tuple[IntArray, IntArray]]:
+        """The top-``n`` items of known customers under several rankers (of :data:`RANKERS`) and
+        purchase filters, from one candidate generation per block of customers and filter: per
+        ``(ranker, exclude_purchased)``, ``(customer ids, item positions)`` grouped by customer in the
+        order asked and by rank within each customer: the items and order of
+        :meth:`recommend_ranked` of :meth:`with_ranker` (no other filter), without its scores,
         sources and reasons.
 
         The candidates are those of the ranker reading the most sources; a rule ranks the ones its
         own sources proposed (:data:`_RULE_SOURCES`): the very pairs, with the same features and in the
         same order, that its own candidate generation gives (every source's list is cut on its own).
-        An evaluation of the servable configurations then costs about one of them."""
+        The item-KNN and TIFU-KNN scores of a block are computed once for all the filters. An
+        evaluation of the servable configurations then costs about one of them."""
         self._check_n(n)
         unknown_rankers = [r for r in rankers if r not in RANKERS]
         if unknown_rankers:
             raise ValueError(f"ranker(s) {', '.join(map(repr, unknown_rankers))} unknown; expected {', '.join(RANKERS)}")
         if "lightgbm" in rankers and self.booster_ is None:
             raise RecommenderInputError("this model has no LightGBM ranker to order candidates with")
-        options = self._options(n, exclude_purchased=exclude_purchased)
+        options = {exclude: self._options(n, exclude_purchased=exclude) for exclude in exclude_purchased}
         data = self.data_
         ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
         rows, known = data.user_positions(ids)
@@ -739,29 +742,33 @@ class RecommenderModel:
         blocks = [np.arange(start, min(start + BLOCK_CUSTOMERS, len(ids))) for start in range(0, len(ids), BLOCK_CUSTOMERS)]
         threads = min(self.settings_.num_threads, len(blocks))
 
-        def rank(at: IntArray) -> dict[str, tuple[IntArray, IntArray]]:
+        def rank(at: IntArray) -> dict[tuple[str, bool], tuple[IntArray, IntArray]]:
             block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
-            found = self._candidates(block, options, sizes)
+            scores = source_scores(block, similarity=self.models_.similarity, sizes=sizes,
+                                   tifu=self.models_.tifu(self.settings_))
             out = {}
-            for ranker in rankers:
-                mine = found
-                if ranker in flags:
-                    keep = (found.sources & flags[ranker]) != 0
-                    mine = Candidates(found.row[keep], found.item[keep], found.sources[keep], found.x[keep])
-                if len(mine) == 0:
-                    scores = np.empty(0)
-                elif ranker == "lightgbm":
-                    scores = self._score(mine, 1 if threads > 1 else None)
-                else:
-                    scores = rule_scores(mine, ranker)
-                top, _, _ = self._top(mine, scores, n)
-                out[ranker] = (ids[at][mine.row[top]], mine.item[top])
+            for exclude, option in options.items():
+                found = self._candidates(block, option, sizes, scores)
+                for ranker in rankers:
+                    mine = found
+                    if ranker in flags:
+                        keep = (found.sources & flags[ranker]) != 0
+                        mine = Candidates(found.row[keep], found.item[keep], found.sources[keep], found.x[keep])
+                    if len(mine) == 0:
+                        ranked = np.empty(0)
+                    elif ranker == "lightgbm":
+                        ranked = self._score(mine, 1 if threads > 1 else None)
+                    else:
+                        ranked = rule_scores(mine, ranker)
+                    top, _, _ = self._top(mine, ranked, n)
+                    out[ranker, exclude] = (ids[at][mine.row[top]], mine.item[top])
             return out
 
         parts = list(_side_by_side(rank, blocks, threads))
-        return {r: (np.concatenate([p[r][0] for p in parts]) if parts else np.empty(0, dtype=np.int64),
-                    np.concatenate([p[r][1] for p in parts]) if parts else np.empty(0, dtype=np.int64))
-                for r in rankers}
+        empty = np.empty(0, dtype=np.int64)
+        return {key: (np.concatenate([p[key][0] for p in parts]) if parts else empty,
+                      np.concatenate([p[key][1] for p in parts]) if parts else empty)
+                for key in ((r, e) for r in rankers for e in options)}
 
     def recommend_one(
         self,
@@ -862,10 +869,12 @@ class RecommenderModel:
             threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
         return np.asarray(self.booster_.predict(found.x, num_threads=threads), dtype=np.float64)
 
-    def _candidates(self, block: UserBlock, options: _Options, sizes: CandidateSizes) -> Candidates:
+    def _candidates(self, block: UserBlock, options: _Options, sizes: CandidateSizes,
+                    scores: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None) -> Candidates:
         return candidates(self.data_, block, item_index=self.models_.item_index, similarity=self.models_.similarity,
                           sizes=sizes, allowed=options.allowed, exclude_owned=options.exclude_purchased,
-                          keep_owned=options.keep_owned, popular=options.popular, tifu=self.models_.tifu(self.settings_))
+                          keep_owned=options.keep_owned, popular=options.popular, tifu=self.models_.tifu(self.settings_),
+                          scores=scores)
 
     @staticmethod
     def _top(found: Candidates, scores: FloatArray, n: int) -> tuple[IntArray, IntArray, FloatArray]:
