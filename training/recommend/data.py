@@ -176,13 +176,6 @@ class InteractionData:
         return {int(self.customer_ids[u]): set(group.tolist()) for u, group in zip(firsts, np.split(items, cut))}
 
 
-def _check_same_pairs(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    same = len(a) == len(b) and np.array_equal(a[Col.CUSTOMER_ID].to_numpy(), b[Col.CUSTOMER_ID].to_numpy()) and \
-        np.array_equal(a[Col.ITEM_ID].astype(str).to_numpy(), b[Col.ITEM_ID].astype(str).to_numpy())
-    if not same:
-        raise RuntimeError("the interactions with two half-lives differ in their (customer, item) pairs")
-
-
 def _catalogue(backend: ibis.BaseBackend) -> pd.DataFrame:
     items = backend.table(ITEMS_TABLE)
     frame = items.select(Col.ITEM_ID, "name", "category", "active", Col.IS_PRODUCT).to_pandas()
@@ -311,9 +304,9 @@ def build_interaction_data(
     ``weight_short`` feature; ``browse_weight`` is what one view counts next to one purchase;
     ``tifu`` the basket decay of the TIFU-KNN vectors (default :class:`TifuDecay`).
     """
-    frame = interactions(backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since)
-    short = interactions(backend, as_of, half_life_days=short_half_life_days, browse_weight=browse_weight, since=since)
-    _check_same_pairs(frame, short)
+    # Both half-lives from one scan of the history.
+    frame = interactions(backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since,
+                         extra_weights={"weight_short": short_half_life_days})
     catalogue = _catalogue(backend)
 
     customer_ids = np.unique(frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64))
@@ -338,7 +331,7 @@ def build_interaction_data(
     days_plus_one = np.where(np.isfinite(age), np.maximum(age, 0.0) + 1.0, 0.0)
     # The frame is sorted by (customer, item), as are CSR entries with sorted indices: one layout.
     weight = matrix(frame[WEIGHT].to_numpy())
-    weight_short = matrix(short[WEIGHT].to_numpy())
+    weight_short = matrix(frame["weight_short"].to_numpy())
     bought = matrix(purchases)
     days = matrix(days_plus_one)
 
