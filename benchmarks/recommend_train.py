@@ -14,17 +14,20 @@ distinct lines; surplus lines are dropped so that the file has exactly ``--lines
 Then ``rapport train --only recommend`` runs as a subprocess (the command a user types: the
 import of the CLI, the split, the comparison with every baseline, the search within
 ``train_search_budget_s``, the final fit, MLflow logging and registration), ``--runs`` times, and
-once more with ``RAPPORT_TRAIN_SEARCH_BUDGET_S=0`` (no search), and, with ``--reference DIR`` (a
-checkout of another version of the project, e.g. ``git worktree add /tmp/before main``), once with
-that version's code on the same store: the cost of the search and the speed-up read as ratios on the
-same machine at the same moment (timings on a shared machine are noisy; ratios much less).
+once more with ``RAPPORT_TRAIN_SEARCH_BUDGET_S=0`` (no search). With ``--reference DIR`` (a
+checkout of another version of the project, e.g. ``git worktree add /tmp/before main``) every run is
+a pair: that version's code and this one on the same store, back to back, the reference first in
+odd pairs and second in even ones; the speed-up is the median of the pairs' ratios, read on the
+same machine at the same moment (timings on a shared machine are noisy and drift; ratios of
+neighbouring runs much less).
 
     python benchmarks/recommend_train.py [--lines 1000000] [--items 50000] [--customers 20000]
                                          [--runs 1] [--budget S] [--reference DIR] [--keep DIR]
 
 Prints the seconds of generating and ingesting the data (not part of the target), then the wall
-time of each training run, the median, the no-search time and the ratio, and the champion's table
-lines as the command printed them. Target on 2 cores: under 60 s.
+time of each training run (and of the reference next to it), the median, the no-search time and
+the ratio, the median ratio to the reference, and the champion's table lines as the command
+printed them. Target on 2 cores: under 60 s.
 """
 
 from __future__ import annotations
@@ -180,21 +183,38 @@ def main(argv: list[str] | None = None) -> None:
         timed_env = dict(env)
         if args.budget is not None:
             timed_env["RAPPORT_TRAIN_SEARCH_BUDGET_S"] = str(args.budget)
-        times, output = [], ""
+        train = [rapport, "train", "--only", "recommend"]
+        # The reference's own CLI, imported from its checkout (ahead of this one on the path).
+        reference = [sys.executable, "-c", "from rapport.cli import app; app()", "train", "--only", "recommend"]
+        reference_env = None if args.reference is None else {**timed_env, "PYTHONPATH": str(args.reference.resolve())}
+        times, before, ratios, output = [], [], [], ""
         for run in range(args.runs):
-            seconds, output = _run([rapport, "train", "--only", "recommend"], timed_env)
-            times.append(seconds)
-            print(f"run {run + 1}: rapport train --only recommend {seconds:.1f} s")
+            # With a reference, each run is a pair timed back to back, the reference first in every
+            # other pair: the load of a shared machine drifts, and a fixed order would bias the ratio.
+            pair = [("this", train, timed_env)]
+            if reference_env is not None:
+                pair.insert(0 if run % 2 == 0 else 1, ("reference", reference, reference_env))
+            timed = {}
+            for who, command, command_env in pair:
+                seconds, text = _run(command, command_env)
+                timed[who] = seconds
+                if who == "this":
+                    output = text
+            times.append(timed["this"])
+            line = f"run {run + 1}: rapport train --only recommend {timed['this']:.1f} s"
+            if "reference" in timed:
+                before.append(timed["reference"])
+                ratios.append(timed["this"] / timed["reference"])
+                line += f"; reference {timed['reference']:.1f} s (ratio {ratios[-1]:.2f})"
+            print(line, flush=True)
         median = statistics.median(times)
-        plain, _ = _run([rapport, "train", "--only", "recommend"], {**env, "RAPPORT_TRAIN_SEARCH_BUDGET_S": "0"})
+        plain, _ = _run(train, {**env, "RAPPORT_TRAIN_SEARCH_BUDGET_S": "0"})
         print(f"median {median:.1f} s over {len(times)} run(s) (target < 60 s); without the search "
               f"{plain:.1f} s; ratio {median / plain:.2f}")
-        if args.reference is not None:
-            # The reference's own CLI, imported from its checkout (ahead of this one on the path).
-            before, _ = _run([sys.executable, "-c", "from rapport.cli import app; app()", "train", "--only", "recommend"],
-                             {**env, "PYTHONPATH": str(args.reference.resolve())})
-            print(f"reference {args.reference}: {before:.1f} s; this version {median:.1f} s "
-                  f"(ratio {median / before:.2f}), without the search {plain / before:.2f}")
+        if ratios:
+            print(f"reference {args.reference}: median {statistics.median(before):.1f} s; this version "
+                  f"{median:.1f} s; ratio this / reference {statistics.median(ratios):.2f} (median over "
+                  f"{len(ratios)} pair(s) timed back to back)")
         print(output[-4000:])
     finally:
         if args.keep is None:

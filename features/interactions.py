@@ -31,6 +31,7 @@ two agree).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
 
@@ -82,8 +83,10 @@ def _decay(ts: ir.TimestampValue, as_of: datetime, half_life_days: float | None)
     return ibis.literal(0.5, type="float64") ** (age_days / float(half_life_days))
 
 
-def _purchases(backend: ibis.BaseBackend, as_of: datetime, since: datetime | None, half_life_days: float | None) -> ir.Table:
-    """One row per (customer, item): orders with a positive net quantity, their latest time and decayed sum."""
+def _purchases(backend: ibis.BaseBackend, as_of: datetime, since: datetime | None, half_life_days: float | None,
+               extra: Mapping[str, float | None]) -> ir.Table:
+    """One row per (customer, item): orders with a positive net quantity, their latest time and decayed
+    sum (and one more sum per ``extra`` half-life, ``_purchase_<name>``)."""
     lines = unified_lines(backend, as_of)
     lines = lines.filter(lines[Col.CUSTOMER_ID].notnull() & lines[Col.IS_PRODUCT])
     if since is not None:
@@ -98,11 +101,14 @@ def _purchases(backend: ibis.BaseBackend, as_of: datetime, since: datetime | Non
         _purchases=bought[Col.ORDER_KEY].nunique(),
         _last_purchase=bought._ts.max(),
         _purchase_weight=_decay(bought._ts, as_of, half_life_days).sum(),
+        **{f"_purchase_{name}": _decay(bought._ts, as_of, h).sum() for name, h in extra.items()},
     )
 
 
-def _views(backend: ibis.BaseBackend, as_of: datetime, since: datetime | None, half_life_days: float | None) -> ir.Table:
-    """One row per (customer, item): browse events of identified customers on products, and their decayed sum."""
+def _views(backend: ibis.BaseBackend, as_of: datetime, since: datetime | None, half_life_days: float | None,
+           extra: Mapping[str, float | None]) -> ir.Table:
+    """One row per (customer, item): browse events of identified customers on products, and their
+    decayed sum (and one more per ``extra`` half-life, ``_view_<name>``)."""
     events = backend.table(EVENTS_TABLE)
     identity = backend.table(IDENTITY_TABLE)
     items = backend.table(ITEMS_TABLE)
@@ -121,6 +127,7 @@ def _views(backend: ibis.BaseBackend, as_of: datetime, since: datetime | None, h
     return joined.group_by([Col.CUSTOMER_ID, Col.ITEM_ID]).aggregate(
         _views=joined.count(),
         _view_weight=_decay(joined[Col.TS], as_of, half_life_days).sum(),
+        **{f"_view_{name}": _decay(joined[Col.TS], as_of, h).sum() for name, h in extra.items()},
     )
 
 
@@ -131,15 +138,25 @@ def interaction_table(
     half_life_days: float | None = 365.0,
     browse_weight: float = 0.1,
     since: datetime | None = None,
+    extra_weights: Mapping[str, float | None] | None = None,
 ) -> ir.Table:
     """The Ibis expression behind :func:`interactions` (unexecuted, unordered).
 
     ``since`` (optional) keeps only orders and events at or after it, e.g. to train on the last two
     years. Everything at or after ``as_of`` is invisible, including returns booked after the cutoff.
+    ``extra_weights`` (column name -> half-life in days, None: no decay): more ``weight`` columns
+    with other half-lives, from the same scan.
     """
     _check_arguments(as_of, half_life_days, browse_weight, since)
-    bought = _purchases(backend, as_of, since, half_life_days)
-    viewed = _views(backend, as_of, since, half_life_days).rename(
+    extra = dict(extra_weights or {})
+    for name, h in extra.items():
+        if h is not None and not (np.isfinite(h) and h > 0):
+            raise ValueError(f"extra_weights[{name!r}] must be a positive number of days or None (no decay), got {h!r}")
+        if name in INTERACTION_COLUMNS or not name.isidentifier():
+            raise ValueError(f"extra_weights: {name!r} is not a new column name (a Python identifier other than "
+                             f"{', '.join(INTERACTION_COLUMNS)})")
+    bought = _purchases(backend, as_of, since, half_life_days, extra)
+    viewed = _views(backend, as_of, since, half_life_days, extra).rename(
         _v_customer_id=Col.CUSTOMER_ID, _v_item_id=Col.ITEM_ID
     )
     joined = bought.outer_join(
@@ -155,6 +172,9 @@ def interaction_table(
             LAST_PURCHASE: joined._last_purchase,
             VIEWS: joined._views.fill_null(0).cast("int64"),
             WEIGHT: (purchase_weight + float(browse_weight) * view_weight).cast("float64"),
+            **{name: (joined[f"_purchase_{name}"].fill_null(0.0)
+                      + float(browse_weight) * joined[f"_view_{name}"].fill_null(0.0)).cast("float64")
+               for name in extra},
         }
     )
 
@@ -166,15 +186,18 @@ def interactions(
     half_life_days: float | None = 365.0,
     browse_weight: float = 0.1,
     since: datetime | None = None,
+    extra_weights: Mapping[str, float | None] | None = None,
 ) -> pd.DataFrame:
     """Customer × item interactions before ``as_of`` (see the module docstring for the definitions).
 
     Columns :data:`INTERACTION_COLUMNS`: ``customer_id`` (int64), ``item_id`` (str), ``purchases``
     (int64), ``last_purchase`` (datetime64, NaT when only browsed), ``views`` (int64), ``weight``
-    (float64). Sorted by customer then item, with a fresh RangeIndex.
+    (float64), then one float64 column per ``extra_weights`` entry (name -> half-life: the weight
+    with that half-life). Sorted by customer then item, with a fresh RangeIndex.
     """
     table = interaction_table(
-        backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since
+        backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since,
+        extra_weights=extra_weights,
     )
     df = table.to_pandas()
     out = pd.DataFrame(
@@ -185,8 +208,9 @@ def interactions(
             LAST_PURCHASE: pd.to_datetime(df[LAST_PURCHASE]).astype("datetime64[ns]"),
             VIEWS: df[VIEWS].astype("int64"),
             WEIGHT: df[WEIGHT].astype("float64"),
+            **{name: df[name].astype("float64") for name in extra_weights or {}},
         },
-        columns=list(INTERACTION_COLUMNS),
+        columns=[*INTERACTION_COLUMNS, *(extra_weights or {})],
     )
     return out.sort_values([Col.CUSTOMER_ID, Col.ITEM_ID], kind="stable").reset_index(drop=True)
 

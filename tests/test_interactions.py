@@ -213,6 +213,22 @@ def test_bad_arguments_are_named(backend, kwargs, message):
 
 
 @pytest.mark.unit
+def test_extra_weights_are_the_weights_of_their_half_lives_from_one_scan(backend):
+    both = interactions(backend, AS_OF, half_life_days=HALF_LIFE, browse_weight=BROWSE,
+                        extra_weights={"weight_short": 5.0, "flat": None})
+    assert list(both.columns) == [*INTERACTION_COLUMNS, "weight_short", "flat"]
+    pd.testing.assert_frame_equal(both[list(INTERACTION_COLUMNS)],
+                                  interactions(backend, AS_OF, half_life_days=HALF_LIFE, browse_weight=BROWSE))
+    for name, half_life in (("weight_short", 5.0), ("flat", None)):
+        alone = interactions(backend, AS_OF, half_life_days=half_life, browse_weight=BROWSE)
+        np.testing.assert_allclose(both[name].to_numpy(), alone["weight"].to_numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="extra_weights: 'weight' is not a new column"):
+        interaction_table(backend, AS_OF, extra_weights={"weight": 5.0})
+    with pytest.raises(ValueError, match=r"extra_weights\['weight_short'\] must be a positive number of days"):
+        interaction_table(backend, AS_OF, extra_weights={"weight_short": 0.0})
+
+
+@pytest.mark.unit
 def test_recommendable_items_are_active_products(backend):
     # OLDLAMP is inactive, POST is postage: neither is ever recommended.
     assert recommendable_items(backend).tolist() == ["BOOK", "MUG", "SHIRT"]

@@ -63,6 +63,7 @@ from training.recommend.metrics import (
     new_items,
     precision_at_k,
     recall_at_k,
+    repeat_items,
 )
 
 pytestmark = pytest.mark.unit
@@ -237,6 +238,16 @@ def test_evaluate_keys_and_values():
     # Slicing one hit matrix for the smaller k gives what each function computes on its own.
     for metric, function in FUNCTIONS.items():
         assert result[f"{metric}@3"] == pytest.approx(function(RECOMMENDED, RELEVANT, 3))
+
+
+def test_evaluate_with_the_purchases_split_given_gives_the_same_numbers():
+    split = (new_items(RELEVANT, HISTORY), repeat_items(RELEVANT, HISTORY))
+    given = evaluate(RECOMMENDED, RELEVANT, HISTORY, ks=(3, 5), catalogue_size=CATALOGUE, split=split)
+    assert given == evaluate(RECOMMENDED, RELEVANT, HISTORY, ks=(3, 5), catalogue_size=CATALOGUE)
+    # The split is what the _new and _repeat columns are judged on: a different one changes them.
+    nothing_new = evaluate(RECOMMENDED, RELEVANT, HISTORY, ks=(3,), catalogue_size=CATALOGUE, split=({}, split[1]))
+    assert nothing_new[N_CUSTOMERS_NEW] == 0 and math.isnan(nothing_new["recall@3_new"])
+    assert nothing_new["recall@3"] == given["recall@3"]
 
 
 def test_evaluate_default_ks_names():

@@ -471,6 +471,32 @@ def test_recommend_each_is_recommend_customer_by_customer(model):
     assert ranked.records(model.data_.item_ids)[0][:2] == (1, model.recommend([known[1]], 6)["item_id"].iloc[0])
 
 
+def test_lists_of_several_rankers_from_one_candidate_set_are_each_rankers_own(model, monkeypatch):
+    """The evaluation ranks the blend and the two rules on one candidate generation per filter: each
+    ranker gets, customer by customer, the items ``recommend`` of ``with_ranker`` serves, in its
+    order, with purchases excluded or not, on one thread or on blocks side by side. Lists longer
+    than a rule's own candidates (60 items) show that a rule never ranks what only the blend's
+    sources proposed."""
+    import training.recommend.model as recommend_model
+
+    customers = np.asarray(model.data_.customer_ids[::7][:150], dtype=np.int64)
+    rankers = ("lightgbm", "tifu_knn", "top_frequency")
+    monkeypatch.setattr(recommend_model, "BLOCK_CUSTOMERS", 40)  # several blocks, on two threads
+    found = model.ranked_items(customers, 60, rankers, exclude_purchased=(False, True))
+    assert set(found) == {(r, e) for r in rankers for e in (False, True)}
+    for (ranker, exclude), (ids, items) in found.items():
+        expected = model.with_ranker(ranker).recommend_ranked(customers, 60, exclude_purchased=exclude)
+        np.testing.assert_array_equal(ids, expected.customer_id)
+        np.testing.assert_array_equal(items, expected.item)
+    # The rules alone (no blend among them) read their own sources only: still the same lists.
+    _, items = model.ranked_items(customers, 60, ("top_frequency",))["top_frequency", True]
+    np.testing.assert_array_equal(items, model.with_ranker("top_frequency").recommend_ranked(customers, 60).item)
+    with pytest.raises(RecommenderInputError, match="unknown to the model"):
+        model.ranked_items([int(model.data_.customer_ids.max()) + 1], 5, rankers)
+    with pytest.raises(ValueError, match="'best' unknown"):
+        model.ranked_items(customers, 5, ("best",))
+
+
 # --- default lists (ranked once for the service) -------------------------------------------------
 
 

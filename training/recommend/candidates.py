@@ -430,6 +430,22 @@ def owned_exclusion(block: UserBlock, keep_owned: BoolArray | None) -> tuple[Int
 # --- candidate generation -----------------------------------------------------------------------
 
 
+def source_scores(block: UserBlock, *, similarity: sparse.csr_matrix, sizes: CandidateSizes,
+                  tifu: TifuNeighbours | None = None) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """The item-KNN and TIFU-KNN scores of the block's customers over every item (CSR, sorted
+    indices), before any filter: what :func:`candidates` cuts its lists from. A source of size 0 is
+    not computed (all zero): the rule rankers read neither item-KNN nor, for top frequency, TIFU-KNN."""
+    nothing = sparse.csr_matrix((block.size, similarity.shape[1]), dtype=np.float64)
+    # Item-KNN: the scores implicit's item-item models rank by.
+    knn_scores = (block.weight @ similarity).tocsr() if sizes.knn else nothing
+    knn_scores.sort_indices()
+    if not sizes.tifu:
+        tifu_scores = nothing
+    else:
+        tifu_scores = tifu.scores(block) if tifu is not None else sparse.csr_matrix(block.tifu)
+    return knn_scores, tifu_scores
+
+
 def candidates(
     data: InteractionData,
     block: UserBlock,
@@ -442,6 +458,7 @@ def candidates(
     keep_owned: BoolArray | None = None,
     popular: IntArray | None = None,
     tifu: TifuNeighbours | None = None,
+    scores: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None,
 ) -> Candidates:
     """Candidates of every customer of ``block`` with their features (see the module docstring).
 
@@ -450,6 +467,8 @@ def candidates(
     ``popular``: item positions by popularity for the popular source (default: overall).
     ``item_index``: the ALS item factors (:class:`ItemFactorIndex`, built once per model).
     ``tifu``: TIFU-KNN's neighbours (None: the customers' own vectors only, ``alpha`` 1).
+    ``scores``: :func:`source_scores` of the block with the same ``similarity``, ``sizes`` and
+    ``tifu``, when several calls on one block share them (they do not depend on the filters).
     """
     n_items, b = data.n_items, block.size
     excluded_keys = np.empty(0, dtype=np.int64)
@@ -477,20 +496,14 @@ def candidates(
     excluded_rows, excluded_cols = excluded_keys // n_items, excluded_keys % n_items
     als_r, als_c, als_rank = item_index.top(block.factors, sizes.als, allowed, excluded_rows, excluded_cols)
 
-    # Item-KNN: the scores implicit's item-item models rank by. A source of size 0 is not computed
-    # (its score feature is 0): the rule rankers read neither item-KNN nor, for top frequency, TIFU-KNN.
-    nothing = sparse.csr_matrix((b, n_items), dtype=np.float64)
-    knn_scores = (block.weight @ similarity).tocsr() if sizes.knn else nothing
-    knn_scores.sort_indices()
+    # Item-KNN: the scores implicit's item-item models rank by (0 for a source of size 0).
+    knn_scores, tifu_scores = scores if scores is not None else source_scores(block, similarity=similarity,
+                                                                             sizes=sizes, tifu=tifu)
     kr, kc = _entry_rows(knn_scores), knn_scores.indices.astype(np.int64)
     keep = not_excluded(kr, kc) & (knn_scores.data > 0)
     knn_r, knn_c, knn_rank = _top_per_row(kr[keep], kc[keep], knn_scores.data[keep], sizes.knn)
 
     # TIFU-KNN: personal and neighbours' decayed basket frequencies.
-    if not sizes.tifu:
-        tifu_scores = nothing
-    else:
-        tifu_scores = tifu.scores(block) if tifu is not None else sparse.csr_matrix(block.tifu)
     tr, tc = _entry_rows(tifu_scores), tifu_scores.indices.astype(np.int64)
     keep = not_excluded(tr, tc) & (tifu_scores.data > 0)
     tifu_r, tifu_c, tifu_rank = _top_per_row(tr[keep], tc[keep], tifu_scores.data[keep], sizes.tifu)

@@ -60,6 +60,8 @@ from training.recommend.metrics import (
     comparison_table,
     evaluate,
     metric_name,
+    new_items,
+    repeat_items,
 )
 from training.recommend.model import RecommenderModel, RecommenderSettings
 from training.recommend.split import TemporalSplit, purchases_between
@@ -149,12 +151,29 @@ def recommender_gate(table: pd.DataFrame, chosen: str = CHOSEN) -> RecommenderGa
                            ratio_to_top_frequency=ratio)
 
 
+#: The last purchases split by :func:`_purchase_split` (the objects, to compare by identity, and the split).
+_last_split: list[tuple[object, object, tuple[dict[int, set[str]], dict[int, set[str]]]]] = []
+
+
+def _purchase_split(relevant: Mapping[int, set[str]],
+                    history: Mapping[int, set[str]]) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
+    """The new and the repeat purchases of ``relevant`` (:func:`new_items`, :func:`repeat_items`),
+    kept for the next call on the same two mappings: a comparison judges a dozen models' lists on
+    the same test purchases, and the split costs as much as judging a list."""
+    if _last_split and _last_split[0][0] is relevant and _last_split[0][1] is history:
+        return _last_split[0][2]
+    split = (new_items(relevant, history), repeat_items(relevant, history))
+    _last_split[:] = [(relevant, history, split)]
+    return split
+
+
 def _row(all_lists: Mapping[int, list[str]], new_lists: Mapping[int, list[str]], relevant: Mapping[int, set[str]],
          history: Mapping[int, set[str]], catalogue: int, *, has_new: bool = True) -> dict[str, float]:
     """Metrics of a model: the all-items columns from its unfiltered lists, the ``_new`` columns from
     its lists with the customer's purchases excluded."""
-    plain = evaluate(all_lists, relevant, history, catalogue_size=catalogue)
-    filtered = evaluate(new_lists, relevant, history, catalogue_size=catalogue)
+    split = _purchase_split(relevant, history)
+    plain = evaluate(all_lists, relevant, history, catalogue_size=catalogue, split=split)
+    filtered = evaluate(new_lists, relevant, history, catalogue_size=catalogue, split=split)
     out = {k: v for k, v in plain.items() if not k.endswith(NEW_SUFFIX) and k != N_CUSTOMERS_NEW}
     for k, v in filtered.items():
         if k.endswith(NEW_SUFFIX):
@@ -193,48 +212,58 @@ def _factor_lists(user_factors: NDArray[np.floating], index: ItemFactorIndex, ro
     return out
 
 
-def _similarity_lists(similarity: sparse.csr_matrix, rows: NDArray[np.int64], data: InteractionData,
-                      exclude_owned: bool) -> dict[int, list[str]]:
+def _similarity_lists(similarity: sparse.csr_matrix, rows: NDArray[np.int64],
+                      data: InteractionData) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """Top-K items per customer of an item-item model (``weight @ similarity``, implicit's item-KNN
-    score), among the items with a positive score (the others are not ranked)."""
-    out: dict[int, list[str]] = {}
+    score), among the items with a positive score (the others are not ranked): as is, and with the
+    customer's purchases excluded (both from one product of the matrices)."""
+    plain: dict[int, list[str]] = {}
+    filtered: dict[int, list[str]] = {}
     for start in range(0, len(rows), 1_000):
         at = rows[start : start + 1_000]
         scores = (data.weight[at] @ similarity).tocsr()
         scores.sort_indices()
         r = np.repeat(np.arange(len(at), dtype=np.int64), np.diff(scores.indptr))
         c = scores.indices.astype(np.int64)
-        keep = data.recommendable[c] & (scores.data > 0)
-        if exclude_owned:
-            orows, ocols = _owned(data.purchases, at)
-            owned_keys = np.sort(orows * data.n_items + ocols)
-            keys = r * data.n_items + c
-            pos = np.minimum(np.searchsorted(owned_keys, keys), max(len(owned_keys) - 1, 0))
-            keep &= ~((owned_keys[pos] == keys) if len(owned_keys) else np.zeros(len(keys), dtype=bool))
-        order = row_score_order(r[keep], scores.data[keep])
-        kr, kc = r[keep][order], c[keep][order]
-        first = ranks_in_rows(kr) < K
-        _as_lists(kr[first], kc[first], at, data.customer_ids, data.item_ids, out)
-    return out
+        allowed = data.recommendable[c] & (scores.data > 0)
+        orows, ocols = _owned(data.purchases, at)
+        owned_keys = np.sort(orows * data.n_items + ocols)
+        keys = r * data.n_items + c
+        pos = np.minimum(np.searchsorted(owned_keys, keys), max(len(owned_keys) - 1, 0))
+        owned = (owned_keys[pos] == keys) if len(owned_keys) else np.zeros(len(keys), dtype=bool)
+        for keep, out in ((allowed, plain), (allowed & ~owned, filtered)):
+            order = row_score_order(r[keep], scores.data[keep])
+            kr, kc = r[keep][order], c[keep][order]
+            first = ranks_in_rows(kr) < K
+            _as_lists(kr[first], kc[first], at, data.customer_ids, data.item_ids, out)
+    return plain, filtered
 
 
-def ranked_lists(model: RecommenderModel, customers: NDArray[np.int64], *,
-                 exclude_purchased: bool) -> dict[int, list[str]]:
-    """Customer id -> the model's top-K item ids (what :meth:`RecommenderModel.recommend` serves)."""
-    ranked = model.recommend_ranked(customers, K, exclude_purchased=exclude_purchased)
-    # Entries come grouped by customer: one split at each change of customer.
-    cut = np.flatnonzero(np.diff(ranked.customer_id)) + 1
-    ids = ranked.customer_id[np.r_[0, cut]] if len(ranked) else np.empty(0, dtype=np.int64)
-    items = model.data_.item_ids[ranked.item]
+def _grouped(customer_id: NDArray[np.int64], items: NDArray[np.object_]) -> dict[int, list[str]]:
+    """Customer id -> their items, from entries grouped by customer."""
+    # One split at each change of customer.
+    cut = np.flatnonzero(np.diff(customer_id)) + 1
+    ids = customer_id[np.r_[0, cut]] if len(customer_id) else np.empty(0, dtype=np.int64)
     return {int(c): list(group) for c, group in zip(ids, np.split(items, cut))}
 
 
-def configuration_row(model: RecommenderModel, customers: NDArray[np.int64], relevant: Mapping[int, set[str]],
-                      history: Mapping[int, set[str]]) -> dict[str, float]:
-    """A servable configuration's metrics: its lists as is and with purchases excluded."""
+def ranked_lists(model: RecommenderModel, customers: NDArray[np.int64],
+                 rankers: tuple[str, ...]) -> dict[tuple[str, bool], dict[int, list[str]]]:
+    """Per ranker and purchase filter (``(ranker, exclude_purchased)``), customer id -> the model's
+    top-K item ids (what :meth:`RecommenderModel.recommend` of ``model.with_ranker(ranker)`` serves),
+    from one candidate generation per filter (:meth:`RecommenderModel.ranked_items`)."""
+    found = model.ranked_items(customers, K, rankers, exclude_purchased=(False, True))
+    return {key: _grouped(ids, model.data_.item_ids[items]) for key, (ids, items) in found.items()}
+
+
+def configuration_rows(model: RecommenderModel, names: tuple[str, ...], customers: NDArray[np.int64],
+                       relevant: Mapping[int, set[str]], history: Mapping[int, set[str]]) -> dict[str, dict[str, float]]:
+    """The metrics of servable configurations (rows of :data:`CONFIGURATIONS`) of one fitted model:
+    each one's lists as is and with purchases excluded."""
     catalogue = int(model.data_.recommendable.sum())
-    return _row(ranked_lists(model, customers, exclude_purchased=False),
-                ranked_lists(model, customers, exclude_purchased=True), relevant, history, catalogue)
+    rankers = tuple(CONFIGURATIONS[name] for name in names)
+    lists = ranked_lists(model, customers, rankers)
+    return {name: _row(lists[r, False], lists[r, True], relevant, history, catalogue) for name, r in zip(names, rankers)}
 
 
 def popular_rows(data: InteractionData, customers: NDArray[np.int64], relevant: Mapping[int, set[str]],
@@ -313,8 +342,7 @@ def compare(
     table: dict[str, dict[str, float]] = {}
 
     step(f"ranked lists for {len(customers):,} test customers")
-    for name, ranker in CONFIGURATIONS.items():
-        table[name] = configuration_row(model.with_ranker(ranker), customers, relevant, history)
+    table.update(configuration_rows(model, tuple(CONFIGURATIONS), customers, relevant, history))
 
     step("baselines")
     table.update(popular_rows(data, customers, relevant, history))
@@ -353,8 +381,7 @@ def compare(
     table[BPR] = _row(*(_factor_lists(bpr_users, bpr_index, rows, data, exclude) for exclude in (False, True)),
                       relevant, history, catalogue)
     for name, similarity in ((KNN_COSINE, cos_sim), (KNN_BM25, model.models_.similarity)):
-        table[name] = _row(*(_similarity_lists(similarity, rows, data, exclude) for exclude in (False, True)),
-                           relevant, history, catalogue)
+        table[name] = _row(*_similarity_lists(similarity, rows, data), relevant, history, catalogue)
 
     frame = comparison_table(table)
     frame = frame.loc[[CHOSEN, TIFU, *BASELINES, ALS, BPR, KNN_COSINE, KNN_BM25]]

@@ -291,6 +291,7 @@ def evaluate(
     *,
     ks: Sequence[int] = DEFAULT_KS,
     catalogue_size: int,
+    split: tuple[ItemSets, ItemSets] | None = None,
 ) -> dict[str, float]:
     """Every metric at every k, over all test purchases and over the items new to each customer.
 
@@ -299,10 +300,12 @@ def evaluate(
     ``_new`` (relevant items minus history, see :func:`new_items`); then ``coverage@k`` for each k;
     then ``n_customers_repeat`` and, for each k, ``recall@k_repeat`` and ``recall@k_explore`` (the
     same lists judged on the items bought before, and on the new ones).
+
+    ``split``: ``(new_items(relevant, history), repeat_items(relevant, history))`` when the caller
+    judges many lists on the same purchases and has them already.
     """
     ks = _check_ks(ks)
-    fresh = new_items(relevant, history)
-    again = repeat_items(relevant, history)
+    fresh, again = split if split is not None else (new_items(relevant, history), repeat_items(relevant, history))
     n_all, on_all = _ranking_metrics(recommended, relevant, ks, new=False)
     n_new, on_new = _ranking_metrics(recommended, fresh, ks, new=True)
     out: dict[str, float] = {N_CUSTOMERS: float(n_all), N_CUSTOMERS_NEW: float(n_new)}

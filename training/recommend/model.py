@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import ibis
 import lightgbm as lgb
@@ -64,6 +64,7 @@ from training.recommend.candidates import (
     SOURCE_ALS,
     SOURCE_KNN,
     SOURCE_OWN,
+    SOURCE_POPULAR,
     SOURCE_TIFU,
     CandidateSizes,
     Candidates,
@@ -74,6 +75,7 @@ from training.recommend.candidates import (
     candidates,
     ranks_in_rows,
     row_score_order,
+    source_scores,
     tifu_pool,
     tifu_pool_vectors,
 )
@@ -84,6 +86,8 @@ from training.recommend.ranked import LARGE_FRAME_ROWS, RECOMMENDATION_COLUMNS, 
 from training.recommend.split import purchases_between
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -96,6 +100,8 @@ BoolArray = NDArray[np.bool_]
 RANKERS: tuple[str, ...] = ("lightgbm", "tifu_knn", "top_frequency")
 #: Candidate sources each ranker reads (the others are left empty to save their cost).
 _RULE_SOURCES = {"tifu_knn": ("own", "tifu", "popular"), "top_frequency": ("own", "popular")}
+#: The flag of each candidate source (:class:`CandidateSizes`' fields) in :attr:`Candidates.sources`.
+_SOURCE_FLAGS = {"own": SOURCE_OWN, "als": SOURCE_ALS, "knn": SOURCE_KNN, "popular": SOURCE_POPULAR, "tifu": SOURCE_TIFU}
 #: Candidate rows from which the ranker scores on several threads.
 PARALLEL_SCORING_ROWS = 20_000
 #: Customers per block of candidate generation (the ALS top-k scores the items in stretches, so a
@@ -630,19 +636,11 @@ class RecommenderModel:
             # Blocks run side by side on the threads: each scores on one thread of its own.
             return self._rank_block(block, ids[at], options, scoring_threads=1 if threads > 1 else None)
 
-        with ExitStack() as stack:
-            results: Iterable[Ranked] = map(rank, blocks)
-            if threads > 1:
-                # Blocks side by side, each single-threaded: BLAS threads inside them would compete
-                # for the same cores (the ALS top-k's products run through BLAS). numpy's products
-                # and sorts and LightGBM release the GIL: blocks overlap on the cores.
-                stack.enter_context(threadpool_limits(1, "blas"))
-                results = stack.enter_context(ThreadPoolExecutor(max_workers=threads)).map(rank, blocks)
-            for at, ranked in zip(blocks, results):
-                parts.append(ranked)
-                done += len(at)
-                if progress:
-                    progress(done, len(ids))
+        for at, ranked in zip(blocks, _side_by_side(rank, blocks, threads)):
+            parts.append(ranked)
+            done += len(at)
+            if progress:
+                progress(done, len(ids))
         recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
         for i in np.flatnonzero(~known):
             parts.append(self._unknown(int(ids[i]), options, recent.get(int(ids[i]), ())))
@@ -656,6 +654,69 @@ class RecommenderModel:
             position = first[np.searchsorted(unique, out.customer_id)]
             out = out.take(np.argsort(position, kind="stable"))
         return out
+
+    def ranked_items(self, customer_ids: Sequence[Hashable], n: int, rankers: Sequence[str], *,
+                     exclude_purchased: Sequence[bool] = (True,)) -> dict[tuple[str, bool], tuple[IntArray, IntArray]]:
+        """The top-``n`` items of known customers under several rankers (of :data:`RANKERS`) and
+        purchase filters, from one candidate generation per block of customers and filter: per
+        ``(ranker, exclude_purchased)``, ``(customer ids, item positions)`` grouped by customer in the
+        order asked and by rank within each customer: the items and order of
+        :meth:`recommend_ranked` of :meth:`with_ranker` (no other filter), without its scores,
+        sources and reasons.
+
+        The candidates are those of the ranker reading the most sources; a rule ranks the ones its
+        own sources proposed (:data:`_RULE_SOURCES`): the very pairs, with the same features and in the
+        same order, that its own candidate generation gives (every source's list is cut on its own).
+        The item-KNN and TIFU-KNN scores of a block are computed once for all the filters. An
+        evaluation of the servable configurations then costs about one of them."""
+        self._check_n(n)
+        unknown_rankers = [r for r in rankers if r not in RANKERS]
+        if unknown_rankers:
+            raise ValueError(f"ranker(s) {', '.join(map(repr, unknown_rankers))} unknown; expected {', '.join(RANKERS)}")
+        if "lightgbm" in rankers and self.booster_ is None:
+            raise RecommenderInputError("this model has no LightGBM ranker to order candidates with")
+        options = {exclude: self._options(n, exclude_purchased=exclude) for exclude in exclude_purchased}
+        data = self.data_
+        ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
+        rows, known = data.user_positions(ids)
+        if not known.all():
+            raise RecommenderInputError(f"{int((~known).sum()):,} of the customers are unknown to the model: "
+                                        "ranked_items ranks known customers only")
+        # The union of the rankers' sources (all of them for the blend).
+        used = {name for r in rankers for name in _RULE_SOURCES.get(r, self.settings_.candidates.__dict__)}
+        sizes = CandidateSizes(**{name: (size if name in used else 0)
+                                  for name, size in self.settings_.candidates.__dict__.items()})
+        flags = {r: sum(_SOURCE_FLAGS[name] for name in _RULE_SOURCES[r]) for r in rankers if r in _RULE_SOURCES}
+        blocks = [np.arange(start, min(start + BLOCK_CUSTOMERS, len(ids))) for start in range(0, len(ids), BLOCK_CUSTOMERS)]
+        threads = min(self.settings_.num_threads, len(blocks))
+
+        def rank(at: IntArray) -> dict[tuple[str, bool], tuple[IntArray, IntArray]]:
+            block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
+            scores = source_scores(block, similarity=self.models_.similarity, sizes=sizes,
+                                   tifu=self.models_.tifu(self.settings_))
+            out = {}
+            for exclude, option in options.items():
+                found = self._candidates(block, option, sizes, scores)
+                for ranker in rankers:
+                    mine = found
+                    if ranker in flags:
+                        keep = (found.sources & flags[ranker]) != 0
+                        mine = Candidates(found.row[keep], found.item[keep], found.sources[keep], found.x[keep])
+                    if len(mine) == 0:
+                        ranked = np.empty(0)
+                    elif ranker == "lightgbm":
+                        ranked = self._score(mine, 1 if threads > 1 else None)
+                    else:
+                        ranked = rule_scores(mine, ranker)
+                    top, _, _ = self._top(mine, ranked, n)
+                    out[ranker, exclude] = (ids[at][mine.row[top]], mine.item[top])
+            return out
+
+        parts = list(_side_by_side(rank, blocks, threads))
+        empty = np.empty(0, dtype=np.int64)
+        return {key: (np.concatenate([p[key][0] for p in parts]) if parts else empty,
+                      np.concatenate([p[key][1] for p in parts]) if parts else empty)
+                for key in ((r, e) for r in rankers for e in options)}
 
     def recommend_one(
         self,
@@ -756,19 +817,30 @@ class RecommenderModel:
             threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
         return np.asarray(self.booster_.predict(found.x, num_threads=threads), dtype=np.float64)
 
-    def _rank_block(self, block: UserBlock, customer_ids: IntArray, options: _Options, *,
-                    scoring_threads: int | None = None) -> Ranked:
-        found = candidates(self.data_, block, item_index=self.models_.item_index, similarity=self.models_.similarity,
-                           sizes=self.settings_.ranked_candidates, allowed=options.allowed,
-                           exclude_owned=options.exclude_purchased, keep_owned=options.keep_owned,
-                           popular=options.popular, tifu=self.models_.tifu(self.settings_))
+    def _candidates(self, block: UserBlock, options: _Options, sizes: CandidateSizes,
+                    scores: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None) -> Candidates:
+        return candidates(self.data_, block, item_index=self.models_.item_index, similarity=self.models_.similarity,
+                          sizes=sizes, allowed=options.allowed, exclude_owned=options.exclude_purchased,
+                          keep_owned=options.keep_owned, popular=options.popular, tifu=self.models_.tifu(self.settings_),
+                          scores=scores)
+
+    @staticmethod
+    def _top(found: Candidates, scores: FloatArray, n: int) -> tuple[IntArray, IntArray, FloatArray]:
+        """Each row's ``n`` best candidates: their places in ``found`` (by row, then rank), 0-based
+        ranks and the scores as ranked."""
         # Scores in float32 precision, as they are ranked: candidates come in (row, item) order, so a
         # tie goes to the lower item position.
-        scores = self._score(found, scoring_threads).astype(np.float32).astype(np.float64)
+        scores = scores.astype(np.float32).astype(np.float64)
         order = row_score_order(found.row, scores)
         rank = ranks_in_rows(found.row[order])
-        at, rank = order[rank < options.n], rank[rank < options.n]
-        row, item, score, sources = found.row[at], found.item[at], scores[at], found.sources[at]
+        at = order[rank < n]
+        return at, rank[rank < n], scores[at]
+
+    def _rank_block(self, block: UserBlock, customer_ids: IntArray, options: _Options, *,
+                    scoring_threads: int | None = None) -> Ranked:
+        found = self._candidates(block, options, self.settings_.ranked_candidates)
+        at, rank, score = self._top(found, self._score(found, scoring_threads), options.n)
+        row, item, sources = found.row[at], found.item[at], found.sources[at]
         source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0, np.where(
             sources & (SOURCE_ALS | SOURCE_KNN | SOURCE_TIFU), 1, 2))]
         reasons = self._reasons(block, row, item, sources, found, at)
@@ -923,6 +995,19 @@ class RecommenderModel:
             _, top, _ = self._als_object().explain(0, weighted, int(pos[0]), N=n)
         return pd.DataFrame({Col.ITEM_ID: [self.data_.item_ids[j] for j, _ in top],
                              "contribution": np.asarray([float(s) for _, s in top], dtype=np.float64)})
+
+
+def _side_by_side(work: Callable[[IntArray], _T], blocks: Sequence[IntArray], threads: int) -> Iterator[_T]:
+    """``work`` of each block, in order; on ``threads`` threads side by side when more than one."""
+    with ExitStack() as stack:
+        results: Iterable[_T] = map(work, blocks)
+        if threads > 1:
+            # Blocks side by side, each single-threaded: BLAS threads inside them would compete
+            # for the same cores (the ALS top-k's products run through BLAS). numpy's products
+            # and sorts and LightGBM release the GIL: blocks overlap on the cores.
+            stack.enter_context(threadpool_limits(1, "blas"))
+            results = stack.enter_context(ThreadPoolExecutor(max_workers=threads)).map(work, blocks)
+        yield from results
 
 
 # --- ranker training -------------------------------------------------------------------------------

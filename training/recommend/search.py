@@ -53,7 +53,7 @@ from training.recommend.evaluation import (
     TIFU,
     TOP_FREQUENCY,
     als_row,
-    configuration_row,
+    configuration_rows,
     popular_rows,
 )
 from training.recommend.metrics import comparison_table
@@ -206,12 +206,13 @@ def search(
         if len(customers) > SEARCH_CUSTOMERS:
             customers = np.sort(np.random.default_rng(s.seed).choice(customers, SEARCH_CUSTOMERS, replace=False))
         relevant = {int(c): validation[int(c)] for c in customers}
-        out = {CHOSEN: configuration_row(model, customers, relevant, known),
-               TIFU: configuration_row(model.with_ranker("tifu_knn"), customers, relevant, known)}
         # The rules of thumb do not depend on the searched values (but for the half-life of the
-        # popular lists' data, which they do not read): judged once.
-        if not fixed:
-            fixed[TOP_FREQUENCY] = configuration_row(model.with_ranker("top_frequency"), customers, relevant, known)
+        # popular lists' data, which they do not read): judged once, with the first trial's lists.
+        first = not fixed
+        out = configuration_rows(model, (CHOSEN, TIFU, TOP_FREQUENCY) if first else (CHOSEN, TIFU),
+                                 customers, relevant, known)
+        if first:
+            fixed[TOP_FREQUENCY] = out[TOP_FREQUENCY]
             fixed.update(popular_rows(data, customers, relevant, known))
         out.update({TOP_FREQUENCY: fixed[TOP_FREQUENCY], POPULAR: fixed[POPULAR]})
         out[ALS] = als_row(model, customers, relevant, known)
