@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from features.generate import TrueParameters  # noqa: E402
+from synthetic.generate import TrueParameters  # noqa: E402
 from training.clv.adapter import fit_purchase_model  # noqa: E402
 from training.clv.model import ClvModel  # noqa: E402
 

@@ -25,7 +25,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchm
 sys.path.insert(0, str(ROOT))
 
 from features.customer import customer_features, validate_rfm  # noqa: E402
-from features.generate import generate  # noqa: E402
+from synthetic.generate import generate  # noqa: E402
 from features.discovery import RawInput, discover  # noqa: E402
 from features.ingest import ingest  # noqa: E402
 from features.loaders import cdnow_paper_setup, load_cdnow, load_online_retail_ii  # noqa: E402

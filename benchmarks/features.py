@@ -43,7 +43,7 @@ def ensure_data(customers: int, seed: int) -> Path:
         print(f"generating {customers:,} customers into {folder} (once) ...", flush=True)
         code = (
             "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
-            "from features.generate import generate;"
+            "from synthetic.generate import generate;"
             "generate(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
         )
         subprocess.run([sys.executable, "-c", code, str(ROOT), str(folder), str(customers), str(seed)], check=True)

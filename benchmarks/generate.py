@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 sys.path.insert(0, str(ROOT))
 
-from features.generate import generate  # noqa: E402
+from synthetic.generate import generate  # noqa: E402
 
 
 def _peak_rss_mb() -> float:

@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from features.discovery import discover
-    from features.generate import generate
+    from synthetic.generate import generate
     from features.ingest import ingest
     from features.settings import load_settings
     from features.store import connect, ibis_backend

@@ -196,7 +196,7 @@ def data_generate(
 
 def _generate(customers: int, seed: int, output: Path, file_format: str, start: str | None, end: str | None,  # noqa: ANN202
               bad_rows: bool, *, shape: str = "default"):
-    from features.generate import SHAPES, generate
+    from synthetic.generate import SHAPES, generate
 
     if file_format not in ("parquet", "csv"):
         raise typer.BadParameter("expected parquet or csv", param_hint="--format")

@@ -225,7 +225,7 @@ def synthetic_store(folder: Path, customers: int, seed: int, *, now: datetime,
     """Generated raw files for ``customers`` persons ingested into a store under ``folder`` (raw files
     in ``folder/raw``, state in ``folder/state``), with the settings ``settings`` override."""
     from features.discovery import discover
-    from features.generate import generate
+    from synthetic.generate import generate
     from features.ingest import ingest
 
     generate(folder / "raw", customers, seed)

@@ -29,7 +29,7 @@ from features.churn import (
 )
 from features.customer import FEATURE_COLUMNS, customer_features
 from features.discovery import discover
-from features.generate import generate
+from synthetic.generate import generate
 from features.ingest import ingest
 from features.schema import Col, Feature
 from features.settings import load_settings

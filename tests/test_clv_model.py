@@ -29,7 +29,7 @@ from sklearn.exceptions import NotFittedError
 
 from features.customer import RFMValidationError, calibration_holdout
 from features.discovery import discover
-from features.generate import generate
+from synthetic.generate import generate
 from features.history import utc_naive
 from features.ingest import ingest
 from features.schema import Feature, Holdout

@@ -17,7 +17,7 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from features.generate import (
+from synthetic.generate import (
     BAD_ROW_KINDS,
     DEFAULT_SHAPE,
     SHAPES,

@@ -1,5 +1,6 @@
 """The architecture's import rules: features is the base layer; training never imports serving;
-the lifetimes and MLflow dependencies stay behind their one module each."""
+the synthetic generator is imported by the CLI and the tests only; the lifetimes and MLflow
+dependencies stay behind their one module each."""
 
 from __future__ import annotations
 
@@ -36,11 +37,28 @@ def _offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_features_is_the_base_layer():
-    assert _offenders("features", ("training", "serving", "rapport", "mlflow", "lightgbm", "implicit")) == []
+    assert _offenders("features", ("training", "serving", "rapport", "synthetic", "mlflow", "lightgbm",
+                                   "implicit")) == []
 
 
 def test_training_never_imports_serving_or_the_cli():
     assert _offenders("training", ("serving", "rapport")) == []
+
+
+def test_the_synthetic_generator_stays_out_of_the_product():
+    """The generator writes test and demo data: no layer that ships in the service imports it, and it
+    reads the contract (features) only."""
+    assert _offenders("training", ("synthetic",)) == []
+    assert _offenders("serving", ("synthetic",)) == []
+    assert _offenders("synthetic", ("training", "serving", "rapport")) == []
+
+
+def test_the_bento_does_not_ship_the_generator():
+    import yaml
+
+    build = yaml.safe_load((ROOT / "bentofile.yaml").read_text(encoding="utf-8"))
+    shipped = {pattern.split("/")[0] for pattern in build["include"]}
+    assert "synthetic" not in shipped and {"features", "training", "serving"} <= shipped
 
 
 def test_lifetimes_stays_behind_its_adapter():

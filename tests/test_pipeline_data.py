@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from features.customer import customer_features, validate_rfm
-from features.generate import generate
+from synthetic.generate import generate
 from features.discovery import discover
 from features.ingest import ingest
 from features.settings import load_settings

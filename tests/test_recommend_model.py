@@ -1,7 +1,7 @@
 """The two-stage recommender on a synthetic store: data arrays, candidates, filters, cold start,
 fold-in, similar items, explanations, the artefact, the comparison and its gate, MLflow, the CLI.
 
-The generator's customers prefer the category of their segment (features.generate), so a model that
+The generator's customers prefer the category of their segment (synthetic.generate), so a model that
 learns from co-purchases has something real to find: the ranked blend must beat the baselines there.
 """
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.discovery import discover
-from features.generate import generate
+from synthetic.generate import generate
 from features.ingest import ingest
 from features.settings import load_settings
 from features.store import connect

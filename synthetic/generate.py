@@ -1546,7 +1546,7 @@ def _write_truth(truth_dir: Path, world: _World, *, seed: int, n_customers: int,
     pq.write_table(_persons_truth(world), truth_dir / "persons.parquet")
     pq.write_table(_orders_truth(world), truth_dir / "orders.parquet")
     document = {
-        "generator": "features.generate",
+        "generator": "synthetic.generate",
         "seed": seed,
         "shape": shape,
         "seasonality": {"amplitude": horizon.seasonality, "peak_day_of_year": horizon.peak_day_of_year},
