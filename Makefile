@@ -21,7 +21,7 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 # `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release pyproject.toml allows.
 LOCK_ARGS ?=
 
-.PHONY: demo test install install-test lock bench kpi-queries clean
+.PHONY: demo test lint install install-test lock bench kpi-queries clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest
+
+# ruff (pyflakes, isort, bugbear, pyupgrade) and mypy, as configured in pyproject.toml.
+lint: install-test
+	$(BIN)/ruff check features serving training rapport synthetic
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/features.py

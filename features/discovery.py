@@ -73,7 +73,10 @@ def discover(
     Returns the inputs and the paths that were ignored with why, so that nothing is skipped unsaid.
     """
     mapping = dict(mapping or {})
-    extra = {"mapping": mapping, "options": options}
+
+    def found(kind: str, file: Path) -> RawInput:
+        return RawInput(kind, str(file), path=file, mapping=mapping, options=options)
+
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder")
     if path.is_file():
@@ -85,7 +88,7 @@ def discover(
             )
         if _strip_extension(path.name) is None:
             raise IngestError(f"{path}: unsupported file type; expected one of {', '.join(FILE_EXTENSIONS)}")
-        return [RawInput(kind, str(path), path=path, **extra)], []
+        return [found(kind, path)], []
 
     inputs: list[RawInput] = []
     ignored: list[tuple[str, str]] = []
@@ -100,11 +103,11 @@ def discover(
         if entry.is_dir():
             for child in sorted(entry.iterdir()):
                 if child.is_file() and _strip_extension(child.name) is not None and not child.name.startswith((".", "_")):
-                    inputs.append(RawInput(kind, str(child), path=child, **extra))
+                    inputs.append(found(kind, child))
                 else:
                     ignored.append((str(child), "not a data file"))
         elif _strip_extension(entry.name) is not None:
-            inputs.append(RawInput(kind, str(entry), path=entry, **extra))
+            inputs.append(found(kind, entry))
         else:
             ignored.append((str(entry), f"unsupported file type (expected {', '.join(FILE_EXTENSIONS)})"))
     if not inputs:

@@ -619,14 +619,16 @@ class _Ingest:
         source = " ".join(["_raw r", *(join for _, join, _, _ in joins)])
         # Level 2: numbers parsed from their DOUBLE, implausible timestamps emptied, and why a present
         # value is not acceptable (the value is not kept in any message).
-        replaced, added = [], []
+        replaced: list[str] = []
+        added: list[str] = []
         for name in present:
             if name in key_columns or spec.column(name).type not in _TYPED:
                 continue
             value, why = _level2(spec, cols, name, s)
             if value is not None:
                 (replaced if spec.column(name).type is ColumnType.TIMESTAMP else added).append(value)
-            added.append(why)
+            if why is not None:
+                added.append(why)
         level2 = "*" + (f" REPLACE ({', '.join(replaced)})" if replaced else "")
         level2 = ", ".join([level2, *added])
         whys = [name for name in present if self._has_why(spec, cols, name, key_columns)]

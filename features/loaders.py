@@ -174,7 +174,7 @@ def load_online_retail_ii(path: Path, settings: Settings) -> ContractTables:
         orders = _fetch(con, _ORDERS_SQL)
         returns_with_match = _fetch(con, _RETURNS_SQL)
         items = _fetch(con, _CATALOGUE_SQL, [ACTIVE_WINDOW_DAYS])
-        counts = dict(zip(_COUNT_NAMES, con.execute(_COUNTS_SQL).fetchone(), strict=True))
+        counts = dict(zip(_COUNT_NAMES, con.execute(_COUNTS_SQL).fetchone() or (), strict=True))
     finally:
         con.close()
 

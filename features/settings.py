@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -33,6 +33,8 @@ from features.masking import mask_secrets
 DEFAULT_SALT = "rapport-development-salt"
 
 TimeUnit = Literal["D", "W"]
+#: The CLV candidates, in the order they are compared (see training.clv.pipeline).
+ClvCandidate = Literal["bgnbd", "mbgnbd", "paretonbd", "blend", "naive"]
 #: A window in whole days, or ``auto``: chosen from the history by features.windows.
 AutoDays = Annotated[int, Field(ge=7)] | Literal["auto"]
 
@@ -110,8 +112,8 @@ class Settings(BaseSettings):
         "sqlite:///<data_dir>/mlflow/mlflow.db with artifacts under <data_dir>/mlflow/artifacts.",
     )
     mlflow_experiment: str = Field("rapport", min_length=1, description="MLflow experiment of every training run.")
-    clv_candidates: list[Literal["bgnbd", "mbgnbd", "paretonbd", "blend", "naive"]] = Field(
-        default_factory=lambda: ["bgnbd", "mbgnbd", "paretonbd", "blend", "naive"],
+    clv_candidates: list[ClvCandidate] = Field(
+        default_factory=lambda: list(get_args(ClvCandidate)),
         min_length=1,
         description="CLV candidates compared on the holdout: purchase models, their blend with the historic rate "
         "(chosen on a validation split of the calibration period) and the naive historic rate; the lowest "

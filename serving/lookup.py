@@ -203,7 +203,8 @@ class Lookups:
         row = int(np.searchsorted(self._customer_ids, customer))
         if row >= len(self._customer_ids) or int(self._customer_ids[row]) != customer:
             return None
-        return self.recommendation(customer, lists.lookup(row, request.n, customer), True)
+        ranked = lists.lookup(row, request.n, customer)
+        return None if ranked is None else self.recommendation(customer, ranked, True)
 
     def recommendation(self, customer: int | None, ranked: Ranked,
                        known: bool) -> tuple[schemas.RecommendResponse, Outcome]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from features.settings import Settings
 from serving import schemas
@@ -97,7 +97,8 @@ def _customer_variants(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _bodies() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(model name -> JSON schema reference, component schemas) of every request and response model."""
-    models = [(endpoint.request, "validation") for endpoint in ENDPOINTS if endpoint.request is not None]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (endpoint.request, "validation") for endpoint in ENDPOINTS if endpoint.request is not None]
     models += [(endpoint.response, "serialization") for endpoint in ENDPOINTS]
     models.append((schemas.ErrorResponse, "serialization"))
     refs, top = models_json_schema(models, ref_template="#/components/schemas/{model}")

@@ -13,7 +13,7 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -45,7 +45,7 @@ class Patch:
     needs: tuple[str, ...]
     #: What the service does without the patch (said in the warning when it is skipped).
     lost: str
-    install: Callable[[type], None]
+    install: Callable[[Any], None]
     #: A keyword argument the patched ``__init__`` must still accept, if any.
     keyword: str | None = None
 
@@ -83,6 +83,7 @@ def _locate(patch: Patch) -> tuple[type | None, str]:
     if missing:
         return None, f"has no {patch.target}.{', '.join(missing)}"
     if patch.keyword is not None:
+        parameters: Mapping[str, inspect.Parameter]
         try:
             parameters = inspect.signature(owner.__init__).parameters
         except (TypeError, ValueError):
@@ -118,7 +119,7 @@ def apply(patches: Iterable[Patch] | None = None) -> list[str]:
 # --- the patches ------------------------------------------------------------------------------------
 
 
-def _cancel_answered_timers(middleware: type) -> None:
+def _cancel_answered_timers(middleware: Any) -> None:
     """BentoML's ``TimeoutMiddleware`` (1.4) schedules a timer per request with ``loop.call_later`` and
     never cancels it: every answered request's waiter, and through it the request's context, stays in
     the event loop's heap until the timeout passes (tens of thousands of objects at a few thousand
@@ -154,7 +155,7 @@ def _cancel_answered_timers(middleware: type) -> None:
     middleware.__call__ = call
 
 
-def _invalid_body_answers(factory: type) -> None:
+def _invalid_body_answers(factory: Any) -> None:
     """BentoML (1.4) answers a body that fails validation with a 400 whose ``loc`` mixes strings and
     numbers, and logs it at ERROR with a traceback whose exception text holds the body's values (a
     phone number in the server log). The endpoint call is wrapped here: a body that fails validation
@@ -188,7 +189,7 @@ def _invalid_body_answers(factory: type) -> None:
     factory.api_endpoint = api_endpoint
 
 
-def _prompt_restarts(arbiter: type) -> None:
+def _prompt_restarts(arbiter: Any) -> None:
     """BentoML's arbiter (circus) restarts a worker that died only at its next check, every 10 s as
     BentoML sets it (a delay meant for its runner processes, which 1.4 services do not have): up to
     10 s with one worker fewer. The arbiter's checks every :data:`ARBITER_CHECK_DELAY` instead. The

@@ -282,5 +282,7 @@ class Rapport:
 
 # The limit, the keys and the spec are read from the settings when the app is built (in each
 # worker), not at import. The gate runs first: a request without its key is refused unread.
-Rapport.add_asgi_middleware(RequestGate)
-Rapport.add_asgi_middleware(RequestSizeLimit)
+# (``@bentoml.service`` made ``Rapport`` a BentoML Service object; type checkers still see the class.)
+_service: Any = Rapport
+_service.add_asgi_middleware(RequestGate)
+_service.add_asgi_middleware(RequestSizeLimit)

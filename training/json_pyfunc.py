@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
@@ -30,7 +31,7 @@ from training import tracking
 log = logging.getLogger(__name__)
 
 
-def import_class(path: str) -> type:
+def import_class(path: str) -> Any:
     """The class named ``module:Qualified.Name``."""
     module_name, _, qualname = path.partition(":")
     if not module_name or not qualname:
@@ -79,14 +80,14 @@ def rapport_version() -> str:
         return "unknown"
 
 
-def load_state(context: mlflow.pyfunc.PythonModelContext, artifact_key: str, default_class: str) -> Any:
+def load_state(context: PythonModelContext, artifact_key: str, default_class: str) -> Any:
     """The fitted model rebuilt from the JSON artefact, by the class the model config names."""
     config = context.model_config or {}
     model_class = import_class(config.get("model_class", default_class))
     return model_class.from_dict(json.loads(Path(context.artifacts[artifact_key]).read_text(encoding="utf-8")))
 
 
-class JsonModelPyfunc(mlflow.pyfunc.PythonModel):
+class JsonModelPyfunc(PythonModel):
     """A pyfunc that rebuilds a fitted model from its JSON artefact and scores frames with it.
 
     Subclasses name the artefact and the default model class, and turn the model's output into
@@ -95,12 +96,12 @@ class JsonModelPyfunc(mlflow.pyfunc.PythonModel):
     artifact_key: str
     default_class: str
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         self.model = load_state(context, self.artifact_key, self.default_class)
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext,
+        context: PythonModelContext,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,7 @@ _MIN_BIN_WIDTH = 0.01
 
 
 
-def _style(i: int) -> dict[str, object]:
+def _style(i: int) -> dict[str, Any]:
     """The first series (the model) is drawn thicker and solid; baselines thinner and dashed."""
     return {
         "color": _COLOURS[i % len(_COLOURS)],

@@ -209,8 +209,9 @@ class FittedParams:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FittedParams:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming a missing or malformed field."""
+    def from_dict(cls, data: Any) -> FittedParams:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming a missing or malformed field (or
+        ``data`` that is no mapping)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"fitted parameters must be a mapping, got {type(data).__name__}")
         missing = [name for name in _FIELDS if name not in data]

@@ -470,7 +470,8 @@ class ClvModel(BaseEstimator):
         rows = _Rows.of(f, r, t)
         horizons = np.asarray(PURCHASE_HORIZON_DAYS, dtype=np.float64) / settings.days_per_unit
         months = np.arange(1, settings.horizon_months + 1, dtype=np.float64) * DAYS_PER_MONTH / settings.days_per_unit
-        discount = (1.0 + settings.monthly_discount_rate) ** -np.arange(1, settings.horizon_months + 1)
+        discount: FloatArray = (1.0 + settings.monthly_discount_rate) ** -np.arange(
+            1, settings.horizon_months + 1, dtype=np.float64)
 
         times = np.concatenate([horizons, months])
         expected = _purchases_by_row(purchase, rows, times)
@@ -642,7 +643,8 @@ class ClvModel(BaseEstimator):
             raise ClvArtefactError(f"CLV model artefact: inconsistent customer counts {counts}")
 
         model = cls(**{name: settings_data[name] for name in _SETTINGS}, **optional)
-        model.segment_shares = tuple(model.segment_shares)
+        bottom, top = model.segment_shares
+        model.segment_shares = (bottom, top)
         model._set_fitted(settings, utc_naive(cutoff), currency, params["purchase_params"], params["spend_params"],
                           thresholds=(low, high), n_customers=counts["n_customers"],
                           n_spend_customers=counts["n_spend_customers"], alive_params=alive_params)
@@ -675,7 +677,7 @@ def _rfm_arrays(features: pd.DataFrame) -> tuple[FloatArray, FloatArray, FloatAr
     if not isinstance(features, pd.DataFrame):
         raise TypeError(f"features must be a pandas DataFrame, got {type(features).__name__}")
     validate_rfm(features, monetary=True)
-    return tuple(  # type: ignore[return-value]
+    return tuple(
         pd.to_numeric(features[c]).to_numpy(dtype=np.float64)
         for c in (Feature.FREQUENCY, Feature.RECENCY, Feature.T, Feature.MONETARY_VALUE)
     )

@@ -257,7 +257,7 @@ def _entry_of(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> IntArray:
     return np.where(keys[pos] == query, pos, -1)
 
 
-def _reversed_score_bits(scores: FloatArray) -> NDArray[np.int64]:
+def _reversed_score_bits(scores: NDArray[np.floating]) -> NDArray[np.int64]:
     """Each score as float32, mapped onto 0 .. 2**32 - 1 so that the best (largest) score is 0: IEEE
     floats order as sign-magnitude integers."""
     bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.int32).astype(np.int64)

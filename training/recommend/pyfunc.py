@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
@@ -41,15 +42,15 @@ mlflow.models.set_model(RecommenderPyfunc())
 '''
 
 
-class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+class RecommenderPyfunc(PythonModel):
     """Rebuilds the recommender from its artefact directory and recommends for a frame of customers."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         self.model = artefact.load(context.artifacts[ARTIFACT_KEY])
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext,
+        context: PythonModelContext,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:

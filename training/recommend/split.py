@@ -23,7 +23,6 @@ quantity after the returns booked before the period's end.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -93,7 +92,7 @@ def last_sale(backend: ibis.BaseBackend) -> datetime:
     return pd.Timestamp(latest).to_pydatetime()
 
 
-def _item_sets(frame: pd.DataFrame) -> dict[Hashable, set[Hashable]]:
+def _item_sets(frame: pd.DataFrame) -> dict[int, set[str]]:
     bought = frame[frame[PURCHASES] > 0]
     # The frame is sorted by customer: one split of plain arrays (a pandas group per customer costs
     # seconds for 100,000 customers).
