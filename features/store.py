@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
 
 from features.errors import RapportError
+from features.moments import utc_naive
 from features.settings import Settings
 
 if TYPE_CHECKING:
@@ -152,6 +154,29 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING", [str(SCHEMA_VERSION)]
     )
+
+
+def sales_range(con: duckdb.DuckDBPyConnection, *, before: datetime | None = None) -> tuple[datetime, datetime] | None:
+    """The first and the last stored sale line's timestamps (naive UTC, as the store keeps time).
+
+    Parameters
+    ----------
+    con:
+        An open store.
+    before:
+        Only sales strictly before this moment count (a backtest's cutoff); None: every sale.
+
+    Returns
+    -------
+    ``(first, last)``, or None when the store holds no such sale.
+    """
+    if before is None:
+        first, last = con.execute("SELECT min(ts), max(ts) FROM lines").fetchall()[0]
+    else:
+        first, last = con.execute("SELECT min(ts), max(ts) FROM lines WHERE ts < ?", [utc_naive(before)]).fetchall()[0]
+    if first is None:
+        return None
+    return utc_naive(first), utc_naive(last)
 
 
 def ibis_backend(con: duckdb.DuckDBPyConnection) -> ibis.BaseBackend:

@@ -20,6 +20,7 @@ import duckdb
 from features.errors import RapportError
 from features.moments import utc_naive
 from features.settings import Settings
+from features.store import sales_range as store_sales_range
 
 
 class CutoffError(RapportError, ValueError):
@@ -28,10 +29,10 @@ class CutoffError(RapportError, ValueError):
 
 def sales_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime]:
     """The first and the last stored sale (naive UTC); :class:`CutoffError` when there is none."""
-    first, last = con.execute("SELECT min(ts), max(ts) FROM lines").fetchall()[0]
-    if first is None:
+    found = store_sales_range(con)
+    if found is None:
         raise CutoffError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
-    return utc_naive(first), utc_naive(last)
+    return found
 
 
 def _days(value: object) -> int | None:

@@ -48,6 +48,7 @@ from mlflow.protos.databricks_pb2 import (
 from features.errors import RapportError
 from features.history import utc_naive
 from features.settings import Settings
+from features.store import sales_range
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, *, as_of: datetime) -> dict
         "WHERE l.ts < ?",
         [cutoff],
     ))
-    first, last = con.execute("SELECT min(ts), max(ts) FROM lines").fetchall()[0]
+    first, last = sales_range(con) or (None, None)
     # In-memory inputs (the data-set loaders) have no file digest: their source, label and row count
     # stand in for it.
     files = sorted(row[0] for row in con.execute(

@@ -54,7 +54,7 @@ from features.history import utc_naive
 from features.purchases import daily_repeat_purchases
 from features.schema import Feature, Holdout
 from features.settings import Settings
-from features.store import ibis_backend
+from features.store import ibis_backend, sales_range
 from features.windows import HistoryTooShort, Windows, clv_windows, history_stats
 from training import tracking
 from training.clv.adapter import PURCHASE_MODELS, ClvFitError
@@ -157,10 +157,10 @@ class ClvTrainingResult:
 
 def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
     """The day after the last stored sale: train on everything there is."""
-    last = con.execute("SELECT max(ts) FROM lines").fetchall()[0][0]
-    if last is None:
+    found = sales_range(con)
+    if found is None:
         raise NoDataError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
-    return datetime.combine(last.date() + timedelta(days=1), datetime.min.time())
+    return datetime.combine(found[1].date() + timedelta(days=1), datetime.min.time())
 
 
 def _lowest(maes: dict[str, float]) -> str:
@@ -445,8 +445,8 @@ def _plausibility(con: duckdb.DuckDBPyConnection, backend, model: ClvModel, feat
     horizon before the cutoff (the last half of a history shorter than two horizons), and the
     median probability alive of the one-order customers."""
     horizon_days = settings.clv_horizon_months * DAYS_PER_MONTH
-    first = con.execute("SELECT min(ts) FROM lines").fetchall()[0][0]
-    span_days = (cutoff - utc_naive(first)).days if first is not None else 0
+    found = sales_range(con)
+    span_days = (cutoff - found[0]).days if found is not None else 0
     window = max(1, min(round(horizon_days), span_days // 2))
     reference = calibration_holdout(backend, cutoff - timedelta(days=window), cutoff, time_unit=settings.time_unit)
     scores = model.predict(features)

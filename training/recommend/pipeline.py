@@ -33,9 +33,8 @@ import numpy as np
 import pandas as pd
 
 from features.errors import NoDataError
-from features.history import utc_naive
+from features.store import ibis_backend, sales_range
 from features.settings import Settings, SettingsError
-from features.store import ibis_backend
 from features.windows import Windows, history_stats, recommend_windows
 from training import tracking
 from training.plotting import run_plot_dir
@@ -119,15 +118,11 @@ def catalogue_version(data: InteractionData) -> str:
 
 
 def _last_sale(con: duckdb.DuckDBPyConnection, cutoff: datetime | None) -> datetime:
-    if cutoff is None:
-        rows = con.execute("SELECT max(ts) FROM lines").fetchall()
-    else:
-        rows = con.execute("SELECT max(ts) FROM lines WHERE ts < ?", [utc_naive(cutoff)]).fetchall()
-    latest = rows[0][0]
-    if latest is None:
+    found = sales_range(con, before=cutoff)
+    if found is None:
         where = "" if cutoff is None else f" before {cutoff:%Y-%m-%d}"
         raise NoDataError(f"the store holds no sale{where}: ingest data first (rapport data ingest DIR)")
-    return pd.Timestamp(latest).to_pydatetime()
+    return found[1]
 
 
 def train_recommender(
