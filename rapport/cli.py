@@ -3,16 +3,15 @@ logic of its own (every computation lives in ``features``, ``training`` or ``ser
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,7 +21,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from features.errors import NoDataError, RapportError
+from features.errors import ArgumentError, RapportError
 from features.masking import MaskingFormatter, mask_secrets
 from features.settings import Settings, load_settings
 
@@ -385,32 +384,21 @@ def data_report(
     con = _guard(lambda: connect(s, read_only=True))
     try:
         # Imported once the store is known to exist: a missing store is reported without paying for them.
-        from features.identity import identity_summary
-        from features.report import kpi_report_duckdb, render_kpi_table
+        from features.data_report import data_report
+        from features.report import render_kpi_table
 
-        report = kpi_report_duckdb(con, start=first, end=last)
-        ident = identity_summary(con)
-        quarantine = con.execute(
-            "SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        report = data_report(con, start=first, end=last)
     finally:
         con.close()
-    console.print(render_kpi_table(report, currency=s.currency))
+    ident = report.identity
+    console.print(render_kpi_table(report.kpis, currency=s.currency))
     console.print(f"identity: {ident.keys:,} hashed keys -> {ident.customers:,} customers "
                   f"({ident.keys_per_customer:.2f} keys per customer; {ident.merges:,} merges recorded); "
                   f"keys by type: " + ", ".join(f"{k} {v:,}" for k, v in ident.keys_by_type.items()))
-    if quarantine:
-        console.print("quarantined rows so far: " + ", ".join(f"{r} {n:,}" for r, n in quarantine))
-    payload = {
-        "generated_at": _utc_now().isoformat(timespec="seconds"),
-        "currency": s.currency,
-        "kpis": report.to_dict(),
-        "identity": {"keys": ident.keys, "customers": ident.customers, "merges": ident.merges,
-                     "keys_by_type": ident.keys_by_type},
-        "quarantine": {reason: n for reason, n in quarantine},
-    }
+    if report.quarantine:
+        console.print("quarantined rows so far: " + ", ".join(f"{r} {n:,}" for r, n in report.quarantine.items()))
     target = output or s.reports_dir / "kpi_report.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(payload, indent=2, default=str))
+    report.write_json(target, currency=s.currency, generated_at=_utc_now())
     console.print(f"report written to {target}")
 
 
@@ -420,13 +408,15 @@ def data_report(
 @data_app.command("features")
 def data_features(
     as_of: Annotated[str, typer.Option("--as-of", help="Cutoff: only data before this day counts.")],
-    output: Annotated[Path, typer.Option(help="Parquet or CSV file (by extension).")],
+    output: Annotated[Path, typer.Option(help="Parquet or CSV file (by extension, .parquet or .csv).")],
     time_unit: Annotated[str | None, typer.Option(help="D or W (default: settings.time_unit).")] = None,
 ) -> None:
     """Write per-customer features as of a cutoff (lifetimes frequency/recency/T, spend, channels...)."""
     from features.customer import customer_features, validate_rfm
+    from features.output import write_frames
     from features.store import connect, ibis_backend
 
+    _check_output(output)
     s = settings()
     cutoff = _date(as_of, "--as-of")
     unit = time_unit or s.time_unit
@@ -435,11 +425,7 @@ def data_features(
         frame = _guard(lambda: validate_rfm(customer_features(ibis_backend(con), cutoff, time_unit=unit)))
     finally:
         con.close()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix == ".csv":
-        frame.to_csv(output)
-    else:
-        frame.to_parquet(output)
+    write_frames([frame], output, index=True)
     console.print(f"{len(frame):,} customers' features as of {cutoff.date()} written to {output}")
 
 
@@ -650,44 +636,28 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
 
 
 def _check_output(output: Path) -> None:
-    if output.suffix.lower() not in (".parquet", ".csv"):
-        raise typer.BadParameter(f"expected a .parquet or .csv file, got {output.name!r}", param_hint="--output")
+    from features.output import check_table_path
+
+    try:
+        check_table_path(output)
+    except ArgumentError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--output") from None
 
 
 def _write_chunks(chunks: Iterable[tuple[int, pd.DataFrame]], output: Path, *, total: int, what: str) -> int:
-    """Append each frame to ``output`` (Parquet or CSV by extension) under a progress bar; the file
-    appears only when complete (written beside it, then renamed). Returns the rows written."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """:func:`features.output.write_frames` under a progress bar; each chunk is (the customers it
+    covers, its frame). Returns the rows written."""
+    from features.output import write_frames
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".partial")
-    csv = output.suffix.lower() == ".csv"
-    writer = None
-    rows = 0
-    try:
-        with _progress() as progress:
-            task = progress.add_task(what, total=total)
+    with _progress() as progress:
+        task = progress.add_task(what, total=total)
+
+        def frames() -> Iterator[pd.DataFrame]:
             for done, frame in chunks:
-                if csv:
-                    frame.to_csv(tmp, mode="a" if rows else "w", header=not rows, index=False)
-                else:
-                    table = pa.Table.from_pandas(frame, preserve_index=False)
-                    writer = writer or pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table)
-                rows += len(frame)
+                yield frame
                 progress.update(task, advance=done)
-        if writer is not None:
-            writer.close()
-            writer = None
-        if not tmp.exists():
-            raise NoDataError(f"nothing to write to {output}: no customer to score")
-        tmp.replace(output)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-    return rows
+
+        return write_frames(frames(), output)
 
 
 # --- recommend ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -56,6 +57,11 @@ def test_generate_ingest_report_features(run, settings, tmp_path):
     out = run("data", "features", "--as-of", "2025-06-30", "--output", str(target))
     assert out.exit_code == 0, out.output
     assert target.read_text().startswith("customer_id,frequency,recency,T,")
+    # The extension decides the format whatever its case; the file is the same table.
+    upper = tmp_path / "FEATURES.PARQUET"
+    assert run("data", "features", "--as-of", "2025-06-30", "--output", str(upper)).exit_code == 0
+    assert pd.read_parquet(upper).index.name == "customer_id"
+    assert len(pd.read_parquet(upper)) == len(pd.read_csv(target))
 
 
 def test_a_bad_file_exits_non_zero_with_a_message_naming_it(run, tmp_path):

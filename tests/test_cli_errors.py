@@ -96,6 +96,15 @@ def test_usage_errors_keep_their_usage_message(run):
     assert out.exit_code == 2 and "expected a date like 2024-06-30" in out.output and "Traceback" not in out.output
 
 
+def test_an_output_that_is_neither_parquet_nor_csv_is_refused_before_any_work(run, tmp_path):
+    for command in (("data", "features", "--as-of", "2025-06-30"), ("score",), ("recommend",)):
+        out = run(*command, "--output", str(tmp_path / "scores.xlsx"))
+        assert out.exit_code == 2, out.output
+        shown = " ".join(out.output.replace("│", " ").split())  # the usage box wraps long lines
+        assert "expected a .parquet or .csv file, got 'scores.xlsx'" in shown and "--output" in shown
+    assert list(tmp_path.iterdir()) == []
+
+
 class _Store:
     def close(self) -> None:
         pass
