@@ -26,7 +26,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from features.schema import Feature  # noqa: E402
 from training import tracking  # noqa: E402
 from training.churn.evaluation import RFM_BASELINE, RFM_FEATURES, choose_learner, fit_baselines  # noqa: E402
-from training.churn.model import LOGISTIC_RFM, ChurnArtefactError, ChurnInputError, ChurnModel  # noqa: E402
+from training.churn.errors import ChurnArtefactError, ChurnInputError  # noqa: E402
+from training.churn.model import LOGISTIC_RFM, ChurnModel  # noqa: E402
 from training.churn.pyfunc import log_churn_model, pyfunc_output  # noqa: E402
 
 NOISE = "return_rate"

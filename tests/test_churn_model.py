@@ -31,18 +31,19 @@ from features.churn import CHURN_BASE_FEATURES  # noqa: E402
 from training import tracking  # noqa: E402
 from training.churn import contributions as contributions_module  # noqa: E402
 from training.churn.contributions import PathContributions  # noqa: E402
-from training.churn.model import (  # noqa: E402
-    CHURN_OUTPUT_COLUMNS,
-    N_QUANTILES,
-    RISK_BANDS,
-    ChurnArtefactError,
-    ChurnInputError,
-    ChurnModel,
+from training.churn.calibration import (  # noqa: E402
     CALIBRATION_TOLERANCE,
     InterpolatedIsotonicCalibrator,
     IsotonicCalibrator,
     SigmoidCalibrator,
     choose_calibration,
+)
+from training.churn.errors import ChurnArtefactError, ChurnInputError  # noqa: E402
+from training.churn.model import (  # noqa: E402
+    CHURN_OUTPUT_COLUMNS,
+    N_QUANTILES,
+    RISK_BANDS,
+    ChurnModel,
 )
 from training.churn.pyfunc import ARTIFACT_KEY, log_churn_model, pyfunc_output  # noqa: E402
 from training.churn.search import SEARCH_SPACE, search_boosting, searched_model  # noqa: E402

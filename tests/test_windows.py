@@ -26,7 +26,8 @@ from features.windows import (
     recommend_windows,
     select_cutoffs,
 )
-from training.churn.model import ChurnArtefactError, ChurnModel
+from training.churn.errors import ChurnArtefactError
+from training.churn.model import ChurnModel
 from training.churn.reasons import reason_text, reason_texts
 from training.promotion import windows_text
 from tests.fixtures_history import TINY_AS_OF, store_with, tiny_history

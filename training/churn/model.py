@@ -12,19 +12,8 @@ training cutoffs and the validation cutoff after them (``training.churn.dataset`
   the same class weights, so it measures what the training optimises) has not improved for
   ``early_stopping_rounds`` rounds; the trees after the best round are dropped.
 - *Calibration*: the re-weighted booster's probabilities are not probabilities of churn (a churner
-  weighed 4 times pulls them up). A monotone map fitted on the validation cutoff only turns them
-  into calibrated ones: isotonic regression on the raw probability (``"isotonic"``), the same with
-  linear interpolation between the centres of its plateaus (``"interpolated"``), or Platt's sigmoid
-  on the raw log-odds (``"sigmoid"``). Isotonic regression is a step function: it puts thousands
-  of customers on one probability (ties that hide their order from whoever sorts by risk); the
-  other two are strictly increasing and keep every distinction the booster makes. ``"auto"``
-  (default) measures each map's expected calibration error out of fold on the validation cutoff
-  (:data:`CALIBRATION_FOLDS` folds: fitted on the others, scored on each) and takes the better of
-  the two that keep the ranking unless it is worse than isotonic by more than
-  :data:`CALIBRATION_TOLERANCE` in ECE. Calibrating on the set that also chose the number of trees
-  is deliberate: that set picked one integer, so the map's optimism from it is small, and the
-  training rows, which the trees have seen, would bias the map far more. Being monotone, every map
-  keeps the booster's ROC AUC (isotonic's ties can only lower it).
+  weighed 4 times pulls them up); a monotone map fitted on the validation cutoff only turns them
+  into calibrated ones (:mod:`training.churn.calibration`, which says why and how ``auto`` chooses).
 - *Outputs* (:data:`CHURN_OUTPUT_COLUMNS`, one scoring function, :meth:`ChurnModel.predict`, for
   batch scores and the service alike): ``churn_probability`` (calibrated); ``risk_band`` ``low`` /
   ``medium`` / ``high`` by two probability thresholds fixed at fit (given, or the 50th and 80th
@@ -74,7 +63,6 @@ names what is wrong). No pickle, no training rows.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -86,15 +74,23 @@ import pandas as pd
 from numpy.typing import NDArray
 from scipy.special import expit
 from sklearn.base import BaseEstimator
-from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from features.churn import CHURNED
-from features.errors import RapportError
 from training.artefact import ArtefactReader
+from training.churn.calibration import (
+    AUTO_CALIBRATION,
+    CALIBRATIONS,
+    Calibrator,
+    calibrator_from_dict,
+    choose_calibration,
+    fit_calibrator,
+    is_finite_number,
+    out_of_fold_calibration_errors,
+)
 from training.churn.contributions import PathContributions
+from training.churn.errors import ChurnArtefactError, ChurnInputError
 from training.churn.reasons import CONTEXT_COLUMNS, reason_texts
 
 logger = logging.getLogger(__name__)
@@ -119,17 +115,6 @@ CHURN_OUTPUT_COLUMNS: tuple[str, ...] = (
     "percentile",
     *reason_columns(DEFAULT_TOP_REASONS),
 )
-#: Calibration maps: isotonic regression, isotonic interpolated between its plateau centres, and
-#: Platt's sigmoid (scikit-learn's name for it).
-CALIBRATIONS: tuple[str, ...] = ("isotonic", "interpolated", "sigmoid")
-#: The ``calibration`` setting that chooses among :data:`CALIBRATIONS` on the validation cutoff.
-AUTO_CALIBRATION = "auto"
-#: Maps that keep the booster's ranking (strictly increasing), in the order ``auto`` prefers on a tie.
-RANK_PRESERVING_CALIBRATIONS: tuple[str, ...] = ("interpolated", "sigmoid")
-#: ``auto`` takes a ranking-preserving map whose out-of-fold ECE exceeds isotonic's by at most this.
-CALIBRATION_TOLERANCE = 0.005
-#: Folds of the validation rows for the out-of-fold ECE of ``auto``.
-CALIBRATION_FOLDS = 5
 #: Quantiles of the training rows' calibrated probabilities kept for percentile ranks (every 0.1 %).
 N_QUANTILES = 1001
 #: Percentiles of the training distribution used as default risk thresholds (low | medium | high).
@@ -161,161 +146,6 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _LIGHTGBM_SPECIAL = re.compile(r'[\[\]{}",:]')
 
 
-class ChurnModelError(RapportError, ValueError):
-    """What a user can fix about the churn model's inputs or artefact (the CLI prints it in one line)."""
-
-
-class ChurnInputError(ChurnModelError):
-    """A frame given to :class:`ChurnModel` lacks a feature or the label, or holds values that are not
-    numbers (or, for the label, not 0/1)."""
-
-
-class ChurnArtefactError(ChurnModelError):
-    """A churn model artefact (``ChurnModel.to_dict()`` output) cannot be loaded: wrong format or
-    version, a missing or malformed field, or fields that contradict each other."""
-
-
-# --- calibration maps ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IsotonicCalibrator:
-    """Isotonic regression of the label on the raw probability: the piecewise-linear map through
-    (``x``, ``y``) (scikit-learn's ``X_thresholds_`` / ``y_thresholds_``), constant beyond the ends."""
-
-    x: FloatArray
-    y: FloatArray
-    method: str = "isotonic"
-
-    @classmethod
-    def fit(cls, raw_probability: FloatArray, label: FloatArray) -> IsotonicCalibrator:
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-        iso.fit(raw_probability, label)
-        return cls(np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64))
-
-    def __call__(self, margin: FloatArray) -> FloatArray:
-        return np.interp(expit(margin), self.x, self.y)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "x": self.x.tolist(), "y": self.y.tolist()}
-
-
-@dataclass(frozen=True)
-class SigmoidCalibrator:
-    """Platt scaling: P(churn) = 1 / (1 + exp(-(slope * m + intercept))) of the raw log-odds m
-    (Platt 1999; a logistic regression of the label on m without penalty)."""
-
-    slope: float
-    intercept: float
-    method: str = "sigmoid"
-
-    @classmethod
-    def fit(cls, margin: FloatArray, label: FloatArray) -> SigmoidCalibrator:
-        logistic = LogisticRegression(C=np.inf, max_iter=1000).fit(margin[:, None], label)
-        return cls(float(logistic.coef_[0, 0]), float(logistic.intercept_[0]))
-
-    def __call__(self, margin: FloatArray) -> FloatArray:
-        return expit(self.slope * margin + self.intercept)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "slope": self.slope, "intercept": self.intercept}
-
-
-@dataclass(frozen=True)
-class InterpolatedIsotonicCalibrator(IsotonicCalibrator):
-    """Isotonic regression without its plateaus: the piecewise-linear map through the centre of each
-    plateau (the midpoint of its raw-probability range, at its level), anchored at (0, 0) and (1, 1).
-    Strictly increasing, so customers the booster tells apart stay apart; a plateau's mean level is
-    kept at its centre, so calibration is about that of the step function."""
-
-    method: str = "interpolated"
-
-    @classmethod
-    def fit(cls, raw_probability: FloatArray, label: FloatArray) -> InterpolatedIsotonicCalibrator:
-        steps = IsotonicCalibrator.fit(raw_probability, label)
-        # sklearn's thresholds run through both ends of every plateau: group them by level.
-        levels, first = np.unique(steps.y, return_index=True)
-        last = np.append(first[1:], steps.x.size) - 1
-        centres = (steps.x[first] + steps.x[last]) / 2.0
-        inside = (centres > 0.0) & (centres < 1.0) & (levels > 0.0) & (levels < 1.0)
-        x = np.concatenate(([0.0], centres[inside], [1.0]))
-        y = np.concatenate(([0.0], levels[inside], [1.0]))
-        return cls(x, y)
-
-
-Calibrator = IsotonicCalibrator | SigmoidCalibrator
-
-_CALIBRATOR_CLASSES: dict[str, type[IsotonicCalibrator] | type[SigmoidCalibrator]] = {
-    "isotonic": IsotonicCalibrator, "interpolated": InterpolatedIsotonicCalibrator, "sigmoid": SigmoidCalibrator,
-}
-
-
-def fit_calibrator(method: str, margin: FloatArray, label: FloatArray) -> Calibrator:
-    """The calibration map ``method`` (one of :data:`CALIBRATIONS`) of the label on the raw log-odds."""
-    if method == "sigmoid":
-        return SigmoidCalibrator.fit(margin, label)
-    return _CALIBRATOR_CLASSES[method].fit(expit(margin), label)  # type: ignore[return-value]
-
-
-def out_of_fold_calibration_errors(margin: FloatArray, label: FloatArray, *, seed: int,
-                                   folds: int = CALIBRATION_FOLDS) -> dict[str, float]:
-    """Each map's expected calibration error on the validation rows, out of fold: the rows are
-    split into ``folds`` stratified folds (seeded), each map fitted on the other folds scores each
-    one, and the ECE (10 quantile bins, ``evaluation.expected_calibration_error``) is taken over
-    the pooled out-of-fold probabilities. Fewer churners or stayers than folds: one fit on all rows."""
-    # Imported here, at fit time: the evaluation module fits the baselines, and the service, which
-    # imports this module to score, must not load code that fits models.
-    from training.churn.evaluation import expected_calibration_error
-
-    n_minority = int(min(label.sum(), label.size - label.sum()))
-    out = {method: np.empty(label.size) for method in CALIBRATIONS}
-    if n_minority < folds:
-        splits = [(np.arange(label.size), np.arange(label.size))]
-    else:
-        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(margin[:, None], label))
-    for fit_rows, score_rows in splits:
-        for method in CALIBRATIONS:
-            out[method][score_rows] = fit_calibrator(method, margin[fit_rows], label[fit_rows])(margin[score_rows])
-    return {method: expected_calibration_error(label, np.clip(p, 0.0, 1.0)) for method, p in out.items()}
-
-
-def choose_calibration(errors: Mapping[str, float], tolerance: float = CALIBRATION_TOLERANCE) -> str:
-    """The ranking-preserving map with the lowest ECE when it is within ``tolerance`` of isotonic's,
-    else isotonic."""
-    best = min(RANK_PRESERVING_CALIBRATIONS, key=lambda method: (errors[method], RANK_PRESERVING_CALIBRATIONS.index(method)))
-    return best if errors[best] <= errors["isotonic"] + tolerance else "isotonic"
-
-
-def _calibrator_from_dict(data: Any) -> Calibrator:
-    if not isinstance(data, Mapping):
-        raise ChurnArtefactError(f"churn model artefact: fitted.calibrator must be a mapping, got {data!r}")
-    method = data.get("method")
-    if method in ("isotonic", "interpolated"):
-        try:
-            x = np.asarray(data["x"], dtype=np.float64)
-            y = np.asarray(data["y"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ChurnArtefactError("churn model artefact: fitted.calibrator needs number lists 'x' and 'y'") from exc
-        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
-            raise ChurnArtefactError(f"churn model artefact: fitted.calibrator x and y must be non-empty lists of "
-                                     f"equal length, got {x.size} and {y.size}")
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-            raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must be finite")
-        if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
-            raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must be non-decreasing")
-        if x[0] < 0 or x[-1] > 1 or y[0] < 0 or y[-1] > 1:
-            raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must lie in [0, 1]")
-        return _CALIBRATOR_CLASSES[method](x, y)  # type: ignore[return-value]
-    if method == "sigmoid":
-        slope, intercept = data.get("slope"), data.get("intercept")
-        if not (_is_number(slope) and _is_number(intercept)):
-            raise ChurnArtefactError(f"churn model artefact: fitted.calibrator needs finite numbers 'slope' and "
-                                     f"'intercept', got {slope!r} and {intercept!r}")
-        return SigmoidCalibrator(float(slope), float(intercept))
-    raise ChurnArtefactError(f"churn model artefact: fitted.calibrator method {method!r} is not one of "
-                             f"{', '.join(CALIBRATIONS)}")
-
-
 # --- settings -------------------------------------------------------------------------------------
 
 
@@ -335,12 +165,6 @@ class _Settings:
     learner: str = LIGHTGBM
 
 
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        return False
-    return math.isfinite(float(value))
-
-
 def _is_whole(value: Any, minimum: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
 
@@ -349,7 +173,7 @@ def _check_thresholds(value: Any) -> tuple[float, float] | None:
     if value is None:
         return None
     pair = tuple(value) if isinstance(value, tuple | list) else ()
-    if len(pair) != 2 or not all(_is_number(v) and 0 <= v <= 1 for v in pair) or pair[0] > pair[1]:
+    if len(pair) != 2 or not all(is_finite_number(v) and 0 <= v <= 1 for v in pair) or pair[0] > pair[1]:
         raise ValueError(f"ChurnModel setting risk_thresholds must be None or two probabilities (medium from, "
                          f"high from) with 0 <= medium <= high <= 1, got {value!r}")
     return float(pair[0]), float(pair[1])
@@ -365,7 +189,7 @@ def _check_settings(values: Mapping[str, Any]) -> _Settings:
                           ("early_stopping_rounds", 1), ("top_reasons", 0), ("num_threads", 1), ("seed", 0)):
         if not _is_whole(values[name], minimum):
             fail(name, f"a whole number >= {minimum}")
-    if not _is_number(values["learning_rate"]) or not 0 < values["learning_rate"] <= 1:
+    if not is_finite_number(values["learning_rate"]) or not 0 < values["learning_rate"] <= 1:
         fail("learning_rate", "a number in (0, 1]")
     if values["calibration"] not in (AUTO_CALIBRATION, *CALIBRATIONS):
         fail("calibration", f"one of {', '.join((AUTO_CALIBRATION, *CALIBRATIONS))}")
@@ -903,7 +727,7 @@ class ChurnModel(BaseEstimator):
             if best != booster.current_iteration():
                 raise ChurnArtefactError(f"churn model artefact: fitted.best_iteration {best} contradicts the "
                                          f"booster, which holds {booster.current_iteration()} trees")
-        calibrator = _calibrator_from_dict(fitted["calibrator"])
+        calibrator = calibrator_from_dict(fitted["calibrator"])
         if settings.calibration != AUTO_CALIBRATION and calibrator.method != settings.calibration:
             raise ChurnArtefactError(f"churn model artefact: fitted.calibrator method {calibrator.method!r} "
                                      f"contradicts settings.calibration {settings.calibration!r}")
@@ -932,18 +756,18 @@ class ChurnModel(BaseEstimator):
             gains = dict(zip(names, np.abs(linear["coef"]).tolist()))
         else:
             gains = reader.field(fitted, "feature_importance_gain", Mapping)
-            if set(gains) != set(names) or not all(_is_number(v) and v >= 0 for v in gains.values()):
+            if set(gains) != set(names) or not all(is_finite_number(v) and v >= 0 for v in gains.values()):
                 raise ChurnArtefactError("churn model artefact: fitted.feature_importance_gain must hold a gain >= 0 "
                                          "for every feature and nothing else")
         rates = {}
         for name in ("base_rate", "validation_base_rate"):
             value = fitted.get(name)
-            if not (_is_number(value) and 0 < value < 1):
+            if not (is_finite_number(value) and 0 < value < 1):
                 raise ChurnArtefactError(f"churn model artefact: fitted.{name} must be a rate in (0, 1), "
                                          f"got {value!r}")
             rates[name] = float(value)
         scale_pos_weight = 1.0 if logistic else fitted["scale_pos_weight"]
-        if not (_is_number(scale_pos_weight) and scale_pos_weight > 0):
+        if not (is_finite_number(scale_pos_weight) and scale_pos_weight > 0):
             raise ChurnArtefactError(f"churn model artefact: fitted.scale_pos_weight must be a number > 0, "
                                      f"got {scale_pos_weight!r}")
         currency = fitted["currency"]
@@ -994,7 +818,7 @@ def _linear_from_dict(fitted: Mapping[str, Any], names: tuple[str, ...]) -> dict
                        ("scaler_scale", len(names))):
         value = fitted[name]
         values = [value] if name == "intercept" else value
-        if (not isinstance(values, list) or len(values) != size or not all(_is_number(v) for v in values)):
+        if (not isinstance(values, list) or len(values) != size or not all(is_finite_number(v) for v in values)):
             expected = "a finite number" if name == "intercept" else f"a list of {size} finite numbers (one per feature)"
             raise ChurnArtefactError(f"churn model artefact: fitted.{name} must be {expected}, "
                                      f"got {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, list) else ""))
