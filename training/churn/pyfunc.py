@@ -154,24 +154,15 @@ def log_churn_model(
     ----------
     model
         A fitted ``ChurnModel``.
-    name
-        The logged model's name in the run (MLflow 3's ``name=``).
-    registered_model_name
-        Registry name to register a new version under; ``None``: log only.
     input_example
-        A few rows of churn features; ``None``: no example and no signature.
-    tags
-        Tags of the registered version, besides the code version.
+        A few rows of churn features (see above); ``None``: no example and no signature.
+    name, registered_model_name, tags
+        As in :func:`training.clv.pyfunc.log_clv_model`.
 
     Returns
     -------
     mlflow.models.model.ModelInfo
-        The logged model; ``registered_model_version`` holds the new version when registered.
-
-    Raises
-    ------
-    RuntimeError
-        No active run (open one with :func:`training.tracking.start_run`).
+        As :func:`training.clv.pyfunc.log_clv_model`, which also says what it raises.
     """
     return log_json_pyfunc(
         model, what="churn", name=name, artifact_key=ARTIFACT_KEY, model_code=_MODEL_CODE,

@@ -277,10 +277,6 @@ def recall_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
     float
         The mean; NaN when no customer has a relevant item.
 
-    Raises
-    ------
-    ValueError
-        As :func:`precision_at_k`.
     """
     return _mean(_recall(*_hit_matrix(recommended, relevant, k)))
 
@@ -302,10 +298,6 @@ def ndcg_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
     float
         The mean, in [0, 1]; NaN when no customer has a relevant item.
 
-    Raises
-    ------
-    ValueError
-        As :func:`precision_at_k`.
     """
     return _mean(_ndcg(*_hit_matrix(recommended, relevant, k)))
 
@@ -327,10 +319,6 @@ def map_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
     float
         The mean, in [0, 1]; NaN when no customer has a relevant item.
 
-    Raises
-    ------
-    ValueError
-        As :func:`precision_at_k`.
     """
     return _mean(_average_precision(*_hit_matrix(recommended, relevant, k)))
 
@@ -350,10 +338,6 @@ def hit_rate_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float
     float
         The share, in [0, 1]; NaN when no customer has a relevant item.
 
-    Raises
-    ------
-    ValueError
-        As :func:`precision_at_k`.
     """
     return _mean(_hit_rate(*_hit_matrix(recommended, relevant, k)))
 
