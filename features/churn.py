@@ -5,8 +5,9 @@ identified customer with a purchase in ``[c - lookback, c)`` (:func:`churn_popul
 *label* says whether they make none in ``[c, c + H)`` (:func:`churn_labels`), and the *features*
 (:func:`churn_features`) are built from sales made and returns booked before c only, so nothing at
 or after c can change them. A *purchase* is what :mod:`features.customer` counts: an order of
-product lines by an identified customer, dated by its first line. Each function is one Ibis
-expression executed by the backend; pandas appears only in the returned objects.
+product lines by an identified customer, dated by its first line (postage and fees are not
+purchases; an order later returned in full still is one). Each function is one Ibis expression
+executed by the backend; pandas appears only in the returned objects.
 """
 
 from __future__ import annotations

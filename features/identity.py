@@ -234,6 +234,10 @@ class IdentitySummary:
 def resolve(con: duckdb.DuckDBPyConnection, *, ingest_id: int, now: datetime) -> IdentityUpdate:
     """Recompute the components of ``identity_links`` and update ``identity_map`` stably.
 
+    Keys that occur together on one record (an order with an account and an e-mail, a loyalty
+    sign-up with a card and an e-mail) are linked; each connected component of that graph is one
+    customer.
+
     Stability: a key that already had a customer keeps it. When new links join components that had
     different customer ids, the smallest (oldest) id survives and every other id is recorded in
     ``identity_merges`` as merged into it; nothing else is renumbered. New components get new ids

@@ -272,7 +272,8 @@ def recommendable_items(backend: ibis.BaseBackend) -> pd.Index:
 
 
 def to_matrix(frame: pd.DataFrame, *, value: str = WEIGHT) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
-    """A users × items CSR matrix of ``frame[value]`` with its id maps.
+    """A users × items CSR matrix of ``frame[value]`` with its id maps (the orientation ``implicit``
+    0.7 fits on).
 
     Both id arrays are sorted, so the same interactions always give the same matrix. Duplicate
     (customer, item) rows are summed. External ids become indices only here, at the edge between

@@ -729,7 +729,9 @@ def fit_spend_model(
     Give it the repeat customers only (``frequency`` > 0) with a positive ``monetary_value`` (their
     mean spend per repeat period): the model is a density on positive averages of ``frequency``
     transactions. Customers with identical (frequency, monetary_value) are fitted as one weighted
-    row. Fails like :func:`fit_purchase_model`, and also when q <= 1 (an infinite mean order value).
+    row. The likelihood is lifetimes' ``GammaGammaFitter``'s, minimised as in
+    :func:`fit_purchase_model` (without the time scaling). Fails like :func:`fit_purchase_model`,
+    and also when q <= 1 (an infinite mean order value).
 
     Parameters
     ----------
