@@ -1,19 +1,13 @@
 """Churn: the population, the label and the features at a cutoff, without leakage.
 
-For a cutoff c (naive UTC; everything before c is the past, c itself and later the future):
-
-- the *population* is every identified customer with at least one purchase in ``[c - lookback, c)``
-  (default: the year before c);
-- the *label* ``churned`` is 1 when the customer makes no purchase in ``[c, c + H)`` (default
-  H = 90 days), 0 otherwise;
-- the *features* are :func:`features.customer.customer_features` at c joined with
-  :func:`trend_features` at c, for the population: built from the history before c only (sales made
-  and returns booked before c), so nothing at or after c can change them.
-
-A *purchase* is what :mod:`features.customer` counts: an order of product lines by an identified
-customer, dated by its first line (postage and fees are not purchases; an order later returned in
-full still is one). Everything is one Ibis expression per function, executed by the backend; pandas
-appears only in the returned objects.
+For a cutoff c (naive UTC; before c is the past, c and later the future) the *population* is every
+identified customer with a purchase in ``[c - lookback, c)`` (:func:`churn_population`), the
+*label* says whether they make none in ``[c, c + H)`` (:func:`churn_labels`), and the *features*
+(:func:`churn_features`) are built from sales made and returns booked before c only, so nothing at
+or after c can change them. A *purchase* is what :mod:`features.customer` counts: an order of
+product lines by an identified customer, dated by its first line (postage and fees are not
+purchases; an order later returned in full still is one). Each function is one Ibis expression
+executed by the backend; pandas appears only in the returned objects.
 """
 
 from __future__ import annotations
@@ -107,7 +101,20 @@ def _no_float_dust(amount: ir.NumericValue) -> ir.NumericValue:
 
 
 def trend_feature_table(backend: ibis.BaseBackend, as_of: datetime) -> ir.Table:
-    """The Ibis expression behind :func:`trend_features` (unexecuted; one row per customer)."""
+    """The Ibis expression behind :func:`trend_features` (unexecuted; one row per customer).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff: only sales made and returns booked strictly before it are read.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        ``customer_id`` and :data:`TREND_FEATURES`.
+    """
     as_of = utc_naive(as_of)
     o = _customer_orders(backend, as_of)
     ts, net = o[Col.TS], o[Col.NET_AMOUNT]
@@ -164,8 +171,18 @@ def trend_features(backend: ibis.BaseBackend, as_of: datetime) -> pd.DataFrame:
       orders_90d / orders_prev_90d - 1: NaN when the previous quarter's spend (orders) is 0.
 
     Spend is net of the returns booked before c (gross - refunds, base currency), as in
-    ``customer_features``: a return booked later has not happened at the cutoff. Order counts are
-    int64, the rest float64.
+    ``customer_features``: a return booked later has not happened at the cutoff.
+
+    Parameters
+    ----------
+    backend, as_of
+        As in :func:`trend_feature_table`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`TREND_FEATURES`, indexed by ``customer_id``; order counts int64, the rest
+        float64.
     """
     return _shape(trend_feature_table(backend, as_of), TREND_FEATURES)
 
@@ -177,7 +194,27 @@ def _population_filter(table: ir.Table, last_purchase: ir.TimestampValue, as_of:
 
 def churn_population_table(backend: ibis.BaseBackend, as_of: datetime, *,
                            lookback_days: int = DEFAULT_LOOKBACK_DAYS) -> ir.Table:
-    """The Ibis expression behind :func:`churn_population` (one column, ``customer_id``)."""
+    """The Ibis expression behind :func:`churn_population` (one column, ``customer_id``).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff c.
+    lookback_days
+        Whole days >= 1: a customer belongs when their last purchase is in ``[c - lookback, c)``.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        One column, ``customer_id``, unordered.
+
+    Raises
+    ------
+    ValueError
+        ``lookback_days`` is not a whole number >= 1.
+    """
     as_of = utc_naive(as_of)
     lookback_days = _check_days("lookback_days", lookback_days)
     o = _customer_orders(backend, as_of)
@@ -187,16 +224,49 @@ def churn_population_table(backend: ibis.BaseBackend, as_of: datetime, *,
 
 def churn_population(backend: ibis.BaseBackend, as_of: datetime, *,
                      lookback_days: int = DEFAULT_LOOKBACK_DAYS) -> pd.Index:
-    """Customers with at least one purchase in ``[as_of - lookback_days, as_of)``: sorted int64
-    ``customer_id`` index. Equal to the rows of ``customer_features(backend, as_of)`` whose
-    ``last_purchase`` is at or after ``as_of - lookback_days``."""
+    """Customers with at least one purchase in ``[as_of - lookback_days, as_of)``.
+
+    Equal to the rows of ``customer_features(backend, as_of)`` whose ``last_purchase`` is at or
+    after ``as_of - lookback_days``.
+
+    Parameters
+    ----------
+    backend, as_of, lookback_days
+        As in :func:`churn_population_table`.
+
+    Returns
+    -------
+    pandas.Index
+        Sorted int64 ``customer_id`` values.
+
+    Raises
+    ------
+    ValueError
+        ``lookback_days`` is not a whole number >= 1.
+    """
     ids = churn_population_table(backend, as_of, lookback_days=lookback_days).to_pandas()[Col.CUSTOMER_ID]
     return pd.Index(sorted(ids.astype("int64").tolist()), dtype="int64", name=Col.CUSTOMER_ID)
 
 
 def sales_span(backend: ibis.BaseBackend) -> tuple[datetime, datetime]:
     """First and last sale time in the store (naive UTC), over every stored sales line (anonymous
-    sales and fees included: they show how far the data reach). ``ValueError`` for an empty store."""
+    sales and fees included: they show how far the data reach).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+
+    Returns
+    -------
+    tuple[datetime, datetime]
+        ``(first_sale, last_sale)``, naive UTC.
+
+    Raises
+    ------
+    NoDataError
+        The store holds no sale.
+    """
     lines = backend.table(LINES_TABLE)
     span = lines.aggregate(_first=lines[Col.TS].min(), _last=lines[Col.TS].max()).to_pandas()
     first, last = span["_first"].iloc[0], span["_last"].iloc[0]
@@ -207,13 +277,44 @@ def sales_span(backend: ibis.BaseBackend) -> tuple[datetime, datetime]:
 
 def data_end(last_sale: datetime) -> datetime:
     """Midnight after the day of ``last_sale``: the data cover every moment before it, so a label
-    window ``[c, c + H)`` is observed in full when ``c + H`` is at most this."""
+    window ``[c, c + H)`` is observed in full when ``c + H`` is at most this.
+
+    Parameters
+    ----------
+    last_sale
+        The last stored sale (naive UTC or aware).
+
+    Returns
+    -------
+    datetime
+        Naive UTC midnight of the following day.
+    """
     last = utc_naive(last_sale)
     return datetime(last.year, last.month, last.day) + timedelta(days=1)
 
 
 def check_label_window(as_of: datetime, horizon_days: int, last_sale: datetime) -> None:
-    """``ValueError`` naming the dates when ``[as_of, as_of + horizon_days)`` reaches past the data."""
+    """Refuse a label window ``[as_of, as_of + horizon_days)`` that reaches past the data.
+
+    Parameters
+    ----------
+    as_of
+        The cutoff c.
+    horizon_days
+        The label horizon H in days.
+    last_sale
+        The last stored sale (:func:`sales_span`).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ArgumentError
+        ``c + H`` is after :func:`data_end`; the message names the dates and the latest cutoff
+        that fits.
+    """
     as_of = utc_naive(as_of)
     window_end = as_of + timedelta(days=horizon_days)
     end = data_end(last_sale)
@@ -236,14 +337,36 @@ def churn_labels(
 ) -> pd.Series:
     """The churn label of the population at ``as_of``: 1 when no purchase in ``[as_of, as_of + H)``.
 
-    A Series named ``churned`` (int64, 0/1) indexed like :func:`churn_population`. A purchase made
-    exactly at ``as_of`` is in the label window (it is not in the features: they see only ``< as_of``);
-    one made exactly at ``as_of + H`` is not. An order is dated by its first line, so a late line
-    added to an order placed before ``as_of`` is not a new purchase.
+    A purchase made exactly at ``as_of`` is in the label window (it is not in the features: they
+    see only ``< as_of``); one made exactly at ``as_of + H`` is not. An order is dated by its first
+    line, so a late line added to an order placed before ``as_of`` is not a new purchase.
 
-    Raises ``ValueError`` naming the dates when ``as_of + H`` is after the end of the data (midnight
-    after the day of the last stored sale): customers would look churned only because the history
-    stops.
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff c.
+    horizon_days
+        The label horizon H, whole days >= 1.
+    lookback_days
+        The population's lookback, whole days >= 1 (:func:`churn_population`).
+
+    Returns
+    -------
+    pandas.Series
+        Named ``churned`` (int64, 0/1), indexed by sorted ``customer_id`` like
+        :func:`churn_population`.
+
+    Raises
+    ------
+    ArgumentError
+        ``as_of + H`` is after the end of the data (midnight after the day of the last stored
+        sale): customers would look churned only because the history stops.
+    NoDataError
+        The store holds no sale.
+    ValueError
+        ``horizon_days`` or ``lookback_days`` is not a whole number >= 1.
     """
     as_of = utc_naive(as_of)
     horizon_days = _check_days("horizon_days", horizon_days)
@@ -272,7 +395,29 @@ def churn_feature_table(
     lookback_days: int = DEFAULT_LOOKBACK_DAYS,
     time_unit: TimeUnit = "D",
 ) -> ir.Table:
-    """The Ibis expression behind :func:`churn_features` (unexecuted; one row per population customer)."""
+    """The Ibis expression behind :func:`churn_features` (unexecuted; one row per population customer).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff: only sales made and returns booked before it are read.
+    lookback_days
+        The population's lookback, whole days >= 1.
+    time_unit
+        Time unit of the RFM features (:func:`features.customer.customer_features`).
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        ``customer_id`` and :data:`CHURN_FEATURE_COLUMNS`.
+
+    Raises
+    ------
+    ValueError
+        ``lookback_days`` is not a whole number >= 1.
+    """
     as_of = utc_naive(as_of)
     lookback_days = _check_days("lookback_days", lookback_days)
     customers = customer_feature_table(backend, as_of, time_unit=time_unit)
@@ -296,6 +441,21 @@ def churn_features(
     time_unit=time_unit)`` followed by :data:`TREND_FEATURES`. Only sales made and returns booked
     before ``as_of`` are read. :data:`CHURN_BASE_FEATURES` are the numeric columns a model uses
     (``first_purchase`` / ``last_purchase`` timestamps excluded).
+
+    Parameters
+    ----------
+    backend, as_of, lookback_days, time_unit
+        As in :func:`churn_feature_table`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`CHURN_FEATURE_COLUMNS`, indexed by sorted ``customer_id``.
+
+    Raises
+    ------
+    ValueError
+        ``lookback_days`` is not a whole number >= 1.
     """
     return _shape(churn_feature_table(backend, as_of, lookback_days=lookback_days, time_unit=time_unit),
                   CHURN_FEATURE_COLUMNS)

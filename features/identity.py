@@ -2,14 +2,8 @@
 
 Raw keys (account id, e-mail, phone, loyalty card, device id, a retailer's customer number) are
 normalised, then stored only as salted hashes ``"<type>:<32 hex chars>"`` (the type stays readable,
-the value does not). Keys that occur together on one record (an order with an account and an
-e-mail, a loyalty sign-up with a card and an e-mail) are linked; the connected components of that
-graph are customers (union-find, computed with scipy's ``connected_components``).
-
-Stability: a key that already had a customer keeps it. When new links join components that had
-different customer ids, the smallest (oldest) id survives and every other id is recorded in
-``identity_merges`` as merged into it; nothing else is renumbered. New components get new ids
-after the largest id ever issued.
+the value does not). Keys that occur together on one record are linked; the connected components
+of that graph are customers, and :func:`resolve` keeps their ids stable across ingests.
 """
 
 from __future__ import annotations
@@ -35,12 +29,45 @@ _BLANKS_SQL = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 
 
 def bind_salt(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """Make the salt available to SQL as ``getvariable('rapport_salt')`` without putting it in SQL text."""
+    """Make the salt available to SQL as ``getvariable('rapport_salt')`` without putting it in SQL text.
+
+    Parameters
+    ----------
+    con
+        The DuckDB connection the hashing SQL runs on.
+    settings
+        Settings that hold the salt (read from the environment).
+
+    Returns
+    -------
+    None
+    """
     con.execute(f"SET VARIABLE {SALT_VARIABLE} = ?", [settings.salt()])
 
 
 def normalise_sql(key_type: KeyType, expr: str, phone_country_code: str) -> str:
-    """SQL that normalises a raw key; NULL for an empty value. Mirrors :func:`normalise_key`."""
+    """SQL that normalises a raw key; NULL for an empty value. Mirrors :func:`normalise_key`.
+
+    Parameters
+    ----------
+    key_type
+        The key's type: it decides the normalisation (e-mail lower-cased without ``+tag``, phone in
+        international digits, loyalty card upper-cased without blanks and dashes, device lower-cased).
+    expr
+        SQL expression of the raw value.
+    phone_country_code
+        Digits (a leading ``+`` allowed) that replace a phone number's leading 0.
+
+    Returns
+    -------
+    str
+        A DuckDB expression of type VARCHAR.
+
+    Raises
+    ------
+    ValueError
+        ``phone_country_code`` is not digits (only checked for phone keys).
+    """
     raw = f"trim(CAST({expr} AS VARCHAR), {_BLANKS_SQL})"
     if key_type is KeyType.EMAIL:
         # Case and a "+tag" in the local part do not make another mailbox.
@@ -65,7 +92,20 @@ def normalise_sql(key_type: KeyType, expr: str, phone_country_code: str) -> str:
 
 
 def hash_normalised_sql(key_type: KeyType, normalised: str) -> str:
-    """SQL for the stored form of an already normalised key (NULL stays NULL)."""
+    """SQL for the stored form of an already normalised key (NULL stays NULL).
+
+    Parameters
+    ----------
+    key_type
+        The key's type, kept readable as the prefix.
+    normalised
+        SQL expression of the normalised value (:func:`normalise_sql`).
+
+    Returns
+    -------
+    str
+        A DuckDB expression that reads the salt bound by :func:`bind_salt`.
+    """
     return (
         f"'{key_type.value}:' || substr(sha256(getvariable('{SALT_VARIABLE}') || '|{key_type.value}|' || "
         f"{normalised}), 1, {HASH_HEX_CHARS})"
@@ -73,12 +113,43 @@ def hash_normalised_sql(key_type: KeyType, normalised: str) -> str:
 
 
 def hash_sql(key_type: KeyType, expr: str, phone_country_code: str) -> str:
-    """SQL for the stored form of a raw key: ``'<type>:' || sha256(salt|type|normalised)[:32]``."""
+    """SQL for the stored form of a raw key: ``'<type>:' || sha256(salt|type|normalised)[:32]``.
+
+    Parameters
+    ----------
+    key_type, expr, phone_country_code
+        As in :func:`normalise_sql`.
+
+    Returns
+    -------
+    str
+        A DuckDB expression; NULL for an empty key.
+
+    Raises
+    ------
+    ValueError
+        ``phone_country_code`` is not digits.
+    """
     return hash_normalised_sql(key_type, normalise_sql(key_type, expr, phone_country_code))
 
 
 def normalise_key(key_type: KeyType, value: object, phone_country_code: str = "44") -> str | None:
-    """Python twin of :func:`normalise_sql`, for request-time lookups (tested equal to the SQL)."""
+    """Python twin of :func:`normalise_sql`, for request-time lookups (tested equal to the SQL).
+
+    Parameters
+    ----------
+    key_type
+        The key's type (see :func:`normalise_sql`).
+    value
+        The raw value (converted with ``str``), or ``None``.
+    phone_country_code
+        Digits that replace a phone number's leading 0.
+
+    Returns
+    -------
+    str or None
+        The normalised key; ``None`` for a missing or blank value.
+    """
     if value is None:
         return None
     raw = str(value).strip(_BLANKS)
@@ -106,7 +177,22 @@ def normalise_key(key_type: KeyType, value: object, phone_country_code: str = "4
 
 
 def hash_key(key_type: KeyType, value: object, settings: Settings) -> str | None:
-    """The stored form of one raw key, as :func:`hash_sql` computes it."""
+    """The stored form of one raw key, as :func:`hash_sql` computes it.
+
+    Parameters
+    ----------
+    key_type
+        The key's type.
+    value
+        The raw value, or ``None``.
+    settings
+        Settings with the salt and ``default_phone_country_code``.
+
+    Returns
+    -------
+    str or None
+        ``"<type>:<32 hex chars>"``; ``None`` for a missing or blank value.
+    """
     norm = normalise_key(key_type, value, settings.default_phone_country_code)
     if norm is None:
         return None
@@ -126,6 +212,8 @@ class IdentityUpdate:
 
 @dataclass(frozen=True)
 class IdentitySummary:
+    """The identity map's size so far (:func:`identity_summary`)."""
+
     keys: int
     customers: int
     keys_by_type: dict[str, int]
@@ -133,15 +221,45 @@ class IdentitySummary:
 
     @property
     def keys_per_customer(self) -> float:
+        """Mean number of raw keys per customer.
+
+        Returns
+        -------
+        float
+            ``keys / customers``; 0.0 for an empty map.
+        """
         return self.keys / self.customers if self.customers else 0.0
 
 
 def resolve(con: duckdb.DuckDBPyConnection, *, ingest_id: int, now: datetime) -> IdentityUpdate:
     """Recompute the components of ``identity_links`` and update ``identity_map`` stably.
 
+    Keys that occur together on one record (an order with an account and an e-mail, a loyalty
+    sign-up with a card and an e-mail) are linked; each connected component of that graph is one
+    customer.
+
+    Stability: a key that already had a customer keeps it. When new links join components that had
+    different customer ids, the smallest (oldest) id survives and every other id is recorded in
+    ``identity_merges`` as merged into it; nothing else is renumbered. New components get new ids
+    after the largest id ever issued.
+
     Keys are numbered in SQL, only integer edge arrays cross into Python for scipy's
-    ``connected_components``, and the id bookkeeping happens in SQL again. Runs inside the caller's
-    transaction, so a failed ingest leaves the map as it was.
+    ``connected_components`` (union-find), and the id bookkeeping happens in SQL again. Runs inside
+    the caller's transaction, so a failed ingest leaves the map as it was.
+
+    Parameters
+    ----------
+    con
+        The store's DuckDB connection, inside a transaction.
+    ingest_id
+        The ingest that caused the pass, recorded with each merge.
+    now
+        When the pass ran, recorded with each merge (stored naive).
+
+    Returns
+    -------
+    IdentityUpdate
+        Keys and customers in the map after the pass, new customers and merges recorded.
     """
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _id_keys AS SELECT key_hash, CAST(row_number() OVER () - 1 AS BIGINT) AS code "
@@ -210,7 +328,18 @@ def resolve(con: duckdb.DuckDBPyConnection, *, ingest_id: int, now: datetime) ->
 
 
 def identity_summary(con: duckdb.DuckDBPyConnection) -> IdentitySummary:
-    """How many raw keys resolved into how many customers, and how many merges happened so far."""
+    """How many raw keys resolved into how many customers, and how many merges happened so far.
+
+    Parameters
+    ----------
+    con
+        The store's DuckDB connection.
+
+    Returns
+    -------
+    IdentitySummary
+        Keys, customers, keys by type and merges.
+    """
     keys, customers = con.execute("SELECT count(*), count(DISTINCT customer_id) FROM identity_map").fetchall()[0]
     by_type = dict(con.execute("SELECT key_type, count(*) FROM identity_map GROUP BY 1 ORDER BY 1").fetchall())
     merges = con.execute("SELECT count(*) FROM identity_merges").fetchall()[0][0]
@@ -219,7 +348,24 @@ def identity_summary(con: duckdb.DuckDBPyConnection) -> IdentitySummary:
 
 def customer_for_key(con: duckdb.DuckDBPyConnection, key_type: KeyType, value: object,
                      settings: Settings) -> int | None:
-    """The customer_id of one raw key (hashed here), or None when the key is unknown."""
+    """The customer_id of one raw key (hashed here), or None when the key is unknown.
+
+    Parameters
+    ----------
+    con
+        The store's DuckDB connection.
+    key_type
+        The key's type.
+    value
+        The raw value (never logged or stored in clear).
+    settings
+        Settings with the salt and ``default_phone_country_code``.
+
+    Returns
+    -------
+    int or None
+        The customer id; ``None`` for an unknown or blank key.
+    """
     hashed = hash_key(key_type, value, settings)
     if hashed is None:
         return None

@@ -1,24 +1,11 @@
 """Ingestion: raw channel files into the unified store, with a quarantine for bad rows.
 
-The rules, in the order they are applied:
-
-1. *File level* (the whole ingest fails, nothing is written): a file that cannot be read, misses a
-   required column, or whose column holds no value of the expected type at all. The error names the
-   file, the column and what was expected.
-2. *Row level* (never a crash, never a silent drop): each bad row goes to the ``quarantine`` table
-   with the file, its row number (1 = first data row), the column at fault and the reason; customer
-   keys in the stored record are hashed like everywhere else. A number that is not finite or does
-   not fit its type, a timestamp outside the plausible range, a CSV row with the wrong number of
-   fields or bytes invalid in the file's encoding is a row-level problem too. A file in which one
-   column and reason would quarantine more than ``max_quarantine_share`` of the rows is refused as
-   a whole (a wrong mapping or format, more likely than bad data) unless the caller accepts it.
-3. *Idempotence*: a file whose bytes were ingested before is skipped; a line whose id is already in
-   the store with identical content is counted as already present; with different content it is
-   quarantined as a duplicate line id.
-
-All files of one call are written in a single DuckDB transaction together with the identity update,
-so a failure leaves the store exactly as it was. Heavy work is SQL inside DuckDB; Python only
-orchestrates.
+Every row is decided: accepted, quarantined with a reason, or counted as already present. A file
+that cannot be read at all fails the ingest with an error that names file, column and what was
+expected; a bad row never crashes it and is never dropped silently; a file ingested before is
+skipped. All files of one call are written in a single DuckDB transaction together with the
+identity update, so a failure leaves the store as it was. The rules are listed in :func:`ingest`.
+Heavy work is SQL inside DuckDB; Python only orchestrates.
 """
 
 from __future__ import annotations
@@ -64,6 +51,8 @@ Q = QuarantineReason
 
 @dataclass(frozen=True)
 class FileResult:
+    """What ingestion decided for one file: ``rows`` = accepted + quarantined + already present."""
+
     label: str
     source: str
     rows: int
@@ -76,6 +65,8 @@ class FileResult:
 
 @dataclass(frozen=True)
 class IngestResult:
+    """What one :func:`ingest` call stored: per-file results, quarantine counts, identity update."""
+
     ingest_id: int
     files: tuple[FileResult, ...]
     #: (file label, reason, count) for every quarantined row of this ingest.
@@ -87,14 +78,35 @@ class IngestResult:
 
     @property
     def accepted(self) -> int:
+        """Rows accepted over every file of the ingest.
+
+        Returns
+        -------
+        int
+            The sum of :attr:`FileResult.accepted`.
+        """
         return sum(f.accepted for f in self.files)
 
     @property
     def quarantined(self) -> int:
+        """Rows quarantined over every file of the ingest.
+
+        Returns
+        -------
+        int
+            The sum of :attr:`FileResult.quarantined`.
+        """
         return sum(f.quarantined for f in self.files)
 
     @property
     def already_present(self) -> int:
+        """Rows already in the store with identical content, over every file of the ingest.
+
+        Returns
+        -------
+        int
+            The sum of :attr:`FileResult.already_present`.
+        """
         return sum(f.already_present for f in self.files)
 
 
@@ -1155,10 +1167,57 @@ def ingest(
 ) -> IngestResult:
     """Validate and store ``inputs`` in one transaction, then resolve identities.
 
-    ``now`` decides which timestamps are "in the future"; it is an argument so that nothing here
-    depends on a hidden clock. ``accept_quarantine`` stores a file even when more than
-    ``max_quarantine_share`` of its rows are quarantined; ``append_distant_history`` stores sales
-    that are ``distant_history_days`` or more away from the stored history.
+    The rules, in the order they are applied:
+
+    1. *File level* (the whole ingest fails, nothing is written): a file that cannot be read,
+       misses a required column, or whose column holds no value of the expected type at all. The
+       error names the file, the column and what was expected.
+    2. *Row level* (never a crash, never a silent drop): each bad row goes to the ``quarantine``
+       table with the file, its row number (1 = first data row), the column at fault and the
+       reason; customer keys in the stored record are hashed like everywhere else. A number that is
+       not finite or does not fit its type, a timestamp outside the plausible range, a CSV row with
+       the wrong number of fields or bytes invalid in the file's encoding is a row-level problem
+       too. A file in which one column and reason would quarantine more than
+       ``max_quarantine_share`` of the rows is refused as a whole (a wrong mapping or format, more
+       likely than bad data) unless the caller accepts it.
+    3. *Idempotence*: a file whose bytes were ingested before is skipped; a line whose id is
+       already in the store with identical content is counted as already present; with different
+       content it is quarantined as a duplicate line id.
+
+    Parameters
+    ----------
+    con
+        The store's DuckDB connection (tables of :mod:`features.store`).
+    inputs
+        The files to ingest, each with its source (:class:`features.discovery.RawInput`); stored in
+        the order of :data:`features.schema.SOURCES`, then by label.
+    settings
+        Settings: salt, time zone, currency, formats, ``max_quarantine_share``,
+        ``distant_history_days``, ``quarantine_dir``.
+    now
+        Decides which timestamps are "in the future"; an argument so that nothing here depends on
+        a hidden clock.
+    ignored_paths
+        (path, reason) of files discovery passed over, carried into the result.
+    progress
+        Called with each file's label (and ``"identity resolution"``) as the work reaches it.
+    accept_quarantine
+        Store a file even when more than ``max_quarantine_share`` of its rows are quarantined.
+    append_distant_history
+        Store sales that are ``distant_history_days`` or more away from the stored history.
+
+    Returns
+    -------
+    IngestResult
+        Per-file counts, quarantine counts by (file, reason), the identity update, and the CSV of
+        this ingest's quarantined rows (``None`` when there are none).
+
+    Raises
+    ------
+    IngestError
+        Nothing to ingest, a file-level problem (the message names the file and column), or sales
+        ``distant_history_days`` or more from the stored history without
+        ``append_distant_history``; the store is left as it was.
     """
     if not inputs:
         raise IngestError("nothing to ingest")

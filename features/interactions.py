@@ -1,32 +1,12 @@
 """Customer × item interactions: the recommender's input, built from the unified history.
 
-One row per (customer, item) pair an identified customer bought or browsed before ``as_of``:
-
-- ``purchases``: the number of distinct orders with a positive net quantity of the item, net of the
-  returns booked before ``as_of`` (:func:`features.history.unified_lines`). A fully returned line is
-  no purchase; a partly returned one still is.
-- ``last_purchase``: the time of the latest such order (NaT for a pair that was only browsed).
-- ``views``: browse events (``view`` and ``add_to_cart``) before ``as_of`` whose ``record_key``
-  resolves to the customer through ``identity_map``.
-- ``weight``: the implicit-feedback strength,
-
-  ``weight = Σ_purchases 0.5^(age / half_life) + browse_weight × Σ_views 0.5^(age / half_life)``
-
-  with ``age`` the days from the order (or event) to ``as_of``: a purchase one half-life old counts
-  half as much as one made just before the cutoff. ``half_life_days=None`` switches decay off (every
-  purchase counts 1, every view ``browse_weight``).
-
-Postage, fees and adjustments (``is_product`` false) are not interactions; items missing from the
-catalogue count as products, as in the unified history. Items that are inactive in the catalogue
-are kept: a purchase of a discontinued item still says something about the customer's taste. The
-rule that inactive items and non-products are never *recommended* is applied at recommendation time
-with :func:`recommendable_items`.
-
-:func:`to_matrix` turns the table into a sparse users × items matrix (the orientation ``implicit``
-0.7 fits on) with its id maps, and :func:`confidence` applies BM25 or TF-IDF weighting to it. That
-weighting is the one of ``implicit.nearest_neighbours.bm25_weight`` / ``tfidf_weight``, written out
-here because ``features`` is the base layer and does not import ``implicit`` (the tests check the
-two agree).
+One row per (customer, item) pair an identified customer bought or browsed before ``as_of``, with
+a time-decayed implicit-feedback ``weight`` (:func:`interactions`). Non-products are not
+interactions; discontinued items are kept (a purchase still says something about taste), and the
+rule that only active products are *recommended* is applied later with :func:`recommendable_items`.
+:func:`to_matrix` turns the table into a sparse users × items matrix with its id maps, and
+:func:`confidence` applies BM25 or TF-IDF weighting, written out here because ``features`` is the
+base layer and does not import ``implicit`` (the tests check the two agree).
 """
 
 from __future__ import annotations
@@ -142,10 +122,35 @@ def interaction_table(
 ) -> ir.Table:
     """The Ibis expression behind :func:`interactions` (unexecuted, unordered).
 
-    ``since`` (optional) keeps only orders and events at or after it, e.g. to train on the last two
-    years. Everything at or after ``as_of`` is invisible, including returns booked after the cutoff.
-    ``extra_weights`` (column name -> half-life in days, None: no decay): more ``weight`` columns
-    with other half-lives, from the same scan.
+    Everything at or after ``as_of`` is invisible, including returns booked after the cutoff.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history, the identity map, the catalogue and the events.
+    as_of
+        The cutoff: only orders, returns and events strictly before it count.
+    half_life_days
+        Half-life of the decay in days (> 0), or ``None`` for no decay.
+    browse_weight
+        Weight of one view relative to one purchase (finite, >= 0).
+    since
+        Keep only orders and events at or after it (before ``as_of``), e.g. to train on the last
+        two years; ``None``: the whole history.
+    extra_weights
+        Column name -> half-life in days (``None``: no decay): more ``weight`` columns with other
+        half-lives, from the same scan.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        The columns of :func:`interactions`, unordered.
+
+    Raises
+    ------
+    ValueError
+        A half-life that is not positive, a negative browse weight, ``since`` not before ``as_of``,
+        or an ``extra_weights`` name that is not a new identifier.
     """
     _check_arguments(as_of, half_life_days, browse_weight, since)
     extra = dict(extra_weights or {})
@@ -188,12 +193,40 @@ def interactions(
     since: datetime | None = None,
     extra_weights: Mapping[str, float | None] | None = None,
 ) -> pd.DataFrame:
-    """Customer × item interactions before ``as_of`` (see the module docstring for the definitions).
+    """Customer × item interactions before ``as_of``.
 
-    Columns :data:`INTERACTION_COLUMNS`: ``customer_id`` (int64), ``item_id`` (str), ``purchases``
-    (int64), ``last_purchase`` (datetime64, NaT when only browsed), ``views`` (int64), ``weight``
-    (float64), then one float64 column per ``extra_weights`` entry (name -> half-life: the weight
-    with that half-life). Sorted by customer then item, with a fresh RangeIndex.
+    - ``purchases``: the number of distinct orders with a positive net quantity of the item, net of
+      the returns booked before ``as_of`` (:func:`features.history.unified_lines`). A fully returned
+      line is no purchase; a partly returned one still is.
+    - ``last_purchase``: the time of the latest such order (NaT for a pair that was only browsed).
+    - ``views``: browse events (``view`` and ``add_to_cart``) before ``as_of`` whose ``record_key``
+      resolves to the customer through ``identity_map``.
+    - ``weight``: the implicit-feedback strength,
+      ``Σ_purchases 0.5^(age / half_life) + browse_weight × Σ_views 0.5^(age / half_life)``, with
+      ``age`` the days from the order (or event) to ``as_of``: a purchase one half-life old counts
+      half as much as one made just before the cutoff. ``half_life_days=None`` switches decay off
+      (every purchase counts 1, every view ``browse_weight``).
+
+    Postage, fees and adjustments (``is_product`` false) are not interactions; items missing from
+    the catalogue count as products, as in the unified history; inactive items are kept.
+
+    Parameters
+    ----------
+    backend, as_of, half_life_days, browse_weight, since, extra_weights
+        As in :func:`interaction_table`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`INTERACTION_COLUMNS`: ``customer_id`` (int64), ``item_id`` (str),
+        ``purchases`` (int64), ``last_purchase`` (datetime64, NaT when only browsed), ``views``
+        (int64), ``weight`` (float64), then one float64 column per ``extra_weights`` entry. Sorted
+        by customer then item, with a fresh RangeIndex.
+
+    Raises
+    ------
+    ValueError
+        As :func:`interaction_table`.
     """
     table = interaction_table(
         backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since,
@@ -221,6 +254,16 @@ def recommendable_items(backend: ibis.BaseBackend) -> pd.Index:
     Postage, fees and discontinued items are never recommended, even though their purchases stay in
     :func:`interactions`. Items missing from the catalogue are not recommendable either: nothing is
     known about them (price, availability) to show them to a customer.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the catalogue (``items`` table).
+
+    Returns
+    -------
+    pandas.Index
+        Sorted item ids (object dtype), named ``item_id``.
     """
     items = backend.table(ITEMS_TABLE)
     chosen = items.filter(items.active.fill_null(False) & items[Col.IS_PRODUCT].fill_null(False))
@@ -229,12 +272,30 @@ def recommendable_items(backend: ibis.BaseBackend) -> pd.Index:
 
 
 def to_matrix(frame: pd.DataFrame, *, value: str = WEIGHT) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
-    """A users × items CSR matrix of ``frame[value]`` with its id maps.
+    """A users × items CSR matrix of ``frame[value]`` with its id maps (the orientation ``implicit``
+    0.7 fits on).
 
-    Returns ``(matrix, customer_ids, item_ids)``: row ``u`` is customer ``customer_ids[u]``, column
-    ``i`` is item ``item_ids[i]``; both id arrays are sorted, so the same interactions always give
-    the same matrix. Duplicate (customer, item) rows are summed. External ids become indices only
-    here, at the edge between the feature table and the model.
+    Both id arrays are sorted, so the same interactions always give the same matrix. Duplicate
+    (customer, item) rows are summed. External ids become indices only here, at the edge between
+    the feature table and the model.
+
+    Parameters
+    ----------
+    frame
+        Interactions with at least ``customer_id``, ``item_id`` and ``value``.
+    value
+        The column that fills the matrix (default ``weight``).
+
+    Returns
+    -------
+    tuple[scipy.sparse.csr_matrix, numpy.ndarray, numpy.ndarray]
+        ``(matrix, customer_ids, item_ids)``: float64 CSR of shape (customers, items); row ``u`` is
+        customer ``customer_ids[u]`` (int64), column ``i`` is item ``item_ids[i]`` (object, str).
+
+    Raises
+    ------
+    ValueError
+        ``frame`` lacks one of the three columns.
     """
     missing = [c for c in (Col.CUSTOMER_ID, Col.ITEM_ID, value) if c not in frame.columns]
     if missing:
@@ -277,6 +338,27 @@ def confidence(
     ``documents="users"`` swaps the roles: the weighting of ``bm25_weight(matrix)`` (``tfidf_weight``),
     the usual input of implicit's ALS, with the IDF per item (items everybody buys say little about
     a customer) and the length normalisation per customer.
+
+    Parameters
+    ----------
+    matrix
+        Users × items interaction strengths (any sparse format; read as float64).
+    scheme
+        ``"bm25"``, ``"tfidf"`` or ``"none"``.
+    K1, B
+        BM25's saturation and length-normalisation parameters (ignored by the other schemes).
+    documents
+        ``"items"`` (item-KNN input) or ``"users"`` (ALS input): which axis holds the documents.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        Users × items, float64, with the same non-zero positions as ``matrix``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``scheme`` or ``documents``.
     """
     if documents not in ("items", "users"):
         raise ValueError(f"documents must be 'items' or 'users', got {documents!r}")

@@ -1,15 +1,11 @@
 """Loaders that convert the two real data sets the project ships with into the data contract.
 
-* :func:`load_online_retail_ii` — the UCI Online Retail II file (a UK online retailer, 2009-2011):
-  sale lines become ``orders``, cancellation lines become ``returns`` matched to the sale they reverse,
-  and the item codes become a ``catalogue``.
-* :func:`load_cdnow` — the CDNOW purchase records shipped inside ``lifetimes`` (Fader, Hardie & Lee
-  2005) become generic ``transactions``; :func:`cdnow_paper_setup` holds the paper's periods and
-  published BG/NBD estimates, the golden values the CLV model is checked against.
-
-A loader only converts. It never drops or repairs a bad row (zero price, negative quantity, a return
-without a sale): ingestion validates every row and quarantines what fails, so nothing disappears
-silently. What a conversion did is reported, with counts, in :attr:`ContractTables.notes`.
+:func:`load_online_retail_ii` converts the UCI Online Retail II file (a UK online retailer,
+2009-2011) into ``orders``, ``returns`` and a ``catalogue``; :func:`load_cdnow` converts the CDNOW
+records shipped inside ``lifetimes`` into ``transactions``, and :func:`cdnow_paper_setup` holds the
+paper's periods and published BG/NBD estimates the CLV model is checked against. A loader only
+converts: it never drops or repairs a bad row, ingestion validates and quarantines it, so nothing
+disappears silently. What a conversion did is reported, with counts, in :attr:`ContractTables.notes`.
 """
 
 from __future__ import annotations
@@ -87,7 +83,18 @@ class ContractTables:
 
     def unconvertible_currencies(self, settings: Settings) -> list[str]:
         """Currencies in these tables that ``settings`` can neither keep nor convert; ingesting
-        them would quarantine every row, so callers stop first and say which setting to change."""
+        them would quarantine every row, so callers stop first and say which setting to change.
+
+        Parameters
+        ----------
+        settings
+            The settings ingestion will use (``currency``, ``currency_rates``).
+
+        Returns
+        -------
+        list[str]
+            Upper-case currency codes, sorted; empty when every currency can be ingested.
+        """
         found: set[str] = set()
         for table in self.tables.values():
             if "currency" in table.column_names:
@@ -95,7 +102,18 @@ class ContractTables:
         return sorted(found - {settings.currency} - set(settings.currency_rates))
 
     def write_parquet(self, directory: Path) -> list[Path]:
-        """Write one ``<source>.parquet`` per table into ``directory`` (the layout ingestion reads)."""
+        """Write one ``<source>.parquet`` per table into ``directory`` (the layout ingestion reads).
+
+        Parameters
+        ----------
+        directory
+            Folder to write into; created when missing, existing files of the same name replaced.
+
+        Returns
+        -------
+        list[pathlib.Path]
+            The files written, one per table.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for source, table in self.tables.items():
@@ -162,6 +180,25 @@ def load_online_retail_ii(path: Path, settings: Settings) -> ContractTables:
 
     The ``catalogue`` has one row per (trimmed, upper-cased) StockCode; see :func:`category_from_name`
     and :func:`is_online_retail_product` for the heuristic columns.
+
+    Parameters
+    ----------
+    path
+        The Online Retail II file, as CSV with its original column names.
+    settings
+        Settings for the conversion (``non_product_items``, currency, DuckDB configuration).
+
+    Returns
+    -------
+    ContractTables
+        ``catalogue``, ``orders`` and ``returns``, with notes and counts of the conversion.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not a file.
+    DatasetFileError
+        The file lacks the Online Retail II columns or cannot be read.
     """
     started = time.perf_counter()
     path = Path(path)
@@ -274,6 +311,18 @@ def latest_earlier_sale(returns: str, sales: str, *, customer: str) -> str:
     file position, so that a return never reverses a later sale) and the ``customer`` column. The
     Online Retail II loader and the ingest of generic transactions with negative quantities both
     match returns to sales with it.
+
+    Parameters
+    ----------
+    returns, sales
+        Names of the two relations (tables or CTEs) in the surrounding SQL.
+    customer
+        Name of the customer column both relations share.
+
+    Returns
+    -------
+    str
+        A DuckDB ``ASOF LEFT JOIN`` clause, to follow ``FROM``.
     """
     return (
         f"{returns} AS c ASOF LEFT JOIN {sales} AS s "
@@ -385,6 +434,16 @@ def category_from_name(name: str | None) -> str | None:
     "EDWARDIAN PARASOL BLACK" is a PARASOL). It is a heuristic, good enough for breadth features and
     recommendation filters, not a merchandising taxonomy. Plurals are merged by
     :func:`merge_plural_categories`.
+
+    Parameters
+    ----------
+    name
+        The item's name (any case), or ``None``.
+
+    Returns
+    -------
+    str or None
+        An upper-case word; ``None`` for a missing name or one without a word of two letters.
     """
     if not name:
         return None
@@ -396,7 +455,18 @@ def category_from_name(name: str | None) -> str | None:
 
 
 def merge_plural_categories(categories: list[str | None]) -> list[str | None]:
-    """Map a plural category to its singular when the singular is also a category (LIGHTS -> LIGHT)."""
+    """Map a plural category to its singular when the singular is also a category (LIGHTS -> LIGHT).
+
+    Parameters
+    ----------
+    categories
+        Categories of :func:`category_from_name`, one per item (``None`` allowed).
+
+    Returns
+    -------
+    list[str or None]
+        The same length and order, plurals replaced by a singular found among ``categories``.
+    """
     known = {c for c in categories if c}
 
     def singular(word: str) -> str:
@@ -416,6 +486,18 @@ def is_online_retail_product(item_id: str, non_product_items: list[str]) -> bool
     Product codes start with a digit (85123A, 22423). Not products: the configured
     ``non_product_items`` (case-insensitive), :data:`ONLINE_RETAIL_NON_PRODUCT_CODES`, and codes
     without a leading digit unless :data:`ONLINE_RETAIL_PRODUCT_PATTERNS` lists them.
+
+    Parameters
+    ----------
+    item_id
+        A StockCode (surrounding spaces and case ignored).
+    non_product_items
+        Codes configured as non-products (setting ``non_product_items``).
+
+    Returns
+    -------
+    bool
+        ``True`` for a product.
     """
     code = item_id.strip().upper()
     if code in {c.strip().upper() for c in non_product_items} or code in ONLINE_RETAIL_NON_PRODUCT_CODES:
@@ -495,12 +577,20 @@ CDNOW_ITEM_ID = "CD"
 
 @dataclass(frozen=True)
 class BgNbdParameters:
+    """BG/NBD parameters (Fader, Hardie & Lee 2005): purchase-rate Gamma(r, alpha), drop-out Beta(a, b)."""
     r: float
     alpha: float
     a: float
     b: float
 
     def as_dict(self) -> dict[str, float]:
+        """The four parameters by name, as ``lifetimes`` prints them.
+
+        Returns
+        -------
+        dict[str, float]
+            ``{"r": ..., "alpha": ..., "a": ..., "b": ...}``.
+        """
         return {"r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b}
 
 
@@ -540,7 +630,13 @@ CDNOW_CITATION = (
 
 
 def cdnow_paper_setup() -> CdnowPaperSetup:
-    """Calibration/holdout boundaries and the published BG/NBD estimates for the CDNOW sample."""
+    """Calibration/holdout boundaries and the published BG/NBD estimates for the CDNOW sample.
+
+    Returns
+    -------
+    CdnowPaperSetup
+        The periods of Fader, Hardie & Lee (2005) and their section 5 estimates.
+    """
     return CdnowPaperSetup(
         calibration_start=date(1997, 1, 1),
         calibration_end=date(1997, 9, 30),
@@ -556,7 +652,25 @@ def cdnow_paper_setup() -> CdnowPaperSetup:
 
 
 def cdnow_file(sample: bool = True) -> Path:
-    """Path of the CDNOW file shipped inside ``lifetimes`` (located without importing the package)."""
+    """Path of the CDNOW file shipped inside ``lifetimes`` (located without importing the package).
+
+    Parameters
+    ----------
+    sample
+        ``True``: the 1/10 sample (``CDNOW_sample.txt``); ``False``: the master file.
+
+    Returns
+    -------
+    pathlib.Path
+        The file inside the installed package's ``datasets`` folder.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        ``lifetimes`` is not installed.
+    FileNotFoundError
+        The installed package lacks the file.
+    """
     spec = importlib.util.find_spec("lifetimes")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("the CDNOW files ship with the lifetimes package, which is not installed")
@@ -579,6 +693,21 @@ def load_cdnow(sample: bool = True) -> ContractTables:
     form one order (``<customer>-<YYYYMMDD>``, lines numbered in file order), matching the paper's
     one-purchase-per-day count. Amounts are US dollars (ingest with ``currency = "USD"``). Records
     with 0 CDs or $0 pass through for ingestion to quarantine.
+
+    Parameters
+    ----------
+    sample
+        ``True``: the 1/10 sample; ``False``: the master file.
+
+    Returns
+    -------
+    ContractTables
+        One ``transactions`` table, with notes and counts (records, customers, orders, zero rows).
+
+    Raises
+    ------
+    DatasetFileError
+        A record with the wrong number of fields (the message names the file and line).
     """
     path = cdnow_file(sample)
     customers: list[str] = []

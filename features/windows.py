@@ -1,34 +1,11 @@
 """Windows chosen from the data: the ``auto`` value of every window setting, resolved per step.
 
-A horizon that suits a two-year wholesaler does not suit a four-month grocer. Each window setting
-(``churn_horizon_days``, ``churn_lookback_days``, ``churn_cutoff_spacing``, ``recommend_test_days``,
-``recommend_valid_days``, ``recommend_half_life_days``, ``clv_holdout_days``) is ``auto`` by default;
-:func:`history_stats` measures the history once, and one pure function per step turns the measures
-and the settings into windows (an explicit value always wins):
-
-With S the span of the history in days (first to last sale), g the customers' median days between
-purchases (per repeat customer: days from the first to the last purchase day / (purchase days - 1);
-the median over repeat customers) and ``week(x)`` = x rounded down to whole weeks:
-
-- churn (:func:`churn_windows`):
-  - horizon H = clamp(week(3 g), 14, 90), and at most max(14, week(S / 5)): a customer who usually
-    buys every g days and has not bought for three rhythms has left; a fifth of the span leaves room
-    for the lookback, the test, the validation and several training cutoffs;
-  - lookback L = 365 days when S - 4 H >= 365 (a whole year: every season in the population), else
-    min(4 H, S - 4 H) and at least H: four horizons of behaviour, leaving one horizon beyond the
-    three label windows for more training cutoffs;
-  - cutoff spacing: monthly (first of the month) when monthly cutoffs give at least
-    :data:`MIN_TRAINING_CUTOFFS` training cutoffs (after the test and the validation cutoff, with
-    one horizon of embargo between them), else weekly;
-- recommender (:func:`recommend_windows`): test T = validation V = clamp(floor(S / 6), 7, 90) days;
-  half-life of the interactions = clamp(floor(S / 2), 7, 365) days;
-- CLV (:func:`clv_windows`): holdout h = clamp(floor(S / 3), 7, 183) days (two thirds of the history
-  to calibrate the purchase model, a third to judge it).
-
-Below a real minimum a step cannot learn anything honest and is skipped, never failed
-(:class:`HistoryTooShort`): every step needs :data:`MIN_SPAN_DAYS` (60) days of history and
-:data:`MIN_REPEAT_CUSTOMERS` (100) repeat customers (purchases on two days or more); a
-window set by hand that does not fit the history skips its step as well, naming the setting.
+A horizon that suits a two-year wholesaler does not suit a four-month grocer. Every window setting
+is ``auto`` by default: :func:`history_stats` measures the history once, and one pure function per
+step (:func:`churn_windows`, :func:`recommend_windows`, :func:`clv_windows`) turns the measures and
+the settings into windows, each with the reason it was chosen; an explicit value always wins. Below
+a real minimum a step is skipped with :class:`HistoryTooShort`, never failed. The formulas are in
+each function's docstring and in the README ("Windows chosen from the data").
 """
 
 from __future__ import annotations
@@ -52,7 +29,7 @@ Auto = Literal["auto"]
 #: A cutoff spacing: monthly (the first of each month) or a whole number of days.
 Spacing = int | Literal["monthly"]
 
-#: Below these a step is skipped (see the module docstring).
+#: Below these a step is skipped (:func:`require_history`).
 MIN_SPAN_DAYS = 60
 MIN_REPEAT_CUSTOMERS = 100
 #: Auto cutoff spacing: monthly only when it gives at least this many training cutoffs.
@@ -71,7 +48,12 @@ WEEKLY = 7
 
 class HistoryTooShort(RapportError, ValueError):
     """A step cannot be trained on this history: its message names the minimum, what the data have
-    and the setting to change. The pipeline records the step as skipped, not failed."""
+    and the setting to change. The pipeline records the step as skipped, not failed.
+
+    Raised below :data:`MIN_SPAN_DAYS` days of history or :data:`MIN_REPEAT_CUSTOMERS` repeat
+    customers (purchases on two days or more), and when a window set by hand does not fit the
+    history (the message then names the setting).
+    """
 
     def __init__(self, step: str, message: str) -> None:
         super().__init__(message)
@@ -91,10 +73,23 @@ class HistoryStats:
 
     @property
     def span_days(self) -> float:
-        """Days from the first to the last sale."""
+        """Days from the first to the last sale.
+
+        Returns
+        -------
+        float
+            The span S of the history in days (fractional: timestamps, not calendar days).
+        """
         return (self.last_sale - self.first_sale).total_seconds() / 86_400
 
     def describe(self) -> str:
+        """One line that says what the windows were chosen from, for ``rapport train``.
+
+        Returns
+        -------
+        str
+            Span with its dates, customers, repeat customers and the median days between purchases.
+        """
         gap = self.median_days_between_purchases
         rhythm = f"median {gap:.0f} days between purchases" if math.isfinite(gap) else "no repeat purchase"
         return (f"history {self.first_sale:%Y-%m-%d} .. {self.last_sale:%Y-%m-%d} ({self.span_days:.0f} days), "
@@ -103,7 +98,29 @@ class HistoryStats:
 
 def history_stats(backend: ibis.BaseBackend, *, before: datetime | None = None) -> HistoryStats:
     """Span, customers, repeat customers and the median days between purchases of the history
-    (before ``before`` when given, e.g. a backtest's cutoff). ``ValueError`` for an empty store."""
+    (before ``before`` when given, e.g. a backtest's cutoff).
+
+    The median days between purchases g is, per repeat customer (purchases on two days or more),
+    days from the first to the last purchase day / (purchase days - 1); then the median over
+    repeat customers (NaN without any).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history (the ``lines`` table).
+    before
+        Only sales strictly before this instant count (naive UTC or aware); ``None``: all sales.
+
+    Returns
+    -------
+    HistoryStats
+        The measures every step's windows are chosen from.
+
+    Raises
+    ------
+    NoDataError
+        The store holds no sale (before ``before``).
+    """
     lines = backend.table(LINES_TABLE)
     if before is not None:
         lines = lines.filter(lines[Col.TS] < cutoff_literal(utc_naive(before)))
@@ -137,7 +154,27 @@ def _clamp(value: float, low: int, high: int) -> int:
 
 
 def require_history(step: str, stats: HistoryStats) -> None:
-    """:class:`HistoryTooShort` when the history is below the minimum every step needs."""
+    """:class:`HistoryTooShort` when the history is below the minimum every step needs.
+
+    Below :data:`MIN_SPAN_DAYS` days or :data:`MIN_REPEAT_CUSTOMERS` repeat customers a step cannot
+    learn anything honest, and no window setting can make up for it.
+
+    Parameters
+    ----------
+    step
+        The step's name (``churn``, ``recommend``, ``clv``), used in the message.
+    stats
+        The history's measures (:func:`history_stats`).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    HistoryTooShort
+        The history is too short or has too few repeat customers; the message names both.
+    """
     if stats.span_days < MIN_SPAN_DAYS:
         raise HistoryTooShort(step, (
             f"{step} skipped: it needs at least {MIN_SPAN_DAYS} days of history; the data have "
@@ -159,6 +196,13 @@ class Chosen:
 
     @property
     def auto(self) -> bool:
+        """Whether the value was chosen from the data rather than set.
+
+        Returns
+        -------
+        bool
+            ``True`` when ``why`` starts with ``auto``.
+        """
         return self.why.startswith(AUTO)
 
 
@@ -179,7 +223,14 @@ class Windows:
 
     def to_params(self) -> dict[str, object]:
         """MLflow parameters: ``window.<setting>`` (the value; ``none`` for no decay) and
-        ``window.<setting>.why``, plus the history's measures."""
+        ``window.<setting>.why``, plus the history's measures.
+
+        Returns
+        -------
+        dict[str, object]
+            Parameter name to value, including ``window.history_days``, ``window.repeat_customers``
+            and ``window.median_days_between_purchases``.
+        """
         params: dict[str, object] = {}
         for name, c in self.chosen.items():
             params[f"window.{name}"] = "none" if c.value is None else c.value
@@ -191,7 +242,13 @@ class Windows:
         return params
 
     def lines(self) -> list[str]:
-        """One line per window for ``rapport train``: ``horizon_days = 21 (auto: ...)``."""
+        """One line per window for ``rapport train``: ``horizon_days = 21 (auto: ...)``.
+
+        Returns
+        -------
+        list[str]
+            ``<setting> = <value> (<why>)``, in the order of ``chosen``.
+        """
         return [f"{name} = {'none' if c.value is None else c.value} ({c.why})" for name, c in self.chosen.items()]
 
 
@@ -200,10 +257,42 @@ class Windows:
 
 def churn_windows(stats: HistoryStats, *, horizon_days: int | Auto, lookback_days: int | Auto,
                   cutoff_spacing: Spacing | Auto, max_cutoffs: int) -> Windows:
-    """Horizon, lookback and cutoff spacing of the churn step (formulas in the module docstring).
+    """Horizon, lookback and cutoff spacing of the churn step.
 
-    :class:`HistoryTooShort` below the minimum history, or when the windows (chosen or set) leave
-    no test, validation and training cutoff: the message names the settings to change.
+    With S the span of the history in days, g the median days between purchases and ``week(x)``
+    = x rounded down to whole weeks:
+
+    - horizon H = clamp(week(3 g), 14, 90), and at most max(14, week(S / 5)): a customer who usually
+      buys every g days and has not bought for three rhythms has left; a fifth of the span leaves
+      room for the lookback, the test, the validation and several training cutoffs;
+    - lookback L = 365 days when S - 4 H >= 365 (a whole year: every season in the population), else
+      min(4 H, S - 4 H) and at least H: four horizons of behaviour, leaving one horizon beyond the
+      three label windows for more training cutoffs;
+    - cutoff spacing: monthly (first of the month) when monthly cutoffs give at least
+      :data:`MIN_TRAINING_CUTOFFS` training cutoffs (after the test and the validation cutoff, with
+      one horizon of embargo between them), else weekly.
+
+    Parameters
+    ----------
+    stats
+        The history's measures (:func:`history_stats`).
+    horizon_days, lookback_days
+        Days, or ``"auto"`` to choose them as above.
+    cutoff_spacing
+        ``"monthly"``, a whole number of days >= 1, or ``"auto"``.
+    max_cutoffs
+        Most cutoffs the data set may use (test and validation included).
+
+    Returns
+    -------
+    Windows
+        Step ``churn`` with ``horizon_days``, ``lookback_days`` and ``cutoff_spacing``.
+
+    Raises
+    ------
+    HistoryTooShort
+        Below the minimum history, or when the windows (chosen or set) leave no test, validation
+        and training cutoff: the message names the settings to change.
     """
     require_history("churn", stats)
     span, gap = stats.span_days, stats.median_days_between_purchases
@@ -262,7 +351,20 @@ def churn_windows(stats: HistoryStats, *, horizon_days: int | Auto, lookback_day
 
 
 def churn_cutoffs(windows: Windows, max_cutoffs: int) -> list[datetime]:
-    """The cutoffs the churn data set is built on for ``windows`` (:func:`select_cutoffs` of the grid)."""
+    """The cutoffs the churn data set is built on for ``windows`` (:func:`select_cutoffs` of the grid).
+
+    Parameters
+    ----------
+    windows
+        The churn step's windows (:func:`churn_windows`).
+    max_cutoffs
+        Most cutoffs to return (test and validation included).
+
+    Returns
+    -------
+    list[datetime]
+        Naive UTC midnights, ascending: training cutoffs, then validation, then test.
+    """
     horizon = int(windows["horizon_days"])  # type: ignore[arg-type]
     grid = cutoff_grid(windows.stats.first_sale, windows.stats.last_sale, horizon_days=horizon,
                        lookback_days=int(windows["lookback_days"]),  # type: ignore[arg-type]
@@ -280,8 +382,29 @@ def cutoff_grid(first_sale: datetime, last_sale: datetime, *, horizon_days: int,
 
     The first is at or after the day of ``first_sale`` + ``lookback_days`` (the population's whole
     lookback window inside the data); the last has its label window ``[c, c + H)`` end by the midnight
-    after the day of ``last_sale``. ``spacing`` ``"monthly"``: the first of each month; a number of
-    days: every ``spacing`` days back from the last possible cutoff.
+    after the day of ``last_sale``.
+
+    Parameters
+    ----------
+    first_sale, last_sale
+        The history's first and last sale.
+    horizon_days
+        Length H of the label window ``[c, c + H)`` in days.
+    lookback_days
+        Days of history each cutoff needs before it.
+    spacing
+        ``"monthly"``: the first of each month; a whole number of days >= 1: every ``spacing``
+        days back from the last possible cutoff.
+
+    Returns
+    -------
+    list[datetime]
+        The cutoffs, ascending; empty when the history is shorter than lookback + horizon.
+
+    Raises
+    ------
+    ValueError
+        ``spacing`` is neither ``"monthly"`` nor a whole number >= 1.
     """
     first = utc_naive(first_sale)
     earliest = datetime(first.year, first.month, first.day) + timedelta(days=lookback_days)
@@ -307,7 +430,22 @@ def select_cutoffs(grid: list[datetime], horizon_days: int, max_cutoffs: int) ->
     """The cutoffs of ``grid`` a churn data set uses, ascending: the latest (test), the latest whose
     label window ends by it (validation), and up to ``max_cutoffs - 2`` of the latest whose label
     windows end by the validation cutoff (training). Cutoffs inside an embargo are left out: no
-    split could use them. Fewer than 3 when the grid has no such triple."""
+    split could use them.
+
+    Parameters
+    ----------
+    grid
+        Candidate cutoffs, ascending (:func:`cutoff_grid`).
+    horizon_days
+        Length of each cutoff's label window in days (the embargo between the splits).
+    max_cutoffs
+        Most cutoffs to return (test and validation included).
+
+    Returns
+    -------
+    list[datetime]
+        ``[*training, validation, test]``, ascending; fewer than 3 when the grid has no such triple.
+    """
     if not grid:
         return []
     window = timedelta(days=horizon_days)
@@ -324,7 +462,31 @@ def select_cutoffs(grid: list[datetime], horizon_days: int, max_cutoffs: int) ->
 
 def recommend_windows(stats: HistoryStats, *, test_days: int | Auto, valid_days: int | Auto,
                       half_life_days: float | None | Auto) -> Windows:
-    """Test and validation periods and the interactions' half-life of the recommender."""
+    """Test and validation periods and the interactions' half-life of the recommender.
+
+    With S the span of the history in days: test T = validation V = clamp(floor(S / 6), 7, 90)
+    days; half-life = clamp(floor(S / 2), 7, 365) days.
+
+    Parameters
+    ----------
+    stats
+        The history's measures (:func:`history_stats`).
+    test_days, valid_days
+        Days of the test and the validation (label) period, or ``"auto"``.
+    half_life_days
+        Half-life of the interactions' decay in days, ``None`` for no decay, or ``"auto"``.
+
+    Returns
+    -------
+    Windows
+        Step ``recommend`` with ``test_days``, ``valid_days`` and ``half_life_days``.
+
+    Raises
+    ------
+    HistoryTooShort
+        Below the minimum history, or when T + 2 V exceeds the span (the candidate models need a
+        training period at least as long as the label period).
+    """
     require_history("recommend", stats)
     span = stats.span_days
     period = _clamp(math.floor(span / RECOMMEND_SHARE), RECOMMEND_MIN, RECOMMEND_MAX)
@@ -352,7 +514,28 @@ def recommend_windows(stats: HistoryStats, *, test_days: int | Auto, valid_days:
 
 
 def clv_windows(stats: HistoryStats, *, holdout_days: int | Auto) -> Windows:
-    """The CLV holdout: the last days of the history the candidate purchase models are judged on."""
+    """The CLV holdout: the last days of the history the candidate purchase models are judged on.
+
+    With S the span in days: holdout h = clamp(floor(S / 3), 7, 183) days (two thirds of the
+    history to calibrate the purchase model, a third to judge it).
+
+    Parameters
+    ----------
+    stats
+        The history's measures (:func:`history_stats`).
+    holdout_days
+        Days of holdout, or ``"auto"``.
+
+    Returns
+    -------
+    Windows
+        Step ``clv`` with ``holdout_days``.
+
+    Raises
+    ------
+    HistoryTooShort
+        Below the minimum history, or when the calibration period would be shorter than the holdout.
+    """
     require_history("clv", stats)
     span = stats.span_days
     if holdout_days == AUTO:

@@ -1,15 +1,9 @@
 """What the service checks before it reads a request's body, as an ASGI middleware.
 
-- A ``POST`` to an endpoint whose body is not JSON (``Content-Type`` other than
-  ``application/json``: multipart forms, url-encoded forms, text) gets a **415**. BentoML would try
-  its other decoders and answer 500.
-- An endpoint that needs an API key (``customer_scores``; ``recommend`` and ``similar_items`` with
-  ``serving_recommend_requires_key``) answers **401** without the ``X-API-Key`` header and **403**
-  with a key that is not one of ``serving_api_keys``, before the body is read or parsed: a caller
-  without a key learns nothing about what the body should be.
-- ``GET /docs.json`` answers the service's own OpenAPI document (:mod:`serving.openapi`).
-
-Each refusal is logged at INFO with the path and the status, never with anything from the request.
+A caller without a valid API key, or with a body that is not JSON, is refused before the body is
+read or parsed (:class:`RequestGate`), and ``GET /docs.json`` answers the service's own OpenAPI
+document. Each refusal is logged at INFO with the path and the status, never with anything from
+the request.
 """
 
 from __future__ import annotations
@@ -32,7 +26,20 @@ SPEC_PATH = "/docs.json"
 
 def keys_match(given: bytes, keys: list[bytes]) -> bool:
     """Whether ``given`` is one of ``keys``: compared with every key (no early exit), each in
-    constant time."""
+    constant time, so the answer's timing says nothing about which key came close.
+
+    Parameters
+    ----------
+    given
+        The ``X-API-Key`` header's value.
+    keys
+        The accepted keys (``serving_api_keys``), encoded.
+
+    Returns
+    -------
+    bool
+        ``True`` when ``given`` equals one of ``keys``.
+    """
     found = False
     for key in keys:
         found |= hmac.compare_digest(given, key)
@@ -40,6 +47,21 @@ def keys_match(given: bytes, keys: list[bytes]) -> bool:
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    """Answer with a JSON body, without passing the request on.
+
+    Parameters
+    ----------
+    send
+        The ASGI send callable of the request.
+    status
+        The HTTP status.
+    body
+        The JSON-serialisable body.
+
+    Returns
+    -------
+    None
+    """
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(data)).encode())]})
@@ -47,13 +69,36 @@ async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 
 
 def error_body(field: str, message: str) -> dict[str, Any]:
-    """The body of a refusal (serving.schemas.ErrorResponse)."""
+    """The body of a refusal (serving.schemas.ErrorResponse).
+
+    Parameters
+    ----------
+    field
+        What the refusal is about (a header or body field name, never its value).
+    message
+        The sentence shown to the caller.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``{"error": message, "detail": [{"loc": [field], "msg": message}]}``.
+    """
     return {"error": message, "detail": [{"loc": [field], "msg": message}]}
 
 
 class RequestGate:
-    """The checks of the module docstring, with the keys and the spec of ``settings`` (default: the
-    service's settings, read when the app is built in each worker)."""
+    """The checks made before a body is read, with the keys and the spec of ``settings`` (default:
+    the service's settings, read when the app is built in each worker).
+
+    - An endpoint that needs an API key (``customer_scores``; ``recommend`` and ``similar_items``
+      with ``serving_recommend_requires_key``) answers **401** without the ``X-API-Key`` header and
+      **403** with a key that is not one of ``serving_api_keys``: a caller without a key learns
+      nothing about what the body should be.
+    - A ``POST`` to an endpoint whose body is not JSON (``Content-Type`` other than
+      ``application/json``: multipart forms, url-encoded forms, text) gets a **415**; BentoML would
+      try its other decoders and answer 500.
+    - ``GET /docs.json`` answers the service's own OpenAPI document (:mod:`serving.openapi`).
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         if settings is None:

@@ -4,18 +4,8 @@ parse every answer.
 
 BentoML's own document (1.4) drops what a client needs: nullable fields, ``additionalProperties:
 false`` of the models that refuse unknown fields, the rule "exactly one of ``customer_id`` or
-``key``", the API key, and every status but 200/400/404/500 (with bodies that are not the service's).
-This one is served at ``/docs.json`` instead (by :class:`serving.gate.RequestGate`), for the
-endpoints of :data:`ENDPOINTS`:
-
-- request bodies as pydantic validates them (``strict``: no string for a number), the recommend
-  body as a ``oneOf`` of "by customer id" and "by raw key";
-- every status an endpoint answers, each with its body: 400 (a body that is not valid, naming the
-  field), 401/403 (no or a wrong ``X-API-Key`` where one is needed), 404 (unknown item or
-  customers), 413 (body too large), 415 (not JSON), 503 (raw keys with the wrong identity salt), 500
-  and 504 (:class:`ErrorResponse`);
-- the ``X-API-Key`` security scheme on the endpoints that need it (``serving_recommend_requires_key``
-  adds recommend and similar_items).
+``key``", the API key, and every status but 200/400/404/500. This one is served at ``/docs.json``
+instead (by :class:`serving.gate.RequestGate`); :func:`openapi_spec` says what it holds.
 """
 
 from __future__ import annotations
@@ -35,6 +25,8 @@ API_KEY_SCHEME = "ApiKey"
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One POST endpoint of the document: path, summary, body models, extra statuses, key rule."""
+
     path: str
     summary: str
     request: type[BaseModel] | None
@@ -77,6 +69,20 @@ _REASONS = {
 
 
 def needs_key(endpoint: Endpoint, settings: Settings) -> bool:
+    """Whether ``endpoint`` needs an ``X-API-Key`` under ``settings``.
+
+    Parameters
+    ----------
+    endpoint
+        One of :data:`ENDPOINTS`.
+    settings
+        The service's settings (``serving_recommend_requires_key``).
+
+    Returns
+    -------
+    bool
+        ``True`` for ``key="always"``, and for ``key="setting"`` when the setting is on.
+    """
     return endpoint.key == "always" or (endpoint.key == "setting" and settings.serving_recommend_requires_key)
 
 
@@ -108,7 +114,31 @@ def _bodies() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
 
 
 def openapi_spec(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the service under ``settings``."""
+    """The OpenAPI 3.1 document of the service under ``settings``.
+
+    For the endpoints of :data:`ENDPOINTS` it holds:
+
+    - request bodies as pydantic validates them (``strict``: no string for a number), the recommend
+      body as a ``oneOf`` of "by customer id" and "by raw key";
+    - every status an endpoint answers, each with its body: 400 (a body that is not valid, naming
+      the field), 401/403 (no or a wrong ``X-API-Key`` where one is needed), 404 (unknown item or
+      customers), 413 (body too large), 415 (not JSON), 503 (raw keys with the wrong identity
+      salt), 500 and 504 (:class:`serving.schemas.ErrorResponse`);
+    - the ``X-API-Key`` security scheme on the endpoints that need it
+      (``serving_recommend_requires_key`` adds recommend and similar_items);
+
+    and ``/livez``, ``/readyz`` and ``/metrics`` (GET, plain text).
+
+    Parameters
+    ----------
+    settings
+        The service's settings: they decide which endpoints need the key.
+
+    Returns
+    -------
+    dict[str, Any]
+        The document, ready for ``json.dumps``.
+    """
     refs, components = _bodies()
     error = {"application/json": {"schema": refs["ErrorResponse"]}}
     paths: dict[str, Any] = {}

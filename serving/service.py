@@ -1,41 +1,13 @@
 """The BentoML service: recommendations for the web shop, scores for the CRM.
 
-Start it with ``rapport serve start`` or ``bentoml serve serving.service:Rapport`` (``RAPPORT_BUNDLE_DIR``
-names the bundle written by ``rapport serve export``; default ``./bundle``). Each worker loads the
-bundle once; no request touches a database or the tracking server. A worker answers from the
-bundle's lookups (:mod:`serving.lookup`: numpy, memory-mapped) as soon as it starts and loads the
-models and the scoring snapshot right after, in a thread; the requests that need them wait for them
-(a restarted worker takes its share of the load again in seconds, not after its imports).
-
-Endpoints (POST, JSON; the OpenAPI page at ``/`` documents the bodies):
-
-- ``/recommend``: a customer (``customer_id`` or a raw ``key``), ``n`` 1..100, filters; an unknown
-  customer gets the popular list, flagged ``fallback`` (or a fold-in on ``recent_items``);
-- ``/similar_items``: the items bought with an item (product pages);
-- ``/customer_scores``: 1..1,000 customers -> the rows of ``rapport score``; needs an API key
-  (``X-API-Key``); unknown customers -> 404 naming them;
-- ``/info`` (model versions, snapshot date) and ``/echo`` (the ceiling of the load test).
-
-Every answer carries ``metadata`` (model versions, snapshot date). Before a body is read, a missing
-or wrong API key gets a 401 / 403 and a body that is not JSON a 415 (:mod:`serving.gate`); a body
-over ``serving_max_request_bytes`` gets a 413, malformed input a 400 that names the field
-(:mod:`serving.patches`); these are logged at INFO with the path, status and field names,
-never a value of the request. An unexpected failure is a 500 with a generic message (BentoML logs
-the traceback, it never reaches the client). ``/docs.json`` is the service's own OpenAPI document
-(:mod:`serving.openapi`): every status of every endpoint with its body. BentoML serves
-``/metrics`` (Prometheus: its request counters and latencies plus Rapport's counters of fallbacks and
-unknown customers), ``/livez`` and ``/readyz``.
-
-Under load, three things of BentoML's defaults cost more than the models: (1) its tracing records an
-OpenTelemetry span for every request even when no exporter is configured, and (2) its timeout
-middleware keeps every request's timer, with the request's context and span, alive until the
-timeout passes: at 2,000 requests/s and a 30 s timeout, 60,000 live spans, a growing heap and
-garbage-collector passes of 0.1 s (the p99 of even the echo endpoint). The API paths are therefore
-not traced unless ``RAPPORT_SERVING_TRACING=1``, the timer of an answered request is cancelled
-(:mod:`serving.patches`) and the timeout is 10 s. (3) The bundle's objects
-are frozen out of the collector's full passes once loaded and its thresholds raised. A known
-customer's plain list (no filter, ``n`` up to ``serving_default_lists``) was ranked at export and is
-looked up; other concurrent ``recommend`` requests are ranked together (:mod:`serving.batching`).
+Start it with ``rapport serve start`` or ``bentoml serve serving.service:Rapport``
+(``RAPPORT_BUNDLE_DIR`` names the bundle of ``rapport serve export``; default ``./bundle``). Each
+worker loads the bundle once; no request touches a database or the tracking server. Endpoints
+(POST, JSON): ``/recommend``, ``/similar_items``, ``/customer_scores`` (needs ``X-API-Key``),
+``/info`` and ``/echo``; every answer carries ``metadata`` (model versions, snapshot date). Requests
+are checked before they reach an endpoint (:mod:`serving.gate`, :mod:`serving.limits`,
+:mod:`serving.patches`); ``/docs.json`` is the OpenAPI document (:mod:`serving.openapi`). What each
+endpoint answers, and why the defaults of BentoML are changed, is in the README ("Serving").
 """
 
 from __future__ import annotations
@@ -83,7 +55,14 @@ class Metrics:
 def service_metrics() -> Metrics:
     """The metrics, created once per worker when the service starts: ``prometheus_client`` is imported
     only then, once BentoML has set up its multi-process collection (what the deprecated
-    ``bentoml.metrics`` did for the service module)."""
+    ``bentoml.metrics`` did for the service module).
+
+    Returns
+    -------
+    Metrics
+        Counters of fallbacks, unknown customers and recommend answers by path, and a histogram of
+        the sizes of recommend blocks; the same object on every call (cached).
+    """
     import prometheus_client
 
     return Metrics(
@@ -112,7 +91,7 @@ def service_metrics() -> Metrics:
 
 #: Garbage-collector thresholds of a worker (Python's defaults: 700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 1_000)
-#: Paths answered without an OpenTelemetry span unless RAPPORT_SERVING_TRACING=1 (see the service's docstring).
+#: Paths answered without an OpenTelemetry span unless RAPPORT_SERVING_TRACING=1 (see :func:`_tracing`).
 UNTRACED = ("/recommend", "/similar_items", "/customer_scores", "/echo")
 
 
@@ -132,6 +111,15 @@ def _stop_the_server(exc: Exception) -> None:
 
 
 def _tracing() -> dict[str, Any]:
+    """BentoML's tracing settings: the API paths untraced unless ``RAPPORT_SERVING_TRACING=1``.
+
+    BentoML records an OpenTelemetry span for every request even when no exporter is configured,
+    and its timeout middleware keeps every request's timer, with the request's context and span,
+    alive until the timeout passes: under load, tens of thousands of live spans, a growing heap and
+    long garbage-collector passes that set the p99 of every endpoint. Hence no spans on the API
+    paths, a cancelled timer once a request is answered (:mod:`serving.patches`) and a short
+    timeout; the README's Performance section has the measurements.
+    """
     if os.environ.get("RAPPORT_SERVING_TRACING", "").lower() in ("1", "true", "yes"):
         return {}
     return {"excluded_urls": [f"{path}$" for path in UNTRACED]}
@@ -149,7 +137,24 @@ def _tracing() -> dict[str, Any]:
     tracing=_tracing(),
 )
 class Rapport:
-    """Recommendations and customer scores of the champion models in a serving bundle."""
+    """Recommendations and customer scores of the champion models in a serving bundle.
+
+    A worker answers from the bundle's lookups (:mod:`serving.lookup`: numpy, memory-mapped) as
+    soon as it starts and loads the models and the scoring snapshot right after, in a thread; the
+    requests that need them wait for them, so a restarted worker takes its share of the load again
+    without waiting for its imports. A known customer's plain list (no filter, ``n`` up to
+    ``serving_default_lists``) was ranked at export and is looked up; other concurrent
+    ``recommend`` requests are ranked together (:mod:`serving.batching`). The bundle's objects are
+    frozen out of the garbage collector's full passes once loaded, and its thresholds raised.
+
+    Refusals happen before a body is read: a missing or wrong API key gets a 401 / 403 and a body
+    that is not JSON a 415 (:mod:`serving.gate`); a body over ``serving_max_request_bytes`` gets a
+    413 (:mod:`serving.limits`), malformed input a 400 that names the field (:mod:`serving.patches`).
+    These are logged at INFO with the path, status and field names, never a value of the request.
+    An unexpected failure is a 500 with a generic message (BentoML logs the traceback; it never
+    reaches the client). BentoML serves ``/metrics`` (its request counters and latencies plus
+    :func:`service_metrics`), ``/livez`` and ``/readyz``.
+    """
 
     def __init__(self) -> None:
         # BentoML's server logging shows INFO of its own loggers only (root at WARNING): the service's
@@ -191,10 +196,10 @@ class Rapport:
         # The libraries loaded since (LightGBM's OpenMP, SciPy's BLAS) get one thread too.
         self._blas = threadpool_limits(limits=1)
         # The bundle lives as long as the worker: keep its objects out of the garbage collector's
-        # full passes (~0.1 s each at a million customers, a latency spike every few thousand requests).
+        # full passes (each walks the whole bundle: a latency spike every few thousand requests).
         # No gc.collect() first: the worker already answers, and a full pass here would hold every
-        # request for as long as it walks the heap (0.27 s at 300,000 customers); the few hundred
-        # objects of garbage the load leaves are frozen with the rest, once.
+        # request for as long as it walks the heap; the few hundred objects of garbage the load
+        # leaves are frozen with the rest, once (README, Performance).
         gc.freeze()
         self.runtime = runtime
         self._loaded.set_result(runtime)
@@ -226,7 +231,25 @@ class Rapport:
 
     @bentoml.api(input_spec=schemas.RecommendRequest, output_spec=schemas.RecommendResponse)
     async def recommend(self, ctx: bentoml.Context, **fields: Any) -> schemas.RecommendResponse | JSONResponse:
-        """Top-n items for a customer (by id or raw key), with score, source, reason and a fallback flag."""
+        """Top-n items for a customer (by id or raw key), with score, source, reason and a fallback flag.
+
+        An unknown customer gets the popular list of their channel/country, flagged ``fallback``,
+        or a fold-in of ``recent_items`` into the model.
+
+        Parameters
+        ----------
+        ctx
+            BentoML's request context (the status of a refusal is set on it).
+        **fields
+            The body of :class:`serving.schemas.RecommendRequest`: ``customer_id`` or ``key``,
+            ``n`` 1..100, filters, ``recent_items``.
+
+        Returns
+        -------
+        RecommendResponse or JSONResponse
+            The items with their scores and ``metadata``; a JSON error (400 naming the field) for
+            a request the bundle cannot answer.
+        """
         request = schemas.RecommendRequest.model_construct(**fields)
         # A known customer's plain list was ranked at export: a lookup, no waiting for a block.
         answer = self.lookups.listed(request)
@@ -250,7 +273,21 @@ class Rapport:
 
     @bentoml.api(input_spec=schemas.SimilarItemsRequest, output_spec=schemas.SimilarItemsResponse)
     async def similar_items(self, ctx: bentoml.Context, **fields: Any) -> schemas.SimilarItemsResponse | JSONResponse:
-        """Items bought together with an item (product pages), with the filters of recommend."""
+        """Items bought together with an item (product pages), with the filters of recommend.
+
+        Parameters
+        ----------
+        ctx
+            BentoML's request context.
+        **fields
+            The body of :class:`serving.schemas.SimilarItemsRequest`: ``item_id``, ``n``, filters.
+
+        Returns
+        -------
+        SimilarItemsResponse or JSONResponse
+            The items with their scores and ``metadata``; a JSON 404 for an unknown item, 400 for a
+            bad field.
+        """
         runtime = await self._runtime()
         try:
             return runtime.similar_items(schemas.SimilarItemsRequest.model_construct(**fields))
@@ -259,7 +296,21 @@ class Rapport:
 
     @bentoml.api(input_spec=schemas.CustomerScoresRequest, output_spec=schemas.CustomerScoresResponse)
     def customer_scores(self, ctx: bentoml.Context, **fields: Any) -> schemas.CustomerScoresResponse | JSONResponse:
-        """CLV and churn outputs of 1..1,000 customers (the rows of rapport score). Needs X-API-Key."""
+        """CLV and churn outputs of 1..1,000 customers (the rows of rapport score). Needs X-API-Key.
+
+        Parameters
+        ----------
+        ctx
+            BentoML's request context.
+        **fields
+            The body of :class:`serving.schemas.CustomerScoresRequest`: ``customer_ids``.
+
+        Returns
+        -------
+        CustomerScoresResponse or JSONResponse
+            One row per customer (CLV with interval and next order date, churn probability, risk
+            band, reasons); a JSON 404 naming the unknown customers.
+        """
         # A thread of BentoML's pool: waiting here holds no other request.
         runtime = self.runtime or self._loaded.result()
         try:
@@ -271,12 +322,29 @@ class Rapport:
 
     @bentoml.api(route="/info")
     async def info(self) -> schemas.InfoResponse:
-        """Model names and versions, the snapshot date and the bundle's counts."""
+        """Model names and versions, the snapshot date and the bundle's counts.
+
+        Returns
+        -------
+        InfoResponse
+            What the worker serves.
+        """
         return self.lookups.info()
 
     @bentoml.api(input_spec=schemas.EchoRequest, output_spec=schemas.EchoResponse)
     async def echo(self, **fields: Any) -> schemas.EchoResponse:
-        """Returns the message: the cost of the HTTP layer alone (the load test's ceiling)."""
+        """Returns the message: the cost of the HTTP layer alone (the load test's ceiling).
+
+        Parameters
+        ----------
+        **fields
+            The body of :class:`serving.schemas.EchoRequest`: ``message``.
+
+        Returns
+        -------
+        EchoResponse
+            The message and ``metadata``.
+        """
         return schemas.EchoResponse(message=fields.get("message", ""), metadata=self.lookups.metadata)
 
 

@@ -1,28 +1,12 @@
 """Synthetic omnichannel raw data drawn from known parameters, with the truth written next to it.
 
 Why: every model in Rapport is proved on planted truth before it is trusted on real data. This
-module writes the raw files a retailer would hand over (web/app/marketplace orders, store receipts,
-returns, the catalogue, browse events and key registrations, see :data:`features.schema.SOURCES`)
-and, in ``_truth/``, the parameters and per-person latent values they were drawn from.
-
-The generative model, per person:
-
-* first purchase uniform over ``[start, end + 1 day - MIN_OBSERVATION_DAYS)``;
-* purchase rate ``lambda ~ Gamma(r, rate=alpha)`` per day and drop-out probability
-  ``p ~ Beta(a, b)``: the BG/NBD model (Fader, Hardie & Lee 2005, section 3, assumptions i-v), drawn
-  exactly as ``lifetimes.generate_data.beta_geometric_nbd_model`` draws it: arrivals form a Poisson
-  process, and after each *repeat* purchase the person drops out with probability ``p``;
-* spend per order ``z ~ Gamma(p, rate=nu)`` with ``nu ~ Gamma(q, rate=gamma)``: the Gamma-Gamma
-  model (Fader & Hardie 2013, eq. 1-2), so the mean order value is ``p * gamma / (q - 1)``.
-  ``z`` is the value of an order's *product* lines; postage and gift wrap come on top;
-* a taste segment, 3-5 favourite items and Zipf-like item popularity, so recommenders have signal;
-* a channel preference and fragmented identities (e-mail in assorted spellings, account, app
-  device, loyalty card) that identity resolution has to join back together.
-
-Everything is vectorised over flattened arrays (numpy + pyarrow): there is no loop over persons,
-orders or lines, so a million customers (about ten million order lines) take well under a minute
-on two cores (see ``benchmarks/generate.py``).
-The data are a function of ``seed`` and the arguments only: no clock is read.
+module writes the raw files a retailer would hand over (see :data:`features.schema.SOURCES`) and,
+in ``_truth/``, the parameters and per-person latent values they were drawn from: BG/NBD purchases,
+Gamma-Gamma spend, tastes and fragmented identities (the generative model is in :func:`generate`).
+Everything is vectorised over flattened arrays (numpy + pyarrow), with no loop over persons, orders
+or lines, so a million customers fit in one run. The data are a function of ``seed`` and the
+arguments only: no clock is read.
 """
 
 from __future__ import annotations
@@ -171,7 +155,13 @@ class TrueParameters:
 
     @property
     def mean_order_value(self) -> float:
-        """E[z] = p * gamma / (q - 1) (Fader & Hardie 2013, eq. 4 with the population mean of 1/nu)."""
+        """E[z] = p * gamma / (q - 1) (Fader & Hardie 2013, eq. 4 with the population mean of 1/nu).
+
+        Returns
+        -------
+        float
+            The population's mean order value (value of an order's product lines, base currency).
+        """
         return self.p * self.gamma / (self.q - 1)
 
 
@@ -237,7 +227,14 @@ class GenerationSummary:
     seconds: float
 
     def counts(self) -> dict[str, int]:
-        """Every count by name, in the order a report lists them."""
+        """Every count by name, in the order a report lists them.
+
+        Returns
+        -------
+        dict[str, int]
+            Persons, orders, lines, returns, browse events, customer keys, late rows, bad rows and
+            rows written.
+        """
         return {
             "persons": self.persons, "orders": self.orders, "lines": self.lines, "returns": self.returns,
             "browse events": self.events, "customer keys": self.customer_keys, "late rows": self.late_rows,
@@ -314,7 +311,23 @@ SHAPES: dict[str, Shape] = {shape.name: shape for shape in (
 
 
 def shape_named(name: str) -> Shape:
-    """The shape called ``name``; ``ValueError`` lists the known ones."""
+    """The shape called ``name``.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`SHAPES` (``default``, ``grocery``, ``fashion``, ``one-year``).
+
+    Returns
+    -------
+    Shape
+        The shape's span, parameters, behaviour and seasonality.
+
+    Raises
+    ------
+    ValueError
+        An unknown name; the message lists the known ones.
+    """
     try:
         return SHAPES[name]
     except KeyError:
@@ -349,7 +362,18 @@ _UNPARSEABLE_TIMESTAMPS = ("2024-13-45T10:00:00+00:00", "not a date", "31/02/202
 
 
 def late_file_name(source: str) -> str:
-    """Name of the CSV that carries a source's late rows and planted bad rows."""
+    """Name of the CSV that carries a source's late rows and planted bad rows.
+
+    Parameters
+    ----------
+    source
+        A source name (``orders``, ``store_receipts``, ``returns``).
+
+    Returns
+    -------
+    str
+        ``<source>_late.csv``.
+    """
     return f"{source}_late.csv"
 
 
@@ -379,6 +403,55 @@ def generate(
     ``output_dir`` (``orders``, ``store_receipts``, ``returns``, ``catalogue``, ``browse_events``,
     ``customer_keys`` as Parquet or CSV; with ``bad_rows`` also ``*_late.csv``), the truth to
     ``output_dir/_truth``. Same arguments, same bytes.
+
+    The generative model, per person:
+
+    * first purchase uniform over ``[start, end + 1 day - MIN_OBSERVATION_DAYS)``;
+    * purchase rate ``lambda ~ Gamma(r, rate=alpha)`` per day and drop-out probability
+      ``p ~ Beta(a, b)``: the BG/NBD model (Fader, Hardie & Lee 2005, section 3, assumptions i-v),
+      drawn exactly as ``lifetimes.generate_data.beta_geometric_nbd_model`` draws it: arrivals form
+      a Poisson process, and after each *repeat* purchase the person drops out with probability ``p``;
+    * spend per order ``z ~ Gamma(p, rate=nu)`` with ``nu ~ Gamma(q, rate=gamma)``: the Gamma-Gamma
+      model (Fader & Hardie 2013, eq. 1-2), so the mean order value is ``p * gamma / (q - 1)``.
+      ``z`` is the value of an order's *product* lines; postage and gift wrap come on top;
+    * a taste segment, 3-5 favourite items and Zipf-like item popularity, so recommenders have signal;
+    * a channel preference and fragmented identities (e-mail in assorted spellings, account, app
+      device, loyalty card) that identity resolution has to join back together.
+
+    Parameters
+    ----------
+    output_dir
+        Folder for the raw files (created when missing).
+    n_customers
+        Number of persons to draw (>= 1).
+    seed
+        Seed of every random stream.
+    shape
+        A name of :data:`SHAPES` or a :class:`Shape`.
+    start, end
+        First and last day of the history, ``end`` included; ``None``: the shape's.
+    file_format
+        ``"parquet"`` or ``"csv"`` for the main files (late files are always CSV).
+    params, behaviour
+        Override the shape's :class:`TrueParameters` and :class:`Behaviour`.
+    bad_rows
+        Write the late CSV files with planted bad rows (:data:`BAD_ROW_REASONS`).
+    progress
+        Called with a stage name and the fraction done.
+
+    Returns
+    -------
+    GenerationSummary
+        Paths written, counts and seconds taken.
+
+    Raises
+    ------
+    ArgumentError
+        A span of ``MIN_OBSERVATION_DAYS`` days or fewer.
+    ValueError
+        An unknown shape, ``n_customers`` not a whole number >= 1, or an unknown format.
+    FileExistsError
+        ``output_dir`` already holds the files in the other format.
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -842,7 +915,18 @@ class _Catalogue:
 
 
 def catalogue_size(n_customers: int) -> int:
-    """Products in the catalogue: a small shop for small tests, up to 5,000 products."""
+    """Products in the catalogue: a small shop for small tests, up to 5,000 products.
+
+    Parameters
+    ----------
+    n_customers
+        Number of persons drawn.
+
+    Returns
+    -------
+    int
+        ``n_customers // 50`` within [200, 5,000].
+    """
     return max(200, min(5_000, n_customers // 50))
 
 

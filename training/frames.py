@@ -1,15 +1,10 @@
 """A table of a serving bundle on disk as a folder of uncompressed ``.npy`` columns.
 
-``<name>/columns.json`` lists the columns in order (name, kind, dtype; a categorical's categories)
-and the index's name; ``<name>/<column>.npy`` is a column (``index.npy`` the index). Numbers, booleans
-and timestamps are stored as they are; a categorical or text column as its integer codes, the
-categories in the JSON (text
-comes back as a categorical). Reading is ``np.load(..., mmap_mode="r")`` per column: no decoding, nothing
-to decompress, and :func:`read_columns` returns the arrays without pandas (a service's worker looks
-keys up in them before it has imported pandas); :func:`read_frame` builds the DataFrame. A 1,000,000
-row snapshot reads in a fraction of the time its Parquet took (``benchmarks/serve.py`` prints both).
-
-Columns are written one file each, never pickled (``allow_pickle=False`` both ways).
+Reading is ``np.load(..., mmap_mode="r")`` per column: no decoding, nothing to decompress, and
+:func:`read_columns` returns the arrays without pandas (a service's worker looks keys up in them
+before it has imported pandas); :func:`read_frame` builds the DataFrame. Columns are written one
+file each, never pickled (``allow_pickle=False`` both ways); the layout is in :func:`write_frame`.
+The README's Performance section compares the read with Parquet's.
 """
 
 from __future__ import annotations
@@ -52,7 +47,31 @@ class Columns:
 
 
 def write_frame(frame: pd.DataFrame, directory: Path, *, index: bool = True) -> None:
-    """Write ``frame`` as :mod:`training.frames` columns into ``directory`` (created; replaced)."""
+    """Write ``frame`` as :mod:`training.frames` columns into ``directory`` (created; replaced).
+
+    ``<name>/columns.json`` lists the columns in order (name, kind, dtype; a categorical's
+    categories) and the index's name; ``<name>/<column>.npy`` is a column (``index.npy`` the index).
+    Numbers, booleans and timestamps are stored as they are; a categorical or text column as its
+    integer codes, the categories in the JSON (text comes back as a categorical).
+
+    Parameters
+    ----------
+    frame
+        The table: columns of numbers, booleans, timestamps, text or categoricals.
+    directory
+        The table's folder; its files are removed first.
+    index
+        Write the index too (numbers or timestamps).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    FrameFileError
+        A column or the index holds Python objects that are not text.
+    """
     import pandas as pd
 
     if directory.is_dir():
@@ -94,8 +113,23 @@ def _plain(value: Any) -> Any:
 
 
 def read_columns(directory: Path) -> Columns:
-    """The columns written by :func:`write_frame`, memory-mapped read-only; a
-    :class:`FrameFileError` names the file that is missing or does not match the header."""
+    """The columns written by :func:`write_frame`, memory-mapped read-only, without pandas.
+
+    Parameters
+    ----------
+    directory
+        The table's folder.
+
+    Returns
+    -------
+    Columns
+        Arrays by name (categoricals as integer codes, -1 for missing), the categories, the index.
+
+    Raises
+    ------
+    FrameFileError
+        A file that is missing, not readable or does not match the header (the message names it).
+    """
     path = directory / COLUMNS
     try:
         header = json.loads(path.read_text(encoding="utf-8"))
@@ -138,7 +172,23 @@ def read_columns(directory: Path) -> Columns:
 
 
 def read_frame(directory: Path) -> pd.DataFrame:
-    """The DataFrame written by :func:`write_frame` (columns, dtypes, index and its name)."""
+    """The DataFrame written by :func:`write_frame` (columns, dtypes, index and its name).
+
+    Parameters
+    ----------
+    directory
+        The table's folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Text columns come back as categoricals; the arrays stay memory-mapped where pandas allows.
+
+    Raises
+    ------
+    FrameFileError
+        As :func:`read_columns`.
+    """
     import pandas as pd
 
     table = read_columns(directory)

@@ -1,24 +1,10 @@
 """Customer scores for the CRM: CLV and churn outputs of the champion models, one row per customer.
 
-One scoring path for batch files (``rapport score``) and the service:
-
-1. :func:`build_snapshot` reads the features of every customer as of the snapshot date — the
-   cutoff the champion CLV model was fitted at, so the model and its inputs describe the same day —
-   with the code training uses: ``customer_features`` for everyone, ``churn_features`` for the churn
-   population (a purchase in the ``churn_lookback_days`` before the date) and, for them, the BG/NBD
-   features the churn model was trained with (``training.churn.dataset.clv_features``: a BG/NBD fit
-   on the history before the date, exactly as at each training cutoff — no training/serving skew).
-2. :func:`score_rows` turns rows of the snapshot into :data:`SCORE_COLUMNS`: the CLV outputs
-   (``ClvModel.predict``) and the churn outputs (``ChurnModel.predict``: calibrated probability,
-   risk band, percentile, three reasons) and ``churn_horizon_days``, the horizon H the probability is
-   about (no order in the next H days; it travels in the churn model, chosen by the data when
-   ``auto``). Customers outside the churn population bought nothing in the model's lookback: they are
-   ``lapsed`` (their churn probability is empty, their first reason says why) — the churn model was
-   neither trained nor calibrated on them. The snapshot's population uses the churn model's own
-   lookback (:func:`churn_lookback_days`), so scoring draws the population training drew.
-
-:func:`score_chunks` streams the whole snapshot in chunks, so a million customers never need more
-than a chunk's worth of outputs in memory.
+One scoring path for batch files (``rapport score``) and the service: :func:`build_snapshot` reads
+the features of every customer as of the snapshot date with the code training uses (no
+training/serving skew), :func:`score_rows` turns rows of the snapshot into :data:`SCORE_COLUMNS`,
+and :func:`score_chunks` streams the whole snapshot in chunks, so a million customers never need
+more than a chunk's worth of outputs in memory.
 """
 
 from __future__ import annotations
@@ -65,7 +51,20 @@ SCORE_COLUMNS: tuple[str, ...] = (
 )
 _CLV_COLUMNS = SCORE_COLUMNS[1:11]
 def churn_lookback_days(churn_model: object) -> int:
-    """The population lookback the churn model was trained with (365 days when it does not say)."""
+    """The population lookback the churn model was trained with (365 days when it does not say).
+
+    The snapshot's churn population uses it, so scoring draws the population training drew.
+
+    Parameters
+    ----------
+    churn_model
+        The champion churn model (its ``lookback_days_``).
+
+    Returns
+    -------
+    int
+        Days.
+    """
     value = getattr(churn_model, "lookback_days_", None)
     return DEFAULT_LOOKBACK_DAYS if value is None else int(value)
 
@@ -89,7 +88,32 @@ class Snapshot:
 
 def build_snapshot(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: str = "D",
                    lookback_days: int = 365, progress: Callable[[str], None] | None = None) -> Snapshot:
-    """The features :func:`score_rows` needs for every customer, as of ``as_of`` (see the module docstring)."""
+    """The features :func:`score_rows` needs for every customer, as of ``as_of``.
+
+    ``as_of`` is the cutoff the champion CLV model was fitted at, so the model and its inputs
+    describe the same day. ``customer_features`` are read for everyone, ``churn_features`` for the
+    churn population (a purchase in the ``lookback_days`` before the date) and, for them, the
+    BG/NBD features the churn model was trained with (``training.churn.dataset.clv_features``: a
+    BG/NBD fit on the history before the date, exactly as at each training cutoff).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The snapshot date.
+    time_unit
+        Time unit of the RFM features (the CLV model's).
+    lookback_days
+        The churn population's lookback (:func:`churn_lookback_days` of the churn model).
+    progress
+        Called with a line per step (also logged).
+
+    Returns
+    -------
+    Snapshot
+        ``customers`` and ``churn`` frames indexed by customer id.
+    """
 
     def step(text: str) -> None:
         log.info(text)
@@ -111,7 +135,37 @@ def build_snapshot(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: str
 
 def score_rows(snapshot: Snapshot, customer_ids: pd.Index, clv_model: object, churn_model: object, *,
                versions: dict[str, str] | None = None) -> pd.DataFrame:
-    """:data:`SCORE_COLUMNS` for ``customer_ids`` (all in the snapshot), in that order."""
+    """:data:`SCORE_COLUMNS` for ``customer_ids`` (all in the snapshot), in that order.
+
+    The CLV outputs are ``ClvModel.predict``'s, the churn outputs ``ChurnModel.predict``'s
+    (calibrated probability, risk band, percentile, three reasons), and ``churn_horizon_days`` is
+    the horizon H the probability is about (no order in the next H days; it travels in the churn
+    model). Customers outside the churn population bought nothing in the model's lookback: they
+    are ``lapsed`` (their churn probability is empty, their first reason says why), since the churn
+    model was neither trained nor calibrated on them.
+
+    Parameters
+    ----------
+    snapshot
+        The features (:func:`build_snapshot`).
+    customer_ids
+        Customers to score, each in ``snapshot.customers``.
+    clv_model, churn_model
+        The champion models.
+    versions
+        Registry versions by model (``clv``, ``churn``), written into every row; ``None``: empty.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per customer in the order given, columns :data:`SCORE_COLUMNS`; object columns
+        hold None where empty, ``churn_horizon_days`` is Int64, ``as_of`` an ISO date.
+
+    Raises
+    ------
+    KeyError
+        A customer id that is not in the snapshot.
+    """
     versions = versions or {}
     rows = snapshot.customers.loc[customer_ids]
     clv = clv_model.predict(rows)  # type: ignore[attr-defined]
@@ -150,7 +204,20 @@ def score_rows(snapshot: Snapshot, customer_ids: pd.Index, clv_model: object, ch
 
 def score_chunks(snapshot: Snapshot, clv_model: object, churn_model: object, *, versions: dict[str, str] | None = None,
                  chunk_size: int = DEFAULT_CHUNK) -> Iterator[pd.DataFrame]:
-    """:func:`score_rows` over every customer of the snapshot, ``chunk_size`` customers at a time."""
+    """:func:`score_rows` over every customer of the snapshot, ``chunk_size`` customers at a time.
+
+    Parameters
+    ----------
+    snapshot, clv_model, churn_model, versions
+        As in :func:`score_rows`.
+    chunk_size
+        Customers per chunk.
+
+    Yields
+    ------
+    pandas.DataFrame
+        The rows of one chunk, in the snapshot's order.
+    """
     ids = snapshot.customers.index
     for start in range(0, len(ids), chunk_size):
         yield score_rows(snapshot, ids[start : start + chunk_size], clv_model, churn_model, versions=versions)

@@ -2,34 +2,11 @@
 
 Saabas' decomposition ("treeinterpreter"; Saabas 2014, discussed in Lundberg et al. 2020, section
 2): in every tree, a row walks from the root to a leaf; each step from a node to the child taken
-changes the node value (LightGBM's ``internal_value`` of a split node, ``leaf_value`` of a leaf),
-and that change is credited to the node's split feature. Along a path the changes telescope, so a
-tree's credits plus its root value are its leaf value, and over all trees the contributions plus
-the sum of the root values (the bias) are the raw score, exactly as ``pred_contrib=True`` adds up.
-Unlike TreeSHAP, the credit a feature gets depends on where in the path it is split, not on every
-order of the features; it costs a walk down each tree, not a sum over subsets.
-
-A tree's credits depend only on the leaf a row reaches: :class:`PathContributions` reads the trees
-once (``Booster.dump_model()``) and tabulates, for every leaf of every tree, the credits of its path
-per feature (the changes along the path added from the root down) and the leaf value. Scoring asks
-LightGBM for the leaf of each row in each tree (``predict(x, pred_leaf=True)``, its C++ predictor)
-and adds up the rows of that table the row reaches, tree after tree: a product of the sparse
-one-hot matrix of the leaves (one entry per row and tree) with the dense table, by chunks of rows on
-``num_threads`` threads. The leaf-value column of the sum is the raw score, added in LightGBM's
-order (from 0, tree after tree), so it is bit for bit ``predict(x, raw_score=True)``. Each row is
-summed on its own, in the same order whatever the chunks and threads: the result is deterministic.
-
-:meth:`PathContributions.walk` is the reference the tables are checked against: it walks the rows
-down every tree with numpy, one depth level at a time, crediting each step as it goes (on one
-thread, about four times the work). It routes rows exactly as LightGBM does
-(``Tree::NumericalDecision`` in LightGBM's ``tree.h``): a value with ``|v| <= kZeroThreshold``
-(1e-35) is zero (the predictor drops it as a sparse zero); NaN is treated as zero unless the split's
-``missing_type`` is ``NaN``; a missing value (NaN under ``missing_type`` ``NaN``, zero under
-``Zero``) follows ``default_left``; any other value goes left when ``v <= threshold``. So the leaves
-it reaches are those of ``pred_leaf=True``. The walk adds a feature's credits one step at a time,
-the tables add a tree's credits to a feature as one number: the two agree to rounding (a few units
-in the last place), not bit for bit.
-Categorical splits are not supported (the churn model has numeric features only).
+changes the node value, and that change is credited to the node's split feature. Along a path the
+changes telescope, so the contributions plus the bias add up to the raw score, as
+``pred_contrib=True`` does. Unlike TreeSHAP, a feature's credit depends on where in the path it is
+split, not on every order of the features, so it costs a walk down each tree, not a sum over
+subsets. :class:`PathContributions` computes it; categorical splits are not supported.
 """
 
 from __future__ import annotations
@@ -135,6 +112,23 @@ class PathContributions:
     the leaves); :meth:`contributions` has the layout of ``booster.predict(x, pred_contrib=True)``
     for a binary or regression model: one column per feature, then the bias (the sum of the trees'
     root values).
+
+    A node value is LightGBM's ``internal_value`` of a split node, ``leaf_value`` of a leaf. A
+    tree's credits depend only on the leaf a row reaches, so the trees are read once
+    (``Booster.dump_model()``) into a table that holds, for every leaf of every tree, the credits
+    of its path per feature (the changes along the path added from the root down) and the leaf
+    value. Scoring asks LightGBM for the leaf of each row in each tree (``predict(x,
+    pred_leaf=True)``, its C++ predictor) and adds up the table rows the row reaches, tree after
+    tree: a product of the sparse one-hot matrix of the leaves (one entry per row and tree) with the
+    dense table, by chunks of rows on ``num_threads`` threads. The leaf-value column of the sum is
+    the raw score, added in LightGBM's order (from 0, tree after tree), so it is bit for bit
+    ``predict(x, raw_score=True)``. Each row is summed on its own, in the same order whatever the
+    chunks and threads: the result is deterministic.
+
+    Raises
+    ------
+    ValueError
+        A booster with more than one tree per iteration (multi-class).
     """
 
     def __init__(self, booster: lgb.Booster) -> None:
@@ -155,12 +149,46 @@ class PathContributions:
 
     def contributions(self, x: FloatArray, *, num_threads: int = 1) -> FloatArray:
         """(n, n_features + 1): each feature's contribution to each row's raw score, the bias last.
-        A row's values add up to its raw score (``predict(x, raw_score=True)``), to rounding."""
+        A row's values add up to its raw score (``predict(x, raw_score=True)``), to rounding.
+
+        Parameters
+        ----------
+        x
+            (n, n_features) feature matrix, in the booster's column order (read as float64).
+        num_threads
+            Threads for LightGBM's leaf prediction and the chunks' products.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 of shape (n, n_features + 1).
+
+        Raises
+        ------
+        ValueError
+            ``x`` is not a matrix with ``n_features`` columns.
+        """
         return self.raw_score_and_contributions(x, num_threads=num_threads)[1]
 
     def raw_score_and_contributions(self, x: FloatArray, *, num_threads: int = 1) -> tuple[FloatArray, FloatArray]:
         """The raw score of each row, bit for bit ``booster.predict(x, raw_score=True)``, and its
-        :meth:`contributions`, from one pass of LightGBM's leaf prediction."""
+        :meth:`contributions`, from one pass of LightGBM's leaf prediction.
+
+        Parameters
+        ----------
+        x, num_threads
+            As in :meth:`contributions`.
+
+        Returns
+        -------
+        tuple[numpy.ndarray, numpy.ndarray]
+            ``(raw_score, contributions)``: float64 of shapes (n,) and (n, n_features + 1).
+
+        Raises
+        ------
+        ValueError
+            ``x`` is not a matrix with ``n_features`` columns.
+        """
         x = self._checked(x)
         n, n_trees = x.shape[0], len(self.trees)
         out = np.empty((n, self.n_features + 1), dtype=np.float64)
@@ -192,7 +220,23 @@ class PathContributions:
         return raw_score, out
 
     def leaves(self, x: FloatArray, *, num_threads: int = 1) -> LeafArray:
-        """(n, n_trees): the leaf each row reaches in each tree, LightGBM's ``predict(x, pred_leaf=True)``."""
+        """(n, n_trees): the leaf each row reaches in each tree, LightGBM's ``predict(x, pred_leaf=True)``.
+
+        Parameters
+        ----------
+        x, num_threads
+            As in :meth:`contributions`.
+
+        Returns
+        -------
+        numpy.ndarray
+            int32 leaf numbers within each tree, shape (n, n_trees), C-contiguous.
+
+        Raises
+        ------
+        ValueError
+            ``x`` has the wrong shape, or the booster predicts another number of trees than its dump.
+        """
         x = self._checked(x)
         if x.shape[0] == 0:
             return np.zeros((0, len(self.trees)), dtype=np.int32)
@@ -205,7 +249,33 @@ class PathContributions:
 
     def walk(self, x: FloatArray) -> tuple[FloatArray, IntArray]:
         """The reference: :meth:`contributions` and :meth:`leaves` of ``x`` computed by walking the rows
-        down every tree in numpy (LightGBM's routing, see the module's notes), crediting each step."""
+        down every tree in numpy, one depth level at a time, crediting each step as it goes (on one
+        thread, several times the work of the tables it checks).
+
+        It routes rows exactly as LightGBM does (``Tree::NumericalDecision`` in LightGBM's
+        ``tree.h``): a value with ``|v| <= kZeroThreshold`` (1e-35) is zero (the predictor drops it
+        as a sparse zero); NaN is treated as zero unless the split's ``missing_type`` is ``NaN``; a
+        missing value (NaN under ``missing_type`` ``NaN``, zero under ``Zero``) follows
+        ``default_left``; any other value goes left when ``v <= threshold``. So the leaves it reaches
+        are those of ``pred_leaf=True``. The walk adds a feature's credits one step at a time, the
+        tables add a tree's credits to a feature as one number: the two agree to rounding (a few
+        units in the last place), not bit for bit.
+
+        Parameters
+        ----------
+        x
+            (n, n_features) feature matrix.
+
+        Returns
+        -------
+        tuple[numpy.ndarray, numpy.ndarray]
+            ``(contributions, leaves)``: float64 (n, n_features + 1) and int64 (n, n_trees).
+
+        Raises
+        ------
+        ValueError
+            ``x`` is not a matrix with ``n_features`` columns.
+        """
         x = self._checked(x)
         out = np.zeros((x.shape[0], self.n_features + 1), dtype=np.float64)
         leaves = np.zeros((x.shape[0], len(self.trees)), dtype=np.int64)

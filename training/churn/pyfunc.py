@@ -5,17 +5,6 @@ JSON of ``ChurnModel.to_dict()`` (the ``churn_model`` artefact: LightGBM's model
 calibration map, features, thresholds, quantiles; no customer data), and the pyfunc is logged as
 code (MLflow's "models from code"): a short script that builds :class:`ChurnPyfunc`. Loading it
 needs the ``rapport`` package importable and the pinned requirements recorded with the model.
-
-Input: one row per customer with the model's feature columns (``ChurnModel.feature_names_``), either
-indexed by ``customer_id`` or with ``customer_id`` as a column (a request body or a CSV has no
-index): the column then becomes the index. The signature lists the features as required inputs and
-``customer_id`` and the columns the reasons read for context (``avg_days_between_orders`` next to
-``days_since_last_order``, ...; :data:`training.churn.reasons.CONTEXT_COLUMNS`) as optional ones.
-Other columns of a request (a training frame's ``cutoff`` or label) are ignored.
-
-Output: ``ChurnModel.predict`` indexed like the input: ``churn_probability``, ``risk_band`` (as a
-plain string: a pyfunc's output travels as JSON, CSV or Parquet), ``percentile``, ``reason_1`` ..
-``reason_3`` (None where fewer features push the risk up).
 """
 
 from __future__ import annotations
@@ -56,18 +45,55 @@ mlflow.models.set_model(ChurnPyfunc())
 
 def pyfunc_output(predictions: pd.DataFrame) -> pd.DataFrame:
     """``ChurnModel.predict`` output as the pyfunc returns it: categorical columns (``risk_band``) as
-    plain strings, everything else and the index unchanged. Batch scoring writes the same layout."""
+    plain strings (a pyfunc's output travels as JSON, CSV or Parquet), everything else and the index
+    unchanged. Batch scoring writes the same layout.
+
+    Parameters
+    ----------
+    predictions
+        The frame of ``ChurnModel.predict``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same columns and index, no categorical dtype.
+    """
     return flatten_cashflows(predictions)
 
 
 class ChurnPyfunc(JsonModelPyfunc):
-    """Rebuilds the fitted churn model from its JSON artefact and scores churn features with it."""
+    """Rebuilds the fitted churn model from its JSON artefact and scores churn features with it.
+
+    Input: one row per customer with the model's feature columns (``ChurnModel.feature_names_``),
+    either indexed by ``customer_id`` or with ``customer_id`` as a column (a request body or a CSV
+    has no index): the column then becomes the index. The signature lists the features as required
+    inputs and ``customer_id`` and the columns the reasons read for context
+    (``avg_days_between_orders`` next to ``days_since_last_order``, ...;
+    :data:`training.churn.reasons.CONTEXT_COLUMNS`) as optional ones. Other columns of a request (a
+    training frame's ``cutoff`` or label) are ignored.
+
+    Output: ``ChurnModel.predict`` indexed like the input: ``churn_probability``, ``risk_band`` (a
+    plain string), ``percentile``, ``reason_1`` .. ``reason_3`` (None where fewer features push the
+    risk up).
+    """
 
     artifact_key = ARTIFACT_KEY
     default_class = DEFAULT_MODEL_CLASS
 
     @staticmethod
     def output(predictions: pd.DataFrame) -> pd.DataFrame:
+        """The pyfunc's answer for the model's predictions (:func:`pyfunc_output`).
+
+        Parameters
+        ----------
+        predictions
+            The frame of ``ChurnModel.predict``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``risk_band`` as plain strings, the rest unchanged.
+        """
         return pyfunc_output(predictions)
 
 
@@ -98,7 +124,13 @@ def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.Da
 
 
 def churn_pip_requirements() -> list[str]:
-    """The CLV pyfunc's pinned runtime requirements plus LightGBM's."""
+    """The CLV pyfunc's pinned runtime requirements plus LightGBM's.
+
+    Returns
+    -------
+    list[str]
+        ``name==version`` pins of the installed distributions.
+    """
     return [*pip_requirements(), *pinned(CHURN_RUNTIME_DISTRIBUTIONS)]
 
 
@@ -116,7 +148,21 @@ def log_churn_model(
     column; other columns such as ``cutoff`` or the label are dropped) is stored with the model and
     gives it its signature. With ``registered_model_name`` the model becomes a new version of that
     registered model, tagged with the code version and ``tags``, without an alias: promotion is the
-    caller's decision. ``ModelInfo.registered_model_version`` holds the new version.
+    caller's decision.
+
+    Parameters
+    ----------
+    model
+        A fitted ``ChurnModel``.
+    input_example
+        A few rows of churn features (see above); ``None``: no example and no signature.
+    name, registered_model_name, tags
+        As in :func:`training.clv.pyfunc.log_clv_model`.
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+        As :func:`training.clv.pyfunc.log_clv_model`, which also says what it raises.
     """
     return log_json_pyfunc(
         model, what="churn", name=name, artifact_key=ARTIFACT_KEY, model_code=_MODEL_CODE,

@@ -1,24 +1,11 @@
 """Churn reasons in plain words: one sentence per feature, with the customer's own numbers.
 
-:func:`reason_text` turns a feature that pushes a customer's churn risk up (see
-``ChurnModel.predict``: the largest positive LightGBM contributions) into words a retention team
-reads without a data dictionary: "no order for 120 days (usually every 30)", "spend down 60 % vs the
-previous quarter", "probability still active 12 %". Related columns of the same row add context
-(:func:`related_columns`): the usual gap between orders next to the days since the last one, the
-previous quarter next to the last one.
-
-Units are those of the churn features (``features.churn.churn_features``): days for durations
-(recency and T with ``time_unit="D"``), shares in [0, 1], amounts in the data's currency. A value
-that is missing (NaN) or not finite reads "... unknown" (or what missing means, e.g. a single
-order) instead of a made-up number. A feature without a template reads ``"<feature> = <value>"``.
-
-The functions are pure: no model, no state, the same words for the same row.
-
-:func:`reason_texts` writes the sentences of one feature for many rows at once (what scoring calls:
-a million customers share far fewer sentences). It sorts the rows by what their sentence depends on
-(the numbers as written: whole days, whole percentages, amounts rounded as :func:`money` writes
-them, the branch a template takes) and calls :func:`reason_text` once per distinct case, so the
-words are those of :func:`reason_text` for every row.
+:func:`reason_text` turns a feature that pushes a customer's churn risk up (the largest positive
+contributions of ``ChurnModel.predict``) into words a retention team reads without a data
+dictionary: "no order for 120 days (usually every 30)", "spend down 60 % vs the previous quarter".
+Related columns of the same row add context (:func:`related_columns`). :func:`reason_texts` writes
+the sentences of one feature for many rows at once, each distinct sentence once. The functions are
+pure: no model, no state, the same words for the same row.
 """
 
 from __future__ import annotations
@@ -103,7 +90,21 @@ def _percent(share: float) -> str:
 
 def money(amount: float, currency: str | None = None) -> str:
     """An amount for a sentence: "£23.50", "£1,234" (whole units from 100 on), "120.00 CHF",
-    "23.50" without a currency."""
+    "23.50" without a currency.
+
+    Parameters
+    ----------
+    amount
+        The amount, in the data's currency (negative amounts keep their sign).
+    currency
+        ISO code such as ``"GBP"`` (a known symbol is written before the number, another code
+        after it); ``None``: a bare number.
+
+    Returns
+    -------
+    str
+        The amount as written in a sentence.
+    """
     text = f"{abs(amount):,.0f}" if abs(amount) >= 100 else f"{abs(amount):,.2f}"
     sign = "-" if amount < 0 and text.strip("0.,") else ""
     if currency is None:
@@ -322,7 +323,21 @@ CONTEXT_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for related in _RELATED
 
 
 def related_columns(feature: str) -> tuple[str, ...]:
-    """Columns besides ``feature`` itself that its sentence reads when the row has them."""
+    """Columns besides ``feature`` itself that its sentence reads when the row has them.
+
+    Context for the reader: the usual gap between orders next to the days since the last one, the
+    previous quarter next to the last one.
+
+    Parameters
+    ----------
+    feature
+        A churn feature name.
+
+    Returns
+    -------
+    tuple[str, ...]
+        Column names; empty for a feature whose sentence reads only its own value.
+    """
     return _RELATED.get(feature, ())
 
 
@@ -338,12 +353,34 @@ def reason_text(feature: str, row: Mapping[str, Any], *, currency: str | None = 
                 horizon_days: int | None = None) -> str:
     """The sentence for ``feature`` with the value ``row[feature]`` (and related columns of ``row``).
 
-    ``currency`` (an ISO code such as ``"GBP"``) formats amounts ("£23.50"); None writes bare numbers.
-    A missing or non-finite value reads "<what> unknown", except where missing has a meaning: no
-    usual gap between orders means one order only, no change vs the previous quarter means nothing
-    in that quarter. A feature without a template reads ``"<feature> = <value>"``. ``KeyError`` when
-    ``row`` has no ``feature`` at all. ``horizon_days``, the churn model's horizon H, is named in the
-    days-since-last-order sentence: "no order for 40 days (usually every 7; churn horizon 21 days)".
+    Units are those of the churn features (:func:`features.churn.churn_features`): days for
+    durations (recency and T with ``time_unit="D"``), shares in [0, 1], amounts in the data's
+    currency. A missing or non-finite value reads "<what> unknown" instead of a made-up number,
+    except where missing has a meaning: no usual gap between orders means one order only, no change
+    vs the previous quarter means nothing in that quarter. A feature without a template reads
+    ``"<feature> = <value>"``.
+
+    Parameters
+    ----------
+    feature
+        The feature to explain.
+    row
+        The customer's values: ``row[feature]`` and, when present, its :func:`related_columns`.
+    currency
+        ISO code such as ``"GBP"`` to format amounts ("£23.50"); ``None``: bare numbers.
+    horizon_days
+        The churn model's horizon H, named in the days-since-last-order sentence: "no order for
+        40 days (usually every 7; churn horizon 21 days)"; ``None``: not named.
+
+    Returns
+    -------
+    str
+        One sentence, no final full stop.
+
+    Raises
+    ------
+    KeyError
+        ``row`` has no ``feature`` at all.
     """
     if feature not in row:
         raise KeyError(f"reason_text: the row has no value for {feature!r}")
@@ -540,7 +577,33 @@ def reason_texts(feature: str, columns: Mapping[str, ArrayLike], rows: ArrayLike
     ``columns`` maps column names to equally long numeric arrays (missing values as NaN): the feature
     and, when present, its :func:`related_columns` (an absent one reads as missing, as in
     :func:`reason_text`). Each distinct sentence is written once, by :func:`reason_text`, for all
-    rows it describes. ``KeyError`` when ``columns`` has no ``feature``.
+    rows it describes: the rows are grouped by what their sentence depends on (the numbers as
+    written: whole days, whole percentages, amounts rounded as :func:`money` writes them, the
+    branch a template takes), so a million customers cost far fewer sentences and every row gets
+    the words of :func:`reason_text`.
+
+    Parameters
+    ----------
+    feature
+        The feature to explain.
+    columns
+        Column name -> numeric array, all of one length.
+    rows
+        Row numbers into the arrays (1-d).
+    currency, horizon_days
+        As in :func:`reason_text`.
+
+    Returns
+    -------
+    list[str]
+        One sentence per entry of ``rows``, in that order.
+
+    Raises
+    ------
+    KeyError
+        ``columns`` has no ``feature``.
+    ValueError
+        ``rows`` is not one-dimensional.
     """
     if feature not in columns:
         raise KeyError(f"reason_texts: the columns have no {feature!r}")

@@ -1,31 +1,12 @@
 """The one module that imports ``lifetimes``: fitting the purchase and spend models, and their
 predictions from fitted parameters alone.
 
-Fitting. The likelihoods are lifetimes' (``BetaGeoFitter``, ``ModifiedBetaGeoFitter``,
-``ParetoNBDFitter``, ``GammaGammaFitter``), minimised the way lifetimes' BG/NBD and Gamma-Gamma
-fitters minimise them: in log-parameters from lifetimes' start, durations divided by the longest
-``T``, the mean negative log-likelihood per customer plus ``penalizer * sum(params ** 2)``, BFGS
-with autograd's gradient (central differences for Pareto/NBD, whose likelihood autograd cannot
-differentiate; lifetimes uses Nelder-Mead there, which needs hundreds of evaluations). The loop
-around the optimiser is ours so that it can
-
-- fit on compressed sufficient statistics: customers with identical (frequency, recency, T) are one
-  row weighted by their count (lifetimes' ``weights=``): the same likelihood, many times faster;
-- on large data, start from the optimum of a seeded subsample (:data:`WARM_START_ROWS`);
-- check convergence and fail with :class:`ClvFitError` naming the model, the reason and the
-  optimiser's message (lifetimes prints the optimiser's result and raises a generic error, or, for
-  Pareto/NBD, does not check at all), retrying once with a small penalizer first;
-- compute the covariance of the parameters from the Hessian (lifetimes' own ``variance_matrix_``
-  scales the off-diagonal terms by one parameter instead of two, and Pareto/NBD has none).
-
-Predicting. Closed forms from the parameters alone (no fitter object, no training data), vectorised
-over numpy arrays that broadcast like lifetimes' arguments. The conditional expectation of every
-purchase model factors as P(alive | x, t_x, T) * E[X(t) | alive at T, x, T]; the second factor does
-not depend on recency, which lets callers evaluate the expensive hypergeometric part once per
-distinct (frequency, T) pair (:func:`expected_purchases_given_alive`).
-
-Durations are in whatever unit the inputs are in; the fitted rate parameters (alpha, and beta for
-Pareto/NBD) are in the same unit. Amounts are in the currency of the inputs.
+Keeping lifetimes behind this one adapter means a move to another library touches one file. The
+likelihoods are lifetimes'; the loop around the optimiser is ours (compression, warm starts,
+convergence checks with :class:`ClvFitError`, the covariance from the Hessian: see
+:func:`fit_purchase_model`). Predictions are closed forms from the parameters alone, vectorised
+over numpy arrays that broadcast like lifetimes' arguments, each citing the equation it implements.
+Durations are in the unit of the inputs (so are the fitted rate parameters); amounts in their currency.
 """
 
 from __future__ import annotations
@@ -165,27 +146,74 @@ class FittedParams:
 
     @property
     def without_dropout(self) -> bool:
-        """The purchase model was fitted in its no-drop-out limit (:data:`NO_DROPOUT`): the NBD."""
+        """The purchase model was fitted in its no-drop-out limit (:data:`NO_DROPOUT`): the NBD.
+
+        Returns
+        -------
+        bool
+            ``True`` when a parameter was held fixed.
+        """
         return bool(self.fixed)
 
     @property
     def label(self) -> str:
-        """The model as tables, tags and messages name it: the kind, and its NBD limit when fitted so."""
+        """The model as tables, tags and messages name it: the kind, and its NBD limit when fitted so.
+
+        Returns
+        -------
+        str
+            ``"bgnbd"``, or ``"bgnbd without drop-out (NBD)"``.
+        """
         return f"{self.kind} without drop-out (NBD)" if self.fixed else self.kind
 
     def as_dict(self) -> dict[str, float]:
-        """Parameter values by name."""
+        """Parameter values by name.
+
+        Returns
+        -------
+        dict[str, float]
+            Name -> value, in the order of ``names``.
+        """
         return dict(zip(self.names, self.values))
 
     def standard_errors(self) -> dict[str, float]:
-        """Standard errors by name: square roots of the covariance diagonal."""
+        """Standard errors by name: square roots of the covariance diagonal.
+
+        Returns
+        -------
+        dict[str, float]
+            Name -> standard error (0 for a fixed parameter).
+        """
         return {name: math.sqrt(max(self.covariance[i][i], 0.0)) for i, name in enumerate(self.names)}
 
     def covariance_matrix(self) -> FloatArray:
+        """The covariance as an array.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 (k, k), in the order of ``names``.
+        """
         return np.array(self.covariance, dtype=np.float64)
 
     def with_values(self, values: ArrayLike) -> FittedParams:
-        """The same fit with other parameter values (for sensitivities: finite differences)."""
+        """The same fit with other parameter values (for sensitivities: finite differences).
+
+        Parameters
+        ----------
+        values
+            k positive values, in the order of ``names``.
+
+        Returns
+        -------
+        FittedParams
+            A copy with ``values`` replaced.
+
+        Raises
+        ------
+        ValueError
+            A value that is not finite and positive, or the wrong number of values.
+        """
         return FittedParams(
             self.kind, self.names, tuple(float(v) for v in np.asarray(values, dtype=np.float64)), self.covariance,
             self.log_likelihood, self.penalizer, self.retried, self.message, self.n_customers, self.n_rows,
@@ -193,7 +221,13 @@ class FittedParams:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: lists, floats, ints, strings and a bool."""
+        """JSON-friendly: lists, floats, ints, strings and a bool.
+
+        Returns
+        -------
+        dict[str, Any]
+            Every field by name, read back by :meth:`from_dict`.
+        """
         return {
             "kind": self.kind,
             "names": list(self.names),
@@ -210,8 +244,23 @@ class FittedParams:
 
     @classmethod
     def from_dict(cls, data: Any) -> FittedParams:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming a missing or malformed field (or
-        ``data`` that is no mapping)."""
+        """Inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        data
+            A mapping as written by :meth:`to_dict` (``fixed`` may be absent in older artefacts).
+
+        Returns
+        -------
+        FittedParams
+            The fit, validated.
+
+        Raises
+        ------
+        ValueError
+            ``data`` is no mapping, or a field is missing or malformed (the message names it).
+        """
         if not isinstance(data, Mapping):
             raise ValueError(f"fitted parameters must be a mapping, got {type(data).__name__}")
         missing = [name for name in _FIELDS if name not in data]
@@ -264,6 +313,22 @@ def unique_rows(*columns: ArrayLike) -> tuple[tuple[FloatArray, ...], NDArray[np
 
     ``unique[j][inverse]`` gives back column ``j``; ``counts`` is how many rows each distinct row
     stands for. Rows are sorted by the first column, then the second, ... (one lexsort).
+
+    Parameters
+    ----------
+    *columns
+        Equally long 1-d columns (read as float64).
+
+    Returns
+    -------
+    tuple
+        ``(unique columns, inverse, counts)``: a float64 array per column, intp of the input's
+        length, int64 of the number of distinct rows.
+
+    Raises
+    ------
+    ValueError
+        Columns of different lengths.
     """
     arrays = [np.asarray(c, dtype=np.float64).ravel() for c in columns]
     n = arrays[0].shape[0] if arrays else 0
@@ -590,6 +655,52 @@ def fit_purchase_model(
     ``retry_penalizer`` (when larger than ``penalizer``; ``None``: never), then fitted in its
     no-drop-out limit (the NBD, accepted when a likelihood-ratio test does not reject it), before
     :class:`ClvFitError` is raised; the returned parameters record the retry or the limit (``fixed``).
+
+    The likelihoods are lifetimes' (``BetaGeoFitter``, ``ModifiedBetaGeoFitter``,
+    ``ParetoNBDFitter``), minimised the way lifetimes' BG/NBD fitter minimises them: in
+    log-parameters from lifetimes' start, durations divided by the longest ``T``, the mean negative
+    log-likelihood per customer plus ``penalizer * sum(params ** 2)``, BFGS with autograd's gradient
+    (central differences for Pareto/NBD, whose likelihood autograd cannot differentiate; lifetimes
+    uses Nelder-Mead there, which needs hundreds of evaluations). The loop around the optimiser is
+    ours so that it can
+
+    - fit on compressed sufficient statistics: customers with identical (frequency, recency, T) are
+      one row weighted by their count (lifetimes' ``weights=``): the same likelihood on far fewer
+      rows;
+    - on large data, start from the optimum of a seeded subsample (:data:`WARM_START_ROWS`);
+    - check convergence and fail with :class:`ClvFitError` naming the model, the reason and the
+      optimiser's message (lifetimes prints the optimiser's result and raises a generic error, or,
+      for Pareto/NBD, does not check at all), retrying once with a small penalizer first;
+    - compute the covariance of the parameters from the Hessian (lifetimes' own
+      ``variance_matrix_`` scales the off-diagonal terms by one parameter instead of two, and
+      Pareto/NBD has none).
+
+    Parameters
+    ----------
+    kind
+        ``"bgnbd"``, ``"mbgnbd"`` or ``"paretonbd"``.
+    frequency, recency, T
+        Repeat purchases, time from first to last purchase, time from first purchase to the end of
+        calibration, one per customer, in one time unit.
+    penalizer
+        L2 penalty on the parameters (>= 0).
+    retry_penalizer
+        Penalty of the one retry; ``None``: no retry.
+    compress
+        Fit distinct (frequency, recency, T) rows weighted by their counts.
+
+    Returns
+    -------
+    FittedParams
+        Values, covariance, log-likelihood and what the fit did.
+
+    Raises
+    ------
+    ClvFitError
+        No accepted fit (the message names the model, the reason and the optimiser's message).
+    ValueError
+        An unknown ``kind``, inputs of different lengths or not finite, no customer, or ``T``
+        negative (or 0 for everybody).
     """
     if kind not in PURCHASE_MODELS:
         raise ValueError(f"kind must be one of {PURCHASE_MODELS}, got {kind!r}")
@@ -618,7 +729,30 @@ def fit_spend_model(
     Give it the repeat customers only (``frequency`` > 0) with a positive ``monetary_value`` (their
     mean spend per repeat period): the model is a density on positive averages of ``frequency``
     transactions. Customers with identical (frequency, monetary_value) are fitted as one weighted
-    row. Fails like :func:`fit_purchase_model`, and also when q <= 1 (an infinite mean order value).
+    row. The likelihood is lifetimes' ``GammaGammaFitter``'s, minimised as in
+    :func:`fit_purchase_model` (without the time scaling). Fails like :func:`fit_purchase_model`,
+    and also when q <= 1 (an infinite mean order value).
+
+    Parameters
+    ----------
+    frequency
+        Repeat purchases (> 0), one per customer.
+    monetary_value
+        The customer's mean spend per repeat period (> 0), in the data's currency.
+    penalizer, retry_penalizer
+        As in :func:`fit_purchase_model`.
+
+    Returns
+    -------
+    FittedParams
+        ``kind`` ``"gammagamma"``: p, q, v.
+
+    Raises
+    ------
+    ClvFitError
+        No accepted fit, or q <= 1.
+    ValueError
+        A customer with ``frequency`` 0 or ``monetary_value`` <= 0, or inputs of different lengths.
     """
     f, m = _columns(frequency, monetary_value, names=("frequency", "monetary_value"))
     if not np.all(f > 0):
@@ -661,6 +795,23 @@ def probability_alive(params: FittedParams, frequency: ArrayLike, recency: Array
     - Pareto/NBD: 1 / (1 + s / (r + s + x) (alpha + T)^(r + x) (beta + T)^s A_0) (Fader, Hardie &
       Lee 2005, note 009, eq. (36)-(37), with A_0 of eq. (19)-(20)).
     - Any of them fitted in the no-drop-out limit (``params.fixed``): 1.
+
+    Parameters
+    ----------
+    params
+        A purchase model's fit.
+    frequency, recency, T
+        x, t_x and T in the fit's time unit (array-likes that broadcast together).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 in [0, 1], of the broadcast shape.
+
+    Raises
+    ------
+    ValueError
+        ``params`` is not a purchase model's.
     """
     _require(params, PURCHASE_MODELS)
     x, tx, t_age = _as_float(frequency, recency, T)
@@ -715,6 +866,29 @@ def expected_purchases_given_alive(
       (note 009, eq. (41) without its P(alive) factor; the limit (r + x)/(alpha + T) (beta + T)
       log((beta + T + t) / (beta + T)) at s = 1).
     - Any of them in the no-drop-out limit, the NBD: (r + x) t / (alpha + T).
+
+    The conditional expectation of every purchase model factors as P(alive | x, t_x, T) times this,
+    and this does not depend on recency, so callers evaluate the expensive hypergeometric part once
+    per distinct (frequency, T) pair.
+
+    Parameters
+    ----------
+    params
+        A purchase model's fit.
+    t
+        Length of the prediction window, in the fit's time unit.
+    frequency, T
+        x and T (array-likes that broadcast with ``t``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 >= 0, of the broadcast shape.
+
+    Raises
+    ------
+    ValueError
+        ``params`` is not a purchase model's.
     """
     _require(params, PURCHASE_MODELS)
     t_, x, t_age = _as_float(t, frequency, T)
@@ -744,7 +918,27 @@ def expected_purchases(
 ) -> FloatArray:
     """E[X(t) | x, t_x, T]: expected repeat purchases in (T, T + t] given the customer's history
     (BG/NBD: Fader, Hardie & Lee 2005a eq. (10); Pareto/NBD: note 009 eq. (41)), computed as
-    :func:`probability_alive` * :func:`expected_purchases_given_alive`."""
+    :func:`probability_alive` * :func:`expected_purchases_given_alive`.
+
+    Parameters
+    ----------
+    params
+        A purchase model's fit.
+    t
+        Length of the prediction window, in the fit's time unit.
+    frequency, recency, T
+        x, t_x and T (array-likes that broadcast together).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 >= 0, of the broadcast shape.
+
+    Raises
+    ------
+    ValueError
+        ``params`` is not a purchase model's.
+    """
     return probability_alive(params, frequency, recency, T) * expected_purchases_given_alive(params, t, frequency, T)
 
 
@@ -756,6 +950,23 @@ def unconditional_expected_purchases(params: FittedParams, t: ArrayLike) -> Floa
     - MBG/NBD: b / (a - 1) [1 - (alpha / (alpha + t))^r 2F1(r, b + 1; a + b; t / (alpha + t))]
       (Batislam et al. 2007).
     - Pareto/NBD: r beta / (alpha (s - 1)) [1 - (beta / (beta + t))^(s - 1)], note 009 eq. (27).
+
+    Parameters
+    ----------
+    params
+        A purchase model's fit.
+    t
+        Time since acquisition, in the fit's time unit.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 >= 0, the shape of ``t``.
+
+    Raises
+    ------
+    ValueError
+        ``params`` is not a purchase model's.
     """
     _require(params, PURCHASE_MODELS)
     (t_,) = _as_float(t)
@@ -773,6 +984,25 @@ def expected_order_value(spend_params: FittedParams, frequency: ArrayLike, monet
     Fader & Hardie (2013) eq. (5): (q - 1) / (p x + q - 1) * p v / (q - 1) + p x / (p x + q - 1) * m, a
     weighted mean of the population mean order value p v / (q - 1) and the customer's own mean. For
     x = 0 the weight of ``monetary_value`` is 0: the population mean, as the model implies.
+
+    Parameters
+    ----------
+    spend_params
+        The Gamma-Gamma fit.
+    frequency
+        x, repeat purchases.
+    monetary_value
+        m, the customer's mean spend per repeat period (ignored where x = 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, in the data's currency, of the broadcast shape.
+
+    Raises
+    ------
+    ValueError
+        ``spend_params`` is not a Gamma-Gamma fit.
     """
     _require(spend_params, (SPEND_MODEL,))
     p, q, v = spend_params.values
@@ -782,7 +1012,23 @@ def expected_order_value(spend_params: FittedParams, frequency: ArrayLike, monet
 
 
 def population_order_value(spend_params: FittedParams) -> float:
-    """p v / (q - 1): the mean order value of the population (eq. (5) of Fader & Hardie 2013 at x = 0)."""
+    """p v / (q - 1): the mean order value of the population (eq. (5) of Fader & Hardie 2013 at x = 0).
+
+    Parameters
+    ----------
+    spend_params
+        The Gamma-Gamma fit.
+
+    Returns
+    -------
+    float
+        In the data's currency.
+
+    Raises
+    ------
+    ValueError
+        ``spend_params`` is not a Gamma-Gamma fit.
+    """
     _require(spend_params, (SPEND_MODEL,))
     p, q, v = spend_params.values
     return p * v / (q - 1)
@@ -802,6 +1048,25 @@ def probability_no_purchase(
     Exact for BG/NBD and MBG/NBD, where drop-out happens only right after a purchase. For
     Pareto/NBD, where a customer can also drop out inside the window before buying, it is a lower
     bound.
+
+    Parameters
+    ----------
+    params
+        A purchase model's fit.
+    t
+        Length of the window, in the fit's time unit.
+    frequency, recency, T
+        x, t_x and T (array-likes that broadcast together).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 in [0, 1], of the broadcast shape.
+
+    Raises
+    ------
+    ValueError
+        ``params`` is not a purchase model's.
     """
     _require(params, PURCHASE_MODELS)
     t_, x, t_age = _as_float(t, frequency, T)
@@ -819,6 +1084,23 @@ def median_time_to_next_purchase(params: FittedParams, frequency: ArrayLike, T: 
     times the Gamma(r, alpha) prior; Fader, Hardie & Lee 2005a, section 3). The waiting time W is
     exponential given lambda, so P(W > w) = ((alpha + T) / (alpha + T + w))^(r + x), whose median is
     (alpha + T)(2^(1 / (r + x)) - 1). Drop-out is not counted: this is the wait if they stay.
+
+    Parameters
+    ----------
+    params
+        A purchase model's fit.
+    frequency, T
+        x and T (array-likes that broadcast together).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 > 0, in the fit's time unit, of the broadcast shape.
+
+    Raises
+    ------
+    ValueError
+        ``params`` is not a purchase model's.
     """
     _require(params, PURCHASE_MODELS)
     x, t_age = _as_float(frequency, T)

@@ -5,19 +5,6 @@ The logged model holds no pickle. Its fitted state is the JSON of ``ClvModel.to_
 itself is logged as code (MLflow's "models from code"): a three-line script that builds
 :class:`ClvPyfunc`. Loading it needs the ``rapport`` package importable (the serving image installs
 it) and the pinned third-party requirements recorded with the model.
-
-Input: one row per customer with the columns of ``features.customer.customer_features``, either
-as that function returns them (indexed by ``customer_id``) or with ``customer_id`` as a column (a
-request body or a CSV has no index): the column then becomes the index. The signature lists
-``customer_id`` as an optional column, so both forms pass MLflow's input check.
-
-Output: the model's outputs indexed like the input (by ``customer_id``), as ``ClvModel.predict``.
-``ClvModel.predict`` returns the expected cash flow of each future month as one array per customer
-(``clv_cashflows``); a pyfunc's output has to travel as JSON, CSV or Parquet, so the array becomes
-one float column per month, ``clv_cashflow_month_1`` … ``clv_cashflow_month_<H>`` (month 1 is the
-first month after the cutoff; a shorter array is padded with NaN), and categorical columns
-(``value_segment``) become plain strings. Every other column is passed through unchanged. Write the
-index along (``reset_index()``, or JSON with ``orient="split"``) to keep the customer ids.
 """
 
 from __future__ import annotations
@@ -64,7 +51,18 @@ mlflow.models.set_model(ClvPyfunc())
 
 
 def cashflow_columns(months: int) -> list[str]:
-    """Names of the per-month cash-flow columns of the pyfunc output, month 1 first."""
+    """Names of the per-month cash-flow columns of the pyfunc output, month 1 first.
+
+    Parameters
+    ----------
+    months
+        Number of months H (>= 0).
+
+    Returns
+    -------
+    list[str]
+        ``clv_cashflow_month_1`` … ``clv_cashflow_month_<H>``.
+    """
     return [f"{CASHFLOW_MONTH_PREFIX}{month}" for month in range(1, months + 1)]
 
 
@@ -72,7 +70,22 @@ def flatten_cashflows(predictions: pd.DataFrame) -> pd.DataFrame:
     """``ClvModel.predict`` output in the pyfunc layout: ``clv_cashflows`` spread into month columns,
     categorical columns as strings, the index kept.
 
-    Batch scoring writes the same layout, so a file of scores and the service agree column by column.
+    ``ClvModel.predict`` returns the expected cash flow of each future month as one array per
+    customer (``clv_cashflows``); a pyfunc's output has to travel as JSON, CSV or Parquet, so the
+    array becomes one float column per month (month 1 is the first month after the cutoff; a
+    shorter array is padded with NaN). Batch scoring writes the same layout, so a file of scores
+    and the service agree column by column.
+
+    Parameters
+    ----------
+    predictions
+        The frame of ``ClvModel.predict`` (or of ``ChurnModel.predict``: no cash-flow column).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same index; ``clv_cashflows`` replaced in place by :func:`cashflow_columns` (float64),
+        categorical columns as object, every other column unchanged.
     """
     frame = predictions
     categorical = [name for name in frame.columns if isinstance(frame[name].dtype, pd.CategoricalDtype)]
@@ -95,13 +108,35 @@ def _is_empty(flows: Any) -> bool:
 
 
 class ClvPyfunc(JsonModelPyfunc):
-    """Rebuilds the fitted CLV model from its JSON artefact and scores customer features with it."""
+    """Rebuilds the fitted CLV model from its JSON artefact and scores customer features with it.
+
+    Input: one row per customer with the columns of ``features.customer.customer_features``, either
+    as that function returns them (indexed by ``customer_id``) or with ``customer_id`` as a column
+    (a request body or a CSV has no index): the column then becomes the index. The signature lists
+    ``customer_id`` as an optional column, so both forms pass MLflow's input check.
+
+    Output: the model's outputs indexed like the input (by ``customer_id``), as ``ClvModel.predict``
+    in the layout of :func:`flatten_cashflows`. Write the index along (``reset_index()``, or JSON
+    with ``orient="split"``) to keep the customer ids.
+    """
 
     artifact_key = ARTIFACT_KEY
     default_class = DEFAULT_MODEL_CLASS
 
     @staticmethod
     def output(predictions: pd.DataFrame) -> pd.DataFrame:
+        """The pyfunc's answer for the model's predictions (:func:`flatten_cashflows`).
+
+        Parameters
+        ----------
+        predictions
+            The frame of ``ClvModel.predict``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One column per month of cash flow, categorical columns as strings.
+        """
         return flatten_cashflows(predictions)
 
 
@@ -118,7 +153,13 @@ def _signature(model: Any, example: pd.DataFrame) -> tuple[ModelSignature, pd.Da
 
 
 def pip_requirements() -> list[str]:
-    """The runtime requirements recorded with the model, pinned to the installed versions."""
+    """The runtime requirements recorded with the model, pinned to the installed versions.
+
+    Returns
+    -------
+    list[str]
+        ``name==version`` of :data:`RUNTIME_DISTRIBUTIONS` (a missing one is logged and left out).
+    """
     return pinned(RUNTIME_DISTRIBUTIONS)
 
 
@@ -137,7 +178,29 @@ def log_clv_model(
     every column of the example becomes an input a request must carry. With
     ``registered_model_name`` the model becomes a new version of that registered model, tagged with
     the code version and ``tags``, without an alias: promotion is the caller's decision.
-    ``ModelInfo.registered_model_version`` holds the new version.
+
+    Parameters
+    ----------
+    model
+        A fitted ``ClvModel``.
+    name
+        The logged model's name in the run (MLflow 3's ``name=``).
+    registered_model_name
+        Registry name to register a new version under; ``None``: log only.
+    input_example
+        A few rows of customer features; ``None``: no example and no signature.
+    tags
+        Tags of the registered version, besides the code version.
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+        The logged model; ``registered_model_version`` holds the new version when registered.
+
+    Raises
+    ------
+    RuntimeError
+        No active run (open one with :func:`training.tracking.start_run`).
     """
     return log_json_pyfunc(
         model, what="clv", name=name, artifact_key=ARTIFACT_KEY, model_code=_MODEL_CODE,

@@ -1,18 +1,10 @@
 """The recommender's fitted state on disk: a directory of two files and a folder of arrays, no pickle.
 
-- ``recommender.json``: the header (``format``, ``format_version``), the settings, the cutoff, item
-  ids, names and categories, the per-segment popular lists and what the ranker learned from;
-- ``arrays/``: numbers only, one uncompressed ``.npy`` file per array (``allow_pickle=False`` on
-  load): customer ids, the four interaction matrices (one shared ``indptr`` / ``indices``, four data
-  arrays), item statistics, ALS factors, the item-item similarity and the ALS input weighting. They
-  are memory-mapped read-only on load, in the dtypes the model computes with: a service's workers
-  share one copy through the page cache and a worker starts without reading them (artefacts written
-  before, with one ``arrays.npz``, are still read, into memory);
-- ``ranker.txt``: LightGBM's own model text.
-
-:func:`save` writes it, :func:`load` reads it back and checks every array's shape against the
-header, raising :class:`RecommenderArtefactError` with the file and field that is wrong. The MLflow
-pyfunc (:mod:`training.recommend.pyfunc`) logs this directory as its artefact.
+:func:`save` writes it (the layout is in its docstring), :func:`load` reads it back and checks
+every array's shape against the header, raising :class:`RecommenderArtefactError` with the file
+and field that is wrong. The arrays are memory-mapped read-only on load, so a service's workers
+share one copy through the page cache. The MLflow pyfunc (:mod:`training.recommend.pyfunc`) logs
+this directory as its artefact.
 """
 
 from __future__ import annotations
@@ -53,7 +45,19 @@ def _index_dtype(index: np.ndarray) -> type:
 
 def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
     """One uncompressed ``.npy`` file per array in ``directory`` (replaced), loadable with
-    :func:`load_arrays`."""
+    :func:`load_arrays`.
+
+    Parameters
+    ----------
+    directory
+        Folder of the arrays (created; its ``.npy`` files are removed first).
+    arrays
+        Name -> numeric array (no object dtype: saved with ``allow_pickle=False``).
+
+    Returns
+    -------
+    None
+    """
     if directory.is_dir():
         for old in directory.glob("*.npy"):
             old.unlink()
@@ -63,8 +67,25 @@ def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_arrays(directory: Path, error: type[Exception]) -> dict[str, np.ndarray]:
-    """The arrays of :func:`save_arrays`, memory-mapped read-only (no pickle); ``error`` names a file
-    that is not an array."""
+    """The arrays of :func:`save_arrays`, memory-mapped read-only (no pickle).
+
+    Parameters
+    ----------
+    directory
+        Folder of the arrays.
+    error
+        The exception class raised for a file that is not an array (the caller's named error).
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        File stem -> read-only memory map.
+
+    Raises
+    ------
+    error
+        A ``.npy`` file that cannot be read; the message names it.
+    """
     arrays = {}
     for path in sorted(directory.glob("*.npy")):
         try:
@@ -75,7 +96,39 @@ def load_arrays(directory: Path, error: type[Exception]) -> dict[str, np.ndarray
 
 
 def save(model: RecommenderModel, directory: Path | str) -> Path:
-    """Write the fitted ``model`` into ``directory`` (created; existing files of the artefact replaced)."""
+    """Write the fitted ``model`` into ``directory`` (created; existing files of the artefact replaced).
+
+    The layout:
+
+    - ``recommender.json``: the header (``format``, ``format_version``), the settings, the cutoff,
+      item ids, names and categories, the per-segment popular lists and what the ranker learned from;
+    - ``arrays/``: numbers only, one uncompressed ``.npy`` file per array (``allow_pickle=False`` on
+      load): customer ids, the interaction matrices (one shared ``indptr`` / ``indices``, one data
+      array each), item statistics, ALS factors, the item-item similarity and the ALS input
+      weighting, in the dtypes the model computes with, so a memory-mapped load copies nothing and
+      a worker starts without reading them (artefacts written before, with one ``arrays.npz``, are
+      still read, into memory);
+    - ``ranker.txt``: LightGBM's own model text (absent for a rule ranker).
+
+    Parameters
+    ----------
+    model
+        A fitted :class:`~training.recommend.model.RecommenderModel`.
+    directory
+        Where to write.
+
+    Returns
+    -------
+    pathlib.Path
+        ``directory``.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        ``model`` is not fitted.
+    RecommenderArtefactError
+        The interaction matrices do not share one sparsity.
+    """
     model._check_fitted()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +204,23 @@ _FITTED = ("as_of", "n_users", "item_ids", "item_names", "item_categories", "pop
 
 def read_ids(directory: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """The saved model's customer ids (memory-mapped, sorted) and item ids, without loading the
-    model or its libraries: what a service's worker needs to answer from the default lists at once."""
+    model or its libraries: what a service's worker needs to answer from the default lists at once.
+
+    Parameters
+    ----------
+    directory
+        The artefact directory of :func:`save`.
+
+    Returns
+    -------
+    tuple[numpy.ndarray, numpy.ndarray]
+        ``(customer_ids, item_ids)``: int64 (read-only) and object (str).
+
+    Raises
+    ------
+    RecommenderArtefactError
+        A missing or unreadable file, or customer ids that do not match the header.
+    """
     where = Path(directory)
     reader = _header(where)
     fitted = reader.section("fitted", _FITTED)
@@ -172,7 +241,24 @@ def read_ids(directory: Path | str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load(directory: Path | str) -> RecommenderModel:
-    """The model saved in ``directory`` by :func:`save`."""
+    """The model saved in ``directory`` by :func:`save`.
+
+    Parameters
+    ----------
+    directory
+        The artefact directory.
+
+    Returns
+    -------
+    RecommenderModel
+        Fitted, its arrays memory-mapped read-only.
+
+    Raises
+    ------
+    RecommenderArtefactError
+        A missing file, a header of another format or version, settings that do not validate, or
+        an array missing or of the wrong shape; the message names the file and field.
+    """
     import lightgbm as lgb
     from scipy import sparse
 

@@ -2,31 +2,10 @@
 
 For a block of customers (known ones sliced from :class:`~training.recommend.data.InteractionData`,
 or a new customer folded in from the items of a request), :func:`candidates` proposes items from
-five sources and describes every (customer, item) pair with the features the ranker reads:
-
-- *own* items: what the customer bought, by decayed purchases (the repeat-purchase source), at most
-  ``n_own``;
-- *ALS*: the top ``n_als`` items of the factorisation (``implicit`` ALS on BM25-weighted purchases),
-  ``user_factors @ item_factors.T`` over the allowed items, found exactly by :class:`ItemFactorIndex`
-  without scoring most of the catalogue;
-- *item-KNN*: the top ``n_knn`` items of ``user_items @ similarity``, the score of ``implicit``'s
-  item-item models (BM25 similarity, K neighbours per item), "customers who bought X also bought";
-- *TIFU-KNN* (Hu et al., SIGIR 2020): the top ``n_tifu`` items of ``alpha * u + (1 - alpha) *
-  mean of the k nearest customers' u``, with ``u`` the customer's time-decayed item-frequency vector
-  over baskets (:func:`training.recommend.data.tifu_vectors`) and the neighbours found by cosine
-  similarity among a pool of the most active customers (:class:`TifuNeighbours`);
-- *popular*: the ``n_popular`` allowed items with the most buyers in the last 30 days (the same for
-  every customer: the seasonal trend).
-
-Candidates are deduplicated per customer; every pair gets every feature (:data:`FEATURES`) whatever
-source proposed it: the ALS and KNN scores are computed for all pairs, the ranks are the position in
-that source's list (the list length when the source did not propose the item).
-
-Filters are applied here, before the lists are cut, so a filter never leaves a customer with fewer
-items than it could have: ``allowed`` (item mask: recommendable, category include/exclude, the
-caller's exclusions) and ``exclude_owned`` (per item: the customer's purchases are removed, except
-repurchasable categories). Everything is numpy / scipy over the whole block: no Python loop per
-customer or per pair.
+five sources (own purchases, ALS, item-KNN, TIFU-KNN, popular) and describes every (customer,
+item) pair with the features the ranker reads (:data:`FEATURES`). Filters are applied before the
+lists are cut, so a filter never leaves a customer with fewer items than it could have. Everything
+is numpy / scipy over the whole block: no Python loop per customer or per pair.
 """
 
 from __future__ import annotations
@@ -108,13 +87,36 @@ class UserBlock:
 
     @property
     def size(self) -> int:
+        """Number of customers B in the block.
+
+        Returns
+        -------
+        int
+            Rows of the block's matrices.
+        """
         return int(self.weight.shape[0])
 
     @classmethod
     def of_users(cls, data: InteractionData, rows: IntArray, user_factors: NDArray[np.floating]) -> UserBlock:
+        """The block of known customers at ``rows`` of ``data``.
+
+        Parameters
+        ----------
+        data
+            The interaction data the model was fitted on.
+        rows
+            Customer rows (positions in ``data.customer_ids``), any order.
+        user_factors
+            ALS user factors of every customer of ``data`` (customers × factors).
+
+        Returns
+        -------
+        UserBlock
+            B = ``len(rows)`` rows in the order given.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         # The four matrices share one sparsity: gather the rows' entries once (scipy's fancy row
-        # indexing costs tens of microseconds a matrix, most of a single request's block).
+        # indexing has a fixed cost per matrix that would dominate a single request's block).
         indptr = data.weight.indptr
         starts, lengths = indptr[rows], (indptr[rows + 1] - indptr[rows]).astype(np.int64)
         out_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -133,7 +135,24 @@ class UserBlock:
     def folded_in(cls, n_items: int, items: IntArray, factors: NDArray[np.floating], *,
                   tifu_weight: float = 1.0) -> UserBlock:
         """One customer unknown to the data whose recent items are given: each counts as one
-        purchase made on the cutoff's day, and as one basket (``tifu_weight``: its TIFU weight)."""
+        purchase made on the cutoff's day, and as one basket (``tifu_weight``: its TIFU weight).
+
+        Parameters
+        ----------
+        n_items
+            Number of items of the model.
+        items
+            Item positions of the recent items (duplicates count once).
+        factors
+            The customer's folded-in ALS factors (one vector).
+        tifu_weight
+            TIFU-KNN weight of the one basket.
+
+        Returns
+        -------
+        UserBlock
+            One row, ``rows`` None.
+        """
         cols = np.unique(np.asarray(items, dtype=np.int64))
         one = sparse.csr_matrix((np.ones(len(cols)), (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, n_items))
         one.sort_indices()
@@ -169,6 +188,19 @@ class TifuNeighbours:
         self._place = np.argsort(self.pool_rows, kind="stable")
 
     def scores(self, block: UserBlock) -> sparse.csr_matrix:
+        """TIFU-KNN's score of every item for each customer of ``block``.
+
+        Parameters
+        ----------
+        block
+            The customers (their ``tifu`` vectors; ``rows`` to keep a pool customer from being their
+            own neighbour).
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            B × items, sorted indices.
+        """
         own = sparse.csr_matrix(block.tifu)
         k = min(self.k, self.pool.shape[0])
         if k == 0 or self.alpha >= 1.0 or own.nnz == 0:
@@ -199,7 +231,20 @@ TIFU_NEIGHBOUR_ITEMS = 20
 
 def tifu_pool_vectors(data: InteractionData, rows: IntArray) -> sparse.csr_matrix:
     """The pool customers' TIFU vectors, each cut to its :data:`TIFU_NEIGHBOUR_ITEMS` largest entries
-    (ties to the lower item)."""
+    (ties to the lower item).
+
+    Parameters
+    ----------
+    data
+        The interaction data.
+    rows
+        The pool's customer rows (:func:`tifu_pool`).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``len(rows)`` × items, sorted indices.
+    """
     pool = data.tifu_matrix[np.asarray(rows, dtype=np.int64)].tocsr()
     pool.sort_indices()
     r, c, _ = _top_per_row(_entry_rows(pool), pool.indices.astype(np.int64), pool.data, TIFU_NEIGHBOUR_ITEMS)
@@ -211,7 +256,20 @@ def tifu_pool_vectors(data: InteractionData, rows: IntArray) -> sparse.csr_matri
 
 def tifu_pool(data: InteractionData, size: int) -> IntArray:
     """The rows of the ``size`` customers with the most purchases (orders × items; ties to the lower
-    row), TIFU-KNN's neighbour candidates, ascending."""
+    row), TIFU-KNN's neighbour candidates, ascending.
+
+    Parameters
+    ----------
+    data
+        The interaction data.
+    size
+        Most customers in the pool.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 customer rows, ascending; customers without a purchase are left out.
+    """
     totals = np.ravel(data.purchases.sum(axis=1))
     order = np.lexsort((np.arange(len(totals)), -totals))
     chosen = order[: min(size, len(order))]
@@ -232,9 +290,33 @@ class Candidates:
         return len(self.row)
 
     def group_sizes(self, n_rows: int) -> IntArray:
+        """Candidates per customer of the block (the ranker's query groups).
+
+        Parameters
+        ----------
+        n_rows
+            Number of customers B in the block.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64, length B (0 for a customer without candidates).
+        """
         return np.bincount(self.row, minlength=n_rows).astype(np.int64)
 
     def feature(self, name: str) -> NDArray[np.float32]:
+        """One feature of every pair.
+
+        Parameters
+        ----------
+        name
+            A name of :data:`FEATURES`.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, one value per pair (a view into ``x``).
+        """
         return self.x[:, _F[name]]
 
 
@@ -268,9 +350,22 @@ def _reversed_score_bits(scores: NDArray[np.floating]) -> NDArray[np.int64]:
 def row_score_order(rows: IntArray, scores: FloatArray) -> IntArray:
     """The order of the entries by row, then score (descending, in float32 precision), then input
     position: ``np.lexsort((position, -scores, rows))``, but as one sort of packed integers (row,
-    score bits, position in one 64-bit word; several times faster than an argsort) when they fit,
-    else one stable argsort of (row, score) keys. An entry's place depends on its own score only,
-    never on the other rows of the block."""
+    score bits, position in one 64-bit word, cheaper than an argsort) when they fit, else one
+    stable argsort of (row, score) keys. An entry's place depends on its own score only, never on
+    the other rows of the block.
+
+    Parameters
+    ----------
+    rows
+        Row of each entry.
+    scores
+        Score of each entry (compared in float32).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 permutation of the entries.
+    """
     n = len(rows)
     if n == 0:
         return np.empty(0, dtype=np.int64)
@@ -299,7 +394,18 @@ def _top_per_row(rows: IntArray, cols: IntArray, scores: FloatArray, k: int) -> 
 
 
 def ranks_in_rows(sorted_rows: IntArray) -> IntArray:
-    """Each entry's place (0-based) within its row, for entries grouped by row in ascending order."""
+    """Each entry's place (0-based) within its row, for entries grouped by row in ascending order.
+
+    Parameters
+    ----------
+    sorted_rows
+        Row of each entry, ascending (non-negative).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, one rank per entry.
+    """
     counts = np.bincount(sorted_rows)
     starts = np.cumsum(counts) - counts
     return np.arange(len(sorted_rows), dtype=np.int64) - starts[sorted_rows]
@@ -338,8 +444,8 @@ class ItemFactorIndex:
     with smaller norms) can enter the list: the customer stops there. Rarely bought items have small
     factors, so most customers' top 50 of 50,000 items is settled within a few thousand: the lists of
     a full ``user_factors @ item_factors.T`` (ties to the item of larger norm, then the lower
-    position) at a fifth of the time. A stretch's scores that cannot enter a list (below the
-    customer's current k-th) are never sorted."""
+    position) without scoring most of the catalogue. A stretch's scores that cannot enter a list
+    (below the customer's current k-th) are never sorted."""
 
     def __init__(self, item_factors: NDArray[np.floating]):
         self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
@@ -354,13 +460,36 @@ class ItemFactorIndex:
 
     @property
     def n_items(self) -> int:
+        """Number of items indexed.
+
+        Returns
+        -------
+        int
+            Rows of ``item_factors``.
+        """
         return len(self.order)
 
     def top(self, user_factors: NDArray[np.floating], k: int, allowed: BoolArray, excluded_rows: IntArray,
             excluded_cols: IntArray) -> tuple[IntArray, IntArray, IntArray]:
         """The ``k`` best allowed items of each customer (``user_factors``: B × factors), leaving out
-        the (row, item) pairs given: (row, item, rank) sorted by row then rank (0-based). A customer
-        with fewer than ``k`` allowed items gets them all."""
+        the (row, item) pairs given. A customer with fewer than ``k`` allowed items gets them all.
+
+        Parameters
+        ----------
+        user_factors
+            B × factors.
+        k
+            Items per customer.
+        allowed
+            Boolean mask over the items.
+        excluded_rows, excluded_cols
+            (row, item position) pairs never to return (e.g. :func:`owned_exclusion`).
+
+        Returns
+        -------
+        tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
+            ``(row, item, rank)``, int64, sorted by row then rank (0-based).
+        """
         u = np.ascontiguousarray(user_factors, dtype=np.float32)
         b, n = len(u), self.n_items
         k = min(k, n)
@@ -418,7 +547,20 @@ class ItemFactorIndex:
 
 
 def owned_exclusion(block: UserBlock, keep_owned: BoolArray | None) -> tuple[IntArray, IntArray]:
-    """(row, item) pairs the block's customers bought, minus items of repurchasable categories."""
+    """(row, item) pairs the block's customers bought, minus items of repurchasable categories.
+
+    Parameters
+    ----------
+    block
+        The customers.
+    keep_owned
+        Boolean mask over the items that stay even when bought (repurchasable); ``None``: none.
+
+    Returns
+    -------
+    tuple[numpy.ndarray, numpy.ndarray]
+        ``(rows, item positions)``, int64, in CSR order.
+    """
     bought = block.purchases.data > 0
     rows, cols = _entry_rows(block.purchases)[bought], block.purchases.indices[bought].astype(np.int64)
     if keep_owned is not None:
@@ -434,7 +576,24 @@ def source_scores(block: UserBlock, *, similarity: sparse.csr_matrix, sizes: Can
                   tifu: TifuNeighbours | None = None) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """The item-KNN and TIFU-KNN scores of the block's customers over every item (CSR, sorted
     indices), before any filter: what :func:`candidates` cuts its lists from. A source of size 0 is
-    not computed (all zero): the rule rankers read neither item-KNN nor, for top frequency, TIFU-KNN."""
+    not computed (all zero): the rule rankers read neither item-KNN nor, for top frequency, TIFU-KNN.
+
+    Parameters
+    ----------
+    block
+        The customers.
+    similarity
+        Item × item similarity of the item-KNN source.
+    sizes
+        Candidates per source (a size of 0 skips its source).
+    tifu
+        TIFU-KNN's neighbours; ``None``: the customers' own vectors only.
+
+    Returns
+    -------
+    tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]
+        ``(knn_scores, tifu_scores)``, each B × items.
+    """
     nothing = sparse.csr_matrix((block.size, similarity.shape[1]), dtype=np.float64)
     # Item-KNN: the scores implicit's item-item models rank by.
     knn_scores = (block.weight @ similarity).tocsr() if sizes.knn else nothing
@@ -460,15 +619,60 @@ def candidates(
     tifu: TifuNeighbours | None = None,
     scores: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None,
 ) -> Candidates:
-    """Candidates of every customer of ``block`` with their features (see the module docstring).
+    """Candidates of every customer of ``block`` with their features.
 
-    ``allowed``: items that may be proposed at all (a mask over ``data.item_ids``).
-    ``exclude_owned``: drop the items each customer bought, except where ``keep_owned`` is true.
-    ``popular``: item positions by popularity for the popular source (default: overall).
-    ``item_index``: the ALS item factors (:class:`ItemFactorIndex`, built once per model).
-    ``tifu``: TIFU-KNN's neighbours (None: the customers' own vectors only, ``alpha`` 1).
-    ``scores``: :func:`source_scores` of the block with the same ``similarity``, ``sizes`` and
-    ``tifu``, when several calls on one block share them (they do not depend on the filters).
+    The five sources:
+
+    - *own* items: what the customer bought, by decayed purchases (the repeat-purchase source), at
+      most ``sizes.own``;
+    - *ALS*: the top ``sizes.als`` items of the factorisation (``implicit`` ALS on BM25-weighted
+      purchases), ``user_factors @ item_factors.T`` over the allowed items, found exactly by
+      :class:`ItemFactorIndex` without scoring most of the catalogue;
+    - *item-KNN*: the top ``sizes.knn`` items of ``user_items @ similarity``, the score of
+      ``implicit``'s item-item models (BM25 similarity, K neighbours per item), "customers who
+      bought X also bought";
+    - *TIFU-KNN* (Hu et al., SIGIR 2020): the top ``sizes.tifu`` items of ``alpha * u + (1 - alpha)
+      * mean of the k nearest customers' u``, with ``u`` the customer's time-decayed item-frequency
+      vector over baskets (:func:`training.recommend.data.tifu_vectors`) and the neighbours found
+      by cosine similarity among a pool of the most active customers (:class:`TifuNeighbours`);
+    - *popular*: the ``sizes.popular`` allowed items with the most buyers in the last 30 days (the
+      same for every customer: the seasonal trend).
+
+    Candidates are deduplicated per customer; every pair gets every feature (:data:`FEATURES`)
+    whatever source proposed it: the ALS and KNN scores are computed for all pairs, the ranks are
+    the position in that source's list (the list length when the source did not propose the item).
+
+    Parameters
+    ----------
+    data
+        The interaction data the model was fitted on.
+    block
+        The customers (:class:`UserBlock`).
+    item_index
+        The ALS item factors (:class:`ItemFactorIndex`, built once per model).
+    similarity
+        Item × item similarity of the item-KNN source.
+    sizes
+        Candidates per source.
+    allowed
+        Items that may be proposed at all (a mask over ``data.item_ids``: recommendable, category
+        include/exclude, the caller's exclusions).
+    exclude_owned
+        Drop the items each customer bought, except where ``keep_owned`` is true.
+    keep_owned
+        Mask of items that stay even when bought (repurchasable categories); ``None``: none.
+    popular
+        Item positions by popularity for the popular source; ``None``: overall popularity.
+    tifu
+        TIFU-KNN's neighbours; ``None``: the customers' own vectors only (``alpha`` 1).
+    scores
+        :func:`source_scores` of the block with the same ``similarity``, ``sizes`` and ``tifu``,
+        when several calls on one block share them (they do not depend on the filters).
+
+    Returns
+    -------
+    Candidates
+        Pairs sorted by (row, item), with source flags and the float32 feature matrix.
     """
     n_items, b = data.n_items, block.size
     excluded_keys = np.empty(0, dtype=np.int64)

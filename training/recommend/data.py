@@ -1,26 +1,11 @@
 """The recommender's view of the history at a cutoff: sparse customer × item arrays and item statistics.
 
-:class:`InteractionData` is built once per cutoff from :func:`features.interactions.interactions`
-(the unified history across channels, net of returns, postage and fees excluded) and the catalogue.
-Everything the candidate models and the ranker read is here, as numpy / scipy arrays indexed by
-position, so that scoring a batch of customers never touches the store:
-
-- four users × items CSR matrices with the same sparsity (every pair a customer bought or browsed):
-  ``weight`` (decayed purchases plus weighted views, the models' input), ``weight_short`` (the same
-  with a short half-life: what the customer buys *now*), ``purchases`` (distinct orders, 0 for a
-  browse-only pair) and ``days_since`` (days from the pair's last purchase to the cutoff, stored
-  plus one so that a purchase on the cutoff's day is not an implicit zero; NaN-free: a browse-only
-  pair stores 0, read back as "never bought"); and ``tifu``, the customer's time-decayed
-  item-frequency vector over baskets (:func:`tifu_vectors`, 0 for a browse-only pair);
-- per item: ``name`` (for explanations), ``recommendable`` (an active product of the catalogue), ``category`` (None when the
-  catalogue does not know the item), and popularity: distinct buyers ever, in the last 30 and the
-  last 90 days before the cutoff (a buyer whose last purchase of the item is that recent), and the
-  mean number of orders per buyer (how much the item is re-bought);
-- popular items per channel and per country (:data:`POPULAR_BY`), distinct orders in the last
-  :data:`POPULAR_WINDOW_DAYS` days including guest orders, for the cold start of an unknown customer
-  ("popular in the app", "popular in France").
-
-Customer ids and item ids are sorted, so the same history always gives the same arrays.
+:class:`InteractionData` is built once per cutoff (:func:`build_interaction_data`) from
+:func:`features.interactions.interactions` (the unified history across channels, net of returns,
+postage and fees excluded) and the catalogue. Everything the candidate models and the ranker read
+is here, as numpy / scipy arrays indexed by position, so that scoring a batch of customers never
+touches the store. Customer ids and item ids are sorted, so the same history always gives the same
+arrays.
 """
 
 from __future__ import annotations
@@ -64,7 +49,25 @@ class PopularList:
 
 @dataclass(frozen=True)
 class InteractionData:
-    """Customer × item arrays and item statistics as of ``as_of`` (see the module docstring)."""
+    """Customer × item arrays and item statistics as of ``as_of``.
+
+    - four users × items CSR matrices with the same sparsity (every pair a customer bought or
+      browsed): ``weight`` (decayed purchases plus weighted views, the models' input),
+      ``weight_short`` (the same with a short half-life: what the customer buys *now*),
+      ``purchases`` (distinct orders, 0 for a browse-only pair) and ``days_since`` (days from the
+      pair's last purchase to the cutoff, stored plus one so that a purchase on the cutoff's day is
+      not an implicit zero; NaN-free: a browse-only pair stores 0, read back as "never bought");
+      and ``tifu``, the customer's time-decayed item-frequency vector over baskets
+      (:func:`tifu_vectors`, 0 for a browse-only pair);
+    - per item: ``name`` (for explanations), ``recommendable`` (an active product of the
+      catalogue), ``category`` (None when the catalogue does not know the item), and popularity:
+      distinct buyers ever, in the last 30 and the last 90 days before the cutoff (a buyer whose
+      last purchase of the item is that recent), and the mean number of orders per buyer (how much
+      the item is re-bought);
+    - popular items per channel and per country (:data:`POPULAR_BY`), distinct orders in the last
+      :data:`POPULAR_WINDOW_DAYS` days including guest orders, for the cold start of an unknown
+      customer ("popular in the app", "popular in France").
+    """
 
     as_of: datetime
     customer_ids: IntArray
@@ -87,7 +90,13 @@ class InteractionData:
 
     @cached_property
     def tifu_matrix(self) -> sparse.csr_matrix:
-        """``tifu``, or an all-zero matrix on the sparsity of ``weight`` when the data has none."""
+        """``tifu``, or an all-zero matrix on the sparsity of ``weight`` when the data has none.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            users × items, float64.
+        """
         if self.tifu is not None:
             return self.tifu
         return sparse.csr_matrix((np.zeros(self.weight.nnz), self.weight.indices, self.weight.indptr),
@@ -95,15 +104,40 @@ class InteractionData:
 
     @property
     def n_users(self) -> int:
+        """Number of customers (matrix rows).
+
+        Returns
+        -------
+        int
+            ``len(customer_ids)``.
+        """
         return len(self.customer_ids)
 
     @property
     def n_items(self) -> int:
+        """Number of items (matrix columns).
+
+        Returns
+        -------
+        int
+            ``len(item_ids)``.
+        """
         return len(self.item_ids)
 
     def user_positions(self, customer_ids: object) -> tuple[IntArray, BoolArray]:
         """Positions of ``customer_ids`` in :attr:`customer_ids` and whether each is known (a
-        position of an unknown customer is 0 and must not be used)."""
+        position of an unknown customer is 0 and must not be used).
+
+        Parameters
+        ----------
+        customer_ids
+            One id or an array-like of ids (read as int64).
+
+        Returns
+        -------
+        tuple[numpy.ndarray, numpy.ndarray]
+            ``(positions, known)``: int64 and bool, one per id.
+        """
         ids = np.asarray(customer_ids, dtype=np.int64).reshape(-1)
         pos = np.searchsorted(self.customer_ids, ids)
         pos = np.minimum(pos, max(self.n_users - 1, 0))
@@ -111,7 +145,18 @@ class InteractionData:
         return np.where(known, pos, 0).astype(np.int64), np.asarray(known, dtype=bool)
 
     def item_positions(self, item_ids: object) -> tuple[IntArray, BoolArray]:
-        """Positions of ``item_ids`` in :attr:`item_ids` and whether each is known."""
+        """Positions of ``item_ids`` in :attr:`item_ids` and whether each is known.
+
+        Parameters
+        ----------
+        item_ids
+            One id or an array-like of ids (compared as strings).
+
+        Returns
+        -------
+        tuple[numpy.ndarray, numpy.ndarray]
+            ``(positions, known)``: int64 (0 for an unknown item) and bool, one per id.
+        """
         ids = np.asarray([str(i) for i in np.atleast_1d(np.asarray(item_ids, dtype=object))], dtype=object)
         if self.n_items == 0 or len(ids) == 0:
             return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
@@ -121,13 +166,36 @@ class InteractionData:
 
     def popular(self, *, channel: str | None = None, country: str | None = None) -> IntArray:
         """Item positions by popularity for the segment (channel first, then country), else overall
-        (distinct buyers in the last 30 days, then ever); recommendable items only."""
+        (distinct buyers in the last 30 days, then ever); recommendable items only.
+
+        Parameters
+        ----------
+        channel, country
+            The segment of an unknown customer (any case); ``None``: not known.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 item positions, most popular first.
+        """
         return self.popular_with_counts(channel=channel, country=country)[0]
 
     def popular_with_counts(self, *, channel: str | None = None,
                             country: str | None = None) -> tuple[IntArray, FloatArray, str]:
         """:meth:`popular` with each item's count and what the count is, for scores and reasons:
-        distinct orders in the segment in the last 90 days, or distinct buyers in the last 30 days."""
+        distinct orders in the segment in the last 90 days, or distinct buyers in the last 30 days.
+
+        Parameters
+        ----------
+        channel, country
+            As in :meth:`popular`.
+
+        Returns
+        -------
+        tuple[numpy.ndarray, numpy.ndarray, str]
+            ``(items, counts, what)``: int64 positions, float64 counts, and the count's meaning
+            for a reason ("orders in the app in the last 90 days").
+        """
         for column, value in ((Col.CHANNEL, channel), (Col.COUNTRY, country)):
             if value is not None:
                 found = self.popular_by.get(column, {}).get(str(value).lower())
@@ -140,13 +208,26 @@ class InteractionData:
 
     @cached_property
     def popular_overall(self) -> IntArray:
+        """Recommendable items by distinct buyers in the last 30 days, then ever (ties: lower position).
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 item positions, most popular first.
+        """
         order = np.lexsort((np.arange(self.n_items), -self.buyers, -self.buyers_30d))
         return order[self.recommendable[order]].astype(np.int64)
 
     @cached_property
     def category_codes(self) -> tuple[IntArray, dict[str, int]]:
         """Each item's category as an integer code (-1: none) and the code of each lower-case
-        category, for case-insensitive filters without string comparisons per request."""
+        category, for case-insensitive filters without string comparisons per request.
+
+        Returns
+        -------
+        tuple[numpy.ndarray, dict[str, int]]
+            int64 code per item, and lower-case category -> code.
+        """
         lowered = [None if c is None else str(c).lower() for c in self.category]
         codes: dict[str, int] = {}
         out = np.full(len(lowered), -1, dtype=np.int64)
@@ -156,7 +237,18 @@ class InteractionData:
         return out, codes
 
     def in_categories(self, categories: Iterable[str]) -> BoolArray:
-        """Mask of the items whose category is one of ``categories`` (case-insensitive)."""
+        """Mask of the items whose category is one of ``categories`` (case-insensitive).
+
+        Parameters
+        ----------
+        categories
+            Category names; unknown ones match nothing.
+
+        Returns
+        -------
+        numpy.ndarray
+            bool, one per item.
+        """
         codes, by_name = self.category_codes
         wanted = [by_name[c] for c in {str(c).lower() for c in categories} if c in by_name]
         if not wanted:
@@ -166,7 +258,13 @@ class InteractionData:
         return lookup[codes]  # code -1 reads the last entry, which stays False
 
     def history_sets(self) -> dict[int, set[str]]:
-        """Customer id -> the items they bought (purchases > 0), as in :func:`training.recommend.split.history_items`."""
+        """Customer id -> the items they bought (purchases > 0), as in :func:`training.recommend.split.history_items`.
+
+        Returns
+        -------
+        dict[int, set[str]]
+            Only customers with a purchase.
+        """
         m = self.purchases
         bought = m.data > 0
         rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(m.indptr))[bought]
@@ -225,7 +323,13 @@ class TifuDecay:
 
     @property
     def basket_weight(self) -> float:
-        """The weight of each item of a customer's only basket: 1 / m."""
+        """The weight of each item of a customer's only basket: 1 / m.
+
+        Returns
+        -------
+        float
+            ``1 / group_size``.
+        """
         return 1.0 / self.group_size
 
     def __post_init__(self) -> None:
@@ -240,7 +344,21 @@ def basket_lines(backend: ibis.BaseBackend, as_of: datetime, since: datetime | N
     """One row per (customer, order, item) bought before ``as_of`` (at or after ``since``): the
     purchases of :func:`features.interactions.interactions` before they are summed per pair (a
     positive net quantity in the order, products only, identified customers), with the order's time.
-    Columns ``customer_id``, ``item_id``, ``order_key``, ``ts``."""
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff: orders and returns strictly before it.
+    since
+        Keep only orders at or after it; ``None``: the whole history.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``customer_id``, ``item_id`` (str), ``order_key``, ``ts`` (the order's first line).
+    """
     lines = unified_lines(backend, as_of)
     lines = lines.filter(lines[Col.CUSTOMER_ID].notnull() & lines[Col.IS_PRODUCT])
     if since is not None:
@@ -265,7 +383,26 @@ def tifu_vectors(customer: IntArray, item: IntArray, basket_ts: NDArray[np.int64
         u = 1/G * sum_g across^g * (1/m * sum_{baskets of g} within^(p mod m) * basket),
 
     with G the customer's number of groups and a basket the 0/1 vector of its items: recent groups
-    and the recent baskets within each count most."""
+    and the recent baskets within each count most.
+
+    Parameters
+    ----------
+    customer, item
+        Row and column of each purchase line.
+    basket_ts
+        Time of each line's basket (any integer unit; larger is later).
+    basket_key
+        Basket id of each line (unique over customers).
+    shape
+        ``(customers, items)`` of the result.
+    decay
+        The basket decay (:class:`TifuDecay`).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``shape``, float64, sorted indices.
+    """
     n = len(customer)
     if n == 0:
         return sparse.csr_matrix(shape, dtype=np.float64)
@@ -300,9 +437,33 @@ def build_interaction_data(
 ) -> InteractionData:
     """The arrays of :class:`InteractionData` for the history before ``as_of`` (at or after ``since``).
 
-    ``half_life_days`` decays the models' ``weight`` (None: no decay), ``short_half_life_days`` the
-    ``weight_short`` feature; ``browse_weight`` is what one view counts next to one purchase;
-    ``tifu`` the basket decay of the TIFU-KNN vectors (default :class:`TifuDecay`).
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history and the catalogue.
+    as_of
+        The cutoff.
+    half_life_days
+        Half-life of the models' ``weight`` in days; ``None``: no decay.
+    short_half_life_days
+        Half-life of the ``weight_short`` feature in days.
+    browse_weight
+        What one view counts next to one purchase.
+    since
+        Keep only orders and events at or after it; ``None``: the whole history.
+    tifu
+        The basket decay of the TIFU-KNN vectors; ``None``: :class:`TifuDecay`'s defaults.
+
+    Returns
+    -------
+    InteractionData
+        Every array, sorted by customer id and item id.
+
+    Raises
+    ------
+    ValueError
+        A half-life or browse weight out of range, or ``since`` not before ``as_of``
+        (:func:`features.interactions.interaction_table`).
     """
     # Both half-lives from one scan of the history.
     frame = interactions(backend, as_of, half_life_days=half_life_days, browse_weight=browse_weight, since=since,
@@ -310,11 +471,11 @@ def build_interaction_data(
     catalogue = _catalogue(backend)
 
     customer_ids = np.unique(frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64))
-    # Distinct ids by hashing first: sorting a million Python strings to drop duplicates costs seconds.
+    # Distinct ids by hashing first: sorting a million Python strings to drop duplicates is slow.
     item_ids = np.sort(pd.unique(np.concatenate([frame[Col.ITEM_ID].astype(str).to_numpy(dtype=object),
                                                  np.asarray(catalogue.index, dtype=object)]))).astype(object)
     rows = np.searchsorted(customer_ids, frame[Col.CUSTOMER_ID].to_numpy(dtype=np.int64))
-    # A hash lookup of the strings: a binary search compares Python strings (seconds at 1 M pairs).
+    # A hash lookup of the strings: a binary search compares Python strings one by one.
     item_index = pd.Index(item_ids)
     cols = item_index.get_indexer(frame[Col.ITEM_ID].astype(str).to_numpy(dtype=object)).astype(np.int64)
     shape = (len(customer_ids), len(item_ids))
@@ -376,7 +537,20 @@ def build_interaction_data(
 
 
 def lookup_pairs(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatArray:
-    """``m[rows, cols]`` for many pairs (0 where nothing is stored); ``m`` has sorted indices."""
+    """``m[rows, cols]`` for many pairs (0 where nothing is stored); ``m`` has sorted indices.
+
+    Parameters
+    ----------
+    m
+        CSR matrix with sorted indices.
+    rows, cols
+        Positions of the pairs.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, one value per pair.
+    """
     keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * m.shape[1] + m.indices
     if len(keys) == 0:
         return np.zeros(len(rows))
@@ -387,8 +561,21 @@ def lookup_pairs(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatA
 
 def relevant_positions(data: InteractionData, relevant: Mapping[Hashable, set[str]]) -> sparse.csr_matrix:
     """A users × items 0/1 CSR of ``relevant`` (customer id -> item ids bought in a later period),
-    restricted to the customers and items of ``data`` (the ranker's labels)."""
-    # One lookup of every (customer, item) pair: a lookup per customer takes seconds for 100,000s.
+    restricted to the customers and items of ``data`` (the ranker's labels).
+
+    Parameters
+    ----------
+    data
+        The interaction data the labels are for.
+    relevant
+        Customer id -> item ids bought in the later period.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        users × items of ``data``, float64 ones, sorted indices.
+    """
+    # One lookup of every (customer, item) pair: a lookup per customer is slow for 100,000s.
     owners = np.repeat(np.asarray(list(relevant.keys()), dtype=np.int64), [len(v) for v in relevant.values()])
     pos, known = data.user_positions(owners)
     ipos, iknown = data.item_positions([i for items in relevant.values() for i in items])

@@ -1,55 +1,12 @@
 """Ranking metrics of a recommender on a held-out period, each with one definition.
 
-Inputs are plain mappings, so any model can be evaluated:
-
-- ``recommended``: customer id -> ranked item ids, best first (a list, tuple or 1-d numpy array);
-- ``relevant``: customer id -> set of item ids the customer bought in the test period;
-- ``history``: customer id -> set of item ids the customer bought before the test period.
-
-Conventions shared by every metric below:
-
-- *Evaluated customers* are the customers of ``relevant`` with at least one relevant item. A metric
-  is the plain mean over them (every customer weighs the same); it is NaN when there is no evaluated
-  customer. Customers that have a list but no relevant item are not evaluated (they still count for
-  catalogue coverage).
-- An evaluated customer without a list (missing from ``recommended``, or an empty list) has zero
-  hits: they count as 0 in every metric, so a model cannot look better by skipping customers.
-- *Top k*: the first k positions of the list. A list shorter than k is not padded with anything that
-  could hit, and precision still divides by k, so a short list is penalised.
-- *Duplicates are counted once*: an item repeated within the top k is a hit at its first position
-  only; its later copies keep their positions (they push the items after them down) and gain nothing.
-- *New to the user* (:func:`new_items`): the relevant items minus the customer's history. Customers
-  with no new relevant item are excluded from that variant (they are not counted as zeros), so the
-  ``_new`` metrics are averages over ``n_customers_new`` customers, usually fewer than ``n_customers``.
-
-With ``hit_u,i = 1`` when position i (1-based) of customer u's list holds a relevant item for the
-first time, ``hits_u = sum_{i<=k} hit_u,i`` and ``R_u`` the customer's relevant items:
-
-- ``precision@k = hits_u / k``;
-- ``recall@k    = hits_u / min(|R_u|, k)`` (capped: a customer who bought more than k items can still
-  reach recall 1 with k right items; measured on Online Retail II, this is the definition behind
-  the reference numbers of the recommender issue — most popular 0.099, buy again 0.298 — while
-  ``hits_u / |R_u|`` gives 0.050 and 0.182 there);
-- ``ndcg@k      = DCG / IDCG`` with binary gains and a log2 discount,
-  ``DCG = sum_{i<=k} hit_u,i / log2(i + 1)`` and ``IDCG = sum_{i <= min(|R_u|, k)} 1 / log2(i + 1)``
-  (the DCG of a list with every relevant item on top; Jarvelin & Kekalainen 2002, with the
-  binary-relevance gain);
-- ``map@k``: the mean over customers of
-  ``AP@k = sum_{i<=k} precision@i * hit_u,i / min(|R_u|, k)``, where precision@i counts the hits in
-  the first i positions (the normalisation by ``min(|R_u|, k)`` makes a perfect top-k list score 1);
-- ``hit_rate@k  = 1 if hits_u >= 1 else 0``;
-- ``coverage@k`` (:func:`catalogue_coverage`): the number of distinct items in the top-k lists of
-  every customer of ``recommended`` divided by the catalogue size. It depends on the lists only,
-  not on the purchases, so it has no ``_new`` variant.
-- ``recall@k_repeat`` and ``recall@k_explore``: recall@k of the same lists split by what the
-  customer bought: over the relevant items they had bought before (:func:`repeat_items`; customers
-  with none excluded) and over those new to them (:func:`new_items`). Where ``recall@k_new`` judges
-  a list with the customer's purchases excluded, these two say how one unfiltered list divides its
-  hits between buying again and discovering.
-
-Cost: one Python pass over the customers builds a boolean hit matrix (customers x k); every metric
-is then a numpy reduction of it. :func:`evaluate` builds the matrix once per variant for the
-largest k and slices it for the smaller ones (100,000 customers x 20 items: about one second).
+Inputs are plain mappings, so any model can be evaluated: ``recommended`` (customer id -> ranked
+item ids, best first: a list, tuple or 1-d numpy array), ``relevant`` (customer id -> set of item
+ids bought in the test period) and ``history`` (customer id -> set of item ids bought before it).
+The conventions every metric shares (who is evaluated, short lists, duplicates, items new to the
+customer) are in :func:`evaluate`; each metric's formula is in its own function. One Python pass
+over the customers builds a boolean hit matrix (customers x k); every metric is then a numpy
+reduction of it.
 """
 
 from __future__ import annotations
@@ -66,7 +23,7 @@ ItemId: TypeAlias = Hashable
 Recommended: TypeAlias = Mapping[CustomerId, "Sequence[ItemId] | np.ndarray"]
 ItemSets: TypeAlias = Mapping[CustomerId, "set[ItemId] | frozenset[ItemId]"]
 
-#: The cut-offs the issue reports.
+#: The cut-offs reported by default.
 DEFAULT_KS: tuple[int, ...] = (10, 20)
 
 #: Metric names, in the order :func:`evaluate` returns them (each followed by ``@k``).
@@ -86,12 +43,38 @@ MODEL = "model"
 
 
 def metric_name(metric: str, k: int, *, new: bool = False) -> str:
-    """The stable name of a metric at k, e.g. ``recall@20`` or ``recall@20_new``."""
+    """The stable name of a metric at k, e.g. ``recall@20`` or ``recall@20_new``.
+
+    Parameters
+    ----------
+    metric
+        A name of :data:`RANKING_METRICS` or :data:`COVERAGE`.
+    k
+        The cut-off.
+    new
+        Name the variant over the items new to each customer (suffix ``_new``).
+
+    Returns
+    -------
+    str
+        ``<metric>@<k>[_new]``.
+    """
     return f"{metric}@{k}{NEW_SUFFIX if new else ''}"
 
 
 def mlflow_metric_name(name: str) -> str:
-    """The name under which a metric can be logged to MLflow, which rejects ``@``: ``recall_at_20_new``."""
+    """The name under which a metric can be logged to MLflow, which rejects ``@``: ``recall_at_20_new``.
+
+    Parameters
+    ----------
+    name
+        A metric name of :func:`metric_name` or :func:`evaluate`.
+
+    Returns
+    -------
+    str
+        ``name`` with ``@`` replaced by ``_at_``.
+    """
     return name.replace("@", "_at_")
 
 
@@ -204,7 +187,20 @@ _PER_CUSTOMER = {
 
 
 def new_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[ItemId]]:
-    """The relevant items each customer had not bought before; customers left with none are dropped."""
+    """The relevant items each customer had not bought before; customers left with none are dropped.
+
+    Parameters
+    ----------
+    relevant
+        Customer id -> items bought in the test period.
+    history
+        Customer id -> items bought before it (a customer missing from it bought nothing).
+
+    Returns
+    -------
+    dict
+        Customer id -> non-empty set of new relevant items.
+    """
     out: dict[CustomerId, set[ItemId]] = {}
     for customer, items in relevant.items():
         fresh = set(items) - set(history.get(customer, ()))
@@ -214,7 +210,18 @@ def new_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[Ite
 
 
 def repeat_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[ItemId]]:
-    """The relevant items each customer had bought before; customers left with none are dropped."""
+    """The relevant items each customer had bought before; customers left with none are dropped.
+
+    Parameters
+    ----------
+    relevant, history
+        As in :func:`new_items`.
+
+    Returns
+    -------
+    dict
+        Customer id -> non-empty set of relevant items bought again.
+    """
     out: dict[CustomerId, set[ItemId]] = {}
     for customer, items in relevant.items():
         again = set(items) & set(history.get(customer, ()))
@@ -224,32 +231,143 @@ def repeat_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[
 
 
 def precision_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
-    """Mean over evaluated customers of hits in the top k / k."""
+    """Mean over evaluated customers of hits in the top k / k.
+
+    With ``hit_u,i = 1`` when position i (1-based) of customer u's list holds a relevant item for the
+    first time and ``hits_u = sum_{i<=k} hit_u,i``: ``precision@k = hits_u / k`` (a list shorter
+    than k still divides by k).
+
+    Parameters
+    ----------
+    recommended
+        Customer id -> ranked item ids, best first.
+    relevant
+        Customer id -> items bought in the test period.
+    k
+        The cut-off, a positive integer.
+
+    Returns
+    -------
+    float
+        The mean; NaN when no customer has a relevant item.
+
+    Raises
+    ------
+    ValueError
+        ``k`` is not a positive integer, or a list is not one-dimensional.
+    """
     return _mean(_precision(*_hit_matrix(recommended, relevant, k)))
 
 
 def recall_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
-    """Mean over evaluated customers of hits in the top k / min(number of relevant items, k)."""
+    """Mean over evaluated customers of hits in the top k / min(number of relevant items, k).
+
+    ``recall@k = hits_u / min(|R_u|, k)`` with ``R_u`` the customer's relevant items: capped, so a
+    customer who bought more than k items can still reach recall 1 with k right items. When this
+    definition was chosen, on Online Retail II, it gave most popular 0.099 and buy again 0.298 at
+    k = 20, where ``hits_u / |R_u|`` gives 0.050 and 0.182.
+
+    Parameters
+    ----------
+    recommended, relevant, k
+        As in :func:`precision_at_k`.
+
+    Returns
+    -------
+    float
+        The mean; NaN when no customer has a relevant item.
+
+    """
     return _mean(_recall(*_hit_matrix(recommended, relevant, k)))
 
 
 def ndcg_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
-    """Mean over evaluated customers of DCG@k / ideal DCG@k (binary gains, log2 discount)."""
+    """Mean over evaluated customers of DCG@k / ideal DCG@k (binary gains, log2 discount).
+
+    ``DCG = sum_{i<=k} hit_u,i / log2(i + 1)`` and ``IDCG = sum_{i <= min(|R_u|, k)} 1 / log2(i + 1)``,
+    the DCG of a list with every relevant item on top (Jarvelin & Kekalainen 2002, with the
+    binary-relevance gain).
+
+    Parameters
+    ----------
+    recommended, relevant, k
+        As in :func:`precision_at_k`.
+
+    Returns
+    -------
+    float
+        The mean, in [0, 1]; NaN when no customer has a relevant item.
+
+    """
     return _mean(_ndcg(*_hit_matrix(recommended, relevant, k)))
 
 
 def map_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
-    """Mean over evaluated customers of the average precision at k, normalised by min(|relevant|, k)."""
+    """Mean over evaluated customers of the average precision at k, normalised by min(|relevant|, k).
+
+    ``AP@k = sum_{i<=k} precision@i * hit_u,i / min(|R_u|, k)``, where precision@i counts the hits
+    in the first i positions; the normalisation by ``min(|R_u|, k)`` makes a perfect top-k list
+    score 1.
+
+    Parameters
+    ----------
+    recommended, relevant, k
+        As in :func:`precision_at_k`.
+
+    Returns
+    -------
+    float
+        The mean, in [0, 1]; NaN when no customer has a relevant item.
+
+    """
     return _mean(_average_precision(*_hit_matrix(recommended, relevant, k)))
 
 
 def hit_rate_at_k(recommended: Recommended, relevant: ItemSets, k: int) -> float:
-    """Share of evaluated customers with at least one relevant item in their top k."""
+    """Share of evaluated customers with at least one relevant item in their top k.
+
+    ``hit_rate@k = 1 if hits_u >= 1 else 0``, averaged.
+
+    Parameters
+    ----------
+    recommended, relevant, k
+        As in :func:`precision_at_k`.
+
+    Returns
+    -------
+    float
+        The share, in [0, 1]; NaN when no customer has a relevant item.
+
+    """
     return _mean(_hit_rate(*_hit_matrix(recommended, relevant, k)))
 
 
 def catalogue_coverage(recommended: Recommended, catalogue_size: int, k: int) -> float:
-    """Distinct items in the top-k lists of all customers of ``recommended`` / catalogue size."""
+    """Distinct items in the top-k lists of all customers of ``recommended`` / catalogue size.
+
+    It depends on the lists only, not on the purchases, so it has no ``_new`` variant; customers
+    without a relevant item count here too.
+
+    Parameters
+    ----------
+    recommended
+        Customer id -> ranked item ids, best first.
+    catalogue_size
+        Number of items the lists are drawn from, a positive integer.
+    k
+        The cut-off, a positive integer.
+
+    Returns
+    -------
+    float
+        The share of the catalogue shown, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        ``k`` or ``catalogue_size`` is not a positive integer, or the lists hold more distinct
+        items than ``catalogue_size``.
+    """
     catalogue_size = _check_k(catalogue_size, "catalogue_size")
     k = _check_k(k)
     shown: set[ItemId] = set()
@@ -301,8 +419,58 @@ def evaluate(
     then ``n_customers_repeat`` and, for each k, ``recall@k_repeat`` and ``recall@k_explore`` (the
     same lists judged on the items bought before, and on the new ones).
 
-    ``split``: ``(new_items(relevant, history), repeat_items(relevant, history))`` when the caller
-    judges many lists on the same purchases and has them already.
+    Conventions shared by every metric:
+
+    - *Evaluated customers* are the customers of ``relevant`` with at least one relevant item. A
+      metric is the plain mean over them (every customer weighs the same); it is NaN when there is
+      no evaluated customer. Customers that have a list but no relevant item are not evaluated
+      (they still count for catalogue coverage).
+    - An evaluated customer without a list (missing from ``recommended``, or an empty list) has
+      zero hits: they count as 0 in every metric, so a model cannot look better by skipping
+      customers.
+    - *Top k*: the first k positions of the list. A list shorter than k is not padded with anything
+      that could hit, and precision still divides by k, so a short list is penalised.
+    - *Duplicates are counted once*: an item repeated within the top k is a hit at its first
+      position only; its later copies keep their positions (they push the items after them down)
+      and gain nothing.
+    - *New to the user* (:func:`new_items`): the relevant items minus the customer's history.
+      Customers with no new relevant item are excluded from that variant (they are not counted as
+      zeros), so the ``_new`` metrics are averages over ``n_customers_new`` customers, usually
+      fewer than ``n_customers``.
+    - ``recall@k_repeat`` and ``recall@k_explore``: recall@k of the same lists split by what the
+      customer bought, over the relevant items bought before (:func:`repeat_items`; customers with
+      none excluded) and over those new to them. Where ``recall@k_new`` judges a list with the
+      customer's purchases excluded, these two say how one unfiltered list divides its hits between
+      buying again and discovering.
+
+    The hit matrix is built once per variant for the largest k and sliced for the smaller ones.
+
+    Parameters
+    ----------
+    recommended
+        Customer id -> ranked item ids, best first.
+    relevant
+        Customer id -> items bought in the test period.
+    history
+        Customer id -> items bought before the test period.
+    ks
+        Distinct positive cut-offs.
+    catalogue_size
+        Number of items the lists are drawn from (for coverage).
+    split
+        ``(new_items(relevant, history), repeat_items(relevant, history))`` when the caller judges
+        many lists on the same purchases and has them already; ``None``: computed here.
+
+    Returns
+    -------
+    dict[str, float]
+        Metric name -> value, in the order above (counts as floats).
+
+    Raises
+    ------
+    ValueError
+        An empty or repeating ``ks``, a cut-off or catalogue size that is not a positive integer,
+        or lists with more distinct items than the catalogue.
     """
     ks = _check_ks(ks)
     fresh, again = split if split is not None else (new_items(relevant, history), repeat_items(relevant, history))
@@ -326,6 +494,16 @@ def comparison_table(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame
     """One row per model (index ``model``, in the order given), one column per metric.
 
     Columns follow the order in which the metric names first appear; a metric one model lacks is NaN.
+
+    Parameters
+    ----------
+    results
+        Model name -> metrics (:func:`evaluate`'s output).
+
+    Returns
+    -------
+    pandas.DataFrame
+        float64, indexed by ``model``.
     """
     columns: dict[str, None] = {}
     for metrics in results.values():

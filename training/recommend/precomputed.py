@@ -6,16 +6,6 @@ other option, ``length`` items each (the model's code, the bundle's model). A li
 entries are the customer's top ``n`` (candidates and their scores do not depend on ``n``), so any
 request with ``n <= length`` and the default options is answered from here with exactly the list
 the model would rank; any other request is ranked as before.
-
-Compact columns, one entry per (customer, rank), the customers in the model's order
-(``data_.customer_ids``): item position (the smallest unsigned type that holds it), score
-(float32: the ranker's scores are ranked in float32 precision, so nothing is lost), source code and
-reason code (an index into the distinct reasons). At 1,000,000 customers × 20 items about 220 MB.
-
-Files, beside the model in a bundle: ``default_lists/`` (the columns and per-customer offsets, one
-``.npy`` file each, memory-mapped read-only on load so that a service's workers share them; an
-earlier bundle's single ``default_lists.npz`` is still read) and ``default_lists.json`` (the length,
-the reasons, the sources and the counts, checked on load).
 """
 
 from __future__ import annotations
@@ -50,7 +40,18 @@ class DefaultListsError(RapportError, ValueError):
 
 @dataclass(frozen=True)
 class DefaultLists:
-    """The lists (see the module docstring); ``offsets[k]:offsets[k + 1]`` are customer k's entries."""
+    """The lists; ``offsets[k]:offsets[k + 1]`` are customer k's entries.
+
+    Compact columns, one entry per (customer, rank), the customers in the model's order
+    (``data_.customer_ids``): item position (the smallest unsigned type that holds it), score
+    (float32: the ranker's scores are ranked in float32 precision, so nothing is lost), source code
+    and reason code (an index into the distinct ``reasons``).
+
+    Files, beside the model in a bundle: ``default_lists/`` (the columns and per-customer offsets,
+    one ``.npy`` file each, memory-mapped read-only on load so that a service's workers share them;
+    an earlier bundle's single ``default_lists.npz`` is still read) and ``default_lists.json`` (the
+    length, the reasons, the sources and the counts, checked on load).
+    """
 
     length: int
     offsets: NDArray[np.int64]
@@ -62,12 +63,39 @@ class DefaultLists:
 
     @property
     def n_customers(self) -> int:
+        """Number of customers with a list (the model's known customers).
+
+        Returns
+        -------
+        int
+            ``len(offsets) - 1``.
+        """
         return len(self.offsets) - 1
 
     @classmethod
     def compute(cls, model: RecommenderModel, length: int,
                 progress: Callable[[int, int], None] | None = None) -> DefaultLists:
-        """Rank every customer the model knows (``model.recommend``'s blocks and threads)."""
+        """Rank every customer the model knows (``model.recommend``'s blocks and threads).
+
+        Parameters
+        ----------
+        model
+            The fitted recommender of the bundle.
+        length
+            Items per list (``serving_default_lists``).
+        progress
+            Called with (customers done, customers in all) as blocks finish.
+
+        Returns
+        -------
+        DefaultLists
+            One list per known customer, in the model's order.
+
+        Raises
+        ------
+        ValueError
+            A ranked list names a source outside :data:`training.recommend.ranked.SOURCES`.
+        """
         import pandas as pd
 
         customer_ids = model.data_.customer_ids
@@ -88,7 +116,23 @@ class DefaultLists:
 
     def lookup(self, row: int, n: int, customer_id: int) -> Ranked | None:
         """The top ``n`` of the customer at ``row`` of the model, or None when ``n`` is longer than
-        the lists kept."""
+        the lists kept.
+
+        Parameters
+        ----------
+        row
+            The customer's position in the model's ``customer_ids``.
+        n
+            Items asked for.
+        customer_id
+            The customer's id, written into the answer.
+
+        Returns
+        -------
+        Ranked or None
+            Up to ``n`` items, ranks from 1 (fewer when the customer's list is shorter); ``None``
+            for ``n > length``.
+        """
         if n > self.length:
             return None
         start = int(self.offsets[row])
@@ -102,6 +146,17 @@ class DefaultLists:
     # --- files ------------------------------------------------------------------------------------
 
     def save(self, directory: Path | str) -> None:
+        """Write the arrays and the header into ``directory`` (an older ``.npz`` there is removed).
+
+        Parameters
+        ----------
+        directory
+            The bundle's model folder (exists).
+
+        Returns
+        -------
+        None
+        """
         where = Path(directory)
         save_arrays(where / ARRAYS, {"offsets": self.offsets, "item": self.item, "score": self.score,
                                      "source": self.source, "reason": self.reason})
@@ -113,14 +168,52 @@ class DefaultLists:
 
     @classmethod
     def load(cls, directory: Path | str, model: RecommenderModel) -> DefaultLists | None:
-        """The lists saved in ``directory`` for ``model``, or None when there are none."""
+        """The lists saved in ``directory`` for ``model``, or None when there are none.
+
+        Parameters
+        ----------
+        directory
+            The bundle's model folder.
+        model
+            The fitted recommender the lists must belong to.
+
+        Returns
+        -------
+        DefaultLists or None
+            The lists, memory-mapped; ``None`` when ``directory`` has no header.
+
+        Raises
+        ------
+        DefaultListsError
+            As :meth:`load_for`.
+        """
         return cls.load_for(directory, model.data_.n_users, model.data_.n_items)
 
     @classmethod
     def load_for(cls, directory: Path | str, n_customers: int, n_items: int) -> DefaultLists | None:
         """The lists saved in ``directory`` for a model of ``n_customers`` x ``n_items`` (checked), or
         None when there are none: without the model itself (a worker answers from them before it has
-        loaded it)."""
+        loaded it).
+
+        Parameters
+        ----------
+        directory
+            The bundle's model folder.
+        n_customers, n_items
+            The model's numbers of customers and items, checked against the files.
+
+        Returns
+        -------
+        DefaultLists or None
+            The lists, memory-mapped; ``None`` when ``directory`` has no header.
+
+        Raises
+        ------
+        DefaultListsError
+            A header that is not JSON or of another format or version, lists of another model, or
+            arrays that are missing, of the wrong length or with codes out of range; the message
+            names the file.
+        """
         where = Path(directory)
         if not (where / HEADER).is_file():
             return None

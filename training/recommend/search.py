@@ -1,31 +1,10 @@
 """The recommender's configuration, chosen on the validation period within a time budget.
 
-Protocol, on the temporal split of :mod:`training.recommend.split` (the test period is never
-looked at here):
-
-- every trial fits the model as of ``train_end`` — its ranker learns on the ``label_days`` before
-  (``[train_end - label_days, train_end)``), its candidate models on everything before
-  ``train_end`` — and recommends 20 items to every customer who bought in the validation period
-  ``[train_end, valid_end)`` and was known before it, as :func:`training.recommend.evaluation.compare`
-  does on the test period (on a large history, the ranker learns from and the lists are judged for
-  a seeded sample of :data:`SEARCH_CUSTOMERS` customers);
-- the trial is scored by ``recall@20 + recall@20_new`` of the blend (all items, and new items with
-  the purchases excluded: the gate's two measures, one number); the same fit also gives TIFU-KNN's
-  row with the trial's k and alpha (a rule on the same candidates), so both are searched at once;
-- the first trial is the settings as given, so the search never ends below them; Optuna's TPE
-  sampler (seeded with the model's ``seed``) proposes the others; a trial starts only when the
-  time spent plus the longest trial so far stays within ``budget_s`` (one as long as the mean would
-  still overrun it). The first trial always runs, whatever the budget: the champion is chosen on
-  its validation rows. A trial under way is not cut short (its fits have no deadline check), so
-  the search can pass its budget by a trial longer than every earlier one. The searched values
-  (:func:`suggest`): the half-life, ALS factors and regularisation, item-KNN neighbours, the
-  candidate counts, the ranker's rounds, TIFU-KNN's k and alpha.
-
-The *champion* is then chosen among the servable configurations on the same validation period:
-the blend's best trial and TIFU-KNN's best trial are eligible only when they beat personal top
-frequency on recall@20 AND popularity and plain ALS on recall@20 of new items (the gate's rule,
-applied on validation); of the eligible, the higher score wins; with none, personal top frequency
-is the champion. Ties go to the simpler configuration.
+On the temporal split of :mod:`training.recommend.split` (the test period is never looked at
+here), :func:`search` runs trials of the settings (Optuna's TPE sampler, the settings as given
+first, so the search never ends below them) until the budget is spent, and :func:`choose_champion`
+picks among the servable configurations with the promotion gate's rule applied on validation. The
+protocol is in :func:`search`, the searched values in :func:`suggest`.
 """
 
 from __future__ import annotations
@@ -94,8 +73,23 @@ def _score(row: Mapping[str, float]) -> float:
 
 def choose_champion(table: pd.DataFrame) -> tuple[str, list[str]]:
     """The champion's row among the servable configurations of a validation ``table`` (rows
-    :data:`CHOSEN`, :data:`TIFU`, :data:`TOP_FREQUENCY`, :data:`POPULAR`, :data:`ALS`), and why
-    (see the module docstring)."""
+    :data:`CHOSEN`, :data:`TIFU`, :data:`TOP_FREQUENCY`, :data:`POPULAR`, :data:`ALS`), and why.
+
+    The blend's best trial and TIFU-KNN's best trial are eligible only when they beat personal top
+    frequency on recall@20 AND popularity and plain ALS on recall@20 of new items (the gate's rule,
+    applied on validation); of the eligible, the higher ``recall@20 + recall@20_new`` wins; with
+    none, personal top frequency is the champion. Ties go to the simpler configuration.
+
+    Parameters
+    ----------
+    table
+        Validation metrics, one row per configuration (:func:`training.recommend.metrics.comparison_table`).
+
+    Returns
+    -------
+    tuple[str, list[str]]
+        The champion's row name, and one sentence per candidate and the verdict.
+    """
     reasons: list[str] = []
     eligible: dict[str, float] = {}
     base = table.loc[TOP_FREQUENCY]
@@ -116,8 +110,24 @@ def choose_champion(table: pd.DataFrame) -> tuple[str, list[str]]:
 
 
 def suggest(trial: Any, base: RecommenderSettings) -> dict[str, Any]:
-    """One trial's values of the searched settings (see the module docstring). Every range holds the
-    settings as given (``base``), so that they are the first trial's values."""
+    """One trial's values of the searched settings. Every range holds the settings as given
+    (``base``), so that they are the first trial's values.
+
+    Searched: the half-life, ALS factors and regularisation, item-KNN neighbours, the candidate
+    counts, the ranker's rounds, TIFU-KNN's k and alpha.
+
+    Parameters
+    ----------
+    trial
+        An Optuna trial (or ``optuna.trial.FixedTrial`` to rebuild a trial's settings).
+    base
+        The settings as given.
+
+    Returns
+    -------
+    dict[str, Any]
+        Setting name -> value, ready for ``dataclasses.replace(base, **values)``.
+    """
 
     def categorical(name: str, choices: tuple[Any, ...], given: Any) -> Any:
         return trial.suggest_categorical(name, list(dict.fromkeys((*choices, given))))
@@ -166,8 +176,56 @@ def search(
     progress: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> SearchResult:
-    """Search and choose on the validation period (see the module docstring), within ``budget_s``
-    seconds of ``clock``."""
+    """Search and choose on the validation period, within ``budget_s`` seconds of ``clock``.
+
+    Protocol:
+
+    - every trial fits the model as of ``train_end`` — its ranker learns on the ``label_days``
+      before (``[train_end - label_days, train_end)``), its candidate models on everything before
+      ``train_end`` — and recommends 20 items to every customer who bought in the validation period
+      ``[train_end, valid_end)`` and was known before it, as
+      :func:`training.recommend.evaluation.compare` does on the test period (on a large history,
+      the ranker learns from and the lists are judged for a seeded sample of
+      :data:`SEARCH_CUSTOMERS` customers);
+    - the trial is scored by ``recall@20 + recall@20_new`` of the blend (all items, and new items
+      with the purchases excluded: the gate's two measures, one number); the same fit also gives
+      TIFU-KNN's row with the trial's k and alpha (a rule on the same candidates), so both are
+      searched at once;
+    - the first trial is the settings as given; Optuna's TPE sampler (seeded with the model's
+      ``seed``) proposes the others; a trial starts only when the time spent plus the longest
+      trial so far stays within ``budget_s`` (one as long as the mean would still overrun it). The
+      first trial always runs, whatever the budget: the champion is chosen on its validation rows.
+      A trial under way is not cut short (its fits have no deadline check), so the search can pass
+      its budget by a trial longer than every earlier one.
+
+    The champion is then chosen by :func:`choose_champion`.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    split
+        The temporal split; only its train and validation periods are read.
+    settings
+        The recommender's settings as given (the first trial).
+    budget_s
+        Seconds the search may spend; 0 or less: the first trial only.
+    progress
+        Called with a line per step (also logged).
+    clock
+        Seconds, monotonic (a test passes a fake one).
+
+    Returns
+    -------
+    SearchResult
+        The chosen settings, the champion, the validation table, the searched values and the
+        trial's model fitted as of ``train_end``.
+
+    Raises
+    ------
+    RecommenderInputError
+        No trial could be judged on the validation period (the message gives the first error).
+    """
     import optuna
 
     def step(text: str) -> None:

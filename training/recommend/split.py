@@ -1,24 +1,11 @@
 """Temporal split for recommender evaluation, and the item sets the metrics compare against.
 
 A recommender is trained on history before a cutoff and judged on what customers bought after it,
-never on a random shuffle of rows (that would let the model see the future). The timeline is cut in
-three consecutive periods, each boundary exclusive (``[start, end)``, as every cutoff in
-:mod:`features`)::
-
-    train: ... -> train_end      valid: train_end -> valid_end      test: valid_end -> test_end
-
-:func:`temporal_split` places them from the last sale: ``test_end`` is midnight after the last sale's
-day (so the last day is in the test period), the test period is the last ``test_days`` days and the
-validation period the ``valid_days`` days before it. Hyper-parameters are chosen on the validation
-period with a model fitted on ``train``; the reported figures come from a model fitted on
-everything before ``valid_end`` (train + valid) and scored on the test period.
-
-:func:`purchases_between` gives the relevant sets (what each customer bought in a period) and
-:func:`history_items` the items each customer bought before a cutoff (the ``history`` of
-:func:`training.recommend.metrics.evaluate`, which separates new items from repeat purchases). Both
-are read from :func:`features.interactions.interactions`, so "a purchase" means the same thing to
-the model and to its evaluation: a product line of an identified customer with a positive net
-quantity after the returns booked before the period's end.
+never on a random shuffle of rows (that would let the model see the future): :func:`temporal_split`
+cuts the timeline in train, validation and test periods. :func:`purchases_between` and
+:func:`history_items` read the item sets from :func:`features.interactions.interactions`, so "a
+purchase" means the same thing to the model and to its evaluation: a product line of an identified
+customer with a positive net quantity after the returns booked before the period's end.
 """
 
 from __future__ import annotations
@@ -35,7 +22,7 @@ from features.history import utc_naive
 from features.interactions import PURCHASES, interactions
 from features.schema import Col
 
-#: The issue's evaluation: the last 90 days are the test period, the 90 days before validate.
+#: Default evaluation: the last 90 days are the test period, the 90 days before validate.
 DEFAULT_TEST_DAYS = 90
 DEFAULT_VALID_DAYS = 90
 
@@ -58,10 +45,24 @@ class TemporalSplit:
 
     @property
     def valid_start(self) -> datetime:
+        """First instant of the validation period.
+
+        Returns
+        -------
+        datetime
+            ``train_end``.
+        """
         return self.train_end
 
     @property
     def test_start(self) -> datetime:
+        """First instant of the test period.
+
+        Returns
+        -------
+        datetime
+            ``valid_end``.
+        """
         return self.valid_end
 
 
@@ -70,9 +71,35 @@ def temporal_split(
 ) -> TemporalSplit:
     """The split whose test period is the last ``test_days`` days up to the day after ``last_sale``.
 
+    The three periods are consecutive, each boundary exclusive (``[start, end)``, as every cutoff
+    in :mod:`features`)::
+
+        train: ... -> train_end      valid: train_end -> valid_end      test: valid_end -> test_end
+
     ``test_end`` is midnight at the start of the day after ``last_sale`` (in ``last_sale``'s time
-    zone, if it has one), ``valid_end = test_end - test_days`` and
-    ``train_end = valid_end - valid_days``. ``valid_days=0`` gives an empty validation period.
+    zone, if it has one: the last day is in the test period), ``valid_end = test_end - test_days``
+    and ``train_end = valid_end - valid_days``. Hyper-parameters are chosen on the validation period
+    with a model fitted on ``train``; the reported figures come from a model fitted on everything
+    before ``valid_end`` (train + valid) and scored on the test period.
+
+    Parameters
+    ----------
+    last_sale
+        The latest sale (:func:`last_sale`).
+    test_days
+        Length of the test period, whole days >= 1.
+    valid_days
+        Length of the validation period, whole days >= 0 (0: an empty validation period).
+
+    Returns
+    -------
+    TemporalSplit
+        The three boundaries.
+
+    Raises
+    ------
+    ValueError
+        ``test_days`` or ``valid_days`` out of range.
     """
     if isinstance(test_days, bool) or not isinstance(test_days, int) or test_days < 1:
         raise ValueError(f"test_days must be a positive whole number of days, got {test_days!r}")
@@ -84,7 +111,23 @@ def temporal_split(
 
 
 def last_sale(backend: ibis.BaseBackend) -> datetime:
-    """The time of the latest sale line in the store (naive UTC), the anchor of :func:`temporal_split`."""
+    """The time of the latest sale line in the store (naive UTC), the anchor of :func:`temporal_split`.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+
+    Returns
+    -------
+    datetime
+        Naive UTC.
+
+    Raises
+    ------
+    NoDataError
+        The store holds no sale line.
+    """
     lines = backend.table("lines")
     latest = lines[Col.TS].max().to_pandas()
     if latest is None or pd.isna(latest):
@@ -94,8 +137,8 @@ def last_sale(backend: ibis.BaseBackend) -> datetime:
 
 def _item_sets(frame: pd.DataFrame) -> dict[int, set[str]]:
     bought = frame[frame[PURCHASES] > 0]
-    # The frame is sorted by customer: one split of plain arrays (a pandas group per customer costs
-    # seconds for 100,000 customers).
+    # The frame is sorted by customer: one split of plain arrays (a pandas group per customer is
+    # slow for 100,000 customers).
     customers = bought[Col.CUSTOMER_ID].to_numpy(dtype=np.int64)
     items = bought[Col.ITEM_ID].astype(str).to_numpy(dtype=object)
     order = np.argsort(customers, kind="stable")
@@ -111,6 +154,23 @@ def purchases_between(backend: ibis.BaseBackend, start: datetime, end: datetime)
     Only identified customers and product items; a line counts when its net quantity after the returns
     booked before ``end`` is positive (a fully returned purchase is no purchase). Customers without
     any purchase in the period are absent.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    start, end
+        The period, ``start`` before ``end``.
+
+    Returns
+    -------
+    dict[int, set[str]]
+        Customer id -> item ids (the ``relevant`` of :func:`training.recommend.metrics.evaluate`).
+
+    Raises
+    ------
+    ValueError
+        ``start`` is not before ``end``.
     """
     if utc_naive(start) >= utc_naive(end):
         raise ValueError(f"start must be before end, got start={start!r} and end={end!r}")
@@ -119,6 +179,20 @@ def purchases_between(backend: ibis.BaseBackend, start: datetime, end: datetime)
 
 
 def history_items(backend: ibis.BaseBackend, as_of: datetime) -> dict[int, set[str]]:
-    """Customer id -> the product items they bought before ``as_of`` (net of returns booked before it)."""
+    """Customer id -> the product items they bought before ``as_of`` (net of returns booked before it).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff.
+
+    Returns
+    -------
+    dict[int, set[str]]
+        Customer id -> item ids (the ``history`` of :func:`training.recommend.metrics.evaluate`,
+        which separates new items from repeat purchases).
+    """
     frame = interactions(backend, as_of, half_life_days=None, browse_weight=0.0)
     return _item_sets(frame)
