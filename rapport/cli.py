@@ -621,7 +621,7 @@ def _verdict(eligible: bool) -> Text:
 
 
 def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
-    from training.clv.pipeline import VALIDATION_MAE
+    from training.clv.pipeline import BLEND, VALIDATION_MAE
 
     validation = result.rate_validation
     split = (f"validation {validation.validation_start.date()} .. {result.calibration_end.date()}, "
@@ -639,6 +639,8 @@ def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
     choice = result.choice
     for name, row in frame.iterrows():
         label = str(name) + (" without drop-out (NBD)" if name in result.without_dropout else "")
+        if name == BLEND and validation is not None:
+            label += f" ({validation.blend_kind}, rate weight {validation.blend_weight:g})"
         if choice is not None and name == choice.chosen and name != result.kind:
             label += " (chosen, fails the gate)"
         elif name == result.kind:
