@@ -115,9 +115,10 @@ class Settings(BaseSettings):
     clv_candidates: list[ClvCandidate] = Field(
         default_factory=lambda: list(get_args(ClvCandidate)),
         min_length=1,
-        description="CLV candidates compared on the holdout: purchase models, their blend with the historic rate "
-        "(chosen on a validation split of the calibration period) and the naive historic rate; the lowest "
-        "per-customer MAE among those passing the gate wins, MBG/NBD or Pareto/NBD within 1 %.",
+        description="CLV candidates: purchase models, their blend with the historic rate and the naive historic "
+        "rate; the lowest per-customer MAE on a validation split of the calibration period wins (MBG/NBD or "
+        "Pareto/NBD within 1 %), the holdout only gates it (failing, the naive rate is served when it is a "
+        "candidate).",
     )
     clv_holdout_days: AutoDays = Field("auto", description="Length of the CLV evaluation holdout before the cutoff (auto: a third of the history, 7 to 183 days).")
     clv_penalizer: float = Field(0.0, ge=0, description="L2 penalizer of the lifetimes fits (0: maximum likelihood).")

@@ -607,23 +607,38 @@ def _verdict(eligible: bool) -> Text:
 
 
 def _print_clv(result, s: Settings) -> None:  # noqa: ANN001
-    table = Table(title=f"CLV holdout evaluation ({result.calibration_end.date()} .. {result.cutoff.date()}, "
+    from training.clv.pipeline import BLEND, VALIDATION_MAE
+
+    validation = result.rate_validation
+    split = (f"validation {validation.validation_start.date()} .. {result.calibration_end.date()}, "
+             if validation is not None else "")
+    table = Table(title=f"CLV candidates ({split}holdout {result.calibration_end.date()} .. {result.cutoff.date()}, "
                         f"time unit {s.time_unit})")
     frame = result.candidates
-    formats = {"actual": ("actual", "{:,.0f}"), "predicted": ("predicted", "{:,.0f}"),
-               "aggregate_error_pct": ("total error", "{:.1f} %"), "mae": ("MAE", "{:.3f}"),
-               "correlation": ("corr.", "{:.3f}"), "spend_mae": (f"spend MAE ({s.currency})", "{:,.2f}")}
+    formats = {VALIDATION_MAE: ("validation MAE", "{:.4f}"), "actual": ("actual", "{:,.0f}"),
+               "predicted": ("predicted", "{:,.0f}"), "aggregate_error_pct": ("total error", "{:.1f} %"),
+               "mae": ("holdout MAE", "{:.4f}"), "correlation": ("corr.", "{:.3f}"),
+               "spend_mae": (f"spend MAE ({s.currency})", "{:,.2f}")}
     table.add_column("model")
     for col in frame.columns:
         table.add_column(formats.get(col, (str(col), ""))[0], justify="right")
+    choice = result.choice
     for name, row in frame.iterrows():
         label = str(name) + (" without drop-out (NBD)" if name in result.without_dropout else "")
-        label += " (chosen)" if name == result.kind else ""
-        cells = [formats[c][1].format(v) if c in formats and v == v else str(v) for c, v in row.items()]
+        if name == BLEND and validation is not None:
+            label += f" ({validation.blend_kind}, rate weight {validation.blend_weight:g})"
+        if choice is not None and name == choice.chosen and name != result.kind:
+            label += " (chosen, fails the gate)"
+        elif name == result.kind:
+            label += " (chosen, served)" if choice is None or name == choice.chosen else " (served)"
+        cells = ["—" if v != v else formats[c][1].format(v) if c in formats else str(v) for c, v in row.items()]
         table.add_row(label, *cells)
     console.print(table)
+    if choice is not None:
+        for note in choice.notes:
+            console.print(_styled("choice:", "bold", note), highlight=False)
     for kind, message in result.failed_candidates:
-        console.print(_styled(f"candidate {kind} did not converge:", "yellow", message))
+        console.print(_styled(f"candidate {kind} left out:", "yellow", message))
     console.print(Text.assemble(f"{result.kind}: ", _verdict(result.gate.eligible),
                                 "" if result.gate.eligible else ": " + "; ".join(result.gate.reasons)))
     console.print(f"served: {result.model.label_}")

@@ -18,7 +18,23 @@ from features.store import ibis_backend
 from training import tracking
 from training.clv.adapter import PURCHASE_MODELS
 from training.clv.evaluation import HoldoutEvaluation
-from training.clv.pipeline import BLEND, MODEL_NAME, NAIVE, RATE_WEIGHTS, WITHOUT_ONE_ORDER_ARTEFACT, choose, train_clv
+from training.clv import pipeline
+from training.clv.pipeline import (
+    BLEND,
+    HOLDOUT,
+    MODEL_NAME,
+    NAIVE,
+    RATE_WEIGHTS,
+    SOLE_CANDIDATE,
+    TIE_TOLERANCE,
+    VALIDATION,
+    VALIDATION_MAE,
+    WITHOUT_ONE_ORDER_ARTEFACT,
+    RateValidation,
+    choose,
+    choose_candidate,
+    train_clv,
+)
 from tests.fixtures_history import History, line, store_with, synthetic_store
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -68,6 +84,23 @@ def test_training_logs_registers_and_the_registered_model_scores_like_the_fitted
     assert run.data.metrics["validation.blend_weight"] == validation.blend_weight
     assert "one-order customers" in run.data.tags["plausibility"]
     assert run.data.tags["gate.eligible"] == "true"
+    # Chosen on the validation split: every candidate's validation MAE logged and in the table, the
+    # chosen one the lowest of them (or a model without the one-order artefact within 1 %).
+    choice = result.choice
+    assert choice.chosen_on == VALIDATION and choice.served == result.kind
+    assert set(choice.validation_mae) == {*PURCHASE_MODELS, BLEND, NAIVE}
+    assert choice.validation_mae[NAIVE] == validation.naive_mae
+    assert all(choice.validation_mae[kind] == validation.mae[kind][0] for kind in PURCHASE_MODELS)
+    lowest = min(choice.validation_mae.values())
+    assert choice.validation_mae[choice.chosen] <= lowest * (1 + TIE_TOLERANCE)
+    assert choice.chosen == min(choice.validation_mae, key=choice.validation_mae.get) or (
+        choice.chosen in WITHOUT_ONE_ORDER_ARTEFACT)
+    for name, mae in choice.validation_mae.items():
+        assert run.data.metrics[f"validation_mae.{name}"] == pytest.approx(mae)
+        assert result.candidates.loc[name, VALIDATION_MAE] == pytest.approx(mae)
+    assert result.candidates.loc["naive (historic rate)", VALIDATION_MAE] == validation.naive_mae
+    assert run.data.params["chosen_on"] == "validation" and run.data.params["validation_choice"] == choice.chosen
+    assert run.data.tags["choice"].startswith(f"{choice.chosen} chosen on the validation split")
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {"plots/calibration_vs_holdout.png", "plots/cumulative_transactions.png"} <= artifacts
     assert str(settings.mlflow_dir) in tracking.tracking_uri(settings)
@@ -124,6 +157,37 @@ def test_regular_buyers_are_served_their_historic_rate(tmp_path):
     assert scores["clv"].gt(0).all() and scores["probability_alive"].between(0, 1).all()
 
 
+def test_without_a_validation_split_the_choice_falls_back_to_the_holdout_and_says_so(tmp_path, monkeypatch):
+    def unsplittable(*args, **kwargs):
+        raise ValueError("the 1-day calibration period is too short to split into a fit and a validation part")
+
+    monkeypatch.setattr(pipeline, "validate_rate_candidates", unsplittable)
+    con = store_with(_regular_buyers(600, seed=7))
+    settings = load_settings(data_dir=tmp_path / "state")
+    result = train_clv(con, settings)
+    table = result.candidates
+    # Only the purchase models are candidates (blend and naive need the validation split), and the
+    # holdout chooses among them: the lowest MAE among those passing the gate.
+    assert result.rate_validation is None
+    assert {name for name, why in result.failed_candidates if why.startswith("not validated: the 1-day")} == {
+        BLEND, NAIVE}
+    assert set(table.index) == {*PURCHASE_MODELS, "naive (historic rate)"}
+    assert table[VALIDATION_MAE].isna().all()
+    choice = result.choice
+    assert choice.chosen_on == HOLDOUT and choice.chosen == choice.served == result.kind
+    naive = table.loc["naive (historic rate)"]
+    passing = {kind: table.loc[kind, "mae"] for kind in PURCHASE_MODELS
+               if table.loc[kind, "mae"] <= naive["mae"] and table.loc[kind, "aggregate_error_pct"] <= naive[
+                   "aggregate_error_pct"]}
+    assert result.kind == pipeline._lowest(passing or table.loc[list(PURCHASE_MODELS), "mae"].to_dict())
+    assert "optimistic" in choice.message and "too short to split" in choice.message
+
+    run = tracking.configure(settings).get_run(result.run_id)
+    assert run.data.params["chosen_on"] == "holdout" and run.data.params["validation_choice"] == result.kind
+    assert run.data.tags["choice"] == choice.message
+    assert not any(name.startswith("validation_mae.") for name in run.data.metrics)
+
+
 def _evaluation(mae: float, aggregate: float, *, naive_mae: float = 1.0) -> HoldoutEvaluation:
     """A holdout evaluation with the given MAE and aggregate error, next to a naive baseline with
     ``naive_mae`` and an aggregate error of 20 %."""
@@ -162,6 +226,91 @@ def test_choose_serves_the_best_candidate_that_passes_the_gate():
     assert RATE_WEIGHTS[0] == 0.0 and RATE_WEIGHTS[-1] == 1.0
 
 
+@pytest.mark.unit
+def test_the_candidate_is_chosen_on_validation_even_when_another_wins_the_holdout():
+    E = _evaluation  # every candidate passes the gate: naive baseline MAE 1.0, aggregate error 20 %
+    evaluations = {"bgnbd": E(0.95, 0.1), "paretonbd": E(0.94, 0.1), BLEND: E(0.96, 0.1), NAIVE: E(1.0, 0.2)}
+    validation = {"bgnbd": 1.30, "paretonbd": 1.32, BLEND: 1.20, NAIVE: 1.40}
+    # The holdout alone would pick Pareto/NBD, by a little; the validation split picks the blend.
+    assert choose(evaluations) == "paretonbd"
+    choice = choose_candidate(evaluations, validation)
+    assert (choice.chosen, choice.served, choice.chosen_on) == (BLEND, BLEND, VALIDATION)
+    assert choice.validation_mae == validation
+    assert choice.message.startswith("blend chosen on the validation split (validation MAE 1.2000, the lowest of 4)")
+    assert "holdout numbers are for information" in choice.message
+    # A validation MAE of a candidate that was not fitted on the calibration period does not count.
+    assert choose_candidate({k: evaluations[k] for k in ("bgnbd", NAIVE)}, validation).chosen == "bgnbd"
+
+
+@pytest.mark.unit
+def test_the_tie_rule_applies_on_the_validation_split():
+    E = _evaluation
+    evaluations = {"bgnbd": E(0.90, 0.1), "mbgnbd": E(0.95, 0.1), "paretonbd": E(0.93, 0.1), BLEND: E(0.9, 0.1),
+                   NAIVE: E(1.0, 0.2)}
+
+    def chosen(**validation: float) -> str:
+        return choose_candidate({k: evaluations[k] for k in validation}, validation).chosen
+
+    # MBG/NBD within 1 % of BG/NBD on validation wins, whatever the holdout says.
+    assert chosen(bgnbd=1.0, mbgnbd=1.008) == "mbgnbd"
+    assert chosen(bgnbd=1.0, mbgnbd=1.008, paretonbd=1.004) == "paretonbd"
+    assert chosen(bgnbd=1.0, mbgnbd=1.02) == "bgnbd"
+    # A blend at weight 0 or 1 ties its base model or the naive rate exactly: the simpler one is chosen.
+    assert chosen(bgnbd=1.0, blend=1.0, naive=1.3) == "bgnbd"
+    assert chosen(bgnbd=1.2, blend=1.0, naive=1.0) == NAIVE
+    assert chosen(bgnbd=1.2, blend=0.99, naive=1.0) == BLEND
+
+
+@pytest.mark.unit
+def test_a_validated_choice_that_fails_the_holdout_gate_serves_the_naive_baseline():
+    E = _evaluation
+    # BG/NBD validates best but misses the holdout total (30 % vs the baseline's 20 %); the blend
+    # would pass, but the holdout does not choose: the baseline itself is served.
+    evaluations = {"bgnbd": E(0.9, 0.3), BLEND: E(0.95, 0.1), NAIVE: E(1.0, 0.2)}
+    choice = choose_candidate(evaluations, {"bgnbd": 1.0, BLEND: 1.05, NAIVE: 1.1})
+    assert (choice.chosen, choice.served, choice.chosen_on) == ("bgnbd", NAIVE, VALIDATION)
+    assert "bgnbd fails the holdout gate (holdout aggregate error 30.0%" in choice.message
+    assert choice.message.endswith("the naive baseline is served")
+    # Without the naive candidate the chosen one is registered, and the gate keeps it from promotion.
+    alone = choose_candidate({k: evaluations[k] for k in ("bgnbd", BLEND)}, {"bgnbd": 1.0, BLEND: 1.05})
+    assert alone.chosen == alone.served == "bgnbd"
+    # Chosen on validation and passing: served as it is.
+    assert choose_candidate(evaluations, {"bgnbd": 1.1, BLEND: 1.05, NAIVE: 1.1}).served == BLEND
+
+
+@pytest.mark.unit
+def test_without_validation_the_holdout_chooses_and_the_choice_says_so():
+    E = _evaluation
+    evaluations = {"bgnbd": E(0.9, 0.1), "paretonbd": E(0.95, 0.1)}
+    choice = choose_candidate(evaluations, None, not_validated="the 3-day calibration period is too short")
+    assert (choice.chosen, choice.served, choice.chosen_on) == ("bgnbd", "bgnbd", HOLDOUT)
+    assert choice.validation_mae == {}
+    assert "chosen on the holdout" in choice.message and "optimistic" in choice.message
+    assert "the 3-day calibration period is too short" in choice.message
+    # A kind that failed on the validation split is not chosen, even when the holdout likes it best.
+    partial = choose_candidate(evaluations, {"paretonbd": 1.0}, not_validated="bgnbd: did not converge")
+    assert (partial.chosen, partial.chosen_on) == ("paretonbd", VALIDATION)
+    assert "bgnbd not chosen: no validation MAE (bgnbd: did not converge)" in partial.message
+    # One candidate: nothing to choose.
+    sole = choose_candidate({"bgnbd": evaluations["bgnbd"]}, None)
+    assert (sole.chosen, sole.served, sole.chosen_on) == ("bgnbd", "bgnbd", SOLE_CANDIDATE)
+    with pytest.raises(ValueError, match="at least one"):
+        choose_candidate({}, None)
+
+
+@pytest.mark.unit
+def test_every_candidate_reads_its_validation_mae_off_the_split():
+    weights = len(RATE_WEIGHTS)
+    bgnbd = tuple(1.0 - 0.01 * i for i in range(weights))  # 1.0 alone, falling with the rate's weight
+    paretonbd = tuple(0.9 + 0.001 * i for i in range(weights))
+    validation = RateValidation(
+        validation_start=datetime(2025, 1, 1), validation_days=90, n_customers=100, naive_mae=0.8,
+        mae={"bgnbd": bgnbd, "paretonbd": paretonbd}, blend_kind="bgnbd", blend_weight=RATE_WEIGHTS[15],
+        naive_kind="paretonbd", failed=(("mbgnbd", "did not converge"),))
+    maes = validation.candidate_mae(["bgnbd", "mbgnbd", "paretonbd", BLEND, NAIVE])
+    assert maes == {"bgnbd": 1.0, "paretonbd": 0.9, BLEND: bgnbd[15], NAIVE: 0.8}
+
+
 def test_rapport_train_only_clv_with_a_cutoff(store, monkeypatch):
     from rapport.cli import app
 
@@ -172,5 +321,6 @@ def test_rapport_train_only_clv_with_a_cutoff(store, monkeypatch):
     assert out.exit_code == 0, out.output
     assert "rapport-clv" in out.output and "2025-07-01" in out.output
     assert "served: " in out.output and "blend" in out.output and "naive" in out.output  # the candidates' rows
+    assert "validation MAE" in out.output and "choice: " in out.output and "(chosen, served)" in out.output
     bad = CliRunner().invoke(app, ["train", "--only", "nothing"])
     assert bad.exit_code != 0 and "clv" in bad.output

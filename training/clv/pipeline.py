@@ -1,5 +1,6 @@
-"""The CLV training step: candidates on a calibration/holdout split, the chosen model refitted on the
-whole history before the cutoff, everything logged to MLflow and the model registered.
+"""The CLV training step: candidates chosen on a validation split of the calibration period,
+evaluated and gated on the holdout after it, the served model refitted on the whole history before
+the cutoff, everything logged to MLflow and the model registered.
 
 Steps, for a cutoff c and a holdout of h days (``clv_holdout_days``, or with ``auto`` a third of the
 history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too short skips the step):
@@ -7,39 +8,53 @@ history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too shor
 1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
    in the holdout [c − h, c).
 2. Every candidate purchase model (BG/NBD, MBG/NBD, Pareto/NBD) is fitted on the calibration
-   features and evaluated on the holdout against the naive baseline. The historic-rate candidates
-   (``blend``: a purchase model's expected purchases blended with frequency / T; ``naive``: the rate
-   itself with Gamma-Gamma spend) are first chosen on a validation split inside the calibration
-   period (:func:`validate_rate_candidates`: the purchase models fitted on its first part, the
-   blend's model and weight chosen on its last h days), then fitted on the calibration features and
-   evaluated on the holdout like the others. The lowest per-customer MAE among the candidates that
-   pass the gate wins (the lowest overall when none does), except that a model in which a customer without repeat purchases can be inactive
-   (MBG/NBD, Pareto/NBD) wins over BG/NBD when its MAE is within ``TIE_TOLERANCE`` (1 %) of the
-   best: BG/NBD lets a customer drop out only after a repeat purchase, so it gives every one-order
-   customer, however long ago, a probability alive of exactly 1 (Fader, Hardie & Lee, "Computing
-   P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al. 2007, removes it). A candidate whose fit
-   runs to the no-drop-out bound (a history cut at a date: every old customer looks new, nobody is
-   visibly gone) is fitted in that limit, the NBD, and named so (``without_dropout``); a candidate
-   that cannot be fitted even so is reported, not fatal, unless all fail.
-3. The gate (``evaluation.gate``): worse than the naive baseline on the aggregate error or the
-   per-customer MAE makes the model ineligible for promotion; the reasons are logged as tags.
-4. The winner (its purchase model and rate weight) is refitted on ``customer_features`` at c (all
-   history before the cutoff): that is the model scored and served. When its purchase model is
-   BG/NBD, :data:`ALIVE_COMPANION` (MBG/NBD) is fitted alongside and reports P(alive).
-5. The plausibility check (``evaluation.plausibility_check``): the refitted model's CLV of the
+   features. The validation split (:func:`validate_rate_candidates`) cuts the calibration period
+   again, h days before its end (half of it when it is shorter than 2 h): each purchase model is
+   fitted on the first part and predicts the last, alone and blended with the customer's own rate
+   frequency / T at every weight of :data:`RATE_WEIGHTS`. That gives every candidate a validation
+   MAE: a purchase model alone (weight 0), ``blend`` (the base model and weight with the lowest
+   validation MAE) and ``naive`` (the rate itself, weight 1, with Gamma-Gamma spend and the P(alive)
+   of the purchase model that validated best). The blend and naive candidates are then fitted on
+   the calibration features like the others. A candidate whose fit runs to the no-drop-out bound (a
+   history cut at a date: every old customer looks new, nobody is visibly gone) is fitted in that
+   limit, the NBD, and named so (``without_dropout``); a candidate that cannot be fitted even so is
+   reported, not fatal, unless all fail.
+3. The choice (:func:`choose_candidate`) is made on the validation split, never on the holdout
+   whose numbers are then reported: the lowest validation MAE wins, except that a model in which a
+   customer without repeat purchases can be inactive (MBG/NBD, Pareto/NBD) wins when its MAE is
+   within ``TIE_TOLERANCE`` (1 %) of the best: BG/NBD lets a customer drop out only after a repeat
+   purchase, so it gives every one-order customer, however long ago, a probability alive of exactly
+   1 (Fader, Hardie & Lee, "Computing P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al.
+   2007, removes it). A blend that equals another candidate (weight 0 or 1) loses the exact tie to
+   it. A candidate without a validation MAE (its purchase model could not be fitted on the first
+   part) is not chosen. When no candidate has one (the calibration period cannot be split, or no
+   purchase model fits on its first part) the choice falls back to the holdout (:func:`choose`) and
+   the run says so: parameter ``chosen_on`` and the ``choice`` tag. With one candidate there is
+   nothing to choose.
+4. The gate (``evaluation.gate``) on the holdout: worse than the naive baseline on the aggregate
+   error or the per-customer MAE makes the chosen candidate ineligible for promotion. Then, when
+   ``naive`` is a candidate and passes, the baseline is what is served (never worse than the rule of
+   thumb), and the run says so; otherwise the chosen candidate is registered as not eligible. The
+   other candidates' holdout numbers are logged and shown for information only.
+5. The served candidate (its purchase model and rate weight) is refitted on ``customer_features``
+   at c (all history before the cutoff): that is the model scored and served. When its purchase
+   model is BG/NBD, :data:`ALIVE_COMPANION` (MBG/NBD) is fitted alongside and reports P(alive).
+6. The plausibility check (``evaluation.plausibility_check``): the refitted model's CLV of the
    one-order customers against the repeat customers' actual spend over the last year (the last
    half of a shorter history), scaled to the horizon; logged as metrics and a tag, and a warning
    when a one-order customer is valued above the 99th percentile without their own spend to show
    for it.
-6. One MLflow run: parameters, coefficients with standard errors, holdout metrics of every
-   candidate and the baseline, the holdout table, four diagnostic plots, the data fingerprint; the
-   model as a pyfunc registered as ``rapport-clv``.
+7. One MLflow run: parameters (the served and the chosen candidate, the split that chose it),
+   coefficients with standard errors, the validation MAE of every candidate, holdout metrics of
+   every candidate and the baseline, the table of both, four diagnostic plots, the data
+   fingerprint; the model as a pyfunc registered as ``rapport-clv``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,6 +74,7 @@ from features.windows import HistoryTooShort, Windows, clv_windows, history_stat
 from training import tracking
 from training.clv.adapter import PURCHASE_MODELS, ClvFitError
 from training.clv.evaluation import (
+    NAIVE_BASELINE,
     GateDecision,
     HoldoutEvaluation,
     PlausibilityCheck,
@@ -85,7 +101,7 @@ MODEL_NAME = "rapport-clv"
 #: Candidates within this relative per-customer MAE of the best count as tied.
 TIE_TOLERANCE = 0.01
 #: Purchase models in which a customer without a repeat purchase can be inactive (BG/NBD gives such a
-#: customer P(alive) = 1 by construction); one of them wins a tie, the better one on the holdout first.
+#: customer P(alive) = 1 by construction); one of them wins a tie, the better one first.
 WITHOUT_ONE_ORDER_ARTEFACT: tuple[str, ...] = ("mbgnbd", "paretonbd")
 #: Candidate: a purchase model's expected purchases blended with the customer's historic rate, the
 #: base model and the weight chosen on the validation split of the calibration period.
@@ -98,16 +114,22 @@ RATE_WEIGHTS: tuple[float, ...] = tuple(float(w) for w in np.round(np.linspace(0
 #: The model whose P(alive) is reported when BG/NBD predicts the purchases: MBG/NBD is BG/NBD with
 #: the one change that lets a customer drop out before a repeat purchase (Batislam et al. 2007).
 ALIVE_COMPANION = "mbgnbd"
+#: The splits a candidate can be chosen on (parameter ``chosen_on``): the validation split of the
+#: calibration period; the holdout, when no candidate could be validated; none, for a sole candidate.
+VALIDATION, HOLDOUT, SOLE_CANDIDATE = "validation", "holdout", "sole candidate"
+#: Column of the candidates' table: the validation MAE each candidate was chosen on.
+VALIDATION_MAE = "validation_mae"
 
 
 @dataclass(frozen=True)
 class RateValidation:
-    """How the historic-rate candidates were chosen, on the validation split of the calibration
-    period: every base model fitted on [start, validation_start) and evaluated on
-    [validation_start, calibration_end) (``validation_days`` long). ``mae[kind][i]`` is the
-    per-customer validation MAE of the blend with rate weight ``RATE_WEIGHTS[i]``; ``blend_kind``
-    and ``blend_weight`` the chosen blend, ``naive_kind`` the model whose P(alive) the naive
-    candidate reports; ``failed`` the base models that could not be fitted there, with the reason."""
+    """The validation split of the calibration period, on which the candidates are chosen: every
+    base model fitted on [start, validation_start) and evaluated on [validation_start,
+    calibration_end) (``validation_days`` long). ``mae[kind][i]`` is the per-customer validation MAE
+    of the blend with rate weight ``RATE_WEIGHTS[i]`` (0: the model alone, 1: the naive rate,
+    ``naive_mae``); ``blend_kind`` and ``blend_weight`` the chosen blend, ``naive_kind`` the model
+    whose P(alive) the naive candidate reports; ``failed`` the base models that could not be fitted
+    there, with the reason. :meth:`candidate_mae` reads off each candidate's validation MAE."""
 
     validation_start: datetime
     validation_days: int
@@ -126,6 +148,35 @@ class RateValidation:
             out[f"validation.{kind}.mae"] = maes[0]
             out[f"validation.{kind}.best_blend_mae"] = min(maes)
         return out
+
+    def candidate_mae(self, candidates: Iterable[str]) -> dict[str, float]:
+        """The validation MAE of each of ``candidates`` that has one: a purchase model alone (weight
+        0), the blend at its chosen model and weight, the naive rate; a purchase model that could not
+        be fitted on the first part has none."""
+        blend = self.mae[self.blend_kind][RATE_WEIGHTS.index(self.blend_weight)]
+        known = {**{kind: maes[0] for kind, maes in self.mae.items()}, BLEND: blend, NAIVE: self.naive_mae}
+        return {name: known[name] for name in candidates if name in known}
+
+
+@dataclass(frozen=True)
+class CandidateChoice:
+    """Which candidate is served and on which split it was chosen (:func:`choose_candidate`).
+
+    ``chosen``: the candidate chosen on ``chosen_on`` (:data:`VALIDATION`, :data:`HOLDOUT` or
+    :data:`SOLE_CANDIDATE`); ``served``: ``chosen``, or :data:`NAIVE` when ``chosen`` failed the
+    holdout gate and the naive candidate passed it; ``validation_mae``: the validation MAE of every
+    candidate that has one; ``notes``: how the choice was made, in sentences the run and
+    ``rapport train`` show."""
+
+    chosen: str
+    chosen_on: str
+    served: str
+    validation_mae: dict[str, float]
+    notes: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.notes)
 
 
 @dataclass(frozen=True)
@@ -146,13 +197,21 @@ class ClvTrainingResult:
     without_dropout: tuple[str, ...]
     windows: Windows
     plausibility: PlausibilityCheck
-    #: How the blend and naive candidates were chosen (None when neither is a candidate).
+    #: The validation split the candidates were chosen on (None when it could not be built or
+    #: there was nothing to choose).
     rate_validation: RateValidation | None = None
+    #: How the served candidate was chosen (None only for results built by hand).
+    choice: CandidateChoice | None = None
 
     @property
     def serves_baseline(self) -> str | None:
-        """The baseline served when the naive candidate won (the training summary names it), else None."""
-        return "the naive historic rate with Gamma-Gamma spend" if self.kind == NAIVE else None
+        """The baseline served when the naive candidate is served (the training summary names it, and
+        the chosen candidate that failed the gate if that is why), else None."""
+        if self.kind != NAIVE:
+            return None
+        failed = self.choice is not None and self.choice.chosen != NAIVE
+        return "the naive historic rate with Gamma-Gamma spend" + (
+            f": {self.choice.chosen}, chosen on validation, failed the holdout gate" if failed else "")
 
 
 def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -163,10 +222,16 @@ def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
     return datetime.combine(found[1].date() + timedelta(days=1), datetime.min.time())
 
 
-def _lowest(maes: dict[str, float]) -> str:
-    """The lowest MAE, unless one of :data:`WITHOUT_ONE_ORDER_ARTEFACT` is within
+def _by_mae(maes: Mapping[str, float]) -> list[str]:
+    """The names by increasing MAE; on an exact tie the blend comes last (at weight 0 or 1 it is
+    another candidate under a longer name), then by name."""
+    return sorted(maes, key=lambda kind: (maes[kind], kind == BLEND, kind))
+
+
+def _lowest(maes: Mapping[str, float]) -> str:
+    """The lowest MAE (:func:`_by_mae`), unless one of :data:`WITHOUT_ONE_ORDER_ARTEFACT` is within
     :data:`TIE_TOLERANCE` of it: then the best of those."""
-    by_mae = sorted(maes, key=lambda kind: (maes[kind], kind))
+    by_mae = _by_mae(maes)
     best = by_mae[0]
     for kind in by_mae:
         if kind in WITHOUT_ONE_ORDER_ARTEFACT and maes[kind] <= maes[best] * (1 + TIE_TOLERANCE):
@@ -175,11 +240,56 @@ def _lowest(maes: dict[str, float]) -> str:
 
 
 def choose(evaluations: dict[str, HoldoutEvaluation]) -> str:
-    """The candidate with the lowest per-customer holdout MAE among those that pass the gate (all of
+    """The holdout choice, the fallback of :func:`choose_candidate` when no candidate could be
+    validated: the lowest per-customer holdout MAE among the candidates that pass the gate (all of
     them when none does), unless one of :data:`WITHOUT_ONE_ORDER_ARTEFACT` is within
-    :data:`TIE_TOLERANCE` of it: then the best of those."""
+    :data:`TIE_TOLERANCE` of it: then the best of those. The holdout MAE of a candidate chosen so is
+    optimistic: it is the number it was chosen on."""
     eligible = {kind: e.mae for kind, e in evaluations.items() if gate(e).eligible}
     return _lowest(eligible or {kind: e.mae for kind, e in evaluations.items()})
+
+
+def choose_candidate(evaluations: Mapping[str, HoldoutEvaluation], validation_mae: Mapping[str, float] | None,
+                     *, not_validated: str = "") -> CandidateChoice:
+    """Choose the candidate on the validation split and let the holdout only judge it.
+
+    ``evaluations``: the holdout evaluation of every candidate fitted on the calibration period;
+    ``validation_mae``: the validation MAE of the candidates that have one (None: no validation
+    split, ``not_validated`` says why). The chosen candidate is the lowest validation MAE among the
+    evaluated ones (:func:`_lowest`: MBG/NBD or Pareto/NBD within :data:`TIE_TOLERANCE`, the blend
+    last on an exact tie). If it fails the holdout gate and :data:`NAIVE`, the baseline itself,
+    passes it, the naive candidate is served: what is served is never worse than the rule of thumb,
+    and the choice among the others is not remade on the holdout. Without any validated candidate,
+    :func:`choose` decides on the holdout, and the notes say that its holdout MAE is then the number
+    it was chosen on."""
+    if not evaluations:
+        raise ValueError("choose_candidate needs at least one evaluated candidate")
+    if len(evaluations) == 1:
+        (only,) = evaluations
+        return CandidateChoice(only, SOLE_CANDIDATE, only, dict(validation_mae or {}),
+                               (f"{only}: the only candidate, nothing to choose",))
+    validated = {k: float(v) for k, v in (validation_mae or {}).items() if k in evaluations and math.isfinite(v)}
+    if not validated:
+        kind = choose(dict(evaluations))
+        why = not_validated or "no candidate fitted on the calibration period has a validation MAE"
+        return CandidateChoice(kind, HOLDOUT, kind, validated, (
+            f"{kind} chosen on the holdout, so its holdout MAE is the number it was chosen on (optimistic): "
+            f"no validation split ({why})",))
+    kind = _lowest(validated)
+    best = _by_mae(validated)[0]
+    notes = [f"{kind} chosen on the validation split (validation MAE {validated[kind]:.4f}"
+             + (f", within {TIE_TOLERANCE:.0%} of {best}'s {validated[best]:.4f} and without BG/NBD's one-order "
+                f"artefact)" if kind != best else f", the lowest of {len(validated)})")
+             + "; the holdout evaluates and gates it, the other candidates' holdout numbers are for information"]
+    unvalidated = [k for k in evaluations if k not in validated]
+    if unvalidated:
+        notes.append(f"{', '.join(unvalidated)} not chosen: no validation MAE ({not_validated or 'not validated'})")
+    decision = gate(evaluations[kind])
+    served = kind
+    if not decision.eligible and kind != NAIVE and NAIVE in evaluations and gate(evaluations[NAIVE]).eligible:
+        served = NAIVE
+        notes.append(f"{kind} fails the holdout gate ({'; '.join(decision.reasons)}): the naive baseline is served")
+    return CandidateChoice(kind, VALIDATION, served, validated, tuple(notes))
 
 
 def _model(kind: str, settings: Settings, *, rate_weight: float = 0.0, alive_kind: str | None = None) -> ClvModel:
@@ -198,11 +308,14 @@ def validate_rate_candidates(
     backend, settings: Settings, kinds: tuple[str, ...], calibration_end: datetime, holdout_days: int,  # noqa: ANN001
     first_sale: datetime,
 ) -> RateValidation:
-    """Choose the blend (base model and rate weight) and the naive candidate's P(alive) model on a
-    validation split inside the calibration period: fit on its first part, validate on its last
-    ``holdout_days`` (half of it when the calibration period is shorter than two holdouts). The
-    holdout after ``calibration_end`` plays no part. Raises ``ValueError`` when the calibration
-    period is too short to split or no base model can be fitted on its first part."""
+    """The validation split inside the calibration period that every candidate is chosen on: each
+    base model of ``kinds`` fitted on its first part and validated on its last ``holdout_days`` (half
+    of it when the calibration period is shorter than two holdouts), alone and blended with the
+    historic rate at every weight of :data:`RATE_WEIGHTS`; it chooses the blend (base model and
+    rate weight) and the naive candidate's P(alive) model, and gives every candidate its
+    validation MAE (:meth:`RateValidation.candidate_mae`). The holdout after ``calibration_end``
+    plays no part. Raises ``ValueError`` when the calibration period is too short to split or no
+    base model can be fitted on its first part."""
     span = (calibration_end - utc_naive(first_sale)).days
     days = min(holdout_days, span // 2)
     if days < 1:
@@ -298,17 +411,20 @@ def train_clv(
     if kinds and not evaluations:
         raise skipped()
     rate_validation = None
+    not_validated = ""
     rate_candidates = [k for k in settings.clv_candidates if k in (BLEND, NAIVE)]
-    if rate_candidates:
-        step(f"choosing {' and '.join(rate_candidates)} on a validation split of the calibration period")
+    if rate_candidates or len(evaluations) > 1:
+        step("validating the candidates on a split of the calibration period")
         try:
             rate_validation = validate_rate_candidates(backend, settings, kinds or PURCHASE_MODELS, calibration_end,
                                                        holdout_days, windows.stats.first_sale)
         except ValueError as exc:
+            not_validated = str(exc)
             for name in rate_candidates:
                 failed.append((name, f"not validated: {exc}"))
                 reasons[name] = str(exc)
-            log.warning("candidates %s not validated: %s", ", ".join(rate_candidates), exc)
+            log.warning("CLV: no validation split (%s): the candidates are chosen on the holdout%s", exc,
+                        f", {' and '.join(rate_candidates)} left out" if rate_candidates else "")
     if rate_validation is not None:
         chosen_rate = {BLEND: (rate_validation.blend_kind, rate_validation.blend_weight),
                        NAIVE: (rate_validation.naive_kind, 1.0)}
@@ -327,9 +443,17 @@ def train_clv(
             evaluations[name] = evaluate_holdout(fitted[name], split)
     if not evaluations:
         raise skipped()
-    kind = choose(evaluations)
+    if rate_validation is not None:
+        not_validated = "; ".join(f"{k}: {why}" for k, why in rate_validation.failed)
+    choice = choose_candidate(evaluations, rate_validation.candidate_mae(evaluations) if rate_validation else None,
+                              not_validated=not_validated)
+    step(f"candidate {choice.chosen} chosen ({choice.chosen_on})")
+    log.info("CLV choice: %s", choice.message)
+    kind = choice.served
+    if kind != choice.chosen:
+        log.warning("CLV: %s", choice.notes[-1])
     decision = gate(evaluations[kind])
-    table = holdout_table(evaluations)
+    table = _candidate_table(evaluations, choice, rate_validation)
 
     base, weight = recipes[kind]
     step(f"refitting {kind} on all history before {cutoff.date()}")
@@ -345,10 +469,8 @@ def train_clv(
     if not plausibility.plausible:
         log.warning("CLV plausibility: %s", plausibility.message)
     if final.alive_params_ is None and final.purchase_params_.kind not in WITHOUT_ONE_ORDER_ARTEFACT:
-        others = ", ".join(f"{k} {evaluations[k].mae:.4f}" for k in evaluations if k in WITHOUT_ONE_ORDER_ARTEFACT)
-        log.warning("CLV: %s chosen (holdout MAE %.4f; %s) and %s could not be fitted for P(alive): it gives every "
-                    "one-order customer probability alive 1", kind, evaluations[kind].mae,
-                    others or "no candidate without that artefact converged", ALIVE_COMPANION)
+        log.warning("CLV: %s served (%s) and %s could not be fitted for P(alive): it gives every one-order "
+                    "customer probability alive 1", kind, choice.message, ALIVE_COMPANION)
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
@@ -357,6 +479,8 @@ def train_clv(
         plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
         tracking.log_params_flat({
             "model": kind,
+            "validation_choice": choice.chosen,
+            "chosen_on": choice.chosen_on,
             "model_fit": label,
             "purchase_model": base,
             "rate_weight": weight,
@@ -384,6 +508,7 @@ def train_clv(
             **plausibility.to_metrics(),
             "one_order_probability_alive_median": one_order_alive,
             **(rate_validation.to_metrics() if rate_validation is not None else {}),
+            "validation_mae": choice.validation_mae,
         })
         tracking.log_table(table, "holdout_table")
         for path in plots:
@@ -391,6 +516,7 @@ def train_clv(
         tracking.set_tags({
             "gate.eligible": str(decision.eligible).lower(),
             "gate.reasons": " | ".join(decision.reasons) or "beats the naive baseline",
+            "choice": choice.message,
             "failed_candidates": "; ".join(f"{k}: {m}" for k, m in failed) or "none",
             "without_dropout": ",".join(k for k in fitted if fitted[k].purchase_params_.without_dropout) or "none",
             "plausibility": plausibility.message,
@@ -419,7 +545,18 @@ def train_clv(
         windows=windows,
         plausibility=plausibility,
         rate_validation=rate_validation,
+        choice=choice,
     )
+
+
+def _candidate_table(evaluations: Mapping[str, HoldoutEvaluation], choice: CandidateChoice,
+                     validation: RateValidation | None) -> pd.DataFrame:
+    """:func:`evaluation.holdout_table` with the validation MAE each candidate was chosen on in
+    front (:data:`VALIDATION_MAE`; the baseline row: the naive rate's; NaN without one)."""
+    table = holdout_table(evaluations)
+    known = {**choice.validation_mae, **({NAIVE_BASELINE: validation.naive_mae} if validation is not None else {})}
+    table.insert(0, VALIDATION_MAE, [known.get(name, math.nan) for name in table.index])
+    return table
 
 
 def _refit(base: str, weight: float, settings: Settings, features: pd.DataFrame, cutoff: datetime) -> ClvModel:
