@@ -41,6 +41,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
+from training.progress import reporter
 from training.recommend.candidates import CandidateSizes
 from training.recommend.data import InteractionData
 from training.recommend.evaluation import (
@@ -170,10 +171,7 @@ def search(
     seconds of ``clock``."""
     import optuna
 
-    def step(text: str) -> None:
-        logger.info(text)
-        if progress:
-            progress(text)
+    step = reporter(logger, progress)
 
     started = clock()
     label_days = settings.label_days
