@@ -499,12 +499,9 @@ def load_model(client: mlflow.MlflowClient, model_name: str, alias_or_version: s
     here. An alias is resolved to its version first, so the model loaded is the version named, even if
     the alias moves meanwhile; :class:`NoModelError` when the version or the alias does not exist."""
     text = str(alias_or_version)
-    if text.isdigit():
-        version = _version(client, model_name, text)
-    else:
-        version = latest_with_alias(client, model_name, text)
-        if version is None:
-            raise NoModelError(f"{model_name} has no version with the alias {text!r}")
+    version = _version(client, model_name, text) if text.isdigit() else latest_with_alias(client, model_name, text)
+    if version is None:
+        raise NoModelError(f"{model_name} has no version with the alias {text!r}")
     return mlflow.pyfunc.load_model(model_uri(model_name, version.version)).unwrap_python_model().model
 
 
