@@ -24,6 +24,7 @@ from typer.exceptions import TyperException
 from features.errors import ArgumentError, RapportError
 from features.masking import MaskingFormatter, mask_secrets
 from features.settings import Settings, load_settings
+from training.models import CHURN, CLV, RECOMMEND, REGISTERED_NAMES, STEPS, names_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -456,7 +457,7 @@ def data_contract(
 # --- train ----------------------------------------------------------------------------------------
 
 #: Training steps, in pipeline order (churn uses CLV features).
-TRAIN_STEPS = ("clv", "churn", "recommend")
+TRAIN_STEPS = STEPS
 
 
 @app.command("train")
@@ -499,7 +500,7 @@ def train(
 def _train(con, s: Settings, steps: list[str], when: datetime | None):  # noqa: ANN001, ANN202
     from training.pipeline import PipelineError, TrainingInterrupted, run_pipeline
 
-    printers = {"clv": _print_clv, "churn": _print_churn, "recommend": _print_recommend}
+    printers = {CLV.key: _print_clv, CHURN.key: _print_churn, RECOMMEND.key: _print_recommend}
     with _progress() as progress:
         tasks = {step: progress.add_task(f"{step}: waiting", total=None) for step in TRAIN_STEPS if step in steps}
 
@@ -688,7 +689,7 @@ def recommend(
     include_purchased: Annotated[bool, typer.Option(
         "--include-purchased", help="Keep items the customer already bought (default: excluded, "
                                     "except repurchasable categories).")] = False,
-    version: Annotated[str | None, typer.Option(help="Registered version of rapport-recommender to use. "
+    version: Annotated[str | None, typer.Option(help=f"Registered version of {RECOMMEND.registered_name} to use. "
                                                       "Default: the champion (none: refused).")] = None,
 ) -> None:
     """Write the top-N recommendations of every customer known to the recommender: customer_id, rank,
@@ -697,20 +698,17 @@ def recommend(
     _check_output(output)
     s = settings()
     _require_registry(s)
-    import mlflow
-
     from training import tracking
     from training.bundle import champion_version
-    from training.recommend.pipeline import MODEL_NAME
 
+    name = RECOMMEND.registered_name
     client = tracking.configure(s)
     if version is None:
-        chosen, how = _guard(lambda: champion_version(client, MODEL_NAME)), "the champion"
+        chosen, how = _guard(lambda: champion_version(client, name)), "the champion"
     else:
-        chosen, how = _guard(lambda: tracking.resolve_version(client, MODEL_NAME, version))
-    err.print(f"using {MODEL_NAME} version {chosen.version}: {how}")
-    loaded = _guard(lambda: mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{chosen.version}"))
-    model = loaded.unwrap_python_model().model
+        chosen, how = _guard(lambda: tracking.resolve_version(client, name, version))
+    err.print(f"using {name} version {chosen.version}: {how}")
+    model = _guard(lambda: tracking.load_model(client, name, chosen.version))
     customers = model.data_.customer_ids
 
     def chunks() -> Iterator[tuple[int, pd.DataFrame]]:
@@ -750,37 +748,34 @@ def score(
     s = settings()
     _guard(lambda: connect(s, read_only=True)).close()  # a missing store is named before MLflow is imported
     _require_registry(s)
-    import mlflow
-
     from training import tracking
     from training.bundle import champion_version
-    from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
-    from training.clv.pipeline import MODEL_NAME as CLV_MODEL
     from training.scoring import build_snapshot, churn_lookback_days, score_chunks
 
     client = tracking.configure(s)
     models, versions = {}, {}
-    for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL)):
-        chosen = _guard(lambda name=name: champion_version(client, name))
-        err.print(f"using {name} version {chosen.version}: the champion")
-        loaded = _guard(lambda name=name, chosen=chosen: mlflow.pyfunc.load_model(f"models:/{name}/{chosen.version}"))
-        models[key], versions[key] = loaded.unwrap_python_model().model, str(chosen.version)
-    as_of = models["clv"].cutoff_
+    for spec in (CLV, CHURN):
+        chosen = _guard(lambda name=spec.registered_name: champion_version(client, name))
+        err.print(f"using {spec.registered_name} version {chosen.version}: the champion")
+        models[spec.key] = _guard(lambda name=spec.registered_name, chosen=chosen:
+                                  tracking.load_model(client, name, chosen.version))
+        versions[spec.key] = str(chosen.version)
+    as_of = models[CLV.key].cutoff_
     con = _guard(lambda: connect(s, read_only=True))
     try:
         with _progress() as progress:
             task = progress.add_task("snapshot", total=None)
             snapshot = _guard(lambda: build_snapshot(
-                ibis_backend(con), as_of, time_unit=models["clv"].time_unit_,
-                lookback_days=churn_lookback_days(models["churn"]),
+                ibis_backend(con), as_of, time_unit=models[CLV.key].time_unit_,
+                lookback_days=churn_lookback_days(models[CHURN.key]),
                 progress=lambda text: progress.update(task, description=f"snapshot: {text}")))
     finally:
         con.close()
-    frames = ((len(f), f) for f in score_chunks(snapshot, models["clv"], models["churn"], versions=versions,
+    frames = ((len(f), f) for f in score_chunks(snapshot, models[CLV.key], models[CHURN.key], versions=versions,
                                                 chunk_size=chunk))
     rows = _write_chunks(frames, output, total=len(snapshot), what="scoring")
-    console.print(f"{rows:,} customers scored as of {as_of.date()} (rapport-clv v{versions['clv']}, "
-                  f"rapport-churn v{versions['churn']}) written to {output}")
+    used = ", ".join(f"{spec.registered_name} v{versions[spec.key]}" for spec in (CLV, CHURN))
+    console.print(f"{rows:,} customers scored as of {as_of.date()} ({used}) written to {output}")
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -810,7 +805,7 @@ def models_list() -> None:
 
 @models_app.command("promote")
 def models_promote(
-    name: Annotated[str, typer.Argument(help="Registered model: rapport-clv, rapport-churn or rapport-recommender.")],
+    name: Annotated[str, typer.Argument(help=f"Registered model: {names_text()}.")],
     version: Annotated[str, typer.Argument(help="Version to make the champion.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the version's tags).")],
     by: Annotated[str | None, typer.Option(help="Who (default: the system user).")] = None,
@@ -822,8 +817,8 @@ def models_promote(
     are copied to DATA_DIR/reports/<step>/champion/."""
     from training import promotion, tracking
 
-    if name not in promotion.MODEL_NAMES:
-        raise typer.BadParameter(f"unknown model {name!r}; expected one of {', '.join(promotion.MODEL_NAMES)}",
+    if name not in REGISTERED_NAMES:
+        raise typer.BadParameter(f"unknown model {name!r}; expected one of {', '.join(REGISTERED_NAMES)}",
                                  param_hint="NAME")
     s = settings()
     client = tracking.configure(s)
@@ -839,11 +834,10 @@ def _missing_champion(s: Settings) -> str | None:
     """Why the champions scores and examples need are not all there (None when they are)."""
     from training import tracking
     from training.bundle import champion_version
-    from training.promotion import MODEL_NAMES
 
     client = tracking.configure(s)
     try:
-        for name in MODEL_NAMES:
+        for name in REGISTERED_NAMES:
             champion_version(client, name)
     except tracking.NoModelError as exc:
         return str(exc)
@@ -852,11 +846,9 @@ def _missing_champion(s: Settings) -> str | None:
 
 def _print_examples(scores_path: Path, n: int = 3) -> None:
     """The scores and recommendations of a few customers: the most valuable high-risk ones."""
-    import mlflow
     import pandas as pd
 
     from training import tracking
-    from training.recommend.pipeline import MODEL_NAME
 
     frame = pd.read_parquet(scores_path)
     at_risk = frame[frame["risk_band"] == "high"].sort_values("clv", ascending=False)
@@ -864,8 +856,8 @@ def _print_examples(scores_path: Path, n: int = 3) -> None:
     from training.bundle import champion_version
 
     client = tracking.configure(settings())
-    version = _guard(lambda: champion_version(client, MODEL_NAME))
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}").unwrap_python_model().model
+    version = _guard(lambda: champion_version(client, RECOMMEND.registered_name))
+    model = _guard(lambda: tracking.load_model(client, RECOMMEND.registered_name, version.version))
     lists = model.recommend(chosen["customer_id"].tolist(), 5)
     names = dict(zip(model.data_.item_ids, model.data_.name))
     for _, row in chosen.iterrows():

@@ -28,10 +28,10 @@ from serving import schemas
 from training.bundle import (
     IDENTITY,
     IDENTITY_COLUMNS,
-    MODEL_KEYS,
     RECOMMENDER_DIR,
     BundleError,
     key_hash_words,
+    manifest_versions,
     salt_check,
     table_path,
     verify_bundle,
@@ -143,7 +143,7 @@ class Lookups:
         #: None until the full runtime supplies it (a bundle whose identity table is Parquet).
         self.identity = identity
         self.default_lists = default_lists
-        self.versions = {key: str(manifest["models"][key]["version"]) for key in MODEL_KEYS}
+        self.versions = manifest_versions(manifest)
         self.snapshot_date = str(manifest["snapshot_date"])
         self.metadata = schemas.Metadata(model_versions=self.versions, snapshot_date=self.snapshot_date)
         self._customer_ids = customer_ids

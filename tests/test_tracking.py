@@ -325,6 +325,31 @@ def test_register_names_the_run_when_it_logged_no_such_model(shared):
         tracking.register_model(client, run_id=run.info.run_id, artifact_name="model", model_name=MODEL_NAME)
 
 
+def test_load_model_reads_the_version_or_alias_asked_for_and_names_what_is_missing(shared):
+    client = tracking.configure(shared)
+    name = "rapport-load-test"
+    versions = []
+    for rate in (0.1, 0.3):
+        with tracking.start_run(shared, run_name=f"rate {rate}"):
+            info = log_clv_model(StandInClvModel(rate=rate), registered_model_name=name)
+        versions.append(tracking.tag_registered_version(client, name, info, gate_eligible=rate > 0.2,
+                                                        tags={"rate": rate}))
+    first, second = versions
+    assert client.get_model_version(name, first).tags["gate_eligible"] == "false"
+    assert client.get_model_version(name, second).tags["gate_eligible"] == "true"
+    assert client.get_model_version(name, second).tags["rate"] == "0.3"
+    tracking.set_alias(client, name, "champion", first)
+
+    assert tracking.load_model(client, name, int(second)).rate == 0.3
+    assert tracking.load_model(client, name, first).rate == 0.1
+    assert tracking.load_model(client, name, "champion").rate == 0.1
+    with pytest.raises(tracking.NoModelError, match=f"{name} has no version 99"):
+        tracking.load_model(client, name, 99)
+    with pytest.raises(tracking.NoModelError, match="no version with the alias 'challenger'"):
+        tracking.load_model(client, name, "challenger")
+    assert tracking.tag_registered_version(client, name, object(), gate_eligible=True) is None
+
+
 # --- the CLV pyfunc -------------------------------------------------------------------------------
 
 

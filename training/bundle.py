@@ -53,6 +53,8 @@ from features.errors import RapportError
 from features.schema import Col
 from features.settings import Settings
 from training.frames import read_frame, write_frame
+from training.models import BUNDLE_KEYS, CHURN, CLV, MODELS, RECOMMEND
+from training.progress import reporter
 
 if TYPE_CHECKING:
     # The models and pandas are imported where a bundle is written or fully loaded: a service's
@@ -68,15 +70,16 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "rapport-serving-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
-CLV_STATE = "clv.json"
-CHURN_STATE = "churn.json"
-RECOMMENDER_DIR = "recommender"
+#: Where each model's state is (training.models declares them with the models).
+CLV_STATE = CLV.bundle_file
+CHURN_STATE = CHURN.bundle_file
+RECOMMENDER_DIR = RECOMMEND.bundle_file
 #: The tables: folders of .npy columns (training.frames); ``<name>.parquet`` in earlier bundles.
 SNAPSHOT_CUSTOMERS = "snapshot_customers"
 SNAPSHOT_CHURN = "snapshot_churn"
 IDENTITY = "identity"
 #: Keys of manifest["models"], in the order the service reports them.
-MODEL_KEYS: tuple[str, ...] = ("clv", "churn", "recommender")
+MODEL_KEYS: tuple[str, ...] = BUNDLE_KEYS
 #: Key of the manifest's file list: relative path -> {"bytes", "sha256"}.
 FILES = "files"
 #: Columns of the identity table.
@@ -133,7 +136,7 @@ def champion_version(client: Any, model_name: str) -> Any:
                                     f"step skipped for too short a history registers none, its message says why)")
     latest = max(registered, key=lambda v: int(v.version))
     gate = {"false": "failed its gate", "true": "passed its gate but is not the champion"}.get(
-        (latest.tags or {}).get("gate_eligible", ""), "has no gate verdict")
+        (latest.tags or {}).get(tracking.GATE_ELIGIBLE_TAG, ""), "has no gate verdict")
     raise tracking.NoModelError(
         f"{model_name} has no champion: none of its {len(registered)} registered version(s) is promoted (the "
         f"latest, version {latest.version}, {gate}) and no other version is used in its place. Retrain "
@@ -180,21 +183,14 @@ def export_bundle(settings: Settings, directory: Path | str, *,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the serving bundle of the registry's champions into ``directory`` (replaced when it is
     a bundle already; refused when it holds anything else). Returns the manifest."""
-    import mlflow
     import pandas as pd
 
     from features.store import connect, ibis_backend
     from training import tracking
-    from training.churn.pipeline import MODEL_NAME as CHURN_MODEL
-    from training.clv.pipeline import MODEL_NAME as CLV_MODEL
     from training.recommend import artefact
-    from training.recommend.pipeline import MODEL_NAME as RECOMMENDER_MODEL
     from training.scoring import build_snapshot, churn_lookback_days
 
-    def step(text: str) -> None:
-        log.info(text)
-        if progress:
-            progress(text)
+    step = reporter(log, progress)
 
     out = Path(directory)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
@@ -202,19 +198,21 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     client = tracking.configure(settings)
     models: dict[str, Any] = {}
     described: dict[str, dict[str, str]] = {}
-    for key, name in (("clv", CLV_MODEL), ("churn", CHURN_MODEL), ("recommender", RECOMMENDER_MODEL)):
+    for spec in MODELS:
+        name = spec.registered_name
         chosen, how = champion_version(client, name), "the champion"
         step(f"loading {name} version {chosen.version} ({how})")
-        loaded = mlflow.pyfunc.load_model(f"models:/{name}/{chosen.version}")
-        models[key] = loaded.unwrap_python_model().model
-        described[key] = {"name": name, "version": str(chosen.version), "chosen": how}
-    clv: ClvModel = models["clv"]
+        models[spec.bundle_key] = tracking.load_model(client, name, chosen.version)
+        described[spec.bundle_key] = {"name": name, "version": str(chosen.version), "chosen": how}
+    clv: ClvModel = models[CLV.bundle_key]
+    churn: ChurnModel = models[CHURN.bundle_key]
+    recommender = models[RECOMMEND.bundle_key]
     as_of = clv.cutoff_
     step(f"scoring snapshot as of {as_of:%Y-%m-%d}")
     con = connect(settings, read_only=True)
     try:
         snapshot = build_snapshot(ibis_backend(con), as_of, time_unit=clv.time_unit_,
-                                  lookback_days=churn_lookback_days(models["churn"]), progress=step)
+                                  lookback_days=churn_lookback_days(churn), progress=step)
         step("identity map")
         identity = _identity_frame(con)
     finally:
@@ -224,9 +222,9 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     out.mkdir(parents=True)
     step("writing the bundle")
     _state(clv, out / CLV_STATE)
-    _state(models["churn"], out / CHURN_STATE)
-    artefact.save(models["recommender"], out / RECOMMENDER_DIR)
-    lists = write_default_lists(models["recommender"], out, settings.serving_default_lists, step)
+    _state(churn, out / CHURN_STATE)
+    artefact.save(recommender, out / RECOMMENDER_DIR)
+    lists = write_default_lists(recommender, out, settings.serving_default_lists, step)
     write_frame(snapshot.customers, out / SNAPSHOT_CUSTOMERS)
     write_frame(snapshot.churn, out / SNAPSHOT_CHURN)
     write_frame(sort_identity(identity), out / IDENTITY, index=False)
@@ -242,8 +240,8 @@ def export_bundle(settings: Settings, directory: Path | str, *,
             "customers": len(snapshot.customers),
             "churn_population": len(snapshot.churn),
             "identity_keys": len(identity),
-            "recommender_customers": int(models["recommender"].data_.n_users),
-            "items": int(len(models["recommender"].data_.item_ids)),
+            "recommender_customers": int(recommender.data_.n_users),
+            "items": int(len(recommender.data_.item_ids)),
             "default_lists": 0 if lists is None else lists.n_customers,
         },
         "salt_check": salt_check(settings),
@@ -334,7 +332,12 @@ class Bundle:
     default_lists: Any = None
 
     def versions(self) -> dict[str, str]:
-        return {key: str(self.manifest["models"][key]["version"]) for key in MODEL_KEYS}
+        return manifest_versions(self.manifest)
+
+
+def manifest_versions(manifest: dict[str, Any]) -> dict[str, str]:
+    """The version of each model in a bundle's manifest, by bundle key (``{"clv": "3", ...}``)."""
+    return {key: str(manifest["models"][key]["version"]) for key in MODEL_KEYS}
 
 
 def read_manifest(directory: Path | str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from features.errors import RapportError
 from features.moments import utc_naive
 from features.settings import Settings
 from features.store import sales_range as store_sales_range
+from training.models import CHURN, CLV, RECOMMEND
 
 
 class CutoffError(RapportError, ValueError):
@@ -59,17 +60,17 @@ def history_needed(settings: Settings, steps: Sequence[str]) -> dict[str, tuple[
                            f"chosen from the data)")
     needed: dict[str, tuple[int, str]] = {}
     holdout = _days(settings.clv_holdout_days)
-    if "clv" in steps:
-        needed["clv"] = auto if holdout is None else (
+    if CLV.key in steps:
+        needed[CLV.key] = auto if holdout is None else (
             holdout + 1, f"a {holdout}-day holdout (clv_holdout_days) after a calibration period")
     lookback, horizon = _days(settings.churn_lookback_days), _days(settings.churn_horizon_days)
-    if "churn" in steps:
-        needed["churn"] = auto if lookback is None or horizon is None else (
+    if CHURN.key in steps:
+        needed[CHURN.key] = auto if lookback is None or horizon is None else (
             lookback + 3 * horizon, f"a {lookback}-day lookback (churn_lookback_days) and three {horizon}-day label "
                                     f"windows (churn_horizon_days) for the training, validation and test cutoffs")
     test, valid = _days(settings.recommend_test_days), _days(settings.recommend_valid_days)
-    if "recommend" in steps:
-        needed["recommend"] = auto if test is None or valid is None else (
+    if RECOMMEND.key in steps:
+        needed[RECOMMEND.key] = auto if test is None or valid is None else (
             test + valid + 1, f"a {test}-day test period (recommend_test_days) and a {valid}-day validation period "
                               f"(recommend_valid_days) after some history")
     return needed

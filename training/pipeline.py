@@ -1,8 +1,9 @@
 """`rapport train`: every model step under one MLflow parent run, then the promotion gate.
 
-Steps, in order (:data:`STEPS`): CLV → churn (it fits a BG/NBD per cutoff for its features) →
-recommender. Each step fits, evaluates against its baselines, logs a nested MLflow run (parameters,
-metrics, tables, plots, data fingerprint, code version) and registers a new version of its model.
+Steps, in order (:data:`training.models.MODELS`): CLV → churn (it fits a BG/NBD per cutoff for its
+features) → recommender. Each step fits, evaluates against its baselines, logs a nested MLflow run
+(parameters, metrics, tables, plots, data fingerprint, code version) and registers a new version of
+its model.
 Only when every step asked for has succeeded does promotion run (:mod:`training.promotion`): each
 new version becomes ``champion`` or ``challenger``. A step that raises stops the pipeline: the parent
 run is marked failed with the step and the message, the versions registered by earlier steps are
@@ -45,12 +46,9 @@ from features.settings import Settings
 from features.windows import HistoryTooShort
 from training import promotion, tracking
 from training.cutoff import check_cutoff
+from training.models import STEPS, by_key
 
 log = logging.getLogger(__name__)
-
-#: Training steps in pipeline order, with the registered model each produces.
-STEPS: dict[str, str] = {"clv": "rapport-clv", "churn": "rapport-churn", "recommend": "rapport-recommender"}
-
 
 class PipelineError(RapportError, RuntimeError):
     """A step failed; the message names it. Aliases were left untouched."""
@@ -133,7 +131,7 @@ class PipelineResult:
                 "version": outcome.version,
                 "seconds": round(outcome.seconds, 1),
                 "key metrics": ", ".join(f"{k.label} {p.metrics.get(k.metric, float('nan')):.4f}"
-                                         for k in promotion.KEY_METRICS[outcome.model_name]) if p else "",
+                                         for k in by_key(outcome.step).key_metrics) if p else "",
                 "vs baselines": ("passes" if getattr(gate, "eligible", False) else "fails") + " its gate"
                                 + _served_as(outcome.result),
                 "vs champion": "; ".join(r for r in (p.reasons if p else ()) if not r.startswith("its own gate failed")),
@@ -141,21 +139,6 @@ class PipelineResult:
             })
         return pd.DataFrame(rows, columns=["model", "version", "seconds", "key metrics", "vs baselines",
                                            "vs champion", "alias"])
-
-
-def _run_step(step: str, con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None,
-              progress: Callable[[str], None] | None) -> Any:
-    if step == "clv":
-        from training.clv.pipeline import train_clv
-
-        return train_clv(con, settings, cutoff=cutoff, progress=progress)
-    if step == "churn":
-        from training.churn.pipeline import train_churn
-
-        return train_churn(con, settings, cutoff=cutoff, progress=progress)
-    from training.recommend.pipeline import train_recommender
-
-    return train_recommender(con, settings, cutoff=cutoff, progress=progress)
 
 
 def run_pipeline(
@@ -194,17 +177,19 @@ def _run(con: duckdb.DuckDBPyConnection, settings: Settings, wanted: list[str], 
         tracking.log_params_flat({"steps": ",".join(wanted), "cutoff": cutoff.date().isoformat() if cutoff else "latest",
                                   "promotion_tolerance": settings.promotion_tolerance})
         for step in wanted:
+            spec = by_key(step)
             started = time.perf_counter()
             try:
-                outcome_result = _run_step(step, con, settings, cutoff,
-                                           (lambda text, step=step: progress(step, text)) if progress else None)
+                train = spec.train_function()
+                outcome_result = train(con, settings, cutoff=cutoff,
+                                       progress=(lambda text, step=step: progress(step, text)) if progress else None)
             except TrainingInterrupted as exc:
                 _mark_failed(client, result, step, exc)
                 raise
             except HistoryTooShort as short:
                 log.warning("%s", short)
                 tracking.set_tags({f"skipped.{step}": str(short)[:4000]})
-                outcome = StepOutcome(step=step, model_name=STEPS[step], seconds=time.perf_counter() - started,
+                outcome = StepOutcome(step=step, model_name=spec.registered_name, seconds=time.perf_counter() - started,
                                       result=None, version=None, skipped=str(short))
                 result.steps.append(outcome)
                 if on_step_done:
@@ -213,7 +198,7 @@ def _run(con: duckdb.DuckDBPyConnection, settings: Settings, wanted: list[str], 
             except Exception as exc:
                 _mark_failed(client, result, step, exc)
                 raise PipelineError(step, exc, result) from exc
-            outcome = StepOutcome(step=step, model_name=STEPS[step], seconds=time.perf_counter() - started,
+            outcome = StepOutcome(step=step, model_name=spec.registered_name, seconds=time.perf_counter() - started,
                                   result=outcome_result, version=getattr(outcome_result, "model_version", None))
             result.steps.append(outcome)
             tracking.log_metrics_flat({f"{step}.seconds": outcome.seconds})

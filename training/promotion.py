@@ -1,10 +1,10 @@
 """The promotion gate: which registered version the service and batch scores use.
 
-Every training step registers a new version of its model (``rapport-clv``, ``rapport-churn``,
-``rapport-recommender``) tagged ``gate_eligible`` with its own gate's verdict (each model beats its
-baselines as its issue defines). :func:`decide` then compares the new version with the current
-``champion`` on the model's key metrics (:data:`KEY_METRICS`, read from both versions' training
-runs) and :func:`apply` gives it an alias:
+Every training step registers a new version of its model (:data:`training.models.MODELS`) tagged
+``gate_eligible`` with its own gate's verdict (each model beats its baselines as its step defines).
+:func:`decide` then compares the new version with the current ``champion`` on the model's key
+metrics (its :class:`~training.models.ModelSpec`'s ``key_metrics``, read from both versions'
+training runs) and :func:`apply` gives it an alias:
 
 - ``champion`` when it passed its own gate AND no key metric is worse than the champion's beyond
   ``promotion_tolerance`` (relative: a higher-is-better metric must reach ``champion × (1 − tol)``,
@@ -13,8 +13,8 @@ runs) and :func:`apply` gives it an alias:
 - ``challenger`` otherwise, with the reasons in the version's tags (``promotion.decision``,
   ``promotion.reasons``) and in the training summary.
 
-"The same evaluation": both runs logged the evaluation window they were measured on
-(:data:`WINDOW_PARAMS`); when the windows differ the comparison still happens and the reasons say
+"The same evaluation": both runs logged the evaluation window they were measured on (the spec's
+``window_params``); when the windows differ the comparison still happens and the reasons say
 so, since the numbers then come from different periods.
 
 :func:`promote_manually` is the override (``rapport models promote NAME VERSION``): it moves the
@@ -50,6 +50,7 @@ from mlflow.exceptions import MlflowException
 
 from features.errors import ArgumentError, RapportError
 from training import tracking
+from training.models import REGISTERED_NAMES, KeyMetric, by_name
 from training.plotting import champion_plot_dir
 
 log = logging.getLogger(__name__)
@@ -58,34 +59,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-@dataclass(frozen=True)
-class KeyMetric:
-    """A metric of a model's training run that the champion comparison reads."""
-
-    metric: str
-    label: str
-    higher_is_better: bool
-
-
-#: The metrics each model is compared on, as its training step logs them.
-KEY_METRICS: dict[str, tuple[KeyMetric, ...]] = {
-    "rapport-clv": (KeyMetric("holdout_mae", "holdout MAE of repeat purchases", False),),
-    "rapport-churn": (KeyMetric("model_roc_auc", "ROC AUC on the held-out cutoff", True),),
-    "rapport-recommender": (
-        KeyMetric("model.recall_at_20", "recall@20 over all items", True),
-        KeyMetric("model.recall_at_20_new", "recall@20 over new items", True),
-    ),
-}
-
-#: Run parameters that say which period a model was evaluated on (for churn also the horizon: with
-#: ``auto`` windows a new history may change it, and AUCs over other horizons are not the same test).
-WINDOW_PARAMS: dict[str, tuple[str, ...]] = {
-    "rapport-clv": ("calibration_end", "cutoff"),
-    "rapport-churn": ("test_cutoff", "horizon_days"),
-    "rapport-recommender": ("valid_end", "test_end"),
-}
-
-MODEL_NAMES: tuple[str, ...] = tuple(KEY_METRICS)
+#: The registered models, in pipeline order (``rapport models list`` lists them).
+MODEL_NAMES: tuple[str, ...] = REGISTERED_NAMES
 
 
 class GateFailedError(RapportError, ValueError):
@@ -116,19 +91,20 @@ def _run_of(client: mlflow.MlflowClient, version: ModelVersion) -> tuple[dict[st
     return dict(run.data.metrics), dict(run.data.params), dict(run.data.tags)
 
 
-def _key_metrics(model_name: str, metrics: Mapping[str, float]) -> dict[str, float]:
-    return {k.metric: float(metrics.get(k.metric, math.nan)) for k in KEY_METRICS.get(model_name, ())}
+def _key_metrics(keys: Iterable[KeyMetric], metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k.metric: float(metrics.get(k.metric, math.nan)) for k in keys}
 
 
 def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolerance: float) -> Promotion:
     """The alias ``version`` of ``model_name`` deserves (see the module docstring); changes nothing."""
     if not 0 <= tolerance < 1:
         raise ValueError(f"promotion tolerance must be in [0, 1), got {tolerance!r}")
+    spec = by_name(model_name)
     candidate = client.get_model_version(model_name, str(version))
     metrics, params, tags = _run_of(client, candidate)
-    mine = _key_metrics(model_name, metrics)
+    mine = _key_metrics(spec.key_metrics, metrics)
     reasons: list[str] = []
-    eligible = (candidate.tags or {}).get("gate_eligible") == "true"
+    eligible = (candidate.tags or {}).get(tracking.GATE_ELIGIBLE_TAG) == "true"
     gate_text = tags.get("gate.reasons", "")
     if not eligible:
         reasons.append("its own gate failed" + (f": {gate_text}" if gate_text else ""))
@@ -140,13 +116,13 @@ def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolera
         return Promotion(model_name, str(version), CHAMPION if eligible else CHALLENGER,
                          champion_version, tuple(reasons), mine, None)
     their_metrics, their_params, _ = _run_of(client, champion)
-    theirs = _key_metrics(model_name, their_metrics)
-    window = WINDOW_PARAMS.get(model_name, ())
+    theirs = _key_metrics(spec.key_metrics, their_metrics)
+    window = spec.window_params
     if any(params.get(p) != their_params.get(p) for p in window):
         reasons.append("note: the champion was evaluated on another period ("
                        + ", ".join(f"{p} {their_params.get(p)} vs {params.get(p)}" for p in window) + ")")
     worse = False
-    for key in KEY_METRICS.get(model_name, ()):
+    for key in spec.key_metrics:
         new, old = mine[key.metric], theirs[key.metric]
         if not math.isfinite(new):
             worse = True
@@ -179,7 +155,7 @@ def apply(client: mlflow.MlflowClient, promotion: Promotion) -> None:
 
 def gate_failure(client: mlflow.MlflowClient, version: ModelVersion) -> str | None:
     """Why ``version`` failed its own gate (its run's ``gate.reasons``), or None when it passed."""
-    if (version.tags or {}).get("gate_eligible") == "true":
+    if (version.tags or {}).get(tracking.GATE_ELIGIBLE_TAG) == "true":
         return None
     _, _, tags = _run_of(client, version)
     return tags.get("gate.reasons") or "its training run recorded no passing gate"
@@ -230,17 +206,17 @@ def publish_champion_plots(client: mlflow.MlflowClient, reports_dir: Path, model
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="plots", dst_path=str(staging),
-                                            tracking_uri=client.tracking_uri)
+        mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=tracking.PLOTS_ARTIFACT,
+                                            dst_path=str(staging), tracking_uri=client.tracking_uri)
     except (MlflowException, OSError) as exc:
         # The promotion stands; only the copy of its plots is missing, and the log says why.
         log.warning("the plots of %s version %s could not be copied to %s: %s", model_name, champion.version,
                     target, exc)
         shutil.rmtree(staging, ignore_errors=True)
         return None
-    for path in (staging / "plots").iterdir():
+    for path in (staging / tracking.PLOTS_ARTIFACT).iterdir():
         path.rename(staging / path.name)
-    (staging / "plots").rmdir()
+    (staging / tracking.PLOTS_ARTIFACT).rmdir()
     (staging / "champion.json").write_text(json.dumps(
         {"model": model_name, "version": str(champion.version), "run_id": champion.run_id, "copied_at": _now()},
         indent=2))
@@ -267,8 +243,8 @@ def model_versions(client: mlflow.MlflowClient, model_names: Iterable[str] = MOD
                 "model": name,
                 "version": int(v.version),
                 "aliases": ", ".join(sorted(aliases.get(str(v.version), []))),
-                "gate": (v.tags or {}).get("gate_eligible", "?"),
-                "key metrics": ", ".join(f"{k.metric} {metrics[k.metric]:.4f}" for k in KEY_METRICS[name]
+                "gate": (v.tags or {}).get(tracking.GATE_ELIGIBLE_TAG, "?"),
+                "key metrics": ", ".join(f"{k.metric} {metrics[k.metric]:.4f}" for k in by_name(name).key_metrics
                                          if k.metric in metrics),
                 "windows": windows_text(params),
                 "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),

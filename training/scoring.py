@@ -21,6 +21,7 @@ import pandas as pd
 from features.churn import DEFAULT_LOOKBACK_DAYS, churn_features
 from features.customer import customer_features
 from features.schema import Col, Feature
+from training.progress import reporter
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,7 @@ def build_snapshot(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: str
         ``customers`` and ``churn`` frames indexed by customer id.
     """
 
-    def step(text: str) -> None:
-        log.info(text)
-        if progress:
-            progress(text)
+    step = reporter(log, progress)
 
     # Imported here, not at module level: the service imports score_rows, never the data-set builder.
     from training.churn.dataset import clv_features

@@ -24,7 +24,7 @@ import math
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -58,6 +58,11 @@ CODE_VERSION_TAG = "code_version"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 #: MLflow refuses longer parameter values.
 MAX_PARAM_LENGTH = 6000
+#: Tag of a registered version with its own gate's verdict ("true" or "false"), set by its training
+#: step; promotion, the bundle and ``rapport models list`` read it.
+GATE_ELIGIBLE_TAG = "gate_eligible"
+#: Artifact folder of a training run's plots; promotion copies it to the champion's plot folder.
+PLOTS_ARTIFACT = "plots"
 #: Tables whose row counts identify the data a model was trained on.
 FINGERPRINT_TABLES = ("lines", "returns", "items", "identity_map")
 #: Schemes whose server decides the artifact location of a new experiment.
@@ -362,6 +367,12 @@ def log_artifact(path: Path | str, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def log_plots(paths: Iterable[Path | str]) -> None:
+    """Copy a training run's plot files into its :data:`PLOTS_ARTIFACT` folder."""
+    for path in paths:
+        log_artifact(path, PLOTS_ARTIFACT)
+
+
 def log_table(frame: pd.DataFrame, name: str, *, artifact_path: str = "tables") -> list[str]:
     """Log a table as ``<artifact_path>/<name>.csv`` and ``<name>.json`` (pandas' "split" layout).
 
@@ -441,6 +452,20 @@ def register_model(
     return version
 
 
+def tag_registered_version(client: mlflow.MlflowClient, model_name: str, info: Any, *, gate_eligible: bool,
+                           tags: Mapping[str, Any] | None = None) -> str | None:
+    """Tag the version that ``log_model(..., registered_model_name=model_name)`` registered (``info``, its
+    ``ModelInfo``) with its gate's verdict (:data:`GATE_ELIGIBLE_TAG`) and ``tags``, before promotion
+    reads them. Returns the version, None when nothing was registered."""
+    version = getattr(info, "registered_model_version", None)
+    if version is None:
+        return None
+    for key, value in {GATE_ELIGIBLE_TAG: gate_eligible, **(tags or {})}.items():
+        text = str(value).lower() if isinstance(value, bool) else _param_value(value)
+        client.set_model_version_tag(model_name, str(version), str(key), text)
+    return str(version)
+
+
 def set_alias(client: mlflow.MlflowClient, model_name: str, alias: str, version: str | int) -> None:
     """Point ``alias`` (``champion``, ``challenger``) of ``model_name`` at ``version``; moves it if set."""
     client.set_registered_model_alias(model_name, alias, str(version))
@@ -461,9 +486,23 @@ def latest_with_alias(client: mlflow.MlflowClient, model_name: str, alias: str) 
     return client.get_model_version_by_alias(model_name, alias)
 
 
-def model_uri(model_name: str, alias: str) -> str:
-    """The URI that loads the version an alias points at (``models:/rapport-clv@champion``)."""
-    return f"models:/{model_name}@{alias}"
+def model_uri(model_name: str, alias_or_version: str | int) -> str:
+    """The URI of a registered version: ``models:/NAME/3`` for a version number, ``models:/NAME@champion``
+    for an alias (the version it points at when the URI is read)."""
+    text = str(alias_or_version)
+    return f"models:/{model_name}/{text}" if text.isdigit() else f"models:/{model_name}@{text}"
+
+
+def load_model(client: mlflow.MlflowClient, model_name: str, alias_or_version: str | int) -> Any:
+    """The fitted model (``ClvModel``, ``ChurnModel``, ``RecommenderModel``) of a registered version, by
+    number (``3``) or alias (``champion``). Every command that reads a model from the registry reads it
+    here. An alias is resolved to its version first, so the model loaded is the version named, even if
+    the alias moves meanwhile; :class:`NoModelError` when the version or the alias does not exist."""
+    text = str(alias_or_version)
+    version = _version(client, model_name, text) if text.isdigit() else latest_with_alias(client, model_name, text)
+    if version is None:
+        raise NoModelError(f"{model_name} has no version with the alias {text!r}")
+    return mlflow.pyfunc.load_model(model_uri(model_name, version.version)).unwrap_python_model().model
 
 
 class NoModelError(RapportError, LookupError):
@@ -474,10 +513,7 @@ def resolve_version(client: mlflow.MlflowClient, model_name: str, version: str |
     """The version to use and how it was chosen: ``version`` when given, else the ``champion``,
     else (nothing promoted yet) the latest registered version."""
     if version is not None:
-        try:
-            return client.get_model_version(model_name, str(version)), f"version {version} (asked for)"
-        except MlflowException as exc:
-            raise NoModelError(f"{model_name} has no version {version}: {exc.message}") from None
+        return _version(client, model_name, str(version)), f"version {version} (asked for)"
     champion = latest_with_alias(client, model_name, "champion")
     if champion is not None:
         return champion, "the champion"
@@ -492,3 +528,10 @@ def resolve_version(client: mlflow.MlflowClient, model_name: str, version: str |
         raise NoModelError(f"no version of {model_name} is registered: train it first (rapport train)")
     latest = max(versions, key=lambda v: int(v.version))
     return latest, "the latest version (no champion promoted yet)"
+
+
+def _version(client: mlflow.MlflowClient, model_name: str, version: str) -> ModelVersion:
+    try:
+        return client.get_model_version(model_name, version)
+    except MlflowException as exc:
+        raise NoModelError(f"{model_name} has no version {version}: {exc.message}") from None

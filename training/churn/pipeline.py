@@ -52,11 +52,13 @@ from training.churn.model import LIGHTGBM, LOGISTIC_RFM, ChurnModel
 from training.churn.plots import plot_feature_importance, plot_lift, plot_reliability
 from training.churn.pyfunc import log_churn_model
 from training.churn.search import BoostingSearch, search_boosting, searched_model
+from training.models import CHURN
 from training.plotting import run_plot_dir
+from training.progress import reporter
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "rapport-churn"
+MODEL_NAME = CHURN.registered_name
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,7 @@ def train_churn(
 ) -> ChurnTrainingResult:
     """Build the stacked data set, train, evaluate against the baselines, log and register."""
 
-    def step(text: str) -> None:
-        log.info(text)
-        if progress:
-            progress(text)
+    step = reporter(log, progress)
 
     backend = ibis_backend(con)
     # A backtest sees nothing at or after the training cutoff, labels included: the windows and the
@@ -175,8 +174,8 @@ def train_churn(
     step("logging the run to MLflow")
     client = tracking.configure(settings)
     test_cutoff = max(dataset.cutoffs)
-    with tracking.start_run(settings, run_name=f"churn {test_cutoff.date()}", tags={"step": "churn"}) as run:
-        plot_dir = run_plot_dir(settings.reports_dir, "churn", run.info.run_id)
+    with tracking.start_run(settings, run_name=f"{CHURN.key} {test_cutoff.date()}", tags={"step": CHURN.key}) as run:
+        plot_dir = run_plot_dir(settings.reports_dir, CHURN.key, run.info.run_id)
         curves = {metrics.name: reliability_curve(y_test, probability),
                   **{name: reliability_curve(y_test, p) for name, p in served_curves.items()},
                   **baselines.reliability_curves(test)}
@@ -220,8 +219,7 @@ def train_churn(
         tracking.log_table(table.reset_index(), "metrics_table")
         tracking.log_table(lightgbm.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
                            "feature_importance")
-        for path in plots:
-            tracking.log_artifact(path, "plots")
+        tracking.log_plots(plots)
         tracking.set_tags({
             "gate.eligible": str(decision.eligible).lower(),
             "gate.reasons": " | ".join(decision.reasons),
@@ -229,15 +227,13 @@ def train_churn(
             "churn_learner": choice.learner,
         })
         info = log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5))
-        version = getattr(info, "registered_model_version", None)
-        if version is not None:
-            client.set_model_version_tag(MODEL_NAME, str(version), "gate_eligible", str(decision.eligible).lower())
-            client.set_model_version_tag(MODEL_NAME, str(version), "churn_learner", choice.learner)
+        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=decision.eligible,
+                                                  tags={"churn_learner": choice.learner})
         run_id = run.info.run_id
     return ChurnTrainingResult(
         run_id=run_id,
         model_name=MODEL_NAME,
-        model_version=None if version is None else str(version),
+        model_version=version,
         train_cutoffs=tuple(sorted(pd.Timestamp(c).to_pydatetime() for c in train["cutoff"].unique())),
         valid_cutoff=pd.Timestamp(valid["cutoff"].iloc[0]).to_pydatetime(),
         test_cutoff=test_cutoff,

@@ -93,11 +93,13 @@ from training.clv.plots import (
     plot_probability_alive_matrix,
 )
 from training.clv.pyfunc import log_clv_model
+from training.models import CLV
 from training.plotting import run_plot_dir
+from training.progress import reporter
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "rapport-clv"
+MODEL_NAME = CLV.registered_name
 #: Candidates within this relative per-customer MAE of the best count as tied.
 TIE_TOLERANCE = 0.01
 #: Purchase models in which a customer without a repeat purchase can be inactive (BG/NBD gives such a
@@ -359,10 +361,7 @@ def train_clv(
 ) -> ClvTrainingResult:
     """Fit, evaluate, log and register the CLV model from the store's history before ``cutoff``."""
 
-    def step(text: str) -> None:
-        log.info(text)
-        if progress:
-            progress(text)
+    step = reporter(log, progress)
 
     backend = ibis_backend(con)
     cutoff = utc_naive(cutoff) if cutoff is not None else default_cutoff(con)
@@ -384,7 +383,7 @@ def train_clv(
     def skipped() -> HistoryTooShort:
         # Every candidate failing on the calibration period is what too short a history does (no
         # drop-out visible yet: the parameters are not identified), not an error of the code.
-        return HistoryTooShort("clv", (
+        return HistoryTooShort(CLV.key, (
             f"clv skipped: no purchase model ({', '.join(k for k, _ in failed)}) could be fitted on the "
             f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
             f"{calibration_end:%Y-%m-%d} ({len(split):,} customers), not even without drop-out: "
@@ -474,8 +473,9 @@ def train_clv(
 
     step("logging the run to MLflow")
     client = tracking.configure(settings)
-    with tracking.start_run(settings, run_name=f"clv {cutoff.date()}", tags={"step": "clv", "model_kind": kind}) as run:
-        plot_dir = run_plot_dir(settings.reports_dir, "clv", run.info.run_id)
+    with tracking.start_run(settings, run_name=f"{CLV.key} {cutoff.date()}",
+                            tags={"step": CLV.key, "model_kind": kind}) as run:
+        plot_dir = run_plot_dir(settings.reports_dir, CLV.key, run.info.run_id)
         plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
         tracking.log_params_flat({
             "model": kind,
@@ -511,8 +511,7 @@ def train_clv(
             "validation_mae": choice.validation_mae,
         })
         tracking.log_table(table, "holdout_table")
-        for path in plots:
-            tracking.log_artifact(path, "plots")
+        tracking.log_plots(plots)
         tracking.set_tags({
             "gate.eligible": str(decision.eligible).lower(),
             "gate.reasons": " | ".join(decision.reasons) or "beats the naive baseline",
@@ -522,16 +521,14 @@ def train_clv(
             "plausibility": plausibility.message,
         })
         info = log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5))
-        version = getattr(info, "registered_model_version", None)
-        if version is not None:
-            client.set_model_version_tag(MODEL_NAME, str(version), "gate_eligible", str(decision.eligible).lower())
+        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=decision.eligible)
         run_id = run.info.run_id
     log.info("Gamma-Gamma left out %d of %d customers (no repeat purchase or no positive net spend)",
              final.n_spend_excluded_, len(features))
     return ClvTrainingResult(
         run_id=run_id,
         model_name=MODEL_NAME,
-        model_version=None if version is None else str(version),
+        model_version=version,
         kind=kind,
         cutoff=cutoff,
         calibration_end=calibration_end,

@@ -42,6 +42,7 @@ from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from features.errors import NoDataError
+from training.progress import reporter
 from training.recommend.candidates import (
     CandidateSizes,
     ItemFactorIndex,
@@ -308,10 +309,7 @@ def compare(
     ``prefitted``: a model with these settings fitted as of ``split.train_end`` (the validation
     search's), whose history and candidate models are then the label period's, not built again."""
 
-    def step(text: str) -> None:
-        logger.info(text)
-        if progress:
-            progress(text)
+    step = reporter(logger, progress)
 
     if champion not in CONFIGURATIONS:
         raise ValueError(f"champion {champion!r} is not a servable configuration; expected one of "

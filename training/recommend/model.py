@@ -59,6 +59,7 @@ from features.errors import RapportError
 from features.history import utc_naive
 from features.interactions import confidence
 from features.schema import Col
+from training.progress import reporter
 from training.recommend.candidates import (
     FEATURES,
     SOURCE_ALS,
@@ -398,10 +399,7 @@ class RecommenderModel:
         everything before ``as_of`` (see the module docstring)."""
         settings = self.settings
 
-        def step(text: str) -> None:
-            logger.info(text)
-            if progress:
-                progress(text)
+        step = reporter(logger, progress)
 
         as_of = utc_naive(as_of)
         label_start = as_of - timedelta(days=settings.label_days)
@@ -428,10 +426,7 @@ class RecommenderModel:
         they are not fitted twice."""
         settings = self.settings
 
-        def step(text: str) -> None:
-            logger.info(text)
-            if progress:
-                progress(text)
+        step = reporter(logger, progress)
 
         if not before.as_of < data.as_of:
             raise RecommenderInputError(f"the label period must start ({before.as_of}) before the cutoff ({data.as_of})")

@@ -37,7 +37,9 @@ from features.store import ibis_backend, sales_range
 from features.settings import Settings, SettingsError
 from features.windows import Windows, history_stats, recommend_windows
 from training import tracking
+from training.models import RECOMMEND
 from training.plotting import run_plot_dir
+from training.progress import reporter
 from training.recommend.candidates import CandidateSizes
 from training.recommend.data import InteractionData
 from training.recommend.evaluation import CHOSEN, CONFIGURATIONS, TIFU, TOP_FREQUENCY, RecommenderGate, compare, recommender_gate
@@ -50,7 +52,7 @@ from training.recommend.split import TemporalSplit, temporal_split
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "rapport-recommender"
+MODEL_NAME = RECOMMEND.registered_name
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,7 @@ def train_recommender(
 ) -> RecommenderTrainingResult:
     """Compare, fit on the whole history (before ``cutoff``), log and register (see the module docstring)."""
 
-    def step(text: str) -> None:
-        log.info(text)
-        if progress:
-            progress(text)
+    step = reporter(log, progress)
 
     backend = ibis_backend(con)
     windows = resolve_windows(con, settings, cutoff)
@@ -178,8 +177,9 @@ def train_recommender(
     step("logging the run to MLflow")
     client = tracking.configure(settings)
     table = comparison.table
-    with tracking.start_run(settings, run_name=f"recommend {split.test_end.date()}", tags={"step": "recommend"}) as run:
-        plot_dir = run_plot_dir(settings.reports_dir, "recommend", run.info.run_id)
+    with tracking.start_run(settings, run_name=f"{RECOMMEND.key} {split.test_end.date()}",
+                            tags={"step": RECOMMEND.key}) as run:
+        plot_dir = run_plot_dir(settings.reports_dir, RECOMMEND.key, run.info.run_id)
         plots = [plot_comparison(comparison.table, plot_dir / "comparison.png",
                                  title=f"Recommenders on {split.valid_end:%Y-%m-%d} .. {split.test_end:%Y-%m-%d} "
                                        f"({comparison.n_customers:,} customers)",
@@ -222,8 +222,7 @@ def train_recommender(
         tracking.log_table(table.reset_index(), "model_comparison")
         if chosen is not None:
             tracking.log_table(chosen.table.reset_index(), "validation_comparison")
-        for path in plots:
-            tracking.log_artifact(path, "plots")
+        tracking.log_plots(plots)
         tracking.set_tags({
             "gate.eligible": str(comparison.gate.eligible).lower(),
             "gate.reasons": " | ".join(comparison.gate.reasons),
@@ -234,14 +233,11 @@ def train_recommender(
         sample = pd.DataFrame({"customer_id": model.data_.customer_ids[:5]})
         info = log_recommender_model(model, registered_model_name=MODEL_NAME, input_example=sample,
                                      tags={"catalogue_version": version_of_catalogue})
-        version = getattr(info, "registered_model_version", None)
-        if version is not None:
-            client.set_model_version_tag(MODEL_NAME, str(version), "gate_eligible",
-                                         str(comparison.gate.eligible).lower())
-            client.set_model_version_tag(MODEL_NAME, str(version), "champion_configuration", comparison.gate.champion)
+        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=comparison.gate.eligible,
+                                                  tags={"champion_configuration": comparison.gate.champion})
         run_id = run.info.run_id
     return RecommenderTrainingResult(
-        run_id=run_id, model_name=MODEL_NAME, model_version=None if version is None else str(version), split=split,
+        run_id=run_id, model_name=MODEL_NAME, model_version=version, split=split,
         table=table, gate=comparison.gate, model=model, n_test_customers=comparison.n_customers,
         catalogue_version=version_of_catalogue, plots=tuple(str(p) for p in plots), search=chosen,
         windows=windows,

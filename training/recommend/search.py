@@ -20,6 +20,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
+from training.progress import reporter
 from training.recommend.candidates import CandidateSizes
 from training.recommend.data import InteractionData
 from training.recommend.evaluation import (
@@ -228,10 +229,7 @@ def search(
     """
     import optuna
 
-    def step(text: str) -> None:
-        logger.info(text)
-        if progress:
-            progress(text)
+    step = reporter(logger, progress)
 
     started = clock()
     label_days = settings.label_days
