@@ -1,21 +1,9 @@
 """The models Rapport trains, registers and serves, each declared once: :class:`ModelSpec`.
 
-A spec says everything the rest of the code reads about a model:
-
-- ``key``: the training step's name (``rapport train --only clv``, the runs' ``step`` tag, the
-  ``<reports>/<key>/`` folder of its plots);
-- ``registered_name``: the model in the MLflow registry (``rapport models promote rapport-clv ...``);
-- ``train_path``: where its training step is, as ``"module:function"``; the module is imported only
-  when the step runs (:meth:`ModelSpec.train_function`), so importing this module costs nothing and
-  loads neither MLflow nor a model library;
-- ``key_metrics`` and ``window_params``: what the promotion gate compares with the champion, and
-  the run parameters that name the period those metrics were measured on (:mod:`training.promotion`);
-- ``bundle_key`` and ``bundle_file``: the model's entry in the serving bundle's manifest and the file
-  (or folder) its state is written to (:mod:`training.bundle`).
-
-:data:`MODELS` lists them in pipeline order: CLV, then churn (it fits a BG/NBD per cutoff for its
-features), then the recommender. The registered names and the bundle's layout are those of the
-registries and bundles already written: changing one orphans them.
+The pipeline, promotion, the CLI, the bundle and the service read a model's step name, registered
+name, training function, key metrics and bundle entry from here. :data:`MODELS` lists them in
+pipeline order: CLV, then churn (it fits a BG/NBD per cutoff for its features), then the
+recommender. Importing this module loads neither MLflow nor a model library.
 """
 
 from __future__ import annotations
@@ -39,7 +27,21 @@ class KeyMetric:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model: its step, its registered name, its training function, its gate and its bundle entry."""
+    """One model: its step, its registered name, its training function, its key metrics and its bundle entry.
+
+    - ``key``: the training step's name (``rapport train --only clv``, the runs' ``step`` tag, the
+      ``<reports>/<key>/`` folder of its plots);
+    - ``registered_name``: the model in the MLflow registry (``rapport models promote rapport-clv ...``);
+    - ``train_path``: where its training step is, as ``"module:function"``; the module is imported only
+      when the step runs (:meth:`ModelSpec.train_function`);
+    - ``key_metrics`` and ``window_params``: what the promotion gate compares with the champion, and
+      the run parameters that name the period those metrics were measured on (:mod:`training.promotion`);
+    - ``bundle_key`` and ``bundle_file``: the model's entry in the serving bundle's manifest and the file
+      (or folder) its state is written to (:mod:`training.bundle`).
+
+    The registered names and the bundle's layout are those of the registries and bundles already
+    written: changing one orphans them.
+    """
 
     key: str
     registered_name: str
