@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import rapport.cli
+import rapport.app
 from features.errors import RapportError
 from rapport.cli import app
 
@@ -69,11 +69,11 @@ def test_a_rapport_error_raised_outside_a_guard_is_one_line(run, monkeypatch):
                                  KeyError("customer_id"), OSError(28, "No space left on device")])
 def test_an_unexpected_exception_shows_its_traceback_and_exit_code_2(run, monkeypatch, exc):
     # A bug inside a library (numpy's ValueError, pandas' KeyError) is not presented as the user's error.
-    monkeypatch.setattr(rapport.cli, "load_settings", _raising(exc))
+    monkeypatch.setattr(rapport.app, "load_settings", _raising(exc))
     out = run("config")
     assert out.exit_code == 2
     assert "Traceback (most recent call last)" in out.output
-    assert f"{type(exc).__name__}" in out.output and "rapport/cli.py" in out.output
+    assert f"{type(exc).__name__}" in out.output and "rapport/app.py" in out.output
     assert out.output.strip().splitlines()[-1].startswith(f"error: unexpected {type(exc).__name__} (a bug")
 
 
