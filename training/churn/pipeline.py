@@ -7,11 +7,22 @@ logged as ``window.*`` parameters, and H travels in the model (``ChurnModel.hori
 horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before the
 training cutoff, for a backtest). The latest labelled cutoff is the test set, the latest one a
 horizon before it the validation set (early stopping, calibration), earlier ones a horizon before
-that the training set: the model never sees a cutoff later than those it is evaluated on. LightGBM is
-served unless the logistic regression on RFM (the baseline) ranks the validation cutoff better: then
-that regression is the churn model (``learner = logistic_rfm``), calibrated, banded and explained the
-same way, and the gate judges it against the remaining baselines. The model registered is the one
-evaluated. A history too short for any such triple skips the step
+that the training set: the model never sees a cutoff later than those it is evaluated on.
+
+The learner: LightGBM with its configured values and the logistic regression on RFM (the baseline),
+each fitted once on the training cutoffs, are compared by ROC AUC on the validation cutoff. LightGBM
+is served unless the regression ranks it better: then that regression is the churn model
+(``learner = logistic_rfm``), calibrated, banded and explained the same way, and the gate judges it
+against the remaining baselines. Only a LightGBM chosen is then searched
+(:mod:`training.churn.search`, within ``train_search_budget_s``) and refitted with the values found.
+The search keeps the best of up to 40 trials on the validation cutoff, so its winner's number there is
+optimistic; compared with the regression's, it chose LightGBM on Online Retail II's last year
+(validation 0.757 vs 0.747) where the regression was better on the test cutoff (0.731 vs 0.727), and
+the gate then refused the model served. Two other rules were measured and not taken: a paired
+bootstrap margin on the validation customers that the searched LightGBM must clear (it corrects for
+noise, not for the selection; see the README), and a search judged on the last training cutoff (with
+weekly cutoffs a horizon long, the earlier training cutoffs' labels cover it). The model registered is
+the one evaluated. A history too short for any such triple skips the step
 (:class:`features.windows.HistoryTooShort`).
 """
 
@@ -95,6 +106,21 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
                          cutoff_spacing=settings.churn_cutoff_spacing, max_cutoffs=settings.churn_max_cutoffs)
 
 
+def configured_model(settings: Settings) -> ChurnModel:
+    """The churn LightGBM with the ``churn_*`` settings as given (unfitted): the learner compared with
+    the logistic regression on RFM, and the search's first trial."""
+    return ChurnModel(
+        n_estimators=settings.churn_n_estimators,
+        learning_rate=settings.churn_learning_rate,
+        num_leaves=settings.churn_num_leaves,
+        min_child_samples=settings.churn_min_child_samples,
+        early_stopping_rounds=settings.churn_early_stopping_rounds,
+        calibration=settings.churn_calibration,
+        risk_thresholds=settings.churn_risk_thresholds,
+        num_threads=settings.model_threads,
+    )
+
+
 def train_churn(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -124,35 +150,32 @@ def train_churn(
     )
     train, valid, test = dataset.split()
 
-    configured = ChurnModel(
-        n_estimators=settings.churn_n_estimators,
-        learning_rate=settings.churn_learning_rate,
-        num_leaves=settings.churn_num_leaves,
-        min_child_samples=settings.churn_min_child_samples,
-        early_stopping_rounds=settings.churn_early_stopping_rounds,
-        calibration=settings.churn_calibration,
-        risk_thresholds=settings.churn_risk_thresholds,
-        num_threads=settings.model_threads,
-    )
+    configured = configured_model(settings)
+    fit = {"feature_names": dataset.feature_names, "label": LABEL, "currency": settings.currency,
+           "horizon_days": horizon, "lookback_days": lookback}
+    step("training LightGBM with its configured values (early stopping and calibration on the validation cutoff)")
+    lightgbm = configured.fit(train, valid, **fit)
+    baselines = fit_baselines(train, label=LABEL)
+    # The learners meet on equal footing, each fitted once as configured; the search, which picks the
+    # best of many trials on these same rows, comes after and only tunes the LightGBM chosen.
+    choice = choose_learner(lightgbm.raw_probability(valid), baselines, valid)
     search = None
-    if settings.train_search_budget_s > 0:
+    model = lightgbm
+    if choice.learner == LOGISTIC_RFM:
+        step("fitting the logistic regression on RFM as the churn model (it ranks the validation cutoff "
+             "better than LightGBM with its configured values; no search)")
+        model = ChurnModel(**{**configured.get_params(), "learner": LOGISTIC_RFM}).fit(
+            train, valid, **{**fit, "feature_names": RFM_FEATURES})
+    elif settings.train_search_budget_s > 0:
         step(f"searching LightGBM's leaves, leaf size and learning rate on the validation cutoff "
              f"(budget {settings.train_search_budget_s:g} s)")
         search = search_boosting(configured, train, valid, feature_names=dataset.feature_names, label=LABEL,
                                  budget_s=settings.train_search_budget_s)
-    step("training LightGBM (early stopping and calibration on the validation cutoff)")
-    lightgbm = searched_model(configured, search).fit(train, valid, feature_names=dataset.feature_names,
-                                                      label=LABEL, currency=settings.currency,
-                                                      horizon_days=horizon, lookback_days=lookback)
-    baselines = fit_baselines(train, label=LABEL)
-    choice = choose_learner(lightgbm.raw_probability(valid), baselines, valid)
-    model = lightgbm
-    if choice.learner == LOGISTIC_RFM:
-        step("fitting the logistic regression on RFM as the churn model (it ranks the validation cutoff "
-             "better than LightGBM)")
-        model = ChurnModel(**{**configured.get_params(), "learner": LOGISTIC_RFM}).fit(
-            train, valid, feature_names=RFM_FEATURES, label=LABEL, currency=settings.currency,
-            horizon_days=horizon, lookback_days=lookback)
+        tuned = searched_model(configured, search)
+        if tuned.get_params() != configured.get_params():
+            step("training LightGBM with the searched values (early stopping and calibration on the validation "
+                 "cutoff)")
+            lightgbm = model = tuned.fit(train, valid, **fit)
 
     step("evaluating on the latest cutoff against the baselines")
     y_test = test[LABEL].to_numpy()
@@ -201,7 +224,8 @@ def train_churn(
             "calibration": settings.churn_calibration,
             "calibration_chosen": model.calibrator_.method,
             **{f"calibration_ece.{method}": round(value, 6) for method, value in model.calibration_errors_.items()},
-            **(search.to_params() if search is not None else {"search.budget_s": 0}),
+            **(search.to_params() if search is not None else
+               {"search.budget_s": settings.train_search_budget_s, "search.trials": 0}),
             "best_iteration": lightgbm.best_iteration_,
             **choice.to_params(),
             "with_clv_features": settings.churn_with_clv_features,
@@ -243,15 +267,21 @@ def train_churn(
         model=model,
         plots=tuple(str(p) for p in plots),
         notes=(choice.message, *getattr(dataset, "notes", ()), *baseline_notes(baselines, test),
-               *_model_notes(model, search, metrics)),
+               *_model_notes(model, search, metrics, skipped=choice.learner == LOGISTIC_RFM
+                             and settings.train_search_budget_s > 0)),
         windows=windows,
         choice=choice,
     )
 
 
-def _model_notes(model: ChurnModel, search: BoostingSearch | None, metrics: ClassifierMetrics) -> tuple[str, ...]:
-    """What the step chose on the validation cutoff: the hyper-parameters and the calibration map."""
+def _model_notes(model: ChurnModel, search: BoostingSearch | None, metrics: ClassifierMetrics, *,
+                 skipped: bool = False) -> tuple[str, ...]:
+    """What the step chose on the validation cutoff: the hyper-parameters (or why LightGBM was not
+    searched) and the calibration map."""
+    searched = (search.message,) if search is not None else (
+        ("no search of LightGBM's values: the logistic regression on RFM, not LightGBM, is served",)
+        if skipped else ())
     errors = ", ".join(f"{method} {value:.4f}" for method, value in model.calibration_errors_.items())
     calibration = (f"calibration {model.calibrator_.method}" + (f" (out-of-fold validation ECE: {errors})" if errors else "")
                    + f"; {metrics.distinct_values:,} distinct probabilities among {metrics.n:,} test customers")
-    return (*((search.message,) if search is not None else ()), calibration)
+    return (*searched, calibration)
