@@ -535,7 +535,7 @@ def choose_learner(lightgbm_probability: ArrayLike, baselines: Baselines, valid:
     configured values. Its number is a little optimistic, its early stopping watched these rows: the
     logistic regression has to win despite that. A searched LightGBM's would be much more so (the
     best of up to 40 trials on these rows, an edge that did not carry to the test cutoff on Online
-    Retail II's last year): the search tunes the LightGBM chosen, after the choice."""
+    Retail II's last year): the search runs after the choice."""
     _require(valid, (baselines.label,), "validation")
     y = _labels(valid[baselines.label], f"validation column {baselines.label!r}")
     lightgbm = classifier_metrics("LightGBM", y, lightgbm_probability).roc_auc

@@ -11,7 +11,7 @@ The best of many trials on one cutoff flatters the winner there: its validation 
 fair number to set against a learner fitted once. So the search does not take part in the choice
 between LightGBM and the logistic regression on RFM
 (:func:`training.churn.evaluation.choose_learner`, on the configured values); it runs after that
-choice, and only for a LightGBM chosen.
+choice, and its LightGBM is the one served or the one shown next to the regression.
 
 The budget holds within a trial, not only between trials:
 
