@@ -9,23 +9,13 @@ training cutoff, for a backtest). The latest labelled cutoff is the test set, th
 horizon before it the validation set (early stopping, calibration), earlier ones a horizon before
 that the training set: the model never sees a cutoff later than those it is evaluated on.
 
-The learner: LightGBM with its configured values and the logistic regression on RFM (the baseline),
-each fitted once on the training cutoffs, are compared by ROC AUC on the validation cutoff. LightGBM
-is served unless the regression ranks it better: then that regression is the churn model
-(``learner = logistic_rfm``), calibrated, banded and explained the same way, and the gate judges it
-against the remaining baselines. The search of LightGBM's values (:mod:`training.churn.search`, within
-``train_search_budget_s``) comes after the choice and takes no part in it: the LightGBM refitted
-with the values found is the one served, or the one shown next to the regression. The search keeps
-the best of its trials on the validation cutoff, so its winner's number there is optimistic. Set
-against the regression's, it served LightGBM on Online Retail II's last year in a run of 4 trials
-(validation 0.750 vs 0.747) where the regression ranked the test cutoff better (0.731 vs 0.720), and
-the gate refused the model served; whether it did depended on the trials the load let run. Not
-taken, and why (measured in the README): a paired bootstrap margin on the validation customers for
-the searched LightGBM to clear treats the optimism as noise, and on the whole file it would serve
-the regression where LightGBM is better on the test cutoff (0.749 vs 0.755); a search judged on the
-last training cutoff is not clean with weekly cutoffs, since the labels of the earlier training
-cutoffs cover its days. The model registered is the one evaluated. A history too short for any such
-triple skips the step (:class:`features.windows.HistoryTooShort`).
+LightGBM with its configured values and the logistic regression on RFM (the baseline), each fitted
+once, meet on the validation cutoff: LightGBM is served unless the regression ranks it better, then
+the regression is the churn model (``learner = logistic_rfm``), explained the same way and judged
+against the remaining baselines. LightGBM's search comes after that choice and takes no part in it
+(the best of many trials on the validation cutoff is flattered there: :func:`train_churn`). The
+model registered is the one evaluated. A history too short for any such triple skips the step
+(:class:`features.windows.HistoryTooShort`).
 """
 
 from __future__ import annotations
@@ -130,7 +120,19 @@ def train_churn(
     cutoff: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ChurnTrainingResult:
-    """Build the stacked data set, train, evaluate against the baselines, log and register."""
+    """Build the stacked data set, train, evaluate against the baselines, log and register.
+
+    The learner is chosen before the search of LightGBM's values, on the configured values: the
+    search keeps the best of its trials on the validation cutoff, so its winner's number there is
+    optimistic, and set against the regression fitted once it decided on luck. On Online Retail II's
+    last year, in a run of 4 trials, it served LightGBM (validation 0.750 vs 0.747) where the
+    regression ranked the test cutoff better (0.731 vs 0.720), and the gate refused the model served.
+    Not taken (measured in the README): a paired bootstrap margin on the validation customers for the
+    searched LightGBM to clear reads that optimism as noise, and on the whole file it serves the
+    regression where LightGBM ranks the test cutoff better (0.749 vs 0.755); a search judged on the
+    last training cutoff is not clean with weekly cutoffs, whose earlier labels cover its days. The
+    searched LightGBM is the one served, or the one shown next to a served regression.
+    """
 
     step = reporter(log, progress)
 

@@ -7,11 +7,9 @@ cutoffs with early stopping on the validation cutoff (which picks the rounds) an
 booster's ROC AUC on the validation cutoff. The configured values are the first trial, so the search
 can only keep or improve them on validation. The test cutoff is never seen.
 
-The best of many trials on one cutoff flatters the winner there: its validation ROC AUC is not a
-fair number to set against a learner fitted once. So the search does not take part in the choice
-between LightGBM and the logistic regression on RFM
-(:func:`training.churn.evaluation.choose_learner`, on the configured values); it runs after that
-choice, and its LightGBM is the one served or the one shown next to the regression.
+The best of many trials on one cutoff is flattered there, so the search runs after the choice of
+learner (:func:`training.churn.evaluation.choose_learner`, on the configured values) and takes no
+part in it.
 
 The budget holds within a trial, not only between trials:
 
