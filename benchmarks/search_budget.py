@@ -55,8 +55,7 @@ def main() -> None:
     from features.windows import churn_cutoffs
     from training.churn.dataset import build_dataset
     from training.churn.evaluation import LABEL
-    from training.churn.model import ChurnModel
-    from training.churn.pipeline import resolve_windows
+    from training.churn.pipeline import configured_model, resolve_windows
     from training.churn.search import search_boosting
 
     with tempfile.TemporaryDirectory(prefix="rapport-search-budget-") as tmp:
@@ -75,10 +74,7 @@ def main() -> None:
         print(f"{args.shape}, {args.customers:,} customers: store and churn data set in "
               f"{time.perf_counter() - t0:.0f} s ({len(train):,} training rows, {len(valid):,} validation rows)")
 
-        configured = ChurnModel(
-            n_estimators=settings.churn_n_estimators, learning_rate=settings.churn_learning_rate,
-            num_leaves=settings.churn_num_leaves, min_child_samples=settings.churn_min_child_samples,
-            early_stopping_rounds=settings.churn_early_stopping_rounds, num_threads=settings.model_threads)
+        configured = configured_model(settings)
         seconds = []
         for run in range(1, args.runs + 1):
             result = search_boosting(configured, train, valid, feature_names=dataset.feature_names, label=LABEL,

@@ -5,7 +5,8 @@ reasons from its exact linear contributions) and a JSON artefact checked on load
 
 The planted customers churn with probability expit(-0.4 - 0.5 frequency + 0.012 (T - recency)
 - 0.003 monetary_value): fewer repeat purchases, a longer time since the last one and smaller orders
-mean more churn; a noise column has no effect."""
+mean more churn; a noise column has no effect. On that truth a LightGBM searched for the validation
+cutoff can still rank it better by luck: the choice compares LightGBM with its configured values."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from training.churn.pyfunc import log_churn_model, pyfunc_output  # noqa: E402
 
 NOISE = "return_rate"
 FEATURES = (*RFM_FEATURES, Feature.DAYS_SINCE_LAST_ORDER, NOISE)
+#: Customers per planted cutoff (the test cutoff's apart) and the first seed, for the searched LightGBM
+#: that wins the validation cutoff by luck.
+PLANTED_ROWS, PLANTED_TEST, PLANTED_SEED = 150, 5_000, 100
 
 
 def rfm_frame(n: int, seed: int) -> pd.DataFrame:
@@ -217,3 +221,45 @@ def test_the_step_registers_and_tags_the_logistic_regression_when_it_wins(tmp_pa
     sample = rfm_frame(200, 99)
     pd.testing.assert_frame_equal(loaded.predict(sample),
                                   pyfunc_output(result.model.predict(sample.set_index("customer_id"))))
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_a_lightgbm_searched_to_win_the_validation_cutoff_does_not_choose_the_learner(tmp_path, monkeypatch):
+    """The best of 40 searched configurations on a small validation cutoff ranks it better than the
+    regression by luck, and ranks the test cutoff worse: set against the regression, as the choice
+    once did, that number served it. The step compares LightGBM with its configured values instead:
+    the regression is served and passes its gate."""
+    from tests.fixtures_history import synthetic_store
+    from training.churn import pipeline
+    from training.churn.dataset import ChurnDataset
+    from training.churn.search import MAX_TRIALS
+
+    settings, con = synthetic_store(tmp_path, 400, 5, now=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                                    train_search_budget_s=600)
+
+    def planted(backend, *, cutoffs, horizon_days, lookback_days, time_unit, with_clv, progress):
+        # Small cutoffs to learn from and to validate on, a large one to test on.
+        last = max(cutoffs)
+        parts = [rfm_frame(PLANTED_TEST if c == last else PLANTED_ROWS, PLANTED_SEED + i)
+                 .assign(cutoff=pd.Timestamp(c).tz_localize(None)) for i, c in enumerate(sorted(cutoffs))]
+        return ChurnDataset(frame=pd.concat(parts, ignore_index=True), feature_names=FEATURES,
+                            cutoffs=tuple(sorted(cutoffs)), horizon_days=horizon_days, lookback_days=lookback_days)
+
+    monkeypatch.setattr(pipeline, "build_dataset", planted)
+    result = pipeline.train_churn(con, settings)
+    assert result.learner == LOGISTIC_RFM, result.choice.message
+    assert result.gate.eligible, result.gate.reasons
+
+    # What the choice once compared: the search's winner (every trial finishes), on the same rows. It
+    # ranks the validation cutoff better than the regression, and the test cutoff worse.
+    params = tracking.configure(settings).get_run(result.run_id).data.params
+    assert int(params["search.trials"]) == MAX_TRIALS
+    assert float(params["search.validation_auc"]) > result.choice.logistic_rfm_roc_auc > result.choice.lightgbm_roc_auc
+    assert result.table.loc["LightGBM", "ROC AUC"] < result.metrics.roc_auc
+
+    assert "LightGBM with its configured values" in result.choice.message
+    assert params["learner"] == LOGISTIC_RFM and params["learner.compared"] == "configured LightGBM vs logistic_rfm"
+    assert float(params["validation_roc_auc.lightgbm"]) == pytest.approx(result.choice.lightgbm_roc_auc, abs=1e-6)
+    assert float(params["validation_roc_auc.logistic_rfm"]) == pytest.approx(result.choice.logistic_rfm_roc_auc,
+                                                                            abs=1e-6)

@@ -7,11 +7,14 @@ logged as ``window.*`` parameters, and H travels in the model (``ChurnModel.hori
 horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before the
 training cutoff, for a backtest). The latest labelled cutoff is the test set, the latest one a
 horizon before it the validation set (early stopping, calibration), earlier ones a horizon before
-that the training set: the model never sees a cutoff later than those it is evaluated on. LightGBM is
-served unless the logistic regression on RFM (the baseline) ranks the validation cutoff better: then
-that regression is the churn model (``learner = logistic_rfm``), calibrated, banded and explained the
-same way, and the gate judges it against the remaining baselines. The model registered is the one
-evaluated. A history too short for any such triple skips the step
+that the training set: the model never sees a cutoff later than those it is evaluated on.
+
+LightGBM with its configured values and the logistic regression on RFM (the baseline), each fitted
+once, meet on the validation cutoff: LightGBM is served unless the regression ranks it better, then
+the regression is the churn model (``learner = logistic_rfm``), explained the same way and judged
+against the remaining baselines. LightGBM's search comes after that choice and takes no part in it
+(the best of many trials on the validation cutoff is flattered there: :func:`train_churn`). The
+model registered is the one evaluated. A history too short for any such triple skips the step
 (:class:`features.windows.HistoryTooShort`).
 """
 
@@ -95,6 +98,21 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
                          cutoff_spacing=settings.churn_cutoff_spacing, max_cutoffs=settings.churn_max_cutoffs)
 
 
+def configured_model(settings: Settings) -> ChurnModel:
+    """The churn LightGBM with the ``churn_*`` settings as given (unfitted): the learner compared with
+    the logistic regression on RFM, and the search's first trial."""
+    return ChurnModel(
+        n_estimators=settings.churn_n_estimators,
+        learning_rate=settings.churn_learning_rate,
+        num_leaves=settings.churn_num_leaves,
+        min_child_samples=settings.churn_min_child_samples,
+        early_stopping_rounds=settings.churn_early_stopping_rounds,
+        calibration=settings.churn_calibration,
+        risk_thresholds=settings.churn_risk_thresholds,
+        num_threads=settings.model_threads,
+    )
+
+
 def train_churn(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -102,7 +120,19 @@ def train_churn(
     cutoff: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ChurnTrainingResult:
-    """Build the stacked data set, train, evaluate against the baselines, log and register."""
+    """Build the stacked data set, train, evaluate against the baselines, log and register.
+
+    The learner is chosen before the search of LightGBM's values, on the configured values: the
+    search keeps the best of its trials on the validation cutoff, so its winner's number there is
+    optimistic, and set against the regression fitted once it decided on luck. On Online Retail II's
+    last year, in a run of 4 trials, it served LightGBM (validation 0.750 vs 0.747) where the
+    regression ranked the test cutoff better (0.731 vs 0.720), and the gate refused the model served.
+    Not taken (measured in the README): a paired bootstrap margin on the validation customers for the
+    searched LightGBM to clear reads that optimism as noise, and on the whole file it serves the
+    regression where LightGBM ranks the test cutoff better (0.749 vs 0.755); a search judged on the
+    last training cutoff is not clean with weekly cutoffs, whose earlier labels cover its days. The
+    searched LightGBM is the one served, or the one shown next to a served regression.
+    """
 
     step = reporter(log, progress)
 
@@ -124,35 +154,33 @@ def train_churn(
     )
     train, valid, test = dataset.split()
 
-    configured = ChurnModel(
-        n_estimators=settings.churn_n_estimators,
-        learning_rate=settings.churn_learning_rate,
-        num_leaves=settings.churn_num_leaves,
-        min_child_samples=settings.churn_min_child_samples,
-        early_stopping_rounds=settings.churn_early_stopping_rounds,
-        calibration=settings.churn_calibration,
-        risk_thresholds=settings.churn_risk_thresholds,
-        num_threads=settings.model_threads,
-    )
+    configured = configured_model(settings)
+    fit = {"feature_names": dataset.feature_names, "label": LABEL, "currency": settings.currency,
+           "horizon_days": horizon, "lookback_days": lookback}
+    step("training LightGBM with its configured values (early stopping and calibration on the validation cutoff)")
+    lightgbm = configured.fit(train, valid, **fit)
+    baselines = fit_baselines(train, label=LABEL)
+    # The learners meet on equal footing, each fitted once as configured; the search, which keeps the
+    # best of many trials on these same rows, comes after the choice and does not take part in it.
+    choice = choose_learner(lightgbm.raw_probability(valid), baselines, valid)
     search = None
     if settings.train_search_budget_s > 0:
+        shown = "served" if choice.learner == LIGHTGBM else "shown next to the logistic regression on RFM"
         step(f"searching LightGBM's leaves, leaf size and learning rate on the validation cutoff "
-             f"(budget {settings.train_search_budget_s:g} s)")
+             f"(budget {settings.train_search_budget_s:g} s; LightGBM is {shown})")
         search = search_boosting(configured, train, valid, feature_names=dataset.feature_names, label=LABEL,
                                  budget_s=settings.train_search_budget_s)
-    step("training LightGBM (early stopping and calibration on the validation cutoff)")
-    lightgbm = searched_model(configured, search).fit(train, valid, feature_names=dataset.feature_names,
-                                                      label=LABEL, currency=settings.currency,
-                                                      horizon_days=horizon, lookback_days=lookback)
-    baselines = fit_baselines(train, label=LABEL)
-    choice = choose_learner(lightgbm.raw_probability(valid), baselines, valid)
+        tuned = searched_model(configured, search)
+        if tuned.get_params() != configured.get_params():
+            step("training LightGBM with the searched values (early stopping and calibration on the validation "
+                 "cutoff)")
+            lightgbm = tuned.fit(train, valid, **fit)
     model = lightgbm
     if choice.learner == LOGISTIC_RFM:
         step("fitting the logistic regression on RFM as the churn model (it ranks the validation cutoff "
-             "better than LightGBM)")
+             "better than LightGBM with its configured values)")
         model = ChurnModel(**{**configured.get_params(), "learner": LOGISTIC_RFM}).fit(
-            train, valid, feature_names=RFM_FEATURES, label=LABEL, currency=settings.currency,
-            horizon_days=horizon, lookback_days=lookback)
+            train, valid, **{**fit, "feature_names": RFM_FEATURES})
 
     step("evaluating on the latest cutoff against the baselines")
     y_test = test[LABEL].to_numpy()

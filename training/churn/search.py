@@ -4,9 +4,12 @@ What suits one retailer's history does not suit another's: a few thousand custom
 want small trees, a million over three years bigger ones. Optuna's TPE sampler (seeded) proposes
 leaves per tree, minimum customers per leaf and learning rate; each trial boosts on the training
 cutoffs with early stopping on the validation cutoff (which picks the rounds) and is scored by the
-booster's ROC AUC on the validation cutoff, the number the gate compares with the baselines. The
-configured values are the first trial, so the search can only keep or improve them on validation.
-The test cutoff is never seen.
+booster's ROC AUC on the validation cutoff. The configured values are the first trial, so the search
+can only keep or improve them on validation. The test cutoff is never seen.
+
+The best of many trials on one cutoff is flattered there, so the search runs after the choice of
+learner (:func:`training.churn.evaluation.choose_learner`, on the configured values) and takes no
+part in it.
 
 The budget holds within a trial, not only between trials:
 
