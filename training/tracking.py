@@ -403,7 +403,7 @@ def _has_named_index(frame: pd.DataFrame) -> bool:
 
 def _logged_model_id(client: mlflow.MlflowClient, run_id: str, artifact_name: str) -> str:
     run = client.get_run(run_id)
-    found = []
+    found: list[Any] = []
     token = None
     while True:
         page = client.search_logged_models(
@@ -517,8 +517,9 @@ def resolve_version(client: mlflow.MlflowClient, model_name: str, version: str |
     champion = latest_with_alias(client, model_name, "champion")
     if champion is not None:
         return champion, "the champion"
+    versions: list[ModelVersion]
     try:
-        versions = client.search_model_versions(f"name = '{model_name}'")
+        versions = list(client.search_model_versions(f"name = '{model_name}'"))
     except MlflowException as exc:
         if exc.error_code in _MISSING:
             versions = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,7 +36,7 @@ CALIBRATION_TOLERANCE = 0.005
 CALIBRATION_FOLDS = 5
 
 
-def is_finite_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> TypeGuard[float]:
     """A finite int or float (numpy's included), not a bool."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         return False
@@ -110,8 +110,9 @@ class InterpolatedIsotonicCalibrator(IsotonicCalibrator):
 
 Calibrator = IsotonicCalibrator | SigmoidCalibrator
 
-_CALIBRATOR_CLASSES: dict[str, type[IsotonicCalibrator] | type[SigmoidCalibrator]] = {
-    "isotonic": IsotonicCalibrator, "interpolated": InterpolatedIsotonicCalibrator, "sigmoid": SigmoidCalibrator,
+#: The isotonic maps by name (the sigmoid is fitted and stored another way).
+_ISOTONIC_CLASSES: dict[str, type[IsotonicCalibrator]] = {
+    "isotonic": IsotonicCalibrator, "interpolated": InterpolatedIsotonicCalibrator,
 }
 
 
@@ -119,7 +120,7 @@ def fit_calibrator(method: str, margin: FloatArray, label: FloatArray) -> Calibr
     """The calibration map ``method`` (one of :data:`CALIBRATIONS`) of the label on the raw log-odds."""
     if method == "sigmoid":
         return SigmoidCalibrator.fit(margin, label)
-    return _CALIBRATOR_CLASSES[method].fit(expit(margin), label)  # type: ignore[return-value]
+    return _ISOTONIC_CLASSES[method].fit(expit(margin), label)
 
 
 def out_of_fold_calibration_errors(margin: FloatArray, label: FloatArray, *, seed: int,
@@ -199,7 +200,7 @@ def calibrator_from_dict(data: Any) -> Calibrator:
             raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must be non-decreasing")
         if x[0] < 0 or x[-1] > 1 or y[0] < 0 or y[-1] > 1:
             raise ChurnArtefactError("churn model artefact: fitted.calibrator x and y must lie in [0, 1]")
-        return _CALIBRATOR_CLASSES[method](x, y)  # type: ignore[return-value]
+        return _ISOTONIC_CLASSES[method](x, y)
     if method == "sigmoid":
         slope, intercept = data.get("slope"), data.get("intercept")
         if not (is_finite_number(slope) and is_finite_number(intercept)):

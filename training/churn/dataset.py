@@ -165,7 +165,7 @@ class ChurnDataset:
             )
         at = self.frame[CUTOFF]
         parts = (at.isin(train), at == valid_cutoff, at == test_cutoff)
-        return tuple(self.frame.loc[mask].reset_index(drop=True) for mask in parts)  # type: ignore[return-value]
+        return tuple(self.frame.loc[mask].reset_index(drop=True) for mask in parts)
 
     def summary(self) -> pd.DataFrame:
         """Per cutoff: customers, churners, churn rate and whether the CLV features were computed."""

@@ -90,7 +90,7 @@ from training.churn.calibration import (
     out_of_fold_calibration_errors,
 )
 from training.churn.contributions import PathContributions
-from training.churn.errors import ChurnArtefactError, ChurnInputError
+from training.churn.errors import ChurnArtefactError, ChurnInputError, ChurnModelError
 from training.churn.reasons import CONTEXT_COLUMNS, reason_texts
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class _Settings:
 
 
 def _is_whole(value: Any, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
+    return bool(not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum)
 
 
 def _check_thresholds(value: Any) -> tuple[float, float] | None:
@@ -309,6 +309,11 @@ class ChurnModel(BaseEstimator):
     fit used: changing a setting needs a refit, except ``top_reasons`` and ``num_threads``, which
     scoring reads from the instance.
     """
+
+    # Fitted state (set by fit / from_dict): the booster is None for the logistic regression.
+    booster_: lgb.Booster | None
+    best_iteration_: int | None
+    path_contributions_: PathContributions | None
 
     def __init__(
         self,
@@ -501,7 +506,16 @@ class ChurnModel(BaseEstimator):
             return np.empty(0)
         if self.learner_ == LOGISTIC_RFM:
             return self._standardised(x) @ self.coef_ + self.intercept_
-        return np.asarray(self.booster_.predict(x, raw_score=True, num_threads=self._threads()), dtype=np.float64)
+        return np.asarray(self._booster().predict(x, raw_score=True, num_threads=self._threads()), dtype=np.float64)
+
+    def _booster(self) -> lgb.Booster:
+        if self.booster_ is None:
+            raise ChurnModelError(f"this churn model is a {self.learner_} model: it has no LightGBM booster")
+        return self.booster_
+
+    def _best_iteration(self) -> int:
+        self._booster()
+        return int(self.best_iteration_ or 0)
 
     def raw_probability(self, frame: pd.DataFrame) -> FloatArray:
         """The booster's probability before calibration (shifted up by the class weights)."""
@@ -544,7 +558,10 @@ class ChurnModel(BaseEstimator):
             contributions[:, :-1] = z * self.coef_
             contributions[:, -1] = self.intercept_
             return z @ self.coef_ + self.intercept_, contributions
-        return self.path_contributions_.raw_score_and_contributions(x, num_threads=self._threads())
+        paths = self.path_contributions_
+        if paths is None:
+            raise ChurnModelError(f"this churn model is a {self.learner_} model: it has no LightGBM booster")
+        return paths.raw_score_and_contributions(x, num_threads=self._threads())
 
     def percentile(self, probability: FloatArray) -> FloatArray:
         """Percentile rank (0-100) of churn probabilities among the training rows' (stored quantiles)."""
@@ -667,8 +684,8 @@ class ChurnModel(BaseEstimator):
             "fitted": self._logistic_fitted() if settings.learner == LOGISTIC_RFM else {
                 "feature_names": list(self.feature_names_),
                 "label": self.label_,
-                "booster": self.booster_.model_to_string(),
-                "best_iteration": int(self.best_iteration_),
+                "booster": self._booster().model_to_string(),
+                "best_iteration": self._best_iteration(),
                 "calibrator": self.calibrator_.to_dict(),
                 "risk_thresholds": {"medium": float(self.risk_thresholds_[0]), "high": float(self.risk_thresholds_[1])},
                 "training_probabilities_quantiles": self.training_probabilities_quantiles_.tolist(),
@@ -780,7 +797,8 @@ class ChurnModel(BaseEstimator):
 
         model = cls(**{name: settings_data[name] for name in _SETTINGS}, learner=settings.learner)
         if model.risk_thresholds is not None:
-            model.risk_thresholds = tuple(model.risk_thresholds)
+            medium, high = model.risk_thresholds
+            model.risk_thresholds = (medium, high)
         model.booster_ = booster
         if logistic:
             model.coef_, model.intercept_ = linear["coef"], float(linear["intercept"][0])

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -155,7 +156,7 @@ def train_churn(
     train, valid, test = dataset.split()
 
     configured = configured_model(settings)
-    fit = {"feature_names": dataset.feature_names, "label": LABEL, "currency": settings.currency,
+    fit: dict[str, Any] = {"feature_names": dataset.feature_names, "label": LABEL, "currency": settings.currency,
            "horizon_days": horizon, "lookback_days": lookback}
     step("training LightGBM with its configured values (early stopping and calibration on the validation cutoff)")
     lightgbm = configured.fit(train, valid, **fit)

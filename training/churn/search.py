@@ -204,8 +204,9 @@ def search_boosting(
     result = BoostingSearch(
         params={name: best.params[name] for name in SEARCH_SPACE},
         best_iteration=rounds[best.number],
-        validation_auc=float(best.value),
-        default_auc=float(first.value) if first.state == optuna.trial.TrialState.COMPLETE else math.nan,
+        validation_auc=math.nan if best.value is None else float(best.value),
+        default_auc=(float(first.value) if first.state == optuna.trial.TrialState.COMPLETE and first.value is not None
+                     else math.nan),
         trials=len(done),
         seconds=seconds,
         budget_s=float(budget_s),

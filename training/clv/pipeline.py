@@ -211,9 +211,10 @@ class ClvTrainingResult:
         the chosen candidate that failed the gate if that is why), else None."""
         if self.kind != NAIVE:
             return None
-        failed = self.choice is not None and self.choice.chosen != NAIVE
+        chosen = None if self.choice is None else self.choice.chosen
+        failed = chosen is not None and chosen != NAIVE
         return "the naive historic rate with Gamma-Gamma spend" + (
-            f": {self.choice.chosen}, chosen on validation, failed the holdout gate" if failed else "")
+            f": {chosen}, chosen on validation, failed the holdout gate" if failed else "")
 
 
 def default_cutoff(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -390,7 +391,7 @@ def train_clv(
             f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a "
             f"shorter clv_holdout_days or a clv_penalizer above 0"))
 
-    kinds = tuple(k for k in settings.clv_candidates if k in PURCHASE_MODELS)
+    kinds: tuple[str, ...] = tuple(k for k in settings.clv_candidates if k in PURCHASE_MODELS)
     # What each candidate is, as (purchase model, rate weight): the purchase models alone, then the
     # historic-rate candidates once the validation split has chosen them.
     recipes: dict[str, tuple[str, float]] = {kind: (kind, 0.0) for kind in kinds}
