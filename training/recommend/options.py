@@ -1,0 +1,113 @@
+"""What a recommend call asks besides the customers: the length of the lists and every filter, as one
+frozen, hashable value.
+
+:class:`RecommendOptions` is where a recommend filter is declared, once. The model resolves it
+against its fitted items (:meth:`RecommenderModel.rank <training.recommend.model.RecommenderModel.rank>`:
+the candidate mask, the purchase exclusion, the popular source); the service builds it from a
+request body (:meth:`RecommendOptions.from_request`), ranks the concurrent requests whose options
+are equal in one block (they are a dictionary key) and answers the default options from the lists
+ranked at export (:meth:`RecommendOptions.is_default`).
+
+numpy only at import: a service's worker reads the options of a request before it has imported the
+model's libraries (see :mod:`serving.lookup`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from features.errors import RapportError
+
+#: The longest list a recommend call ranks.
+MAX_N = 1_000
+
+
+class RecommenderInputError(RapportError, ValueError):
+    """A request the recommender cannot serve, with what was expected."""
+
+
+def checked_n(n: Any) -> int:
+    """``n`` of a list: a whole number from 1 to :data:`MAX_N`."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
+        raise RecommenderInputError(f"n must be a whole number from 1 to {MAX_N}, got {n!r}")
+    return int(n)
+
+
+def _values(name: str, given: Iterable[Hashable] | None) -> tuple[Hashable, ...] | None:
+    """A list option as a tuple (hashable); a lone string is refused (it would be read letter by letter)."""
+    if given is None:
+        return None
+    if isinstance(given, (str, bytes)):
+        raise RecommenderInputError(f"{name} must be a list of values, not a single text")
+    try:
+        return tuple(given)
+    except TypeError:
+        raise RecommenderInputError(f"{name} must be a list of values, got a {type(given).__name__}") from None
+
+
+def _text(name: str, given: str | None) -> str | None:
+    if given is not None and not isinstance(given, str):
+        raise RecommenderInputError(f"{name} must be a text or none, got a {type(given).__name__}")
+    return given
+
+
+@dataclass(frozen=True)
+class RecommendOptions:
+    """The options of one recommend call; equal options give equal lists for the same customer.
+
+    ``n``: items per list (1..:data:`MAX_N`; a customer with fewer allowed candidates gets fewer).
+    ``exclude_purchased``: leave out what the customer bought (except the model's repurchasable
+    categories). ``categories`` / ``exclude_categories``: only items of these categories / none of
+    these (case-insensitive). ``exclude_items``: never these items. ``channel`` / ``country``: the
+    segment whose popular items feed the popular source and an unknown customer's list.
+
+    Lists are stored as tuples (so that the options hash); an empty ``exclude_items`` is none.
+    Every default means "no filter": :meth:`is_default` reads that.
+    """
+
+    n: int = 20
+    exclude_purchased: bool = True
+    categories: tuple[str, ...] | None = None
+    exclude_categories: tuple[str, ...] | None = None
+    exclude_items: tuple[Hashable, ...] | None = None
+    channel: str | None = None
+    country: str | None = None
+
+    def __post_init__(self) -> None:
+        n = checked_n(self.n)
+        if not isinstance(self.exclude_purchased, (bool, np.bool_)):
+            raise RecommenderInputError(f"exclude_purchased must be true or false, got {self.exclude_purchased!r}")
+        # Frozen: the checked values are set once, here.
+        setattr_ = object.__setattr__
+        setattr_(self, "n", n)
+        setattr_(self, "exclude_purchased", bool(self.exclude_purchased))
+        setattr_(self, "categories", _values("categories", self.categories))
+        setattr_(self, "exclude_categories", _values("exclude_categories", self.exclude_categories))
+        setattr_(self, "exclude_items", _values("exclude_items", self.exclude_items) or None)
+        setattr_(self, "channel", _text("channel", self.channel))
+        setattr_(self, "country", _text("country", self.country))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The options' names (the fields of a request body that carry them)."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_request(cls, request: Any) -> RecommendOptions:
+        """The options of a request body whose fields bear the options' names (the service's
+        ``RecommendRequest``): each option read from the field of its name."""
+        return cls(**{name: getattr(request, name) for name in cls.names()})
+
+    def is_default(self, length: int) -> bool:
+        """Whether this list is a prefix of the lists ranked with the default options, ``length``
+        items each (:mod:`training.recommend.precomputed`): ``n`` at most ``length`` and no filter."""
+        return self.n <= length and all(getattr(self, name) == getattr(_DEFAULT, name) for name in _FILTERS)
+
+
+_DEFAULT = RecommendOptions()
+#: The options other than the length: the filters.
+_FILTERS = tuple(name for name in RecommendOptions.names() if name != "n")
