@@ -205,11 +205,18 @@ class Lookups:
         if customer is None:
             return None
         customer = int(customer)
-        row = int(np.searchsorted(self._customer_ids, customer))
-        if row >= len(self._customer_ids) or int(self._customer_ids[row]) != customer:
+        row = self.row(customer)
+        if row is None:
             return None
         ranked = lists.lookup(row, request.n, customer)
         return None if ranked is None else self.recommendation(customer, ranked, True)
+
+    def row(self, customer: int) -> int | None:
+        """The customer's row in the recommender (None: a customer it does not know)."""
+        row = int(np.searchsorted(self._customer_ids, customer))
+        if row >= len(self._customer_ids) or int(self._customer_ids[row]) != customer:
+            return None
+        return row
 
     def recommendation(self, customer: int | None, ranked: Ranked,
                        known: bool) -> tuple[schemas.RecommendResponse, Outcome]:

@@ -161,14 +161,14 @@ class Runtime:
             try:
                 ranked = model.rank(customers, options,
                                     recent_items={customers[0]: first.recent_items} if first.recent_items else None)
-                known = model.knows(customers).tolist()
             except RecommenderInputError as exc:
                 for k, _ in members:
                     out[k] = RequestError(400, "body", str(exc))
                 continue
-            lists = dict(zip(customers, zip(ranked.by_customer(customers), known)))
+            lists = dict(zip(customers, ranked.by_customer(customers)))
             for k, asked in members:
-                out[k] = self.lookups.recommendation(asked if asked >= 0 else None, *lists[asked])
+                out[k] = self.lookups.recommendation(asked if asked >= 0 else None, lists[asked],
+                                                     self.lookups.row(asked) is not None)
         return out  # type: ignore[return-value]
 
     def similar_items(self, request: schemas.SimilarItemsRequest) -> schemas.SimilarItemsResponse:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,14 @@ def _values(name: str, given: Iterable[Hashable] | None) -> tuple[Hashable, ...]
         raise RecommenderInputError(f"{name} must be a list of values, got a {type(given).__name__}") from None
 
 
-def _text(name: str, given: str | None) -> str | None:
+def _text(name: str, given: str | None) -> None:
     if given is not None and not isinstance(given, str):
         raise RecommenderInputError(f"{name} must be a text or none, got a {type(given).__name__}")
-    return given
+
+
+#: The options that are lists (tuples once checked) and texts.
+_LISTS = ("categories", "exclude_categories", "exclude_items")
+_TEXTS = ("channel", "country")
 
 
 @dataclass(frozen=True)
@@ -78,36 +83,44 @@ class RecommendOptions:
     country: str | None = None
 
     def __post_init__(self) -> None:
-        n = checked_n(self.n)
-        if not isinstance(self.exclude_purchased, (bool, np.bool_)):
-            raise RecommenderInputError(f"exclude_purchased must be true or false, got {self.exclude_purchased!r}")
-        # Frozen: the checked values are set once, here.
+        # Frozen: a value is set again only where the check changes it (a request's options are
+        # built on the service's hot path, most of them with nothing to change).
         setattr_ = object.__setattr__
-        setattr_(self, "n", n)
-        setattr_(self, "exclude_purchased", bool(self.exclude_purchased))
-        setattr_(self, "categories", _values("categories", self.categories))
-        setattr_(self, "exclude_categories", _values("exclude_categories", self.exclude_categories))
-        setattr_(self, "exclude_items", _values("exclude_items", self.exclude_items) or None)
-        setattr_(self, "channel", _text("channel", self.channel))
-        setattr_(self, "country", _text("country", self.country))
+        if type(self.n) is not int or not 1 <= self.n <= MAX_N:
+            setattr_(self, "n", checked_n(self.n))
+        if type(self.exclude_purchased) is not bool:
+            if not isinstance(self.exclude_purchased, np.bool_):
+                raise RecommenderInputError(f"exclude_purchased must be true or false, got {self.exclude_purchased!r}")
+            setattr_(self, "exclude_purchased", bool(self.exclude_purchased))
+        for name in _LISTS:
+            value = getattr(self, name)
+            if value is not None and type(value) is not tuple:
+                setattr_(self, name, _values(name, value))
+        if self.exclude_items == ():
+            setattr_(self, "exclude_items", None)
+        for name in _TEXTS:
+            _text(name, getattr(self, name))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The options' names (the fields of a request body that carry them)."""
-        return tuple(f.name for f in fields(cls))
+        return _NAMES
 
     @classmethod
     def from_request(cls, request: Any) -> RecommendOptions:
         """The options of a request body whose fields bear the options' names (the service's
         ``RecommendRequest``): each option read from the field of its name."""
-        return cls(**{name: getattr(request, name) for name in cls.names()})
+        return cls(*_read_options(request))
 
     def is_default(self, length: int) -> bool:
         """Whether this list is a prefix of the lists ranked with the default options, ``length``
         items each (:mod:`training.recommend.precomputed`): ``n`` at most ``length`` and no filter."""
-        return self.n <= length and all(getattr(self, name) == getattr(_DEFAULT, name) for name in _FILTERS)
+        return self.n <= length and _read_filters(self) == _DEFAULT_FILTERS
 
 
-_DEFAULT = RecommendOptions()
-#: The options other than the length: the filters.
-_FILTERS = tuple(name for name in RecommendOptions.names() if name != "n")
+_NAMES = tuple(f.name for f in fields(RecommendOptions))
+#: The options of an object in the order of the fields (a request's, on the service's hot path).
+_read_options = attrgetter(*_NAMES)
+#: The options other than the length, the filters, and their defaults (no filter).
+_read_filters = attrgetter(*(name for name in _NAMES if name != "n"))
+_DEFAULT_FILTERS = _read_filters(RecommendOptions())

@@ -65,6 +65,8 @@ class Ranked:
         """Each customer's list, for distinct ``customer_ids`` whose entries come grouped in that order
         (as :meth:`RecommenderModel.rank` returns them): one :class:`Ranked` each, empty for a
         customer without entries."""
+        if len(customer_ids) == 1:  # the service's lone request: every entry is that customer's
+            return [self]
         ids = np.asarray(customer_ids, dtype=np.int64)
         if not len(ids):
             return []
