@@ -1,15 +1,10 @@
 """What a recommend call asks besides the customers: the length of the lists and every filter, as one
-frozen, hashable value.
+frozen, hashable value (:class:`RecommendOptions`), declared here once.
 
-:class:`RecommendOptions` is where a recommend filter is declared, once. The model resolves it
-against its fitted items (:meth:`RecommenderModel.rank <training.recommend.model.RecommenderModel.rank>`:
-the candidate mask, the purchase exclusion, the popular source); the service builds it from a
-request body (:meth:`RecommendOptions.from_request`), ranks the concurrent requests whose options
-are equal in one block (they are a dictionary key) and answers the default options from the lists
-ranked at export (:meth:`RecommendOptions.is_default`).
-
-numpy only at import: a service's worker reads the options of a request before it has imported the
-model's libraries (see :mod:`serving.lookup`).
+The model resolves it against its fitted items (``RecommenderModel.rank``); the service builds it
+from a request body, ranks the concurrent requests with equal options in one block and answers the
+default options from the lists ranked at export. numpy only at import: a service's worker reads a
+request's options before it has imported the model's libraries (see :mod:`serving.lookup`).
 """
 
 from __future__ import annotations
@@ -32,7 +27,23 @@ class RecommenderInputError(RapportError, ValueError):
 
 
 def checked_n(n: Any) -> int:
-    """``n`` of a list: a whole number from 1 to :data:`MAX_N`."""
+    """``n`` of a list, checked.
+
+    Parameters
+    ----------
+    n
+        The number of items asked for.
+
+    Returns
+    -------
+    int
+        ``n``, a whole number from 1 to :data:`MAX_N`.
+
+    Raises
+    ------
+    RecommenderInputError
+        ``n`` is not a whole number in that range (a boolean is not a number here).
+    """
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
         raise RecommenderInputError(f"n must be a whole number from 1 to {MAX_N}, got {n!r}")
     return int(n)
@@ -71,7 +82,15 @@ class RecommendOptions:
     segment whose popular items feed the popular source and an unknown customer's list.
 
     Lists are stored as tuples (so that the options hash); an empty ``exclude_items`` is none.
-    Every default means "no filter": :meth:`is_default` reads that.
+    Every default means "no filter": :meth:`is_default` reads that. A new filter is a field here
+    (with its check in ``__post_init__``), its use in ``RecommenderModel._resolve``, a keyword of
+    ``RecommenderModel.recommend`` and a field of the same name in the service's
+    ``RecommendRequest`` (``tests/test_recommend_options.py`` checks the three name the same fields).
+
+    Raises
+    ------
+    RecommenderInputError
+        A value of the wrong kind or out of range, naming the option and what was expected.
     """
 
     n: int = 20
@@ -103,18 +122,44 @@ class RecommendOptions:
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        """The options' names (the fields of a request body that carry them)."""
+        """The options' names, in the order of the fields.
+
+        Returns
+        -------
+        tuple of str
+            The names, as the fields of a request body that carry the options are named.
+        """
         return _NAMES
 
     @classmethod
     def from_request(cls, request: Any) -> RecommendOptions:
-        """The options of a request body whose fields bear the options' names (the service's
-        ``RecommendRequest``): each option read from the field of its name."""
+        """The options of a request body whose fields bear the options' names.
+
+        Parameters
+        ----------
+        request
+            The service's ``RecommendRequest`` (any object with an attribute per option).
+
+        Returns
+        -------
+        RecommendOptions
+            Each option read from the attribute of its name, checked.
+        """
         return cls(*_read_options(request))
 
     def is_default(self, length: int) -> bool:
-        """Whether this list is a prefix of the lists ranked with the default options, ``length``
-        items each (:mod:`training.recommend.precomputed`): ``n`` at most ``length`` and no filter."""
+        """Whether this list is a prefix of the lists ranked with the default options.
+
+        Parameters
+        ----------
+        length
+            Items per list of the lists ranked at export (:mod:`training.recommend.precomputed`).
+
+        Returns
+        -------
+        bool
+            ``n`` at most ``length`` and every filter at its default (no filter).
+        """
         return self.n <= length and _read_filters(self) == _DEFAULT_FILTERS
 
 
