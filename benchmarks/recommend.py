@@ -29,8 +29,9 @@ Prints the seconds of synthesising the data (no store is involved: nothing is bu
 of ``RecommenderModel.fit_data`` and of its parts (candidate models on ``before``, the ranker,
 candidate models on ``data``; ALS and item-KNN within the candidate models), of ``recommend`` for every customer (n=20, purchases excluded) with
 customers/s, the latency of a single customer's top-20 with filters (purchases and two categories
-excluded; median and p99 over ``--latency-calls`` calls of ``recommend_one``, the service's call,
-and the median through ``recommend``, which builds a DataFrame), medians over the runs, then the ranker's
+excluded; median and p99 over ``--latency-calls`` calls of ``rank`` for the one customer with its
+``RecommendOptions`` built in the call, the service's path, and the median through ``recommend``,
+which builds a DataFrame), medians over the runs, then the ranker's
 training figures, recall@20 of new items in the test period against the most popular items, and
 peak RSS. Targets on 2 cores: fit < 120 s, recommendations for every customer < 180 s, one
 customer < 2 ms. At full scale a run takes about 8 minutes: ``--runs 1``. ``--ranker-trees`` sets the
@@ -62,6 +63,7 @@ import training.recommend.model as recommend_model  # noqa: E402
 from training.recommend.candidates import _lookup  # noqa: E402
 from training.recommend.data import InteractionData  # noqa: E402
 from training.recommend.model import RecommenderModel, RecommenderSettings  # noqa: E402
+from training.recommend.options import RecommendOptions  # noqa: E402
 
 CUTOFF = datetime(2026, 1, 1)
 LABEL_DAYS = 90
@@ -374,14 +376,14 @@ def main() -> None:
         print(f"run {run + 1}: fit {fit_s[-1]:.1f} s ("
               + ", ".join(f"{name} {s[-1]:.1f} s" for name, s in part_s.items()) + ")", flush=True)
 
-        # One customer at a time first (as the service calls it, recommend_one: no DataFrame), then
+        # One customer at a time first (as the service calls it: rank, no DataFrame), then
         # the batch (whose 20 M rows would otherwise sit in the heap during the latency calls).
         lists = pd.DataFrame()  # free the previous run's lists before making new ones
         chosen = rng.choice(data.customer_ids, args.latency_calls + 20)
         latencies, frame_latencies = [], []
         for k, cid in enumerate(chosen):
             t2 = time.perf_counter()
-            model.recommend_one(cid, 20, exclude_purchased=True, exclude_categories=excluded)
+            model.rank(cid, RecommendOptions(20, exclude_purchased=True, exclude_categories=excluded))
             t3 = time.perf_counter()
             model.recommend([cid], 20, exclude_purchased=True, exclude_categories=excluded)
             if k >= 20:  # the first calls warm up
@@ -416,7 +418,7 @@ def main() -> None:
     show(f"recommend all, n=20 (median of {args.runs})", f"{med(batch_s):.1f} s   (target < 180 s) -> "
          f"{data.n_users / med(batch_s):,.0f} customers/s; {len(lists):,} rows")
     show("one customer, n=20, filters", f"{med(p50_ms):.2f} ms median, {med(p99_ms):.2f} ms p99 over "
-         f"{args.latency_calls:,} calls of recommend_one   (target < 2 ms); {med(frame_p50_ms):.2f} ms median "
+         f"{args.latency_calls:,} calls of rank   (target < 2 ms); {med(frame_p50_ms):.2f} ms median "
          "through recommend (DataFrame)")
     show("ranker", f"{training.n_customers:,} customers, {training.n_pairs:,} pairs, {training.best_iteration} "
          f"trees, candidate recall {training.candidate_recall:.3f}, validation NDCG@20 "

@@ -38,6 +38,7 @@ from training.bundle import (
 )
 from training.frames import Columns, FrameFileError, read_columns
 from training.recommend.artefact import RecommenderArtefactError, read_ids
+from training.recommend.options import RecommendOptions
 from training.recommend.precomputed import DefaultLists, DefaultListsError
 from training.recommend.ranked import Ranked
 
@@ -183,13 +184,17 @@ class Lookups:
         # A key with nothing left after normalisation (a phone number without digits) is nobody's.
         return None if hashed is None else self.identity.customer(hashed)
 
-    def listed(self, request: schemas.RecommendRequest) -> tuple[schemas.RecommendResponse, Outcome] | RequestError | None:
+    def listed(self, request: schemas.RecommendRequest,
+               options: RecommendOptions | None = None) -> tuple[schemas.RecommendResponse, Outcome] | RequestError | None:
         """The answer from the bundle's default lists when the request asks for one of them: a
-        customer the model knows, ``n`` within the lists' length and the default options (purchases
-        excluded, no filter, no channel or country); None when the list must be ranked (or the
-        request names a raw key and the identity index is not loaded yet)."""
+        customer the model knows and the default options with ``n`` within the lists' length
+        (:meth:`RecommendOptions.is_default`); None when the list must be ranked (or the request
+        names a raw key and the identity index is not loaded yet). ``options``: the request's, when
+        the caller has them already."""
         lists = self.default_lists
-        if lists is None or not _default_options(request, lists.length):
+        if lists is None:
+            return None
+        if not (RecommendOptions.from_request(request) if options is None else options).is_default(lists.length):
             return None
         if request.key is not None and self.identity is None:
             return None
@@ -200,11 +205,18 @@ class Lookups:
         if customer is None:
             return None
         customer = int(customer)
-        row = int(np.searchsorted(self._customer_ids, customer))
-        if row >= len(self._customer_ids) or int(self._customer_ids[row]) != customer:
+        row = self.row(customer)
+        if row is None:
             return None
         ranked = lists.lookup(row, request.n, customer)
         return None if ranked is None else self.recommendation(customer, ranked, True)
+
+    def row(self, customer: int) -> int | None:
+        """The customer's row in the recommender (None: a customer it does not know)."""
+        row = int(np.searchsorted(self._customer_ids, customer))
+        if row >= len(self._customer_ids) or int(self._customer_ids[row]) != customer:
+            return None
+        return row
 
     def recommendation(self, customer: int | None, ranked: Ranked,
                        known: bool) -> tuple[schemas.RecommendResponse, Outcome]:
@@ -229,13 +241,6 @@ class Lookups:
         body = schemas.ErrorResponse(error=exc.message, detail=[schemas.ErrorDetail(loc=[exc.field], msg=exc.message)],
                                      unknown_customer_ids=exc.unknown_customer_ids, metadata=self.metadata)
         return body.model_dump(mode="json", exclude_none=True)
-
-
-def _default_options(request: schemas.RecommendRequest, length: int) -> bool:
-    """Whether a request asks for a prefix of a default list (see training.recommend.precomputed)."""
-    return (request.n <= length and request.exclude_purchased and request.categories is None
-            and request.exclude_categories is None and not request.exclude_items and request.channel is None
-            and request.country is None)
 
 
 def worker_count(setting: int | str) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from serving import schemas
 from serving.lookup import IdentityIndex, Lookups, Outcome, RequestError, bundle_directory, worker_count
 from training.bundle import Bundle, BundleError, load_bundle
 from training.recommend.model import RecommenderInputError
+from training.recommend.options import RecommendOptions
 from training.scoring import SCORE_COLUMNS, score_rows
 
 log = logging.getLogger(__name__)
@@ -119,21 +120,28 @@ class Runtime:
             raise answer
         return answer
 
-    def listed(self, request: schemas.RecommendRequest) -> tuple[schemas.RecommendResponse, Outcome] | RequestError | None:
+    def listed(self, request: schemas.RecommendRequest,
+               options: RecommendOptions | None = None) -> tuple[schemas.RecommendResponse, Outcome] | RequestError | None:
         """:meth:`serving.lookup.Lookups.listed`."""
-        return self.lookups.listed(request)
+        return self.lookups.listed(request, options)
 
     def recommend_many(
         self, requests: Sequence[schemas.RecommendRequest],
     ) -> list[tuple[schemas.RecommendResponse, Outcome] | RequestError]:
         """Answers of several recommend requests, in order (a :class:`RequestError` for a request that
-        gets a 4xx). Requests with the same options are ranked together in one block: the service
-        gathers the requests that arrive while it computes (see :mod:`serving.service`); each list is
-        the one the request would get alone. Requests for a default list are looked up (:meth:`listed`)."""
+        gets a 4xx). Requests with equal options (:class:`RecommendOptions`, the key of their group)
+        are ranked together in one block: the service gathers the requests that arrive while it
+        computes (see :mod:`serving.service`); each list is the one the request would get alone.
+        Requests for a default list are looked up (:meth:`listed`)."""
         out: list[tuple[schemas.RecommendResponse, Outcome] | RequestError | None] = [None] * len(requests)
-        groups: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        groups: dict[Hashable, tuple[RecommendOptions, list[tuple[int, int]]]] = {}
         for k, request in enumerate(requests):
-            if (answer := self.listed(request)) is not None:
+            try:
+                options = RecommendOptions.from_request(request)
+            except RecommenderInputError as exc:
+                out[k] = RequestError(400, "body", str(exc))
+                continue
+            if (answer := self.listed(request, options)) is not None:
                 out[k] = answer
                 continue
             try:
@@ -143,25 +151,24 @@ class Runtime:
                 continue
             # An unresolved key asks for a customer no model knows: -1 is never a customer id.
             asked = -1 if customer is None else int(customer)
-            if request.recent_items:  # a fold-in is the request's own
-                groups[("alone", k)] = [(k, asked)]
-            else:
-                groups.setdefault(_options(request), []).append((k, asked))
+            # A fold-in is the request's own.
+            key: Hashable = ("alone", k) if request.recent_items else options
+            groups.setdefault(key, (options, []))[1].append((k, asked))
         model = self.bundle.recommender
-        for members in groups.values():
+        for options, members in groups.values():
             first = requests[members[0][0]]
+            customers = list(dict.fromkeys(asked for _, asked in members))
             try:
-                answers = model.recommend_each(
-                    [asked for _, asked in members], first.n, exclude_purchased=first.exclude_purchased,
-                    categories=first.categories, exclude_categories=first.exclude_categories,
-                    exclude_items=first.exclude_items, channel=first.channel, country=first.country,
-                    recent_items={members[0][1]: first.recent_items} if first.recent_items else None)
+                ranked = model.rank(customers, options,
+                                    recent_items={customers[0]: first.recent_items} if first.recent_items else None)
             except RecommenderInputError as exc:
                 for k, _ in members:
                     out[k] = RequestError(400, "body", str(exc))
                 continue
-            for (k, asked), (ranked, known) in zip(members, answers):
-                out[k] = self.lookups.recommendation(asked if asked >= 0 else None, ranked, known)
+            lists = dict(zip(customers, ranked.by_customer(customers)))
+            for k, asked in members:
+                out[k] = self.lookups.recommendation(asked if asked >= 0 else None, lists[asked],
+                                                     self.lookups.row(asked) is not None)
         return out  # type: ignore[return-value]
 
     def similar_items(self, request: schemas.SimilarItemsRequest) -> schemas.SimilarItemsResponse:
@@ -196,17 +203,6 @@ class Runtime:
 
     def error(self, exc: RequestError) -> dict[str, Any]:
         return self.lookups.error(exc)
-
-
-def _options(request: schemas.RecommendRequest) -> tuple[Any, ...]:
-    """What a recommend request's list depends on besides the customer: requests with equal options
-    can be ranked in one block."""
-
-    def listed(values: list[str] | None) -> tuple[str, ...] | None:
-        return None if values is None else tuple(values)
-
-    return (request.n, request.exclude_purchased, listed(request.categories), listed(request.exclude_categories),
-            listed(request.exclude_items), request.channel, request.country)
 
 
 __all__ = ["BundleError", "IdentityIndex", "Lookups", "Outcome", "RequestError", "Runtime", "bundle_directory",

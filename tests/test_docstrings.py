@@ -61,6 +61,7 @@ DOCUMENTED: tuple[str, ...] = (
     "training/recommend/candidates.py",
     "training/recommend/data.py",
     "training/recommend/metrics.py",
+    "training/recommend/options.py",
     "training/recommend/precomputed.py",
     "training/recommend/pyfunc.py",
     "training/recommend/search.py",

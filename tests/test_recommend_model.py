@@ -43,6 +43,7 @@ from training.recommend.model import (
     RecommenderModel,
     RecommenderSettings,
 )
+from training.recommend.options import RecommendOptions
 from tests.fixtures_history import synthetic_store
 
 pytestmark = pytest.mark.data
@@ -450,23 +451,24 @@ def test_cli_writes_every_customers_list(trained, tmp_path, monkeypatch):
     assert missing.exit_code == 1 and "999" in missing.output
 
 
-def test_recommend_each_is_recommend_customer_by_customer(model):
-    """The service's path (a few customers ranked in one block, no DataFrame) gives each customer the
-    list ``recommend`` gives: known ones, a customer asked twice, an unknown one folded in on recent
-    items and an unknown one with nothing (the popular list)."""
+def test_rank_is_recommend_customer_by_customer(model):
+    """The service's path (a few customers ranked in one block, no DataFrame, split by customer)
+    gives each customer the list ``recommend`` gives: known ones, a customer asked twice, an unknown
+    one folded in on recent items and an unknown one with nothing (the popular list)."""
     known = _busy_customers(model, 3)
     newcomer, stranger = int(model.data_.customer_ids.max()) + 7, int(model.data_.customer_ids.max()) + 8
     recent = [str(i) for i in model.data_.item_ids[model.data_.recommendable][:3]]
     asked = [known[0], known[1], newcomer, known[0], stranger, known[2]]
-    answers = model.recommend_each(asked, 6, exclude_categories=["no such category"], channel="web",
-                                   recent_items={newcomer: recent})
-    assert [k for _, k in answers] == [True, True, False, True, False, True]
-    for customer, (ranked, _) in zip(asked, answers):
+    distinct = list(dict.fromkeys(asked))
+    options = RecommendOptions(6, exclude_categories=["no such category"], channel="web")
+    lists = dict(zip(distinct, model.rank(distinct, options, recent_items={newcomer: recent}).by_customer(distinct)))
+    assert model.knows(asked).tolist() == [True, True, False, True, False, True]
+    for customer in asked:
         expected = model.recommend([customer], 6, exclude_categories=["no such category"], channel="web",
                                    recent_items={newcomer: recent})
-        pd.testing.assert_frame_equal(ranked.frame(model.data_.item_ids), expected)
-    ranked, known_one = model.recommend_one(known[1], 6)
-    assert known_one
+        pd.testing.assert_frame_equal(lists[customer].frame(model.data_.item_ids), expected)
+    ranked = model.rank(known[1], RecommendOptions(6))  # one customer, not a list of them
+    assert model.knows(known[1]).tolist() == [True]
     pd.testing.assert_frame_equal(ranked.frame(model.data_.item_ids), model.recommend([known[1]], 6))
     assert ranked.records(model.data_.item_ids)[0][:2] == (1, model.recommend([known[1]], 6)["item_id"].iloc[0])
 
@@ -482,19 +484,21 @@ def test_lists_of_several_rankers_from_one_candidate_set_are_each_rankers_own(mo
     customers = np.asarray(model.data_.customer_ids[::7][:150], dtype=np.int64)
     rankers = ("lightgbm", "tifu_knn", "top_frequency")
     monkeypatch.setattr(recommend_model, "BLOCK_CUSTOMERS", 40)  # several blocks, on two threads
-    found = model.ranked_items(customers, 60, rankers, exclude_purchased=(False, True))
-    assert set(found) == {(r, e) for r in rankers for e in (False, True)}
-    for (ranker, exclude), (ids, items) in found.items():
-        expected = model.with_ranker(ranker).recommend_ranked(customers, 60, exclude_purchased=exclude)
+    options = [RecommendOptions(60, exclude_purchased=exclude) for exclude in (False, True)]
+    found = model.ranked_items(customers, rankers, options)
+    assert set(found) == {(r, o) for r in rankers for o in options}
+    for (ranker, option), (ids, items) in found.items():
+        expected = model.with_ranker(ranker).rank(customers, option)
         np.testing.assert_array_equal(ids, expected.customer_id)
         np.testing.assert_array_equal(items, expected.item)
     # The rules alone (no blend among them) read their own sources only: still the same lists.
-    _, items = model.ranked_items(customers, 60, ("top_frequency",))["top_frequency", True]
-    np.testing.assert_array_equal(items, model.with_ranker("top_frequency").recommend_ranked(customers, 60).item)
+    _, items = model.ranked_items(customers, ("top_frequency",), [RecommendOptions(60)])[
+        "top_frequency", RecommendOptions(60)]
+    np.testing.assert_array_equal(items, model.with_ranker("top_frequency").rank(customers, RecommendOptions(60)).item)
     with pytest.raises(RecommenderInputError, match="unknown to the model"):
-        model.ranked_items([int(model.data_.customer_ids.max()) + 1], 5, rankers)
+        model.ranked_items([int(model.data_.customer_ids.max()) + 1], rankers, [RecommendOptions(5)])
     with pytest.raises(ValueError, match="'best' unknown"):
-        model.ranked_items(customers, 5, ("best",))
+        model.ranked_items(customers, ("best",), [RecommendOptions(5)])
 
 
 # --- default lists (ranked once for the service) -------------------------------------------------
@@ -512,8 +516,8 @@ def test_default_lists_hold_every_customers_top_n_and_check_their_files(model, t
     for customer in customers:
         row = int(np.searchsorted(data.customer_ids, customer))
         for n in (1, 4, 6):
-            ranked, known = model.recommend_one(customer, n)
-            assert known
+            ranked = model.rank(customer, RecommendOptions(n))
+            assert model.knows(customer).all()
             assert lists.lookup(row, n, customer).records(data.item_ids) == ranked.records(data.item_ids)
         assert lists.lookup(row, 7, customer) is None  # longer than the lists kept: ranked by the caller
 

@@ -24,6 +24,7 @@ from features.identity import hash_key
 from features.schema import KeyType
 from features.store import connect, ibis_backend
 from training.bundle import load_bundle
+from training.recommend.options import RecommendOptions
 from training.scoring import build_snapshot, churn_lookback_days, score_rows
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -147,7 +148,7 @@ def test_default_lists_are_the_lists_the_model_ranks(trained, bundle):
     customers = model.data_.customer_ids
     for n in (1, 7, settings.serving_default_lists):
         lists = [runtime.listed(schemas.RecommendRequest(customer_id=int(c), n=n)) for c in customers]
-        expected = model.recommend_each(customers, n)
+        expected = zip(model.rank(customers, RecommendOptions(n)).by_customer(customers), model.knows(customers))
         for answer, (ranked, known) in zip(lists, expected):
             response, outcome = answer
             assert known and not outcome.fallback
@@ -159,6 +160,43 @@ def test_default_lists_are_the_lists_the_model_ranks(trained, bundle):
         assert runtime.listed(schemas.RecommendRequest(customer_id=customer, **asked)) is None, asked
     unknown = int(customers.max()) + 7
     assert runtime.listed(schemas.RecommendRequest(customer_id=unknown)) is None
+
+
+def test_requests_with_equal_options_are_ranked_in_one_block(trained, bundle, monkeypatch):
+    """The runtime groups concurrent requests by the value of their options: separate request bodies
+    that ask the same are one block of the model; another ``n`` is another block, a default list a
+    lookup; every answer is the list the model ranks for that request alone."""
+    from serving import schemas
+    from serving.runtime import Runtime
+
+    settings, _ = trained
+    runtime = Runtime(bundle, settings)
+    model = bundle.recommender
+    calls: list[tuple[list[int], RecommendOptions]] = []
+    rank = model.rank
+
+    def spy(customer_ids, options=None, **kwargs):
+        calls.append((list(customer_ids), options))
+        return rank(customer_ids, options, **kwargs)
+
+    a, b = (int(c) for c in model.data_.customer_ids[:2])
+    unknown = int(model.data_.customer_ids.max()) + 3
+    categories = sorted({c for c in model.data_.category if c})[:2]
+    filters = {"categories": categories, "exclude_purchased": False}
+    asked = [{"customer_id": a, "n": 5, **filters}, {"customer_id": b, "n": 5, **filters},
+             {"customer_id": a, "n": 6, **filters}, {"customer_id": unknown, "n": 5, **filters},
+             {"customer_id": a, "n": 5, **filters}, {"customer_id": b, "n": 5}]
+    monkeypatch.setattr(model, "rank", spy)
+    answers = runtime.recommend_many([schemas.RecommendRequest(**body) for body in asked])
+    monkeypatch.undo()
+    assert calls == [([a, b, unknown], RecommendOptions(5, **filters)), ([a], RecommendOptions(6, **filters))]
+    for body, (response, outcome) in zip(asked, answers):
+        body = dict(body)
+        customer = body.pop("customer_id")
+        expected = model.recommend([customer], **body)
+        assert response.known == (customer != unknown) and outcome.fallback == (customer == unknown)
+        assert [(i.item_id, i.score, i.source, i.reason) for i in response.items] == list(zip(
+            expected["item_id"], expected["score"], expected["source"], expected["reason"]))
 
 
 def test_recommend_filters_are_the_models(server, bundle):

@@ -65,6 +65,7 @@ from training.recommend.metrics import (
     repeat_items,
 )
 from training.recommend.model import RecommenderModel, RecommenderSettings
+from training.recommend.options import RecommendOptions
 from training.recommend.split import TemporalSplit, purchases_between
 
 logger = logging.getLogger(__name__)
@@ -253,8 +254,9 @@ def ranked_lists(model: RecommenderModel, customers: NDArray[np.int64],
     """Per ranker and purchase filter (``(ranker, exclude_purchased)``), customer id -> the model's
     top-K item ids (what :meth:`RecommenderModel.recommend` of ``model.with_ranker(ranker)`` serves),
     from one candidate generation per filter (:meth:`RecommenderModel.ranked_items`)."""
-    found = model.ranked_items(customers, K, rankers, exclude_purchased=(False, True))
-    return {key: _grouped(ids, model.data_.item_ids[items]) for key, (ids, items) in found.items()}
+    found = model.ranked_items(customers, rankers, (RecommendOptions(K, exclude_purchased=False), RecommendOptions(K)))
+    return {(ranker, options.exclude_purchased): _grouped(ids, model.data_.item_ids[items])
+            for (ranker, options), (ids, items) in found.items()}
 
 
 def configuration_rows(model: RecommenderModel, names: tuple[str, ...], customers: NDArray[np.int64],

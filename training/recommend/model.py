@@ -23,13 +23,15 @@ items by number of orders, then the popular list) or TIFU-KNN's score. A rule mo
 saved, served and explained exactly as the blend, so that a baseline that wins on validation is
 what the service serves (:meth:`RecommenderModel.with_ranker`).
 
-:meth:`RecommenderModel.recommend` is the one scoring path of batch lists, the CLI and the service:
-filters are applied while candidates are generated (recommendable items only; already purchased
-items excluded by default, except categories marked repurchasable; category include / exclude; the
-caller's exclusions), an unknown customer gets the popular items of their channel or country (a
-flagged fallback), and an unknown customer with a few recent items gets an ALS fold-in
-(``recalculate_user``) on them, ranked by the same code. Each item comes with its source
-(``repurchase``, ``model`` or ``popularity``) and a reason in words ("because you bought X").
+:meth:`RecommenderModel.rank` is the one scoring path of batch lists, the CLI and the service
+(:meth:`RecommenderModel.recommend` is its DataFrame): the options of a call
+(:class:`~training.recommend.options.RecommendOptions`) are applied while candidates are generated
+(recommendable items only; already purchased items excluded by default, except categories marked
+repurchasable; category include / exclude; the caller's exclusions), an unknown customer gets the
+popular items of their channel or country (a flagged fallback), and an unknown customer with a few
+recent items gets an ALS fold-in (``recalculate_user``) on them, ranked by the same code. Each
+item comes with its source (``repurchase``, ``model`` or ``popularity``) and a reason in words
+("because you bought X").
 :meth:`similar_items` serves product pages ("customers also bought": the item-KNN neighbours, ALS
 neighbours when an item has too few) and :meth:`explain` gives ALS's own explanation of a score.
 """
@@ -55,7 +57,6 @@ from scipy import sparse
 from sklearn.exceptions import NotFittedError
 from threadpoolctl import threadpool_limits
 
-from features.errors import RapportError
 from features.history import utc_naive
 from features.interactions import confidence
 from features.schema import Col
@@ -81,6 +82,8 @@ from training.recommend.candidates import (
     tifu_pool_vectors,
 )
 from training.recommend.data import InteractionData, TifuDecay, build_interaction_data, relevant_positions
+# The options and their error are numpy-only too (a worker reads a request's options before the model loads).
+from training.recommend.options import RecommenderInputError, RecommendOptions, checked_n
 # Ranked lists and their columns live in a module of their own (numpy only): a service's worker
 # answers from the default lists with them before it has imported the model's libraries.
 from training.recommend.ranked import LARGE_FRAME_ROWS, RECOMMENDATION_COLUMNS, SOURCES, Ranked  # noqa: F401
@@ -111,20 +114,14 @@ BLOCK_CUSTOMERS = 1_000
 
 
 @dataclass(frozen=True)
-class _Options:
-    """The options of one recommend call, resolved: the item mask, the popular source, the exclusions."""
+class _Resolved:
+    """The options of one recommend call resolved against the fitted model: the items that may be
+    proposed, the repurchasable ones and the popular source."""
 
-    n: int
-    exclude_purchased: bool
+    options: RecommendOptions
     allowed: BoolArray
     keep_owned: BoolArray | None
     popular: IntArray
-    channel: str | None
-    country: str | None
-
-
-class RecommenderInputError(RapportError, ValueError):
-    """A request the recommender cannot serve, with what was expected."""
 
 
 @dataclass(frozen=True)
@@ -561,24 +558,17 @@ class RecommenderModel:
 
     # --- recommend ------------------------------------------------------------------------------
 
-    def _check_n(self, n: int) -> None:
+    def _resolve(self, options: RecommendOptions) -> _Resolved:
+        """What every list of one call shares, resolved once: where each option enters the
+        candidates (the item mask, the popular source; ``exclude_purchased`` in :meth:`_candidates`)."""
         self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
-            raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
-
-    def _options(self, n: int, *, exclude_purchased: bool = True, categories: Iterable[str] | None = None,
-                 exclude_categories: Iterable[str] | None = None, exclude_items: Iterable[Hashable] | None = None,
-                 channel: str | None = None, country: str | None = None) -> _Options:
-        """What every list of one call shares, checked and resolved once."""
-        self._check_n(n)
-        return _Options(n=n, exclude_purchased=exclude_purchased,
-                        allowed=self._allowed(categories, exclude_categories, exclude_items),
-                        keep_owned=self._keep_owned(), popular=self._popular(channel, country)[0],
-                        channel=channel, country=country)
+        return _Resolved(options=options,
+                         allowed=self._allowed(options.categories, options.exclude_categories, options.exclude_items),
+                         keep_owned=self._keep_owned(), popular=self._popular(options.channel, options.country)[0])
 
     def recommend(
         self,
-        customer_ids: Sequence[Hashable],
+        customer_ids: Hashable | Sequence[Hashable],
         n: int = 20,
         *,
         exclude_purchased: bool = True,
@@ -590,7 +580,8 @@ class RecommenderModel:
         recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> pd.DataFrame:
-        """Top-``n`` items of each customer, one row per (customer, rank): :data:`RECOMMENDATION_COLUMNS`.
+        """Top-``n`` items of each customer, one row per (customer, rank): :data:`RECOMMENDATION_COLUMNS`
+        (:meth:`rank`'s rows as a DataFrame; the keywords are those of :class:`RecommendOptions`).
 
         ``exclude_purchased`` drops what the customer bought (except repurchasable categories);
         ``categories`` / ``exclude_categories`` / ``exclude_items`` filter every list;
@@ -599,26 +590,33 @@ class RecommenderModel:
         with fewer allowed candidates than ``n`` gets a shorter list; ``fallback`` is true for
         customers served the popular list. ``progress(done, total)`` is called after each block.
         """
-        return self.recommend_ranked(
-            customer_ids, n, exclude_purchased=exclude_purchased, categories=categories,
-            exclude_categories=exclude_categories, exclude_items=exclude_items, channel=channel, country=country,
-            recent_items=recent_items, progress=progress).frame(self.data_.item_ids)
+        self._check_fitted()
+        options = RecommendOptions(n, exclude_purchased=exclude_purchased, categories=categories,
+                                   exclude_categories=exclude_categories, exclude_items=exclude_items,
+                                   channel=channel, country=country)
+        return self.rank(customer_ids, options, recent_items=recent_items, progress=progress).frame(self.data_.item_ids)
 
-    def recommend_ranked(
+    def rank(
         self,
-        customer_ids: Sequence[Hashable],
-        n: int = 20,
+        customer_ids: Hashable | Sequence[Hashable],
+        options: RecommendOptions | None = None,
         *,
         recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
         progress: Callable[[int, int], None] | None = None,
-        **filters: Any,
     ) -> Ranked:
-        """:meth:`recommend` as :class:`Ranked` columns (item positions, no DataFrame): the same rows.
-        ``filters``: :meth:`recommend`'s ``exclude_purchased``, ``categories``, ``exclude_categories``,
-        ``exclude_items``, ``channel`` and ``country``."""
-        options = self._options(n, **filters)
+        """The top ``options.n`` items of one customer or many under ``options`` (default:
+        :class:`RecommendOptions`' defaults), as :class:`Ranked` columns (item positions;
+        :meth:`Ranked.records` gives the item ids): the rows of :meth:`recommend`, without a DataFrame.
+
+        Entries come grouped by customer in the order asked, by rank within each
+        (:meth:`Ranked.by_customer` splits them); :meth:`knows` tells which customers the model
+        knows. ``recent_items`` (customer id -> item ids) folds in customers unknown to the model;
+        ``progress(done, total)`` is called after each block. Known customers are ranked in blocks
+        of :data:`BLOCK_CUSTOMERS`, side by side on the model's threads; one customer is a block of
+        one, scored on one thread (the service's call)."""
+        resolved = self._resolve(RecommendOptions() if options is None else options)
         data = self.data_
-        ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
+        ids = _customer_ids(customer_ids)
         rows, known = data.user_positions(ids)
         parts: list[Ranked] = []
         known_at = np.flatnonzero(known)
@@ -629,7 +627,7 @@ class RecommenderModel:
         def rank(at: IntArray) -> Ranked:
             block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
             # Blocks run side by side on the threads: each scores on one thread of its own.
-            return self._rank_block(block, ids[at], options, scoring_threads=1 if threads > 1 else None)
+            return self._rank_block(block, ids[at], resolved, scoring_threads=1 if threads > 1 else None)
 
         for at, ranked in zip(blocks, _side_by_side(rank, blocks, threads)):
             parts.append(ranked)
@@ -638,7 +636,7 @@ class RecommenderModel:
                 progress(done, len(ids))
         recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
         for i in np.flatnonzero(~known):
-            parts.append(self._unknown(int(ids[i]), options, recent.get(int(ids[i]), ())))
+            parts.append(self._unknown(int(ids[i]), resolved, recent.get(int(ids[i]), ())))
         if progress and len(known_at) < len(ids):
             progress(len(ids), len(ids))
         out = Ranked.concat(parts)
@@ -650,29 +648,34 @@ class RecommenderModel:
             out = out.take(np.argsort(position, kind="stable"))
         return out
 
-    def ranked_items(self, customer_ids: Sequence[Hashable], n: int, rankers: Sequence[str], *,
-                     exclude_purchased: Sequence[bool] = (True,)) -> dict[tuple[str, bool], tuple[IntArray, IntArray]]:
-        """The top-``n`` items of known customers under several rankers (of :data:`RANKERS`) and
-        purchase filters, from one candidate generation per block of customers and filter: per
-        ``(ranker, exclude_purchased)``, ``(customer ids, item positions)`` grouped by customer in the
-        order asked and by rank within each customer: the items and order of
-        :meth:`recommend_ranked` of :meth:`with_ranker` (no other filter), without its scores,
-        sources and reasons.
+    def knows(self, customer_ids: Hashable | Sequence[Hashable]) -> BoolArray:
+        """Whether the model knows each customer's history (else :meth:`rank` folds them in on their
+        recent items or serves the popular list)."""
+        self._check_fitted()
+        return self.data_.user_positions(_customer_ids(customer_ids))[1]
+
+    def ranked_items(self, customer_ids: Sequence[Hashable], rankers: Sequence[str],
+                     options: Sequence[RecommendOptions]) -> dict[tuple[str, RecommendOptions], tuple[IntArray, IntArray]]:
+        """The top items of known customers under several rankers (of :data:`RANKERS`) and options,
+        from one candidate generation per block of customers and options: per ``(ranker, options)``,
+        ``(customer ids, item positions)`` grouped by customer in the order asked and by rank within
+        each customer: the items and order of :meth:`rank` of :meth:`with_ranker`, without its
+        scores, sources and reasons.
 
         The candidates are those of the ranker reading the most sources; a rule ranks the ones its
         own sources proposed (:data:`_RULE_SOURCES`): the very pairs, with the same features and in the
         same order, that its own candidate generation gives (every source's list is cut on its own).
-        The item-KNN and TIFU-KNN scores of a block are computed once for all the filters. An
+        The item-KNN and TIFU-KNN scores of a block are computed once for all the options. An
         evaluation of the servable configurations then costs about one of them."""
-        self._check_n(n)
+        self._check_fitted()
         unknown_rankers = [r for r in rankers if r not in RANKERS]
         if unknown_rankers:
             raise ValueError(f"ranker(s) {', '.join(map(repr, unknown_rankers))} unknown; expected {', '.join(RANKERS)}")
         if "lightgbm" in rankers and self.booster_ is None:
             raise RecommenderInputError("this model has no LightGBM ranker to order candidates with")
-        options = {exclude: self._options(n, exclude_purchased=exclude) for exclude in exclude_purchased}
+        resolved = {option: self._resolve(option) for option in options}
         data = self.data_
-        ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
+        ids = _customer_ids(customer_ids)
         rows, known = data.user_positions(ids)
         if not known.all():
             raise RecommenderInputError(f"{int((~known).sum()):,} of the customers are unknown to the model: "
@@ -685,13 +688,13 @@ class RecommenderModel:
         blocks = [np.arange(start, min(start + BLOCK_CUSTOMERS, len(ids))) for start in range(0, len(ids), BLOCK_CUSTOMERS)]
         threads = min(self.settings_.num_threads, len(blocks))
 
-        def rank(at: IntArray) -> dict[tuple[str, bool], tuple[IntArray, IntArray]]:
+        def rank(at: IntArray) -> dict[tuple[str, RecommendOptions], tuple[IntArray, IntArray]]:
             block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
             scores = source_scores(block, similarity=self.models_.similarity, sizes=sizes,
                                    tifu=self.models_.tifu(self.settings_))
             out = {}
-            for exclude, option in options.items():
-                found = self._candidates(block, option, sizes, scores)
+            for option, resolved_option in resolved.items():
+                found = self._candidates(block, resolved_option, sizes, scores)
                 for ranker in rankers:
                     mine = found
                     if ranker in flags:
@@ -703,83 +706,22 @@ class RecommenderModel:
                         ranked = self._score(mine, 1 if threads > 1 else None)
                     else:
                         ranked = rule_scores(mine, ranker)
-                    top, _, _ = self._top(mine, ranked, n)
-                    out[ranker, exclude] = (ids[at][mine.row[top]], mine.item[top])
+                    top, _, _ = self._top(mine, ranked, option.n)
+                    out[ranker, option] = (ids[at][mine.row[top]], mine.item[top])
             return out
 
         parts = list(_side_by_side(rank, blocks, threads))
         empty = np.empty(0, dtype=np.int64)
         return {key: (np.concatenate([p[key][0] for p in parts]) if parts else empty,
                       np.concatenate([p[key][1] for p in parts]) if parts else empty)
-                for key in ((r, e) for r in rankers for e in options)}
+                for key in ((r, o) for r in rankers for o in resolved)}
 
-    def recommend_one(
-        self,
-        customer_id: Hashable,
-        n: int = 20,
-        *,
-        exclude_purchased: bool = True,
-        categories: Iterable[str] | None = None,
-        exclude_categories: Iterable[str] | None = None,
-        exclude_items: Iterable[Hashable] | None = None,
-        channel: str | None = None,
-        country: str | None = None,
-        recent_items: Sequence[Hashable] = (),
-    ) -> tuple[Ranked, bool]:
-        """:meth:`recommend` for one customer, without building a DataFrame: the ranked list (item
-        positions; :meth:`Ranked.records` gives the item ids) and whether the model knows the
-        customer. ``recent_items`` folds in an unknown customer."""
-        return self.recommend_each(
-            [customer_id], n, exclude_purchased=exclude_purchased, categories=categories,
-            exclude_categories=exclude_categories, exclude_items=exclude_items, channel=channel, country=country,
-            recent_items={customer_id: recent_items} if recent_items else None)[0]
-
-    def recommend_each(
-        self,
-        customer_ids: Sequence[Hashable],
-        n: int = 20,
-        *,
-        exclude_purchased: bool = True,
-        categories: Iterable[str] | None = None,
-        exclude_categories: Iterable[str] | None = None,
-        exclude_items: Iterable[Hashable] | None = None,
-        channel: str | None = None,
-        country: str | None = None,
-        recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
-    ) -> list[tuple[Ranked, bool]]:
-        """:meth:`recommend` for a few customers asked with the same filters (the service's
-        concurrent requests), one ``(ranked list, known)`` per id asked, in order; the known ones are
-        ranked together in one block. Same code, same lists as :meth:`recommend`."""
-        options = self._options(n, exclude_purchased=exclude_purchased, categories=categories,
-                                exclude_categories=exclude_categories, exclude_items=exclude_items,
-                                channel=channel, country=country)
-        data = self.data_
-        ids = np.asarray([_customer_id(c) for c in customer_ids], dtype=np.int64)
-        unique, inverse = np.unique(ids, return_inverse=True)
-        rows, known = data.user_positions(unique)
-        lists: list[Ranked | None] = [None] * len(unique)
-        known_at = np.flatnonzero(known)
-        if len(known_at):
-            block = UserBlock.of_users(data, rows[known_at], self.models_.user_factors)
-            ranked = self._rank_block(block, unique[known_at], options)
-            # Entries come grouped by customer, in block order; a customer may have none.
-            bounds = np.searchsorted(known_at, np.searchsorted(unique, ranked.customer_id))
-            starts = np.searchsorted(bounds, np.arange(len(known_at)), side="left")
-            stops = np.searchsorted(bounds, np.arange(len(known_at)), side="right")
-            for k, at in enumerate(known_at):
-                lists[at] = ranked.take(np.arange(starts[k], stops[k]))
-        recent = {_customer_id(k): v for k, v in (recent_items or {}).items()}
-        for at in np.flatnonzero(~known):
-            customer = int(unique[at])
-            lists[at] = self._unknown(customer, options, recent.get(customer, ()))
-        return [(lists[k], bool(known[k])) for k in inverse.ravel()]  # type: ignore[misc]
-
-    def _unknown(self, customer: int, options: _Options, recent: Sequence[Hashable]) -> Ranked:
+    def _unknown(self, customer: int, resolved: _Resolved, recent: Sequence[Hashable]) -> Ranked:
         """A customer the model does not know: a fold-in on their recent items, else the popular list."""
         block = self._folded_in(recent)
         if block is None:
-            return self._popular_list(customer, options.n, options.allowed, options.channel, options.country)
-        return self._rank_block(block, np.asarray([customer], dtype=np.int64), options)
+            return self._popular_list(customer, resolved)
+        return self._rank_block(block, np.asarray([customer], dtype=np.int64), resolved)
 
     def _folded_in(self, items: Sequence[Hashable]) -> UserBlock | None:
         if not items:
@@ -812,12 +754,12 @@ class RecommenderModel:
             threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
         return np.asarray(self.booster_.predict(found.x, num_threads=threads), dtype=np.float64)
 
-    def _candidates(self, block: UserBlock, options: _Options, sizes: CandidateSizes,
+    def _candidates(self, block: UserBlock, resolved: _Resolved, sizes: CandidateSizes,
                     scores: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None) -> Candidates:
         return candidates(self.data_, block, item_index=self.models_.item_index, similarity=self.models_.similarity,
-                          sizes=sizes, allowed=options.allowed, exclude_owned=options.exclude_purchased,
-                          keep_owned=options.keep_owned, popular=options.popular, tifu=self.models_.tifu(self.settings_),
-                          scores=scores)
+                          sizes=sizes, allowed=resolved.allowed, exclude_owned=resolved.options.exclude_purchased,
+                          keep_owned=resolved.keep_owned, popular=resolved.popular,
+                          tifu=self.models_.tifu(self.settings_), scores=scores)
 
     @staticmethod
     def _top(found: Candidates, scores: FloatArray, n: int) -> tuple[IntArray, IntArray, FloatArray]:
@@ -831,10 +773,10 @@ class RecommenderModel:
         at = order[rank < n]
         return at, rank[rank < n], scores[at]
 
-    def _rank_block(self, block: UserBlock, customer_ids: IntArray, options: _Options, *,
+    def _rank_block(self, block: UserBlock, customer_ids: IntArray, resolved: _Resolved, *,
                     scoring_threads: int | None = None) -> Ranked:
-        found = self._candidates(block, options, self.settings_.ranked_candidates)
-        at, rank, score = self._top(found, self._score(found, scoring_threads), options.n)
+        found = self._candidates(block, resolved, self.settings_.ranked_candidates)
+        at, rank, score = self._top(found, self._score(found, scoring_threads), resolved.options.n)
         row, item, sources = found.row[at], found.item[at], found.sources[at]
         source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0, np.where(
             sources & (SOURCE_ALS | SOURCE_KNN | SOURCE_TIFU), 1, 2))]
@@ -904,11 +846,11 @@ class RecommenderModel:
                 np.asarray([f"popular: {int(b):,} buyers in the last 30 days" for b in data.buyers_30d], dtype=object))
         return memo["sentences"]
 
-    def _popular_list(self, customer: int, n: int, allowed: BoolArray, channel: str | None,
-                      country: str | None) -> Ranked:
+    def _popular_list(self, customer: int, resolved: _Resolved) -> Ranked:
         """The cold-start list: the segment's popular items, topped up with the overall ones; score
         1 / rank, the popularity in the reason."""
-        items, counts, what = self._popular(channel, country)
+        n, allowed = resolved.options.n, resolved.allowed
+        items, counts, what = self._popular(resolved.options.channel, resolved.options.country)
         keep = allowed[items]
         items, counts = items[keep][:n], counts[keep][:n]
         reasons = [f"popular: {int(c):,} {what}" for c in counts]
@@ -941,8 +883,7 @@ class RecommenderModel:
         ``item_id``, ``score``, ``source`` (``co-purchase`` or ``model``). ``KeyError`` for an item the
         model does not know."""
         self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1000:
-            raise RecommenderInputError(f"n must be a whole number from 1 to 1000, got {n!r}")
+        n = checked_n(n)
         pos, known = self.data_.item_positions([item_id])
         if not known[0]:
             raise KeyError(f"item {item_id!r} is not known to the recommender")
@@ -1097,6 +1038,12 @@ def rule_scores(found: Candidates, ranker: str) -> FloatArray:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
+
+def _customer_ids(customer_ids: Hashable | Iterable[Hashable]) -> IntArray:
+    """One customer id or many as an array (a text is one id, not its letters)."""
+    one = isinstance(customer_ids, (str, bytes)) or not isinstance(customer_ids, Iterable)
+    return np.asarray([_customer_id(c) for c in ([customer_ids] if one else customer_ids)], dtype=np.int64)
 
 
 def _customer_id(value: Hashable) -> int:

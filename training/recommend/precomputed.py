@@ -1,11 +1,12 @@
 """Every known customer's list under the default options, ranked once when a serving bundle is
 written: the web shop's plain "recommended for you" (no filter, purchases excluded) is then a lookup.
 
-The lists are those of :meth:`RecommenderModel.recommend` with ``exclude_purchased=True`` and no
-other option, ``length`` items each (the model's code, the bundle's model). A list's first ``n``
-entries are the customer's top ``n`` (candidates and their scores do not depend on ``n``), so any
-request with ``n <= length`` and the default options is answered from here with exactly the list
-the model would rank; any other request is ranked as before.
+The lists are those of :meth:`RecommenderModel.rank` with the default options
+(``RecommendOptions(n=length)``: purchases excluded, no other filter), ``length`` items each (the
+model's code, the bundle's model). A list's first ``n`` entries are the customer's top ``n``, so a
+request whose options are the default ones with ``n <= length``
+(:meth:`~training.recommend.options.RecommendOptions.is_default`) is answered from here with
+exactly the list the model would rank; any other request is ranked as before.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from numpy.typing import NDArray
 
 from features.errors import RapportError
 from training.recommend.artefact import load_arrays, save_arrays
+from training.recommend.options import RecommendOptions
 from training.recommend.ranked import SOURCES, Ranked
 
 if TYPE_CHECKING:
@@ -75,7 +77,7 @@ class DefaultLists:
     @classmethod
     def compute(cls, model: RecommenderModel, length: int,
                 progress: Callable[[int, int], None] | None = None) -> DefaultLists:
-        """Rank every customer the model knows (``model.recommend``'s blocks and threads).
+        """Rank every customer the model knows (``model.rank``'s blocks and threads).
 
         Parameters
         ----------
@@ -99,7 +101,7 @@ class DefaultLists:
         import pandas as pd
 
         customer_ids = model.data_.customer_ids
-        ranked = model.recommend_ranked(customer_ids, length, exclude_purchased=True, progress=progress)
+        ranked = model.rank(customer_ids, RecommendOptions(n=length), progress=progress)
         counts = np.bincount(np.searchsorted(customer_ids, ranked.customer_id), minlength=len(customer_ids))
         offsets = np.zeros(len(customer_ids) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])

@@ -33,8 +33,8 @@ LARGE_FRAME_ROWS = 100_000
 
 @dataclass(frozen=True)
 class Ranked:
-    """Ranked lists, one entry per (customer, rank), columns as arrays: what :meth:`RecommenderModel.recommend`
-    turns into its DataFrame and :meth:`RecommenderModel.recommend_one` returns as is (``item``: item
+    """Ranked lists, one entry per (customer, rank), columns as arrays: what :meth:`RecommenderModel.rank`
+    returns and :meth:`RecommenderModel.recommend` turns into its DataFrame (``item``: item
     positions in the model's ``data_.item_ids``)."""
 
     customer_id: IntArray
@@ -58,8 +58,24 @@ class Ranked:
                        np.empty(0, dtype=bool))
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__))
 
-    def take(self, at: IntArray) -> Ranked:
+    def take(self, at: IntArray | slice) -> Ranked:
         return Ranked(*(getattr(self, name)[at] for name in self.__dataclass_fields__))
+
+    def by_customer(self, customer_ids: Sequence[int]) -> list[Ranked]:
+        """Each customer's list, for distinct ``customer_ids`` whose entries come grouped in that order
+        (as :meth:`RecommenderModel.rank` returns them): one :class:`Ranked` each, empty for a
+        customer without entries."""
+        if len(customer_ids) == 1:  # the service's lone request: every entry is that customer's
+            return [self]
+        ids = np.asarray(customer_ids, dtype=np.int64)
+        if not len(ids):
+            return []
+        order = np.argsort(ids, kind="stable")
+        # Each entry's place in ``ids``: non-decreasing, so each customer's entries are one stretch.
+        place = order[np.minimum(np.searchsorted(ids[order], self.customer_id), len(ids) - 1)]
+        bounds = np.searchsorted(place, np.arange(len(ids) + 1)).tolist()
+        return [self if (start, stop) == (0, len(self)) else self.take(slice(start, stop))
+                for start, stop in zip(bounds[:-1], bounds[1:])]
 
     def frame(self, item_ids: NDArray[np.object_]) -> pd.DataFrame:
         """The rows as :data:`RECOMMENDATION_COLUMNS`."""
