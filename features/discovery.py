@@ -18,7 +18,6 @@ import pyarrow as pa
 from features.errors import RapportError
 from features.schema import FILE_EXTENSIONS, SOURCES
 
-
 if TYPE_CHECKING:
     from features.rawformat import CsvOptions
 

@@ -15,13 +15,12 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from features.discovery import IngestError, RawInput
 from features.identity import IdentityUpdate, bind_salt, hash_sql, resolve
@@ -448,7 +447,7 @@ class _Ingest:
         self.workdir = workdir
         self.accept_quarantine = accept_quarantine
         # Stored times are naive UTC; a naive `now` is taken to be UTC already.
-        self.now = now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
+        self.now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
         self.ingest_id = self._scalar("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests")
         self.next_file_id = self._scalar("SELECT coalesce(max(file_id), 0) + 1 FROM ingested_files")
 
@@ -1247,7 +1246,7 @@ def ingest(
         ).fetchall()
         con.execute(
             "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [job.ingest_id, started, datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0), len(results),
+            [job.ingest_id, started, datetime.now(UTC).replace(tzinfo=None, microsecond=0), len(results),
              sum(r.accepted for r in results), sum(r.quarantined for r in results),
              sum(r.already_present for r in results)],
         )

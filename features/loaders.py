@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import MappingProxyType
 
@@ -736,7 +736,7 @@ def load_cdnow(sample: bool = True) -> ContractTables:
     # With 0 CDs the line is quarantined for its quantity; its value stays visible as the unit price.
     unit_prices = [value / cds if cds > 0 else value for cds, value in zip(quantities, values, strict=True)]
     timestamps = [
-        datetime(int(d[:4]), int(d[4:6]), int(d[6:]), tzinfo=timezone.utc) for d in days
+        datetime(int(d[:4]), int(d[4:6]), int(d[6:]), tzinfo=UTC) for d in days
     ]
     n = len(customers)
     transactions = pa.table(

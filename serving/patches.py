@@ -143,7 +143,7 @@ def _cancel_answered_timers(middleware: Any) -> None:
         fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
         try:
             await waiter
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if fut.cancel():
                 response = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
                                         status_code=504)

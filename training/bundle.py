@@ -41,11 +41,9 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -231,7 +229,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "snapshot_date": pd.Timestamp(as_of).date().isoformat(),
         "snapshot_as_of": pd.Timestamp(as_of).isoformat(),
         "time_unit": clv.time_unit_,

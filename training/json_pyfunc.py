@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.pyfunc.model import PythonModel, PythonModelContext
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from features.schema import Col
 from training import tracking

@@ -40,7 +40,7 @@ import math
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -247,7 +247,7 @@ def model_versions(client: mlflow.MlflowClient, model_names: Iterable[str] = MOD
                 "key metrics": ", ".join(f"{k.metric} {metrics[k.metric]:.4f}" for k in by_name(name).key_metrics
                                          if k.metric in metrics),
                 "windows": windows_text(params),
-                "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M"),
                 "decision": (v.tags or {}).get("promotion.reasons", ""),
             })
     return pd.DataFrame(rows, columns=["model", "version", "aliases", "gate", "key metrics", "windows", "created",
@@ -271,7 +271,7 @@ def windows_text(params: Mapping[str, str]) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _user() -> str:

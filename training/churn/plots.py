@@ -18,14 +18,14 @@ import pandas as pd
 from matplotlib.ticker import PercentFormatter
 from numpy.typing import ArrayLike
 
-from training.plotting import new_figure as _new_figure
-from training.plotting import save_png as _save
 from training.churn.evaluation import (
     RELIABILITY_COLUMNS,
     calibration_error_of,
     capture_curve,
     importance_table,
 )
+from training.plotting import new_figure as _new_figure
+from training.plotting import save_png as _save
 
 _REFERENCE = "#7f7f7f"
 #: Colours in the order of the mapping: the model first (strong), then the baselines.

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import autograd.numpy as anp
+import numpy as np
 from autograd import grad, value_and_grad  # lifetimes' differentiation library
 from autograd.scipy.special import gammaln
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter

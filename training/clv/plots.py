@@ -23,14 +23,14 @@ from features.customer import DAYS_PER_UNIT
 from features.history import utc_naive
 from features.purchases import DAY, REPEAT_PURCHASES
 from features.schema import Feature, Holdout
-from training.plotting import new_figure as _new_figure
-from training.plotting import save_png as _save
 from training.clv.evaluation import (
     UNIT_NAMES,
     ClvPredictor,
     expected_cumulative_repeat_purchases,
     holdout_by_frequency,
 )
+from training.plotting import new_figure as _new_figure
+from training.plotting import save_png as _save
 
 #: Most recency columns a matrix shows (beyond it the recency axis is sampled evenly).
 MAX_RECENCY_STEPS = 200

@@ -26,10 +26,9 @@ Remaining ties are broken by item id, so the lists are deterministic.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import ibis
 import numpy as np
@@ -196,7 +195,7 @@ class BuyAgainRecommender(_Recommender):
 
     def recommend(
         self,
-        customer_ids: Sequence[Hashable],
+        customer_ids: Sequence[Any],
         n: int = 20,
         *,
         exclude: Mapping[Hashable, set[Hashable]] | None = None,

@@ -10,10 +10,11 @@ arrays.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
 
 import ibis
 import numpy as np
@@ -559,7 +560,7 @@ def lookup_pairs(m: sparse.csr_matrix, rows: IntArray, cols: IntArray) -> FloatA
     return np.where(keys[pos] == query, m.data[pos], 0.0)
 
 
-def relevant_positions(data: InteractionData, relevant: Mapping[Hashable, set[str]]) -> sparse.csr_matrix:
+def relevant_positions(data: InteractionData, relevant: Mapping[Any, set[str]]) -> sparse.csr_matrix:
     """A users × items 0/1 CSR of ``relevant`` (customer id -> item ids bought in a later period),
     restricted to the customers and items of ``data`` (the ranker's labels).
 

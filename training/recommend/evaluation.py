@@ -293,8 +293,9 @@ def als_row(model: RecommenderModel, customers: NDArray[np.int64], relevant: Map
     """Plain ALS: the candidate model's own top-K over every allowed item."""
     data = model.data_
     rows, _ = data.user_positions(customers)
-    return _row(*(_factor_lists(model.models_.user_factors, model.models_.item_index, rows, data, exclude)
-                  for exclude in (False, True)), relevant, history, int(data.recommendable.sum()))
+    all_lists, new_lists = (_factor_lists(model.models_.user_factors, model.models_.item_index, rows, data, exclude)
+                            for exclude in (False, True))
+    return _row(all_lists, new_lists, relevant, history, int(data.recommendable.sum()))
 
 
 def compare(
@@ -378,8 +379,8 @@ def compare(
     cos_sim.sort_indices()
     bpr_index = ItemFactorIndex(np.asarray(bpr.item_factors))
     bpr_users = np.asarray(bpr.user_factors)
-    table[BPR] = _row(*(_factor_lists(bpr_users, bpr_index, rows, data, exclude) for exclude in (False, True)),
-                      relevant, history, catalogue)
+    all_lists, new_lists = (_factor_lists(bpr_users, bpr_index, rows, data, exclude) for exclude in (False, True))
+    table[BPR] = _row(all_lists, new_lists, relevant, history, catalogue)
     for name, similarity in ((KNN_COSINE, cos_sim), (KNN_BM25, model.models_.similarity)):
         table[name] = _row(*_similarity_lists(similarity, rows, data), relevant, history, catalogue)
 

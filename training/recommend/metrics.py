@@ -12,6 +12,7 @@ reduction of it.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from itertools import islice
 from typing import Any, TypeAlias
 
@@ -20,8 +21,10 @@ import pandas as pd
 
 CustomerId: TypeAlias = Hashable
 ItemId: TypeAlias = Hashable
-Recommended: TypeAlias = Mapping[CustomerId, "Sequence[ItemId] | np.ndarray"]
-ItemSets: TypeAlias = Mapping[CustomerId, "set[ItemId] | frozenset[ItemId]"]
+# Keyed by any hashable id (a mapping's key type is invariant: ``Mapping[int, ...]`` is no
+# ``Mapping[Hashable, ...]`` to a type checker); the item sets are read-only.
+Recommended: TypeAlias = Mapping[Any, "Sequence[Any] | np.ndarray"]
+ItemSets: TypeAlias = Mapping[Any, "AbstractSet[Any]"]
 
 #: The cut-offs reported by default.
 DEFAULT_KS: tuple[int, ...] = (10, 20)
@@ -186,7 +189,7 @@ _PER_CUSTOMER = {
 # Public metrics
 
 
-def new_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[ItemId]]:
+def new_items(relevant: ItemSets, history: ItemSets) -> dict[Any, set[Any]]:
     """The relevant items each customer had not bought before; customers left with none are dropped.
 
     Parameters
@@ -209,7 +212,7 @@ def new_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[Ite
     return out
 
 
-def repeat_items(relevant: ItemSets, history: ItemSets) -> dict[CustomerId, set[ItemId]]:
+def repeat_items(relevant: ItemSets, history: ItemSets) -> dict[Any, set[Any]]:
     """The relevant items each customer had bought before; customers left with none are dropped.
 
     Parameters

@@ -44,8 +44,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, TypeVar
 
 import ibis
@@ -68,8 +68,8 @@ from training.recommend.candidates import (
     SOURCE_OWN,
     SOURCE_POPULAR,
     SOURCE_TIFU,
-    CandidateSizes,
     Candidates,
+    CandidateSizes,
     ItemFactorIndex,
     TifuNeighbours,
     UserBlock,
@@ -82,8 +82,10 @@ from training.recommend.candidates import (
     tifu_pool_vectors,
 )
 from training.recommend.data import InteractionData, TifuDecay, build_interaction_data, relevant_positions
+
 # The options and their error are numpy-only too (a worker reads a request's options before the model loads).
 from training.recommend.options import RecommenderInputError, RecommendOptions, checked_n
+
 # Ranked lists and their columns live in a module of their own (numpy only): a service's worker
 # answers from the default lists with them before it has imported the model's libraries.
 from training.recommend.ranked import LARGE_FRAME_ROWS, RECOMMENDATION_COLUMNS, SOURCES, Ranked  # noqa: F401
@@ -591,14 +593,15 @@ class RecommenderModel:
         customers served the popular list. ``progress(done, total)`` is called after each block.
         """
         self._check_fitted()
-        options = RecommendOptions(n, exclude_purchased=exclude_purchased, categories=categories,
-                                   exclude_categories=exclude_categories, exclude_items=exclude_items,
-                                   channel=channel, country=country)
+        # The options turn any iterable of values into a tuple (and refuse a lone string) themselves.
+        lists: dict[str, Any] = {"categories": categories, "exclude_categories": exclude_categories,
+                                 "exclude_items": exclude_items}
+        options = RecommendOptions(n, exclude_purchased=exclude_purchased, channel=channel, country=country, **lists)
         return self.rank(customer_ids, options, recent_items=recent_items, progress=progress).frame(self.data_.item_ids)
 
     def rank(
         self,
-        customer_ids: Hashable | Sequence[Hashable],
+        customer_ids: Hashable | Iterable[Hashable],
         options: RecommendOptions | None = None,
         *,
         recent_items: Mapping[Hashable, Sequence[Hashable]] | None = None,
@@ -654,7 +657,7 @@ class RecommenderModel:
         self._check_fitted()
         return self.data_.user_positions(_customer_ids(customer_ids))[1]
 
-    def ranked_items(self, customer_ids: Sequence[Hashable], rankers: Sequence[str],
+    def ranked_items(self, customer_ids: Iterable[Hashable], rankers: Sequence[str],
                      options: Sequence[RecommendOptions]) -> dict[tuple[str, RecommendOptions], tuple[IntArray, IntArray]]:
         """The top items of known customers under several rankers (of :data:`RANKERS`) and options,
         from one candidate generation per block of customers and options: per ``(ranker, options)``,
@@ -1042,13 +1045,17 @@ def rule_scores(found: Candidates, ranker: str) -> FloatArray:
 
 def _customer_ids(customer_ids: Hashable | Iterable[Hashable]) -> IntArray:
     """One customer id or many as an array (a text is one id, not its letters)."""
-    one = isinstance(customer_ids, (str, bytes)) or not isinstance(customer_ids, Iterable)
-    return np.asarray([_customer_id(c) for c in ([customer_ids] if one else customer_ids)], dtype=np.int64)
+    values: Iterable[Hashable]
+    if isinstance(customer_ids, (str, bytes)) or not isinstance(customer_ids, Iterable):
+        values = [customer_ids]
+    else:
+        values = customer_ids
+    return np.asarray([_customer_id(c) for c in values], dtype=np.int64)
 
 
-def _customer_id(value: Hashable) -> int:
+def _customer_id(value: Any) -> int:
     try:
-        out = int(value)  # type: ignore[arg-type]
+        out = int(value)
     except (TypeError, ValueError):
         raise RecommenderInputError(f"customer ids are whole numbers, got {value!r}") from None
     if isinstance(value, float) and not float(value).is_integer():

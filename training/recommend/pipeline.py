@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from features.errors import NoDataError
-from features.store import ibis_backend, sales_range
 from features.settings import Settings, SettingsError
+from features.store import ibis_backend, sales_range
 from features.windows import Windows, history_stats, recommend_windows
 from training import tracking
 from training.models import RECOMMEND
@@ -42,7 +42,15 @@ from training.plotting import run_plot_dir
 from training.progress import reporter
 from training.recommend.candidates import CandidateSizes
 from training.recommend.data import InteractionData
-from training.recommend.evaluation import CHOSEN, CONFIGURATIONS, TIFU, TOP_FREQUENCY, RecommenderGate, compare, recommender_gate
+from training.recommend.evaluation import (
+    CHOSEN,
+    CONFIGURATIONS,
+    TIFU,
+    TOP_FREQUENCY,
+    RecommenderGate,
+    compare,
+    recommender_gate,
+)
 from training.recommend.metrics import mlflow_metric_name
 from training.recommend.model import RecommenderInputError, RecommenderModel, RecommenderSettings
 from training.recommend.plots import plot_comparison

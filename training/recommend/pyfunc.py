@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.pyfunc.model import PythonModel, PythonModelContext
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from features.schema import Col
 from training.clv.pyfunc import pip_requirements
