@@ -462,3 +462,12 @@ def test_probability_of_no_purchase_combines_drop_out_and_the_purchase_rate(cdno
     np.testing.assert_allclose(quiet[zero], expected, rtol=1e-12)
     # Longer windows leave less chance of silence.
     assert np.all(cdnow_model.probability_no_purchase(26.0, f, r, t) <= quiet + 1e-12)
+
+
+def test_each_purchase_model_is_one_class_named_as_artefacts_name_it():
+    from training.clv.adapter import PURCHASE_MODEL_CLASSES, PURCHASE_MODELS, purchase_model
+
+    assert tuple(PURCHASE_MODEL_CLASSES) == PURCHASE_MODELS
+    assert all(purchase_model(kind).kind == kind for kind in PURCHASE_MODELS)
+    with pytest.raises(ValueError, match=r"kind must be one of \('bgnbd', 'mbgnbd', 'paretonbd'\), got 'nbd'"):
+        purchase_model("nbd")

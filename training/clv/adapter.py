@@ -785,6 +785,123 @@ def _as_float(*values: ArrayLike) -> tuple[FloatArray, ...]:
     return tuple(np.asarray(v, dtype=np.float64) for v in values)
 
 
+# --- the purchase models ----------------------------------------------------------------------------
+#
+# One class per purchase model with the same methods (as PyMC-Marketing's ``clv/models/``): the
+# closed forms in which the models differ. What they share stays in the module functions below: the
+# argument checks, the NBD limit of a fit without drop-out, and the Gamma(r + x, alpha + T) posterior
+# of the purchase rate of a customer alive at T.
+
+
+class PurchaseModel:
+    """The closed forms of one purchase model, on a fit's parameter ``values`` (in the order of
+    :data:`PARAMETER_NAMES`) and float arrays x = frequency, t_x = recency, T, t that broadcast
+    together. Errors of floating point (0 / 0 at a boundary) are left to the caller's
+    ``np.errstate``."""
+
+    #: The model's name in artefacts, settings and tables.
+    kind: str = ""
+
+    def probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
+                          t_age: FloatArray) -> FloatArray:
+        """P(alive at T | x, t_x, T)."""
+        raise NotImplementedError
+
+    def expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
+                             t_age: FloatArray) -> FloatArray:
+        """E[X(t) | alive at T, x, T]: expected repeat purchases in (T, T + t]."""
+        raise NotImplementedError
+
+    def alive_at_acquisition(self, values: tuple[float, ...]) -> float | None:
+        """P(alive) of a customer at their first purchase, where it is not 1 (None: it is 1)."""
+        return None
+
+
+class BGNBD(PurchaseModel):
+    """BG/NBD (Fader, Hardie & Lee 2005a): a customer may drop out after each repeat purchase."""
+
+    kind = "bgnbd"
+
+    def probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
+                          t_age: FloatArray) -> FloatArray:
+        r, alpha, a, b = values
+        log_ratio = (r + x) * (np.log(alpha + t_age) - np.log(alpha + tx))
+        return self._alive(a, b, x, log_ratio)
+
+    def _alive(self, a: float, b: float, x: FloatArray, log_ratio: FloatArray) -> FloatArray:
+        # 1 for x = 0: drop-out happens only after a repeat purchase.
+        log_odds = np.log(a) - np.log(b + np.maximum(x, 1.0) - 1.0) + log_ratio
+        return np.where(x > 0, expit(-log_odds), 1.0)
+
+    def _hypergeometric(self, r: float, a: float, b: float,
+                        x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """The arguments a', b', c' of the 2F1 of the conditional expectation, and its lead factor."""
+        return r + x, b + x, a + b + x - 1, (a + b + x - 1) / (a - 1)
+
+    def expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
+                             t_age: FloatArray) -> FloatArray:
+        r, alpha, a, b = values
+        z = t / (alpha + t_age + t)
+        a_, b_, c_, lead = self._hypergeometric(r, a, b, x)
+        tail = _survival_times_hyp2f1(r + x, z, a_, b_, c_, c_ - a_, c_ - b_)
+        return lead * (1.0 - tail)
+
+
+class MBGNBD(BGNBD):
+    """MBG/NBD (Batislam, Denizel & Filiztekin 2007): BG/NBD with a drop-out chance at the first
+    purchase too, so a customer without repeat purchases can be gone."""
+
+    kind = "mbgnbd"
+
+    def _alive(self, a: float, b: float, x: FloatArray, log_ratio: FloatArray) -> FloatArray:
+        return expit(-(np.log(a) - np.log(b + x) + log_ratio))
+
+    def _hypergeometric(self, r: float, a: float, b: float,
+                        x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        return r + x, b + x + 1, a + b + x, (a + b + x) / (a - 1)
+
+    def alive_at_acquisition(self, values: tuple[float, ...]) -> float | None:
+        _, _, a, b = values
+        return b / (a + b)
+
+
+class ParetoNBD(PurchaseModel):
+    """Pareto/NBD (Schmittlein, Morrison & Colombo 1987; Fader, Hardie & Lee 2005, note 009): an
+    exponential lifetime with a Gamma-distributed drop-out rate."""
+
+    kind = "paretonbd"
+
+    def probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
+                          t_age: FloatArray) -> FloatArray:
+        r, alpha, s, beta = values
+        x, tx, t_age = np.broadcast_arrays(x, tx, t_age)
+        shape = x.shape
+        x, tx, t_age = (np.ravel(v) for v in (x, tx, t_age))
+        log_a0 = ParetoNBDFitter._log_A_0([r, alpha, s, beta], x, tx, t_age)
+        log_odds = (np.log(s) - np.log(r + s + x) + (r + x) * np.log(alpha + t_age) + s * np.log(beta + t_age)
+                    + log_a0)
+        return np.asarray(expit(-log_odds), dtype=np.float64).reshape(shape)
+
+    def expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
+                             t_age: FloatArray) -> FloatArray:
+        r, alpha, s, beta = values
+        u = np.log1p(t / (beta + t_age))  # log((beta + T + t) / (beta + T))
+        growth = u if abs(s - 1) < 1e-12 else -np.expm1(-(s - 1) * u) / (s - 1)
+        return (r + x) * (beta + t_age) / (alpha + t_age) * growth
+
+
+#: The purchase models by ``kind``, in the order :data:`PURCHASE_MODELS` lists them.
+PURCHASE_MODEL_CLASSES: dict[str, PurchaseModel] = {model.kind: model for model in (BGNBD(), MBGNBD(), ParetoNBD())}
+
+
+def purchase_model(kind: str) -> PurchaseModel:
+    """The purchase model named ``kind`` (``ValueError`` naming the known ones otherwise)."""
+    try:
+        return PURCHASE_MODEL_CLASSES[kind]
+    except KeyError:
+        raise ValueError(f"kind must be one of {PURCHASE_MODELS}, got {kind!r}") from None
+
+
 def probability_alive(params: FittedParams, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> FloatArray:
     """P(alive at T | x = frequency, t_x = recency, T).
 
@@ -818,21 +935,7 @@ def probability_alive(params: FittedParams, frequency: ArrayLike, recency: Array
     if params.without_dropout:  # the NBD: nobody leaves
         return np.ones(np.broadcast_shapes(x.shape, tx.shape, t_age.shape))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if params.kind == "paretonbd":
-            r, alpha, s, beta = params.values
-            x, tx, t_age = np.broadcast_arrays(x, tx, t_age)
-            shape = x.shape
-            x, tx, t_age = (np.ravel(v) for v in (x, tx, t_age))
-            log_a0 = ParetoNBDFitter._log_A_0([r, alpha, s, beta], x, tx, t_age)
-            log_odds = (np.log(s) - np.log(r + s + x) + (r + x) * np.log(alpha + t_age) + s * np.log(beta + t_age)
-                        + log_a0)
-            return np.asarray(expit(-log_odds), dtype=np.float64).reshape(shape)
-        r, alpha, a, b = params.values
-        log_ratio = (r + x) * (np.log(alpha + t_age) - np.log(alpha + tx))
-        if params.kind == "bgnbd":
-            log_odds = np.log(a) - np.log(b + np.maximum(x, 1.0) - 1.0) + log_ratio
-            return np.where(x > 0, expit(-log_odds), 1.0)
-        return expit(-(np.log(a) - np.log(b + x) + log_ratio))
+        return purchase_model(params.kind).probability_alive(params.values, x, tx, t_age)
 
 
 def _survival_times_hyp2f1(
@@ -896,21 +999,7 @@ def expected_purchases_given_alive(
         r, alpha = params.values[0], params.values[1]
         return (r + x) * t_ / (alpha + t_age)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if params.kind == "paretonbd":
-            r, alpha, s, beta = params.values
-            u = np.log1p(t_ / (beta + t_age))  # log((beta + T + t) / (beta + T))
-            growth = u if abs(s - 1) < 1e-12 else -np.expm1(-(s - 1) * u) / (s - 1)
-            return (r + x) * (beta + t_age) / (alpha + t_age) * growth
-        r, alpha, a, b = params.values
-        z = t_ / (alpha + t_age + t_)
-        if params.kind == "bgnbd":
-            a_, b_, c_ = r + x, b + x, a + b + x - 1
-            lead = (a + b + x - 1) / (a - 1)
-        else:
-            a_, b_, c_ = r + x, b + x + 1, a + b + x
-            lead = (a + b + x) / (a - 1)
-        tail = _survival_times_hyp2f1(r + x, z, a_, b_, c_, c_ - a_, c_ - b_)
-        return lead * (1.0 - tail)
+        return purchase_model(params.kind).expected_given_alive(params.values, t_, x, t_age)
 
 
 def expected_purchases(
@@ -971,10 +1060,10 @@ def unconditional_expected_purchases(params: FittedParams, t: ArrayLike) -> Floa
     _require(params, PURCHASE_MODELS)
     (t_,) = _as_float(t)
     zero = np.zeros_like(t_)
-    if params.kind == "mbgnbd" and not params.without_dropout:
-        # At T = 0 a new MBG/NBD customer is alive with probability b / (a + b).
-        _, _, a, b = params.values
-        return b / (a + b) * expected_purchases_given_alive(params, t_, zero, zero)
+    if not params.without_dropout:
+        alive = purchase_model(params.kind).alive_at_acquisition(params.values)
+        if alive is not None:
+            return alive * expected_purchases_given_alive(params, t_, zero, zero)
     return expected_purchases_given_alive(params, t_, zero, zero)
 
 
