@@ -27,8 +27,6 @@ NOT_YET_SHORT: frozenset[str] = frozenset({
     "training/clv/evaluation.py",
     "training/clv/model.py",  # also quotes a benchmark timing
     "training/clv/pipeline.py",
-    "training/pipeline.py",
-    "training/promotion.py",
     "training/recommend/baselines.py",
     "training/recommend/evaluation.py",
     "training/recommend/model.py",
