@@ -1,24 +1,9 @@
 """The recommender training step: compare every model on the test period, fit the chosen one on the
 whole history, log to MLflow and register ``rapport-recommender``.
 
-1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend_test_days`` of
-   the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend_valid_days``
-   before them the label period the ranker learns on. With ``auto`` both periods and the half-life
-   come from the history (:func:`features.windows.recommend_windows`); a history too short skips
-   the step.
-2. :func:`training.recommend.search.search`: on the validation period, the hyper-parameters
-   (Optuna, within ``train_search_budget_s``) and the champion among the servable configurations
-   (the blend, TIFU-KNN, personal top frequency: a baseline when nothing beats it).
-3. :func:`training.recommend.evaluation.compare`: the ranked blend, TIFU-KNN, the baselines and the
-   plain candidate models fitted before the test period and judged on it; the champion's gate.
-4. The model that is registered is the champion's configuration brought up to the end of the
-   history: the ranker (or rule) the test period judged, with its candidate models refitted on
-   everything (ALS warm-started), so that the service recommends from the latest purchases. The
-   run logs the comparison table (CSV and
-   JSON) and the validation table, its plot, the parameters (the searched values as ``search.*``),
-   the catalogue version and the data fingerprint; the model version is tagged ``gate_eligible``
-   and ``champion_configuration``.
-"""
+The champion configuration is chosen on the validation period, judged and gated on the test
+period, then brought up to the end of the history so that the service recommends from the latest
+purchases; :func:`train_recommender` gives the steps."""
 
 from __future__ import annotations
 
@@ -142,7 +127,42 @@ def train_recommender(
     cutoff: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RecommenderTrainingResult:
-    """Compare, fit on the whole history (before ``cutoff``), log and register (see the module docstring)."""
+    """Compare, fit on the whole history (before ``cutoff``), log and register.
+
+    1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend_test_days`` of
+       the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend_valid_days``
+       before them the label period the ranker learns on. With ``auto`` both periods and the half-life
+       come from the history (:func:`features.windows.recommend_windows`); a history too short skips
+       the step.
+    2. :func:`training.recommend.search.search`: on the validation period, the hyper-parameters
+       (Optuna, within ``train_search_budget_s``) and the champion among the servable configurations
+       (the blend, TIFU-KNN, personal top frequency: a baseline when nothing beats it).
+    3. :func:`training.recommend.evaluation.compare`: the ranked blend, TIFU-KNN, the baselines and the
+       plain candidate models fitted before the test period and judged on it; the champion's gate.
+    4. The model that is registered is the champion's configuration brought up to the end of the
+       history: the ranker (or rule) the test period judged, with its candidate models refitted on
+       everything (ALS warm-started), so that the service recommends from the latest purchases. The
+       run logs the comparison table (CSV and JSON) and the validation table, its plot, the
+       parameters (the searched values as ``search.*``), the catalogue version and the data
+       fingerprint; the model version is tagged ``gate_eligible`` and ``champion_configuration``.
+
+    Parameters
+    ----------
+    con
+        The store.
+    settings
+        The deployment's settings (the ``recommend_*`` values and windows, the search budget, MLflow).
+    cutoff
+        The end of the history to train on (a backtest); the whole history when None.
+    progress
+        Called with each step's line of text, if given.
+
+    Returns
+    -------
+    RecommenderTrainingResult
+        The run and registered version, the split, the comparison table and gate, the fitted model,
+        the catalogue version, the plots, the windows and the validation search.
+    """
 
     step = reporter(log, progress)
 
