@@ -104,7 +104,14 @@ class PipelineResult:
     promoted: bool = False
 
     def summary(self) -> pd.DataFrame:
-        """One row per step: model, version, key metrics, its own gate, the champion comparison, alias."""
+        """One row per step: model, version, key metrics, its own gate, the champion comparison, alias.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``model``, ``version``, ``seconds``, ``key metrics``, ``vs baselines``,
+            ``vs champion`` and ``alias``; a skipped step says why under ``vs baselines``.
+        """
         rows = []
         for outcome in self.steps:
             if outcome.skipped is not None:

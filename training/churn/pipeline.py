@@ -74,15 +74,44 @@ class ChurnTrainingResult:
 
     @property
     def learner(self) -> str:
+        """The learner served.
+
+        Returns
+        -------
+        str
+            ``lightgbm`` or ``logistic_rfm`` (:data:`training.churn.model.LEARNERS`).
+        """
         return LIGHTGBM if self.choice is None else self.choice.learner
 
     @property
     def horizon_days(self) -> int:
+        """The label horizon H the model was trained for.
+
+        Returns
+        -------
+        int
+            H, in days.
+        """
         return int(self.windows["horizon_days"])  # type: ignore[arg-type]
 
 
 def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None = None) -> Windows:
-    """The churn windows for the store's history (before ``cutoff``): settings, or ``auto`` resolved."""
+    """The churn windows for the store's history (before ``cutoff``): settings, or ``auto`` resolved.
+
+    Parameters
+    ----------
+    con
+        The store.
+    settings
+        The deployment's settings (``churn_horizon_days`` and the other churn windows).
+    cutoff
+        Only the history before it counts; all of it when None.
+
+    Returns
+    -------
+    Windows
+        The horizon, lookback and cutoff spacing, with how each was chosen.
+    """
     return churn_windows(history_stats(ibis_backend(con), before=cutoff),
                          horizon_days=settings.churn_horizon_days, lookback_days=settings.churn_lookback_days,
                          cutoff_spacing=settings.churn_cutoff_spacing, max_cutoffs=settings.churn_max_cutoffs)
@@ -90,7 +119,18 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
 
 def configured_model(settings: Settings) -> ChurnModel:
     """The churn LightGBM with the ``churn_*`` settings as given (unfitted): the learner compared with
-    the logistic regression on RFM, and the search's first trial."""
+    the logistic regression on RFM, and the search's first trial.
+
+    Parameters
+    ----------
+    settings
+        The deployment's settings (``churn_*`` and ``model_threads``).
+
+    Returns
+    -------
+    ChurnModel
+        The unfitted model.
+    """
     return ChurnModel(
         n_estimators=settings.churn_n_estimators,
         learning_rate=settings.churn_learning_rate,

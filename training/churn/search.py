@@ -79,11 +79,23 @@ class BoostingSearch:
 
     @property
     def completed(self) -> bool:
-        """Whether a trial finished within the budget (else the configured values are kept unjudged)."""
+        """Whether a trial finished within the budget (else the configured values are kept unjudged).
+
+        Returns
+        -------
+        bool
+            True when at least one trial completed.
+        """
         return self.best_iteration is not None
 
     def to_params(self) -> dict[str, Any]:
-        """Flat MLflow parameters: ``search.<setting>`` and the search's own numbers."""
+        """Flat MLflow parameters: ``search.<setting>`` and the search's own numbers.
+
+        Returns
+        -------
+        dict
+            Parameter name -> value.
+        """
         judged = {
             "search.best_iteration": self.best_iteration,
             "search.validation_auc": round(self.validation_auc, 6),
@@ -100,6 +112,14 @@ class BoostingSearch:
 
     @property
     def message(self) -> str:
+        """What the search did, in one sentence for the run and ``rapport train``.
+
+        Returns
+        -------
+        str
+            The trials, the time and budget, and the values chosen with their validation ROC AUC (or
+            why the configured values were kept unjudged).
+        """
         stopped = f", {self.stopped} stopped at the deadline" if self.stopped else ""
         head = (f"searched {self.trials} LightGBM configurations{stopped} in {self.seconds:.0f} s "
                 f"(budget {self.budget_s:g} s)")
@@ -240,7 +260,21 @@ def search_boosting(
 
 
 def searched_model(model: ChurnModel, search: BoostingSearch | None) -> ChurnModel:
-    """``model`` with the searched settings of ``search`` (a new, unfitted estimator); unchanged without one."""
+    """``model`` with the searched settings of ``search`` (a new, unfitted estimator); unchanged without one.
+
+    Parameters
+    ----------
+    model
+        The churn model the search started from.
+    search
+        The outcome of :func:`search_boosting`, or None.
+
+    Returns
+    -------
+    ChurnModel
+        An unfitted model with the searched settings, or ``model`` itself when there is nothing to
+        apply.
+    """
     if search is None:
         return model
     return ChurnModel(**{**model.get_params(), **search.params})

@@ -66,14 +66,44 @@ class RecommenderTrainingResult:
 
 
 def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None = None) -> Windows:
-    """The recommender's test and label periods and half-life for the store's history (before ``cutoff``)."""
+    """The recommender's test and label periods and half-life for the store's history (before ``cutoff``).
+
+    Parameters
+    ----------
+    con
+        The store.
+    settings
+        The deployment's settings (``recommend_test_days``, ``recommend_valid_days``,
+        ``recommend_half_life_days``).
+    cutoff
+        Only the history before it counts; all of it when None.
+
+    Returns
+    -------
+    Windows
+        ``test_days``, ``valid_days`` and ``half_life_days``, with how each was chosen.
+    """
     return recommend_windows(history_stats(ibis_backend(con), before=cutoff), test_days=settings.recommend_test_days,
                              valid_days=settings.recommend_valid_days,
                              half_life_days=settings.recommend_half_life_days)
 
 
 def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSettings:
-    """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows."""
+    """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows.
+
+    Parameters
+    ----------
+    settings
+        The deployment's settings.
+    windows
+        The resolved windows (:func:`resolve_windows`): the half-life and the label period.
+
+    Returns
+    -------
+    RecommenderSettings
+        The settings of :class:`~training.recommend.model.RecommenderModel`; a
+        :class:`~features.settings.SettingsError` names an unknown candidate source.
+    """
     sizes = settings.recommend_candidates
     sources = tuple(CandidateSizes.__dataclass_fields__)
     unknown = sorted(set(sizes) - set(sources))
@@ -105,7 +135,18 @@ def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSet
 
 def catalogue_version(data: InteractionData) -> str:
     """A short hash of the catalogue the model recommends from: item ids, whether each is
-    recommendable, and its category. Two runs on the same catalogue log the same version."""
+    recommendable, and its category. Two runs on the same catalogue log the same version.
+
+    Parameters
+    ----------
+    data
+        The interaction data the model was fitted on.
+
+    Returns
+    -------
+    str
+        16 hex characters.
+    """
     digest = hashlib.sha256()
     for item, ok, category in zip(data.item_ids, data.recommendable, data.category):
         digest.update(f"{item}\x1f{int(ok)}\x1f{category or ''}\x1e".encode())
