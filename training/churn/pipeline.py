@@ -181,13 +181,14 @@ def train_churn(
     Parameters
     ----------
     con
-        The store.
+        The store the customer snapshots of every cutoff are built from.
     settings
         The deployment's settings (the ``churn_*`` values and windows, the search budget, MLflow).
     cutoff
-        The end of the history to train on (a backtest); the whole history when None.
+        A backtest's training cutoff: no sale at or after it is seen, labels included; None trains
+        on the whole history.
     progress
-        Called with each step's line of text, if given.
+        Receives each line the step logs (building the data set, training, searching, logging).
 
     Returns
     -------

@@ -190,13 +190,13 @@ def train_recommender(
     Parameters
     ----------
     con
-        The store.
+        The store the interactions and the catalogue are read from.
     settings
         The deployment's settings (the ``recommend_*`` values and windows, the search budget, MLflow).
     cutoff
-        The end of the history to train on (a backtest); the whole history when None.
+        A backtest's end of history: the test period ends there; None uses every sale.
     progress
-        Called with each step's line of text, if given.
+        Receives each line the step logs (validation, evaluation, final model, logging).
 
     Returns
     -------
