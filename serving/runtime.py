@@ -1,15 +1,8 @@
 """The service's in-memory state and answers, without HTTP: a loaded bundle, the identity index and
 one function per endpoint. :mod:`serving.service` wraps it in BentoML; tests call it directly too.
 
-Lookups never touch a database: customers by id are rows of the snapshot (pandas index) and of the
-recommender's sorted id array; raw keys are hashed with the deployment's salt
-(:func:`features.identity.hash_key`) and found by binary search in
-:class:`serving.lookup.IdentityIndex`, the identity map as sorted 64-bit words (24 bytes a key). Scores come from
-:func:`training.scoring.score_rows` and lists from ``RecommenderModel.recommend``: the code paths of
-``rapport score`` and ``rapport recommend``, so the service and the batch files agree. A request for
-a known customer's plain list (no filter, ``n`` within the bundle's ``serving_default_lists``) is a
-lookup in the lists the same model ranked at export (:mod:`training.recommend.precomputed`).
-"""
+Scores and lists come from the code paths of ``rapport score`` and ``rapport recommend``, so the
+service and the batch files agree; no lookup touches a database (:class:`Runtime` says how)."""
 
 from __future__ import annotations
 
@@ -82,7 +75,16 @@ class Runtime:
 
     The answers that are lookups (default lists, raw keys, ``info``, error bodies) are those of its
     :class:`serving.lookup.Lookups` (the service passes the ones its worker answered with while this
-    was loading)."""
+    was loading).
+
+    Lookups never touch a database: customers by id are rows of the snapshot (pandas index) and of
+    the recommender's sorted id array; raw keys are hashed with the deployment's salt
+    (:func:`features.identity.hash_key`) and found by binary search in
+    :class:`serving.lookup.IdentityIndex`, the identity map as sorted 64-bit words (24 bytes a key).
+    Scores come from :func:`training.scoring.score_rows` and lists from
+    ``RecommenderModel.recommend``. A request for a known customer's plain list (no filter, ``n``
+    within the bundle's ``serving_default_lists``) is a lookup in the lists the same model ranked at
+    export (:mod:`training.recommend.precomputed`)."""
 
     def __init__(self, bundle: Bundle, settings: Settings, lookups: Lookups | None = None) -> None:
         self.bundle = bundle

@@ -1,37 +1,11 @@
 """The serving bundle: everything the service needs, in one directory, with no access to the store or
 the tracking server afterwards.
 
-Layout (``format_version`` 1)::
-
-    manifest.json             models (name + version), snapshot date, created time, counts, salt check,
-                              and every other file's size and SHA-256 (``files``)
-    clv.json                  ClvModel.to_dict() of the CLV champion
-    churn.json                ChurnModel.to_dict() of the churn champion
-    recommender/              the recommender champion's artefact (training.recommend.artefact)
-    snapshot_customers/       build_snapshot(...).customers at the CLV champion's cutoff
-    snapshot_churn/           build_snapshot(...).churn (the churn population)
-    identity/                 the identity map, compact, sorted by key: key_type, the 128-bit key
-                              digest as two unsigned 64-bit words, customer_id (no key in clear, no
-                              salt)
-    default_lists/ + .json    every known customer's top-N under the default options, ranked by the
-                              recommender at export (training.recommend.precomputed; absent when
-                              serving_default_lists is 0)
-
-The large arrays (the recommender's and the default lists) are uncompressed ``.npy`` files that
-the service memory-maps read-only: its workers share them through the page cache, and a worker
-that is restarted has almost nothing to read. The three tables are folders of ``.npy`` columns
-(:mod:`training.frames`), read without decoding; a bundle written with them as Parquet files
-(``snapshot_customers.parquet``, ...) is still read. :func:`verify_bundle` checks every file against the
-manifest (``rapport serve start`` runs it before it starts the server; a worker checks the sizes).
-
-:func:`export_bundle` writes it from the champions of the registry (``rapport serve export``);
-:func:`load_bundle` reads it back (the service, at start-up). The snapshot is taken at the CLV
-champion's cutoff with the code ``rapport score`` uses (:func:`training.scoring.build_snapshot`),
-so the service's ``customer_scores`` are the batch scores of the same customers.
-
-Only :func:`export_bundle` touches MLflow, the store and the training pipelines, and it imports them
-when called: the service imports this module to read a bundle, never the code that fits models.
-"""
+:func:`export_bundle` writes it from the champions of the registry (``rapport serve export``; the
+layout is documented there); :func:`load_bundle` reads it back (the service, at start-up) and
+:func:`verify_bundle` checks every file against the manifest. Only :func:`export_bundle` touches
+MLflow, the store and the training pipelines, and it imports them when called: the service imports
+this module to read a bundle, never the code that fits models."""
 
 from __future__ import annotations
 
@@ -180,7 +154,42 @@ def sort_identity(frame: pd.DataFrame) -> pd.DataFrame:
 def export_bundle(settings: Settings, directory: Path | str, *,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the serving bundle of the registry's champions into ``directory`` (replaced when it is
-    a bundle already; refused when it holds anything else). Returns the manifest."""
+    a bundle already; refused when it holds anything else).
+
+    Layout (``format_version`` 1)::
+
+        manifest.json             models (name + version), snapshot date, created time, counts, salt
+                                  check, and every other file's size and SHA-256 (``files``)
+        clv.json                  ClvModel.to_dict() of the CLV champion
+        churn.json                ChurnModel.to_dict() of the churn champion
+        recommender/              the recommender champion's artefact (training.recommend.artefact)
+        snapshot_customers/       build_snapshot(...).customers at the CLV champion's cutoff
+        snapshot_churn/           build_snapshot(...).churn (the churn population)
+        identity/                 the identity map, compact, sorted by key: key_type, the 128-bit key
+                                  digest as two unsigned 64-bit words, customer_id (no key in clear,
+                                  no salt)
+        default_lists/ + .json    every known customer's top-N under the default options, ranked by
+                                  the recommender at export (training.recommend.precomputed; absent
+                                  when serving_default_lists is 0)
+
+    The snapshot is taken at the CLV champion's cutoff with the code ``rapport score`` uses
+    (:func:`training.scoring.build_snapshot`), so the service's ``customer_scores`` are the batch
+    scores of the same customers.
+
+    Parameters
+    ----------
+    settings
+        The deployment's settings: the store, the tracking server, the salt, ``serving_default_lists``.
+    directory
+        Where the bundle goes.
+    progress
+        Called with each step's line of text (also logged at INFO), if given.
+
+    Returns
+    -------
+    dict
+        The manifest written to ``manifest.json``.
+    """
     import pandas as pd
 
     from features.store import connect, ibis_backend
@@ -289,7 +298,22 @@ def file_digests(directory: Path | str) -> dict[str, dict[str, Any]]:
 
 def verify_bundle(directory: Path | str, *, digests: bool = True) -> dict[str, Any]:
     """The manifest, once every file it lists is there with its recorded size (and, with ``digests``,
-    its SHA-256); a :class:`BundleError` naming the first file that is missing, truncated or changed."""
+    its SHA-256); a :class:`BundleError` naming the first file that is missing, truncated or changed.
+
+    ``rapport serve start`` runs it before it starts the server; a worker checks the sizes only.
+
+    Parameters
+    ----------
+    directory
+        The bundle's directory.
+    digests
+        Also compare every file's SHA-256 with the manifest's (reads every byte).
+
+    Returns
+    -------
+    dict
+        The bundle's manifest.
+    """
     where = Path(directory)
     manifest = read_manifest(where)
     files = manifest.get(FILES)
@@ -376,7 +400,24 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def load_bundle(directory: Path | str) -> Bundle:
-    """The bundle written by :func:`export_bundle` (or a synthetic one with the same layout)."""
+    """The bundle written by :func:`export_bundle` (or a synthetic one with the same layout).
+
+    The large arrays (the recommender's and the default lists) are uncompressed ``.npy`` files that
+    are memory-mapped read-only: the service's workers share them through the page cache, and a
+    worker that is restarted has almost nothing to read. The three tables are folders of ``.npy``
+    columns (:mod:`training.frames`), read without decoding; a bundle written with them as Parquet
+    files (``snapshot_customers.parquet``, ...) is still read.
+
+    Parameters
+    ----------
+    directory
+        The bundle's directory.
+
+    Returns
+    -------
+    Bundle
+        The manifest, the three models, the scoring snapshot and the identity map.
+    """
     from training.churn.model import ChurnModel
     from training.clv.model import ClvModel
     from training.recommend import artefact

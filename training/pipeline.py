@@ -3,27 +3,9 @@
 Steps, in order (:data:`training.models.MODELS`): CLV → churn (it fits a BG/NBD per cutoff for its
 features) → recommender. Each step fits, evaluates against its baselines, logs a nested MLflow run
 (parameters, metrics, tables, plots, data fingerprint, code version) and registers a new version of
-its model.
-Only when every step asked for has succeeded does promotion run (:mod:`training.promotion`): each
-new version becomes ``champion`` or ``challenger``. A step that raises stops the pipeline: the parent
-run is marked failed with the step and the message, the versions registered by earlier steps are
-tagged as not promoted, and every alias stays where it was.
-
-A step whose history is too short (:class:`features.windows.HistoryTooShort`: below the minimum, or
-windows set by hand that do not fit) is *skipped*, not failed: its outcome says why (the minimum,
-what the data have, the setting to change), the parent run is tagged ``skipped.<step>``, the other
-steps run and are promoted as usual.
-
-A backtest (``cutoff`` given) registers its versions but never promotes them: a model trained on a
-past history is for analysis, not for serving. A cutoff after the last sale, or one that leaves a
-step too little history, is refused before any run starts (:mod:`training.cutoff`).
-
-SIGTERM and SIGINT during :func:`run_pipeline` (in the main thread) raise
-:class:`TrainingInterrupted` where the pipeline is: the open runs (the step's nested run and the
-parent run) end FAILED with the signal's name, the versions already registered are tagged as not
-promoted, and the exception reaches the caller (the CLI exits with 128 + the signal's number). A
-killed process would otherwise leave its runs RUNNING forever.
-"""
+its model. Only when every step asked for has succeeded does promotion run
+(:mod:`training.promotion`); what a failed, skipped or interrupted step and a backtest do is
+:func:`run_pipeline`'s to say."""
 
 from __future__ import annotations
 
@@ -61,7 +43,13 @@ class PipelineError(RapportError, RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """A signal stopped the training; the runs it had open were marked FAILED."""
+    """A signal stopped the training; the runs it had open were marked FAILED.
+
+    SIGTERM and SIGINT during :func:`run_pipeline` (in the main thread) raise it where the pipeline
+    is: the open runs (the step's nested run and the parent run) end FAILED with the signal's name,
+    the versions already registered are tagged as not promoted, and the exception reaches the caller
+    (the CLI exits with 128 + the signal's number). A killed process would otherwise leave its runs
+    RUNNING forever."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -116,7 +104,14 @@ class PipelineResult:
     promoted: bool = False
 
     def summary(self) -> pd.DataFrame:
-        """One row per step: model, version, key metrics, its own gate, the champion comparison, alias."""
+        """One row per step: model, version, key metrics, its own gate, the champion comparison, alias.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``model``, ``version``, ``seconds``, ``key metrics``, ``vs baselines``,
+            ``vs champion`` and ``alias``; a skipped step says why under ``vs baselines``.
+        """
         rows = []
         for outcome in self.steps:
             if outcome.skipped is not None:
@@ -156,6 +151,40 @@ def run_pipeline(
     step. Raises :class:`~training.cutoff.CutoffError` before any run when ``cutoff`` does not fit
     the history, :class:`PipelineError` when a step fails (aliases untouched) and
     :class:`TrainingInterrupted` on SIGTERM/SIGINT.
+
+    Promotion (:mod:`training.promotion`) makes each new version ``champion`` or ``challenger``. A
+    step that raises stops the pipeline: the parent run is marked failed with the step and the
+    message, the versions registered by earlier steps are tagged as not promoted, and every alias
+    stays where it was.
+
+    A step whose history is too short (:class:`features.windows.HistoryTooShort`: below the minimum,
+    or windows set by hand that do not fit) is *skipped*, not failed: its outcome says why (the
+    minimum, what the data have, the setting to change), the parent run is tagged
+    ``skipped.<step>``, the other steps run and are promoted as usual.
+
+    A backtest (``cutoff`` given) registers its versions but never promotes them: a model trained on
+    a past history is for analysis, not for serving. A cutoff after the last sale, or one that leaves
+    a step too little history, is refused before any run starts (:mod:`training.cutoff`).
+
+    Parameters
+    ----------
+    con
+        The store.
+    settings
+        The deployment's settings.
+    steps
+        The steps to run (names of :data:`training.models.MODELS`); all of them when None.
+    cutoff
+        The end of the history to train on (a backtest); the whole history when None.
+    progress
+        ``progress(step, text)``, called with what a step is doing.
+    on_step_done
+        Called with each step's :class:`StepOutcome` when it ends.
+
+    Returns
+    -------
+    PipelineResult
+        The parent run's id, the cutoff, every step's outcome and whether promotion ran.
     """
     wanted = list(STEPS) if steps is None else [s for s in STEPS if s in steps]
     unknown = sorted(set(steps or ()) - set(STEPS))

@@ -2,34 +2,11 @@
 
 Every training step registers a new version of its model (:data:`training.models.MODELS`) tagged
 ``gate_eligible`` with its own gate's verdict (each model beats its baselines as its step defines).
-:func:`decide` then compares the new version with the current ``champion`` on the model's key
-metrics (its :class:`~training.models.ModelSpec`'s ``key_metrics``, read from both versions'
-training runs) and :func:`apply` gives it an alias:
-
-- ``champion`` when it passed its own gate AND no key metric is worse than the champion's beyond
-  ``promotion_tolerance`` (relative: a higher-is-better metric must reach ``champion × (1 − tol)``,
-  a lower-is-better one stay under ``champion × (1 + tol)``); the first eligible version of a model
-  becomes champion;
-- ``challenger`` otherwise, with the reasons in the version's tags (``promotion.decision``,
-  ``promotion.reasons``) and in the training summary.
-
-"The same evaluation": both runs logged the evaluation window they were measured on (the spec's
-``window_params``); when the windows differ the comparison still happens and the reasons say
-so, since the numbers then come from different periods.
-
-:func:`promote_manually` is the override (``rapport models promote NAME VERSION``): it moves the
-alias whatever the comparison with the champion says and records who, why and when in the version's
-tags. A version that failed its own gate (worse than a rule of thumb) is refused with the gate's
-reasons unless ``force=True``, which the tags then record too.
-
-The champion's plots are copied from its run's artifacts to ``<reports>/<step>/champion/``
-(:func:`publish_champion_plots`) whenever the alias moves, so that the stable place always shows the
-served model, whatever challengers and backtests wrote since into their own run folders.
-
-Atomicity: a version is created by the registry only after its artefacts are written, its tags are
-set before the alias moves, and moving an alias is one registry call — a reader that resolves
-``models:/NAME@champion`` sees either the old champion or the new one, complete.
-"""
+:func:`decide` compares it with the current ``champion`` on the model's key metrics and
+:func:`apply` gives it the alias ``champion`` or ``challenger``; :func:`promote_manually` is the
+override (``rapport models promote NAME VERSION``). Whenever the alias moves, the champion's plots
+are copied to one stable place (:func:`publish_champion_plots`), so that it always shows the served
+model, whatever challengers and backtests wrote since into their own run folders."""
 
 from __future__ import annotations
 
@@ -96,7 +73,38 @@ def _key_metrics(keys: Iterable[KeyMetric], metrics: Mapping[str, float]) -> dic
 
 
 def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolerance: float) -> Promotion:
-    """The alias ``version`` of ``model_name`` deserves (see the module docstring); changes nothing."""
+    """The alias ``version`` of ``model_name`` deserves; changes nothing.
+
+    The key metrics are those of the model's :class:`~training.models.ModelSpec` (``key_metrics``),
+    read from both versions' training runs. The version becomes:
+
+    - ``champion`` when it passed its own gate AND no key metric is worse than the champion's beyond
+      ``tolerance`` (relative: a higher-is-better metric must reach ``champion × (1 − tol)``, a
+      lower-is-better one stay under ``champion × (1 + tol)``); the first eligible version of a
+      model becomes champion;
+    - ``challenger`` otherwise, with the reasons (which :func:`apply` writes to the version's tags
+      ``promotion.decision`` and ``promotion.reasons``; the training summary shows them).
+
+    "The same evaluation": both runs logged the evaluation window they were measured on (the spec's
+    ``window_params``); when the windows differ the comparison still happens and the reasons say so,
+    since the numbers then come from different periods.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`training.tracking.configure`).
+    model_name
+        The registered model's name.
+    version
+        The new version.
+    tolerance
+        The relative margin a key metric may be worse than the champion's (``promotion_tolerance``).
+
+    Returns
+    -------
+    Promotion
+        The alias, the reasons, the previous champion and both versions' key metrics.
+    """
     if not 0 <= tolerance < 1:
         raise ValueError(f"promotion tolerance must be in [0, 1), got {tolerance!r}")
     spec = by_name(model_name)
@@ -142,7 +150,23 @@ def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolera
 
 
 def apply(client: mlflow.MlflowClient, promotion: Promotion) -> None:
-    """Tag the version with the decision, then point its alias at it (one registry call)."""
+    """Tag the version with the decision, then point its alias at it (one registry call).
+
+    Atomicity: a version is created by the registry only after its artefacts are written, its tags
+    are set before the alias moves, and moving an alias is one registry call — a reader that
+    resolves ``models:/NAME@champion`` sees either the old champion or the new one, complete.
+
+    Parameters
+    ----------
+    client
+        The registry's client.
+    promotion
+        The decision of :func:`decide` (or :func:`promote_manually`).
+
+    Returns
+    -------
+    None
+    """
     name, version = promotion.model_name, promotion.version
     client.set_model_version_tag(name, version, "promotion.decision", promotion.alias)
     client.set_model_version_tag(name, version, "promotion.reasons", " | ".join(promotion.reasons) or "-")
@@ -164,8 +188,30 @@ def gate_failure(client: mlflow.MlflowClient, version: ModelVersion) -> str | No
 def promote_manually(client: mlflow.MlflowClient, model_name: str, version: str, *, reason: str,
                      by: str | None = None, force: bool = False) -> Promotion:
     """Make ``version`` the champion whatever the comparison with the champion, recording who, why and
-    when. :class:`GateFailedError` with the gate's reasons when the version failed its own gate,
-    unless ``force``."""
+    when in the version's tags. :class:`GateFailedError` with the gate's reasons when the version
+    failed its own gate (worse than a rule of thumb), unless ``force``, which the tags then record
+    too.
+
+    Parameters
+    ----------
+    client
+        The registry's client.
+    model_name
+        The registered model's name.
+    version
+        The version to make champion.
+    reason
+        Why, in words (recorded in the tags).
+    by
+        Who promotes it; the current user when None.
+    force
+        Promote a version that failed its own gate.
+
+    Returns
+    -------
+    Promotion
+        The decision applied (alias ``champion``).
+    """
     if not reason.strip():
         raise ArgumentError("a manual promotion needs a reason (--reason)")
     try:

@@ -1,19 +1,10 @@
 """The one door to MLflow tracking and the model registry, for every model (CLV, churn, recommender).
 
-Where runs go is decided by the settings, never at import time:
-
-* ``mlflow_tracking_uri`` unset (the default): an embedded SQLite store at
-  ``<data_dir>/mlflow/mlflow.db`` with artifacts under ``<data_dir>/mlflow/artifacts``. Two data
-  folders never share runs or registered models.
-* ``RAPPORT_MLFLOW_TRACKING_URI=http://host:5000`` (or ``postgresql://...``): the same code logs to a
-  tracking server or a real database. A server chooses where artifacts go; a database URI keeps
-  them under the data folder.
-
+Where runs go is decided by the settings, never at import time (:func:`configure` says where).
 :func:`configure` is the only place that touches MLflow's global state (tracking and registry URI);
 every other function either takes the :class:`mlflow.MlflowClient` it returns or works on the run
 opened by :func:`start_run`. Registered models are promoted with aliases (``champion``,
-``challenger``), never with the stages MLflow 3 deprecated.
-"""
+``challenger``), never with the stages MLflow 3 deprecated."""
 
 from __future__ import annotations
 
@@ -119,6 +110,25 @@ def configure(settings: Settings) -> mlflow.MlflowClient:
     (with its artifact location) on first use; calling it again changes nothing. It also sets
     MLflow's global tracking and registry URI, because ``mlflow.start_run`` and ``log_model`` read
     them: this function is the only place in the project that does.
+
+    Where runs go:
+
+    * ``mlflow_tracking_uri`` unset (the default): an embedded SQLite store at
+      ``<data_dir>/mlflow/mlflow.db`` with artifacts under ``<data_dir>/mlflow/artifacts``. Two
+      data folders never share runs or registered models.
+    * ``RAPPORT_MLFLOW_TRACKING_URI=http://host:5000`` (or ``postgresql://...``): the same code logs
+      to a tracking server or a real database. A server chooses where artifacts go; a database URI
+      keeps them under the data folder.
+
+    Parameters
+    ----------
+    settings
+        The deployment's settings (``mlflow_tracking_uri``, ``data_dir``, ``mlflow_experiment``).
+
+    Returns
+    -------
+    mlflow.MlflowClient
+        A client bound to the settings' tracking and registry URI.
     """
     _quiet_mlflow()
     if not settings.mlflow_tracking_uri:

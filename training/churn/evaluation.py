@@ -2,38 +2,9 @@
 
 Everything is measured on one frame: the customers of the held-out (latest) cutoff, with the 0/1
 label ``churned`` (no purchase in the horizon after the cutoff). A score is read as "higher means
-more likely to churn".
-
-- *Ranking*: ROC AUC (ties count one half, as in the Mann-Whitney U statistic) and PR AUC as
-  scikit-learn's average precision (the step-wise sum of precision x recall increments, which does
-  not interpolate and so does not flatter a model the way the trapezoidal PR area does).
-- *Probabilities*: Brier score (mean squared error of the probability) and log loss; undefined
-  (NaN) for a plain score.
-- *Targeting*: the lift and capture rate of the top decile, i.e. of the k = ceil(n / 10) customers
-  with the highest scores: lift = churn rate among them / churn rate overall, capture = share of all
-  churners found among them. Customers tied with the k-th highest score share the places left at the
-  boundary: each of the t tied customers counts with weight (k - customers strictly above) / t. The
-  result is the expected value under a random tie-break, the same for every order of the rows
-  (sorting with a tie-break on position would make the number depend on how the frame was sorted).
-- *Calibration*: the reliability curve on quantile bins of the predicted probability and the
-  expected calibration error (ECE) over the same bins; the number of distinct probabilities.
-
-Baselines (:func:`fit_baselines`, :func:`baseline_metrics`), on the same customers:
-
-- ``1 - P(alive) (BG/NBD)``: the CLV model's probability of having dropped out, from the
-  ``clv_probability_alive`` feature (skipped, with a note, when that column is missing or all NaN);
-- ``days since last purchase``: the ranking metrics use the number of days itself; for Brier and log
-  loss it is turned into a probability by a one-feature logistic regression fitted on the training
-  rows (a monotone map when its slope is positive, so it ranks as the raw days do);
-- ``logistic regression on RFM``: frequency, recency, T and monetary value, standardised, fitted on
-  the training rows.
-
-The learner served (:func:`choose_learner`): LightGBM or, when it ranks the validation cutoff's
-customers better than LightGBM with its configured values (not the searched ones: see there), the
-logistic regression on RFM. The gate (:func:`churn_gate`): the model served is
-eligible for promotion only if its ROC AUC on the test cutoff is higher than the best remaining
-baseline's (the RFM baseline is not its own competitor when it is the model served).
-"""
+more likely to churn". The metrics (ranking, probabilities, top-decile targeting, calibration) are
+defined on :class:`ClassifierMetrics`, the baselines on :class:`Baselines`; :func:`choose_learner`
+picks the learner served and :func:`churn_gate` whether it may be promoted."""
 
 from __future__ import annotations
 
@@ -105,10 +76,24 @@ class ClassifierMetrics:
     ``n`` customers of which ``positives`` churned (``base_rate`` = positives / n). ``roc_auc`` and
     ``pr_auc`` (average precision) are NaN when only one class is present; ``brier`` and
     ``log_loss`` are NaN for a score that is not a probability; ``top_decile_lift`` and
-    ``top_decile_capture`` (see the module docstring for the top decile and its ties) are NaN
-    without churners. ``ece``: the expected calibration error on 10 quantile bins (NaN for a score
-    that is not a probability); ``distinct_values``: how many different scores the customers get (a
-    step-function calibration puts many of them on one value, hiding their order).
+    ``top_decile_capture`` (the top decile and its ties below) are NaN without churners. ``ece``:
+    the expected calibration error on 10 quantile bins (NaN for a score that is not a probability);
+    ``distinct_values``: how many different scores the customers get (a step-function calibration
+    puts many of them on one value, hiding their order).
+
+    - *Ranking*: ROC AUC (ties count one half, as in the Mann-Whitney U statistic) and PR AUC as
+      scikit-learn's average precision (the step-wise sum of precision x recall increments, which
+      does not interpolate and so does not flatter a model the way the trapezoidal PR area does).
+    - *Probabilities*: Brier score (mean squared error of the probability) and log loss.
+    - *Targeting*: the lift and capture rate of the top decile, i.e. of the k = ceil(n / 10)
+      customers with the highest scores: lift = churn rate among them / churn rate overall, capture
+      = share of all churners found among them. Customers tied with the k-th highest score share the
+      places left at the boundary: each of the t tied customers counts with weight (k - customers
+      strictly above) / t. The result is the expected value under a random tie-break, the same for
+      every order of the rows (sorting with a tie-break on position would make the number depend on
+      how the frame was sorted).
+    - *Calibration*: the reliability curve on quantile bins of the predicted probability
+      (:func:`reliability_curve`) and the ECE over the same bins.
     """
 
     name: str
@@ -332,6 +317,17 @@ class Baselines:
     ``recency``: standardised days since the last purchase -> logistic regression (turns the score
     into a probability for Brier score and log loss). ``n_train`` / ``train_positives``: the rows and
     churners they were fitted on.
+
+    The baselines of the comparison (:func:`fit_baselines`, :func:`baseline_metrics`), on the same
+    customers as the model:
+
+    - ``1 - P(alive) (BG/NBD)``: the CLV model's probability of having dropped out, from the
+      ``clv_probability_alive`` feature (nothing to fit; skipped, with a note, when that column is
+      missing or all NaN);
+    - ``days since last purchase``: the ranking metrics use the number of days itself; for Brier and
+      log loss it is turned into a probability by the one-feature logistic regression ``recency`` (a
+      monotone map when its slope is positive, so it ranks as the raw days do);
+    - ``logistic regression on RFM``: ``rfm``, on frequency, recency, T and monetary value.
     """
 
     rfm: Pipeline
@@ -554,6 +550,10 @@ class ChurnGate:
     ``best_baseline``: the name of the baseline with the highest ROC AUC (None when no baseline has
     one); ``margin`` = model ROC AUC - best baseline ROC AUC (NaN when either is undefined);
     ``reasons``: sentences with the numbers.
+
+    The model compared is the one served (:func:`choose_learner`: LightGBM or the logistic
+    regression on RFM); when it is the RFM regression, that baseline is not its own competitor and
+    it must beat the remaining ones.
     """
 
     eligible: bool

@@ -2,63 +2,10 @@
 
 Will a customer stop buying in the next H days (the label ``churned`` of :mod:`features.churn`),
 and why? :class:`ChurnModel` is fitted on two frames with one row per (customer, cutoff): the
-training cutoffs and the validation cutoff after them (``training.churn.dataset``).
-
-- *Boosting*: a LightGBM binary classifier on the given feature columns (any subset, any order,
-  NaN allowed: LightGBM sends missing values down the side of each split that lowers the loss).
-  Churners and stayers are rarely balanced; with ``balance_classes`` each churner of the training
-  set weighs ``scale_pos_weight_`` = stayers / churners (LightGBM's ``scale_pos_weight``), so the
-  trees look for churners as hard as for stayers. Boosting stops when the validation log loss (with
-  the same class weights, so it measures what the training optimises) has not improved for
-  ``early_stopping_rounds`` rounds; the trees after the best round are dropped.
-- *Calibration*: the re-weighted booster's probabilities are not probabilities of churn (a churner
-  weighed 4 times pulls them up); a monotone map fitted on the validation cutoff only turns them
-  into calibrated ones (:mod:`training.churn.calibration`, which says why and how ``auto`` chooses).
-- *Outputs* (:data:`CHURN_OUTPUT_COLUMNS`, one scoring function, :meth:`ChurnModel.predict`, for
-  batch scores and the service alike): ``churn_probability`` (calibrated); ``risk_band`` ``low`` /
-  ``medium`` / ``high`` by two probability thresholds fixed at fit (given, or the 50th and 80th
-  percentiles of the calibrated probabilities of the training rows); ``percentile``, the share
-  (0-100) of the training rows with a lower probability, read from 1001 quantiles stored at fit;
-  ``reason_1`` .. ``reason_3``: the features that push this customer's risk up the most, in words
-  (:mod:`training.churn.reasons`). Everything is computed row by row from the stored state, so one
-  customer scored alone gets exactly the numbers and words batch scoring gives them. An isotonic
-  map is a step function: many customers share a probability, so the default bands hold roughly,
-  not exactly, 50 / 30 / 20 % of the training rows (a customer at a threshold is in the higher band).
-
-Reasons come from per-prediction path contributions (Saabas' decomposition, "treeinterpreter";
-:mod:`training.churn.contributions`), in log-odds of the raw booster: in each tree, the change of
-the node value from a node to the child the customer's values take is credited to the node's split
-feature, so a customer's contributions plus the sum of the trees' root values are their raw
-log-odds. A tree's credits depend only on the leaf the customer reaches: they are tabulated per leaf
-from the trees themselves once after fit or load (not stored in the artefact), and scoring asks
-LightGBM for each customer's leaf in every tree (its C++ leaf prediction) and adds up the table rows
-(a sparse product, chunks of rows on ``num_threads`` threads). The same pass gives the raw log-odds,
-bit for bit those LightGBM predicts, so the probabilities with reasons are those without. TreeSHAP's
-sum over feature subsets (LightGBM's ``pred_contrib=True``, Lundberg et al. 2020) costs about 0.6 ms
-per customer on two cores; path contributions cost little more than the prediction itself (see
-``benchmarks/churn.py``: 1,000,000 customers with every output in about 6 s on two cores, 4 s
-without reasons). Path contributions agree with TreeSHAP on the top reason for most customers, not
-all: a feature split near the root gets more of the credit than TreeSHAP gives it (the same top
-reason for 76 % of 20,000 sampled customers in ``benchmarks/churn.py``). The calibration map is
-increasing, so a feature that raises the raw log-odds raises the calibrated probability as well.
-Only positive contributions are reasons: a customer with fewer than three features pushing their
-risk up gets fewer reasons (None in the later columns). Their sentences are written per feature for
-all customers at once, once per distinct case (:func:`training.churn.reasons.reason_texts`: many
-customers share "no order for 120 days (usually every 30)"). ``predict(frame, top_reasons=0)``
-skips the reasons.
-
-*Learner* ``logistic_rfm`` (:data:`LEARNERS`): instead of the booster, a logistic regression on the
-standardised features (the RFM baseline's fit, served when it beats LightGBM on the validation
-cutoff). Everything else is the same: its log-odds go through the same calibration map, bands and
-percentiles; its reasons come from the exact decomposition of a linear model, coefficient x
-standardised value (the distance from the training mean in log-odds), worded the same way. It needs
-a number in every feature (no rule for a missing value).
-
-The fitted state travels as JSON (:meth:`ChurnModel.to_dict`: LightGBM's model text, or the
-regression's coefficients, intercept and scaler; the calibration map, features, thresholds,
-quantiles, settings) and is checked on load (:class:`ChurnArtefactError`
-names what is wrong). No pickle, no training rows.
-"""
+training cutoffs and the validation cutoff after them (``training.churn.dataset``). Its one scoring
+function, :meth:`ChurnModel.predict`, serves batch scores and the service alike, row by row from the
+stored state. The fitted state travels as JSON (:meth:`ChurnModel.to_dict`; no pickle, no training
+rows) and is checked on load (:class:`ChurnArtefactError` names what is wrong)."""
 
 from __future__ import annotations
 
@@ -277,7 +224,8 @@ class ChurnModel(BaseEstimator):
     - ``n_estimators`` (500): the most boosting rounds; early stopping usually ends sooner;
     - ``learning_rate`` (0.05), ``num_leaves`` (31), ``min_child_samples`` (50: customers per leaf);
     - ``early_stopping_rounds`` (50): rounds without a better validation log loss before stopping;
-    - ``calibration``: ``"auto"`` (default: chosen on the validation frame, see the module docstring),
+    - ``calibration``: ``"auto"`` (default: chosen on the validation frame, see
+      :mod:`training.churn.calibration`),
       ``"isotonic"``, ``"interpolated"`` or ``"sigmoid"`` (Platt), fitted on the validation frame;
     - ``risk_thresholds``: (medium from, high from) churn probabilities; None (default): the 50th and
       80th percentiles of the calibrated probabilities of the training rows, fixed at fit;
@@ -308,6 +256,26 @@ class ChurnModel(BaseEstimator):
     (amounts in the reasons), ``n_train_``, ``n_valid_``, and ``settings_``, the checked settings the
     fit used: changing a setting needs a refit, except ``top_reasons`` and ``num_threads``, which
     scoring reads from the instance.
+
+    *Boosting*: a LightGBM binary classifier on the given feature columns (any subset, any order,
+    NaN allowed: LightGBM sends missing values down the side of each split that lowers the loss).
+    Churners and stayers are rarely balanced; with ``balance_classes`` each churner of the training
+    set weighs ``scale_pos_weight_`` = stayers / churners (LightGBM's ``scale_pos_weight``), so the
+    trees look for churners as hard as for stayers. Boosting stops when the validation log loss (with
+    the same class weights, so it measures what the training optimises) has not improved for
+    ``early_stopping_rounds`` rounds; the trees after the best round are dropped.
+
+    *Calibration*: the re-weighted booster's probabilities are not probabilities of churn (a churner
+    weighed 4 times pulls them up); a monotone map fitted on the validation cutoff only turns them
+    into calibrated ones (:mod:`training.churn.calibration`, which says why and how ``auto``
+    chooses).
+
+    *Learner* ``logistic_rfm`` (:data:`LEARNERS`): instead of the booster, a logistic regression on
+    the standardised features (the RFM baseline's fit, served when it beats LightGBM on the
+    validation cutoff). Everything else is the same: its log-odds go through the same calibration
+    map, bands and percentiles; its reasons come from the exact decomposition of a linear model,
+    coefficient x standardised value (the distance from the training mean in log-odds), worded the
+    same way. It needs a number in every feature (no rule for a missing value).
     """
 
     # Fitted state (set by fit / from_dict): the booster is None for the logistic regression.
@@ -586,6 +554,48 @@ class ChurnModel(BaseEstimator):
         ``top_reasons=0`` leaves the reasons out and skips their cost. The reasons read related
         columns of ``frame`` when present (:data:`training.churn.reasons.CONTEXT_COLUMNS`, e.g. the
         usual days between orders next to the days since the last one).
+
+        ``risk_band`` comes from two probability thresholds fixed at fit (given, or the 50th and 80th
+        percentiles of the calibrated probabilities of the training rows); ``percentile`` is the
+        share (0-100) of the training rows with a lower probability, read from 1001 quantiles stored
+        at fit. Everything is computed row by row from the stored state, so one customer scored
+        alone gets exactly the numbers and words batch scoring gives them. An isotonic map is a step
+        function: many customers share a probability, so the default bands hold roughly, not
+        exactly, 50 / 30 / 20 % of the training rows (a customer at a threshold is in the higher
+        band).
+
+        Reasons come from per-prediction path contributions (Saabas' decomposition,
+        "treeinterpreter"; :mod:`training.churn.contributions`), in log-odds of the raw booster: in
+        each tree, the change of the node value from a node to the child the customer's values take
+        is credited to the node's split feature, so a customer's contributions plus the sum of the
+        trees' root values are their raw log-odds. A tree's credits depend only on the leaf the
+        customer reaches: they are tabulated per leaf from the trees themselves once after fit or
+        load (not stored in the artefact), and scoring asks LightGBM for each customer's leaf in
+        every tree (its C++ leaf prediction) and adds up the table rows (a sparse product, chunks of
+        rows on ``num_threads`` threads). The same pass gives the raw log-odds, bit for bit those
+        LightGBM predicts, so the probabilities with reasons are those without. TreeSHAP's sum over
+        feature subsets (LightGBM's ``pred_contrib=True``, Lundberg et al. 2020) would cost about a
+        hundred times more; path contributions cost little more than the prediction itself (the
+        README's Performance section has the figures of ``benchmarks/churn.py``). Path contributions
+        agree with TreeSHAP on the top reason for most customers, not all: a feature split near the
+        root gets more of the credit than TreeSHAP gives it. The calibration map is increasing, so a
+        feature that raises the raw log-odds raises the calibrated probability as well. Only
+        positive contributions are reasons. Their sentences are written per feature for all
+        customers at once, once per distinct case (:func:`training.churn.reasons.reason_texts`: many
+        customers share "no order for 120 days (usually every 30)").
+
+        Parameters
+        ----------
+        frame
+            One row per customer with the model's ``feature_names_``; other columns are read only
+            as the reasons' context.
+        top_reasons
+            Reasons per row; the model's ``top_reasons`` when None, 0 for none.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The churn outputs, indexed like ``frame``.
         """
         self._check_fitted()
         k = self.top_reasons if top_reasons is None else top_reasons

@@ -1,22 +1,11 @@
 """The churn training step: stacked cutoffs, LightGBM with early stopping and calibration on the
 validation cutoff, evaluation against three baselines on the latest cutoff, MLflow, registry.
 
-The horizon H, the population lookback and the spacing of the cutoffs come from the settings or,
-when ``auto``, from the history (:func:`features.windows.churn_windows`); what was chosen and why is
-logged as ``window.*`` parameters, and H travels in the model (``ChurnModel.horizon_days_``). For
-horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before the
-training cutoff, for a backtest). The latest labelled cutoff is the test set, the latest one a
-horizon before it the validation set (early stopping, calibration), earlier ones a horizon before
-that the training set: the model never sees a cutoff later than those it is evaluated on.
-
-LightGBM with its configured values and the logistic regression on RFM (the baseline), each fitted
-once, meet on the validation cutoff: LightGBM is served unless the regression ranks it better, then
-the regression is the churn model (``learner = logistic_rfm``), explained the same way and judged
-against the remaining baselines. LightGBM's search comes after that choice and takes no part in it
-(the best of many trials on the validation cutoff is flattered there: :func:`train_churn`). The
-model registered is the one evaluated. A history too short for any such triple skips the step
-(:class:`features.windows.HistoryTooShort`).
-"""
+The windows come from the settings or the history; the latest labelled cutoff is the test set, the
+one a horizon before it the validation set, earlier ones the training set, so the model never sees
+a cutoff later than those it is evaluated on. LightGBM with its configured values and the logistic
+regression on RFM meet on the validation cutoff before any search; the model registered is the one
+evaluated. :func:`train_churn` gives the protocol and the reasons for it."""
 
 from __future__ import annotations
 
@@ -85,15 +74,44 @@ class ChurnTrainingResult:
 
     @property
     def learner(self) -> str:
+        """The learner served.
+
+        Returns
+        -------
+        str
+            ``lightgbm`` or ``logistic_rfm`` (:data:`training.churn.model.LEARNERS`).
+        """
         return LIGHTGBM if self.choice is None else self.choice.learner
 
     @property
     def horizon_days(self) -> int:
+        """The label horizon H the model was trained for.
+
+        Returns
+        -------
+        int
+            H, in days.
+        """
         return int(self.windows["horizon_days"])  # type: ignore[arg-type]
 
 
 def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None = None) -> Windows:
-    """The churn windows for the store's history (before ``cutoff``): settings, or ``auto`` resolved."""
+    """The churn windows for the store's history (before ``cutoff``): settings, or ``auto`` resolved.
+
+    Parameters
+    ----------
+    con
+        The store.
+    settings
+        The deployment's settings (``churn_horizon_days`` and the other churn windows).
+    cutoff
+        Only the history before it counts; all of it when None.
+
+    Returns
+    -------
+    Windows
+        The horizon, lookback and cutoff spacing, with how each was chosen.
+    """
     return churn_windows(history_stats(ibis_backend(con), before=cutoff),
                          horizon_days=settings.churn_horizon_days, lookback_days=settings.churn_lookback_days,
                          cutoff_spacing=settings.churn_cutoff_spacing, max_cutoffs=settings.churn_max_cutoffs)
@@ -101,7 +119,18 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
 
 def configured_model(settings: Settings) -> ChurnModel:
     """The churn LightGBM with the ``churn_*`` settings as given (unfitted): the learner compared with
-    the logistic regression on RFM, and the search's first trial."""
+    the logistic regression on RFM, and the search's first trial.
+
+    Parameters
+    ----------
+    settings
+        The deployment's settings (``churn_*`` and ``model_threads``).
+
+    Returns
+    -------
+    ChurnModel
+        The unfitted model.
+    """
     return ChurnModel(
         n_estimators=settings.churn_n_estimators,
         learning_rate=settings.churn_learning_rate,
@@ -123,6 +152,21 @@ def train_churn(
 ) -> ChurnTrainingResult:
     """Build the stacked data set, train, evaluate against the baselines, log and register.
 
+    The horizon H, the population lookback and the spacing of the cutoffs come from the settings or,
+    when ``auto``, from the history (:func:`features.windows.churn_windows`); what was chosen and why
+    is logged as ``window.*`` parameters, and H travels in the model (``ChurnModel.horizon_days_``).
+    For horizon H, a cutoff c can be labelled only when [c, c + H) lies inside the data (or before
+    the training cutoff, for a backtest). The latest labelled cutoff is the test set, the latest one
+    a horizon before it the validation set (early stopping, calibration), earlier ones a horizon
+    before that the training set: the model never sees a cutoff later than those it is evaluated on.
+    A history too short for any such triple skips the step
+    (:class:`features.windows.HistoryTooShort`).
+
+    LightGBM with its configured values and the logistic regression on RFM (the baseline), each
+    fitted once, meet on the validation cutoff: LightGBM is served unless the regression ranks it
+    better, then the regression is the churn model (``learner = logistic_rfm``), explained the same
+    way and judged against the remaining baselines. The model registered is the one evaluated.
+
     The learner is chosen before the search of LightGBM's values, on the configured values: the
     search keeps the best of its trials on the validation cutoff, so its winner's number there is
     optimistic, and set against the regression fitted once it decided on luck. On Online Retail II's
@@ -133,6 +177,24 @@ def train_churn(
     regression where LightGBM ranks the test cutoff better (0.749 vs 0.755); a search judged on the
     last training cutoff is not clean with weekly cutoffs, whose earlier labels cover its days. The
     searched LightGBM is the one served, or the one shown next to a served regression.
+
+    Parameters
+    ----------
+    con
+        The store the customer snapshots of every cutoff are built from.
+    settings
+        The deployment's settings (the ``churn_*`` values and windows, the search budget, MLflow).
+    cutoff
+        A backtest's training cutoff: no sale at or after it is seen, labels included; None trains
+        on the whole history.
+    progress
+        Receives each line the step logs (building the data set, training, searching, logging).
+
+    Returns
+    -------
+    ChurnTrainingResult
+        The run and registered version, the cutoffs, the comparison table, the metrics and gate, the
+        fitted model, its plots, notes and windows, and the learner choice.
     """
 
     step = reporter(log, progress)

@@ -2,30 +2,9 @@
 
 What suits one retailer's history does not suit another's: a few thousand customers over one year
 want small trees, a million over three years bigger ones. Optuna's TPE sampler (seeded) proposes
-leaves per tree, minimum customers per leaf and learning rate; each trial boosts on the training
-cutoffs with early stopping on the validation cutoff (which picks the rounds) and is scored by the
-booster's ROC AUC on the validation cutoff. The configured values are the first trial, so the search
-can only keep or improve them on validation. The test cutoff is never seen.
-
-The best of many trials on one cutoff is flattered there, so the search runs after the choice of
-learner (:func:`training.churn.evaluation.choose_learner`, on the configured values) and takes no
-part in it.
-
-The budget holds within a trial, not only between trials:
-
-- every boosting round ends with a look at the clock (:class:`StopAtDeadline`): a trial still
-  boosting when ``budget_s`` has passed stops there and is *pruned*, never chosen. Its ROC AUC
-  would come from fewer rounds than early stopping keeps, so it is not comparable with the
-  completed trials, and the final fit, which boosts until early stopping, would not be the model
-  it measured;
-- no trial starts when the time spent plus the longest trial so far would pass the budget;
-- at most ``max_trials`` trials.
-
-When not even the configured values finish within the budget, nothing is chosen: the configured
-values are kept, as with no search. With the same data and a budget that lets the same trials
-finish the search is reproducible (seeded sampler, deterministic LightGBM), but how many trials fit
-in a time budget depends on the machine's speed and load.
-"""
+leaves per tree, minimum customers per leaf and learning rate, scored by the booster's ROC AUC on
+the validation cutoff; the test cutoff is never seen. The search runs after the choice of learner
+and takes no part in it, and its budget holds within a trial (:func:`search_boosting`)."""
 
 from __future__ import annotations
 
@@ -100,11 +79,23 @@ class BoostingSearch:
 
     @property
     def completed(self) -> bool:
-        """Whether a trial finished within the budget (else the configured values are kept unjudged)."""
+        """Whether a trial finished within the budget (else the configured values are kept unjudged).
+
+        Returns
+        -------
+        bool
+            True when at least one trial completed.
+        """
         return self.best_iteration is not None
 
     def to_params(self) -> dict[str, Any]:
-        """Flat MLflow parameters: ``search.<setting>`` and the search's own numbers."""
+        """Flat MLflow parameters: ``search.<setting>`` and the search's own numbers.
+
+        Returns
+        -------
+        dict
+            Parameter name -> value.
+        """
         judged = {
             "search.best_iteration": self.best_iteration,
             "search.validation_auc": round(self.validation_auc, 6),
@@ -121,6 +112,14 @@ class BoostingSearch:
 
     @property
     def message(self) -> str:
+        """What the search did, in one sentence for the run and ``rapport train``.
+
+        Returns
+        -------
+        str
+            The trials, the time and budget, and the values chosen with their validation ROC AUC (or
+            why the configured values were kept unjudged).
+        """
         stopped = f", {self.stopped} stopped at the deadline" if self.stopped else ""
         head = (f"searched {self.trials} LightGBM configurations{stopped} in {self.seconds:.0f} s "
                 f"(budget {self.budget_s:g} s)")
@@ -145,10 +144,54 @@ def search_boosting(
 ) -> BoostingSearch:
     """Search :data:`SEARCH_SPACE` for ``model``'s booster (its other settings as they are, its
     values of the searched ones as the first trial) on ``train`` / ``valid`` within ``budget_s``
-    seconds of ``clock`` (see the module docstring); the model is not fitted.
+    seconds of ``clock``; the model is not fitted.
+
+    Each trial boosts on the training cutoffs with early stopping on the validation cutoff (which
+    picks the rounds) and is scored by the booster's ROC AUC on the validation cutoff. The configured
+    values are the first trial, so the search can only keep or improve them on validation. The best
+    of many trials on one cutoff is flattered there, so the search runs after the choice of learner
+    (:func:`training.churn.evaluation.choose_learner`, on the configured values) and takes no part
+    in it.
+
+    The budget holds within a trial, not only between trials:
+
+    - every boosting round ends with a look at the clock (:class:`StopAtDeadline`): a trial still
+      boosting when ``budget_s`` has passed stops there and is *pruned*, never chosen. Its ROC AUC
+      would come from fewer rounds than early stopping keeps, so it is not comparable with the
+      completed trials, and the final fit, which boosts until early stopping, would not be the model
+      it measured;
+    - no trial starts when the time spent plus the longest trial so far would pass the budget;
+    - at most ``max_trials`` trials.
+
+    When not even the configured values finish within the budget, nothing is chosen: the configured
+    values are kept, as with no search. With the same data and a budget that lets the same trials
+    finish the search is reproducible (seeded sampler, deterministic LightGBM), but how many trials
+    fit in a time budget depends on the machine's speed and load.
 
     Raises what :meth:`ChurnModel.fit` raises for bad frames or settings, and ``ValueError`` for a
     negative budget.
+
+    Parameters
+    ----------
+    model
+        The unfitted churn model whose booster is searched (its other settings are kept).
+    train, valid
+        The training cutoffs' and the validation cutoff's rows.
+    feature_names
+        The feature columns.
+    label
+        The 0/1 label column.
+    budget_s
+        Seconds of ``clock`` the search may spend.
+    max_trials
+        The most trials run.
+    clock
+        The clock the budget is measured on.
+
+    Returns
+    -------
+    BoostingSearch
+        The chosen settings, their rounds and ROC AUC, and the search's own numbers.
     """
     if not budget_s >= 0:
         raise ValueError(f"train_search_budget_s must be a number of seconds >= 0, got {budget_s!r}")
@@ -217,7 +260,21 @@ def search_boosting(
 
 
 def searched_model(model: ChurnModel, search: BoostingSearch | None) -> ChurnModel:
-    """``model`` with the searched settings of ``search`` (a new, unfitted estimator); unchanged without one."""
+    """``model`` with the searched settings of ``search`` (a new, unfitted estimator); unchanged without one.
+
+    Parameters
+    ----------
+    model
+        The churn model the search started from.
+    search
+        The outcome of :func:`search_boosting`, or None.
+
+    Returns
+    -------
+    ChurnModel
+        An unfitted model with the searched settings, or ``model`` itself when there is nothing to
+        apply.
+    """
     if search is None:
         return model
     return ChurnModel(**{**model.get_params(), **search.params})

@@ -2,21 +2,9 @@
 
 Every number here comes from a calibration/holdout split (:func:`features.customer.calibration_holdout`):
 the model is fitted on the calibration columns and predicts what each customer does in the holdout.
-
-- *Repeat purchases*: the model's conditional expectation E[X(t) | frequency, recency, T] with
-  t = ``duration_holdout`` (Fader, Hardie & Lee 2005, eq. 10 for BG/NBD) against the actual
-  ``frequency_holdout``: aggregate (total predicted vs total actual) and per customer (MAE, RMSE,
-  Pearson correlation).
-- *Naive baseline*: each customer keeps buying at their historic rate, frequency / T repeat
-  purchases per time unit (0 when T = 0: a customer born on the calibration end has no rate yet),
-  times the holdout length.
-- *Spend*: for the customers with a holdout purchase, Gamma-Gamma's expected order value
-  E[M | frequency, monetary_value] (Fader & Hardie 2013, eq. 5) against their actual mean spend per
-  purchase day in the holdout (``monetary_value_holdout``); baseline: the customer's own calibration
-  mean (``monetary_value``, or ``avg_order_value`` for a customer without repeat purchases).
-
-The gate (:func:`gate`) keeps a model that does worse than the naive baseline out of promotion.
-"""
+:class:`HoldoutEvaluation` says what is compared with what (repeat purchases, spend, the naive
+baseline); the gate (:func:`gate`) keeps a model that does worse than the naive baseline out of
+promotion."""
 
 from __future__ import annotations
 
@@ -106,6 +94,19 @@ class HoldoutEvaluation:
     Spend, over the ``spend_n`` customers with a holdout purchase: mean actual spend per purchase
     day, mean predicted expected order value, and the MAE of the model and of the calibration-mean
     baseline (all NaN when ``spend_n`` is 0).
+
+    - *Repeat purchases*: the model's conditional expectation E[X(t) | frequency, recency, T] with
+      t = ``duration_holdout`` (Fader, Hardie & Lee 2005, eq. 10 for BG/NBD) against the actual
+      ``frequency_holdout``: aggregate (total predicted vs total actual) and per customer (MAE,
+      RMSE, Pearson correlation).
+    - *Naive baseline*: each customer keeps buying at their historic rate, frequency / T repeat
+      purchases per time unit (0 when T = 0: a customer born on the calibration end has no rate
+      yet), times the holdout length.
+    - *Spend*: for the customers with a holdout purchase, Gamma-Gamma's expected order value
+      E[M | frequency, monetary_value] (Fader & Hardie 2013, eq. 5) against their actual mean spend
+      per purchase day in the holdout (``monetary_value_holdout``); baseline: the customer's own
+      calibration mean (``monetary_value``, or ``avg_order_value`` for a customer without repeat
+      purchases).
     """
 
     n_customers: int

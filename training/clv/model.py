@@ -1,48 +1,10 @@
 """The CLV model: a purchase model (BG/NBD by default) and the Gamma-Gamma spend model, fitted on
 customer features and scoring every customer with one function (batch scores and the service alike).
 
-Outputs per customer (:data:`CLV_OUTPUT_COLUMNS`; money in the currency of the data, ``currency_``):
-
-- ``expected_purchases_30d`` / ``_90d`` / ``_365d``: expected repeat purchases in the next 30, 90
-  and 365 days, E[X(t) | frequency, recency, T] with t converted into the model's time unit;
-- ``probability_alive``; ``expected_order_value`` (Gamma-Gamma, Fader & Hardie 2013 eq. (5): the
-  population mean p v / (q - 1) for customers without repeat purchases; a repeat customer whose
-  repeat purchases were all returned, monetary_value 0, is shrunk towards 0 by the same formula);
-- ``clv``: the discounted value of the next ``horizon_months`` months, the sum of ``clv_cashflows``.
-  Month m ends at t_m = m * 30.4375 days; its cash flow is
-  (E[X(t_m) | history] - E[X(t_(m-1)) | history]) * expected_order_value / (1 + d)^m, lifetimes'
-  ``customer_lifetime_value`` convention with calendar-exact months;
-- ``clv_lower``/``clv_upper`` and ``expected_purchases_365d_lower``/``_upper``: an ``interval``
-  (default 80 %) interval from the uncertainty of the fitted parameters, by the delta method (below);
-- with ``rate_weight`` w > 0 every expected-purchases output (and so CLV) is the blend
-  (1 - w) E[X(t) | history] + w (frequency / T) t with the customer's historic rate; with
-  ``alive_kind`` set, ``probability_alive`` comes from that second model (BG/NBD's one-order
-  customers are otherwise all at 1);
-- ``historic_clv`` (passed through from the features: net spend to date);
-- ``days_to_next_order``: the median wait for the next purchase of a customer who is still active,
-  (alpha + T)(2^(1 / (r + x)) - 1) (see ``adapter.median_time_to_next_purchase``), in days, and
-  ``expected_next_order_date`` = cutoff + that many days (a naive UTC timestamp; NaT past the
-  year 2262, the end of datetime64[ns]);
-- ``value_segment``: "top 20 %" (clv >= the 80 % quantile of the fitted population's CLV) /
-  "middle" / "bottom 20 %" (clv <= the 20 % quantile; shares set by ``segment_shares``): thresholds
-  fixed at fit time and stored with the model, so one customer scored alone lands where batch
-  scoring puts them. A population with many equal CLVs (e.g. one-time buyers of the same age) can
-  put more than 20 % at a threshold.
-
-Intervals (delta method). Every output y is a smooth function of the parameters theta of the purchase
-model and phi of the spend model, fitted by two separate likelihoods (so their covariance is
-block-diagonal). Var(y) ~ grad_theta(y)' Cov(theta) grad_theta(y) + grad_phi(y)' Cov(phi) grad_phi(y),
-with gradients by central finite differences (relative step :data:`SENSITIVITY_STEP`) and the
-covariances of the fits (inverse Hessians). CLV factorises as S(theta) * v(phi) (S: discounted
-expected purchases, v: expected order value), so its variance is
-v^2 Var(S) + S^2 Var(v). The interval is y +- z sd with z the normal quantile, clipped at 0. It
-reflects parameter uncertainty only, not the randomness of a customer's purchases. On CDNOW it
-matches the central 80 % of scores under parameters drawn from the fits' normal approximation on
-log-parameters (the scale of the Hessian) to within a few percent (tests/test_clv_model.py). The
-delta method costs 2 x 4 extra evaluations of the purchase model, done on distinct
-(frequency, recency, T) rows with the hypergeometric part on distinct (frequency, T) pairs; sampling
-would need hundreds. A million customers score in about 3 s (benchmarks/clv.py).
-"""
+:class:`ClvModel` follows scikit-learn's conventions; :meth:`ClvModel.predict` gives every output
+(:data:`CLV_OUTPUT_COLUMNS`: expected purchases, P(alive), order value, discounted CLV with
+parameter-uncertainty intervals by the delta method, next-order wait, value segment) and says how
+each is computed. The fitted state travels as JSON (:meth:`ClvModel.to_dict`)."""
 
 from __future__ import annotations
 
@@ -453,6 +415,61 @@ class ClvModel(BaseEstimator):
         ``features`` needs frequency, recency, T (in ``time_unit_``), monetary_value and historic_clv
         as of ``cutoff_`` (other columns are ignored). Units: see :data:`CLV_OUTPUT_UNITS`, and the
         returned frame's ``attrs`` (currency, time unit, cutoff, horizon, discount rate, interval).
+
+        Outputs per customer (money in the currency of the data, ``currency_``):
+
+        - ``expected_purchases_30d`` / ``_90d`` / ``_365d``: expected repeat purchases in the next
+          30, 90 and 365 days, E[X(t) | frequency, recency, T] with t converted into the model's
+          time unit;
+        - ``probability_alive``; ``expected_order_value`` (Gamma-Gamma, Fader & Hardie 2013 eq. (5):
+          the population mean p v / (q - 1) for customers without repeat purchases; a repeat
+          customer whose repeat purchases were all returned, monetary_value 0, is shrunk towards 0
+          by the same formula);
+        - ``clv``: the discounted value of the next ``horizon_months`` months, the sum of
+          ``clv_cashflows``. Month m ends at t_m = m * 30.4375 days; its cash flow is
+          (E[X(t_m) | history] - E[X(t_(m-1)) | history]) * expected_order_value / (1 + d)^m,
+          lifetimes' ``customer_lifetime_value`` convention with calendar-exact months;
+        - ``clv_lower``/``clv_upper`` and ``expected_purchases_365d_lower``/``_upper``: an
+          ``interval`` (default 80 %) interval from the uncertainty of the fitted parameters, by the
+          delta method (below);
+        - with ``rate_weight`` w > 0 every expected-purchases output (and so CLV) is the blend
+          (1 - w) E[X(t) | history] + w (frequency / T) t with the customer's historic rate; with
+          ``alive_kind`` set, ``probability_alive`` comes from that second model (BG/NBD's one-order
+          customers are otherwise all at 1);
+        - ``historic_clv`` (passed through from the features: net spend to date);
+        - ``days_to_next_order``: the median wait for the next purchase of a customer who is still
+          active, (alpha + T)(2^(1 / (r + x)) - 1) (see ``adapter.median_time_to_next_purchase``),
+          in days, and ``expected_next_order_date`` = cutoff + that many days (a naive UTC
+          timestamp; NaT past the year 2262, the end of datetime64[ns]);
+        - ``value_segment``: "top 20 %" (clv >= the 80 % quantile of the fitted population's CLV) /
+          "middle" / "bottom 20 %" (clv <= the 20 % quantile; shares set by ``segment_shares``):
+          thresholds fixed at fit time and stored with the model, so one customer scored alone lands
+          where batch scoring puts them. A population with many equal CLVs (e.g. one-time buyers of
+          the same age) can put more than 20 % at a threshold.
+
+        Intervals (delta method). Every output y is a smooth function of the parameters theta of the
+        purchase model and phi of the spend model, fitted by two separate likelihoods (so their
+        covariance is block-diagonal). Var(y) ~ grad_theta(y)' Cov(theta) grad_theta(y) +
+        grad_phi(y)' Cov(phi) grad_phi(y), with gradients by central finite differences (relative
+        step :data:`SENSITIVITY_STEP`) and the covariances of the fits (inverse Hessians). CLV
+        factorises as S(theta) * v(phi) (S: discounted expected purchases, v: expected order value),
+        so its variance is v^2 Var(S) + S^2 Var(v). The interval is y +- z sd with z the normal
+        quantile, clipped at 0. It reflects parameter uncertainty only, not the randomness of a
+        customer's purchases. On CDNOW it matches the central 80 % of scores under parameters drawn
+        from the fits' normal approximation on log-parameters (the scale of the Hessian) to within a
+        few percent (tests/test_clv_model.py). The delta method costs 2 x 4 extra evaluations of the
+        purchase model, done on distinct (frequency, recency, T) rows with the hypergeometric part
+        on distinct (frequency, T) pairs; sampling would need hundreds.
+
+        Parameters
+        ----------
+        features
+            One row per customer: frequency, recency, T, monetary_value, historic_clv.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The columns of :data:`CLV_OUTPUT_COLUMNS`, indexed like ``features``.
         """
         self._check_fitted()
         f, r, t, m = _rfm_arrays(features)

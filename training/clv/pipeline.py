@@ -2,53 +2,8 @@
 evaluated and gated on the holdout after it, the served model refitted on the whole history before
 the cutoff, everything logged to MLflow and the model registered.
 
-Steps, for a cutoff c and a holdout of h days (``clv_holdout_days``, or with ``auto`` a third of the
-history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too short skips the step):
-
-1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
-   in the holdout [c − h, c).
-2. Every candidate purchase model (BG/NBD, MBG/NBD, Pareto/NBD) is fitted on the calibration
-   features. The validation split (:func:`validate_rate_candidates`) cuts the calibration period
-   again, h days before its end (half of it when it is shorter than 2 h): each purchase model is
-   fitted on the first part and predicts the last, alone and blended with the customer's own rate
-   frequency / T at every weight of :data:`RATE_WEIGHTS`. That gives every candidate a validation
-   MAE: a purchase model alone (weight 0), ``blend`` (the base model and weight with the lowest
-   validation MAE) and ``naive`` (the rate itself, weight 1, with Gamma-Gamma spend and the P(alive)
-   of the purchase model that validated best). The blend and naive candidates are then fitted on
-   the calibration features like the others. A candidate whose fit runs to the no-drop-out bound (a
-   history cut at a date: every old customer looks new, nobody is visibly gone) is fitted in that
-   limit, the NBD, and named so (``without_dropout``); a candidate that cannot be fitted even so is
-   reported, not fatal, unless all fail.
-3. The choice (:func:`choose_candidate`) is made on the validation split, never on the holdout
-   whose numbers are then reported: the lowest validation MAE wins, except that a model in which a
-   customer without repeat purchases can be inactive (MBG/NBD, Pareto/NBD) wins when its MAE is
-   within ``TIE_TOLERANCE`` (1 %) of the best: BG/NBD lets a customer drop out only after a repeat
-   purchase, so it gives every one-order customer, however long ago, a probability alive of exactly
-   1 (Fader, Hardie & Lee, "Computing P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al.
-   2007, removes it). A blend that equals another candidate (weight 0 or 1) loses the exact tie to
-   it. A candidate without a validation MAE (its purchase model could not be fitted on the first
-   part) is not chosen. When no candidate has one (the calibration period cannot be split, or no
-   purchase model fits on its first part) the choice falls back to the holdout (:func:`choose`) and
-   the run says so: parameter ``chosen_on`` and the ``choice`` tag. With one candidate there is
-   nothing to choose.
-4. The gate (``evaluation.gate``) on the holdout: worse than the naive baseline on the aggregate
-   error or the per-customer MAE makes the chosen candidate ineligible for promotion. Then, when
-   ``naive`` is a candidate and passes, the baseline is what is served (never worse than the rule of
-   thumb), and the run says so; otherwise the chosen candidate is registered as not eligible. The
-   other candidates' holdout numbers are logged and shown for information only.
-5. The served candidate (its purchase model and rate weight) is refitted on ``customer_features``
-   at c (all history before the cutoff): that is the model scored and served. When its purchase
-   model is BG/NBD, :data:`ALIVE_COMPANION` (MBG/NBD) is fitted alongside and reports P(alive).
-6. The plausibility check (``evaluation.plausibility_check``): the refitted model's CLV of the
-   one-order customers against the repeat customers' actual spend over the last year (the last
-   half of a shorter history), scaled to the horizon; logged as metrics and a tag, and a warning
-   when a one-order customer is valued above the 99th percentile without their own spend to show
-   for it.
-7. One MLflow run: parameters (the served and the chosen candidate, the split that chose it),
-   coefficients with standard errors, the validation MAE of every candidate, holdout metrics of
-   every candidate and the baseline, the table of both, four diagnostic plots, the data
-   fingerprint; the model as a pyfunc registered as ``rapport-clv``.
-"""
+The choice is never made on the holdout whose numbers are reported, and what is served is never
+worse than the naive rule of thumb; :func:`train_clv` gives the steps."""
 
 from __future__ import annotations
 
@@ -360,7 +315,72 @@ def train_clv(
     cutoff: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ClvTrainingResult:
-    """Fit, evaluate, log and register the CLV model from the store's history before ``cutoff``."""
+    """Fit, evaluate, log and register the CLV model from the store's history before ``cutoff``.
+
+    Steps, for a cutoff c and a holdout of h days (``clv_holdout_days``, or with ``auto`` a third of the
+    history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too short skips the step):
+
+    1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
+       in the holdout [c − h, c).
+    2. Every candidate purchase model (BG/NBD, MBG/NBD, Pareto/NBD) is fitted on the calibration
+       features. The validation split (:func:`validate_rate_candidates`) cuts the calibration period
+       again, h days before its end (half of it when it is shorter than 2 h): each purchase model is
+       fitted on the first part and predicts the last, alone and blended with the customer's own rate
+       frequency / T at every weight of :data:`RATE_WEIGHTS`. That gives every candidate a validation
+       MAE: a purchase model alone (weight 0), ``blend`` (the base model and weight with the lowest
+       validation MAE) and ``naive`` (the rate itself, weight 1, with Gamma-Gamma spend and the P(alive)
+       of the purchase model that validated best). The blend and naive candidates are then fitted on
+       the calibration features like the others. A candidate whose fit runs to the no-drop-out bound (a
+       history cut at a date: every old customer looks new, nobody is visibly gone) is fitted in that
+       limit, the NBD, and named so (``without_dropout``); a candidate that cannot be fitted even so is
+       reported, not fatal, unless all fail.
+    3. The choice (:func:`choose_candidate`) is made on the validation split, never on the holdout
+       whose numbers are then reported: the lowest validation MAE wins, except that a model in which a
+       customer without repeat purchases can be inactive (MBG/NBD, Pareto/NBD) wins when its MAE is
+       within ``TIE_TOLERANCE`` (1 %) of the best: BG/NBD lets a customer drop out only after a repeat
+       purchase, so it gives every one-order customer, however long ago, a probability alive of exactly
+       1 (Fader, Hardie & Lee, "Computing P(alive) using the BG/NBD model"; MBG/NBD, Batislam et al.
+       2007, removes it). A blend that equals another candidate (weight 0 or 1) loses the exact tie to
+       it. A candidate without a validation MAE (its purchase model could not be fitted on the first
+       part) is not chosen. When no candidate has one (the calibration period cannot be split, or no
+       purchase model fits on its first part) the choice falls back to the holdout (:func:`choose`) and
+       the run says so: parameter ``chosen_on`` and the ``choice`` tag. With one candidate there is
+       nothing to choose.
+    4. The gate (``evaluation.gate``) on the holdout: worse than the naive baseline on the aggregate
+       error or the per-customer MAE makes the chosen candidate ineligible for promotion. Then, when
+       ``naive`` is a candidate and passes, the baseline is what is served (never worse than the rule of
+       thumb), and the run says so; otherwise the chosen candidate is registered as not eligible. The
+       other candidates' holdout numbers are logged and shown for information only.
+    5. The served candidate (its purchase model and rate weight) is refitted on ``customer_features``
+       at c (all history before the cutoff): that is the model scored and served. When its purchase
+       model is BG/NBD, :data:`ALIVE_COMPANION` (MBG/NBD) is fitted alongside and reports P(alive).
+    6. The plausibility check (``evaluation.plausibility_check``): the refitted model's CLV of the
+       one-order customers against the repeat customers' actual spend over the last year (the last
+       half of a shorter history), scaled to the horizon; logged as metrics and a tag, and a warning
+       when a one-order customer is valued above the 99th percentile without their own spend to show
+       for it.
+    7. One MLflow run: parameters (the served and the chosen candidate, the split that chose it),
+       coefficients with standard errors, the validation MAE of every candidate, holdout metrics of
+       every candidate and the baseline, the table of both, four diagnostic plots, the data
+       fingerprint; the model as a pyfunc registered as ``rapport-clv``.
+
+    Parameters
+    ----------
+    con
+        The store.
+    settings
+        The deployment's settings (the ``clv_*`` values and windows, MLflow).
+    cutoff
+        The end of the history to train on (a backtest); the day after the last sale when None.
+    progress
+        Called with each step's line of text, if given.
+
+    Returns
+    -------
+    ClvTrainingResult
+        The run and registered version, the candidates' table, the served model with its holdout
+        evaluation, gate and plausibility check, and how it was chosen.
+    """
 
     step = reporter(log, progress)
 

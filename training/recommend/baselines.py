@@ -3,25 +3,9 @@
 Both follow scikit-learn's conventions (``__init__`` stores settings, ``fit`` returns ``self``,
 fitted attributes end in ``_``) and ``implicit``'s recommend shape: ``recommend`` takes a batch of
 customer ids and returns, per customer, ``(item_ids, scores)`` as two numpy arrays, best first.
-Items the customer must not see (``exclude``) and the candidate items (``allowed_items``, e.g.
-:func:`features.interactions.recommendable_items`) are arguments. Customer and item ids stay the
-store's ids; positions in arrays are an internal detail.
-
-They are fitted on a frame of :func:`features.interactions.interactions` (columns ``customer_id``,
-``item_id``, ``purchases``, ``last_purchase``, ``weight``). Only purchased pairs (``purchases > 0``)
-count: browse-only pairs are ignored. ``fit_history`` builds that frame from a store with the
-model's own ``half_life_days`` (and no browse weight) and fits on it.
-
-- :class:`PopularityRecommender` scores an item by the number of distinct customers who bought it
-  (``score="customers"``) or by the summed interaction ``weight`` of its buyers (``score="weight"``:
-  the decayed purchase count when the frame was built with a half-life, so recent sales count more).
-  Every customer, known or not, gets the same list (minus their exclusions).
-- :class:`BuyAgainRecommender` scores a customer's own items by their ``weight`` (with the default
-  one-year half-life: ``sum over the orders of 0.5 ** (age_days / 365)``). Ties go to the item bought
-  most recently. A customer without purchases in the training frame gets empty arrays.
-
-Remaining ties are broken by item id, so the lists are deterministic.
-"""
+Customer and item ids stay the store's ids; positions in arrays are an internal detail. What they
+are fitted on is said on the shared base class, how each scores on :class:`PopularityRecommender`
+and :class:`BuyAgainRecommender`."""
 
 from __future__ import annotations
 
@@ -86,6 +70,17 @@ def _allowed_mask(item_ids: np.ndarray, allowed_items: set[Hashable] | frozenset
 
 
 class _Recommender(ABC):
+    """What both baselines share.
+
+    They are fitted on a frame of :func:`features.interactions.interactions` (columns
+    ``customer_id``, ``item_id``, ``purchases``, ``last_purchase``, ``weight``). Only purchased pairs
+    (``purchases > 0``) count: browse-only pairs are ignored. ``fit_history`` builds that frame from
+    a store with the model's own ``half_life_days`` (and no browse weight) and fits on it. Items the
+    customer must not see (``exclude``) and the candidate items (``allowed_items``, e.g.
+    :func:`features.interactions.recommendable_items`) are arguments of ``recommend``. Remaining
+    ties are broken by item id, so the lists are deterministic.
+    """
+
     half_life_days: float | None
 
     def _check_fitted(self) -> None:
@@ -110,7 +105,9 @@ class PopularityRecommender(_Recommender):
     ``score="customers"`` (default): the number of distinct customers who bought the item.
     ``score="weight"``: the summed ``weight`` of the item's purchased pairs (recency-weighted
     popularity when the frame carries decayed weights). ``half_life_days`` is only used by
-    :meth:`fit_history` to build that weight (``None``: no decay).
+    :meth:`fit_history` to build that weight (``None``: no decay), so that with a half-life recent
+    sales count more. Every customer, known or not, gets the same list (minus their exclusions);
+    ties go to the item id.
 
     Fitted attributes: ``item_ids_`` (ranked, best first) and ``scores_``.
     """
@@ -161,7 +158,8 @@ class BuyAgainRecommender(_Recommender):
 
     The score of an item is the ``weight`` of the customer's (customer, item) pair: with
     :meth:`fit_history`, ``sum over the customer's orders of the item of 0.5 ** (age_days /
-    half_life_days)`` (``half_life_days=None``: the number of orders). Ties go to the most recent
+    half_life_days)`` (the default half-life is one year; ``half_life_days=None``: the number of
+    orders). Ties go to the most recent
     ``last_purchase``, then to the item id. Customers unknown to the model get empty arrays.
 
     Fitted attributes: ``customer_ids_`` (sorted), ``indptr_`` (customer ``customer_ids_[u]`` owns

@@ -1,30 +1,10 @@
 """The recommender's honest comparison: every candidate model and baseline, one table, one gate.
 
-Protocol (:func:`compare`), on the temporal split of :mod:`training.recommend.split`:
-
-- the two-stage model is fitted as of ``valid_end``: its ranker learns on the validation period
-  (candidate models fitted before ``train_end``, labels from ``[train_end, valid_end)``), its
-  candidate models are refitted on everything before ``valid_end``; nothing of the test period is
-  seen, and no choice is made on it;
-- the baselines (most popular ever, most popular in the last 30 days, buy again with a one-year
-  half-life, personal top frequency: the customer's items by number of orders, then the popular
-  list), TIFU-KNN on its own and the plain candidate models (``implicit`` ALS on BM25 weights, BPR,
-  item-KNN with cosine and with BM25 similarity) are fitted on the same history before
-  ``valid_end``; personal top frequency and TIFU-KNN are the same fitted model with a rule in place
-  of the ranker (:meth:`RecommenderModel.with_ranker`), so their rows are what serving them gives;
-- every model recommends 20 items to each customer who bought in the test period and was known
-  before it, twice: as is (judged on all test purchases) and with the customer's purchases excluded,
-  the service's default filter (judged on the items new to the customer: the ``_new`` columns).
-  Only recommendable items (active products) are ever proposed.
-
-Which configuration is registered (the *champion* row: the blend, TIFU-KNN or personal top
-frequency) is decided before, on the validation period (:mod:`training.recommend.search`); the
-test period only reports and gates it. The gate (:func:`recommender_gate`): a learned champion
-(the blend, TIFU-KNN) is eligible for promotion only if it beats the best baseline on recall@20
-over all items AND beats popularity and plain ALS on recall@20 over new items; a baseline champion
-(personal top frequency, registered when nothing beat it on validation) only if no other baseline
-beats it on recall@20. Either way the run says which condition failed.
-"""
+:func:`compare` fits every model and baseline on the history before the test period of
+:mod:`training.recommend.split` and judges them on it, each as it would be served; nothing of the
+test period is seen and no choice is made on it. Which configuration is registered is decided
+before, on the validation period (:mod:`training.recommend.search`); the test period only reports
+and gates it (:func:`recommender_gate`)."""
 
 from __future__ import annotations
 
@@ -123,7 +103,27 @@ class Comparison:
 
 
 def recommender_gate(table: pd.DataFrame, chosen: str = CHOSEN) -> RecommenderGate:
-    """The rule of the module docstring on a comparison table, for the ``chosen`` row."""
+    """The gate on a comparison table, for the ``chosen`` row.
+
+    The ``chosen`` row is the *champion* configuration (the blend, TIFU-KNN or personal top
+    frequency), decided on the validation period (:mod:`training.recommend.search`). A learned
+    champion (the blend, TIFU-KNN) is eligible for promotion only if it beats the best baseline on
+    recall@20 over all items AND beats popularity and plain ALS on recall@20 over new items; a
+    baseline champion (personal top frequency, registered when nothing beat it on validation) only
+    if no other baseline beats it on recall@20. Either way the run says which condition failed.
+
+    Parameters
+    ----------
+    table
+        The comparison table of :func:`compare` (one row per model, the metrics' columns).
+    chosen
+        The row of the registered configuration.
+
+    Returns
+    -------
+    RecommenderGate
+        Whether it may be promoted, and why (or why not).
+    """
     baselines = [b for b in BASELINES if b in table.index and b != chosen]
     best = max(baselines, key=lambda b: table.loc[b, RECALL])
     mine_all, mine_new = float(table.loc[chosen, RECALL]), float(table.loc[chosen, RECALL_NEW])
@@ -310,7 +310,45 @@ def compare(
     """Fit every model on the history before ``split.valid_end`` and judge them on the test period;
     the gate is ``champion``'s (a row of :data:`CONFIGURATIONS`, chosen on validation).
     ``prefitted``: a model with these settings fitted as of ``split.train_end`` (the validation
-    search's), whose history and candidate models are then the label period's, not built again."""
+    search's), whose history and candidate models are then the label period's, not built again.
+
+    Protocol:
+
+    - the two-stage model is fitted as of ``valid_end``: its ranker learns on the validation period
+      (candidate models fitted before ``train_end``, labels from ``[train_end, valid_end)``), its
+      candidate models are refitted on everything before ``valid_end``; nothing of the test period is
+      seen, and no choice is made on it;
+    - the baselines (most popular ever, most popular in the last 30 days, buy again with a one-year
+      half-life, personal top frequency: the customer's items by number of orders, then the popular
+      list), TIFU-KNN on its own and the plain candidate models (``implicit`` ALS on BM25 weights, BPR,
+      item-KNN with cosine and with BM25 similarity) are fitted on the same history before
+      ``valid_end``; personal top frequency and TIFU-KNN are the same fitted model with a rule in place
+      of the ranker (:meth:`RecommenderModel.with_ranker`), so their rows are what serving them gives;
+    - every model recommends 20 items to each customer who bought in the test period and was known
+      before it, twice: as is (judged on all test purchases) and with the customer's purchases excluded,
+      the service's default filter (judged on the items new to the customer: the ``_new`` columns).
+      Only recommendable items (active products) are ever proposed.
+
+    Parameters
+    ----------
+    backend
+        The store.
+    split
+        The temporal split (:func:`training.recommend.split.temporal_split`).
+    settings
+        The recommender's settings.
+    champion
+        The registered configuration's row, chosen on validation.
+    prefitted
+        The validation search's model, fitted as of ``split.train_end``, or None.
+    progress
+        Called with each step's line of text, if given.
+
+    Returns
+    -------
+    Comparison
+        The table, the gate and the model fitted as of ``valid_end`` with its test-period lists.
+    """
 
     step = reporter(logger, progress)
 

@@ -1,40 +1,11 @@
 """The recommender: candidates from repeat purchases, ALS, item-KNN and popularity, ranked by LightGBM.
 
-People re-buy what they bought, and they also discover. Neither a pure "buy again" list nor a pure
-factorisation serves both, so the model has two stages:
-
-1. *Candidates* (:mod:`training.recommend.candidates`): the customer's own items, ALS
-   (``implicit``, BM25-weighted decayed purchases), item-item KNN (``implicit``'s BM25 similarity),
-   TIFU-KNN (time-decayed basket frequencies blended with the nearest customers') and the items
-   with the most buyers in the last 30 days, each pair described by 22 features: how often and how
-   recently the customer bought the item, the customer's activity, the item's popularity and
-   trend, and the models' scores and ranks.
-2. *Ranking*: a LightGBM learning-to-rank model (``rank_xendcg``, the cross-entropy bound of NDCG:
-   the quality of ``lambdarank`` on Online Retail II with fewer trees and a third of its training
-   time) orders each customer's candidates. It learns the mix
-   between repurchase and discovery from data, on a *label period* that never overlaps the
-   evaluation: for a model as of cutoff ``c``, the candidate models are fitted on the history before
-   ``c - label_days``, the ranker learns which of their candidates the customers bought in
-   ``[c - label_days, c)`` (early stopping on a fifth of those customers, NDCG@20), then the
-   candidate models are refitted on everything before ``c`` and the ranker is kept.
-
-The ranking stage can also be a rule (:data:`RANKERS`): personal top frequency (the customer's
-items by number of orders, then the popular list) or TIFU-KNN's score. A rule model is fitted,
-saved, served and explained exactly as the blend, so that a baseline that wins on validation is
-what the service serves (:meth:`RecommenderModel.with_ranker`).
-
-:meth:`RecommenderModel.rank` is the one scoring path of batch lists, the CLI and the service
-(:meth:`RecommenderModel.recommend` is its DataFrame): the options of a call
-(:class:`~training.recommend.options.RecommendOptions`) are applied while candidates are generated
-(recommendable items only; already purchased items excluded by default, except categories marked
-repurchasable; category include / exclude; the caller's exclusions), an unknown customer gets the
-popular items of their channel or country (a flagged fallback), and an unknown customer with a few
-recent items gets an ALS fold-in (``recalculate_user``) on them, ranked by the same code. Each
-item comes with its source (``repurchase``, ``model`` or ``popularity``) and a reason in words
-("because you bought X").
-:meth:`similar_items` serves product pages ("customers also bought": the item-KNN neighbours, ALS
-neighbours when an item has too few) and :meth:`explain` gives ALS's own explanation of a score.
-"""
+People re-buy what they bought, and they also discover: :class:`RecommenderModel` generates
+candidates from both and learns the mix with a learning-to-rank model (or ranks them by a rule, so
+that a baseline that wins on validation is served through the same code). :meth:`RecommenderModel.rank`
+is the one scoring path of batch lists, the CLI and the service; :meth:`RecommenderModel.similar_items`
+serves product pages ("customers also bought": the item-KNN neighbours, ALS neighbours when an item
+has too few) and :meth:`RecommenderModel.explain` gives ALS's own explanation of a score."""
 
 from __future__ import annotations
 
@@ -378,9 +349,33 @@ class RankerTraining:
 
 
 class RecommenderModel:
-    """Two-stage recommender (see the module docstring). ``fit`` returns self; fitted attributes end in ``_``:
+    """Two-stage recommender. ``fit`` returns self; fitted attributes end in ``_``:
     ``data_`` (:class:`InteractionData` at the cutoff), ``models_`` (:class:`CandidateModels`),
-    ``booster_`` (the LightGBM ranker), ``training_`` (:class:`RankerTraining`), ``settings_``."""
+    ``booster_`` (the LightGBM ranker), ``training_`` (:class:`RankerTraining`), ``settings_``.
+
+    People re-buy what they bought, and they also discover. Neither a pure "buy again" list nor a pure
+    factorisation serves both, so the model has two stages:
+
+    1. *Candidates* (:mod:`training.recommend.candidates`): the customer's own items, ALS
+       (``implicit``, BM25-weighted decayed purchases), item-item KNN (``implicit``'s BM25 similarity),
+       TIFU-KNN (time-decayed basket frequencies blended with the nearest customers') and the items
+       with the most buyers in the last 30 days, each pair described by 22 features: how often and how
+       recently the customer bought the item, the customer's activity, the item's popularity and
+       trend, and the models' scores and ranks.
+    2. *Ranking*: a LightGBM learning-to-rank model (``rank_xendcg``, the cross-entropy bound of
+       NDCG: on Online Retail II the quality of ``lambdarank`` with fewer trees and less training
+       time, as the README reports) orders each customer's candidates. It learns the mix between
+       repurchase and discovery from data, on a *label period* that never overlaps the evaluation:
+       for a model as of cutoff ``c``, the candidate models are fitted on the history before
+       ``c - label_days``, the ranker learns which of their candidates the customers bought in
+       ``[c - label_days, c)`` (early stopping on a fifth of those customers, NDCG@20), then the
+       candidate models are refitted on everything before ``c`` and the ranker is kept.
+
+    The ranking stage can also be a rule (:data:`RANKERS`): personal top frequency (the customer's
+    items by number of orders, then the popular list) or TIFU-KNN's score. A rule model is fitted,
+    saved, served and explained exactly as the blend, so that a baseline that wins on validation is
+    what the service serves (:meth:`RecommenderModel.with_ranker`).
+    """
 
     def __init__(self, settings: RecommenderSettings | None = None) -> None:
         self.settings = settings or RecommenderSettings()
@@ -395,7 +390,22 @@ class RecommenderModel:
         progress: Callable[[str], None] | None = None,
     ) -> RecommenderModel:
         """Learn the ranker on the label period before ``as_of`` and fit the candidate models on
-        everything before ``as_of`` (see the module docstring)."""
+        everything before ``as_of`` (the protocol is the class docstring's).
+
+        Parameters
+        ----------
+        backend
+            The store.
+        as_of
+            The cutoff: nothing on or after it is seen.
+        progress
+            Called with each step's line of text, if given.
+
+        Returns
+        -------
+        RecommenderModel
+            ``self``, fitted.
+        """
         settings = self.settings
 
         step = reporter(logger, progress)
@@ -616,7 +626,33 @@ class RecommenderModel:
         knows. ``recent_items`` (customer id -> item ids) folds in customers unknown to the model;
         ``progress(done, total)`` is called after each block. Known customers are ranked in blocks
         of :data:`BLOCK_CUSTOMERS`, side by side on the model's threads; one customer is a block of
-        one, scored on one thread (the service's call)."""
+        one, scored on one thread (the service's call).
+
+        It is the one scoring path of batch lists, the CLI and the service (:meth:`recommend` is its
+        DataFrame): the options of a call are applied while candidates are generated (recommendable
+        items only; already purchased items excluded by default, except categories marked
+        repurchasable; category include / exclude; the caller's exclusions), an unknown customer gets
+        the popular items of their channel or country (a flagged fallback), and an unknown customer
+        with a few recent items gets an ALS fold-in (``recalculate_user``) on them, ranked by the same
+        code. Each item comes with its source (``repurchase``, ``model`` or ``popularity``) and a
+        reason in words ("because you bought X").
+
+        Parameters
+        ----------
+        customer_ids
+            One customer id or many.
+        options
+            The filters and list length; :class:`RecommendOptions`' defaults when None.
+        recent_items
+            Customer id -> item ids, for customers unknown to the model.
+        progress
+            ``progress(done, total)``, called after each block.
+
+        Returns
+        -------
+        Ranked
+            The entries, grouped by customer in the order asked, by rank within each.
+        """
         resolved = self._resolve(RecommendOptions() if options is None else options)
         data = self.data_
         ids = _customer_ids(customer_ids)

@@ -1,24 +1,9 @@
 """The recommender training step: compare every model on the test period, fit the chosen one on the
 whole history, log to MLflow and register ``rapport-recommender``.
 
-1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend_test_days`` of
-   the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend_valid_days``
-   before them the label period the ranker learns on. With ``auto`` both periods and the half-life
-   come from the history (:func:`features.windows.recommend_windows`); a history too short skips
-   the step.
-2. :func:`training.recommend.search.search`: on the validation period, the hyper-parameters
-   (Optuna, within ``train_search_budget_s``) and the champion among the servable configurations
-   (the blend, TIFU-KNN, personal top frequency: a baseline when nothing beats it).
-3. :func:`training.recommend.evaluation.compare`: the ranked blend, TIFU-KNN, the baselines and the
-   plain candidate models fitted before the test period and judged on it; the champion's gate.
-4. The model that is registered is the champion's configuration brought up to the end of the
-   history: the ranker (or rule) the test period judged, with its candidate models refitted on
-   everything (ALS warm-started), so that the service recommends from the latest purchases. The
-   run logs the comparison table (CSV and
-   JSON) and the validation table, its plot, the parameters (the searched values as ``search.*``),
-   the catalogue version and the data fingerprint; the model version is tagged ``gate_eligible``
-   and ``champion_configuration``.
-"""
+The champion configuration is chosen on the validation period, judged and gated on the test
+period, then brought up to the end of the history so that the service recommends from the latest
+purchases; :func:`train_recommender` gives the steps."""
 
 from __future__ import annotations
 
@@ -81,14 +66,44 @@ class RecommenderTrainingResult:
 
 
 def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime | None = None) -> Windows:
-    """The recommender's test and label periods and half-life for the store's history (before ``cutoff``)."""
+    """The recommender's test and label periods and half-life for the store's history (before ``cutoff``).
+
+    Parameters
+    ----------
+    con
+        The store.
+    settings
+        The deployment's settings (``recommend_test_days``, ``recommend_valid_days``,
+        ``recommend_half_life_days``).
+    cutoff
+        Only the history before it counts; all of it when None.
+
+    Returns
+    -------
+    Windows
+        ``test_days``, ``valid_days`` and ``half_life_days``, with how each was chosen.
+    """
     return recommend_windows(history_stats(ibis_backend(con), before=cutoff), test_days=settings.recommend_test_days,
                              valid_days=settings.recommend_valid_days,
                              half_life_days=settings.recommend_half_life_days)
 
 
 def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSettings:
-    """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows."""
+    """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows.
+
+    Parameters
+    ----------
+    settings
+        The deployment's settings.
+    windows
+        The resolved windows (:func:`resolve_windows`): the half-life and the label period.
+
+    Returns
+    -------
+    RecommenderSettings
+        The settings of :class:`~training.recommend.model.RecommenderModel`; a
+        :class:`~features.settings.SettingsError` names an unknown candidate source.
+    """
     sizes = settings.recommend_candidates
     sources = tuple(CandidateSizes.__dataclass_fields__)
     unknown = sorted(set(sizes) - set(sources))
@@ -120,7 +135,18 @@ def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSet
 
 def catalogue_version(data: InteractionData) -> str:
     """A short hash of the catalogue the model recommends from: item ids, whether each is
-    recommendable, and its category. Two runs on the same catalogue log the same version."""
+    recommendable, and its category. Two runs on the same catalogue log the same version.
+
+    Parameters
+    ----------
+    data
+        The interaction data the model was fitted on.
+
+    Returns
+    -------
+    str
+        16 hex characters.
+    """
     digest = hashlib.sha256()
     for item, ok, category in zip(data.item_ids, data.recommendable, data.category):
         digest.update(f"{item}\x1f{int(ok)}\x1f{category or ''}\x1e".encode())
@@ -142,7 +168,42 @@ def train_recommender(
     cutoff: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RecommenderTrainingResult:
-    """Compare, fit on the whole history (before ``cutoff``), log and register (see the module docstring)."""
+    """Compare, fit on the whole history (before ``cutoff``), log and register.
+
+    1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend_test_days`` of
+       the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend_valid_days``
+       before them the label period the ranker learns on. With ``auto`` both periods and the half-life
+       come from the history (:func:`features.windows.recommend_windows`); a history too short skips
+       the step.
+    2. :func:`training.recommend.search.search`: on the validation period, the hyper-parameters
+       (Optuna, within ``train_search_budget_s``) and the champion among the servable configurations
+       (the blend, TIFU-KNN, personal top frequency: a baseline when nothing beats it).
+    3. :func:`training.recommend.evaluation.compare`: the ranked blend, TIFU-KNN, the baselines and the
+       plain candidate models fitted before the test period and judged on it; the champion's gate.
+    4. The model that is registered is the champion's configuration brought up to the end of the
+       history: the ranker (or rule) the test period judged, with its candidate models refitted on
+       everything (ALS warm-started), so that the service recommends from the latest purchases. The
+       run logs the comparison table (CSV and JSON) and the validation table, its plot, the
+       parameters (the searched values as ``search.*``), the catalogue version and the data
+       fingerprint; the model version is tagged ``gate_eligible`` and ``champion_configuration``.
+
+    Parameters
+    ----------
+    con
+        The store the interactions and the catalogue are read from.
+    settings
+        The deployment's settings (the ``recommend_*`` values and windows, the search budget, MLflow).
+    cutoff
+        A backtest's end of history: the test period ends there; None uses every sale.
+    progress
+        Receives each line the step logs (validation, evaluation, final model, logging).
+
+    Returns
+    -------
+    RecommenderTrainingResult
+        The run and registered version, the split, the comparison table and gate, the fitted model,
+        the catalogue version, the plots, the windows and the validation search.
+    """
 
     step = reporter(log, progress)
 
