@@ -796,24 +796,72 @@ def _as_float(*values: ArrayLike) -> tuple[FloatArray, ...]:
 class PurchaseModel:
     """The closed forms of one purchase model, on a fit's parameter ``values`` (in the order of
     :data:`PARAMETER_NAMES`) and float arrays x = frequency, t_x = recency, T, t that broadcast
-    together. Errors of floating point (0 / 0 at a boundary) are left to the caller's
-    ``np.errstate``."""
+    together. A subclass implements the private methods; errors of floating point (0 / 0 at a
+    boundary) are left to the caller's ``np.errstate``."""
 
     #: The model's name in artefacts, settings and tables.
     kind: str = ""
 
     def probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
                           t_age: FloatArray) -> FloatArray:
-        """P(alive at T | x, t_x, T)."""
-        raise NotImplementedError
+        """P(alive at T | x, t_x, T).
+
+        Parameters
+        ----------
+        values
+            The fit's parameter values.
+        x, tx, t_age
+            Frequency, recency and T, in the fit's time unit.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 in [0, 1], of the broadcast shape.
+        """
+        return self._probability_alive(values, x, tx, t_age)
 
     def expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
                              t_age: FloatArray) -> FloatArray:
-        """E[X(t) | alive at T, x, T]: expected repeat purchases in (T, T + t]."""
-        raise NotImplementedError
+        """E[X(t) | alive at T, x, T]: expected repeat purchases in (T, T + t].
+
+        Parameters
+        ----------
+        values
+            The fit's parameter values.
+        t, x, t_age
+            The window's length, frequency and T, in the fit's time unit.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 >= 0, of the broadcast shape.
+        """
+        return self._expected_given_alive(values, t, x, t_age)
 
     def alive_at_acquisition(self, values: tuple[float, ...]) -> float | None:
-        """P(alive) of a customer at their first purchase, where it is not 1 (None: it is 1)."""
+        """P(alive) of a customer at their first purchase, where the model makes it less than 1.
+
+        Parameters
+        ----------
+        values
+            The fit's parameter values.
+
+        Returns
+        -------
+        float or None
+            The probability; None where it is 1 (BG/NBD, Pareto/NBD).
+        """
+        return self._alive_at_acquisition(values)
+
+    def _probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
+                           t_age: FloatArray) -> FloatArray:
+        raise NotImplementedError
+
+    def _expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
+                              t_age: FloatArray) -> FloatArray:
+        raise NotImplementedError
+
+    def _alive_at_acquisition(self, values: tuple[float, ...]) -> float | None:
         return None
 
 
@@ -822,8 +870,8 @@ class BGNBD(PurchaseModel):
 
     kind = "bgnbd"
 
-    def probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
-                          t_age: FloatArray) -> FloatArray:
+    def _probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
+                           t_age: FloatArray) -> FloatArray:
         r, alpha, a, b = values
         log_ratio = (r + x) * (np.log(alpha + t_age) - np.log(alpha + tx))
         return self._alive(a, b, x, log_ratio)
@@ -838,8 +886,8 @@ class BGNBD(PurchaseModel):
         """The arguments a', b', c' of the 2F1 of the conditional expectation, and its lead factor."""
         return r + x, b + x, a + b + x - 1, (a + b + x - 1) / (a - 1)
 
-    def expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
-                             t_age: FloatArray) -> FloatArray:
+    def _expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
+                              t_age: FloatArray) -> FloatArray:
         r, alpha, a, b = values
         z = t / (alpha + t_age + t)
         a_, b_, c_, lead = self._hypergeometric(r, a, b, x)
@@ -860,7 +908,7 @@ class MBGNBD(BGNBD):
                         x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         return r + x, b + x + 1, a + b + x, (a + b + x) / (a - 1)
 
-    def alive_at_acquisition(self, values: tuple[float, ...]) -> float | None:
+    def _alive_at_acquisition(self, values: tuple[float, ...]) -> float | None:
         _, _, a, b = values
         return b / (a + b)
 
@@ -871,8 +919,8 @@ class ParetoNBD(PurchaseModel):
 
     kind = "paretonbd"
 
-    def probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
-                          t_age: FloatArray) -> FloatArray:
+    def _probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
+                           t_age: FloatArray) -> FloatArray:
         r, alpha, s, beta = values
         x, tx, t_age = np.broadcast_arrays(x, tx, t_age)
         shape = x.shape
@@ -882,8 +930,8 @@ class ParetoNBD(PurchaseModel):
                     + log_a0)
         return np.asarray(expit(-log_odds), dtype=np.float64).reshape(shape)
 
-    def expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
-                             t_age: FloatArray) -> FloatArray:
+    def _expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
+                              t_age: FloatArray) -> FloatArray:
         r, alpha, s, beta = values
         u = np.log1p(t / (beta + t_age))  # log((beta + T + t) / (beta + T))
         growth = u if abs(s - 1) < 1e-12 else -np.expm1(-(s - 1) * u) / (s - 1)
@@ -895,7 +943,23 @@ PURCHASE_MODEL_CLASSES: dict[str, PurchaseModel] = {model.kind: model for model 
 
 
 def purchase_model(kind: str) -> PurchaseModel:
-    """The purchase model named ``kind`` (``ValueError`` naming the known ones otherwise)."""
+    """The purchase model named ``kind``.
+
+    Parameters
+    ----------
+    kind
+        One of :data:`PURCHASE_MODELS`.
+
+    Returns
+    -------
+    PurchaseModel
+        Its closed forms.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is not a purchase model's name.
+    """
     try:
         return PURCHASE_MODEL_CLASSES[kind]
     except KeyError:
