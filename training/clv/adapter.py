@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -793,7 +794,7 @@ def _as_float(*values: ArrayLike) -> tuple[FloatArray, ...]:
 # of the purchase rate of a customer alive at T.
 
 
-class PurchaseModel:
+class PurchaseModel(ABC):
     """The closed forms of one purchase model, on a fit's parameter ``values`` (in the order of
     :data:`PARAMETER_NAMES`) and float arrays x = frequency, t_x = recency, T, t that broadcast
     together. A subclass implements the private methods; errors of floating point (0 / 0 at a
@@ -853,13 +854,15 @@ class PurchaseModel:
         """
         return self._alive_at_acquisition(values)
 
+    @abstractmethod
     def _probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
                            t_age: FloatArray) -> FloatArray:
-        raise NotImplementedError
+        """The model's P(alive) (see :meth:`probability_alive`)."""
 
+    @abstractmethod
     def _expected_given_alive(self, values: tuple[float, ...], t: FloatArray, x: FloatArray,
                               t_age: FloatArray) -> FloatArray:
-        raise NotImplementedError
+        """The model's expected purchases of a customer alive (see :meth:`expected_given_alive`)."""
 
     def _alive_at_acquisition(self, values: tuple[float, ...]) -> float | None:
         return None
