@@ -61,7 +61,7 @@ def test_an_unknown_variable_is_refused_with_the_closest_setting(settings, monke
     for name, value in (("RAPPORT_BUNDLE_DIR", "bundle"), ("RAPPORT_SERVING_WORKERS", "2"),
                         ("RAPPORT_RECOMMEND_CANDIDATES__ALS", "20")):
         monkeypatch.setenv(name, value)
-    assert load_settings().recommend_candidates == {"als": 20}
+    assert load_settings().recommend.model.candidates == {"als": 20}
     monkeypatch.setenv("RAPPORT_NOTHING_LIKE_IT", "1")
     with pytest.raises(SettingsError, match="RAPPORT_NOTHING_LIKE_IT: not a setting \\(rapport config lists"):
         load_settings()

@@ -103,7 +103,7 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
     con
         The store.
     settings
-        The deployment's settings (``churn_horizon_days`` and the other churn windows).
+        The deployment's settings (``churn.horizon_days`` and the other churn windows).
     cutoff
         Only the history before it counts; all of it when None.
 
@@ -113,8 +113,8 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
         The horizon, lookback and cutoff spacing, with how each was chosen.
     """
     return churn_windows(history_stats(ibis_backend(con), before=cutoff),
-                         horizon_days=settings.churn_horizon_days, lookback_days=settings.churn_lookback_days,
-                         cutoff_spacing=settings.churn_cutoff_spacing, max_cutoffs=settings.churn_max_cutoffs)
+                         horizon_days=settings.churn.horizon_days, lookback_days=settings.churn.lookback_days,
+                         cutoff_spacing=settings.churn.cutoff_spacing, max_cutoffs=settings.churn.max_cutoffs)
 
 
 def configured_model(settings: Settings) -> ChurnModel:
@@ -131,16 +131,7 @@ def configured_model(settings: Settings) -> ChurnModel:
     ChurnModel
         The unfitted model.
     """
-    return ChurnModel(
-        n_estimators=settings.churn_n_estimators,
-        learning_rate=settings.churn_learning_rate,
-        num_leaves=settings.churn_num_leaves,
-        min_child_samples=settings.churn_min_child_samples,
-        early_stopping_rounds=settings.churn_early_stopping_rounds,
-        calibration=settings.churn_calibration,
-        risk_thresholds=settings.churn_risk_thresholds,
-        num_threads=settings.model_threads,
-    )
+    return ChurnModel(**settings.churn.model.model_dump(), num_threads=settings.model_threads)
 
 
 def train_churn(
@@ -204,7 +195,7 @@ def train_churn(
     # cutoffs are those of the history before it.
     windows = resolve_windows(con, settings, cutoff)
     horizon, lookback = int(windows["horizon_days"]), int(windows["lookback_days"])  # type: ignore[arg-type]
-    cutoffs = churn_cutoffs(windows, settings.churn_max_cutoffs)
+    cutoffs = churn_cutoffs(windows, settings.churn.max_cutoffs)
     step(f"building the data set over {len(cutoffs)} cutoffs (H = {horizon} days, lookback {lookback} days)")
     dataset = build_dataset(
         backend,
@@ -212,7 +203,7 @@ def train_churn(
         horizon_days=horizon,
         lookback_days=lookback,
         time_unit=settings.time_unit,
-        with_clv=settings.churn_with_clv_features,
+        with_clv=settings.churn.with_clv_features,
         progress=step,
     )
     train, valid, test = dataset.split()
@@ -284,18 +275,13 @@ def train_churn(
             "valid_cutoff": pd.Timestamp(valid["cutoff"].iloc[0]).date().isoformat(),
             "test_cutoff": test_cutoff.date().isoformat(),
             "features": ",".join(dataset.feature_names),
-            "n_estimators": settings.churn_n_estimators,
-            "learning_rate": settings.churn_learning_rate,
-            "num_leaves": settings.churn_num_leaves,
-            "min_child_samples": settings.churn_min_child_samples,
-            "early_stopping_rounds": settings.churn_early_stopping_rounds,
-            "calibration": settings.churn_calibration,
+            "model": model.get_params(),
             "calibration_chosen": model.calibrator_.method,
             **{f"calibration_ece.{method}": round(value, 6) for method, value in model.calibration_errors_.items()},
             **(search.to_params() if search is not None else {"search.budget_s": 0}),
             "best_iteration": lightgbm.best_iteration_,
             **choice.to_params(),
-            "with_clv_features": settings.churn_with_clv_features,
+            "with_clv_features": settings.churn.with_clv_features,
         })
         tracking.log_params_flat({"baseline": baselines.to_params()})
         tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=test_cutoff + timedelta(

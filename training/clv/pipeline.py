@@ -254,9 +254,7 @@ def _model(kind: str, settings: Settings, *, rate_weight: float = 0.0, alive_kin
     return ClvModel(
         kind=kind,
         time_unit=settings.time_unit,
-        penalizer=settings.clv_penalizer,
-        horizon_months=settings.clv_horizon_months,
-        monthly_discount_rate=settings.clv_monthly_discount_rate,
+        **settings.clv.model.model_dump(),
         rate_weight=rate_weight,
         alive_kind=alive_kind,
     )
@@ -317,7 +315,7 @@ def train_clv(
 ) -> ClvTrainingResult:
     """Fit, evaluate, log and register the CLV model from the store's history before ``cutoff``.
 
-    Steps, for a cutoff c and a holdout of h days (``clv_holdout_days``, or with ``auto`` a third of the
+    Steps, for a cutoff c and a holdout of h days (``clv.holdout_days``, or with ``auto`` a third of the
     history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too short skips the step):
 
     1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
@@ -386,7 +384,7 @@ def train_clv(
 
     backend = ibis_backend(con)
     cutoff = utc_naive(cutoff) if cutoff is not None else default_cutoff(con)
-    windows = clv_windows(history_stats(backend, before=cutoff), holdout_days=settings.clv_holdout_days)
+    windows = clv_windows(history_stats(backend, before=cutoff), holdout_days=settings.clv.holdout_days)
     holdout_days = int(windows["holdout_days"])  # type: ignore[arg-type]
     calibration_end = cutoff - timedelta(days=holdout_days)
 
@@ -409,9 +407,9 @@ def train_clv(
             f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
             f"{calibration_end:%Y-%m-%d} ({len(split):,} customers), not even without drop-out: "
             f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a "
-            f"shorter clv_holdout_days or a clv_penalizer above 0"))
+            f"shorter clv.holdout_days or a clv.model.penalizer above 0"))
 
-    kinds: tuple[str, ...] = tuple(k for k in settings.clv_candidates if k in PURCHASE_MODELS)
+    kinds: tuple[str, ...] = tuple(k for k in settings.clv.candidates if k in PURCHASE_MODELS)
     # What each candidate is, as (purchase model, rate weight): the purchase models alone, then the
     # historic-rate candidates once the validation split has chosen them.
     recipes: dict[str, tuple[str, float]] = {kind: (kind, 0.0) for kind in kinds}
@@ -432,7 +430,7 @@ def train_clv(
         raise skipped()
     rate_validation = None
     not_validated = ""
-    rate_candidates = [k for k in settings.clv_candidates if k in (BLEND, NAIVE)]
+    rate_candidates = [k for k in settings.clv.candidates if k in (BLEND, NAIVE)]
     if rate_candidates or len(evaluations) > 1:
         step("validating the candidates on a split of the calibration period")
         try:
@@ -499,6 +497,8 @@ def train_clv(
         plot_dir = run_plot_dir(settings.reports_dir, CLV.key, run.info.run_id)
         plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
         tracking.log_params_flat({
+            # The served model's parameters, then what the step chose and why.
+            **{name: value for name, value in final.get_params().items() if name not in ("kind", "alive_kind")},
             "model": kind,
             "validation_choice": choice.chosen,
             "chosen_on": choice.chosen_on,
@@ -506,15 +506,11 @@ def train_clv(
             "purchase_model": base,
             "rate_weight": weight,
             "probability_alive_model": (final.alive_params_ or final.purchase_params_).label,
-            "time_unit": settings.time_unit,
             "cutoff": cutoff.date().isoformat(),
             "calibration_end": calibration_end.date().isoformat(),
             "holdout_days": holdout_days,
             **windows.to_params(),
-            "penalizer": settings.clv_penalizer,
-            "horizon_months": settings.clv_horizon_months,
-            "monthly_discount_rate": settings.clv_monthly_discount_rate,
-            "candidates": ",".join(settings.clv_candidates),
+            "candidates": ",".join(settings.clv.candidates),
             "currency": settings.currency,
         })
         tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=cutoff)})
@@ -599,7 +595,7 @@ def _plausibility(con: duckdb.DuckDBPyConnection, backend, model: ClvModel, feat
     """The plausibility check of ``model``'s CLV, against the repeat customers' spend over the last
     horizon before the cutoff (the last half of a history shorter than two horizons), and the
     median probability alive of the one-order customers."""
-    horizon_days = settings.clv_horizon_months * DAYS_PER_MONTH
+    horizon_days = settings.clv.model.horizon_months * DAYS_PER_MONTH
     found = sales_range(con)
     span_days = (cutoff - found[0]).days if found is not None else 0
     window = max(1, min(round(horizon_days), span_days // 2))

@@ -73,8 +73,8 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
     con
         The store.
     settings
-        The deployment's settings (``recommend_test_days``, ``recommend_valid_days``,
-        ``recommend_half_life_days``).
+        The deployment's settings (``recommend.test_days``, ``recommend.label_days``,
+        ``recommend.half_life_days``).
     cutoff
         Only the history before it counts; all of it when None.
 
@@ -83,9 +83,9 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
     Windows
         ``test_days``, ``valid_days`` and ``half_life_days``, with how each was chosen.
     """
-    return recommend_windows(history_stats(ibis_backend(con), before=cutoff), test_days=settings.recommend_test_days,
-                             valid_days=settings.recommend_valid_days,
-                             half_life_days=settings.recommend_half_life_days)
+    return recommend_windows(history_stats(ibis_backend(con), before=cutoff), test_days=settings.recommend.test_days,
+                             label_days=settings.recommend.label_days,
+                             half_life_days=settings.recommend.half_life_days)
 
 
 def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSettings:
@@ -104,31 +104,16 @@ def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSet
         The settings of :class:`~training.recommend.model.RecommenderModel`; a
         :class:`~features.settings.SettingsError` names an unknown candidate source.
     """
-    sizes = settings.recommend_candidates
+    section = settings.recommend.model
     sources = tuple(CandidateSizes.__dataclass_fields__)
-    unknown = sorted(set(sizes) - set(sources))
+    unknown = sorted(set(section.candidates) - set(sources))
     if unknown:
-        raise SettingsError([f"recommend_candidates: unknown source(s) {', '.join(unknown)}; "
+        raise SettingsError([f"recommend.model.candidates: unknown source(s) {', '.join(unknown)}; "
                            f"expected {', '.join(sources[:-1])} and {sources[-1]}"])
     return RecommenderSettings(
+        **{**section.model_dump(), "candidates": CandidateSizes(**section.candidates)},
         half_life_days=windows["half_life_days"],  # type: ignore[arg-type]
-        browse_weight=settings.recommend_browse_weight,
-        factors=settings.recommend_factors,
-        regularization=settings.recommend_regularization,
-        iterations=settings.recommend_iterations,
-        warm_iterations=settings.recommend_warm_iterations,
-        knn_neighbours=settings.recommend_neighbours,
-        candidates=CandidateSizes(**sizes),
-        label_days=int(windows["valid_days"]),  # type: ignore[arg-type]
-        max_training_customers=settings.recommend_max_training_customers,
-        n_estimators=settings.recommend_ranker_trees,
-        repurchasable_categories=tuple(settings.recommend_repurchasable_categories),
-        tifu_neighbours=settings.recommend_tifu_neighbours,
-        tifu_alpha=settings.recommend_tifu_alpha,
-        tifu_group_size=settings.recommend_tifu_group_size,
-        tifu_within_decay=settings.recommend_tifu_within_decay,
-        tifu_across_decay=settings.recommend_tifu_across_decay,
-        tifu_pool=settings.recommend_tifu_pool,
+        label_days=int(windows["label_days"]),  # type: ignore[arg-type]
         num_threads=settings.model_threads,
     )
 
@@ -170,8 +155,8 @@ def train_recommender(
 ) -> RecommenderTrainingResult:
     """Compare, fit on the whole history (before ``cutoff``), log and register.
 
-    1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend_test_days`` of
-       the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend_valid_days``
+    1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend.test_days`` of
+       the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend.label_days``
        before them the label period the ranker learns on. With ``auto`` both periods and the half-life
        come from the history (:func:`features.windows.recommend_windows`); a history too short skips
        the step.
@@ -211,7 +196,7 @@ def train_recommender(
     windows = resolve_windows(con, settings, cutoff)
     model_settings = recommender_settings(settings, windows)
     split = temporal_split(_last_sale(con, cutoff), test_days=int(windows["test_days"]),  # type: ignore[arg-type]
-                           valid_days=int(windows["valid_days"]))  # type: ignore[arg-type]
+                           valid_days=int(windows["label_days"]))  # type: ignore[arg-type]
     chosen: SearchResult | None = None
     try:
         chosen = search(backend, split, model_settings, budget_s=settings.train_search_budget_s,
