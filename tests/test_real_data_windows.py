@@ -78,6 +78,6 @@ def test_a_cut_history_trains_every_model_or_skips_one_with_its_reason(tmp_path,
     # be identified on the calibration period; then the step says so and what might help.
     clv = outcomes["clv"]
     if clv.skipped is not None:
-        assert "could be fitted on the" in clv.skipped and "clv_holdout_days" in clv.skipped
+        assert "could be fitted on the" in clv.skipped and "clv.holdout_days" in clv.skipped
     else:
         assert clv.result.windows["holdout_days"] == (40 if cut == "last four months" else 121)

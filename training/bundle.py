@@ -195,7 +195,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     from features.store import connect, ibis_backend
     from training import tracking
     from training.recommend import artefact
-    from training.scoring import build_snapshot, churn.lookback_days
+    from training.scoring import build_snapshot, churn_lookback_days
 
     step = reporter(log, progress)
 
