@@ -71,7 +71,7 @@ def history_needed(settings: Settings, steps: Sequence[str]) -> dict[str, tuple[
     test, valid = _days(settings.recommend.test_days), _days(settings.recommend.label_days)
     if RECOMMEND.key in steps:
         needed[RECOMMEND.key] = auto if test is None or valid is None else (
-            test + valid + 1, f"a {test}-day test period (recommend.test_days) and a {valid}-day validation period "
+            test + valid + 1, f"a {test}-day test period (recommend.test_days) and a {valid}-day label period "
                               f"(recommend.label_days) after some history")
     return needed
 

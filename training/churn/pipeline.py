@@ -118,13 +118,13 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
 
 
 def configured_model(settings: Settings) -> ChurnModel:
-    """The churn LightGBM with the ``churn_*`` settings as given (unfitted): the learner compared with
+    """The churn LightGBM with the ``churn.model`` settings as given (unfitted): the learner compared with
     the logistic regression on RFM, and the search's first trial.
 
     Parameters
     ----------
     settings
-        The deployment's settings (``churn_*`` and ``model_threads``).
+        The deployment's settings (``churn.model`` and ``model_threads``).
 
     Returns
     -------
@@ -174,7 +174,7 @@ def train_churn(
     con
         The store the customer snapshots of every cutoff are built from.
     settings
-        The deployment's settings (the ``churn_*`` values and windows, the search budget, MLflow).
+        The deployment's settings (the ``churn`` section and windows, the search budget, MLflow).
     cutoff
         A backtest's training cutoff: no sale at or after it is seen, labels included; None trains
         on the whole history.
@@ -267,7 +267,7 @@ def train_churn(
             plot_lift(y_test, {metrics.name: probability, **served_curves, **baselines.scores(test)},
                       plot_dir / "lift.png"),
         ]
-        tracking.log_params_flat({
+        params = {
             "horizon_days": horizon,
             "lookback_days": lookback,
             **windows.to_params(),
@@ -282,30 +282,26 @@ def train_churn(
             "best_iteration": lightgbm.best_iteration_,
             **choice.to_params(),
             "with_clv_features": settings.churn.with_clv_features,
-        })
-        tracking.log_params_flat({"baseline": baselines.to_params()})
-        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=test_cutoff + timedelta(
-            days=horizon))})
-        tracking.log_metrics_flat({
+            "baseline": baselines.to_params(),
+        }
+        record = tracking.StepRecord(params=params, data_as_of=test_cutoff + timedelta(days=horizon), metrics={
             **metrics.to_metrics("model"),
             **(lightgbm_metrics.to_metrics("lightgbm") if lightgbm_metrics is not None else {}),
             **{k: v for name, m in base.items() for k, v in m.to_metrics(BASELINE_METRIC_PREFIXES[name]).items()},
             **decision.to_metrics(),
             "train_rows": float(len(train)), "valid_rows": float(len(valid)), "test_rows": float(len(test)),
-        })
-        tracking.log_table(table.reset_index(), "metrics_table")
-        tracking.log_table(lightgbm.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
-                           "feature_importance")
-        tracking.log_plots(plots)
-        tracking.set_tags({
-            "gate.eligible": str(decision.eligible).lower(),
+        }, tables={
+            "metrics_table": table.reset_index(),
+            "feature_importance": lightgbm.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
+        }, plots=plots, tags={
             "gate.reasons": " | ".join(decision.reasons),
             "gate.best_baseline": decision.best_baseline or "none",
             "churn_learner": choice.learner,
         })
-        info = log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5))
-        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=decision.eligible,
-                                                  tags={"churn_learner": choice.learner})
+        version = tracking.finish_step(
+            con, client, MODEL_NAME, record, gate_eligible=decision.eligible,
+            log_model=lambda: log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5)),
+            version_tags={"churn_learner": choice.learner})
         run_id = run.info.run_id
     return ChurnTrainingResult(
         run_id=run_id,

@@ -367,7 +367,7 @@ def train_clv(
     con
         The store.
     settings
-        The deployment's settings (the ``clv_*`` values and windows, MLflow).
+        The deployment's settings (the ``clv`` section and windows, MLflow).
     cutoff
         The end of the history to train on (a backtest); the day after the last sale when None.
     progress
@@ -496,7 +496,7 @@ def train_clv(
                             tags={"step": CLV.key, "model_kind": kind}) as run:
         plot_dir = run_plot_dir(settings.reports_dir, CLV.key, run.info.run_id)
         plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
-        tracking.log_params_flat({
+        params = {
             # The served model's parameters, then what the step chose and why.
             **{name: value for name, value in final.get_params().items() if name not in ("kind", "alive_kind")},
             "model": kind,
@@ -512,9 +512,8 @@ def train_clv(
             **windows.to_params(),
             "candidates": ",".join(settings.clv.candidates),
             "currency": settings.currency,
-        })
-        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=cutoff)})
-        tracking.log_metrics_flat({
+        }
+        record = tracking.StepRecord(params=params, data_as_of=cutoff, metrics={
             **evaluations[kind].to_metrics(),
             **{f"candidate.{k}.{name}": value for k, e in evaluations.items() for name, value in e.to_metrics().items()},
             **_coefficients(final, "final"),
@@ -526,19 +525,16 @@ def train_clv(
             "one_order_probability_alive_median": one_order_alive,
             **(rate_validation.to_metrics() if rate_validation is not None else {}),
             "validation_mae": choice.validation_mae,
-        })
-        tracking.log_table(table, "holdout_table")
-        tracking.log_plots(plots)
-        tracking.set_tags({
-            "gate.eligible": str(decision.eligible).lower(),
+        }, tables={"holdout_table": table}, plots=plots, tags={
             "gate.reasons": " | ".join(decision.reasons) or "beats the naive baseline",
             "choice": choice.message,
             "failed_candidates": "; ".join(f"{k}: {m}" for k, m in failed) or "none",
             "without_dropout": ",".join(k for k in fitted if fitted[k].purchase_params_.without_dropout) or "none",
             "plausibility": plausibility.message,
         })
-        info = log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5))
-        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=decision.eligible)
+        version = tracking.finish_step(
+            con, client, MODEL_NAME, record, gate_eligible=decision.eligible,
+            log_model=lambda: log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5)))
         run_id = run.info.run_id
     log.info("Gamma-Gamma left out %d of %d customers (no repeat purchase or no positive net spend)",
              final.n_spend_excluded_, len(features))

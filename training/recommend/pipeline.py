@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -89,7 +90,7 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
 
 
 def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSettings:
-    """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows.
+    """The model's settings from the project's (``recommend.model``, ``model_threads``) and the windows.
 
     Parameters
     ----------
@@ -177,7 +178,7 @@ def train_recommender(
     con
         The store the interactions and the catalogue are read from.
     settings
-        The deployment's settings (the ``recommend_*`` values and windows, the search budget, MLflow).
+        The deployment's settings (the ``recommend`` section and windows, the search budget, MLflow).
     cutoff
         A backtest's end of history: the test period ends there; None uses every sale.
     progress
@@ -238,7 +239,7 @@ def train_recommender(
                                  title=f"Recommenders on {split.valid_end:%Y-%m-%d} .. {split.test_end:%Y-%m-%d} "
                                        f"({comparison.n_customers:,} customers)",
                                  champion=comparison.gate.champion)]
-        tracking.log_params_flat({
+        params: dict[str, Any] = {
             "train_end": split.train_end.date().isoformat(),
             "valid_end": split.valid_end.date().isoformat(),
             "test_end": split.test_end.date().isoformat(),
@@ -251,13 +252,12 @@ def train_recommender(
             "ranker_best_iteration": None if model.training_ is None else model.training_.best_iteration,
             "champion_configuration": comparison.gate.champion,
             **windows.to_params(),
-        })
+        }
         if chosen is not None:
-            tracking.log_params_flat({"search": {
+            params["search"] = {
                 "trials": chosen.trials, "seconds": round(chosen.seconds, 1),
                 "budget_s": settings.train_search_budget_s,
-                **{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in chosen.params.items()}}})
-        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=split.test_end)})
+                **{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in chosen.params.items()}}
         metrics: dict[str, float] = {}
         for name, row in table.iterrows():
             prefix = "model" if name == comparison.gate.champion else _slug(str(name))
@@ -272,23 +272,22 @@ def train_recommender(
             for name, row in chosen.table.iterrows():
                 metrics.update({f"validation.{_slug(str(name))}.{mlflow_metric_name(col)}": float(v)
                                 for col, v in row.items() if np.isfinite(v)})
-        tracking.log_metrics_flat(metrics)
-        tracking.log_table(table.reset_index(), "model_comparison")
+        tables = {"model_comparison": table.reset_index()}
         if chosen is not None:
-            tracking.log_table(chosen.table.reset_index(), "validation_comparison")
-        tracking.log_plots(plots)
-        tracking.set_tags({
-            "gate.eligible": str(comparison.gate.eligible).lower(),
+            tables["validation_comparison"] = chosen.table.reset_index()
+        record = tracking.StepRecord(params=params, metrics=metrics, data_as_of=split.test_end, tables=tables,
+                                     plots=plots, tags={
             "gate.reasons": " | ".join(comparison.gate.reasons),
             "gate.best_baseline": comparison.gate.best_baseline,
             "gate.champion": comparison.gate.champion,
             "catalogue_version": version_of_catalogue,
         })
         sample = pd.DataFrame({"customer_id": model.data_.customer_ids[:5]})
-        info = log_recommender_model(model, registered_model_name=MODEL_NAME, input_example=sample,
-                                     tags={"catalogue_version": version_of_catalogue})
-        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=comparison.gate.eligible,
-                                                  tags={"champion_configuration": comparison.gate.champion})
+        version = tracking.finish_step(
+            con, client, MODEL_NAME, record, gate_eligible=comparison.gate.eligible,
+            log_model=lambda: log_recommender_model(model, registered_model_name=MODEL_NAME, input_example=sample,
+                                                    tags={"catalogue_version": version_of_catalogue}),
+            version_tags={"champion_configuration": comparison.gate.champion})
         run_id = run.info.run_id
     return RecommenderTrainingResult(
         run_id=run_id, model_name=MODEL_NAME, model_version=version, split=split,
