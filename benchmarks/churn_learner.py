@@ -121,9 +121,9 @@ def main() -> None:
         settings, con = _store(Path(tmp), args)
         windows = resolve_windows(con, settings)
         horizon, lookback = int(windows["horizon_days"]), int(windows["lookback_days"])
-        dataset = build_dataset(ibis_backend(con), cutoffs=churn_cutoffs(windows, settings.churn_max_cutoffs),
+        dataset = build_dataset(ibis_backend(con), cutoffs=churn_cutoffs(windows, settings.churn.max_cutoffs),
                                 horizon_days=horizon, lookback_days=lookback, time_unit=settings.time_unit,
-                                with_clv=settings.churn_with_clv_features)
+                                with_clv=settings.churn.with_clv_features)
         con.close()
         train, valid, test = dataset.split()
         print(f"{name}: H {horizon} d, lookback {lookback} d, spacing {windows['cutoff_spacing']}; "

@@ -67,9 +67,9 @@ def main() -> None:
         inputs, ignored = discover(folder / "raw")
         ingest(con, inputs, settings, now=datetime.now(timezone.utc), ignored_paths=ignored)
         windows = resolve_windows(con, settings)
-        dataset = build_dataset(ibis_backend(con), cutoffs=churn_cutoffs(windows, settings.churn_max_cutoffs),
+        dataset = build_dataset(ibis_backend(con), cutoffs=churn_cutoffs(windows, settings.churn.max_cutoffs),
                                 horizon_days=int(windows["horizon_days"]), lookback_days=int(windows["lookback_days"]),
-                                time_unit=settings.time_unit, with_clv=settings.churn_with_clv_features)
+                                time_unit=settings.time_unit, with_clv=settings.churn.with_clv_features)
         train, valid, _ = dataset.split()
         print(f"{args.shape}, {args.customers:,} customers: store and churn data set in "
               f"{time.perf_counter() - t0:.0f} s ({len(train):,} training rows, {len(valid):,} validation rows)")
@@ -92,7 +92,7 @@ def main() -> None:
 
             windows = recommend_windows(con, settings)
             split = temporal_split(_last_sale(con, None), test_days=int(windows["test_days"]),
-                                   valid_days=int(windows["valid_days"]))
+                                   valid_days=int(windows["label_days"]))
             seconds = []
             for run in range(1, args.runs + 1):
                 chosen = search(ibis_backend(con), split, recommender_settings(settings, windows), budget_s=args.budget)

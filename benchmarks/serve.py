@@ -352,7 +352,7 @@ def main() -> None:
                         help="Only a worker's start without load: one worker killed N times, the seconds until a new "
                              "process answers and until its models are loaded.")
     parser.add_argument("--default-lists", type=int, default=20,
-                        help="Length of the default lists ranked into the bundle (serving_default_lists; 0: none).")
+                        help="Length of the default lists ranked into the bundle (serving.default_lists; 0: none).")
     args = parser.parse_args()
 
     client = args.client or ("wrk" if shutil.which("wrk") else "httpx")
@@ -365,8 +365,8 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING_API_KEYS": json.dumps([API_KEY]),
-           "BENTOML_DO_NOT_TRACK": "true", "RAPPORT_SERVING_WORKERS": str(args.workers)}
+    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING__API_KEYS": json.dumps([API_KEY]),
+           "BENTOML_DO_NOT_TRACK": "true", "RAPPORT_SERVING__WORKERS": str(args.workers)}
     log = bundle.parent / "server.log"
     root = Path(__file__).resolve().parents[1]
     with log.open("w") as out:

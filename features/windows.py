@@ -307,7 +307,7 @@ def churn_windows(stats: HistoryStats, *, horizon_days: int | Auto, lookback_day
             why += f", at most a fifth of the {span:.0f}-day history"
         chosen["horizon_days"] = Chosen(value, why)
     else:
-        chosen["horizon_days"] = _explicit(horizon_days, "churn_horizon_days")
+        chosen["horizon_days"] = _explicit(horizon_days, "churn.horizon_days")
     horizon = int(chosen["horizon_days"].value)  # type: ignore[arg-type]
     if lookback_days == AUTO:
         room = int(span - LOOKBACK_HORIZONS * horizon)
@@ -319,7 +319,7 @@ def churn_windows(stats: HistoryStats, *, horizon_days: int | Auto, lookback_day
                 f"auto: {LOOKBACK_HORIZONS} horizons, at most the {room} days the history leaves before its last "
                 f"{LOOKBACK_HORIZONS} horizons, at least one horizon"))
     else:
-        chosen["lookback_days"] = _explicit(lookback_days, "churn_lookback_days")
+        chosen["lookback_days"] = _explicit(lookback_days, "churn.lookback_days")
     lookback = int(chosen["lookback_days"].value)  # type: ignore[arg-type]
 
     if cutoff_spacing == AUTO:
@@ -334,11 +334,11 @@ def churn_windows(stats: HistoryStats, *, horizon_days: int | Auto, lookback_day
                                                       f"{max(len(monthly) - 2, 0)} training cutoff(s), fewer than "
                                                       f"{enough}")
     else:
-        chosen["cutoff_spacing"] = _explicit(cutoff_spacing, "churn_cutoff_spacing")
+        chosen["cutoff_spacing"] = _explicit(cutoff_spacing, "churn.cutoff_spacing")
     windows = Windows("churn", stats, chosen)
     cutoffs = churn_cutoffs(windows, max_cutoffs)
     if len(cutoffs) < 3:
-        settings = [f"churn_{name}" for name, c in chosen.items() if not c.auto]
+        settings = [f"churn.{name}" for name, c in chosen.items() if not c.auto]
         change = (f"set {' / '.join(settings)} to auto or shorter" if settings
                   else "ingest a longer history")
         raise HistoryTooShort("churn", (
@@ -421,7 +421,7 @@ def cutoff_grid(first_sale: datetime, last_sale: datetime, *, horizon_days: int,
             cutoff = _next_month(cutoff)
         return out
     if isinstance(spacing, bool) or not isinstance(spacing, int) or spacing < 1:
-        raise ValueError(f"churn_cutoff_spacing must be auto, monthly or a whole number of days >= 1, got {spacing!r}")
+        raise ValueError(f"churn.cutoff_spacing must be auto, monthly or a whole number of days >= 1, got {spacing!r}")
     n = (latest - earliest).days // spacing
     return [latest - timedelta(days=spacing * k) for k in range(n, -1, -1)]
 
@@ -460,7 +460,7 @@ def select_cutoffs(grid: list[datetime], horizon_days: int, max_cutoffs: int) ->
 # --- recommender and CLV ---------------------------------------------------------------------------------
 
 
-def recommend_windows(stats: HistoryStats, *, test_days: int | Auto, valid_days: int | Auto,
+def recommend_windows(stats: HistoryStats, *, test_days: int | Auto, label_days: int | Auto,
                       half_life_days: float | None | Auto) -> Windows:
     """Test and validation periods and the interactions' half-life of the recommender.
 
@@ -471,7 +471,7 @@ def recommend_windows(stats: HistoryStats, *, test_days: int | Auto, valid_days:
     ----------
     stats
         The history's measures (:func:`history_stats`).
-    test_days, valid_days
+    test_days, label_days
         Days of the test and the validation (label) period, or ``"auto"``.
     half_life_days
         Half-life of the interactions' decay in days, ``None`` for no decay, or ``"auto"``.
@@ -479,7 +479,7 @@ def recommend_windows(stats: HistoryStats, *, test_days: int | Auto, valid_days:
     Returns
     -------
     Windows
-        Step ``recommend`` with ``test_days``, ``valid_days`` and ``half_life_days``.
+        Step ``recommend`` with ``test_days``, ``label_days`` and ``half_life_days``.
 
     Raises
     ------
@@ -492,19 +492,19 @@ def recommend_windows(stats: HistoryStats, *, test_days: int | Auto, valid_days:
     period = _clamp(math.floor(span / RECOMMEND_SHARE), RECOMMEND_MIN, RECOMMEND_MAX)
     why = f"auto: a {RECOMMEND_SHARE}th of the {span:.0f}-day history, within [{RECOMMEND_MIN}, {RECOMMEND_MAX}]"
     chosen = {
-        "test_days": Chosen(period, why) if test_days == AUTO else _explicit(test_days, "recommend_test_days"),
-        "valid_days": Chosen(period, why) if valid_days == AUTO else _explicit(valid_days, "recommend_valid_days"),
+        "test_days": Chosen(period, why) if test_days == AUTO else _explicit(test_days, "recommend.test_days"),
+        "label_days": Chosen(period, why) if label_days == AUTO else _explicit(label_days, "recommend.label_days"),
     }
     if half_life_days == AUTO:
         chosen["half_life_days"] = Chosen(float(_clamp(math.floor(span / HALF_LIFE_SHARE), HALF_LIFE_MIN, HALF_LIFE_MAX)),
                                           f"auto: half the {span:.0f}-day history, within [{HALF_LIFE_MIN}, "
                                           f"{HALF_LIFE_MAX}]")
     else:
-        chosen["half_life_days"] = _explicit(half_life_days, "recommend_half_life_days")
-    test, valid = int(chosen["test_days"].value), int(chosen["valid_days"].value)  # type: ignore[arg-type]
+        chosen["half_life_days"] = _explicit(half_life_days, "recommend.half_life_days")
+    test, valid = int(chosen["test_days"].value), int(chosen["label_days"].value)  # type: ignore[arg-type]
     # The candidate models need a training period before the label period at least as long as it.
     if test + 2 * valid > span:
-        settings = [f"recommend_{n}" for n in ("test_days", "valid_days") if not chosen[n].auto]
+        settings = [f"recommend.{n}" for n in ("test_days", "label_days") if not chosen[n].auto]
         raise HistoryTooShort("recommend", (
             f"recommend skipped: a {test}-day test period, a {valid}-day label period and a training period at "
             f"least as long need {test + 2 * valid} days; the history {stats.first_sale:%Y-%m-%d} .. "
@@ -542,11 +542,11 @@ def clv_windows(stats: HistoryStats, *, holdout_days: int | Auto) -> Windows:
         chosen = Chosen(_clamp(math.floor(span / CLV_SHARE), CLV_MIN, CLV_MAX),
                         f"auto: a third of the {span:.0f}-day history, within [{CLV_MIN}, {CLV_MAX}]")
     else:
-        chosen = _explicit(holdout_days, "clv_holdout_days")
+        chosen = _explicit(holdout_days, "clv.holdout_days")
     # The calibration period needs at least as many days as the holdout to estimate a purchase rate.
     if 2 * int(chosen.value) > span:  # type: ignore[arg-type]
         raise HistoryTooShort("clv", (
             f"clv skipped: a {chosen.value}-day holdout needs at least as long a calibration period before it, "
             f"{2 * int(chosen.value)} days in all; the history {stats.first_sale:%Y-%m-%d} .. "  # type: ignore[arg-type]
-            f"{stats.last_sale:%Y-%m-%d} has {span:.0f}. Set clv_holdout_days to auto or shorter"))
+            f"{stats.last_sale:%Y-%m-%d} has {span:.0f}. Set clv.holdout_days to auto or shorter"))
     return Windows("clv", stats, {"holdout_days": chosen})

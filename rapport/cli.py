@@ -33,9 +33,8 @@ from rapport.train_commands import train
 @app.command("config")
 def show_config() -> None:
     """Show the effective settings (secrets masked)."""
-    s = settings()
-    for name, value in s.model_dump().items():
-        console.print(f"{name} = {mask_secrets(value)}")
+    for name, value in settings().leaves():
+        console.print(f"{name} = {mask_secrets(value)}", highlight=False, markup=False)
 
 
 # --- demo -----------------------------------------------------------------------------------------

@@ -64,8 +64,8 @@ def serve_start(
     from training.bundle import verify_bundle
 
     _guard(lambda: verify_bundle(bundle))
-    workers = _guard(lambda: worker_count(settings().serving_workers))
-    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle.resolve()), "RAPPORT_SERVING_WORKERS": str(workers)}
+    workers = _guard(lambda: worker_count(settings().serving.workers))
+    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle.resolve()), "RAPPORT_SERVING__WORKERS": str(workers)}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Rapport", "--host", host, "--port", str(port)]
     console.print(f"serving {bundle} on http://{host}:{port} with {workers} worker(s) (OpenAPI page at /, "
                   "Ctrl+C to stop)")

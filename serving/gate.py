@@ -33,7 +33,7 @@ def keys_match(given: bytes, keys: list[bytes]) -> bool:
     given
         The ``X-API-Key`` header's value.
     keys
-        The accepted keys (``serving_api_keys``), encoded.
+        The accepted keys (``serving.api_keys``), encoded.
 
     Returns
     -------
@@ -91,8 +91,8 @@ class RequestGate:
     the service's settings, read when the app is built in each worker).
 
     - An endpoint that needs an API key (``customer_scores``; ``recommend`` and ``similar_items``
-      with ``serving_recommend_requires_key``) answers **401** without the ``X-API-Key`` header and
-      **403** with a key that is not one of ``serving_api_keys``: a caller without a key learns
+      with ``serving.recommend_requires_key``) answers **401** without the ``X-API-Key`` header and
+      **403** with a key that is not one of ``serving.api_keys``: a caller without a key learns
       nothing about what the body should be.
     - A ``POST`` to an endpoint whose body is not JSON (``Content-Type`` other than
       ``application/json``: multipart forms, url-encoded forms, text) gets a **415**; BentoML would
@@ -106,7 +106,7 @@ class RequestGate:
 
             settings = load_settings()
         self.app = app
-        self._keys = [key.get_secret_value().encode() for key in settings.serving_api_keys]
+        self._keys = [key.get_secret_value().encode() for key in settings.serving.api_keys]
         self._keyed = frozenset(endpoint.path for endpoint in ENDPOINTS if needs_key(endpoint, settings))
         self._spec = json.dumps(openapi_spec(settings)).encode()
 

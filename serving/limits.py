@@ -18,13 +18,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class RequestSizeLimit:
-    """Refuse HTTP request bodies over ``max_bytes`` (default: the ``serving_max_request_bytes`` setting)."""
+    """Refuse HTTP request bodies over ``max_bytes`` (default: the ``serving.max_request_bytes`` setting)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int | None = None) -> None:
         if max_bytes is None:
             from features.settings import load_settings
 
-            max_bytes = load_settings().serving_max_request_bytes
+            max_bytes = load_settings().serving.max_request_bytes
         self.app = app
         self.max_bytes = int(max_bytes)
 

@@ -244,8 +244,8 @@ class Lookups:
 
 
 def worker_count(setting: int | str) -> int:
-    """The service's worker processes for the ``serving_workers`` setting (or the
-    ``RAPPORT_SERVING_WORKERS`` variable): a number, or ``auto``: two where there are two cores or
+    """The service's worker processes for the ``serving.workers`` setting (or the
+    ``RAPPORT_SERVING__WORKERS`` variable): a number, or ``auto``: two where there are two cores or
     more (a request is answered on one core; the second worker keeps answering while one is busy or
     restarted), else one."""
     if isinstance(setting, str) and setting.strip().lower() == "auto":
@@ -255,7 +255,7 @@ def worker_count(setting: int | str) -> int:
     except ValueError:
         count = 0
     if not 1 <= count <= 64:
-        raise ArgumentError(f"RAPPORT_SERVING_WORKERS must be auto or a number of workers from 1 to 64, got {setting!r}")
+        raise ArgumentError(f"RAPPORT_SERVING__WORKERS must be auto or a number of workers from 1 to 64, got {setting!r}")
     return count
 
 

@@ -33,7 +33,7 @@ class Endpoint:
     response: type[BaseModel]
     #: Statuses the endpoint answers besides 400/413/415 (bodies), 401/403 (keys) and 500/504.
     statuses: tuple[int, ...] = ()
-    #: "always", "setting" (serving_recommend_requires_key) or "never".
+    #: "always", "setting" (serving.recommend_requires_key) or "never".
     key: str = "never"
 
 
@@ -60,7 +60,7 @@ _REASONS = {
     401: "This endpoint needs an API key in the X-API-Key header.",
     403: "The API key is not valid.",
     404: "Not found: the item, or the customers listed in `unknown_customer_ids`.",
-    413: "The body is larger than the service accepts (serving_max_request_bytes).",
+    413: "The body is larger than the service accepts (serving.max_request_bytes).",
     415: "The body is not JSON: send Content-Type: application/json.",
     500: "An unexpected failure (logged by the service; no detail reaches the client).",
     503: "Lookups by raw key are disabled: the service's identity salt is not the one the bundle was exported with.",
@@ -76,14 +76,14 @@ def needs_key(endpoint: Endpoint, settings: Settings) -> bool:
     endpoint
         One of :data:`ENDPOINTS`.
     settings
-        The service's settings (``serving_recommend_requires_key``).
+        The service's settings (``serving.recommend_requires_key``).
 
     Returns
     -------
     bool
         ``True`` for ``key="always"``, and for ``key="setting"`` when the setting is on.
     """
-    return endpoint.key == "always" or (endpoint.key == "setting" and settings.serving_recommend_requires_key)
+    return endpoint.key == "always" or (endpoint.key == "setting" and settings.serving.recommend_requires_key)
 
 
 def _customer_variants(schema: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
       customers), 413 (body too large), 415 (not JSON), 503 (raw keys with the wrong identity
       salt), 500 and 504 (:class:`serving.schemas.ErrorResponse`);
     - the ``X-API-Key`` security scheme on the endpoints that need it
-      (``serving_recommend_requires_key`` adds recommend and similar_items);
+      (``serving.recommend_requires_key`` adds recommend and similar_items);
 
     and ``/livez``, ``/readyz`` and ``/metrics`` (GET, plain text).
 

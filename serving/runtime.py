@@ -83,7 +83,7 @@ class Runtime:
     :class:`serving.lookup.IdentityIndex`, the identity map as sorted 64-bit words (24 bytes a key).
     Scores come from :func:`training.scoring.score_rows` and lists from
     ``RecommenderModel.recommend``. A request for a known customer's plain list (no filter, ``n``
-    within the bundle's ``serving_default_lists``) is a lookup in the lists the same model ranked at
+    within the bundle's ``serving.default_lists``) is a lookup in the lists the same model ranked at
     export (:mod:`training.recommend.precomputed`)."""
 
     def __init__(self, bundle: Bundle, settings: Settings, lookups: Lookups | None = None) -> None:

@@ -130,9 +130,9 @@ def _tracing() -> dict[str, Any]:
     # BentoML keeps each request's timer (and everything the request's context holds) until the
     # timeout passes, answered or not: a short timeout bounds that memory. Answers take milliseconds.
     traffic={"timeout": 10},
-    # RAPPORT_SERVING_WORKERS (the serving_workers setting, passed on by rapport serve start): two where
+    # RAPPORT_SERVING__WORKERS (the serving.workers setting, passed on by rapport serve start): two where
     # there are two cores; the workers share the bundle's memory-mapped arrays.
-    workers=worker_count(os.environ.get("RAPPORT_SERVING_WORKERS", "auto")),
+    workers=worker_count(os.environ.get("RAPPORT_SERVING__WORKERS") or os.environ.get("RAPPORT_SERVING_WORKERS", "auto")),
     logging={"access": {"enabled": False}},
     tracing=_tracing(),
 )
@@ -143,12 +143,12 @@ class Rapport:
     soon as it starts and loads the models and the scoring snapshot right after, in a thread; the
     requests that need them wait for them, so a restarted worker takes its share of the load again
     without waiting for its imports. A known customer's plain list (no filter, ``n`` up to
-    ``serving_default_lists``) was ranked at export and is looked up; other concurrent
+    ``serving.default_lists``) was ranked at export and is looked up; other concurrent
     ``recommend`` requests are ranked together (:mod:`serving.batching`). The bundle's objects are
     frozen out of the garbage collector's full passes once loaded, and its thresholds raised.
 
     Refusals happen before a body is read: a missing or wrong API key gets a 401 / 403 and a body
-    that is not JSON a 415 (:mod:`serving.gate`); a body over ``serving_max_request_bytes`` gets a
+    that is not JSON a 415 (:mod:`serving.gate`); a body over ``serving.max_request_bytes`` gets a
     413 (:mod:`serving.limits`), malformed input a 400 that names the field (:mod:`serving.patches`).
     These are logged at INFO with the path, status and field names, never a value of the request.
     An unexpected failure is a 500 with a generic message (BentoML logs the traceback; it never

@@ -38,9 +38,10 @@ def serving_bundle(tmp_path_factory):
     from training.pipeline import run_pipeline
 
     tmp = tmp_path_factory.mktemp("serving")
-    settings, con = synthetic_store(tmp, 1_500, 31, now=NOW, clv_candidates=["bgnbd"], churn_max_cutoffs=8,
-                                    churn_n_estimators=60, recommend_factors=16, recommend_iterations=6,
-                                    recommend_ranker_trees=40, recommend_max_training_customers=2_000)
+    settings, con = synthetic_store(tmp, 1_500, 31, now=NOW, clv={"candidates": ["bgnbd"]},
+                                    churn={"max_cutoffs": 8, "model": {"n_estimators": 60}},
+                                    recommend={"model": {"factors": 16, "iterations": 6, "n_estimators": 40,
+                                                         "max_training_customers": 2_000}})
     result = run_pipeline(con, settings)
     con.close()
     # The bundle holds champions only; a model of this small store that missed its gate is promoted by
@@ -61,7 +62,7 @@ def free_port() -> int:
 
 
 def server_env(bundle: Path, data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING_API_KEYS": json.dumps([API_KEY, OTHER_KEY]),
+    env = {**os.environ, "RAPPORT_BUNDLE_DIR": str(bundle), "RAPPORT_SERVING__API_KEYS": json.dumps([API_KEY, OTHER_KEY]),
            "RAPPORT_DATA_DIR": str(data_dir), "OPENBLAS_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true", **extra}
     env.pop("RAPPORT_CONFIG", None)
     return env
@@ -119,6 +120,6 @@ def serving_server(serving_bundle):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = bundle.parent / "server.log"
-    with start_server(bentoml_command(port), server_env(bundle, settings.data_dir, RAPPORT_SERVING_WORKERS="2"),
+    with start_server(bentoml_command(port), server_env(bundle, settings.data_dir, RAPPORT_SERVING__WORKERS="2"),
                       log, url):
         yield url, log

@@ -25,7 +25,7 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     settings, con = synthetic_store(tmp_path_factory.mktemp("churn"), 8_000, 31, now=NOW,
-                                    churn_with_clv_features=True)
+                                    churn={"with_clv_features": True})
     return settings, con
 
 

@@ -136,7 +136,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(run, monkeypatch):
     monkeypatch.setenv("RAPPORT_CHURN_HORIZON", "30")
     out = run("config")
     assert out.exit_code == 1
-    assert out.output.strip() == "error: RAPPORT_CHURN_HORIZON: not a setting; did you mean RAPPORT_CHURN_HORIZON_DAYS?"
+    assert out.output.strip() == "error: RAPPORT_CHURN_HORIZON: not a setting; did you mean RAPPORT_CHURN__HORIZON_DAYS?"
 
 
 def test_config_masks_the_credentials_of_uris(run, monkeypatch):
@@ -189,7 +189,7 @@ def test_light_commands_and_early_errors_never_import_the_model_libraries(run, s
         (("data", "report"), missing, 1, "ingest data first"),
         (("train",), missing, 1, "ingest data first"),
         (("train", "--cutoff", "2030-01-01"), store, 1, "after the last sale (2024-02-01)"),
-        (("config",), {**store, "RAPPORT_CHURN_HORIZON": "30"}, 1, "did you mean RAPPORT_CHURN_HORIZON_DAYS"),
+        (("config",), {**store, "RAPPORT_CHURN_HORIZON": "30"}, 1, "did you mean RAPPORT_CHURN__HORIZON_DAYS"),
         (("score", "--output", str(tmp_path / "s.parquet")), missing, 1, "ingest data first"),
         (("score", "--output", str(tmp_path / "s.parquet")), store, 1, "train first with rapport train"),
         (("recommend", "--output", str(tmp_path / "r.parquet")), store, 1, "train first with rapport train"),

@@ -140,4 +140,4 @@ def test_a_skip_names_each_candidate_and_why_it_could_not_be_fitted(tmp_path, mo
     assert message.startswith("clv skipped: no purchase model (bgnbd, mbgnbd, paretonbd) could be fitted on the ")
     for kind in ("bgnbd", "mbgnbd", "paretonbd"):
         assert f"{kind}: " in message
-    assert message.count("; without drop-out: ") == 3 and "clv_holdout_days" in message
+    assert message.count("; without drop-out: ") == 3 and "clv.holdout_days" in message

@@ -31,8 +31,8 @@ pytestmark = [pytest.mark.data, pytest.mark.model, pytest.mark.slow]
 RETAIL = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail_ii" / "online_retail_ii.csv.gz"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 #: Model sizes only (no window): see the module docstring.
-SMALL = {"clv_candidates": ["bgnbd"], "churn_n_estimators": 200, "recommend_factors": 16,
-         "recommend_iterations": 8, "recommend_ranker_trees": 60, "recommend_max_training_customers": 3_000}
+SMALL = {"clv": {"candidates": ["bgnbd"]}, "churn": {"model": {"n_estimators": 200}},
+         "recommend": {"model": {"factors": 16, "iterations": 8, "n_estimators": 60, "max_training_customers": 3_000}}}
 
 
 def _cut_store(tmp_path: Path, since: str):
@@ -73,11 +73,11 @@ def test_a_cut_history_trains_every_model_or_skips_one_with_its_reason(tmp_path,
     assert churn.horizon_days < 90 and churn.windows["cutoff_spacing"] == 7
     assert len(churn.train_cutoffs) >= 3 and churn.model.horizon_days_ == churn.horizon_days
     recommend = outcomes["recommend"].result.windows
-    assert recommend["test_days"] == recommend["valid_days"] == (20 if cut == "last four months" else 60)
+    assert recommend["test_days"] == recommend["label_days"] == (20 if cut == "last four months" else 60)
     # CLV: a cut history starts with every old customer "new" and nobody visibly gone, so BG/NBD may not
     # be identified on the calibration period; then the step says so and what might help.
     clv = outcomes["clv"]
     if clv.skipped is not None:
-        assert "could be fitted on the" in clv.skipped and "clv_holdout_days" in clv.skipped
+        assert "could be fitted on the" in clv.skipped and "clv.holdout_days" in clv.skipped
     else:
         assert clv.result.windows["holdout_days"] == (40 if cut == "last four months" else 121)

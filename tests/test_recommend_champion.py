@@ -128,8 +128,8 @@ def baseline_champion(store, monkeypatch_module):
         return TOP_FREQUENCY, [*reasons[:-1], f"champion: {TOP_FREQUENCY}"]
 
     monkeypatch_module.setattr(search, "choose_champion", baseline)
-    small = settings.model_copy(update={"recommend_factors": 16, "recommend_iterations": 8, "recommend_ranker_trees": 40,
-                                        "train_search_budget_s": 0.0})
+    small = settings.updated(recommend={"model": {"factors": 16, "iterations": 8, "n_estimators": 40}},
+                             train_search_budget_s=0.0)
     return small, train_recommender(con, small)
 
 

@@ -390,8 +390,8 @@ def trained(store):
     from training.recommend.pipeline import train_recommender
 
     settings, con = store
-    small = settings.model_copy(update={"recommend_factors": 16, "recommend_iterations": 8,
-                                        "recommend_ranker_trees": 60, "train_search_budget_s": 0.0})
+    small = settings.updated(recommend={"model": {"factors": 16, "iterations": 8, "n_estimators": 60}},
+                             train_search_budget_s=0.0)
     return small, train_recommender(con, small)
 
 

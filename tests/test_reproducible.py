@@ -50,8 +50,8 @@ def test_spend_does_not_depend_on_the_order_of_the_lines():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return synthetic_store(tmp_path_factory.mktemp("reproducible"), 1_500, 5,
-                           now=datetime(2026, 1, 1, tzinfo=timezone.utc), churn_with_clv_features=True,
-                           churn_max_cutoffs=3)
+                           now=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                           churn={"with_clv_features": True, "max_cutoffs": 3})
 
 
 @pytest.mark.model

@@ -141,12 +141,12 @@ def test_default_lists_are_the_lists_the_model_ranks(trained, bundle):
     from serving.runtime import Runtime
 
     settings, _ = trained
-    assert bundle.default_lists is not None and bundle.default_lists.length == settings.serving_default_lists
+    assert bundle.default_lists is not None and bundle.default_lists.length == settings.serving.default_lists
     assert bundle.default_lists.n_customers == bundle.recommender.data_.n_users
     runtime = Runtime(bundle, settings)
     model = bundle.recommender
     customers = model.data_.customer_ids
-    for n in (1, 7, settings.serving_default_lists):
+    for n in (1, 7, settings.serving.default_lists):
         lists = [runtime.listed(schemas.RecommendRequest(customer_id=int(c), n=n)) for c in customers]
         expected = zip(model.rank(customers, RecommendOptions(n)).by_customer(customers), model.knows(customers))
         for answer, (ranked, known) in zip(lists, expected):
@@ -155,7 +155,7 @@ def test_default_lists_are_the_lists_the_model_ranks(trained, bundle):
             assert [(i.item_id, i.score, i.source, i.reason) for i in response.items] == [
                 (item, score, source, reason) for _, item, score, source, reason in ranked.records(model.data_.item_ids)]
     customer = int(customers[0])
-    for asked in ({"n": settings.serving_default_lists + 1}, {"exclude_purchased": False}, {"channel": "web"},
+    for asked in ({"n": settings.serving.default_lists + 1}, {"exclude_purchased": False}, {"channel": "web"},
                   {"categories": ["x"]}, {"exclude_categories": ["x"]}, {"exclude_items": ["x"]}):
         assert runtime.listed(schemas.RecommendRequest(customer_id=customer, **asked)) is None, asked
     unknown = int(customers.max()) + 7

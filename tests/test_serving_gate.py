@@ -43,7 +43,7 @@ def _drive(gate: RequestGate, method: str, path: str, headers: dict[str, str]) -
 
 @pytest.fixture
 def gate() -> RequestGate:
-    return RequestGate(None, Settings(serving_api_keys=["k1", "k2"]))
+    return RequestGate(None, Settings(serving={"api_keys": ["k1", "k2"]}))
 
 
 def test_bodies_that_are_not_json_get_a_415(gate):
@@ -62,7 +62,7 @@ def test_keys_are_checked_before_the_body(gate):
     assert _drive(gate, "POST", "/customer_scores", {"X-API-Key": "k3"})[:3:2] == (403, False)
     assert _drive(gate, "POST", "/customer_scores", {"X-API-Key": "k2"})[2]
     assert _drive(gate, "POST", "/recommend", {})[2]  # public by default
-    keyed = RequestGate(None, Settings(serving_api_keys=["k1"], serving_recommend_requires_key=True))
+    keyed = RequestGate(None, Settings(serving={"api_keys": ["k1"], "recommend_requires_key": True}))
     assert _drive(keyed, "POST", "/recommend", {})[0] == 401
     assert _drive(keyed, "POST", "/similar_items", {"X-API-Key": "k1"})[2]
 

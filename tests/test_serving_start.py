@@ -102,7 +102,7 @@ def test_a_worker_that_cannot_load_its_bundle_stops_the_server(bundle_copy, serv
     started = time.monotonic()
     with log.open("w") as out:
         process = subprocess.Popen(bentoml_command(free_port()), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   env=server_env(bundle_copy, settings.data_dir, RAPPORT_SERVING_WORKERS="2"),
+                                   env=server_env(bundle_copy, settings.data_dir, RAPPORT_SERVING__WORKERS="2"),
                                    start_new_session=True)
     try:
         process.wait(timeout=120)
@@ -118,7 +118,7 @@ def test_a_worker_that_cannot_load_its_bundle_stops_the_server(bundle_copy, serv
 def test_sigterm_to_serve_start_stops_every_process_it_started(serving_bundle):
     settings, bundle = serving_bundle
     port = free_port()
-    env = server_env(bundle, settings.data_dir, RAPPORT_SERVING_WORKERS="2")
+    env = server_env(bundle, settings.data_dir, RAPPORT_SERVING__WORKERS="2")
     process = _serve_start(bundle, port, env)
     try:
         log = bundle.parent / "serve-start.log"

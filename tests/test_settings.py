@@ -55,13 +55,18 @@ def test_an_unknown_variable_is_refused_with_the_closest_setting(settings, monke
     monkeypatch.setenv("RAPPORT_CHURN_HORIZON", "30")
     with pytest.raises(SettingsError) as info:
         load_settings()
-    assert str(info.value) == "RAPPORT_CHURN_HORIZON: not a setting; did you mean RAPPORT_CHURN_HORIZON_DAYS?"
+    assert str(info.value) == "RAPPORT_CHURN_HORIZON: not a setting; did you mean RAPPORT_CHURN__HORIZON_DAYS?"
     monkeypatch.delenv("RAPPORT_CHURN_HORIZON")
     # The variables the commands and the service read themselves, and one key of a mapping, are fine.
-    for name, value in (("RAPPORT_BUNDLE_DIR", "bundle"), ("RAPPORT_SERVING_WORKERS", "2"),
-                        ("RAPPORT_RECOMMEND_CANDIDATES__ALS", "20")):
+    for name, value in (("RAPPORT_BUNDLE_DIR", "bundle"), ("RAPPORT_SERVING__WORKERS", "2"),
+                        ("RAPPORT_RECOMMEND__MODEL__CANDIDATES__ALS", "20")):
         monkeypatch.setenv(name, value)
-    assert load_settings().recommend_candidates == {"als": 20}
+    assert load_settings().recommend.model.candidates == {"als": 20}
+    monkeypatch.setenv("RAPPORT_CHURN__MODEL__NUM_LEAFS", "15")
+    with pytest.raises(SettingsError, match="RAPPORT_CHURN__MODEL__NUM_LEAFS: not a setting; did you mean "
+                                            "RAPPORT_CHURN__MODEL__NUM_LEAVES"):
+        load_settings()
+    monkeypatch.delenv("RAPPORT_CHURN__MODEL__NUM_LEAFS")
     monkeypatch.setenv("RAPPORT_NOTHING_LIKE_IT", "1")
     with pytest.raises(SettingsError, match="RAPPORT_NOTHING_LIKE_IT: not a setting \\(rapport config lists"):
         load_settings()
@@ -74,16 +79,20 @@ def test_a_typo_in_the_toml_file_is_refused_the_same_way(settings, tmp_path, mon
     with pytest.raises(SettingsError) as info:
         load_settings()
     message = str(info.value)
-    assert "retailer.toml: churn_horizon: not a setting; did you mean churn_horizon_days?" in message
+    assert "retailer.toml: churn_horizon: not a setting; did you mean churn.horizon_days?" in message
     assert "identity_sallt: not a setting; did you mean identity_salt?" in message
     assert "do-not-print-me" not in message  # a misspelt secret's value is not shown either
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("RAPPORT_CHURN_HORIZON_DAYS", "thirty", "RAPPORT_CHURN_HORIZON_DAYS: expected a whole number or 'auto', got 'thirty'"),
+    ("RAPPORT_CHURN__HORIZON_DAYS", "thirty", "RAPPORT_CHURN__HORIZON_DAYS: expected a whole number or 'auto', got 'thirty'"),
+    ("RAPPORT_CHURN__HORIZON_DAYS", "3", "RAPPORT_CHURN__HORIZON_DAYS: expected a value >= 7 or 'auto', got '3'"),
+    # A deprecated flat name is named as the user wrote it.
     ("RAPPORT_CHURN_HORIZON_DAYS", "3", "RAPPORT_CHURN_HORIZON_DAYS: expected a value >= 7 or 'auto', got '3'"),
+    ("RAPPORT_CHURN__MODEL__LEARNING_RATE", "2", "RAPPORT_CHURN__MODEL__LEARNING_RATE: expected a value <= 1.0, got '2'"),
     ("RAPPORT_TIME_UNIT", "M", "RAPPORT_TIME_UNIT: expected 'D' or 'W', got 'M'"),
-    ("RAPPORT_CHURN_WITH_CLV_FEATURES", "maybe", "RAPPORT_CHURN_WITH_CLV_FEATURES: expected true or false"),
+    ("RAPPORT_CHURN__WITH_CLV_FEATURES", "maybe", "RAPPORT_CHURN__WITH_CLV_FEATURES: expected true or false"),
+    ("RAPPORT_RECOMMEND__MODEL__CANDIDATES", "als=3", 'RAPPORT_RECOMMEND__MODEL__CANDIDATES: expected JSON such as {"als": 30}'),
     ("RAPPORT_CURRENCY_RATES", "EUR=0.85", 'RAPPORT_CURRENCY_RATES: expected JSON such as {"EUR": 0.85}'),
 ])
 def test_a_bad_value_names_the_variable(settings, monkeypatch, variable, value, expected):
@@ -94,14 +103,14 @@ def test_a_bad_value_names_the_variable(settings, monkeypatch, variable, value, 
 
 
 def test_a_secret_value_never_appears_in_the_error(settings, monkeypatch):
-    monkeypatch.setenv("RAPPORT_SERVING_API_KEYS", '["key-one-s3cret", 12345678]')
+    monkeypatch.setenv("RAPPORT_SERVING__API_KEYS", '["key-one-s3cret", 12345678]')
     monkeypatch.setenv("RAPPORT_IDENTITY_SALT", "salt-s3cret")
     monkeypatch.setenv("RAPPORT_DUCKDB_THREADS", "zero")
     with pytest.raises(SettingsError) as info:
         load_settings()
     message = str(info.value)
     assert message.startswith("2 problems in the settings: ")
-    assert "RAPPORT_SERVING_API_KEYS[1]: expected text (the value is secret: not shown)" in message
+    assert "RAPPORT_SERVING__API_KEYS[1]: expected text (the value is secret: not shown)" in message
     assert "RAPPORT_DUCKDB_THREADS: expected a whole number" in message
     for secret in ("s3cret", "12345678"):
         assert secret not in message
@@ -126,3 +135,87 @@ def test_credentials_in_uris_are_masked_in_repr_and_by_the_masking_function(sett
     }
     for text, masked in cases.items():
         assert mask_secrets(text) == masked
+
+
+def test_sections_are_read_from_nested_variables_the_toml_file_and_arguments(settings, tmp_path, monkeypatch):
+    config = tmp_path / "retailer.toml"
+    config.write_text('[churn]\nhorizon_days = 30\nlookback_days = 120\n[churn.model]\nnum_leaves = 15\n'
+                      '[recommend.model.candidates]\nals = 20\nknn = 10\n')
+    monkeypatch.setenv("RAPPORT_CONFIG", str(config))
+    monkeypatch.setenv("RAPPORT_CHURN__LOOKBACK_DAYS", "150")
+    monkeypatch.setenv("RAPPORT_CHURN__MODEL__LEARNING_RATE", "0.1")
+    s = load_settings(churn={"model": {"min_child_samples": 20}})
+    # Each source sets its keys of a section; the others keep theirs: argument > variable > file > default.
+    assert (s.churn.horizon_days, s.churn.lookback_days, s.churn.max_cutoffs) == (30, 150, 12)
+    assert s.churn.model.model_dump(include={"num_leaves", "learning_rate", "min_child_samples", "n_estimators"}) == \
+        {"num_leaves": 15, "learning_rate": 0.1, "min_child_samples": 20, "n_estimators": 500}
+    assert s.recommend.model.candidates == {"als": 20, "knn": 10}
+
+
+def test_the_flat_names_before_sections_still_work_and_are_reported_as_deprecated(settings, tmp_path, monkeypatch,
+                                                                                  caplog):
+    config = tmp_path / "retailer.toml"
+    config.write_text("churn_max_cutoffs = 6\nrecommend_ranker_trees = 90\n")
+    monkeypatch.setenv("RAPPORT_CONFIG", str(config))
+    monkeypatch.setenv("RAPPORT_CHURN_HORIZON_DAYS", "30")
+    monkeypatch.setenv("RAPPORT_RECOMMEND_VALID_DAYS", "28")
+    monkeypatch.setenv("RAPPORT_RECOMMEND_CANDIDATES__ALS", "20")
+    with caplog.at_level("WARNING", logger="features.settings"):
+        s = load_settings(clv_penalizer=0.001)
+    assert (s.churn.horizon_days, s.churn.max_cutoffs, s.recommend.label_days) == (30, 6, 28)
+    assert s.recommend.model.n_estimators == 90 and s.recommend.model.candidates == {"als": 20}
+    assert s.clv.model.penalizer == 0.001
+    warned = caplog.text
+    assert "RAPPORT_CHURN_HORIZON_DAYS is deprecated: use RAPPORT_CHURN__HORIZON_DAYS" in warned
+    assert "RAPPORT_RECOMMEND_VALID_DAYS is deprecated: use RAPPORT_RECOMMEND__LABEL_DAYS" in warned
+    assert "RAPPORT_RECOMMEND_CANDIDATES__ALS is deprecated: use RAPPORT_RECOMMEND__MODEL__CANDIDATES__ALS" in warned
+    assert "retailer.toml: recommend_ranker_trees is deprecated: write n_estimators under [recommend.model]" in warned
+    assert "argument clv_penalizer is deprecated: use clv.model.penalizer" in warned
+    # Where both are set, the new name wins over the old one.
+    monkeypatch.setenv("RAPPORT_CHURN__HORIZON_DAYS", "60")
+    assert load_settings().churn.horizon_days == 60
+
+
+def test_updated_changes_only_the_keys_given_and_validates(settings):
+    s = load_settings(churn={"horizon_days": 30})
+    changed = s.updated(churn={"model": {"num_leaves": 15}}, train_search_budget_s=0.0)
+    assert (changed.churn.horizon_days, changed.churn.model.num_leaves, changed.train_search_budget_s) == (30, 15, 0.0)
+    assert changed.churn.model.n_estimators == s.churn.model.n_estimators and s.churn.model.num_leaves == 31
+    with pytest.raises(ValueError, match="num_leaves"):
+        s.updated(churn={"model": {"num_leaves": 1}})
+    with pytest.raises(ValueError, match="horizn"):
+        s.updated(churn={"horizn": 30})
+
+
+def test_each_model_takes_its_section_by_the_same_names(settings):
+    """No renames between layers: a model section's keys are its model's own parameter names and
+    defaults, so that ``Model(**section.model_dump())`` builds it and a new setting is one field."""
+    import dataclasses
+
+    from training.churn.model import ChurnModel
+    from training.clv.model import ClvModel
+    from training.recommend.model import RecommenderSettings
+
+    s = load_settings()
+    churn, clv = ChurnModel().get_params(), ClvModel().get_params()
+    for section, defaults in ((s.churn.model, churn), (s.clv.model, clv)):
+        for name, value in section.model_dump().items():
+            assert name in defaults and defaults[name] == value, name
+    recommender = {f.name: f for f in dataclasses.fields(RecommenderSettings)}
+    for name, value in s.recommend.model.model_dump().items():
+        assert name in recommender, name
+        default = recommender[name].default
+        if default is dataclasses.MISSING:
+            default = recommender[name].default_factory()  # type: ignore[misc]
+            default = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
+        assert default == value, name
+
+
+def test_rapport_config_lists_every_setting_and_the_readme_documents_it(settings):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    names = [name for name, _ in load_settings().leaves()]
+    assert "churn.model.num_leaves" in names and "serving.default_lists" in names and "data_dir" in names
+    missing = [name for name in names if f"`{name}`" not in readme]
+    assert not missing, f"README's configuration section does not name {missing}"

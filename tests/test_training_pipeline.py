@@ -32,8 +32,8 @@ NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     settings, con = synthetic_store(tmp_path_factory.mktemp("pipeline"), 6_000, 23, now=NOW,
-                                    clv_candidates=["bgnbd"], churn_max_cutoffs=8,
-                                    recommend_factors=16, recommend_iterations=8, recommend_ranker_trees=60)
+                                    clv={"candidates": ["bgnbd"]}, churn={"max_cutoffs": 8},
+                                    recommend={"model": {"factors": 16, "iterations": 8, "n_estimators": 60}})
     return settings, con
 
 
@@ -89,11 +89,10 @@ def test_a_cutoff_outside_the_history_is_refused_before_any_run(store, first):
         run_pipeline(con, settings, steps=["recommend"], cutoff=early_cutoff)
     # Windows set by hand: both dates, and the earliest cutoff the steps asked for allow (churn needs
     # the longest history).
-    settings = settings.model_copy(update={"clv_holdout_days": 183, "churn_lookback_days": 365,
-                                           "churn_horizon_days": 90})
+    settings = settings.updated(clv={"holdout_days": 183}, churn={"lookback_days": 365, "horizon_days": 90})
     with pytest.raises(CutoffError) as early:
         run_pipeline(con, settings, steps=["clv", "churn"], cutoff=early_cutoff)
-    needed = settings.churn_lookback_days + 3 * settings.churn_horizon_days
+    needed = settings.churn.lookback_days + 3 * settings.churn.horizon_days
     earliest = datetime.combine(first_sale.date(), datetime.min.time()) + timedelta(days=needed)
     assert str(early_cutoff.date()) in str(early.value) and f"first sale is on {first_sale.date()}" in str(early.value)
     assert f"churn needs at least {needed} days" in str(early.value)

@@ -66,8 +66,8 @@ def test_a_weekly_grocer_with_four_months_gets_a_short_horizon_and_weekly_cutoff
     cutoffs = churn_cutoffs(churn, 12)
     assert len(cutoffs) >= 3 + 2 and embargoed(cutoffs, 21)
     assert min(cutoffs) >= datetime(2024, 1, 1) + timedelta(days=37)  # the whole lookback is in the data
-    rec = recommend_windows(history, test_days="auto", valid_days="auto", half_life_days="auto")
-    assert (rec["test_days"], rec["valid_days"], rec["half_life_days"]) == (20, 20, 60.0)
+    rec = recommend_windows(history, test_days="auto", label_days="auto", half_life_days="auto")
+    assert (rec["test_days"], rec["label_days"], rec["half_life_days"]) == (20, 20, 60.0)
     assert clv_windows(history, holdout_days="auto")["holdout_days"] == 40
 
 
@@ -78,8 +78,8 @@ def test_a_two_year_wholesaler_keeps_the_fixed_windows_of_a_long_history():
     assert (churn["horizon_days"], churn["lookback_days"], churn["cutoff_spacing"]) == (90, 365, "monthly")
     cutoffs = churn_cutoffs(churn, 12)
     assert all(c.day == 1 for c in cutoffs) and embargoed(cutoffs, 90)
-    rec = recommend_windows(history, test_days="auto", valid_days="auto", half_life_days="auto")
-    assert (rec["test_days"], rec["valid_days"], rec["half_life_days"]) == (90, 90, 365.0)
+    rec = recommend_windows(history, test_days="auto", label_days="auto", half_life_days="auto")
+    assert (rec["test_days"], rec["label_days"], rec["half_life_days"]) == (90, 90, 365.0)
     assert clv_windows(history, holdout_days="auto")["holdout_days"] == 183
 
 
@@ -99,10 +99,10 @@ def test_explicit_values_win_and_say_so():
     history = stats(738, 7.0)
     churn = churn_auto(history, horizon_days=60, lookback_days=200, cutoff_spacing=14)
     assert (churn["horizon_days"], churn["lookback_days"], churn["cutoff_spacing"]) == (60, 200, 14)
-    assert all(c.why.startswith("set (churn_") for c in churn.chosen.values())
-    rec = recommend_windows(history, test_days=30, valid_days="auto", half_life_days=None)
-    assert (rec["test_days"], rec["valid_days"], rec["half_life_days"]) == (30, 90, None)
-    assert rec.chosen["valid_days"].auto and not rec.chosen["test_days"].auto
+    assert all(c.why.startswith("set (churn.") for c in churn.chosen.values())
+    rec = recommend_windows(history, test_days=30, label_days="auto", half_life_days=None)
+    assert (rec["test_days"], rec["label_days"], rec["half_life_days"]) == (30, 90, None)
+    assert rec.chosen["label_days"].auto and not rec.chosen["test_days"].auto
     assert clv_windows(history, holdout_days=100)["holdout_days"] == 100
 
 
@@ -122,8 +122,8 @@ def test_every_history_above_the_minimum_gets_an_embargoed_churn_split(days, gap
     data_end = datetime.combine(history.last_sale.date() + timedelta(days=1), datetime.min.time())
     assert cutoffs[-1] + timedelta(days=horizon) <= data_end
     assert cutoffs[0] >= datetime.combine(history.first_sale.date(), datetime.min.time()) + timedelta(days=lookback)
-    rec = recommend_windows(history, test_days="auto", valid_days="auto", half_life_days="auto")
-    assert rec["test_days"] + 2 * rec["valid_days"] <= days
+    rec = recommend_windows(history, test_days="auto", label_days="auto", half_life_days="auto")
+    assert rec["test_days"] + 2 * rec["label_days"] <= days
     assert 2 * clv_windows(history, holdout_days="auto")["holdout_days"] <= days
 
 
@@ -136,7 +136,7 @@ def test_a_history_too_short_skips_every_step_naming_the_minimum_and_what_the_da
     resolve = {
         "clv": lambda h: clv_windows(h, holdout_days="auto"),
         "churn": lambda h: churn_auto(h),
-        "recommend": lambda h: recommend_windows(h, test_days="auto", valid_days="auto", half_life_days="auto"),
+        "recommend": lambda h: recommend_windows(h, test_days="auto", label_days="auto", half_life_days="auto"),
     }[step]
     with pytest.raises(HistoryTooShort, match=rf"^{step} skipped: .*at least {MIN_SPAN_DAYS} days.* have 45 ") as short:
         resolve(stats(45, 7.0))
@@ -149,13 +149,13 @@ def test_a_history_too_short_skips_every_step_naming_the_minimum_and_what_the_da
 def test_windows_set_by_hand_that_do_not_fit_skip_the_step_naming_the_setting():
     one_year = stats(364, 57.0)
     # The defaults of old (H 90, a year of lookback) on one year: the failure the project used to raise.
-    with pytest.raises(HistoryTooShort, match=r"gives 0 such cutoffs\. Set churn_horizon_days / "
-                                              r"churn_lookback_days to auto or shorter"):
+    with pytest.raises(HistoryTooShort, match=r"gives 0 such cutoffs\. Set churn.horizon_days / "
+                                              r"churn.lookback_days to auto or shorter"):
         churn_auto(one_year, horizon_days=90, lookback_days=365)
-    with pytest.raises(HistoryTooShort, match=r"need 270 days.* has 121\. Set recommend_test_days / "
-                                              r"recommend_valid_days to auto"):
-        recommend_windows(stats(121, 7.0), test_days=90, valid_days=90, half_life_days="auto")
-    with pytest.raises(HistoryTooShort, match=r"366 days in all.* has 121\. Set clv_holdout_days to auto"):
+    with pytest.raises(HistoryTooShort, match=r"need 270 days.* has 121\. Set recommend.test_days / "
+                                              r"recommend.label_days to auto"):
+        recommend_windows(stats(121, 7.0), test_days=90, label_days=90, half_life_days="auto")
+    with pytest.raises(HistoryTooShort, match=r"366 days in all.* has 121\. Set clv.holdout_days to auto"):
         clv_windows(stats(121, 7.0), holdout_days=183)
 
 
@@ -171,7 +171,7 @@ def test_cutoff_grids_by_hand():
     assert weekly[-1] == datetime(2024, 5, 22) and weekly[0] >= datetime(2024, 2, 19)
     assert all(b - a == timedelta(days=7) for a, b in zip(weekly, weekly[1:])) and len(weekly) == 14
     assert cutoff_grid(first, last, horizon_days=90, lookback_days=90, spacing="monthly") == []
-    with pytest.raises(ValueError, match="churn_cutoff_spacing"):
+    with pytest.raises(ValueError, match="churn.cutoff_spacing"):
         cutoff_grid(first, last, horizon_days=30, lookback_days=40, spacing=0)
     # Test, the validation cutoff a horizon before it, then the latest training cutoffs before that.
     assert select_cutoffs(weekly, 30, 4) == [datetime(2024, 3, 6), datetime(2024, 3, 13), datetime(2024, 4, 17),
@@ -213,7 +213,7 @@ def test_windows_are_logged_and_listed():
     assert params["window.median_days_between_purchases"] == "7.0" and params["window.history_days"] == "121.0"
     assert windows_text(params) == "cutoff_spacing 7 (auto), horizon_days 21 (auto), lookback_days 37 (auto)"
     assert any(line.startswith("horizon_days = 21 (auto: ") for line in churn.lines())
-    assert windows_text({"window.holdout_days": "100", "window.holdout_days.why": "set (clv_holdout_days)"}) == \
+    assert windows_text({"window.holdout_days": "100", "window.holdout_days.why": "set (clv.holdout_days)"}) == \
         "holdout_days 100 (set)"
 
 

@@ -76,15 +76,15 @@ def test_a_step_that_does_not_fit_is_skipped_and_the_others_are_promoted(tmp_pat
     from rapport.cli import app
 
     # One year of history, and a churn horizon set by hand that leaves no room for three cutoffs.
-    settings, con = _store(tmp_path, 1_500, date(2025, 1, 1), date(2025, 12, 31), clv_candidates=["bgnbd"],
-                           churn_horizon_days=120)
+    settings, con = _store(tmp_path, 1_500, date(2025, 1, 1), date(2025, 12, 31), clv={"candidates": ["bgnbd"]},
+                           churn={"horizon_days": 120})
     try:
         result = run_pipeline(con, settings, steps=["clv", "churn"])
     finally:
         con.close()
     clv, churn = result.steps
-    assert churn.skipped is not None and "churn_horizon_days" in churn.skipped and churn.version is None
-    assert "Set churn_horizon_days to auto or shorter" in churn.skipped
+    assert churn.skipped is not None and "churn.horizon_days" in churn.skipped and churn.version is None
+    assert "Set churn.horizon_days to auto or shorter" in churn.skipped
     assert clv.skipped is None and clv.promotion is not None and clv.promotion.promoted
     # auto: a third of the 364-day history.
     assert clv.result.windows["holdout_days"] == 121 and clv.result.windows.chosen["holdout_days"].auto

@@ -170,7 +170,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
                                   no salt)
         default_lists/ + .json    every known customer's top-N under the default options, ranked by
                                   the recommender at export (training.recommend.precomputed; absent
-                                  when serving_default_lists is 0)
+                                  when serving.default_lists is 0)
 
     The snapshot is taken at the CLV champion's cutoff with the code ``rapport score`` uses
     (:func:`training.scoring.build_snapshot`), so the service's ``customer_scores`` are the batch
@@ -179,7 +179,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     Parameters
     ----------
     settings
-        The deployment's settings: the store, the tracking server, the salt, ``serving_default_lists``.
+        The deployment's settings: the store, the tracking server, the salt, ``serving.default_lists``.
     directory
         Where the bundle goes.
     progress
@@ -231,7 +231,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     _state(clv, out / CLV_STATE)
     _state(churn, out / CHURN_STATE)
     artefact.save(recommender, out / RECOMMENDER_DIR)
-    lists = write_default_lists(recommender, out, settings.serving_default_lists, step)
+    lists = write_default_lists(recommender, out, settings.serving.default_lists, step)
     write_frame(snapshot.customers, out / SNAPSHOT_CUSTOMERS)
     write_frame(snapshot.churn, out / SNAPSHOT_CHURN)
     write_frame(sort_identity(identity), out / IDENTITY, index=False)

@@ -59,20 +59,20 @@ def history_needed(settings: Settings, steps: Sequence[str]) -> dict[str, tuple[
     auto = (MIN_SPAN_DAYS, f"{MIN_SPAN_DAYS} days of history, the least any step learns from (its windows are "
                            f"chosen from the data)")
     needed: dict[str, tuple[int, str]] = {}
-    holdout = _days(settings.clv_holdout_days)
+    holdout = _days(settings.clv.holdout_days)
     if CLV.key in steps:
         needed[CLV.key] = auto if holdout is None else (
-            holdout + 1, f"a {holdout}-day holdout (clv_holdout_days) after a calibration period")
-    lookback, horizon = _days(settings.churn_lookback_days), _days(settings.churn_horizon_days)
+            holdout + 1, f"a {holdout}-day holdout (clv.holdout_days) after a calibration period")
+    lookback, horizon = _days(settings.churn.lookback_days), _days(settings.churn.horizon_days)
     if CHURN.key in steps:
         needed[CHURN.key] = auto if lookback is None or horizon is None else (
-            lookback + 3 * horizon, f"a {lookback}-day lookback (churn_lookback_days) and three {horizon}-day label "
-                                    f"windows (churn_horizon_days) for the training, validation and test cutoffs")
-    test, valid = _days(settings.recommend_test_days), _days(settings.recommend_valid_days)
+            lookback + 3 * horizon, f"a {lookback}-day lookback (churn.lookback_days) and three {horizon}-day label "
+                                    f"windows (churn.horizon_days) for the training, validation and test cutoffs")
+    test, valid = _days(settings.recommend.test_days), _days(settings.recommend.label_days)
     if RECOMMEND.key in steps:
         needed[RECOMMEND.key] = auto if test is None or valid is None else (
-            test + valid + 1, f"a {test}-day test period (recommend_test_days) and a {valid}-day validation period "
-                              f"(recommend_valid_days) after some history")
+            test + valid + 1, f"a {test}-day test period (recommend.test_days) and a {valid}-day label period "
+                              f"(recommend.label_days) after some history")
     return needed
 
 

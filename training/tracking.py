@@ -15,8 +15,9 @@ import math
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -474,6 +475,73 @@ def tag_registered_version(client: mlflow.MlflowClient, model_name: str, info: A
         text = str(value).lower() if isinstance(value, bool) else _param_value(value)
         client.set_model_version_tag(model_name, str(version), str(key), text)
     return str(version)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What a training step logs on its run before its model (:func:`finish_step`).
+
+    Attributes
+    ----------
+    params
+        Parameters; nested mappings become dotted names.
+    metrics
+        Metrics; nested mappings become dotted names.
+    data_as_of
+        The store's fingerprint is taken of the lines before this moment (``data.*`` parameters).
+    tables
+        Tables logged as ``tables/<name>.csv``, by name.
+    plots
+        Figures logged as artifacts.
+    tags
+        Run tags besides ``gate.eligible`` (the gate's reasons, the step's choices).
+    """
+
+    params: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    data_as_of: datetime
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    plots: Sequence[Path | str] = ()
+    tags: Mapping[str, Any] = field(default_factory=dict)
+
+
+def finish_step(
+    con: duckdb.DuckDBPyConnection, client: mlflow.MlflowClient, model_name: str, record: StepRecord, *,
+    gate_eligible: bool, log_model: Callable[[], Any], version_tags: Mapping[str, Any] | None = None,
+) -> str | None:
+    """The end every training step shares, on its active run: parameters with the store's
+    fingerprint, metrics, tables, plots, tags with the gate's verdict, then the model logged and
+    registered (``log_model``) and its version tagged before promotion reads it.
+
+    Parameters
+    ----------
+    con
+        The store (for the data fingerprint).
+    client
+        The tracking client (:func:`configure`).
+    model_name
+        The registered model's name (``ModelSpec.registered_name``).
+    record
+        What the step logs (:class:`StepRecord`).
+    gate_eligible
+        The gate's verdict, a run tag and a version tag (:data:`GATE_ELIGIBLE_TAG`).
+    log_model
+        Logs and registers the model; returns its ``ModelInfo``.
+    version_tags
+        More tags of the registered version.
+
+    Returns
+    -------
+    str or None
+        The registered version, None when nothing was registered.
+    """
+    log_params_flat({**record.params, "data": data_fingerprint(con, as_of=record.data_as_of)})
+    log_metrics_flat(record.metrics)
+    for name, table in record.tables.items():
+        log_table(table, name)
+    log_plots(record.plots)
+    set_tags({"gate.eligible": str(gate_eligible).lower(), **record.tags})
+    return tag_registered_version(client, model_name, log_model(), gate_eligible=gate_eligible, tags=version_tags)
 
 
 def set_alias(client: mlflow.MlflowClient, model_name: str, alias: str, version: str | int) -> None:

@@ -161,7 +161,7 @@ class ChurnDataset:
                 f"a train/valid/test split with a {self.horizon_days}-day embargo needs a test cutoff, a "
                 f"validation cutoff at least {self.horizon_days} days earlier and training cutoffs at least "
                 f"{self.horizon_days} days before that; this data set has cutoffs {listed}: use more history "
-                f"or more cutoffs (churn_max_cutoffs)"
+                f"or more cutoffs (churn.max_cutoffs)"
             )
         at = self.frame[CUTOFF]
         parts = (at.isin(train), at == valid_cutoff, at == test_cutoff)

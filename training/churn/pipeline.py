@@ -103,7 +103,7 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
     con
         The store.
     settings
-        The deployment's settings (``churn_horizon_days`` and the other churn windows).
+        The deployment's settings (``churn.horizon_days`` and the other churn windows).
     cutoff
         Only the history before it counts; all of it when None.
 
@@ -113,34 +113,25 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
         The horizon, lookback and cutoff spacing, with how each was chosen.
     """
     return churn_windows(history_stats(ibis_backend(con), before=cutoff),
-                         horizon_days=settings.churn_horizon_days, lookback_days=settings.churn_lookback_days,
-                         cutoff_spacing=settings.churn_cutoff_spacing, max_cutoffs=settings.churn_max_cutoffs)
+                         horizon_days=settings.churn.horizon_days, lookback_days=settings.churn.lookback_days,
+                         cutoff_spacing=settings.churn.cutoff_spacing, max_cutoffs=settings.churn.max_cutoffs)
 
 
 def configured_model(settings: Settings) -> ChurnModel:
-    """The churn LightGBM with the ``churn_*`` settings as given (unfitted): the learner compared with
+    """The churn LightGBM with the ``churn.model`` settings as given (unfitted): the learner compared with
     the logistic regression on RFM, and the search's first trial.
 
     Parameters
     ----------
     settings
-        The deployment's settings (``churn_*`` and ``model_threads``).
+        The deployment's settings (``churn.model`` and ``model_threads``).
 
     Returns
     -------
     ChurnModel
         The unfitted model.
     """
-    return ChurnModel(
-        n_estimators=settings.churn_n_estimators,
-        learning_rate=settings.churn_learning_rate,
-        num_leaves=settings.churn_num_leaves,
-        min_child_samples=settings.churn_min_child_samples,
-        early_stopping_rounds=settings.churn_early_stopping_rounds,
-        calibration=settings.churn_calibration,
-        risk_thresholds=settings.churn_risk_thresholds,
-        num_threads=settings.model_threads,
-    )
+    return ChurnModel(**settings.churn.model.model_dump(), num_threads=settings.model_threads)
 
 
 def train_churn(
@@ -183,7 +174,7 @@ def train_churn(
     con
         The store the customer snapshots of every cutoff are built from.
     settings
-        The deployment's settings (the ``churn_*`` values and windows, the search budget, MLflow).
+        The deployment's settings (the ``churn`` section and windows, the search budget, MLflow).
     cutoff
         A backtest's training cutoff: no sale at or after it is seen, labels included; None trains
         on the whole history.
@@ -204,7 +195,7 @@ def train_churn(
     # cutoffs are those of the history before it.
     windows = resolve_windows(con, settings, cutoff)
     horizon, lookback = int(windows["horizon_days"]), int(windows["lookback_days"])  # type: ignore[arg-type]
-    cutoffs = churn_cutoffs(windows, settings.churn_max_cutoffs)
+    cutoffs = churn_cutoffs(windows, settings.churn.max_cutoffs)
     step(f"building the data set over {len(cutoffs)} cutoffs (H = {horizon} days, lookback {lookback} days)")
     dataset = build_dataset(
         backend,
@@ -212,7 +203,7 @@ def train_churn(
         horizon_days=horizon,
         lookback_days=lookback,
         time_unit=settings.time_unit,
-        with_clv=settings.churn_with_clv_features,
+        with_clv=settings.churn.with_clv_features,
         progress=step,
     )
     train, valid, test = dataset.split()
@@ -276,7 +267,7 @@ def train_churn(
             plot_lift(y_test, {metrics.name: probability, **served_curves, **baselines.scores(test)},
                       plot_dir / "lift.png"),
         ]
-        tracking.log_params_flat({
+        params = {
             "horizon_days": horizon,
             "lookback_days": lookback,
             **windows.to_params(),
@@ -284,42 +275,33 @@ def train_churn(
             "valid_cutoff": pd.Timestamp(valid["cutoff"].iloc[0]).date().isoformat(),
             "test_cutoff": test_cutoff.date().isoformat(),
             "features": ",".join(dataset.feature_names),
-            "n_estimators": settings.churn_n_estimators,
-            "learning_rate": settings.churn_learning_rate,
-            "num_leaves": settings.churn_num_leaves,
-            "min_child_samples": settings.churn_min_child_samples,
-            "early_stopping_rounds": settings.churn_early_stopping_rounds,
-            "calibration": settings.churn_calibration,
+            "model": model.get_params(),
             "calibration_chosen": model.calibrator_.method,
             **{f"calibration_ece.{method}": round(value, 6) for method, value in model.calibration_errors_.items()},
             **(search.to_params() if search is not None else {"search.budget_s": 0}),
             "best_iteration": lightgbm.best_iteration_,
             **choice.to_params(),
-            "with_clv_features": settings.churn_with_clv_features,
-        })
-        tracking.log_params_flat({"baseline": baselines.to_params()})
-        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=test_cutoff + timedelta(
-            days=horizon))})
-        tracking.log_metrics_flat({
+            "with_clv_features": settings.churn.with_clv_features,
+            "baseline": baselines.to_params(),
+        }
+        record = tracking.StepRecord(params=params, data_as_of=test_cutoff + timedelta(days=horizon), metrics={
             **metrics.to_metrics("model"),
             **(lightgbm_metrics.to_metrics("lightgbm") if lightgbm_metrics is not None else {}),
             **{k: v for name, m in base.items() for k, v in m.to_metrics(BASELINE_METRIC_PREFIXES[name]).items()},
             **decision.to_metrics(),
             "train_rows": float(len(train)), "valid_rows": float(len(valid)), "test_rows": float(len(test)),
-        })
-        tracking.log_table(table.reset_index(), "metrics_table")
-        tracking.log_table(lightgbm.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
-                           "feature_importance")
-        tracking.log_plots(plots)
-        tracking.set_tags({
-            "gate.eligible": str(decision.eligible).lower(),
+        }, tables={
+            "metrics_table": table.reset_index(),
+            "feature_importance": lightgbm.feature_importance_gain_.rename("gain").rename_axis("feature").reset_index(),
+        }, plots=plots, tags={
             "gate.reasons": " | ".join(decision.reasons),
             "gate.best_baseline": decision.best_baseline or "none",
             "churn_learner": choice.learner,
         })
-        info = log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5))
-        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=decision.eligible,
-                                                  tags={"churn_learner": choice.learner})
+        version = tracking.finish_step(
+            con, client, MODEL_NAME, record, gate_eligible=decision.eligible,
+            log_model=lambda: log_churn_model(model, registered_model_name=MODEL_NAME, input_example=test.head(5)),
+            version_tags={"churn_learner": choice.learner})
         run_id = run.info.run_id
     return ChurnTrainingResult(
         run_id=run_id,

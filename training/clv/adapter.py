@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -39,14 +40,6 @@ FloatArray = NDArray[np.float64]
 PURCHASE_MODELS: tuple[str, ...] = ("bgnbd", "mbgnbd", "paretonbd")
 #: The spend model.
 SPEND_MODEL = "gammagamma"
-#: Parameter names of each model, as lifetimes names them (``v`` is the papers' gamma).
-PARAMETER_NAMES: dict[str, tuple[str, ...]] = {
-    "bgnbd": ("r", "alpha", "a", "b"),
-    "mbgnbd": ("r", "alpha", "a", "b"),
-    "paretonbd": ("r", "alpha", "s", "beta"),
-    SPEND_MODEL: ("p", "q", "v"),
-}
-
 #: A fitted parameter (on the optimiser's scale, durations divided by the longest T) outside this
 #: range has run off towards 0 or infinity: the likelihood has no interior maximum in that direction.
 PARAMETER_RANGE: tuple[float, float] = (1e-6, 1e6)
@@ -59,16 +52,6 @@ GRADIENT_TOLERANCE = 1e-9
 #: BFGS may stop with "precision loss" when the gradient cannot shrink further in floating point; that
 #: counts as converged when the gradient is at most this (it does at a proper optimum, e.g. CDNOW).
 PRECISION_LOSS_GRADIENT = 1e-5
-#: The no-drop-out limit of each purchase model, on the optimiser's scale (durations divided by the
-#: longest T): BG/NBD and MBG/NBD with a drop-out probability p ~ Beta(a, b) of mean 1e-6 per
-#: purchase, Pareto/NBD with a drop-out rate mu ~ Gamma(s, beta) of mean 1e-6 per longest T. There each
-#: reduces to the NBD (Ehrenberg 1959): Poisson purchases with Gamma(r, alpha) rates, nobody leaving.
-#: A fit that runs to a bound (a or s towards 0) is a fit heading to this limit.
-NO_DROPOUT: dict[str, dict[str, float]] = {
-    "bgnbd": {"a": 1e-3, "b": 1e3},
-    "mbgnbd": {"a": 1e-3, "b": 1e3},
-    "paretonbd": {"s": 1e-3, "beta": 1e3},
-}
 #: The limit is accepted when twice the log-likelihood gained by the failed full fit is at most the
 #: 95 % point of chi-squared with 2 degrees of freedom (the two drop-out parameters).
 NO_DROPOUT_LR_CRITICAL = 5.991
@@ -374,16 +357,6 @@ class _Likelihood:
     differentiable: bool  # autograd can differentiate it
 
 
-_LIKELIHOODS: dict[str, _Likelihood] = {
-    # Fader, Hardie & Lee (2005a), eq. (6), in the log form of their section 7.
-    "bgnbd": _Likelihood(BetaGeoFitter._negative_log_likelihood, (1,), True),
-    # Batislam, Denizel & Filiztekin (2007): the BG/NBD with a drop-out chance at time 0 as well.
-    "mbgnbd": _Likelihood(ModifiedBetaGeoFitter._negative_log_likelihood, (1,), True),
-    # Fader, Hardie & Lee (2005), "A Note on Deriving the Pareto/NBD Model", eq. (18)-(20).
-    "paretonbd": _Likelihood(_pareto_nbd_negative_log_likelihood, (1, 3), False),
-    # Fader & Hardie (2013), "The Gamma-Gamma Model of Monetary Value", eq. (1a) summed over customers.
-    SPEND_MODEL: _Likelihood(GammaGammaFitter._negative_log_likelihood, (), True),
-}
 
 
 @contextmanager
@@ -529,8 +502,8 @@ def _fit(
     """
     if not penalizer >= 0:
         raise ValueError(f"penalizer must be >= 0, got {penalizer!r}")
-    likelihood = _LIKELIHOODS[kind]
-    names = PARAMETER_NAMES[kind]
+    form = _FORMS[kind]
+    likelihood, names = form.likelihood, form.parameter_names
     scaled = _scaled(kind, data, scale)
     k = len(names)
 
@@ -558,8 +531,8 @@ def _fit(
         second, values = run(retry_penalizer, {})
         attempts.append(second)
     fixed: dict[int, float] = {}
-    if values is None and kind in NO_DROPOUT:
-        fixed = {names.index(name): value for name, value in NO_DROPOUT[kind].items()}
+    if values is None and form.no_dropout:
+        fixed = {names.index(name): value for name, value in form.no_dropout.items()}
         limit, values = run(penalizer, fixed)
         if values is not None:
             # Likelihood-ratio test of the limit against the best point the failed fits reached, both
@@ -794,14 +767,34 @@ def _as_float(*values: ArrayLike) -> tuple[FloatArray, ...]:
 # of the purchase rate of a customer alive at T.
 
 
-class PurchaseModel(ABC):
-    """The closed forms of one purchase model, on a fit's parameter ``values`` (in the order of
-    :data:`PARAMETER_NAMES`) and float arrays x = frequency, t_x = recency, T, t that broadcast
-    together. A subclass implements the private methods; errors of floating point (0 / 0 at a
-    boundary) are left to the caller's ``np.errstate``."""
+class ModelForm:
+    """What fitting a model needs: its name, its parameters' names (as lifetimes names them; ``v``
+    is the papers' gamma), its likelihood and, for a purchase model, its no-drop-out limit."""
 
     #: The model's name in artefacts, settings and tables.
     kind: str = ""
+    parameter_names: tuple[str, ...] = ()
+    likelihood: _Likelihood
+    #: The no-drop-out limit on the optimiser's scale (durations divided by the longest T): a
+    #: drop-out probability p ~ Beta(a, b) of mean 1e-6 per purchase (BG/NBD, MBG/NBD), a drop-out
+    #: rate mu ~ Gamma(s, beta) of mean 1e-6 per longest T (Pareto/NBD). There each reduces to the
+    #: NBD (Ehrenberg 1959): Poisson purchases with Gamma(r, alpha) rates, nobody leaving. A fit that
+    #: runs to a bound (a or s towards 0) is a fit heading to this limit. Empty: none (Gamma-Gamma).
+    no_dropout: Mapping[str, float] = types.MappingProxyType({})
+
+
+class _GammaGamma(ModelForm):
+    # Fader & Hardie (2013), "The Gamma-Gamma Model of Monetary Value", eq. (1a) summed over customers.
+    kind = SPEND_MODEL
+    parameter_names = ("p", "q", "v")
+    likelihood = _Likelihood(GammaGammaFitter._negative_log_likelihood, (), True)
+
+
+class PurchaseModel(ModelForm, ABC):
+    """The closed forms of one purchase model, on a fit's parameter ``values`` (in the order of
+    ``parameter_names``) and float arrays x = frequency, t_x = recency, T, t that broadcast
+    together. A subclass declares its form (:class:`ModelForm`) and implements the private methods;
+    errors of floating point (0 / 0 at a boundary) are left to the caller's ``np.errstate``."""
 
     def probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
                           t_age: FloatArray) -> FloatArray:
@@ -872,6 +865,10 @@ class BGNBD(PurchaseModel):
     """BG/NBD (Fader, Hardie & Lee 2005a): a customer may drop out after each repeat purchase."""
 
     kind = "bgnbd"
+    parameter_names = ("r", "alpha", "a", "b")
+    # Fader, Hardie & Lee (2005a), eq. (6), in the log form of their section 7.
+    likelihood = _Likelihood(BetaGeoFitter._negative_log_likelihood, (1,), True)
+    no_dropout = types.MappingProxyType({"a": 1e-3, "b": 1e3})
 
     def _probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
                            t_age: FloatArray) -> FloatArray:
@@ -903,6 +900,8 @@ class MBGNBD(BGNBD):
     purchase too, so a customer without repeat purchases can be gone."""
 
     kind = "mbgnbd"
+    # Batislam, Denizel & Filiztekin (2007): the BG/NBD with a drop-out chance at time 0 as well.
+    likelihood = _Likelihood(ModifiedBetaGeoFitter._negative_log_likelihood, (1,), True)
 
     def _alive(self, a: float, b: float, x: FloatArray, log_ratio: FloatArray) -> FloatArray:
         return expit(-(np.log(a) - np.log(b + x) + log_ratio))
@@ -921,6 +920,10 @@ class ParetoNBD(PurchaseModel):
     exponential lifetime with a Gamma-distributed drop-out rate."""
 
     kind = "paretonbd"
+    parameter_names = ("r", "alpha", "s", "beta")
+    # Fader, Hardie & Lee (2005), "A Note on Deriving the Pareto/NBD Model", eq. (18)-(20).
+    likelihood = _Likelihood(_pareto_nbd_negative_log_likelihood, (1, 3), False)
+    no_dropout = types.MappingProxyType({"s": 1e-3, "beta": 1e3})
 
     def _probability_alive(self, values: tuple[float, ...], x: FloatArray, tx: FloatArray,
                            t_age: FloatArray) -> FloatArray:
@@ -943,6 +946,11 @@ class ParetoNBD(PurchaseModel):
 
 #: The purchase models by ``kind``, in the order :data:`PURCHASE_MODELS` lists them.
 PURCHASE_MODEL_CLASSES: dict[str, PurchaseModel] = {model.kind: model for model in (BGNBD(), MBGNBD(), ParetoNBD())}
+_FORMS: dict[str, ModelForm] = {**PURCHASE_MODEL_CLASSES, SPEND_MODEL: _GammaGamma()}
+#: Parameter names of each model by ``kind`` (read from the models' forms).
+PARAMETER_NAMES: dict[str, tuple[str, ...]] = {kind: form.parameter_names for kind, form in _FORMS.items()}
+#: The no-drop-out limit of each purchase model by ``kind`` (:attr:`ModelForm.no_dropout`).
+NO_DROPOUT: dict[str, dict[str, float]] = {kind: dict(m.no_dropout) for kind, m in PURCHASE_MODEL_CLASSES.items()}
 
 
 def purchase_model(kind: str) -> PurchaseModel:

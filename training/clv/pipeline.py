@@ -254,9 +254,7 @@ def _model(kind: str, settings: Settings, *, rate_weight: float = 0.0, alive_kin
     return ClvModel(
         kind=kind,
         time_unit=settings.time_unit,
-        penalizer=settings.clv_penalizer,
-        horizon_months=settings.clv_horizon_months,
-        monthly_discount_rate=settings.clv_monthly_discount_rate,
+        **settings.clv.model.model_dump(),
         rate_weight=rate_weight,
         alive_kind=alive_kind,
     )
@@ -317,7 +315,7 @@ def train_clv(
 ) -> ClvTrainingResult:
     """Fit, evaluate, log and register the CLV model from the store's history before ``cutoff``.
 
-    Steps, for a cutoff c and a holdout of h days (``clv_holdout_days``, or with ``auto`` a third of the
+    Steps, for a cutoff c and a holdout of h days (``clv.holdout_days``, or with ``auto`` a third of the
     history, 7 to 183 days: :func:`features.windows.clv_windows`; a history too short skips the step):
 
     1. ``calibration_holdout`` at c − h: features of the customers born before it, and what they did
@@ -369,7 +367,7 @@ def train_clv(
     con
         The store.
     settings
-        The deployment's settings (the ``clv_*`` values and windows, MLflow).
+        The deployment's settings (the ``clv`` section and windows, MLflow).
     cutoff
         The end of the history to train on (a backtest); the day after the last sale when None.
     progress
@@ -386,7 +384,7 @@ def train_clv(
 
     backend = ibis_backend(con)
     cutoff = utc_naive(cutoff) if cutoff is not None else default_cutoff(con)
-    windows = clv_windows(history_stats(backend, before=cutoff), holdout_days=settings.clv_holdout_days)
+    windows = clv_windows(history_stats(backend, before=cutoff), holdout_days=settings.clv.holdout_days)
     holdout_days = int(windows["holdout_days"])  # type: ignore[arg-type]
     calibration_end = cutoff - timedelta(days=holdout_days)
 
@@ -409,9 +407,9 @@ def train_clv(
             f"{(calibration_end - windows.stats.first_sale).days}-day calibration period before "
             f"{calibration_end:%Y-%m-%d} ({len(split):,} customers), not even without drop-out: "
             f"{'; '.join(f'{k}: {why}' for k, why in reasons.items())}. A longer history helps; so may a "
-            f"shorter clv_holdout_days or a clv_penalizer above 0"))
+            f"shorter clv.holdout_days or a clv.model.penalizer above 0"))
 
-    kinds: tuple[str, ...] = tuple(k for k in settings.clv_candidates if k in PURCHASE_MODELS)
+    kinds: tuple[str, ...] = tuple(k for k in settings.clv.candidates if k in PURCHASE_MODELS)
     # What each candidate is, as (purchase model, rate weight): the purchase models alone, then the
     # historic-rate candidates once the validation split has chosen them.
     recipes: dict[str, tuple[str, float]] = {kind: (kind, 0.0) for kind in kinds}
@@ -432,7 +430,7 @@ def train_clv(
         raise skipped()
     rate_validation = None
     not_validated = ""
-    rate_candidates = [k for k in settings.clv_candidates if k in (BLEND, NAIVE)]
+    rate_candidates = [k for k in settings.clv.candidates if k in (BLEND, NAIVE)]
     if rate_candidates or len(evaluations) > 1:
         step("validating the candidates on a split of the calibration period")
         try:
@@ -498,7 +496,9 @@ def train_clv(
                             tags={"step": CLV.key, "model_kind": kind}) as run:
         plot_dir = run_plot_dir(settings.reports_dir, CLV.key, run.info.run_id)
         plots = _plots(backend, fitted[kind], split, calibration_end, cutoff, plot_dir)
-        tracking.log_params_flat({
+        params = {
+            # The served model's parameters, then what the step chose and why.
+            **{name: value for name, value in final.get_params().items() if name not in ("kind", "alive_kind")},
             "model": kind,
             "validation_choice": choice.chosen,
             "chosen_on": choice.chosen_on,
@@ -506,19 +506,14 @@ def train_clv(
             "purchase_model": base,
             "rate_weight": weight,
             "probability_alive_model": (final.alive_params_ or final.purchase_params_).label,
-            "time_unit": settings.time_unit,
             "cutoff": cutoff.date().isoformat(),
             "calibration_end": calibration_end.date().isoformat(),
             "holdout_days": holdout_days,
             **windows.to_params(),
-            "penalizer": settings.clv_penalizer,
-            "horizon_months": settings.clv_horizon_months,
-            "monthly_discount_rate": settings.clv_monthly_discount_rate,
-            "candidates": ",".join(settings.clv_candidates),
+            "candidates": ",".join(settings.clv.candidates),
             "currency": settings.currency,
-        })
-        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=cutoff)})
-        tracking.log_metrics_flat({
+        }
+        record = tracking.StepRecord(params=params, data_as_of=cutoff, metrics={
             **evaluations[kind].to_metrics(),
             **{f"candidate.{k}.{name}": value for k, e in evaluations.items() for name, value in e.to_metrics().items()},
             **_coefficients(final, "final"),
@@ -530,19 +525,16 @@ def train_clv(
             "one_order_probability_alive_median": one_order_alive,
             **(rate_validation.to_metrics() if rate_validation is not None else {}),
             "validation_mae": choice.validation_mae,
-        })
-        tracking.log_table(table, "holdout_table")
-        tracking.log_plots(plots)
-        tracking.set_tags({
-            "gate.eligible": str(decision.eligible).lower(),
+        }, tables={"holdout_table": table}, plots=plots, tags={
             "gate.reasons": " | ".join(decision.reasons) or "beats the naive baseline",
             "choice": choice.message,
             "failed_candidates": "; ".join(f"{k}: {m}" for k, m in failed) or "none",
             "without_dropout": ",".join(k for k in fitted if fitted[k].purchase_params_.without_dropout) or "none",
             "plausibility": plausibility.message,
         })
-        info = log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5))
-        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=decision.eligible)
+        version = tracking.finish_step(
+            con, client, MODEL_NAME, record, gate_eligible=decision.eligible,
+            log_model=lambda: log_clv_model(final, registered_model_name=MODEL_NAME, input_example=features.head(5)))
         run_id = run.info.run_id
     log.info("Gamma-Gamma left out %d of %d customers (no repeat purchase or no positive net spend)",
              final.n_spend_excluded_, len(features))
@@ -599,7 +591,7 @@ def _plausibility(con: duckdb.DuckDBPyConnection, backend, model: ClvModel, feat
     """The plausibility check of ``model``'s CLV, against the repeat customers' spend over the last
     horizon before the cutoff (the last half of a history shorter than two horizons), and the
     median probability alive of the one-order customers."""
-    horizon_days = settings.clv_horizon_months * DAYS_PER_MONTH
+    horizon_days = settings.clv.model.horizon_months * DAYS_PER_MONTH
     found = sales_range(con)
     span_days = (cutoff - found[0]).days if found is not None else 0
     window = max(1, min(round(horizon_days), span_days // 2))

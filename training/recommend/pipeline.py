@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -73,8 +74,8 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
     con
         The store.
     settings
-        The deployment's settings (``recommend_test_days``, ``recommend_valid_days``,
-        ``recommend_half_life_days``).
+        The deployment's settings (``recommend.test_days``, ``recommend.label_days``,
+        ``recommend.half_life_days``).
     cutoff
         Only the history before it counts; all of it when None.
 
@@ -83,13 +84,13 @@ def resolve_windows(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: 
     Windows
         ``test_days``, ``valid_days`` and ``half_life_days``, with how each was chosen.
     """
-    return recommend_windows(history_stats(ibis_backend(con), before=cutoff), test_days=settings.recommend_test_days,
-                             valid_days=settings.recommend_valid_days,
-                             half_life_days=settings.recommend_half_life_days)
+    return recommend_windows(history_stats(ibis_backend(con), before=cutoff), test_days=settings.recommend.test_days,
+                             label_days=settings.recommend.label_days,
+                             half_life_days=settings.recommend.half_life_days)
 
 
 def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSettings:
-    """The model's settings from the project's (``recommend_*``, ``model_threads``) and the windows.
+    """The model's settings from the project's (``recommend.model``, ``model_threads``) and the windows.
 
     Parameters
     ----------
@@ -104,31 +105,16 @@ def recommender_settings(settings: Settings, windows: Windows) -> RecommenderSet
         The settings of :class:`~training.recommend.model.RecommenderModel`; a
         :class:`~features.settings.SettingsError` names an unknown candidate source.
     """
-    sizes = settings.recommend_candidates
+    section = settings.recommend.model
     sources = tuple(CandidateSizes.__dataclass_fields__)
-    unknown = sorted(set(sizes) - set(sources))
+    unknown = sorted(set(section.candidates) - set(sources))
     if unknown:
-        raise SettingsError([f"recommend_candidates: unknown source(s) {', '.join(unknown)}; "
+        raise SettingsError([f"recommend.model.candidates: unknown source(s) {', '.join(unknown)}; "
                            f"expected {', '.join(sources[:-1])} and {sources[-1]}"])
     return RecommenderSettings(
+        **{**section.model_dump(), "candidates": CandidateSizes(**section.candidates)},
         half_life_days=windows["half_life_days"],  # type: ignore[arg-type]
-        browse_weight=settings.recommend_browse_weight,
-        factors=settings.recommend_factors,
-        regularization=settings.recommend_regularization,
-        iterations=settings.recommend_iterations,
-        warm_iterations=settings.recommend_warm_iterations,
-        knn_neighbours=settings.recommend_neighbours,
-        candidates=CandidateSizes(**sizes),
-        label_days=int(windows["valid_days"]),  # type: ignore[arg-type]
-        max_training_customers=settings.recommend_max_training_customers,
-        n_estimators=settings.recommend_ranker_trees,
-        repurchasable_categories=tuple(settings.recommend_repurchasable_categories),
-        tifu_neighbours=settings.recommend_tifu_neighbours,
-        tifu_alpha=settings.recommend_tifu_alpha,
-        tifu_group_size=settings.recommend_tifu_group_size,
-        tifu_within_decay=settings.recommend_tifu_within_decay,
-        tifu_across_decay=settings.recommend_tifu_across_decay,
-        tifu_pool=settings.recommend_tifu_pool,
+        label_days=int(windows["label_days"]),  # type: ignore[arg-type]
         num_threads=settings.model_threads,
     )
 
@@ -170,8 +156,8 @@ def train_recommender(
 ) -> RecommenderTrainingResult:
     """Compare, fit on the whole history (before ``cutoff``), log and register.
 
-    1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend_test_days`` of
-       the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend_valid_days``
+    1. The split (:func:`training.recommend.split.temporal_split`): the last ``recommend.test_days`` of
+       the history (before ``--cutoff`` in a backtest) are the test period, the ``recommend.label_days``
        before them the label period the ranker learns on. With ``auto`` both periods and the half-life
        come from the history (:func:`features.windows.recommend_windows`); a history too short skips
        the step.
@@ -192,7 +178,7 @@ def train_recommender(
     con
         The store the interactions and the catalogue are read from.
     settings
-        The deployment's settings (the ``recommend_*`` values and windows, the search budget, MLflow).
+        The deployment's settings (the ``recommend`` section and windows, the search budget, MLflow).
     cutoff
         A backtest's end of history: the test period ends there; None uses every sale.
     progress
@@ -211,7 +197,7 @@ def train_recommender(
     windows = resolve_windows(con, settings, cutoff)
     model_settings = recommender_settings(settings, windows)
     split = temporal_split(_last_sale(con, cutoff), test_days=int(windows["test_days"]),  # type: ignore[arg-type]
-                           valid_days=int(windows["valid_days"]))  # type: ignore[arg-type]
+                           valid_days=int(windows["label_days"]))  # type: ignore[arg-type]
     chosen: SearchResult | None = None
     try:
         chosen = search(backend, split, model_settings, budget_s=settings.train_search_budget_s,
@@ -253,7 +239,7 @@ def train_recommender(
                                  title=f"Recommenders on {split.valid_end:%Y-%m-%d} .. {split.test_end:%Y-%m-%d} "
                                        f"({comparison.n_customers:,} customers)",
                                  champion=comparison.gate.champion)]
-        tracking.log_params_flat({
+        params: dict[str, Any] = {
             "train_end": split.train_end.date().isoformat(),
             "valid_end": split.valid_end.date().isoformat(),
             "test_end": split.test_end.date().isoformat(),
@@ -266,13 +252,12 @@ def train_recommender(
             "ranker_best_iteration": None if model.training_ is None else model.training_.best_iteration,
             "champion_configuration": comparison.gate.champion,
             **windows.to_params(),
-        })
+        }
         if chosen is not None:
-            tracking.log_params_flat({"search": {
+            params["search"] = {
                 "trials": chosen.trials, "seconds": round(chosen.seconds, 1),
                 "budget_s": settings.train_search_budget_s,
-                **{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in chosen.params.items()}}})
-        tracking.log_params_flat({"data": tracking.data_fingerprint(con, as_of=split.test_end)})
+                **{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in chosen.params.items()}}
         metrics: dict[str, float] = {}
         for name, row in table.iterrows():
             prefix = "model" if name == comparison.gate.champion else _slug(str(name))
@@ -287,23 +272,22 @@ def train_recommender(
             for name, row in chosen.table.iterrows():
                 metrics.update({f"validation.{_slug(str(name))}.{mlflow_metric_name(col)}": float(v)
                                 for col, v in row.items() if np.isfinite(v)})
-        tracking.log_metrics_flat(metrics)
-        tracking.log_table(table.reset_index(), "model_comparison")
+        tables = {"model_comparison": table.reset_index()}
         if chosen is not None:
-            tracking.log_table(chosen.table.reset_index(), "validation_comparison")
-        tracking.log_plots(plots)
-        tracking.set_tags({
-            "gate.eligible": str(comparison.gate.eligible).lower(),
+            tables["validation_comparison"] = chosen.table.reset_index()
+        record = tracking.StepRecord(params=params, metrics=metrics, data_as_of=split.test_end, tables=tables,
+                                     plots=plots, tags={
             "gate.reasons": " | ".join(comparison.gate.reasons),
             "gate.best_baseline": comparison.gate.best_baseline,
             "gate.champion": comparison.gate.champion,
             "catalogue_version": version_of_catalogue,
         })
         sample = pd.DataFrame({"customer_id": model.data_.customer_ids[:5]})
-        info = log_recommender_model(model, registered_model_name=MODEL_NAME, input_example=sample,
-                                     tags={"catalogue_version": version_of_catalogue})
-        version = tracking.tag_registered_version(client, MODEL_NAME, info, gate_eligible=comparison.gate.eligible,
-                                                  tags={"champion_configuration": comparison.gate.champion})
+        version = tracking.finish_step(
+            con, client, MODEL_NAME, record, gate_eligible=comparison.gate.eligible,
+            log_model=lambda: log_recommender_model(model, registered_model_name=MODEL_NAME, input_example=sample,
+                                                    tags={"catalogue_version": version_of_catalogue}),
+            version_tags={"champion_configuration": comparison.gate.champion})
         run_id = run.info.run_id
     return RecommenderTrainingResult(
         run_id=run_id, model_name=MODEL_NAME, model_version=version, split=split,

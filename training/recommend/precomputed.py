@@ -84,7 +84,7 @@ class DefaultLists:
         model
             The fitted recommender of the bundle.
         length
-            Items per list (``serving_default_lists``).
+            Items per list (``serving.default_lists``).
         progress
             Called with (customers done, customers in all) as blocks finish.
 
