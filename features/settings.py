@@ -57,6 +57,9 @@ def _config_file() -> Path | None:
     return local if local.is_file() else None
 
 
+SectionT = typing.TypeVar("SectionT", bound="Section")
+
+
 class Section(BaseModel):
     """A group of settings (``settings.churn``, ``settings.churn.model``...): frozen, unknown keys refused."""
 
@@ -98,6 +101,13 @@ class ChurnModelSettings(Section):
     risk_thresholds: tuple[float, float] | None = Field(
         None, description="Churn probabilities separating low/medium and medium/high risk; default: the 50th and 80th percentiles of the training distribution."
     )
+
+    @field_validator("risk_thresholds")
+    @classmethod
+    def _ordered_probabilities(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (0 <= value[0] <= value[1] <= 1):  # NaN fails every comparison
+            raise ValueError("None or two probabilities (medium from, high from) with 0 <= medium <= high <= 1")
+        return value
 
 
 class ChurnSettings(Section):
@@ -173,6 +183,77 @@ class ServingSettings(Section):
         "auto", description="Worker processes of the service (rapport serve start; RAPPORT_SERVING__WORKERS for bentoml "
         "serve). auto: 2 where there are two cores or more, else 1. The workers share the bundle's arrays.",
     )
+
+
+def requirement(model: type[BaseModel], name: str) -> str:
+    """What field ``name`` of ``model`` accepts, in words, from its declaration: ``a whole number
+    >= 2``, ``a number in (0, 1]``, ``one of auto, isotonic``, ``True or False``.
+
+    Parameters
+    ----------
+    model
+        A pydantic model (a :class:`Section`).
+    name
+        One of its fields.
+
+    Returns
+    -------
+    str
+        The requirement, to follow "must be".
+    """
+    info = model.model_fields[name]
+    annotation = info.annotation
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(option) for option in get_args(annotation))
+    if annotation is bool:
+        return "True or False"
+    bounds = {key: getattr(item, key) for item in info.metadata for key in ("ge", "gt", "le", "lt")
+              if getattr(item, key, None) is not None}
+    noun = "a whole number" if annotation is int else "a number"
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low is not None and high is not None:
+        return f"{noun} in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low is not None:
+        return f"{noun} {'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high is not None:
+        return f"{noun} {'<=' if high[0] == ']' else '<'} {high[1]}"
+    return noun if annotation in (int, float) else f"a {annotation}"
+
+
+def check_section(model: type[SectionT], values: Mapping[str, Any], owner: str) -> SectionT:
+    """``values`` validated by ``model``; a bad value is a ``ValueError`` that names ``owner``'s
+    setting, what it must be and the value given (the first problem only).
+
+    Parameters
+    ----------
+    model
+        The section that declares the settings.
+    values
+        The settings by name; names that are not fields of ``model`` are ignored.
+    owner
+        The class the settings belong to, for the message (``ChurnModel``).
+
+    Returns
+    -------
+    Section
+        The checked (and coerced) settings.
+    """
+    known = {name: values[name] for name in model.model_fields if name in values}
+    try:
+        return model.model_validate(known)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc = error.get("loc", ())
+        if not loc:  # a check across settings names them itself
+            raise ValueError(f"{owner} setting {str(error.get('msg')).removeprefix('Value error, ')}") from None
+        name = str(loc[0])
+        if name in model.model_fields and error.get("type") != "value_error":
+            expected = requirement(model, name)
+        else:
+            expected = str(error.get("msg", "valid")).removeprefix("Value error, ")
+        given = f", got {known[name]!r}" if name in known else ""
+        raise ValueError(f"{owner} setting {name} must be {expected}{given}") from None
 
 
 #: Sections of :class:`Settings`, by attribute name.

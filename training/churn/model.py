@@ -12,23 +12,23 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Literal, get_args
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from pydantic import Field
 from scipy.special import expit
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from features.churn import CHURNED
+from features.settings import ChurnModelSettings, check_section
 from training.artefact import ArtefactReader
 from training.churn.calibration import (
     AUTO_CALIBRATION,
-    CALIBRATIONS,
     Calibrator,
     calibrator_from_dict,
     choose_calibration,
@@ -69,16 +69,15 @@ DEFAULT_RISK_PERCENTILES = (50.0, 80.0)
 
 #: Learners: LightGBM, or a logistic regression on the standardised features (fitted as the
 #: "logistic regression on RFM" baseline is; served when it beats LightGBM on the validation cutoff).
-LIGHTGBM = "lightgbm"
-LOGISTIC_RFM = "logistic_rfm"
-LEARNERS: tuple[str, ...] = (LIGHTGBM, LOGISTIC_RFM)
+Learner = Literal["lightgbm", "logistic_rfm"]
+LIGHTGBM: Learner = "lightgbm"
+LOGISTIC_RFM: Learner = "logistic_rfm"
+LEARNERS: tuple[str, ...] = get_args(Learner)
 
 #: Artefact format written by :meth:`ChurnModel.to_dict`.
 ARTEFACT_FORMAT = "rapport.churn_model"
 ARTEFACT_VERSION = 1
 
-_SETTINGS = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "early_stopping_rounds",
-             "calibration", "risk_thresholds", "top_reasons", "balance_classes", "num_threads", "seed")
 _FITTED = ("feature_names", "label", "booster", "best_iteration", "calibrator", "risk_thresholds",
            "training_probabilities_quantiles", "feature_importance_gain", "base_rate", "validation_base_rate",
            "scale_pos_weight", "currency", "n_train", "n_valid")
@@ -96,70 +95,30 @@ _LIGHTGBM_SPECIAL = re.compile(r'[\[\]{}",:]')
 # --- settings -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Settings:
-    n_estimators: int
-    learning_rate: float
-    num_leaves: int
-    min_child_samples: int
-    early_stopping_rounds: int
-    calibration: str
-    risk_thresholds: tuple[float, float] | None
-    top_reasons: int
-    balance_classes: bool
-    num_threads: int
-    seed: int
-    learner: str = LIGHTGBM
+class _Settings(ChurnModelSettings):
+    """Every :class:`ChurnModel` parameter, checked: the deployment's section
+    (:class:`~features.settings.ChurnModelSettings`, where its bounds are declared) and what the
+    training step or the caller sets beside it."""
+
+    top_reasons: int = Field(DEFAULT_TOP_REASONS, ge=0)
+    balance_classes: bool = True
+    num_threads: int = Field(2, ge=1)
+    seed: int = Field(0, ge=0)
+    #: Artefacts written before the logistic learner existed have none: LightGBM.
+    learner: Learner = LIGHTGBM
 
 
-def _is_whole(value: Any, minimum: int) -> bool:
-    return bool(not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum)
-
-
-def _check_thresholds(value: Any) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    pair = tuple(value) if isinstance(value, tuple | list) else ()
-    if len(pair) != 2 or not all(is_finite_number(v) and 0 <= v <= 1 for v in pair) or pair[0] > pair[1]:
-        raise ValueError(f"ChurnModel setting risk_thresholds must be None or two probabilities (medium from, "
-                         f"high from) with 0 <= medium <= high <= 1, got {value!r}")
-    return float(pair[0]), float(pair[1])
+#: The settings an artefact stores (the learner is stored beside them, optional in older artefacts).
+_SETTINGS = tuple(name for name in _Settings.model_fields if name != "learner")
 
 
 def _check_settings(values: Mapping[str, Any]) -> _Settings:
     """The settings, checked; ``ValueError`` names the first bad one, its value and what is expected."""
+    return check_section(_Settings, values, "ChurnModel")
 
-    def fail(name: str, expected: str) -> NoReturn:
-        raise ValueError(f"ChurnModel setting {name} must be {expected}, got {values[name]!r}")
 
-    for name, minimum in (("n_estimators", 1), ("num_leaves", 2), ("min_child_samples", 1),
-                          ("early_stopping_rounds", 1), ("top_reasons", 0), ("num_threads", 1), ("seed", 0)):
-        if not _is_whole(values[name], minimum):
-            fail(name, f"a whole number >= {minimum}")
-    if not is_finite_number(values["learning_rate"]) or not 0 < values["learning_rate"] <= 1:
-        fail("learning_rate", "a number in (0, 1]")
-    if values["calibration"] not in (AUTO_CALIBRATION, *CALIBRATIONS):
-        fail("calibration", f"one of {', '.join((AUTO_CALIBRATION, *CALIBRATIONS))}")
-    if not isinstance(values["balance_classes"], bool | np.bool_):
-        fail("balance_classes", "True or False")
-    # Artefacts written before the logistic learner existed have no learner: LightGBM.
-    learner = values.get("learner", LIGHTGBM)
-    if learner not in LEARNERS:
-        fail("learner", f"one of {', '.join(LEARNERS)}")
-    return _Settings(
-        n_estimators=int(values["n_estimators"]),
-        learning_rate=float(values["learning_rate"]),
-        num_leaves=int(values["num_leaves"]),
-        min_child_samples=int(values["min_child_samples"]),
-        early_stopping_rounds=int(values["early_stopping_rounds"]),
-        calibration=str(values["calibration"]),
-        risk_thresholds=_check_thresholds(values["risk_thresholds"]),
-        top_reasons=int(values["top_reasons"]),
-        balance_classes=bool(values["balance_classes"]),
-        num_threads=int(values["num_threads"]),
-        seed=int(values["seed"]),
-        learner=str(learner),
-    )
+def _is_whole(value: Any, minimum: int) -> bool:
+    return bool(not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum)
 
 
 def boosting_data(frame: pd.DataFrame, feature_names: Sequence[str], label: str, what: str) -> tuple[FloatArray, FloatArray]:

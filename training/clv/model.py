@@ -16,11 +16,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from pydantic import Field, field_validator, model_validator
 from scipy.special import ndtri
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
@@ -30,6 +31,7 @@ from features.customer import DAYS_PER_UNIT, RFMValidationError, validate_rfm
 from features.errors import RapportError
 from features.history import utc_naive
 from features.schema import Feature
+from features.settings import ClvModelSettings, check_section
 from training.artefact import ArtefactReader
 from training.clv.adapter import (
     PURCHASE_MODELS,
@@ -107,8 +109,6 @@ MIDDLE_SEGMENT = "middle"
 ARTEFACT_FORMAT = "rapport.clv_model"
 ARTEFACT_VERSION = 1
 
-_SETTINGS = ("kind", "time_unit", "penalizer", "horizon_months", "monthly_discount_rate", "interval",
-             "segment_shares")
 #: Settings added after the first artefacts were written: read when present, their defaults otherwise.
 _OPTIONAL_SETTINGS = {"rate_weight": 0.0, "alive_kind": None}
 #: Purchase models in which a customer without a repeat purchase can be inactive: the ones
@@ -124,17 +124,54 @@ class ClvArtefactError(RapportError, ValueError):
     version, a missing or malformed field, or fields that contradict each other."""
 
 
-@dataclass(frozen=True)
-class _Settings:
-    kind: str
-    time_unit: str
-    penalizer: float
-    horizon_months: int
-    monthly_discount_rate: float
-    interval: float
-    segment_shares: tuple[float, float]
+class _Settings(ClvModelSettings):
+    """Every :class:`ClvModel` parameter, checked: the deployment's section
+    (:class:`~features.settings.ClvModelSettings`, where its bounds are declared) and what the
+    training step chooses beside it."""
+
+    kind: str = "bgnbd"
+    time_unit: str = "D"
+    interval: float = Field(0.8, gt=0, lt=1)
+    segment_shares: tuple[float, float] = (0.2, 0.2)
     rate_weight: float = 0.0
     alive_kind: str | None = None
+
+    @field_validator("rate_weight")
+    @classmethod
+    def _weight(cls, value: float) -> float:
+        if not 0 <= value <= 1:  # NaN fails too
+            raise ValueError("a weight in [0, 1] (0: the purchase model alone, 1: the historic rate alone)")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _purchase_model(cls, value: str) -> str:
+        if value not in PURCHASE_MODELS:
+            raise ValueError(f"one of {', '.join(PURCHASE_MODELS)}")
+        return value
+
+    @field_validator("time_unit")
+    @classmethod
+    def _time_unit(cls, value: str) -> str:
+        if value not in TIME_UNITS:
+            raise ValueError(f"one of {', '.join(TIME_UNITS)}")
+        return value
+
+    @field_validator("segment_shares")
+    @classmethod
+    def _shares(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 < share < 1 for share in value) or sum(value) > 1:
+            raise ValueError("(bottom share, top share), each in (0, 1), summing to at most 1")
+        return value
+
+    @model_validator(mode="after")
+    def _alive_companion(self) -> _Settings:
+        kind, alive_kind = self.kind, self.alive_kind
+        if alive_kind is not None and (alive_kind not in ALIVE_KINDS or alive_kind == kind):
+            others = ", ".join(k for k in ALIVE_KINDS if k != kind)
+            raise ValueError(f"alive_kind must be None or one of {others} (a model other than kind {kind!r} in "
+                             f"which a one-order customer can be inactive), got {alive_kind!r}")
+        return self
 
     @property
     def days_per_unit(self) -> float:
@@ -145,44 +182,13 @@ class _Settings:
         return f"bottom {bottom * 100:g} %", MIDDLE_SEGMENT, f"top {top * 100:g} %"
 
 
-def _check_settings(
-    kind: Any, time_unit: Any, penalizer: Any, horizon_months: Any, monthly_discount_rate: Any, interval: Any,
-    segment_shares: Any, rate_weight: Any = 0.0, alive_kind: Any = None,
-) -> _Settings:
+#: The settings every artefact stores.
+_SETTINGS = tuple(name for name in _Settings.model_fields if name not in _OPTIONAL_SETTINGS)
+
+
+def _check_settings(values: Mapping[str, Any]) -> _Settings:
     """The settings, checked; ``ValueError`` names the first bad one, its value and what is expected."""
-
-    def fail(name: str, value: Any, expected: str) -> NoReturn:
-        raise ValueError(f"ClvModel setting {name} must be {expected}, got {value!r}")
-
-    if kind not in PURCHASE_MODELS:
-        fail("kind", kind, f"one of {', '.join(PURCHASE_MODELS)}")
-    if time_unit not in TIME_UNITS:
-        fail("time_unit", time_unit, f"one of {', '.join(TIME_UNITS)}")
-    if not _is_number(penalizer) or not penalizer >= 0:
-        fail("penalizer", penalizer, "a number >= 0")
-    if isinstance(horizon_months, bool) or not isinstance(horizon_months, int | np.integer) or horizon_months < 1:
-        fail("horizon_months", horizon_months, "a whole number of months >= 1")
-    if not _is_number(monthly_discount_rate) or not 0 <= monthly_discount_rate < 1:
-        fail("monthly_discount_rate", monthly_discount_rate, "a rate in [0, 1)")
-    if not _is_number(interval) or not 0 < interval < 1:
-        fail("interval", interval, "a probability in (0, 1), e.g. 0.8")
-    shares = tuple(segment_shares) if isinstance(segment_shares, tuple | list) else ()
-    if (len(shares) != 2 or not all(_is_number(s) and 0 < s < 1 for s in shares) or sum(shares) > 1):
-        fail("segment_shares", segment_shares, "(bottom share, top share), each in (0, 1), summing to at most 1")
-    if not _is_number(rate_weight) or not 0 <= rate_weight <= 1:
-        fail("rate_weight", rate_weight, "a weight in [0, 1] (0: the purchase model alone, 1: the historic rate alone)")
-    if alive_kind is not None and (alive_kind not in ALIVE_KINDS or alive_kind == kind):
-        fail("alive_kind", alive_kind, f"None or one of {', '.join(k for k in ALIVE_KINDS if k != kind)} "
-             f"(a model other than kind {kind!r} in which a one-order customer can be inactive)")
-    return _Settings(str(kind), str(time_unit), float(penalizer), int(horizon_months), float(monthly_discount_rate),
-                     float(interval), (float(shares[0]), float(shares[1])), float(rate_weight),
-                     None if alive_kind is None else str(alive_kind))
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        return False
-    return math.isfinite(float(value))
+    return check_section(_Settings, values, "ClvModel")
 
 
 @dataclass(frozen=True)
@@ -315,9 +321,7 @@ class ClvModel(BaseEstimator):
         return self
 
     def _checked_settings(self) -> _Settings:
-        return _check_settings(self.kind, self.time_unit, self.penalizer, self.horizon_months,
-                               self.monthly_discount_rate, self.interval, self.segment_shares, self.rate_weight,
-                               self.alive_kind)
+        return _check_settings(self.get_params())
 
     def _set_fitted(
         self, settings: _Settings, cutoff: datetime, currency: str, purchase_params: FittedParams,
@@ -364,9 +368,10 @@ class ClvModel(BaseEstimator):
         check_is_fitted(self, ["purchase_params_", "spend_params_", "segment_thresholds_"])
 
     def _fitted_settings(self) -> _Settings:
-        return _Settings(self.kind_, self.time_unit_, self.penalizer_, self.horizon_months_,
-                         self.monthly_discount_rate_, self.interval_, self.segment_shares_, self.rate_weight_,
-                         None if self.alive_params_ is None else self.alive_params_.kind)
+        return _Settings(kind=self.kind_, time_unit=self.time_unit_, penalizer=self.penalizer_,
+                         horizon_months=self.horizon_months_, monthly_discount_rate=self.monthly_discount_rate_,
+                         interval=self.interval_, segment_shares=self.segment_shares_, rate_weight=self.rate_weight_,
+                         alive_kind=None if self.alive_params_ is None else self.alive_params_.kind)
 
     # --- the model's functions (durations in the model's time unit) --------------------------------
 
@@ -607,7 +612,7 @@ class ClvModel(BaseEstimator):
         fitted = reader.section("fitted", _FITTED)
         optional = {name: settings_data.get(name, default) for name, default in _OPTIONAL_SETTINGS.items()}
         try:
-            settings = _check_settings(*(settings_data[name] for name in _SETTINGS), **optional)
+            settings = _check_settings({**settings_data, **optional})
         except ValueError as exc:
             raise ClvArtefactError(f"CLV model artefact settings: {exc}") from exc
         for name in ("kind", "time_unit"):
