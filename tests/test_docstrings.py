@@ -39,6 +39,7 @@ DOCUMENTED: tuple[str, ...] = (
     "features/moments.py",
     "features/output.py",
     "features/purchases.py",
+    "features/rawformat.py",
     "features/windows.py",
     "serving/gate.py",
     "serving/openapi.py",
