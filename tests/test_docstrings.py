@@ -26,6 +26,7 @@ NOT_YET_SHORT: frozenset[str] = frozenset()
 DOCUMENTED: tuple[str, ...] = (
     "features/__init__.py",
     "features/churn.py",
+    "features/customer.py",
     "features/data_report.py",
     "features/discovery.py",
     "features/errors.py",
@@ -40,6 +41,8 @@ DOCUMENTED: tuple[str, ...] = (
     "features/output.py",
     "features/purchases.py",
     "features/rawformat.py",
+    "features/schema.py",
+    "features/store.py",
     "features/windows.py",
     "serving/gate.py",
     "serving/openapi.py",
