@@ -41,6 +41,7 @@ DOCUMENTED: tuple[str, ...] = (
     "features/output.py",
     "features/purchases.py",
     "features/rawformat.py",
+    "features/report.py",
     "features/schema.py",
     "features/store.py",
     "features/windows.py",
