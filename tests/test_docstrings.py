@@ -67,6 +67,7 @@ DOCUMENTED: tuple[str, ...] = (
     "training/pipeline.py",
     "training/plotting.py",
     "training/progress.py",
+    "training/promotion.py",
     "training/recommend/artefact.py",
     "training/recommend/candidates.py",
     "training/recommend/data.py",
