@@ -79,6 +79,7 @@ DOCUMENTED: tuple[str, ...] = (
     "training/recommend/search.py",
     "training/recommend/split.py",
     "training/scoring.py",
+    "training/tracking.py",
 )
 
 # A duration as prose writes one: a number, then "ms" or a spaced " s" (not "1990s", not "m/s" or
