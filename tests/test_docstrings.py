@@ -65,6 +65,8 @@ DOCUMENTED: tuple[str, ...] = (
     "training/churn/search.py",
     "training/clv/__init__.py",
     "training/clv/adapter.py",
+    "training/clv/evaluation.py",
+    "training/clv/plots.py",
     "training/clv/pyfunc.py",
     "training/cutoff.py",
     "training/frames.py",
