@@ -99,7 +99,20 @@ def _check_time_unit(time_unit: str) -> TimeUnit:
 
 def period_start(moment: datetime | date, time_unit: TimeUnit) -> date:
     """The day a cutoff falls in. Purchases are grouped by day in every time unit; the unit only
-    scales the durations (a week is 7 days, as in Fader, Hardie & Lee 2005)."""
+    scales the durations (a week is 7 days, as in Fader, Hardie & Lee 2005).
+
+    Parameters
+    ----------
+    moment
+        A cutoff (naive UTC or aware ``datetime``, or a ``date``).
+    time_unit
+        The model's time unit; it does not change the day.
+
+    Returns
+    -------
+    datetime.date
+        The UTC day of ``moment``.
+    """
     del time_unit  # the same day for every unit; kept in the signature for symmetry with callers
     return utc_naive(moment).date()
 
@@ -127,7 +140,28 @@ def _identified_product_lines(backend: ibis.BaseBackend, as_of: datetime, since:
 
 
 def customer_feature_table(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: TimeUnit = "D") -> ir.Table:
-    """The Ibis expression behind :func:`customer_features` (unexecuted; one row per customer)."""
+    """The Ibis expression behind :func:`customer_features` (unexecuted; one row per customer).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff (naive UTC or aware): only sales and returns before it count.
+    time_unit
+        ``"D"`` (days) or ``"W"`` (weeks of 7 days): the unit of ``recency``, ``T`` and the holdout
+        duration.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        ``customer_id`` and the columns :data:`FEATURE_COLUMNS`, unexecuted.
+
+    Raises
+    ------
+    ArgumentError
+        ``time_unit`` is neither ``"D"`` nor ``"W"``.
+    """
     time_unit = _check_time_unit(time_unit)
     as_of = utc_naive(as_of)
     as_of_epoch = (as_of - datetime(1970, 1, 1)).total_seconds()
@@ -262,6 +296,26 @@ def customer_features(backend: ibis.BaseBackend, as_of: datetime, *, time_unit: 
     ``observation_period_end=as_of`` and ``freq="D"``; with ``"W"`` they equal it with ``freq="D",
     freq_multiplier=7``.
     Frequency, recency and T are floats, as in lifetimes.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    as_of
+        The cutoff (naive UTC or aware): only sales and returns before it count.
+    time_unit
+        ``"D"`` (days) or ``"W"`` (weeks of 7 days): the unit of ``recency``, ``T`` and the holdout
+        duration.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :data:`FEATURE_COLUMNS`, indexed by ``customer_id`` (int64, sorted).
+
+    Raises
+    ------
+    ArgumentError
+        ``time_unit`` is neither ``"D"`` nor ``"W"``.
     """
     table = customer_feature_table(backend, as_of, time_unit=time_unit)
     return _to_frame(table, FEATURE_COLUMNS)
@@ -289,6 +343,29 @@ def calibration_holdout(
     Matches ``lifetimes.utils.calibration_and_holdout_data(..., calibration_period_end=calibration_end,
     observation_period_end=holdout_end)`` given one transaction per customer and period, when no
     purchase falls exactly on ``calibration_end`` or ``holdout_end`` (lifetimes includes both ends).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    calibration_end
+        The end of the calibration period, the start of the holdout (naive UTC or aware).
+    holdout_end
+        The end of the holdout, excluded.
+    time_unit
+        ``"D"`` (days) or ``"W"`` (weeks of 7 days): the unit of ``recency``, ``T`` and the holdout
+        duration.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :data:`FEATURE_COLUMNS` then :data:`HOLDOUT_COLUMNS`, indexed by ``customer_id``
+        (sorted).
+
+    Raises
+    ------
+    ArgumentError
+        ``holdout_end`` is not after ``calibration_end``, or ``time_unit`` is neither ``"D"`` nor ``"W"``.
     """
     time_unit = _check_time_unit(time_unit)
     cal_end, hold_end = utc_naive(calibration_end), utc_naive(holdout_end)
@@ -340,6 +417,25 @@ def validate_rfm(df: pd.DataFrame, *, monetary: bool | None = None) -> pd.DataFr
     Customers are named by the ``customer_id`` column when there is one, else by the index.
     Returns ``df`` unchanged so the call can sit in a pipeline; raises :class:`RFMValidationError`
     (a ``ValueError``) naming the column, the rule, the customers and their values.
+
+    Parameters
+    ----------
+    df
+        An RFM table (e.g. :func:`customer_features`), one row per customer.
+    monetary
+        Whether ``monetary_value`` is checked: ``True`` requires it, ``False`` skips it, ``None``
+        checks it when the column is there.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``df`` itself, unchanged.
+
+    Raises
+    ------
+    RFMValidationError
+        A required column is missing or a rule is broken; the error names the column, the rule, the
+        first customers at fault with their values and how many rows break it.
     """
     required = [Feature.FREQUENCY, Feature.RECENCY, Feature.T]
     check_monetary = Feature.MONETARY_VALUE in df.columns if monetary is None else monetary

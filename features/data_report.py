@@ -55,7 +55,21 @@ class DataReport:
         }
 
     def write_json(self, path: Path, *, currency: str, generated_at: datetime) -> None:
-        """Write :meth:`payload` to ``path`` (its folder created), indented."""
+        """Write :meth:`payload` to ``path`` (its folder created), indented.
+
+        Parameters
+        ----------
+        path
+            The JSON file to write (overwritten when it exists).
+        currency
+            ISO 4217 code the amounts are in.
+        generated_at
+            When the report was made.
+
+        Returns
+        -------
+        None
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.payload(currency=currency, generated_at=generated_at), indent=2,
                                    default=str))

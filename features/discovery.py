@@ -55,7 +55,19 @@ def _strip_extension(name: str) -> str | None:
 
 
 def source_of(name: str) -> str | None:
-    """The contract source a file or folder name stands for (its name starts with the source's name)."""
+    """The contract source a file or folder name stands for (its name starts with the source's name).
+
+    Parameters
+    ----------
+    name
+        A file or folder name, with or without its extension (``orders_2024-06-01.parquet``).
+
+    Returns
+    -------
+    str or None
+        The source (the longest matching name, followed by nothing, ``_`` or ``-``); ``None`` when the
+        name stands for none.
+    """
     stem = (_strip_extension(name) or name).lower()
     for source in sorted(SOURCES, key=len, reverse=True):
         if stem == source or stem.startswith(source + "_") or stem.startswith(source + "-"):
@@ -70,6 +82,30 @@ def discover(
     """Inputs found at ``path`` (a file, or a folder of source files / per-source folders).
 
     Returns the inputs and the paths that were ignored with why, so that nothing is skipped unsaid.
+
+    Parameters
+    ----------
+    path
+        A file, or a folder of source files and per-source folders (names starting with ``.`` or
+        ``_`` are ignored).
+    source
+        The source every file found feeds; ``None``: each file's source is told by its name
+        (:func:`source_of`).
+    mapping
+        Contract column -> column name in the files, given to every input.
+    options
+        Declared text-file format, given to every input; ``None``: detected per file.
+
+    Returns
+    -------
+    tuple[list[RawInput], list[tuple[str, str]]]
+        The inputs, in name order, and the ignored paths with the reason each was ignored.
+
+    Raises
+    ------
+    IngestError
+        ``path`` does not exist; a file's source cannot be told or its type is not supported; a
+        folder holds no recognised source file; ``source`` is not a contract source.
     """
     mapping = dict(mapping or {})
 
@@ -132,7 +168,24 @@ class MappingFile:
 
 def load_mapping_file(path: Path) -> MappingFile:
     """Read a column-mapping TOML: ``source = "transactions"``, optional ``encoding``, ``delimiter``,
-    ``decimal`` and ``date_format``, and a ``[columns]`` table of ``contract_column = "column in the file"``."""
+    ``decimal`` and ``date_format``, and a ``[columns]`` table of ``contract_column = "column in the file"``.
+
+    Parameters
+    ----------
+    path
+        The TOML file.
+
+    Returns
+    -------
+    MappingFile
+        Its source (``None`` when not given), column mapping and format keys.
+
+    Raises
+    ------
+    IngestError
+        The file cannot be read or parsed, ``[columns]`` is not a table of text, a key is unknown, or
+        a format key is not text.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -151,7 +204,24 @@ def load_mapping_file(path: Path) -> MappingFile:
 
 
 def parse_map_options(options: list[str]) -> dict[str, str]:
-    """``["customer_key=Customer ID", ...]`` from repeated ``--map`` options."""
+    """``["customer_key=Customer ID", ...]`` from repeated ``--map`` options.
+
+    Parameters
+    ----------
+    options
+        The options' values, each ``CONTRACT_COLUMN=FILE_COLUMN``.
+
+    Returns
+    -------
+    dict[str, str]
+        Contract column -> column name in the file, both stripped; a later option for the same contract
+        column wins.
+
+    Raises
+    ------
+    IngestError
+        An option lacks the ``=`` or one of its sides.
+    """
     mapping: dict[str, str] = {}
     for option in options:
         contract, sep, raw = option.partition("=")

@@ -70,7 +70,23 @@ ORDER_COLUMNS: tuple[str, ...] = (
 
 
 def cutoff_literal(moment: datetime | date) -> ir.TimestampScalar:
-    """An Ibis timestamp literal for a cutoff, comparable with the store's naive-UTC ``ts``."""
+    """An Ibis timestamp literal for a cutoff, comparable with the store's naive-UTC ``ts``.
+
+    Parameters
+    ----------
+    moment
+        The cutoff: an aware or naive ``datetime`` or a ``date`` (:func:`features.moments.utc_naive`).
+
+    Returns
+    -------
+    ibis.expr.types.TimestampScalar
+        The cutoff as naive UTC.
+
+    Raises
+    ------
+    TypeError
+        ``moment`` is neither a ``datetime`` nor a ``date``.
+    """
     return ibis.literal(utc_naive(moment), type="timestamp")
 
 
@@ -88,6 +104,18 @@ def unified_lines(backend: ibis.BaseBackend, as_of: datetime | None = None) -> i
 
     ``as_of=None`` means no cutoff (the whole store). Returns booked at or after ``as_of`` are
     ignored even when they reverse a line sold before it: at the cutoff they have not happened yet.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the store's tables.
+    as_of
+        The cutoff (naive UTC or aware); ``None``: the whole store.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        The lines, unexecuted, with the columns :data:`UNIFIED_COLUMNS`.
     """
     lines = backend.table(LINES_TABLE)
     returns = backend.table(RETURNS_TABLE)
@@ -142,12 +170,36 @@ def money_sum(amount: ir.NumericColumn, where: ir.BooleanValue | None = None) ->
     """The sum of an amount column as float64, computed exactly: every value rounded to a millionth,
     summed as a decimal. A sum of doubles depends on the order the backend adds them in, which a
     parallel aggregation changes from run to run (the last bits of a customer's spend differ); an
-    exact sum does not, so features, and the models trained on them, are the same on every run."""
+    exact sum does not, so features, and the models trained on them, are the same on every run.
+
+    Parameters
+    ----------
+    amount
+        An amount column (``gross_amount``, ``refund_amount``, ``net_amount``).
+    where
+        Only the rows where this is true are summed; ``None``: every row.
+
+    Returns
+    -------
+    ibis.expr.types.FloatingScalar
+        The exact sum as float64 (NULL over no row, as SQL's ``SUM``).
+    """
     return amount.cast(MONEY_SUM_TYPE).sum(where=where).cast("float64")
 
 
 def product_lines(lines: ir.Table) -> ir.Table:
-    """The lines that are purchases of products: postage, fees and adjustments removed."""
+    """The lines that are purchases of products: postage, fees and adjustments removed.
+
+    Parameters
+    ----------
+    lines
+        A table shaped like :func:`unified_lines`.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        Its rows whose ``is_product`` is true.
+    """
     return lines.filter(lines[Col.IS_PRODUCT])
 
 
@@ -157,6 +209,16 @@ def orders(lines: ir.Table) -> ir.Table:
     ``ts`` is the order's first line; ``customer_id``, ``channel`` and ``is_guest`` are the same on
     every line of an order (one record, one checkout), the aggregate only collapses them. Amounts are
     sums over the order's lines, so they are net of exactly the returns ``lines`` was built with.
+
+    Parameters
+    ----------
+    lines
+        A table shaped like :func:`unified_lines` (possibly filtered, e.g. by :func:`product_lines`).
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        One row per order, unexecuted, with the columns :data:`ORDER_COLUMNS`.
     """
     return lines.group_by(lines[Col.ORDER_KEY]).aggregate(
         **{

@@ -31,6 +31,19 @@ _PARAMETER = re.compile(
 def mask_secrets(text: object) -> str:
     """``text`` as a string with the password of every URI and every password-like parameter masked.
 
+    Parameters
+    ----------
+    text
+        Any value; it is turned into a string first (an exception, a URI, a log line).
+
+    Returns
+    -------
+    str
+        The text with every URI password and every ``password=``/``token=``/``secret=``/``api_key=``
+        value replaced by ``***``; the user name of a URI stays.
+
+    Examples
+    --------
     >>> mask_secrets("https://ana:pa55@mlflow.example:5000/api")
     'https://ana:***@mlflow.example:5000/api'
     >>> mask_secrets("postgresql://db/mlflow?user=ana&password=pa55")
@@ -47,4 +60,16 @@ class MaskingFormatter(logging.Formatter):
     """A log formatter whose lines (message, arguments and traceback) have their credentials masked."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record formatted as :class:`logging.Formatter` does, its credentials masked.
+
+        Parameters
+        ----------
+        record
+            The log record (message, arguments and any traceback).
+
+        Returns
+        -------
+        str
+            The formatted line passed through :func:`mask_secrets`.
+        """
         return mask_secrets(super().format(record))

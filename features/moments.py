@@ -15,6 +15,21 @@ def utc_naive(moment: datetime | date) -> datetime:
 
     The store's ``ts`` columns are UTC without an offset. An aware ``datetime`` is converted to UTC;
     a naive one is taken to be UTC already; a ``date`` means midnight UTC at the start of that day.
+
+    Parameters
+    ----------
+    moment
+        A cutoff: an aware or naive ``datetime``, or a ``date``.
+
+    Returns
+    -------
+    datetime
+        The same instant as a naive UTC ``datetime``.
+
+    Raises
+    ------
+    TypeError
+        ``moment`` is neither a ``datetime`` nor a ``date``.
     """
     if not isinstance(moment, datetime):
         if isinstance(moment, date):

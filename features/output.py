@@ -25,6 +25,10 @@ def check_table_path(path: Path) -> None:
     path:
         The file the table is to be written to.
 
+    Returns
+    -------
+    None
+
     Raises
     ------
     ArgumentError

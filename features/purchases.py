@@ -31,7 +31,27 @@ _DAY = "_day"
 def daily_repeat_purchase_table(
     backend: ibis.BaseBackend, *, born_before: datetime, start: datetime, end: datetime
 ) -> ir.Table:
-    """The Ibis expression behind :func:`daily_repeat_purchases` (unexecuted; only days with purchases)."""
+    """The Ibis expression behind :func:`daily_repeat_purchases` (unexecuted; only days with purchases).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    born_before
+        Only customers whose first purchase is before this instant count.
+    start, end
+        The window ``[start, end)`` whose purchase days are counted (naive UTC or aware).
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        Columns ``day`` and ``repeat_purchases``, one row per day with at least one repeat purchase.
+
+    Raises
+    ------
+    ValueError
+        ``end`` is not after ``start``.
+    """
     born_before, start, end = utc_naive(born_before), utc_naive(start), utc_naive(end)
     if end <= start:
         raise ValueError(f"end ({end}) must be after start ({start})")
@@ -67,6 +87,25 @@ def daily_repeat_purchases(
     the sum over the days before ``calibration_end`` equals the sum of its ``frequency`` (both exactly
     when the cutoffs are at midnight UTC; a cutoff inside a customer's birth day would make
     ``calibration_holdout`` count that day in both periods, and this series once, as the birth).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    born_before
+        Only customers whose first purchase is before this instant count (a calibration end).
+    start, end
+        The window ``[start, end)`` whose days are listed (naive UTC or aware).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`DAILY_COLUMNS` (``day``, ``repeat_purchases``), one row per day, zero-filled.
+
+    Raises
+    ------
+    ValueError
+        ``end`` is not after ``start``.
     """
     start_n, end_n = utc_naive(start), utc_naive(end)
     table = daily_repeat_purchase_table(backend, born_before=born_before, start=start, end=end)

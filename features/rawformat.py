@@ -54,7 +54,23 @@ class CsvOptions:
 
 
 def canonical_encoding(name: str) -> str:
-    """Python's name of an encoding (``latin-1`` -> ``iso8859-1``, ``windows-1252`` -> ``cp1252``)."""
+    """Python's name of an encoding (``latin-1`` -> ``iso8859-1``, ``windows-1252`` -> ``cp1252``).
+
+    Parameters
+    ----------
+    name
+        An encoding's name as a user writes it (surrounding spaces ignored).
+
+    Returns
+    -------
+    str
+        Python's canonical name of that encoding.
+
+    Raises
+    ------
+    IngestError
+        Python knows no such encoding.
+    """
     try:
         return codecs.lookup(name.strip()).name
     except LookupError:
@@ -69,10 +85,39 @@ _SHOWN = {"cp1252": "windows-1252", "iso8859-1": "latin-1", "utf-8-sig": "utf-8 
 
 
 def shown_encoding(name: str) -> str:
+    """How an encoding is named in messages: ``cp1252`` is shown as ``windows-1252``.
+
+    Parameters
+    ----------
+    name
+        Python's canonical name of an encoding (:func:`canonical_encoding`).
+
+    Returns
+    -------
+    str
+        The name users know it by, or ``name`` itself when it has no other.
+    """
     return _SHOWN.get(name, name)
 
 
 def delimiter_of(text: str) -> str:
+    """The delimiter character a ``--delimiter`` value stands for (``tab`` and ``\\t`` mean a tab).
+
+    Parameters
+    ----------
+    text
+        The declared delimiter: ``,``, ``;``, ``|``, a tab, ``tab`` or ``\\t`` (case-insensitive).
+
+    Returns
+    -------
+    str
+        The single delimiter character.
+
+    Raises
+    ------
+    IngestError
+        ``text`` is none of the accepted delimiters.
+    """
     if text in _DELIMITERS:
         return _DELIMITERS[text]
     if text.lower() in _DELIMITERS:
@@ -81,7 +126,24 @@ def delimiter_of(text: str) -> str:
 
 
 def strftime_format(text: str) -> str:
-    """``dd/mm/yyyy HH:MM`` (or a strftime format such as ``%d/%m/%Y``) as a strftime format."""
+    """``dd/mm/yyyy HH:MM`` (or a strftime format such as ``%d/%m/%Y``) as a strftime format.
+
+    Parameters
+    ----------
+    text
+        A date format of tokens (``yyyy``, ``yy``, ``dd``, ``mm``, ``HH``, ``MM``, ``SS``) or, when it
+        holds a ``%``, a strftime format taken as it is.
+
+    Returns
+    -------
+    str
+        The strftime format.
+
+    Raises
+    ------
+    IngestError
+        ``text`` holds neither a ``%`` nor any token.
+    """
     if "%" in text:
         return text
     out = text
@@ -93,7 +155,19 @@ def strftime_format(text: str) -> str:
 
 
 def date_formats(fmt: str) -> list[str]:
-    """The format and, for a format without a time, the same with a time of day."""
+    """The format and, for a format without a time, the same with a time of day.
+
+    Parameters
+    ----------
+    fmt
+        A strftime format (:func:`strftime_format`).
+
+    Returns
+    -------
+    list[str]
+        The formats to try, most precise first: ``fmt`` alone when it has an hour, otherwise ``fmt``
+        with seconds, with minutes, and without a time.
+    """
     if "%H" in fmt:
         return [fmt]
     return [f"{fmt} %H:%M:%S", f"{fmt} %H:%M", fmt]
@@ -113,6 +187,18 @@ class StagedFile:
 
 
 def has_glob_characters(path: Path) -> bool:
+    """Whether DuckDB would read ``path`` as a glob pattern (it holds ``*``, ``?``, brackets or braces).
+
+    Parameters
+    ----------
+    path
+        The file's path.
+
+    Returns
+    -------
+    bool
+        True when the path holds a glob character.
+    """
     return bool(_GLOB_CHARACTERS.search(str(path)))
 
 
@@ -129,7 +215,19 @@ def _sample(path: Path) -> bytes:
 
 
 def detect_encoding(sample: bytes) -> tuple[str, str]:
-    """(Python encoding, how it was found) of a file from its first bytes."""
+    """(Python encoding, how it was found) of a file from its first bytes.
+
+    Parameters
+    ----------
+    sample
+        The file's first bytes (up to :data:`SAMPLE_BYTES`, decompressed).
+
+    Returns
+    -------
+    tuple[str, str]
+        Python's name of the encoding (UTF-8 with or without a byte-order mark, UTF-16, Windows-1252
+        or Latin-1) and a note saying how it was found.
+    """
     if sample.startswith(codecs.BOM_UTF8):
         return "utf-8-sig", "detected"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -156,7 +254,18 @@ def detect_encoding(sample: bytes) -> tuple[str, str]:
 
 
 def detect_delimiter(header: str) -> str | None:
-    """The delimiter of a header line: the candidate found most often outside quotes."""
+    """The delimiter of a header line: the candidate found most often outside quotes.
+
+    Parameters
+    ----------
+    header
+        The file's first line, decoded.
+
+    Returns
+    -------
+    str or None
+        One of ``,``, ``;``, a tab or ``|``; ``None`` when none of them occurs outside quotes.
+    """
     outside = re.sub(r'"[^"]*"', "", header)
     counts = {d: outside.count(d) for d in (",", ";", "\t", "|")}
     best = max(counts, key=lambda d: counts[d])
@@ -185,7 +294,21 @@ def _plain_name(path: Path) -> str:
 
 
 def literal(path: Path, workdir: Path) -> Path:
-    """A path DuckDB reads as exactly this file: the path itself, or a link with a plain name."""
+    """A path DuckDB reads as exactly this file: the path itself, or a link with a plain name.
+
+    Parameters
+    ----------
+    path
+        The file to read.
+    workdir
+        A private folder where the link is made (an earlier link of the same name is replaced).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path`` when it holds no glob character, otherwise a symbolic link to it named ``input`` plus
+        its extension.
+    """
     if not has_glob_characters(path):
         return path
     link = workdir / _plain_name(path)
@@ -195,7 +318,29 @@ def literal(path: Path, workdir: Path) -> Path:
 
 
 def stage_csv(path: Path, options: CsvOptions, workdir: Path) -> StagedFile:
-    """Detect (or take) the encoding and delimiter of a text file and make it readable by DuckDB."""
+    """Detect (or take) the encoding and delimiter of a text file and make it readable by DuckDB.
+
+    Parameters
+    ----------
+    path
+        A text file (``.csv``, ``.tsv`` or gzip-compressed ``.csv.gz``).
+    options
+        What the user declared; each ``None`` field is detected.
+    workdir
+        A private folder for a transcoded copy or a link.
+
+    Returns
+    -------
+    StagedFile
+        The file DuckDB is to read (the original, a link to it or a UTF-8 copy), its encoding as
+        DuckDB names it, the delimiter, the header's column names and the notes on what was detected.
+
+    Raises
+    ------
+    IngestError
+        The file cannot be read, is empty, holds bytes invalid in its encoding, or a declared encoding
+        or delimiter is unknown.
+    """
     sample = _sample(path)
     detected: list[str] = []
     if options.encoding is not None:
@@ -248,6 +393,18 @@ def scan_lines(path: Path, until: int | None = None) -> LineScan:
     ``L`` is ``L - 1`` minus the blank lines before it. A line break is inside a field when an odd
     number of quotes precede it (a quote inside a field is doubled); the bytes of a quote and of a
     line break are the same in UTF-8 and Latin-1, the encodings the reader is given.
+
+    Parameters
+    ----------
+    path
+        The text file (gzip-compressed when its name ends in ``.gz``).
+    until
+        Stop after the reader's line ``until``; ``None``: read the whole file.
+
+    Returns
+    -------
+    LineScan
+        The line break used, the number of physical lines read and the numbers of the blank lines.
     """
     blanks: list[int] = []
     line, physical, inside, rest, newline = 0, 0, False, b"", None
@@ -272,7 +429,21 @@ def scan_lines(path: Path, until: int | None = None) -> LineScan:
 
 
 def header_names(header: str, delimiter: str) -> tuple[str, ...]:
-    """The column names of a header line, unique and non-empty (the reader needs both)."""
+    """The column names of a header line, unique and non-empty (the reader needs both).
+
+    Parameters
+    ----------
+    header
+        The header line, decoded.
+    delimiter
+        The delimiter between its fields (quotes are ``"``).
+
+    Returns
+    -------
+    tuple[str, ...]
+        The names, stripped; an empty one is named ``column<N>`` (its 1-based position), a repeated
+        one gets the suffix ``_<k>``.
+    """
     fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])
     names: list[str] = []
     for i, name in enumerate(fields, start=1):

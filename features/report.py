@@ -70,7 +70,14 @@ class KpiReport:
     by_channel: Mapping[str, ChannelKpis] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable: dates and times as ISO 8601 strings, undefined ratios as null."""
+        """JSON-serialisable: dates and times as ISO 8601 strings, undefined ratios as null.
+
+        Returns
+        -------
+        dict[str, Any]
+            ``start``, ``end``, ``overall`` (the :class:`ChannelKpis` fields) and ``by_channel`` (channel ->
+            the same fields).
+        """
 
         def plain(value: Any) -> Any:
             if isinstance(value, datetime | date):
@@ -90,6 +97,18 @@ class KpiReport:
         }
 
     def to_json(self, **kwargs: Any) -> str:
+        """:meth:`to_dict` as a JSON text.
+
+        Parameters
+        ----------
+        **kwargs
+            Passed to :func:`json.dumps` (``indent=2``, ...).
+
+        Returns
+        -------
+        str
+            The JSON document.
+        """
         return json.dumps(self.to_dict(), **kwargs)
 
 
@@ -160,7 +179,25 @@ def _bounds(start: datetime | date | None, end: datetime | date | None) -> tuple
 
 def window_orders(backend: ibis.BaseBackend, start: datetime | None, end: datetime | None) -> ir.Table:
     """Orders of product lines made in ``[start, end)``, net of the returns booked before ``end``:
-    the one definition of "the orders of a reporting window" every KPI shares."""
+    the one definition of "the orders of a reporting window" every KPI shares.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    start, end
+        The window ``[start, end)`` (naive UTC or aware); ``None``: unbounded on that side.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        The orders, unexecuted, with the columns of :func:`features.history.orders`.
+
+    Raises
+    ------
+    ArgumentError
+        ``end`` is not after ``start``.
+    """
     from features.history import cutoff_literal, orders, product_lines, unified_lines
 
     start_n, end_n = _bounds(start, end)
@@ -178,13 +215,49 @@ def kpi_report(backend: ibis.BaseBackend, *, start: datetime | None = None, end:
     of orders made before ``start`` are not in the window. Per channel, a customer counts in every
     channel they ordered in, and "repeat" means two orders in that channel. ``by_channel`` lists the
     channels with at least one order, in the contract's order (web, app, store, marketplace).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    start, end
+        The window ``[start, end)`` (naive UTC or aware); ``None``: unbounded on that side.
+
+    Returns
+    -------
+    KpiReport
+        The window's bounds (naive UTC), the KPIs of all channels and those of each channel.
+
+    Raises
+    ------
+    ArgumentError
+        ``end`` is not after ``start``.
     """
     return _assemble(kpi_table(backend, start=start, end=end).to_pyarrow().to_pylist(), start, end)
 
 
 def kpi_table(backend: ibis.BaseBackend, *, start: datetime | None = None, end: datetime | None = None) -> ir.Table:
     """The aggregates of :func:`kpi_report` as one Ibis expression: a row per channel with an order
-    and one for all channels (``_channel`` = :data:`ALL_CHANNELS`)."""
+    and one for all channels (``_channel`` = :data:`ALL_CHANNELS`).
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    start, end
+        The window ``[start, end)`` (naive UTC or aware); ``None``: unbounded on that side.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        Unexecuted; ``_channel`` and the aggregates (customers, orders, identified, repeat, online,
+        guest and anonymous orders, gross, refunds, net, first and last order time).
+
+    Raises
+    ------
+    ArgumentError
+        ``end`` is not after ``start``.
+    """
     import ibis
 
     o = window_orders(backend, start, end)
@@ -245,7 +318,13 @@ def _variant(start: datetime | None, end: datetime | None) -> str:
 
 def kpi_query_fingerprint() -> str:
     """SHA-256 of what the compiled KPI query depends on: the Ibis and sqlglot versions and the
-    source of :data:`KPI_QUERY_SOURCES`."""
+    source of :data:`KPI_QUERY_SOURCES`.
+
+    Returns
+    -------
+    str
+        The hex digest :data:`features.kpi_queries.FINGERPRINT` is compared with.
+    """
     digest = hashlib.sha256()
     for package in ("ibis-framework", "sqlglot"):
         digest.update(f"{package}=={metadata.version(package)}\n".encode())
@@ -256,7 +335,24 @@ def kpi_query_fingerprint() -> str:
 
 def compile_kpi_queries(backend: ibis.BaseBackend) -> dict[str, str]:
     """The DuckDB SQL of :func:`kpi_table` for each kind of window (no bound, a start, an end, both),
-    the bounds as the parameters ``$start`` and ``$end``. ``backend`` is a DuckDB store's."""
+    the bounds as the parameters ``$start`` and ``$end``. ``backend`` is a DuckDB store's.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend of a DuckDB store (its tables may be empty).
+
+    Returns
+    -------
+    dict[str, str]
+        Window kind (``""``, ``"start"``, ``"end"``, ``"start,end"``) -> SQL text.
+
+    Raises
+    ------
+    RuntimeError
+        A bound is not compiled as a literal that can be replaced by its parameter (a new Ibis or
+        sqlglot version writes it differently).
+    """
     import ibis
 
     queries: dict[str, str] = {}
@@ -276,7 +372,22 @@ def compile_kpi_queries(backend: ibis.BaseBackend) -> dict[str, str]:
 
 
 def write_kpi_queries(path: Path = KPI_QUERIES_MODULE) -> None:
-    """Compile the KPI query on an empty store and write it, with its fingerprint, as a module."""
+    """Compile the KPI query on an empty store and write it, with its fingerprint, as a module.
+
+    Parameters
+    ----------
+    path
+        The module to write; by default :data:`KPI_QUERIES_MODULE` (``features/kpi_queries.py``).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    RuntimeError
+        A bound cannot be turned into its parameter (:func:`compile_kpi_queries`).
+    """
     import duckdb
 
     from features.store import create_tables, ibis_backend
@@ -310,6 +421,23 @@ def kpi_report_duckdb(con: duckdb.DuckDBPyConnection, *, start: datetime | None 
 
     When the sources of the query changed since it was compiled (:func:`kpi_query_fingerprint`),
     the expression is compiled and run instead: the numbers never come from a stale query.
+
+    Parameters
+    ----------
+    con
+        An open store (read only is enough).
+    start, end
+        The window ``[start, end)`` (naive UTC or aware); ``None``: unbounded on that side.
+
+    Returns
+    -------
+    KpiReport
+        The same report as :func:`kpi_report`.
+
+    Raises
+    ------
+    ArgumentError
+        ``end`` is not after ``start``.
     """
     start_n, end_n = _bounds(start, end)
     from features import kpi_queries
@@ -365,6 +493,27 @@ def revenue_by_period(
     timestamp); a window that starts or ends inside a period makes that period partial.
     ``customers`` counts distinct identified customers with an order in the period and channel.
     Columns: :data:`PERIOD_COLUMNS`. ``freq`` is one of :data:`PERIOD_FREQUENCIES`.
+
+    Parameters
+    ----------
+    backend
+        Ibis backend holding the unified history.
+    freq
+        The calendar period: ``day``, ``week`` (starting on Monday), ``month``, ``quarter`` or ``year``.
+    start, end
+        The window ``[start, end)`` (naive UTC or aware); ``None``: unbounded on that side.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :data:`PERIOD_COLUMNS`, one row per period and channel; empty without any order.
+
+    Raises
+    ------
+    ValueError
+        ``freq`` is not a key of :data:`PERIOD_FREQUENCIES`.
+    ArgumentError
+        ``end`` is not after ``start``.
     """
     import pandas as pd
 
@@ -436,6 +585,18 @@ def render_kpi_table(report: KpiReport, currency: str) -> Table:
     """A rich table of the report: one row per KPI, one column for all channels and one per channel.
 
     ``currency`` is the ISO 4217 code the store's amounts are in (``settings.currency``).
+
+    Parameters
+    ----------
+    report
+        The KPIs to show (:func:`kpi_report`).
+    currency
+        The code shown before every amount.
+
+    Returns
+    -------
+    rich.table.Table
+        The table, titled with the report's window; an undefined ratio shows as a dash.
     """
     columns = [("All channels", report.overall), *report.by_channel.items()]
     table = Table(title=f"Engagement KPIs ({_window(report.start, report.end)})", title_justify="left")

@@ -81,13 +81,44 @@ class SourceSpec:
 
     @property
     def required(self) -> tuple[str, ...]:
+        """The columns a file of this source must have.
+
+        Returns
+        -------
+        tuple[str, ...]
+            Names of the required columns, in contract order.
+        """
         return tuple(c.name for c in self.columns if c.required)
 
     @property
     def column_names(self) -> tuple[str, ...]:
+        """Every column of this source, required or optional.
+
+        Returns
+        -------
+        tuple[str, ...]
+            The column names, in contract order.
+        """
         return tuple(c.name for c in self.columns)
 
     def column(self, name: str) -> ColumnSpec:
+        """The contract of one column of this source.
+
+        Parameters
+        ----------
+        name
+            The column's contract name.
+
+        Returns
+        -------
+        ColumnSpec
+            Its type, whether it is required and its description.
+
+        Raises
+        ------
+        KeyError
+            The source has no such column.
+        """
         for spec in self.columns:
             if spec.name == name:
                 return spec
@@ -329,6 +360,18 @@ class Feature:
 
     @staticmethod
     def channel_share(channel: str) -> str:
+        """The name of the feature holding a channel's share of a customer's gross spend.
+
+        Parameters
+        ----------
+        channel
+            A channel (:class:`Channel`).
+
+        Returns
+        -------
+        str
+            ``share_<channel>``.
+        """
         return f"share_{channel}"
 
 

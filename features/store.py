@@ -78,6 +78,26 @@ def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyCo
 
     A store held by another process (an ingest, or a reader while this one writes) is waited for
     up to ``store_busy_timeout_seconds``; then the error names the process holding it.
+
+    Parameters
+    ----------
+    settings
+        Where the store is (``database_path``), its memory and thread limits and how long a lock held
+        by another process is waited for.
+    read_only
+        Open without writing (several readers may share the store); the store must exist.
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+        The open connection, configured, its tables created when not read only.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``read_only`` and there is no database yet.
+    StoreBusyError
+        Another process held the store's lock for longer than ``store_busy_timeout_seconds``.
     """
     path: Path = settings.database_path
     if read_only and not path.exists():
@@ -129,7 +149,18 @@ def _holder(message: str) -> str:
 
 
 def connect_memory(settings: Settings) -> duckdb.DuckDBPyConnection:
-    """An in-memory store with the same layout (tests, notebooks)."""
+    """An in-memory store with the same layout (tests, notebooks).
+
+    Parameters
+    ----------
+    settings
+        The memory and thread limits of the connection.
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+        An empty store with every table created.
+    """
     con = duckdb.connect(":memory:")
     configure(con, settings)
     create_tables(con)
@@ -137,6 +168,19 @@ def connect_memory(settings: Settings) -> duckdb.DuckDBPyConnection:
 
 
 def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Apply the settings to a connection: memory limit, threads, UTC time zone, no progress bar.
+
+    Parameters
+    ----------
+    con
+        An open DuckDB connection.
+    settings
+        ``duckdb_memory_limit`` and ``duckdb_threads`` are read.
+
+    Returns
+    -------
+    None
+    """
     con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
     con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute("SET TimeZone = 'UTC'")
@@ -147,6 +191,18 @@ def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the store's tables (:data:`DDL`) where missing, add the columns of later releases and
+    record the schema version.
+
+    Parameters
+    ----------
+    con
+        An open, writable DuckDB connection.
+
+    Returns
+    -------
+    None
+    """
     for statement in DDL:
         con.execute(statement)
     for table, column, type_ in _ADDED_COLUMNS:
@@ -180,7 +236,18 @@ def sales_range(con: duckdb.DuckDBPyConnection, *, before: datetime | None = Non
 
 
 def ibis_backend(con: duckdb.DuckDBPyConnection) -> ibis.BaseBackend:
-    """The Ibis backend over an open DuckDB connection: feature code only ever sees this."""
+    """The Ibis backend over an open DuckDB connection: feature code only ever sees this.
+
+    Parameters
+    ----------
+    con
+        An open DuckDB connection (a store from :func:`connect` or :func:`connect_memory`).
+
+    Returns
+    -------
+    ibis.BaseBackend
+        An Ibis DuckDB backend sharing ``con``.
+    """
     # Imported here: Ibis costs about a second that commands reading the store by SQL never need.
     import ibis
 

@@ -26,6 +26,26 @@ class ArtefactReader:
         self.data = data
 
     def section(self, name: str, fields: tuple[str, ...]) -> Mapping[str, Any]:
+        """The artefact's section ``name``, checked to be a mapping holding every one of ``fields``.
+
+        Parameters
+        ----------
+        name
+            The section's key (``settings``, ``fitted``).
+        fields
+            The fields the section must hold.
+
+        Returns
+        -------
+        Mapping[str, Any]
+            The section, as stored.
+
+        Raises
+        ------
+        Exception
+            The reader's ``error`` class (e.g. ``ChurnArtefactError``): the section is missing or not a
+            mapping, or lacks fields (the message lists them by dotted name).
+        """
         section = self.data.get(name)
         if not isinstance(section, Mapping):
             raise self.error(f"{self.what} artefact: missing section {name!r}")
@@ -35,6 +55,28 @@ class ArtefactReader:
         return section
 
     def field(self, section: Mapping[str, Any], name: str, kind: type) -> Any:
+        """The field ``name`` of ``section``, checked to be of type ``kind`` (a bool is not an int).
+
+        Parameters
+        ----------
+        section
+            A section returned by :meth:`section`, which checked that the field is there.
+        name
+            The field's key.
+        kind
+            The type the value must have.
+
+        Returns
+        -------
+        Any
+            The value, as stored.
+
+        Raises
+        ------
+        Exception
+            The reader's ``error`` class: the value is not of type ``kind``; the message names the field,
+            the expected type and the value found.
+        """
         value = section[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(f"{self.what} artefact: fitted.{name} must be {getattr(kind, '__name__', kind)}, "

@@ -64,12 +64,39 @@ class BundleError(RapportError, ValueError):
 
 def salt_check(settings: Settings) -> str:
     """A fingerprint of the identity salt: the service refuses raw-key lookups with another salt
-    (they would silently find nobody). Not the salt, and useless to guess it from."""
+    (they would silently find nobody). Not the salt, and useless to guess it from.
+
+    Parameters
+    ----------
+    settings
+        The deployment's settings; their identity salt is read.
+
+    Returns
+    -------
+    str
+        The first 16 hex characters of a SHA-256 over a fixed prefix and the salt.
+    """
     return hashlib.sha256(f"rapport-salt-check|{settings.salt()}".encode()).hexdigest()[:16]
 
 
 def key_words(hex_digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 32 hex characters of key hashes as two unsigned 64-bit words (high, low), vectorised."""
+    """The 32 hex characters of key hashes as two unsigned 64-bit words (high, low), vectorised.
+
+    Parameters
+    ----------
+    hex_digests
+        The hex digests of the key hashes (the part after ``<type>:``), 32 lower-case characters each.
+
+    Returns
+    -------
+    tuple[numpy.ndarray, numpy.ndarray]
+        The high and the low 64 bits of each digest, as ``uint64`` arrays.
+
+    Raises
+    ------
+    BundleError
+        A digest is not 32 characters long or not lower-case hex.
+    """
     raw = np.asarray(hex_digests, dtype="S32")
     if raw.size and (np.char.str_len(raw) != 32).any():
         raise BundleError("identity map: a key hash does not end in 32 hex characters")
@@ -85,7 +112,18 @@ def key_words(hex_digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def key_hash_words(key_hash: str) -> tuple[str, int, int]:
-    """``"<type>:<32 hex>"`` (features.identity.hash_key) as (type, high word, low word)."""
+    """``"<type>:<32 hex>"`` (features.identity.hash_key) as (type, high word, low word).
+
+    Parameters
+    ----------
+    key_hash
+        A hashed key, ``<type>:<32 hex characters>``.
+
+    Returns
+    -------
+    tuple[str, int, int]
+        The key type and the digest's high and low 64 bits.
+    """
     key_type, _, digest = key_hash.partition(":")
     return key_type, int(digest[:16], 16), int(digest[16:], 16)
 
@@ -96,7 +134,26 @@ def key_hash_words(key_hash: str) -> tuple[str, int, int]:
 def champion_version(client: Any, model_name: str) -> Any:
     """The ``champion`` version of ``model_name``: what the bundle, ``rapport score`` and ``rapport
     recommend`` use. Never another version: a version that failed its gate is served only after a
-    person promoted it (``rapport models promote``). ``NoModelError`` says what to do otherwise."""
+    person promoted it (``rapport models promote``). ``NoModelError`` says what to do otherwise.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`training.tracking.configure`).
+    model_name
+        The registered model's name.
+
+    Returns
+    -------
+    mlflow.entities.model_registry.ModelVersion
+        The version the ``champion`` alias points at.
+
+    Raises
+    ------
+    NoModelError
+        No version is registered, or none is the champion (the message names the latest version, its
+        gate verdict and how to promote one).
+    """
     from training import tracking
 
     champion = tracking.latest_with_alias(client, model_name, "champion")
@@ -146,7 +203,19 @@ def _identity_frame(con: Any) -> pd.DataFrame:
 
 def sort_identity(frame: pd.DataFrame) -> pd.DataFrame:
     """The identity frame in the order the service looks keys up in (key type, high, low): a worker
-    then starts without sorting it (serving.lookup.IdentityIndex)."""
+    then starts without sorting it (serving.lookup.IdentityIndex).
+
+    Parameters
+    ----------
+    frame
+        The identity table: columns :data:`IDENTITY_COLUMNS`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with ``key_type`` categorical, sorted by key type, high word and low word (stable), on
+        a fresh index.
+    """
     out = frame.assign(key_type=frame["key_type"].astype("category"))
     return out.sort_values(["key_type", "hash_high", "hash_low"], kind="stable", ignore_index=True)
 
@@ -189,6 +258,13 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     -------
     dict
         The manifest written to ``manifest.json``.
+
+    Raises
+    ------
+    BundleError
+        ``directory`` holds files but no manifest, or the identity map holds a malformed key hash.
+    NoModelError
+        A model has no champion.
     """
     import pandas as pd
 
@@ -259,7 +335,24 @@ def export_bundle(settings: Settings, directory: Path | str, *,
 def write_default_lists(recommender: Any, directory: Path, length: int,
                         step: Callable[[str], None] | None = None) -> Any:
     """Rank every customer the recommender knows under the default options (``length`` items each)
-    into the bundle's ``default_lists`` files; nothing when ``length`` is 0. Returns the lists."""
+    into the bundle's ``default_lists`` files; nothing when ``length`` is 0. Returns the lists.
+
+    Parameters
+    ----------
+    recommender
+        The fitted recommender (``training.recommend.model.RecommenderModel``).
+    directory
+        The bundle's directory.
+    length
+        Items per customer (``serving_default_lists``); 0 or less: no lists.
+    step
+        Called with a progress line as customers are ranked; ``None``: silent.
+
+    Returns
+    -------
+    training.recommend.precomputed.DefaultLists or None
+        The lists written; ``None`` when ``length`` is 0 or less.
+    """
     from training.recommend.precomputed import DefaultLists
 
     if length <= 0:
@@ -277,7 +370,20 @@ def write_default_lists(recommender: Any, directory: Path, length: int,
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write ``manifest`` with the size and SHA-256 of every other file of the bundle (``files``):
-    the last step of writing a bundle."""
+    the last step of writing a bundle.
+
+    Parameters
+    ----------
+    directory
+        The bundle's directory, every other file written.
+    manifest
+        The manifest's fields but ``files``.
+
+    Returns
+    -------
+    dict[str, Any]
+        The manifest written, ``files`` included.
+    """
     manifest = {**manifest, FILES: file_digests(directory)}
     (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     return manifest
@@ -290,7 +396,18 @@ def _sha256(path: Path) -> str:
 
 def file_digests(directory: Path | str) -> dict[str, dict[str, Any]]:
     """``{relative path: {"bytes": size, "sha256": hex digest}}`` of every file of a bundle but the
-    manifest."""
+    manifest.
+
+    Parameters
+    ----------
+    directory
+        The bundle's directory.
+
+    Returns
+    -------
+    dict[str, dict[str, Any]]
+        Every file below ``directory`` but the manifest, by POSIX relative path, in sorted order.
+    """
     where = Path(directory)
     return {path.relative_to(where).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
             for path in sorted(where.rglob("*")) if path.is_file() and path.relative_to(where).as_posix() != MANIFEST}
@@ -313,6 +430,12 @@ def verify_bundle(directory: Path | str, *, digests: bool = True) -> dict[str, A
     -------
     dict
         The bundle's manifest.
+
+    Raises
+    ------
+    BundleError
+        The manifest is missing or malformed or lists no files, or a file it lists is missing, of
+        another size or (with ``digests``) of another SHA-256.
     """
     where = Path(directory)
     manifest = read_manifest(where)
@@ -354,15 +477,56 @@ class Bundle:
     default_lists: Any = None
 
     def versions(self) -> dict[str, str]:
+        """The version of each model in the bundle (:func:`manifest_versions`).
+
+        Returns
+        -------
+        dict[str, str]
+            Bundle key -> version number.
+        """
         return manifest_versions(self.manifest)
 
 
 def manifest_versions(manifest: dict[str, Any]) -> dict[str, str]:
-    """The version of each model in a bundle's manifest, by bundle key (``{"clv": "3", ...}``)."""
+    """The version of each model in a bundle's manifest, by bundle key (``{"clv": "3", ...}``).
+
+    Parameters
+    ----------
+    manifest
+        A bundle's manifest (:func:`read_manifest`).
+
+    Returns
+    -------
+    dict[str, str]
+        Bundle key -> version number, for every key of :data:`MODEL_KEYS`.
+
+    Raises
+    ------
+    KeyError
+        The manifest lacks a model.
+    """
     return {key: str(manifest["models"][key]["version"]) for key in MODEL_KEYS}
 
 
 def read_manifest(directory: Path | str) -> dict[str, Any]:
+    """The bundle's ``manifest.json``, checked to be of this format and version and to name every model.
+
+    Parameters
+    ----------
+    directory
+        The bundle's directory.
+
+    Returns
+    -------
+    dict[str, Any]
+        The manifest.
+
+    Raises
+    ------
+    BundleError
+        There is no manifest, it is not JSON, its format or version is another, or it lacks a model or
+        ``snapshot_as_of``.
+    """
     where = Path(directory)
     path = where / MANIFEST
     if not path.is_file():
@@ -382,7 +546,25 @@ def read_manifest(directory: Path | str) -> dict[str, Any]:
 
 def table_path(where: Path, name: str) -> Path:
     """Where a table of the bundle is: its folder of columns, else the Parquet file of an earlier
-    bundle; a :class:`BundleError` when it has neither."""
+    bundle; a :class:`BundleError` when it has neither.
+
+    Parameters
+    ----------
+    where
+        The bundle's directory.
+    name
+        The table's name (:data:`SNAPSHOT_CUSTOMERS`, :data:`SNAPSHOT_CHURN`, :data:`IDENTITY`).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder ``<name>/``, else the file ``<name>.parquet``.
+
+    Raises
+    ------
+    BundleError
+        The bundle has neither.
+    """
     if (where / name).is_dir():
         return where / name
     if (where / f"{name}.parquet").is_file():
@@ -391,7 +573,18 @@ def table_path(where: Path, name: str) -> Path:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A table at :func:`table_path`: its columns, or the Parquet file of an earlier bundle."""
+    """A table at :func:`table_path`: its columns, or the Parquet file of an earlier bundle.
+
+    Parameters
+    ----------
+    path
+        A folder of ``.npy`` columns (:func:`training.frames.read_frame`) or a Parquet file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table.
+    """
     if path.is_dir():
         return read_frame(path)
     import pandas as pd
@@ -417,6 +610,12 @@ def load_bundle(directory: Path | str) -> Bundle:
     -------
     Bundle
         The manifest, the three models, the scoring snapshot and the identity map.
+
+    Raises
+    ------
+    BundleError
+        A file is missing, of another size than the manifest records or unreadable (the message names
+        it), or the identity table lacks a column.
     """
     from training.churn.model import ChurnModel
     from training.clv.model import ClvModel

@@ -29,7 +29,23 @@ class CutoffError(RapportError, ValueError):
 
 
 def sales_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime]:
-    """The first and the last stored sale (naive UTC); :class:`CutoffError` when there is none."""
+    """The first and the last stored sale (naive UTC); :class:`CutoffError` when there is none.
+
+    Parameters
+    ----------
+    con
+        An open store.
+
+    Returns
+    -------
+    tuple[datetime, datetime]
+        The timestamps of the first and the last sale.
+
+    Raises
+    ------
+    CutoffError
+        The store holds no sale.
+    """
     found = store_sales_range(con)
     if found is None:
         raise CutoffError("the store holds no sales yet: ingest data first (rapport data ingest DIR)")
@@ -52,6 +68,19 @@ def history_needed(settings: Settings, steps: Sequence[str]) -> dict[str, tuple[
     - ``churn``: the population's lookback, then three label windows (training, validation and test
       cutoffs, one horizon apart so that no label overlaps the next set);
     - ``recommend``: the test and validation periods, plus at least one day of training history.
+
+    Parameters
+    ----------
+    settings
+        The settings whose windows are read; a window left to the data (``auto``) gives the floor
+        :data:`features.windows.MIN_SPAN_DAYS`.
+    steps
+        The training steps to run; the others are left out.
+
+    Returns
+    -------
+    dict[str, tuple[int, str]]
+        Step -> (days needed, what they are for, naming the settings).
     """
     from features.windows import MIN_SPAN_DAYS
 
@@ -79,7 +108,29 @@ def history_needed(settings: Settings, steps: Sequence[str]) -> dict[str, tuple[
 def check_cutoff(con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime,
                  steps: Sequence[str]) -> None:
     """Raise :class:`CutoffError` when ``cutoff`` is after the day following the last sale, or leaves
-    one of ``steps`` less history than it needs (:func:`history_needed`)."""
+    one of ``steps`` less history than it needs (:func:`history_needed`).
+
+    Parameters
+    ----------
+    con
+        An open store.
+    settings
+        The settings whose windows say how much history each step needs.
+    cutoff
+        The training cutoff (naive UTC or aware).
+    steps
+        The training steps to run.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    CutoffError
+        The store holds no sale, the cutoff is after the day following the last sale, or it leaves a
+        step too little history (the message names the step, the days it needs and the earliest cutoff).
+    """
     first, last = sales_range(con)
     when = utc_naive(cutoff)
     end = datetime(last.year, last.month, last.day) + timedelta(days=1)  # the default cutoff

@@ -32,7 +32,27 @@ log = logging.getLogger(__name__)
 
 
 def import_class(path: str) -> Any:
-    """The class named ``module:Qualified.Name``."""
+    """The class named ``module:Qualified.Name``.
+
+    Parameters
+    ----------
+    path
+        ``package.module:Class`` (a nested class as ``Outer.Inner``).
+
+    Returns
+    -------
+    Any
+        The class, its module imported.
+
+    Raises
+    ------
+    ValueError
+        ``path`` lacks the module or the class.
+    ImportError
+        The module cannot be imported.
+    AttributeError
+        The module has no such class.
+    """
     module_name, _, qualname = path.partition(":")
     if not module_name or not qualname:
         raise ValueError(f"model class must be given as 'module:Class', got {path!r}")
@@ -43,16 +63,56 @@ def import_class(path: str) -> Any:
 
 
 def class_path(model: Any) -> str:
+    """The ``module:Qualified.Name`` of a model's class, as :func:`import_class` reads it back.
+
+    Parameters
+    ----------
+    model
+        A model instance.
+
+    Returns
+    -------
+    str
+        Its class's module and qualified name.
+    """
     cls = type(model)
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def indexed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows indexed by customer id: a ``customer_id`` column (a request) becomes the index."""
+    """Rows indexed by customer id: a ``customer_id`` column (a request) becomes the index.
+
+    Parameters
+    ----------
+    frame
+        Features, with ``customer_id`` as a column or already as the index.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The frame indexed by ``customer_id`` (``frame`` itself when it has no such column).
+    """
     return frame.set_index(Col.CUSTOMER_ID) if Col.CUSTOMER_ID in frame.columns else frame
 
 
 def json_default(value: Any) -> Any:
+    """The JSON form of a value :func:`json.dumps` cannot store by itself (its ``default=``).
+
+    Parameters
+    ----------
+    value
+        A NumPy scalar, a NumPy array or a pandas ``Timestamp``.
+
+    Returns
+    -------
+    Any
+        The Python scalar, the nested list, or the ISO 8601 text.
+
+    Raises
+    ------
+    TypeError
+        Any other type; the message names it.
+    """
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -63,7 +123,18 @@ def json_default(value: Any) -> Any:
 
 
 def pinned(distributions: Iterable[str]) -> list[str]:
-    """``name==version`` of the installed distributions (a missing one is logged and left out)."""
+    """``name==version`` of the installed distributions (a missing one is logged and left out).
+
+    Parameters
+    ----------
+    distributions
+        Distribution names (``lifetimes``, ``lightgbm``, ...).
+
+    Returns
+    -------
+    list[str]
+        One requirement per installed distribution, in the order given.
+    """
     out = []
     for name in distributions:
         try:
@@ -74,6 +145,13 @@ def pinned(distributions: Iterable[str]) -> list[str]:
 
 
 def rapport_version() -> str:
+    """The installed version of the ``rapport`` distribution, recorded in every logged model's metadata.
+
+    Returns
+    -------
+    str
+        The version, or ``"unknown"`` when the distribution is not installed.
+    """
     try:
         return metadata.version("rapport")
     except metadata.PackageNotFoundError:
@@ -81,7 +159,27 @@ def rapport_version() -> str:
 
 
 def load_state(context: PythonModelContext, artifact_key: str, default_class: str) -> Any:
-    """The fitted model rebuilt from the JSON artefact, by the class the model config names."""
+    """The fitted model rebuilt from the JSON artefact, by the class the model config names.
+
+    Parameters
+    ----------
+    context
+        The pyfunc's context: ``model_config["model_class"]`` and the artefact's local path.
+    artifact_key
+        The key of the JSON artefact in ``context.artifacts``.
+    default_class
+        The class (``module:Class``) used when the model config names none.
+
+    Returns
+    -------
+    Any
+        The model, from ``model_class.from_dict`` of the JSON state.
+
+    Raises
+    ------
+    ValueError
+        The class is not given as ``module:Class``.
+    """
     config = context.model_config or {}
     model_class = import_class(config.get("model_class", default_class))
     return model_class.from_dict(json.loads(Path(context.artifacts[artifact_key]).read_text(encoding="utf-8")))
@@ -97,6 +195,17 @@ class JsonModelPyfunc(PythonModel):
     default_class: str
 
     def load_context(self, context: PythonModelContext) -> None:
+        """Rebuild the fitted model from the artefact (MLflow calls it once when the model is loaded).
+
+        Parameters
+        ----------
+        context
+            The pyfunc's context (:func:`load_state`).
+
+        Returns
+        -------
+        None
+        """
         self.model = load_state(context, self.artifact_key, self.default_class)
 
     def predict(
@@ -105,7 +214,27 @@ class JsonModelPyfunc(PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        """The model's per-customer outputs for a frame of features (``customer_id`` as index or column)."""
+        """The model's per-customer outputs for a frame of features (``customer_id`` as index or column).
+
+        Parameters
+        ----------
+        context
+            The pyfunc's context (unused: the model was rebuilt by :meth:`load_context`).
+        model_input
+            The features, one row per customer; anything ``pandas.DataFrame`` accepts.
+        params
+            Unused; part of MLflow's pyfunc interface.
+
+        Returns
+        -------
+        pandas.DataFrame
+            :meth:`output` of the model's ``predict`` on the frame indexed by ``customer_id``.
+
+        Raises
+        ------
+        RuntimeError
+            :meth:`load_context` has not run.
+        """
         if not hasattr(self, "model"):
             raise RuntimeError(f"{type(self).__name__}.predict before load_context: load it with "
                                "mlflow.pyfunc.load_model")
@@ -114,11 +243,41 @@ class JsonModelPyfunc(PythonModel):
 
     @staticmethod
     def output(predictions: pd.DataFrame) -> pd.DataFrame:
+        """What the pyfunc returns of the model's predictions; subclasses reshape them.
+
+        Parameters
+        ----------
+        predictions
+            The model's ``predict`` output.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``predictions`` unchanged.
+        """
         return predictions
 
 
 def write_json_state(model: Any, stem: Path) -> Path:
-    """The model's ``to_dict()`` as ``<stem>.json``; returns the file written."""
+    """The model's ``to_dict()`` as ``<stem>.json``; returns the file written.
+
+    Parameters
+    ----------
+    model
+        A fitted model with ``to_dict()``.
+    stem
+        The file's path without its extension.
+
+    Returns
+    -------
+    pathlib.Path
+        The JSON file (keys sorted; NumPy and pandas values by :func:`json_default`).
+
+    Raises
+    ------
+    TypeError
+        ``to_dict()`` holds a value JSON cannot store.
+    """
     path = stem.with_suffix(".json")
     path.write_text(json.dumps(model.to_dict(), default=json_default, sort_keys=True), encoding="utf-8")
     return path
@@ -141,7 +300,43 @@ def log_json_pyfunc(
     """Log ``model`` in the active run as a pyfunc built by ``model_code`` from its JSON state and,
     with ``registered_model_name``, register it as a new version (tagged with the code version and
     ``tags``; no alias: promotion is the caller's decision). ``ModelInfo.registered_model_version``
-    holds the new version."""
+    holds the new version.
+
+    Parameters
+    ----------
+    model
+        The fitted model (``to_dict()``, ``predict(frame)``).
+    what
+        The model's kind (``clv``, ``churn``), used in file names and messages.
+    name
+        The name the model is logged under in the run (``log_model(name=...)``).
+    artifact_key
+        The key (and file stem) of the JSON state among the pyfunc's artifacts.
+    model_code
+        The source of the script MLflow loads the pyfunc from.
+    requirements
+        The pinned pip requirements of the logged model.
+    signature
+        ``(model, example) -> (signature, example)``, the model signature inferred from an example.
+    input_example
+        An example input (logged with the model); ``None``: no signature or example.
+    registered_model_name
+        The registered model the version is added to; ``None``: logged, not registered.
+    tags
+        Tags of the new version.
+    write_state
+        Writes the state to a stem and returns the file; ``None``: :func:`write_json_state`.
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+        What MLflow logged; ``registered_model_version`` holds the new version when registered.
+
+    Raises
+    ------
+    RuntimeError
+        No run is active.
+    """
     run_id = tracking.require_active_run(f"log_{what}_model")
     version = tracking.code_version()
     with tempfile.TemporaryDirectory(prefix=f"rapport-{what}-") as tmp, warnings.catch_warnings():

@@ -59,7 +59,20 @@ class ModelSpec:
             raise ValueError(f"{self.key}: train_path must read 'module:function', got {self.train_path!r}")
 
     def train_function(self) -> Callable[..., Any]:
-        """The training step's function, its module imported now."""
+        """The training step's function, its module imported now.
+
+        Returns
+        -------
+        Callable[..., Any]
+            The function named by :attr:`train_path`.
+
+        Raises
+        ------
+        ImportError
+            The module of :attr:`train_path` cannot be imported.
+        AttributeError
+            The module has no such function.
+        """
         module, _, function = self.train_path.partition(":")
         return getattr(importlib.import_module(module), function)
 
@@ -110,7 +123,23 @@ BUNDLE_KEYS: tuple[str, ...] = tuple(spec.bundle_key for spec in MODELS)
 
 
 def by_key(key: str) -> ModelSpec:
-    """The model trained by step ``key``; :class:`ArgumentError` listing the steps otherwise."""
+    """The model trained by step ``key``; :class:`ArgumentError` listing the steps otherwise.
+
+    Parameters
+    ----------
+    key
+        A training step's name (``clv``, ``churn``, ``recommend``).
+
+    Returns
+    -------
+    ModelSpec
+        The model of that step.
+
+    Raises
+    ------
+    ArgumentError
+        No model has that step; the message lists the steps.
+    """
     for spec in MODELS:
         if spec.key == key:
             return spec
@@ -118,7 +147,23 @@ def by_key(key: str) -> ModelSpec:
 
 
 def by_name(registered_name: str) -> ModelSpec:
-    """The model registered as ``registered_name``; :class:`ArgumentError` listing the names otherwise."""
+    """The model registered as ``registered_name``; :class:`ArgumentError` listing the names otherwise.
+
+    Parameters
+    ----------
+    registered_name
+        A registered model's name (``rapport-clv``, ``rapport-churn``, ``rapport-recommender``).
+
+    Returns
+    -------
+    ModelSpec
+        The model registered under that name.
+
+    Raises
+    ------
+    ArgumentError
+        No model has that name; the message lists the names.
+    """
     for spec in MODELS:
         if spec.registered_name == registered_name:
             return spec
@@ -126,5 +171,11 @@ def by_name(registered_name: str) -> ModelSpec:
 
 
 def names_text() -> str:
-    """The registered names as a sentence: "rapport-clv, rapport-churn or rapport-recommender"."""
+    """The registered names as a sentence: "rapport-clv, rapport-churn or rapport-recommender".
+
+    Returns
+    -------
+    str
+        The registered names, joined with commas and a final "or".
+    """
     return ", ".join(REGISTERED_NAMES[:-1]) + f" or {REGISTERED_NAMES[-1]}"

@@ -12,7 +12,20 @@ from collections.abc import Callable
 
 
 def reporter(logger: logging.Logger, progress: Callable[[str], None] | None = None) -> Callable[[str], None]:
-    """A ``step(text)`` that logs ``text`` at INFO on ``logger`` and passes it to ``progress`` when given."""
+    """A ``step(text)`` that logs ``text`` at INFO on ``logger`` and passes it to ``progress`` when given.
+
+    Parameters
+    ----------
+    logger
+        The logger each step's text goes to, at INFO.
+    progress
+        Called with each step's text as well (the CLI's progress bar); ``None``: the log only.
+
+    Returns
+    -------
+    Callable[[str], None]
+        The ``step`` function to call with the text of each step.
+    """
 
     def step(text: str) -> None:
         logger.info(text)

@@ -58,6 +58,13 @@ class Promotion:
 
     @property
     def promoted(self) -> bool:
+        """Whether the version becomes the champion.
+
+        Returns
+        -------
+        bool
+            True when :attr:`alias` is ``champion``.
+        """
         return self.alias == CHAMPION
 
 
@@ -104,6 +111,13 @@ def decide(client: mlflow.MlflowClient, model_name: str, version: str, *, tolera
     -------
     Promotion
         The alias, the reasons, the previous champion and both versions' key metrics.
+
+    Raises
+    ------
+    ValueError
+        ``tolerance`` is outside ``[0, 1)``.
+    ArgumentError
+        ``model_name`` is not a registered model of the project.
     """
     if not 0 <= tolerance < 1:
         raise ValueError(f"promotion tolerance must be in [0, 1), got {tolerance!r}")
@@ -178,7 +192,21 @@ def apply(client: mlflow.MlflowClient, promotion: Promotion) -> None:
 
 
 def gate_failure(client: mlflow.MlflowClient, version: ModelVersion) -> str | None:
-    """Why ``version`` failed its own gate (its run's ``gate.reasons``), or None when it passed."""
+    """Why ``version`` failed its own gate (its run's ``gate.reasons``), or None when it passed.
+
+    Parameters
+    ----------
+    client
+        The registry's client.
+    version
+        A registered version (its ``gate_eligible`` tag is read, then its run's tags).
+
+    Returns
+    -------
+    str or None
+        The gate's reasons (or a sentence saying that its run recorded no passing gate); ``None`` when
+        the version is tagged ``gate_eligible``.
+    """
     if (version.tags or {}).get(tracking.GATE_ELIGIBLE_TAG) == "true":
         return None
     _, _, tags = _run_of(client, version)
@@ -211,6 +239,15 @@ def promote_manually(client: mlflow.MlflowClient, model_name: str, version: str,
     -------
     Promotion
         The decision applied (alias ``champion``).
+
+    Raises
+    ------
+    ArgumentError
+        ``reason`` is empty.
+    NoModelError
+        ``model_name`` has no such version.
+    GateFailedError
+        The version failed its own gate and ``force`` is not set.
     """
     if not reason.strip():
         raise ArgumentError("a manual promotion needs a reason (--reason)")
@@ -239,7 +276,23 @@ def promote_manually(client: mlflow.MlflowClient, model_name: str, version: str,
 def publish_champion_plots(client: mlflow.MlflowClient, reports_dir: Path, model_name: str) -> Path | None:
     """Copy the champion's plots (its run's ``plots/`` artifacts) to ``<reports>/<step>/champion/``
     with a ``champion.json`` naming the version and run; returns the folder, None without a champion
-    or plots. The folder is replaced as a whole: it never mixes two versions' plots."""
+    or plots. The folder is replaced as a whole: it never mixes two versions' plots.
+
+    Parameters
+    ----------
+    client
+        The registry's client.
+    reports_dir
+        The reports folder (``settings.reports_dir``).
+    model_name
+        The registered model's name.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The champion's plot folder; ``None`` when there is no champion, its run has no ``step`` tag or
+        its plots cannot be downloaded (logged as a warning; the promotion stands).
+    """
     champion = tracking.latest_with_alias(client, model_name, CHAMPION)
     if champion is None or not champion.run_id:
         return None
@@ -272,7 +325,21 @@ def publish_champion_plots(client: mlflow.MlflowClient, reports_dir: Path, model
 
 
 def model_versions(client: mlflow.MlflowClient, model_names: Iterable[str] = MODEL_NAMES) -> pd.DataFrame:
-    """One row per registered version: model, version, aliases, gate verdict, key metrics, created."""
+    """One row per registered version: model, version, aliases, gate verdict, key metrics, created.
+
+    Parameters
+    ----------
+    client
+        The registry's client.
+    model_names
+        The registered models to list; a name the registry does not hold is left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model``, ``version``, ``aliases``, ``gate``, ``key metrics``, ``windows``,
+        ``created`` (UTC) and ``decision``; newest version first within each model.
+    """
     rows = []
     for name in model_names:
         try:
@@ -306,7 +373,19 @@ _HISTORY_PARAMS = ("window.history_days", "window.repeat_customers", "window.med
 
 def windows_text(params: Mapping[str, str]) -> str:
     """The windows a version was trained with, from its run's ``window.*`` parameters
-    (``features.windows.Windows.to_params``): "horizon_days 21 (auto), lookback_days 37 (auto)"."""
+    (``features.windows.Windows.to_params``): "horizon_days 21 (auto), lookback_days 37 (auto)".
+
+    Parameters
+    ----------
+    params
+        A training run's parameters.
+
+    Returns
+    -------
+    str
+        Each chosen window with its value and ``auto`` or ``set``, comma-separated (the measures of the
+        history are left out); empty when the run logged none.
+    """
     names = [k for k in sorted(params) if k.startswith("window.") and not k.endswith(".why")
              and k not in _HISTORY_PARAMS]
     parts = []

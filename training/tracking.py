@@ -69,7 +69,18 @@ _REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tracking_uri(settings: Settings) -> str:
-    """The tracking (and registry) URI: the setting, else the SQLite store under the data folder."""
+    """The tracking (and registry) URI: the setting, else the SQLite store under the data folder.
+
+    Parameters
+    ----------
+    settings
+        ``mlflow_tracking_uri`` and, when it is unset, ``mlflow_db_path`` are read.
+
+    Returns
+    -------
+    str
+        ``mlflow_tracking_uri`` as set, else ``sqlite:///`` and the absolute path of the SQLite store.
+    """
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
     # Absolute, so a later change of working directory still finds the same database.
@@ -81,6 +92,17 @@ def artifact_location(settings: Settings) -> str | None:
 
     ``<data_dir>/mlflow/artifacts`` as a ``file://`` URI for the embedded store and for a database
     URI; None for a tracking server, which serves (and chooses) the artifact store itself.
+
+    Parameters
+    ----------
+    settings
+        ``mlflow_tracking_uri`` and ``mlflow_artifacts_dir`` are read.
+
+    Returns
+    -------
+    str or None
+        The artifact folder as an absolute ``file://`` URI; ``None`` for an ``http(s)`` or Databricks
+        tracking URI.
     """
     if settings.mlflow_tracking_uri and urlparse(settings.mlflow_tracking_uri).scheme in _SERVER_SCHEMES:
         return None
@@ -144,7 +166,26 @@ def configure(settings: Settings) -> mlflow.MlflowClient:
 
 
 def experiment_id(client: mlflow.MlflowClient, settings: Settings) -> str:
-    """The id of the settings' experiment, created (with its artifact location) when missing."""
+    """The id of the settings' experiment, created (with its artifact location) when missing.
+
+    Parameters
+    ----------
+    client
+        A client on the tracking store.
+    settings
+        ``mlflow_experiment`` names the experiment; :func:`artifact_location` says where a new one
+        keeps its artifacts.
+
+    Returns
+    -------
+    str
+        The experiment's id.
+
+    Raises
+    ------
+    RuntimeError
+        The experiment exists but is deleted (the message says how to restore it or choose another).
+    """
     name = settings.mlflow_experiment
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -167,7 +208,13 @@ def experiment_id(client: mlflow.MlflowClient, settings: Settings) -> str:
 
 
 def current_client() -> mlflow.MlflowClient:
-    """A client on the URIs :func:`configure` set (for code that runs inside :func:`start_run`)."""
+    """A client on the URIs :func:`configure` set (for code that runs inside :func:`start_run`).
+
+    Returns
+    -------
+    mlflow.MlflowClient
+        A client on MLflow's current tracking and registry URI.
+    """
     return mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
 
 
@@ -185,6 +232,21 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, *, as_of: datetime) -> dict
     ``hash`` is a SHA-256 over the sorted content hashes of every ingested file and the row counts:
     the same store gives the same hash whatever the order files came in; ingesting one more file
     (or deleting rows) changes it. It is meant for comparing runs, not for security.
+
+    Parameters
+    ----------
+    con
+        An open store.
+    as_of
+        The training cutoff (naive UTC or aware); the counts ``*_before_as_of`` are of the history
+        before it.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``as_of`` (ISO), the row counts of :data:`FINGERPRINT_TABLES`, ``lines_before_as_of``,
+        ``customers``, ``customers_before_as_of``, ``first_sale`` and ``last_sale`` (ISO or ``None``),
+        ``files`` (ingested files) and ``hash``.
     """
     cutoff = utc_naive(as_of)
     counts = {table: int(_scalar(con, f"SELECT count(*) FROM {table}")) for table in FINGERPRINT_TABLES}
@@ -235,6 +297,12 @@ def code_version() -> str | None:
 
     None when the code does not run from a git checkout (an installed wheel, a container) or git is
     missing.
+
+    Returns
+    -------
+    str or None
+        The commit hash, suffixed ``-dirty`` when tracked files differ from it; ``None`` outside a
+        git checkout of the project.
     """
     top = _git("rev-parse", "--show-toplevel")
     if top is None or top.returncode != 0 or Path(top.stdout.strip()).resolve() != _REPOSITORY_ROOT:
@@ -263,6 +331,28 @@ def start_run(
 
     The run is tagged with the code version and ``tags``. It is a child of the active run when there
     is one (each step's run under the ``rapport train`` parent run), or with ``nested=True``.
+
+    Parameters
+    ----------
+    settings
+        Where runs go (:func:`configure`) and the experiment (``mlflow_experiment``).
+    run_name
+        The run's name.
+    tags
+        More tags; values are turned into text (dates ISO, sequences comma-joined).
+    nested
+        Open the run as a child of the active run; a run opened while another is active is nested
+        anyway.
+
+    Yields
+    ------
+    mlflow.entities.Run
+        The active run.
+
+    Raises
+    ------
+    RuntimeError
+        The settings' experiment is deleted (:func:`experiment_id`).
     """
     nested = nested or mlflow.active_run() is not None
     client = configure(settings)
@@ -278,7 +368,23 @@ def start_run(
 
 
 def require_active_run(what: str) -> str:
-    """The id of the active run; a clear error naming ``what`` when no run is open."""
+    """The id of the active run; a clear error naming ``what`` when no run is open.
+
+    Parameters
+    ----------
+    what
+        The function asking, named in the message.
+
+    Returns
+    -------
+    str
+        The active run's id.
+
+    Raises
+    ------
+    RuntimeError
+        No run is active (MLflow would otherwise open one in its default experiment).
+    """
     run = mlflow.active_run()
     if run is None:
         # MLflow would silently open a run in its default experiment (and an ./mlruns folder).
@@ -321,6 +427,22 @@ def log_params_flat(params: Mapping[str, Any]) -> dict[str, str]:
 
     None and NaN values are skipped with a warning; dates are ISO strings, sequences comma-joined.
     Returns what was logged.
+
+    Parameters
+    ----------
+    params
+        Parameter name -> value; a mapping value is flattened into ``name.key``. A value longer than
+        :data:`MAX_PARAM_LENGTH` characters is truncated, with a warning.
+
+    Returns
+    -------
+    dict[str, str]
+        The names and texts logged.
+
+    Raises
+    ------
+    RuntimeError
+        No run is active (:func:`require_active_run`).
     """
     require_active_run("log_params_flat")
     logged: dict[str, str] = {}
@@ -344,6 +466,25 @@ def log_metrics_flat(metrics: Mapping[str, Any], *, step: int | None = None) -> 
     None, NaN and infinite values are skipped with a warning (a metric that could not be computed is
     absent, not zero). A value that is not a number raises :class:`TypeError` naming the metric.
     Returns what was logged.
+
+    Parameters
+    ----------
+    metrics
+        Metric name -> number; a mapping value is flattened into ``name.key``.
+    step
+        The step the metrics are logged at (MLflow's ``step``); ``None``: MLflow's default.
+
+    Returns
+    -------
+    dict[str, float]
+        The names and values logged.
+
+    Raises
+    ------
+    TypeError
+        A value is not a number; the message names the metric.
+    RuntimeError
+        No run is active (:func:`require_active_run`).
     """
     require_active_run("log_metrics_flat")
     logged: dict[str, float] = {}
@@ -364,13 +505,47 @@ def log_metrics_flat(metrics: Mapping[str, Any], *, step: int | None = None) -> 
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
-    """Set tags on the active run (values as strings)."""
+    """Set tags on the active run (values as strings).
+
+    Parameters
+    ----------
+    tags
+        Tag name -> value; values are turned into text (dates ISO, sequences comma-joined).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    RuntimeError
+        No run is active (:func:`require_active_run`).
+    """
     require_active_run("set_tags")
     mlflow.set_tags({str(key): _param_value(value) for key, value in tags.items()})
 
 
 def log_artifact(path: Path | str, artifact_path: str | None = None) -> None:
-    """Copy a local file (a plot, a report) into the active run's artifacts, under ``artifact_path``."""
+    """Copy a local file (a plot, a report) into the active run's artifacts, under ``artifact_path``.
+
+    Parameters
+    ----------
+    path
+        The local file.
+    artifact_path
+        The folder inside the run's artifacts; ``None``: their root.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not a file.
+    RuntimeError
+        No run is active (:func:`require_active_run`).
+    """
     require_active_run("log_artifact")
     path = Path(path)
     if not path.is_file():
@@ -379,7 +554,24 @@ def log_artifact(path: Path | str, artifact_path: str | None = None) -> None:
 
 
 def log_plots(paths: Iterable[Path | str]) -> None:
-    """Copy a training run's plot files into its :data:`PLOTS_ARTIFACT` folder."""
+    """Copy a training run's plot files into its :data:`PLOTS_ARTIFACT` folder.
+
+    Parameters
+    ----------
+    paths
+        The plot files (PNG) to copy.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    FileNotFoundError
+        A path is not a file.
+    RuntimeError
+        No run is active (:func:`require_active_run`).
+    """
     for path in paths:
         log_artifact(path, PLOTS_ARTIFACT)
 
@@ -388,6 +580,27 @@ def log_table(frame: pd.DataFrame, name: str, *, artifact_path: str = "tables") 
     """Log a table as ``<artifact_path>/<name>.csv`` and ``<name>.json`` (pandas' "split" layout).
 
     A named index becomes a column. Returns the artifact paths written.
+
+    Parameters
+    ----------
+    frame
+        The table to log.
+    name
+        The files' stem: no ``/``, not starting with a dot.
+    artifact_path
+        The folder inside the run's artifacts.
+
+    Returns
+    -------
+    list[str]
+        The artifact paths of the CSV and the JSON file.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a plain file stem.
+    RuntimeError
+        No run is active (:func:`require_active_run`).
     """
     require_active_run("log_table")
     if not name or "/" in name or name.startswith("."):
@@ -444,6 +657,31 @@ def register_model(
     ``model_id`` (from the ``ModelInfo`` of ``log_model``) skips the lookup by name. The registered
     model is created on first use. The new version carries ``tags`` and no alias: promotion is a
     separate, explicit :func:`set_alias`.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`configure`).
+    run_id
+        The run that logged the model.
+    artifact_name
+        The name the model was logged under (``log_model(name=...)``); the latest one of the run wins.
+    model_name
+        The registered model's name.
+    tags
+        Tags of the new version; values are turned into text.
+    model_id
+        The logged model's id, when known.
+
+    Returns
+    -------
+    mlflow.entities.model_registry.ModelVersion
+        The new version.
+
+    Raises
+    ------
+    LookupError
+        ``model_id`` is not given and the run logged no model named ``artifact_name``.
     """
     if model_id is None:
         model_id = _logged_model_id(client, run_id, artifact_name)
@@ -467,7 +705,26 @@ def tag_registered_version(client: mlflow.MlflowClient, model_name: str, info: A
                            tags: Mapping[str, Any] | None = None) -> str | None:
     """Tag the version that ``log_model(..., registered_model_name=model_name)`` registered (``info``, its
     ``ModelInfo``) with its gate's verdict (:data:`GATE_ELIGIBLE_TAG`) and ``tags``, before promotion
-    reads them. Returns the version, None when nothing was registered."""
+    reads them. Returns the version, None when nothing was registered.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`configure`).
+    model_name
+        The registered model's name.
+    info
+        The ``ModelInfo`` returned by ``log_model``; its ``registered_model_version`` is read.
+    gate_eligible
+        Whether the version passed its own gate (tagged ``"true"`` or ``"false"``).
+    tags
+        More tags; values are turned into text.
+
+    Returns
+    -------
+    str or None
+        The version number; ``None`` when ``log_model`` registered nothing.
+    """
     version = getattr(info, "registered_model_version", None)
     if version is None:
         return None
@@ -545,12 +802,44 @@ def finish_step(
 
 
 def set_alias(client: mlflow.MlflowClient, model_name: str, alias: str, version: str | int) -> None:
-    """Point ``alias`` (``champion``, ``challenger``) of ``model_name`` at ``version``; moves it if set."""
+    """Point ``alias`` (``champion``, ``challenger``) of ``model_name`` at ``version``; moves it if set.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`configure`).
+    model_name
+        The registered model's name.
+    alias
+        The alias to set.
+    version
+        The version it is to point at.
+
+    Returns
+    -------
+    None
+    """
     client.set_registered_model_alias(model_name, alias, str(version))
 
 
 def latest_with_alias(client: mlflow.MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
-    """The version ``alias`` points at, or None when the alias or the registered model does not exist."""
+    """The version ``alias`` points at, or None when the alias or the registered model does not exist.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`configure`).
+    model_name
+        The registered model's name.
+    alias
+        The alias (``champion``, ``challenger``).
+
+    Returns
+    -------
+    mlflow.entities.model_registry.ModelVersion or None
+        The version the alias points at; ``None`` when the model is not registered or the alias is
+        not set.
+    """
     # The SQLite store reports a missing alias as INVALID_PARAMETER_VALUE, the code of any bad
     # argument too: look the alias up on the registered model instead of guessing from the error.
     try:
@@ -566,7 +855,20 @@ def latest_with_alias(client: mlflow.MlflowClient, model_name: str, alias: str) 
 
 def model_uri(model_name: str, alias_or_version: str | int) -> str:
     """The URI of a registered version: ``models:/NAME/3`` for a version number, ``models:/NAME@champion``
-    for an alias (the version it points at when the URI is read)."""
+    for an alias (the version it points at when the URI is read).
+
+    Parameters
+    ----------
+    model_name
+        The registered model's name.
+    alias_or_version
+        A version number, or an alias.
+
+    Returns
+    -------
+    str
+        The ``models:/`` URI.
+    """
     text = str(alias_or_version)
     return f"models:/{model_name}/{text}" if text.isdigit() else f"models:/{model_name}@{text}"
 
@@ -575,7 +877,27 @@ def load_model(client: mlflow.MlflowClient, model_name: str, alias_or_version: s
     """The fitted model (``ClvModel``, ``ChurnModel``, ``RecommenderModel``) of a registered version, by
     number (``3``) or alias (``champion``). Every command that reads a model from the registry reads it
     here. An alias is resolved to its version first, so the model loaded is the version named, even if
-    the alias moves meanwhile; :class:`NoModelError` when the version or the alias does not exist."""
+    the alias moves meanwhile; :class:`NoModelError` when the version or the alias does not exist.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`configure`).
+    model_name
+        The registered model's name.
+    alias_or_version
+        A version number, or an alias.
+
+    Returns
+    -------
+    Any
+        The model the version's pyfunc wraps.
+
+    Raises
+    ------
+    NoModelError
+        The version, the alias or the registered model does not exist.
+    """
     text = str(alias_or_version)
     version = _version(client, model_name, text) if text.isdigit() else latest_with_alias(client, model_name, text)
     if version is None:
@@ -589,7 +911,27 @@ class NoModelError(RapportError, LookupError):
 
 def resolve_version(client: mlflow.MlflowClient, model_name: str, version: str | None = None) -> tuple[ModelVersion, str]:
     """The version to use and how it was chosen: ``version`` when given, else the ``champion``,
-    else (nothing promoted yet) the latest registered version."""
+    else (nothing promoted yet) the latest registered version.
+
+    Parameters
+    ----------
+    client
+        The registry's client (:func:`configure`).
+    model_name
+        The registered model's name.
+    version
+        The version asked for; ``None``: the champion, else the latest version.
+
+    Returns
+    -------
+    tuple[mlflow.entities.model_registry.ModelVersion, str]
+        The version and how it was chosen, in words (for the command's output).
+
+    Raises
+    ------
+    NoModelError
+        The version asked for does not exist, or no version is registered.
+    """
     if version is not None:
         return _version(client, model_name, str(version)), f"version {version} (asked for)"
     champion = latest_with_alias(client, model_name, "champion")

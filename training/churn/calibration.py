@@ -37,7 +37,18 @@ CALIBRATION_FOLDS = 5
 
 
 def is_finite_number(value: Any) -> TypeGuard[float]:
-    """A finite int or float (numpy's included), not a bool."""
+    """A finite int or float (numpy's included), not a bool.
+
+    Parameters
+    ----------
+    value
+        Any value (an artefact's field).
+
+    Returns
+    -------
+    bool
+        True for a finite number; False for a bool, NaN, an infinity or anything else.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         return False
     return math.isfinite(float(value))
@@ -54,6 +65,20 @@ class IsotonicCalibrator:
 
     @classmethod
     def fit(cls, raw_probability: FloatArray, label: FloatArray) -> IsotonicCalibrator:
+        """Fit scikit-learn's isotonic regression (increasing, in [0, 1], clipped beyond the ends).
+
+        Parameters
+        ----------
+        raw_probability
+            The booster's raw probability of churn, ``expit`` of its log-odds, per validation row.
+        label
+            1 for a churner, 0 for a stayer, per row.
+
+        Returns
+        -------
+        IsotonicCalibrator
+            The map through the regression's thresholds.
+        """
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
         iso.fit(raw_probability, label)
         return cls(np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64))
@@ -62,6 +87,13 @@ class IsotonicCalibrator:
         return np.interp(expit(margin), self.x, self.y)
 
     def to_dict(self) -> dict[str, Any]:
+        """The map as an artefact stores it (:func:`calibrator_from_dict` reads it back).
+
+        Returns
+        -------
+        dict[str, Any]
+            ``method``, ``x`` and ``y`` (lists of floats).
+        """
         return {"method": self.method, "x": self.x.tolist(), "y": self.y.tolist()}
 
 
@@ -76,6 +108,20 @@ class SigmoidCalibrator:
 
     @classmethod
     def fit(cls, margin: FloatArray, label: FloatArray) -> SigmoidCalibrator:
+        """Fit the slope and intercept by an unpenalised logistic regression.
+
+        Parameters
+        ----------
+        margin
+            The raw log-odds per validation row.
+        label
+            1 for a churner, 0 for a stayer, per row.
+
+        Returns
+        -------
+        SigmoidCalibrator
+            The fitted map.
+        """
         logistic = LogisticRegression(C=np.inf, max_iter=1000).fit(margin[:, None], label)
         return cls(float(logistic.coef_[0, 0]), float(logistic.intercept_[0]))
 
@@ -83,6 +129,13 @@ class SigmoidCalibrator:
         return expit(self.slope * margin + self.intercept)
 
     def to_dict(self) -> dict[str, Any]:
+        """The map as an artefact stores it (:func:`calibrator_from_dict` reads it back).
+
+        Returns
+        -------
+        dict[str, Any]
+            ``method``, ``slope`` and ``intercept``.
+        """
         return {"method": self.method, "slope": self.slope, "intercept": self.intercept}
 
 
@@ -97,6 +150,20 @@ class InterpolatedIsotonicCalibrator(IsotonicCalibrator):
 
     @classmethod
     def fit(cls, raw_probability: FloatArray, label: FloatArray) -> InterpolatedIsotonicCalibrator:
+        """Fit the isotonic regression, then keep one point per plateau, at its centre.
+
+        Parameters
+        ----------
+        raw_probability
+            The booster's raw probability of churn, ``expit`` of its log-odds, per validation row.
+        label
+            1 for a churner, 0 for a stayer, per row.
+
+        Returns
+        -------
+        InterpolatedIsotonicCalibrator
+            The map through (0, 0), the centres of the plateaus strictly inside the unit square, and (1, 1).
+        """
         steps = IsotonicCalibrator.fit(raw_probability, label)
         # sklearn's thresholds run through both ends of every plateau: group them by level.
         levels, first = np.unique(steps.y, return_index=True)
@@ -117,7 +184,27 @@ _ISOTONIC_CLASSES: dict[str, type[IsotonicCalibrator]] = {
 
 
 def fit_calibrator(method: str, margin: FloatArray, label: FloatArray) -> Calibrator:
-    """The calibration map ``method`` (one of :data:`CALIBRATIONS`) of the label on the raw log-odds."""
+    """The calibration map ``method`` (one of :data:`CALIBRATIONS`) of the label on the raw log-odds.
+
+    Parameters
+    ----------
+    method
+        ``isotonic``, ``interpolated`` or ``sigmoid``.
+    margin
+        The raw log-odds per validation row.
+    label
+        1 for a churner, 0 for a stayer, per row.
+
+    Returns
+    -------
+    IsotonicCalibrator or SigmoidCalibrator
+        The fitted map; calling it on log-odds gives probabilities of churn.
+
+    Raises
+    ------
+    KeyError
+        ``method`` is not one of :data:`CALIBRATIONS`.
+    """
     if method == "sigmoid":
         return SigmoidCalibrator.fit(margin, label)
     return _ISOTONIC_CLASSES[method].fit(expit(margin), label)
@@ -128,7 +215,24 @@ def out_of_fold_calibration_errors(margin: FloatArray, label: FloatArray, *, see
     """Each map's expected calibration error on the validation rows, out of fold: the rows are
     split into ``folds`` stratified folds (seeded), each map fitted on the other folds scores each
     one, and the ECE (10 quantile bins, ``evaluation.expected_calibration_error``) is taken over
-    the pooled out-of-fold probabilities. Fewer churners or stayers than folds: one fit on all rows."""
+    the pooled out-of-fold probabilities. Fewer churners or stayers than folds: one fit on all rows.
+
+    Parameters
+    ----------
+    margin
+        The raw log-odds per validation row.
+    label
+        1 for a churner, 0 for a stayer, per row.
+    seed
+        Seed of the fold split.
+    folds
+        Number of stratified folds.
+
+    Returns
+    -------
+    dict[str, float]
+        Out-of-fold ECE by map, for every map of :data:`CALIBRATIONS`.
+    """
     # Imported here, at fit time: the evaluation module fits the baselines, and the service, which
     # imports this module to score, must not load code that fits models.
     from training.churn.evaluation import expected_calibration_error
@@ -181,7 +285,24 @@ def choose_calibration(errors: Mapping[str, float], tolerance: float = CALIBRATI
 
 def calibrator_from_dict(data: Any) -> Calibrator:
     """The calibration map of a churn artefact's ``fitted.calibrator``; :class:`ChurnArtefactError`
-    names what is wrong."""
+    names what is wrong.
+
+    Parameters
+    ----------
+    data
+        What :meth:`IsotonicCalibrator.to_dict` or :meth:`SigmoidCalibrator.to_dict` wrote.
+
+    Returns
+    -------
+    IsotonicCalibrator or SigmoidCalibrator
+        The map, of the class its ``method`` names.
+
+    Raises
+    ------
+    ChurnArtefactError
+        ``data`` is not a mapping, names no known method, or its points or coefficients are missing,
+        not finite, decreasing, of unequal length or outside [0, 1].
+    """
     if not isinstance(data, Mapping):
         raise ChurnArtefactError(f"churn model artefact: fitted.calibrator must be a mapping, got {data!r}")
     method = data.get("method")

@@ -79,6 +79,29 @@ def monthly_cutoffs(
     - With ``max_cutoffs`` only the latest ``max_cutoffs`` are kept (the most recent behaviour).
 
     Ascending; an empty list when the history is too short for any. ``ValueError`` for bad arguments.
+
+    Parameters
+    ----------
+    first_sale, last_sale
+        The first and the last sale of the history (naive UTC or aware).
+    horizon_days
+        The label horizon H, in days (a whole number >= 1).
+    lookback_days
+        The population's lookback, in days (a whole number >= 1).
+    min_history_days
+        The least history before the first cutoff, in days (a whole number >= 0).
+    max_cutoffs
+        Keep only this many latest cutoffs; ``None``: all of them.
+
+    Returns
+    -------
+    list[datetime]
+        The cutoffs, ascending; empty when the history is too short for any.
+
+    Raises
+    ------
+    ValueError
+        An argument is not a whole number of its range, or ``last_sale`` is before ``first_sale``.
     """
     first, last = utc_naive(first_sale), utc_naive(last_sale)
     for name, value in (("horizon_days", horizon_days), ("lookback_days", lookback_days)):
@@ -125,7 +148,14 @@ class ChurnDataset:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        """What a reader of the results should know about how the data set was built."""
+        """What a reader of the results should know about how the data set was built.
+
+        Returns
+        -------
+        tuple[str, ...]
+            One sentence per cutoff without any customer in the population, then one per cutoff whose
+            CLV fit failed (with the reason); empty when there is nothing to say.
+        """
         counts = self.frame[CUTOFF].value_counts()
         empty = tuple(
             f"no customer in the churn population at cutoff {cutoff:%Y-%m-%d} (no purchase in the "
@@ -148,6 +178,16 @@ class ChurnDataset:
         that the later set's features or labels cover: the evaluation sees the future the way a
         model retrained at the test cutoff would. ``ValueError`` naming the cutoffs when there are
         too few for that.
+
+        Returns
+        -------
+        tuple[pandas.DataFrame, pandas.DataFrame, pandas.DataFrame]
+            The rows of the training, validation and test cutoffs, each on a fresh RangeIndex.
+
+        Raises
+        ------
+        ValueError
+            The cutoffs are too few, or too close together, for the three sets with their embargo.
         """
         cutoffs = sorted(pd.Timestamp(c) for c in self.cutoffs)
         window = pd.Timedelta(days=self.horizon_days)
@@ -168,7 +208,14 @@ class ChurnDataset:
         return tuple(self.frame.loc[mask].reset_index(drop=True) for mask in parts)
 
     def summary(self) -> pd.DataFrame:
-        """Per cutoff: customers, churners, churn rate and whether the CLV features were computed."""
+        """Per cutoff: customers, churners, churn rate and whether the CLV features were computed.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cutoff: ``cutoff``, ``customers``, ``churned``, ``churn_rate`` (NaN without
+            customers) and ``clv_features`` (bool).
+        """
         failed = {pd.Timestamp(c) for c, _ in self.clv_failures}
         with_clv = set(CLV_FEATURES) <= set(self.feature_names)
         rows = []
@@ -203,6 +250,27 @@ def clv_features(
     ``clv_expected_purchases_90d`` is E[X(t)] over the next 90 days, t = 90 days in the model's unit;
     ``clv_probability_no_purchase_90d`` is the model's own P(no purchase in those 90 days), which
     combines drop-out and the purchase rate (1 - P(alive) alone ignores how often a customer buys).
+
+    Parameters
+    ----------
+    population
+        The churn population at ``cutoff`` with its ``frequency``, ``recency`` and ``T``.
+    rfm
+        The RFM table the BG/NBD model is fitted on (:func:`features.customer.customer_features`).
+    cutoff
+        The cutoff the model is fitted at.
+    time_unit
+        The unit of ``recency`` and ``T`` (``"D"`` or ``"W"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :data:`CLV_FEATURES`, on the index of ``population``.
+
+    Raises
+    ------
+    ClvFitError
+        The BG/NBD model cannot be fitted on ``rfm``.
     """
     # Currency does not matter here: both outputs count purchases, no money.
     model = ClvModel(kind="bgnbd", time_unit=time_unit).fit(rfm, cutoff=cutoff)
@@ -239,6 +307,39 @@ def build_dataset(
     Every cutoff is checked before any work: a cutoff whose label window ``[c, c + H)`` reaches past
     the data raises ``ValueError`` naming the dates, as do duplicate cutoffs or none. ``progress``
     receives one line per cutoff.
+
+    Parameters
+    ----------
+    con_or_backend
+        An open store, or an Ibis backend over one.
+    cutoffs
+        The cutoffs (naive UTC or aware), in any order; distinct, at least one.
+    horizon_days
+        The label horizon H, in days.
+    lookback_days
+        The population's lookback, in days.
+    time_unit
+        The unit of ``recency`` and ``T`` (``"D"`` or ``"W"``).
+    with_clv
+        Add the :data:`CLV_FEATURES` of a BG/NBD model fitted at each cutoff.
+    progress
+        Called with one line per cutoff; ``None``: silent.
+
+    Returns
+    -------
+    ChurnDataset
+        The stacked rows, the feature names, the cutoffs (ascending) and the CLV fits that failed.
+
+    Raises
+    ------
+    ValueError
+        No cutoff, a repeated cutoff, or a horizon or lookback that is not a whole number >= 1.
+    ArgumentError
+        A cutoff's label window reaches past the data (the message names the dates).
+    NoDataError
+        The store holds no sale.
+    TypeError
+        ``con_or_backend`` is neither a DuckDB connection nor an Ibis backend.
     """
     backend = _backend(con_or_backend)
     _check_whole("horizon_days", horizon_days, minimum=1)

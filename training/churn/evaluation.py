@@ -111,7 +111,19 @@ class ClassifierMetrics:
 
     def to_metrics(self, prefix: str) -> dict[str, float]:
         """The numbers under stable metric names, ``{prefix}_{name}`` (just ``{name}`` for an empty
-        prefix), in the order of :data:`METRIC_FIELDS`; NaN where undefined."""
+        prefix), in the order of :data:`METRIC_FIELDS`; NaN where undefined.
+
+        Parameters
+        ----------
+        prefix
+            The metric names' prefix (``model``, a baseline's :data:`BASELINE_METRIC_PREFIXES`); empty:
+            none.
+
+        Returns
+        -------
+        dict[str, float]
+            Metric name -> value.
+        """
         head = f"{prefix}_" if prefix else ""
         return {f"{head}{name}": float(getattr(self, field)) for name, field in METRIC_FIELDS.items()}
 
@@ -192,6 +204,28 @@ def classifier_metrics(
     score such as days since the last purchase) Brier score and log loss are NaN. Raises
     ``ValueError`` for labels other than 0/1, non-finite scores, probabilities outside [0, 1] or no
     customers.
+
+    Parameters
+    ----------
+    name
+        The classifier's name, kept in the result and used in messages.
+    y_true
+        The 0/1 churn label per customer (bools accepted).
+    probability_or_score
+        One score per customer, higher for more likely to churn.
+    is_probability
+        Whether the scores are probabilities of churn (Brier score, log loss and ECE need them).
+
+    Returns
+    -------
+    ClassifierMetrics
+        The metrics; NaN where undefined (see :class:`ClassifierMetrics`).
+
+    Raises
+    ------
+    ValueError
+        A label is not 0/1, a score is not finite or (for a probability) outside [0, 1], their
+        lengths differ, or there is no customer.
     """
     y = _labels(y_true)
     n = len(y)
@@ -225,7 +259,28 @@ def capture_curve(y_true: ArrayLike, score: ArrayLike, n_bins: int = 10) -> pd.D
     with the highest scores (ties shared as in the top decile), how many churners they hold
     (``churners``, fractional at a shared tie), the share of all churners (``capture``) and
     ``lift`` = capture / share targeted. Row j = n_bins / 10 is the top decile of
-    :func:`classifier_metrics`."""
+    :func:`classifier_metrics`.
+
+    Parameters
+    ----------
+    y_true
+        The 0/1 churn label per customer (bools accepted).
+    score
+        One finite score per customer, higher for more likely to churn.
+    n_bins
+        Number of targeted shares (``j / n_bins``, j = 1..n_bins).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :data:`CAPTURE_COLUMNS`, one row per share; ``capture`` and ``lift`` are NaN
+        without churners.
+
+    Raises
+    ------
+    ValueError
+        ``n_bins`` is below 1, a label is not 0/1, a score is not finite, or there is no customer.
+    """
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     y = _labels(y_true)
@@ -253,6 +308,26 @@ def reliability_curve(y_true: ArrayLike, probability: ArrayLike, n_bins: int = 1
     one probability, as isotonic calibration produces) are merged, so there may be fewer than
     ``n_bins`` bins and a tied value never straddles two. One row per non-empty bin: its edges
     (``lower``, ``upper``), ``mean_predicted``, ``observed_rate`` and ``count``.
+
+    Parameters
+    ----------
+    y_true
+        The 0/1 churn label per customer (bools accepted).
+    probability
+        The predicted probability of churn per customer, in [0, 1].
+    n_bins
+        Number of quantile bins before coinciding edges are merged.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :data:`RELIABILITY_COLUMNS`, one row per non-empty bin, on a RangeIndex ``bin``.
+
+    Raises
+    ------
+    ValueError
+        ``n_bins`` is below 1, a label is not 0/1, a probability is not finite or outside [0, 1], or
+        there is no customer.
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
@@ -276,7 +351,18 @@ def reliability_curve(y_true: ArrayLike, probability: ArrayLike, n_bins: int = 1
 
 
 def calibration_error_of(curve: pd.DataFrame) -> float:
-    """ECE of a :func:`reliability_curve`: sum over bins of count / n x |observed rate - mean predicted|."""
+    """ECE of a :func:`reliability_curve`: sum over bins of count / n x |observed rate - mean predicted|.
+
+    Parameters
+    ----------
+    curve
+        A reliability curve (its ``count``, ``observed_rate`` and ``mean_predicted`` columns).
+
+    Returns
+    -------
+    float
+        The ECE, in [0, 1].
+    """
     counts = curve["count"].to_numpy(dtype="float64")
     gaps = np.abs(curve["observed_rate"].to_numpy(dtype="float64") - curve["mean_predicted"].to_numpy(dtype="float64"))
     return float((counts * gaps).sum() / counts.sum())
@@ -285,7 +371,27 @@ def calibration_error_of(curve: pd.DataFrame) -> float:
 def expected_calibration_error(y_true: ArrayLike, probability: ArrayLike, n_bins: int = 10) -> float:
     """Expected calibration error on the quantile bins of :func:`reliability_curve` (Naeini, Cooper &
     Hauskrecht 2015): the count-weighted mean gap between observed rate and mean predicted probability.
-    0 for perfect calibration; even a calibrated model shows a small value from sampling noise."""
+    0 for perfect calibration; even a calibrated model shows a small value from sampling noise.
+
+    Parameters
+    ----------
+    y_true
+        The 0/1 churn label per customer (bools accepted).
+    probability
+        The predicted probability of churn per customer, in [0, 1].
+    n_bins
+        Number of quantile bins (:func:`reliability_curve`).
+
+    Returns
+    -------
+    float
+        The ECE, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        As :func:`reliability_curve`.
+    """
     return calibration_error_of(reliability_curve(y_true, probability, n_bins))
 
 
@@ -337,20 +443,86 @@ class Baselines:
     label: str = LABEL
 
     def rfm_probability(self, frame: pd.DataFrame) -> np.ndarray:
-        """P(churn) of the RFM logistic regression for each row of ``frame``."""
+        """P(churn) of the RFM logistic regression for each row of ``frame``.
+
+        Parameters
+        ----------
+        frame
+            Rows with finite ``frequency``, ``recency``, ``T`` and ``monetary_value``.
+
+        Returns
+        -------
+        numpy.ndarray
+            One probability per row.
+
+        Raises
+        ------
+        ValueError
+            A feature a baseline reads is missing or not a finite number.
+        """
         return self.rfm.predict_proba(_features(frame, RFM_FEATURES, "scored"))[:, 1]
 
     def recency_probability(self, frame: pd.DataFrame) -> np.ndarray:
-        """P(churn) of the logistic fit on days since the last purchase for each row of ``frame``."""
+        """P(churn) of the logistic fit on days since the last purchase for each row of ``frame``.
+
+        Parameters
+        ----------
+        frame
+            Rows with finite ``days_since_last_order``.
+
+        Returns
+        -------
+        numpy.ndarray
+            One probability per row.
+
+        Raises
+        ------
+        ValueError
+            A feature a baseline reads is missing or not a finite number.
+        """
         return self.recency.predict_proba(_features(frame, (RECENCY_FEATURE,), "scored"))[:, 1]
 
     def scores(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Each baseline's ranking score on ``frame`` (:func:`baseline_scores`), for the lift plot."""
+        """Each baseline's ranking score on ``frame`` (:func:`baseline_scores`), for the lift plot.
+
+        Parameters
+        ----------
+        frame
+            The rows to score (:func:`baseline_scores`).
+
+        Returns
+        -------
+        dict[str, numpy.ndarray]
+            Baseline name -> one score per row.
+
+        Raises
+        ------
+        ValueError
+            A feature a baseline reads is missing or not a finite number.
+        """
         return baseline_scores(self, frame)
 
     def reliability_curves(self, frame: pd.DataFrame, n_bins: int = 10) -> dict[str, pd.DataFrame]:
         """The reliability curve of each baseline's probability on ``frame`` (rows with the label;
-        1 - P(alive) on the customers that have it), for the reliability plot."""
+        1 - P(alive) on the customers that have it), for the reliability plot.
+
+        Parameters
+        ----------
+        frame
+            The rows, with the label column and the features the baselines read.
+        n_bins
+            Number of quantile bins of each curve (:func:`reliability_curve`).
+
+        Returns
+        -------
+        dict[str, pandas.DataFrame]
+            Baseline name -> its reliability curve.
+
+        Raises
+        ------
+        ValueError
+            A feature a baseline reads is missing or not a finite number.
+        """
         y = _labels(frame[self.label], f"column {self.label!r}")
         curves: dict[str, pd.DataFrame] = {}
         for name, probability in baseline_probabilities(self, frame).items():
@@ -359,7 +531,13 @@ class Baselines:
         return curves
 
     def to_params(self) -> dict[str, float]:
-        """The fitted coefficients (per standard deviation of each feature) and intercepts, for tracking."""
+        """The fitted coefficients (per standard deviation of each feature) and intercepts, for tracking.
+
+        Returns
+        -------
+        dict[str, float]
+            ``<prefix>_coef_<feature>`` and ``<prefix>_intercept`` of the RFM and the recency regressions.
+        """
         params: dict[str, float] = {}
         for prefix, pipeline, columns in (
             (BASELINE_METRIC_PREFIXES[RFM_BASELINE], self.rfm, RFM_FEATURES),
@@ -382,7 +560,26 @@ def fit_baselines(train: pd.DataFrame, *, label: str = LABEL) -> Baselines:
     """Fit the RFM logistic regression and the logistic transform of days since the last purchase on
     ``train`` (the training rows: every customer at every training cutoff). The held-out rows are
     never seen. Raises ``ValueError`` naming missing columns or values, a label that is not 0/1, or a
-    training set with only one class."""
+    training set with only one class.
+
+    Parameters
+    ----------
+    train
+        The training rows: the RFM features, ``days_since_last_order`` and the label.
+    label
+        The label's column.
+
+    Returns
+    -------
+    Baselines
+        The two fitted regressions and the rows and churners they were fitted on.
+
+    Raises
+    ------
+    ValueError
+        A column is missing, a feature is not a finite number, a label is not 0/1, or the rows hold
+        a single class.
+    """
     _require(train, (label,), "training")
     y = _labels(train[label], f"training column {label!r}")
     positives = int(y.sum())
@@ -426,7 +623,26 @@ def _p_alive_scores(test: pd.DataFrame) -> tuple[np.ndarray | None, str | None]:
 def baseline_scores(baselines: Baselines, test: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each baseline's ranking score on the rows of ``test`` (higher = more likely to churn):
     1 - P(alive) (NaN where P(alive) is), the raw days since the last purchase, and the RFM model's
-    probability. For :func:`~training.churn.plots.plot_lift`."""
+    probability. For :func:`~training.churn.plots.plot_lift`.
+
+    Parameters
+    ----------
+    baselines
+        The baselines fitted on the training rows (:func:`fit_baselines`).
+    test
+        The held-out rows: the features the baselines read (and ``clv_probability_alive`` when known).
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        Baseline name -> one score per row; 1 - P(alive) is left out when the column is missing or
+        all NaN.
+
+    Raises
+    ------
+    ValueError
+        A feature a baseline reads is missing or not a finite number.
+    """
     scores: dict[str, np.ndarray] = {}
     p_alive, _ = _p_alive_scores(test)
     if p_alive is not None:
@@ -438,7 +654,26 @@ def baseline_scores(baselines: Baselines, test: pd.DataFrame) -> dict[str, np.nd
 
 def baseline_probabilities(baselines: Baselines, test: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each baseline's churn probability on the rows of ``test``: 1 - P(alive) (NaN where P(alive) is),
-    the logistic transform of days since the last purchase, and the RFM model. For reliability curves."""
+    the logistic transform of days since the last purchase, and the RFM model. For reliability curves.
+
+    Parameters
+    ----------
+    baselines
+        The baselines fitted on the training rows (:func:`fit_baselines`).
+    test
+        The held-out rows: the features the baselines read (and ``clv_probability_alive`` when known).
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        Baseline name -> one probability per row; 1 - P(alive) is left out when the column is missing
+        or all NaN.
+
+    Raises
+    ------
+    ValueError
+        A feature a baseline reads is missing or not a finite number.
+    """
     probabilities: dict[str, np.ndarray] = {}
     p_alive, _ = _p_alive_scores(test)
     if p_alive is not None:
@@ -450,7 +685,20 @@ def baseline_probabilities(baselines: Baselines, test: pd.DataFrame) -> dict[str
 
 def baseline_notes(baselines: Baselines, test: pd.DataFrame) -> tuple[str, ...]:
     """What a reader of the baseline rows must know: how days since the last purchase got a probability,
-    and why 1 - P(alive) is missing or measured on fewer customers."""
+    and why 1 - P(alive) is missing or measured on fewer customers.
+
+    Parameters
+    ----------
+    baselines
+        The baselines fitted on the training rows (:func:`fit_baselines`).
+    test
+        The held-out rows: the features the baselines read (and ``clv_probability_alive`` when known).
+
+    Returns
+    -------
+    tuple[str, ...]
+        The note on the recency baseline, then the one on 1 - P(alive) when it is missing or partial.
+    """
     notes = [
         f"baseline {RECENCY_BASELINE!r}: ROC AUC, PR AUC and top-decile lift rank the customers by the days "
         f"themselves; its Brier score and log loss use a logistic fit of churn on those days over the "
@@ -469,6 +717,23 @@ def baseline_metrics(baselines: Baselines, test: pd.DataFrame) -> dict[str, Clas
     measured on the customers that have it otherwise; :func:`baseline_notes` says so (and it is
     logged). ``days since last purchase`` ranks by the days and takes Brier score and log loss from
     the logistic transform fitted on the training rows.
+
+    Parameters
+    ----------
+    baselines
+        The baselines fitted on the training rows (:func:`fit_baselines`).
+    test
+        The held-out rows with the label and the features the baselines read.
+
+    Returns
+    -------
+    dict[str, ClassifierMetrics]
+        Baseline name -> its metrics on the held-out customers.
+
+    Raises
+    ------
+    ValueError
+        The label column is missing or not 0/1, or a feature is missing or not a finite number.
     """
     _require(test, (baselines.label,), "test")
     y = _labels(test[baselines.label], f"test column {baselines.label!r}")
@@ -512,6 +777,13 @@ class LearnerChoice:
 
     @property
     def message(self) -> str:
+        """The choice in one sentence, with both ROC AUCs.
+
+        Returns
+        -------
+        str
+            Which learner is served and why.
+        """
         numbers = (f"validation ROC AUC on {self.n:,} customers: LightGBM with its configured values "
                    f"{self.lightgbm_roc_auc:.3f}, {RFM_BASELINE} {self.logistic_rfm_roc_auc:.3f}")
         if self.learner == "lightgbm":
@@ -520,6 +792,13 @@ class LearnerChoice:
                 f"so it is the model fitted, judged on the test cutoff and registered")
 
     def to_params(self) -> dict[str, object]:
+        """The choice as run parameters, for tracking.
+
+        Returns
+        -------
+        dict[str, object]
+            ``learner``, what was compared, both validation ROC AUCs (6 decimals) and the customers.
+        """
         return {"learner": self.learner, "learner.compared": "configured LightGBM vs logistic_rfm",
                 "validation_roc_auc.lightgbm": round(self.lightgbm_roc_auc, 6),
                 "validation_roc_auc.logistic_rfm": round(self.logistic_rfm_roc_auc, 6), "validation_customers": self.n}
@@ -531,7 +810,28 @@ def choose_learner(lightgbm_probability: ArrayLike, baselines: Baselines, valid:
     configured values. Its number is a little optimistic, its early stopping watched these rows: the
     logistic regression has to win despite that. A searched LightGBM's would be much more so (the
     best of up to 40 trials on these rows, an edge that did not carry to the test cutoff on Online
-    Retail II's last year): the search runs after the choice."""
+    Retail II's last year): the search runs after the choice.
+
+    Parameters
+    ----------
+    lightgbm_probability
+        LightGBM's raw probability of churn per row of ``valid``.
+    baselines
+        The baselines fitted on the training rows (:func:`fit_baselines`).
+    valid
+        The validation rows, with the label and the RFM features.
+
+    Returns
+    -------
+    LearnerChoice
+        The learner (``lightgbm`` or ``logistic_rfm``) and both ROC AUCs.
+
+    Raises
+    ------
+    ValueError
+        The label column is missing or not 0/1, a feature is not a finite number, or the
+        probabilities do not match the rows.
+    """
     _require(valid, (baselines.label,), "validation")
     y = _labels(valid[baselines.label], f"validation column {baselines.label!r}")
     lightgbm = classifier_metrics("LightGBM", y, lightgbm_probability).roc_auc
@@ -563,18 +863,44 @@ class ChurnGate:
 
     @property
     def message(self) -> str:
+        """The verdict and its reasons in one line.
+
+        Returns
+        -------
+        str
+            ``eligible for promotion: ...`` or ``not eligible for promotion: ...``.
+        """
         verdict = "eligible for promotion" if self.eligible else "not eligible for promotion"
         return f"{verdict}: " + "; ".join(self.reasons)
 
     def to_metrics(self) -> dict[str, float]:
-        """``gate_eligible`` (1 or 0) and ``gate_roc_auc_margin``, for tracking."""
+        """``gate_eligible`` (1 or 0) and ``gate_roc_auc_margin``, for tracking.
+
+        Returns
+        -------
+        dict[str, float]
+            ``gate_eligible`` and ``gate_roc_auc_margin`` (NaN when undefined).
+        """
         return {"gate_eligible": float(self.eligible), "gate_roc_auc_margin": float(self.margin)}
 
 
 def churn_gate(model: ClassifierMetrics, baselines: Mapping[str, ClassifierMetrics]) -> ChurnGate:
     """The model is eligible only if its ROC AUC is strictly higher than every baseline's; a tie is not
     a win. An undefined model AUC, or no baseline with an AUC to beat, makes it ineligible: nothing
-    shows it beats the baselines."""
+    shows it beats the baselines.
+
+    Parameters
+    ----------
+    model
+        The served model's metrics on the test cutoff.
+    baselines
+        The baselines' metrics on the same customers, by name.
+
+    Returns
+    -------
+    ChurnGate
+        The verdict, the best baseline, the margin and the reasons.
+    """
     ranked = sorted(
         ((name, m.roc_auc) for name, m in baselines.items() if math.isfinite(m.roc_auc)),
         key=lambda item: item[1],
@@ -619,7 +945,25 @@ def churn_gate(model: ClassifierMetrics, baselines: Mapping[str, ClassifierMetri
 
 def metrics_table(model: ClassifierMetrics, baselines: Mapping[str, ClassifierMetrics]) -> pd.DataFrame:
     """One row for the model (named by ``model.name``) then one per baseline (named by its key), with
-    the columns of :data:`TABLE_COLUMNS`; floats, NaN where a metric is undefined."""
+    the columns of :data:`TABLE_COLUMNS`; floats, NaN where a metric is undefined.
+
+    Parameters
+    ----------
+    model
+        The served model's metrics.
+    baselines
+        The baselines' metrics, by name.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``model`` (the names), columns :data:`TABLE_COLUMNS`.
+
+    Raises
+    ------
+    ValueError
+        The model's name is also a baseline's.
+    """
     rows = {model.name: model, **baselines}
     if len(rows) != 1 + len(baselines):
         raise ValueError(f"the model's name {model.name!r} is also the name of a baseline")
@@ -634,7 +978,24 @@ def metrics_table(model: ClassifierMetrics, baselines: Mapping[str, ClassifierMe
 
 def importance_table(importance: pd.Series) -> pd.DataFrame:
     """Feature importances (total gain of the splits on each feature) sorted from the largest, with
-    each feature's ``share`` of the total gain. Raises ``ValueError`` for negative or missing gains."""
+    each feature's ``share`` of the total gain. Raises ``ValueError`` for negative or missing gains.
+
+    Parameters
+    ----------
+    importance
+        Total gain by feature name.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``feature``, columns :data:`IMPORTANCE_COLUMNS`, largest gain first; the shares are
+        0 when the total gain is 0.
+
+    Raises
+    ------
+    ValueError
+        A gain is negative, missing or not a number.
+    """
     gain = pd.to_numeric(importance, errors="coerce").astype("float64")
     bad = gain[~np.isfinite(gain) | (gain < 0)]
     if not bad.empty:

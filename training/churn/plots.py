@@ -54,7 +54,26 @@ def plot_reliability(curves: Mapping[str, pd.DataFrame], path: Path) -> Path:
     being the model and the others the baselines that give probabilities; the diagonal is perfect
     calibration and each legend entry carries its ECE. A lower panel shows how the customers spread
     over the probabilities: each bin as a bar spanning its edges, as high as its customers per 0.05 of
-    probability (quantile bins hold about equal counts, so their widths carry the information)."""
+    probability (quantile bins hold about equal counts, so their widths carry the information).
+
+    Parameters
+    ----------
+    curves
+        Name -> reliability curve, the model first.
+    path
+        The PNG file to write (parent folders created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``curves`` is empty or a curve lacks a column of
+        :data:`~training.churn.evaluation.RELIABILITY_COLUMNS`.
+    """
     if not curves:
         raise ValueError("plot_reliability needs at least one reliability curve")
     for name, curve in curves.items():
@@ -98,7 +117,27 @@ def plot_reliability(curves: Mapping[str, pd.DataFrame], path: Path) -> Path:
 
 def plot_feature_importance(importance: pd.Series, path: Path, top: int = 20) -> Path:
     """The ``top`` features by total split gain, as horizontal bars (largest at the top), each
-    labelled with its share of the total gain."""
+    labelled with its share of the total gain.
+
+    Parameters
+    ----------
+    importance
+        Total gain by feature name.
+    path
+        The PNG file to write (parent folders created).
+    top
+        How many features are shown at most.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``top`` is below 1, there is no importance, or a gain is negative or missing.
+    """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     table = importance_table(importance)
@@ -126,7 +165,28 @@ def plot_lift(y_true: ArrayLike, scores: Mapping[str, np.ndarray], path: Path) -
     of customers ranked by each score (the first being the model, the others the baselines),
     against random targeting (the diagonal) and a perfect ranking. Each legend entry carries the
     top-decile lift. Scores with NaN (1 - P(alive) for customers without it) are drawn on the
-    customers they have."""
+    customers they have.
+
+    Parameters
+    ----------
+    y_true
+        The 0/1 churn label per customer.
+    scores
+        Name -> one score per customer (higher for more likely to churn), the model first; NaN where
+        a score is unknown.
+    path
+        The PNG file to write (parent folders created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``scores`` is empty, a label is not 0/1, or a score has no customer left.
+    """
     if not scores:
         raise ValueError("plot_lift needs at least one score")
     y = np.asarray(y_true)

@@ -56,28 +56,96 @@ class ClvPredictor(Protocol):
 
     @property
     def time_unit_(self) -> str:
-        """"D" or "W": the unit of t, recency and T."""
+        """"D" or "W": the unit of t, recency and T.
+
+        Returns
+        -------
+        str
+            The model's time unit.
+        """
         ...
 
     @property
     def kind_(self) -> str:
-        """The model family, as titles and tables show it (e.g. "bgnbd")."""
+        """The model family, as titles and tables show it (e.g. "bgnbd").
+
+        Returns
+        -------
+        str
+            The model family's name.
+        """
         ...
 
     def expected_purchases(self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
-        """Expected repeat purchases in (T, T + t] given the customer's history."""
+        """Expected repeat purchases in (T, T + t] given the customer's history.
+
+        Parameters
+        ----------
+        t
+            The horizon after T, in the model's time unit.
+        frequency
+            Repeat purchases per customer in the calibration period.
+        recency
+            Age at the last purchase, in the model's time unit.
+        T
+            Age at the end of the calibration period, in the model's time unit.
+
+        Returns
+        -------
+        numpy.ndarray
+            E[X(t) | frequency, recency, T] per customer.
+        """
         ...
 
     def probability_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
-        """Probability that the customer is still active at T."""
+        """Probability that the customer is still active at T.
+
+        Parameters
+        ----------
+        frequency
+            Repeat purchases per customer in the calibration period.
+        recency
+            Age at the last purchase, in the model's time unit.
+        T
+            Age at the end of the calibration period, in the model's time unit.
+
+        Returns
+        -------
+        numpy.ndarray
+            P(alive at T | frequency, recency, T) per customer, in [0, 1].
+        """
         ...
 
     def unconditional_expected_purchases(self, t: ArrayLike) -> np.ndarray:
-        """Expected repeat purchases of a customer in the t time units after their first purchase."""
+        """Expected repeat purchases of a customer in the t time units after their first purchase.
+
+        Parameters
+        ----------
+        t
+            Ages after the first purchase, in the model's time unit.
+
+        Returns
+        -------
+        numpy.ndarray
+            E[X(t)] per age, for a customer drawn from the population.
+        """
         ...
 
     def expected_order_value(self, frequency: ArrayLike, monetary_value: ArrayLike) -> np.ndarray:
-        """Expected spend per purchase given the customer's repeat purchases and their mean value."""
+        """Expected spend per purchase given the customer's repeat purchases and their mean value.
+
+        Parameters
+        ----------
+        frequency
+            Repeat purchases per customer in the calibration period.
+        monetary_value
+            Mean spend of those repeat purchases.
+
+        Returns
+        -------
+        numpy.ndarray
+            E[M | frequency, monetary_value] per customer.
+        """
         ...
 
 
@@ -131,7 +199,13 @@ class HoldoutEvaluation:
     kind: str
 
     def to_metrics(self) -> dict[str, float]:
-        """The numbers under stable metric names (tracking, reports); NaN where undefined."""
+        """The numbers under stable metric names (tracking, reports); NaN where undefined.
+
+        Returns
+        -------
+        dict[str, float]
+            Metric name -> value, in the order of :data:`METRIC_FIELDS`.
+        """
         return {name: float(getattr(self, field)) for name, field in METRIC_FIELDS.items()}
 
 
@@ -168,6 +242,13 @@ class GateDecision:
 
     @property
     def message(self) -> str:
+        """The verdict and its reasons in one line.
+
+        Returns
+        -------
+        str
+            ``eligible for promotion: ...`` or ``not eligible for promotion: ...``.
+        """
         verdict = "eligible for promotion" if self.eligible else "not eligible for promotion"
         return f"{verdict}: " + "; ".join(self.reasons)
 
@@ -203,13 +284,37 @@ def _check_frame(calibration_holdout: pd.DataFrame) -> None:
 
 
 def naive_holdout_purchases(calibration_holdout: pd.DataFrame) -> np.ndarray:
-    """The naive baseline's holdout repeat purchases: frequency / T x duration_holdout (rate 0 for T = 0)."""
+    """The naive baseline's holdout repeat purchases: frequency / T x duration_holdout (rate 0 for T = 0).
+
+    Parameters
+    ----------
+    calibration_holdout
+        A calibration/holdout frame (its ``frequency``, ``T`` and ``duration_holdout``).
+
+    Returns
+    -------
+    numpy.ndarray
+        One predicted count per row.
+    """
     rate = historic_rate(_array(calibration_holdout[Feature.FREQUENCY]), _array(calibration_holdout[Feature.T]))
     return rate * _array(calibration_holdout[Holdout.DURATION])
 
 
 def predicted_holdout_purchases(model: ClvPredictor, calibration_holdout: pd.DataFrame) -> np.ndarray:
-    """The model's expected repeat purchases of each customer over their holdout."""
+    """The model's expected repeat purchases of each customer over their holdout.
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    calibration_holdout
+        A calibration/holdout frame (its ``frequency``, ``recency``, ``T`` and ``duration_holdout``).
+
+    Returns
+    -------
+    numpy.ndarray
+        E[X(duration_holdout) | frequency, recency, T], one per row.
+    """
     ch = calibration_holdout
     predicted = model.expected_purchases(
         _array(ch[Holdout.DURATION]), _array(ch[Feature.FREQUENCY]), _array(ch[Feature.RECENCY]), _array(ch[Feature.T])
@@ -223,6 +328,25 @@ def evaluate_holdout(model: ClvPredictor, calibration_holdout: pd.DataFrame) -> 
     ``calibration_holdout`` is the frame of :func:`features.customer.calibration_holdout`, built with
     the model's time unit. Raises ``ValueError`` naming missing columns, an empty frame, or the
     customer and value breaking an RFM invariant.
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    calibration_holdout
+        The frame of :func:`features.customer.calibration_holdout`, in the model's time unit.
+
+    Returns
+    -------
+    HoldoutEvaluation
+        The model's and the naive baseline's numbers on the holdout.
+
+    Raises
+    ------
+    ValueError
+        A column of :data:`REQUIRED_COLUMNS` is missing or the frame is empty.
+    RFMValidationError
+        A row breaks an RFM invariant (the error names the customer and the value).
     """
     _check_frame(calibration_holdout)
     ch = calibration_holdout
@@ -279,6 +403,16 @@ def gate(evaluation: HoldoutEvaluation) -> GateDecision:
 
     Undefined numbers (no repeat purchases in the holdout, predictions that are not finite) make a
     model ineligible: nothing shows it beats the baseline. Spend errors are reported, not gated.
+
+    Parameters
+    ----------
+    evaluation
+        The model's holdout evaluation (:func:`evaluate_holdout`).
+
+    Returns
+    -------
+    GateDecision
+        The verdict, with one sentence per criterion.
     """
     e = evaluation
     unit = UNIT_NAMES.get(e.time_unit, e.time_unit)
@@ -324,6 +458,21 @@ def holdout_table(evaluations: Mapping[str, HoldoutEvaluation]) -> pd.DataFrame:
     correlation and the spend MAE (the baseline's: the customers' own calibration mean).
 
     All evaluations must be on the same holdout (same customers, duration and actual purchases).
+
+    Parameters
+    ----------
+    evaluations
+        Model name -> its evaluation on one and the same holdout.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``model`` (the names, then :data:`NAIVE_BASELINE`), columns :data:`TABLE_COLUMNS`.
+
+    Raises
+    ------
+    ValueError
+        ``evaluations`` is empty, or two of them are on different holdouts.
     """
     if not evaluations:
         raise ValueError("holdout_table needs at least one evaluation")
@@ -360,6 +509,27 @@ def holdout_by_frequency(
     Indexed by the bucket label "0", "1", ..., with every customer of frequency >= ``max_frequency``
     in the last bucket "``max_frequency``+"; empty buckets are left out. Columns: ``n_customers``,
     ``actual``, ``predicted``, ``naive`` (the lifetimes "calibration vs holdout purchases" view).
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    calibration_holdout
+        The frame of :func:`features.customer.calibration_holdout`, in the model's time unit.
+    max_frequency
+        The frequency from which customers share the last bucket (at least 1).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by the bucket label (named ``frequency``), columns :data:`BY_FREQUENCY_COLUMNS`.
+
+    Raises
+    ------
+    ValueError
+        ``max_frequency`` is below 1; a required column is missing or the frame is empty.
+    RFMValidationError
+        A row breaks an RFM invariant.
     """
     if max_frequency < 1:
         raise ValueError(f"max_frequency must be at least 1, got {max_frequency}")
@@ -405,6 +575,25 @@ def expected_cumulative_repeat_purchases(
     day of ``days``: the expected purchases made before it are subtracted, so the curve starts where
     an actual cumulative count starting on that day starts. Customers are grouped by birth day, so
     the model is called once, on one age per day.
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    first_purchases
+        Each customer's first purchase time (NaT ignored; aware times are converted to UTC).
+    days
+        The days of the curve, in increasing order.
+
+    Returns
+    -------
+    numpy.ndarray
+        The expected cumulative repeat purchases at the end of each day; empty without days.
+
+    Raises
+    ------
+    ValueError
+        ``days`` are not in increasing order.
     """
     day_index = _day_index(days)
     if len(day_index) == 0:
@@ -465,10 +654,25 @@ class PlausibilityCheck:
 
     @property
     def plausible(self) -> bool:
+        """Whether every one-order customer above the threshold is explained by their own spend.
+
+        Returns
+        -------
+        bool
+            True when :attr:`unexplained` is 0 (also when nothing could be checked).
+        """
         return self.unexplained == 0
 
     @property
     def message(self) -> str:
+        """The check in one sentence, with its numbers.
+
+        Returns
+        -------
+        str
+            How many one-order customers are above the threshold and how many of them are explained, or
+            why nothing could be checked.
+        """
         if self.reference_customers == 0:
             return (f"no repeat customer bought before the last {self.reference_days:g} days: the CLV of the "
                     f"{self.one_order_customers} one-order customers could not be checked")
@@ -483,6 +687,13 @@ class PlausibilityCheck:
                 f"(largest one-order CLV {self.largest_one_order_clv:,.2f}, own spend {self.own_spend_of_largest:,.2f})")
 
     def to_metrics(self) -> dict[str, float]:
+        """The check's numbers under stable metric names, for tracking.
+
+        Returns
+        -------
+        dict[str, float]
+            ``plausibility.*`` metrics; NaN where undefined.
+        """
         return {
             "plausibility.threshold": self.threshold,
             "plausibility.reference_customers": float(self.reference_customers),
@@ -504,6 +715,29 @@ def plausibility_check(
     (:func:`features.customer.calibration_holdout`): its repeat customers' ``spend_holdout`` over
     ``duration_holdout`` (in ``time_unit``, "D" or "W") is what they actually spent; it is
     scaled by ``horizon_days`` / the holdout length to the CLV horizon.
+
+    Parameters
+    ----------
+    features
+        The customer features at the cutoff (their ``frequency`` and ``historic_clv``).
+    clv
+        The predicted CLV, one per row of ``features``.
+    reference
+        A calibration/holdout frame whose holdout ends at the cutoff.
+    horizon_days
+        The CLV horizon, in days.
+    time_unit
+        The unit of the reference's ``duration_holdout``: ``"D"`` or ``"W"``.
+
+    Returns
+    -------
+    PlausibilityCheck
+        The threshold, the one-order customers above it and how many of them are unexplained.
+
+    Raises
+    ------
+    ValueError
+        A column is missing, ``clv`` does not have one value per row, or ``time_unit`` is unknown.
     """
     for column in (Feature.FREQUENCY, Feature.HISTORIC_CLV):
         if column not in features.columns:

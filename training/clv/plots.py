@@ -58,7 +58,30 @@ def plot_calibration_vs_holdout(
     model: ClvPredictor, calibration_holdout: pd.DataFrame, path: Path, max_frequency: int = 7
 ) -> Path:
     """Mean actual, predicted and naive holdout repeat purchases per calibration frequency bucket
-    (0, 1, ..., ``max_frequency``+), with the number of customers of each bucket under its label."""
+    (0, 1, ..., ``max_frequency``+), with the number of customers of each bucket under its label.
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    calibration_holdout
+        The frame of :func:`features.customer.calibration_holdout`, in the model's time unit.
+    path
+        The PNG file to write (parent folders created).
+    max_frequency
+        The frequency from which customers share the last bucket.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`~training.clv.evaluation.holdout_by_frequency` (a missing column, an empty frame,
+        ``max_frequency`` below 1, or a row breaking an RFM invariant).
+    """
     table = holdout_by_frequency(model, calibration_holdout, max_frequency=max_frequency)
     duration = float(calibration_holdout[Holdout.DURATION].mean())
     x = np.arange(len(table))
@@ -167,7 +190,35 @@ def plot_frequency_recency_matrix(
 ) -> Path:
     """Expected repeat purchases in the next ``t`` time units of a customer observed for ``max_T``
     units, by frequency (rows) and recency (columns). Bounds left out are taken from ``rfm`` (the
-    largest frequency and T of, say, the calibration customers)."""
+    largest frequency and T of, say, the calibration customers).
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    path
+        The PNG file to write (parent folders created).
+    t
+        The horizon of the expected purchases, in the model's time unit.
+    max_frequency
+        The largest frequency shown; ``None``: the largest of ``rfm``.
+    max_T
+        How long the customer has been observed, in the model's time unit; ``None``: the largest T of
+        ``rfm``.
+    rfm
+        A frame with ``frequency`` and ``T`` the bounds left out are taken from.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        A bound is left out without a non-empty ``rfm``, ``max_frequency`` is negative or ``max_T`` is
+        not positive.
+    """
     max_frequency, max_T = _matrix_bounds(model, max_frequency, max_T, rfm)
     frequencies, recencies, impossible = _frequency_recency_grid(model, max_frequency, max_T)
     f, r = np.meshgrid(frequencies, recencies, indexing="ij")
@@ -195,7 +246,33 @@ def plot_probability_alive_matrix(
     rfm: pd.DataFrame | None = None,
 ) -> Path:
     """Probability that a customer observed for ``max_T`` units is still active, by frequency (rows)
-    and recency (columns). Bounds left out are taken from ``rfm``."""
+    and recency (columns). Bounds left out are taken from ``rfm``.
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    path
+        The PNG file to write (parent folders created).
+    max_frequency
+        The largest frequency shown; ``None``: the largest of ``rfm``.
+    max_T
+        How long the customer has been observed, in the model's time unit; ``None``: the largest T of
+        ``rfm``.
+    rfm
+        A frame with ``frequency`` and ``T`` the bounds left out are taken from.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        A bound is left out without a non-empty ``rfm``, ``max_frequency`` is negative or ``max_T`` is
+        not positive.
+    """
     max_frequency, max_T = _matrix_bounds(model, max_frequency, max_T, rfm)
     frequencies, recencies, impossible = _frequency_recency_grid(model, max_frequency, max_T)
     f, r = np.meshgrid(frequencies, recencies, indexing="ij")
@@ -227,6 +304,29 @@ def plot_cumulative_transactions(
     :func:`features.purchases.daily_repeat_purchases` for those customers (``born_before`` =
     ``calibration_end``) over calibration and holdout. Each point is the count through the end of its
     day; a vertical line marks the calibration end.
+
+    Parameters
+    ----------
+    model
+        A fitted CLV model.
+    first_purchases
+        Each customer's first purchase time.
+    daily_actual
+        Columns ``day`` and ``repeat_purchases``, one row per day.
+    calibration_end
+        Where the vertical line is drawn.
+    path
+        The PNG file to write (parent folders created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``daily_actual`` lacks a column or has no day, or its days are not in increasing order.
     """
     missing = [c for c in (DAY, REPEAT_PURCHASES) if c not in daily_actual.columns]
     if missing:
