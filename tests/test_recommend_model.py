@@ -20,7 +20,6 @@ from training.plotting import run_plot_dir
 from training.recommend.artefact import RecommenderArtefactError, load, save
 from training.recommend.candidates import (
     FEATURES,
-    SOURCE_OWN,
     CandidateSizes,
     ItemFactorIndex,
     UserBlock,
@@ -37,13 +36,9 @@ from training.recommend.evaluation import (
     RECALL_NEW,
     recommender_gate,
 )
-from training.recommend.model import (
-    RECOMMENDATION_COLUMNS,
-    RecommenderInputError,
-    RecommenderModel,
-    RecommenderSettings,
-)
+from training.recommend.model import RecommenderInputError, RecommenderModel, RecommenderSettings
 from training.recommend.options import RecommendOptions
+from training.recommend.ranked import RECOMMENDATION_COLUMNS
 from tests.fixtures_history import synthetic_store
 
 pytestmark = pytest.mark.data
@@ -180,7 +175,7 @@ def test_candidates_features_and_the_owned_filter(model):
     assert data.recommendable[found.item].all()
     owned = found.feature("owned") == 1
     # Own items come from the repeat-purchase source and carry the customer's purchases.
-    assert np.array_equal(owned[(found.sources & SOURCE_OWN) > 0], np.ones(int(((found.sources & SOURCE_OWN) > 0).sum()), bool))
+    assert np.array_equal(owned[found.proposed_by(("own",))], np.ones(int(found.proposed_by(("own",)).sum()), bool))
     purchases = np.asarray(data.purchases[rows[found.row], found.item]).ravel()
     np.testing.assert_array_equal(found.feature("purchases"), purchases)
     assert np.isnan(found.feature("days_since_purchase")[~owned]).all()
@@ -225,11 +220,11 @@ def test_lists_are_ranked_distinct_recommendable_and_exclude_purchases(model):
 
 
 def test_large_frames_carry_the_same_item_ids(model, monkeypatch):
-    import training.recommend.model as recommend_model
+    import training.recommend.ranked as ranked
 
     customers = _busy_customers(model, 8)
     small = model.recommend(customers, 10)
-    monkeypatch.setattr(recommend_model, "LARGE_FRAME_ROWS", 1)  # item ids taken in Arrow
+    monkeypatch.setattr(ranked, "LARGE_FRAME_ROWS", 1)  # item ids taken in Arrow
     pd.testing.assert_frame_equal(model.recommend(customers, 10), small)
 
 

@@ -23,7 +23,7 @@ from training.recommend.evaluation import (
     TOP_FREQUENCY,
     recommender_gate,
 )
-from training.recommend.model import rule_scores
+from training.recommend.ranker import rule_scores
 from training.recommend.search import choose_champion
 
 pytestmark = pytest.mark.unit

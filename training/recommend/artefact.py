@@ -264,7 +264,9 @@ def load(directory: Path | str) -> RecommenderModel:
 
     from training.recommend.candidates import tifu_pool_vectors
     from training.recommend.data import InteractionData, PopularList
-    from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
+    from training.recommend.candidate_models import CandidateModels
+    from training.recommend.model import RecommenderModel, RecommenderSettings
+    from training.recommend.ranker import RankerTraining
 
     where = Path(directory)
     reader = _header(where)

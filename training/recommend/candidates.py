@@ -2,15 +2,16 @@
 
 For a block of customers (known ones sliced from :class:`~training.recommend.data.InteractionData`,
 or a new customer folded in from the items of a request), :func:`candidates` proposes items from
-five sources (own purchases, ALS, item-KNN, TIFU-KNN, popular) and describes every (customer,
-item) pair with the features the ranker reads (:data:`FEATURES`). Filters are applied before the
-lists are cut, so a filter never leaves a customer with fewer items than it could have. Everything
-is numpy / scipy over the whole block: no Python loop per customer or per pair.
+every source of the registry :data:`CANDIDATE_SOURCES` (own purchases, ALS, item-KNN, TIFU-KNN,
+popular: one function each) and describes every (customer, item) pair with the features the ranker
+reads (:data:`FEATURES`). Filters are applied before the lists are cut, so a filter never leaves a
+customer with fewer items than it could have. Everything is numpy / scipy over the whole block.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +19,7 @@ from scipy import sparse
 
 from training.recommend.data import InteractionData
 from training.recommend.data import lookup_pairs as _lookup
+from training.recommend.ranked import SOURCES as SERVED_SOURCES
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -50,13 +52,15 @@ FEATURES: tuple[str, ...] = (
 )
 _F = {name: i for i, name in enumerate(FEATURES)}
 
-#: Source flags of a candidate (bits of :attr:`Candidates.sources`).
-SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR, SOURCE_TIFU = 1, 2, 4, 8, 16
+#: Customers per block of candidate generation (the ALS top-k scores the items in stretches, so a
+#: block's memory is its candidates: about 130 rows of 20 features a customer).
+BLOCK_CUSTOMERS = 1_000
 
 
 @dataclass(frozen=True)
 class CandidateSizes:
-    """How many items each source proposes per customer."""
+    """How many items each source proposes per customer: one field per source of
+    :data:`CANDIDATE_SOURCES`, its default size."""
 
     own: int = 50
     als: int = 50
@@ -65,10 +69,26 @@ class CandidateSizes:
     tifu: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("own", "als", "knn", "popular", "tifu"):
-            value = getattr(self, name)
+        for f in fields(self):
+            value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"candidate size {name!r} must be a whole number >= 0, got {value!r}")
+                raise ValueError(f"candidate size {f.name!r} must be a whole number >= 0, got {value!r}")
+
+    def only(self, names: Iterable[str]) -> CandidateSizes:
+        """These sizes for the sources ``names``, 0 (nothing proposed) for every other.
+
+        Parameters
+        ----------
+        names
+            Names of :data:`CANDIDATE_SOURCES`.
+
+        Returns
+        -------
+        CandidateSizes
+            A copy with the other sources' sizes 0.
+        """
+        keep = set(names)
+        return CandidateSizes(**{f.name: (getattr(self, f.name) if f.name in keep else 0) for f in fields(self)})
 
 
 @dataclass(frozen=True)
@@ -318,6 +338,21 @@ class Candidates:
             float32, one value per pair (a view into ``x``).
         """
         return self.x[:, _F[name]]
+
+    def proposed_by(self, names: Iterable[str]) -> BoolArray:
+        """Which pairs any of some sources proposed.
+
+        Parameters
+        ----------
+        names
+            Names of :data:`CANDIDATE_SOURCES`.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean, one per pair.
+        """
+        return (self.sources & source_flags(names)) != 0
 
 
 # --- vectorised sparse helpers ------------------------------------------------------------------
@@ -569,40 +604,336 @@ def owned_exclusion(block: UserBlock, keep_owned: BoolArray | None) -> tuple[Int
     return rows, cols
 
 
-# --- candidate generation -----------------------------------------------------------------------
+# --- candidate sources ----------------------------------------------------------------------------
 
 
-def source_scores(block: UserBlock, *, similarity: sparse.csr_matrix, sizes: CandidateSizes,
-                  tifu: TifuNeighbours | None = None) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-    """The item-KNN and TIFU-KNN scores of the block's customers over every item (CSR, sorted
-    indices), before any filter: what :func:`candidates` cuts its lists from. A source of size 0 is
-    not computed (all zero): the rule rankers read neither item-KNN nor, for top frequency, TIFU-KNN.
+@dataclass(frozen=True)
+class SourceInputs:
+    """What every candidate source reads: one block of customers under one call's filters.
+
+    ``excluded_keys`` holds ``row * items + item`` of the pairs never to propose (the purchases
+    when they are excluded), sorted; ``shared`` the block's scores that no filter changes, kept by
+    :meth:`block_scores` for the next call on the same block with the same sizes."""
+
+    data: InteractionData
+    block: UserBlock
+    item_index: ItemFactorIndex
+    similarity: sparse.csr_matrix
+    tifu: TifuNeighbours | None
+    sizes: CandidateSizes
+    allowed: BoolArray
+    exclude_owned: bool
+    excluded_keys: IntArray
+    popular: IntArray | None
+    shared: dict[str, sparse.csr_matrix]
+
+    def allows(self, rows: IntArray, cols: IntArray) -> BoolArray:
+        """Whether each (row, item) pair may be proposed: an allowed item the row's customer is not
+        excluded from.
+
+        Parameters
+        ----------
+        rows, cols
+            Block rows and item positions of the pairs, int64.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean, one per pair.
+        """
+        ok = self.allowed[cols]
+        keys_excluded = self.excluded_keys
+        if len(keys_excluded):
+            keys = rows * self.data.n_items + cols
+            pos = np.minimum(np.searchsorted(keys_excluded, keys), len(keys_excluded) - 1)
+            ok &= keys_excluded[pos] != keys
+        return ok
+
+    def block_scores(self, name: str, size: int, compute: Callable[[], sparse.csr_matrix]) -> sparse.csr_matrix:
+        """A source's scores of every item for the block's customers, computed once per block.
+
+        Parameters
+        ----------
+        name
+            The source's name (the key in ``shared``).
+        size
+            The source's size: at 0 nothing is computed and every score is 0.
+        compute
+            Computes the B × items scores.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            B × items.
+        """
+        if not size:
+            return sparse.csr_matrix((self.block.size, self.similarity.shape[1]), dtype=np.float64)
+        if name not in self.shared:
+            self.shared[name] = compute()
+        return self.shared[name]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A source's lists for the customers of a block: ``(row, item)`` pairs, at most the source's
+    size per row; ``rank``, the pair's 0-based place in the row's list (for a source whose rank is a
+    ranking feature); ``pair_scores(rows, items)``, the source's score of any pair (its score
+    feature), for the pairs every source proposed."""
+
+    row: IntArray
+    item: IntArray
+    rank: IntArray | None = None
+    pair_scores: Callable[[IntArray, IntArray], NDArray[np.floating]] | None = None
+
+
+#: What a source does: its lists for a block, at most ``size`` items per customer.
+ProposeFunction = Callable[[SourceInputs, int], Proposal]
+
+
+@dataclass(frozen=True)
+class CandidateSource:
+    """A registered candidate source (see :func:`candidate_source`)."""
+
+    name: str
+    propose: ProposeFunction
+    #: Its bit in :attr:`Candidates.sources`.
+    flag: int
+    #: How a list names an item it proposed: one of :data:`training.recommend.ranked.SOURCES`.
+    label: str
+    #: The lowest and highest size the validation search tries.
+    search_sizes: tuple[int, int]
+    #: The features of :data:`FEATURES` it fills: its rank in the list (the size when it did not
+    #: propose the pair) and its score of the pair.
+    rank_feature: str | None
+    score_feature: str | None
+
+
+#: The candidate sources by name, in the order they were registered; every name is a field of
+#: :class:`CandidateSizes` (its size) and a key of the ``recommend_candidates`` setting.
+CANDIDATE_SOURCES: dict[str, CandidateSource] = {}
+
+
+def candidate_source(name: str, *, label: str, search_sizes: tuple[int, int] = (10, 100),
+                     rank_feature: str | None = None,
+                     score_feature: str | None = None) -> Callable[[ProposeFunction], ProposeFunction]:
+    """Register a candidate source's function under ``name``, the next bit its flag.
 
     Parameters
     ----------
-    block
-        The customers.
-    similarity
-        Item × item similarity of the item-KNN source.
-    sizes
-        Candidates per source (a size of 0 skips its source).
-    tifu
-        TIFU-KNN's neighbours; ``None``: the customers' own vectors only.
+    name
+        The source's name: a field of :class:`CandidateSizes`, a key of ``recommend_candidates``.
+    label
+        How a list names the items it proposed: ``repurchase``, ``model`` or ``popularity``.
+    search_sizes
+        The sizes the validation search tries, lowest and highest.
+    rank_feature, score_feature
+        The names in :data:`FEATURES` of its rank and of its score of a pair, if it has them.
 
     Returns
     -------
-    tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]
-        ``(knn_scores, tifu_scores)``, each B × items.
+    Callable
+        The decorator: registers the function and returns it unchanged.
     """
-    nothing = sparse.csr_matrix((block.size, similarity.shape[1]), dtype=np.float64)
-    # Item-KNN: the scores implicit's item-item models rank by.
-    knn_scores = (block.weight @ similarity).tocsr() if sizes.knn else nothing
-    knn_scores.sort_indices()
-    if not sizes.tifu:
-        tifu_scores = nothing
-    else:
-        tifu_scores = tifu.scores(block) if tifu is not None else sparse.csr_matrix(block.tifu)
-    return knn_scores, tifu_scores
+    if name in CANDIDATE_SOURCES:
+        raise ValueError(f"candidate source {name!r} is registered twice")
+    if label not in SERVED_SOURCES:
+        raise ValueError(f"candidate source {name!r}: label {label!r} is not one of {', '.join(SERVED_SOURCES)}")
+    unknown = [f for f in (rank_feature, score_feature) if f is not None and f not in _F]
+    if unknown:
+        raise ValueError(f"candidate source {name!r}: {', '.join(unknown)} not in FEATURES")
+
+    def register(propose: ProposeFunction) -> ProposeFunction:
+        flag = 1 << len(CANDIDATE_SOURCES)
+        if flag > np.iinfo(np.int8).max:
+            raise ValueError("at most seven candidate sources: Candidates.sources holds one bit each in an int8")
+        CANDIDATE_SOURCES[name] = CandidateSource(name, propose, flag, label, search_sizes, rank_feature, score_feature)
+        return propose
+
+    return register
+
+
+def source_flags(names: Iterable[str]) -> int:
+    """The bits of some sources in :attr:`Candidates.sources`.
+
+    Parameters
+    ----------
+    names
+        Names of :data:`CANDIDATE_SOURCES`.
+
+    Returns
+    -------
+    int
+        Their flags or-ed.
+    """
+    return sum(CANDIDATE_SOURCES[name].flag for name in set(names))
+
+
+def label_flags(label: str) -> int:
+    """The bits of the sources a list names ``label``.
+
+    Parameters
+    ----------
+    label
+        ``repurchase``, ``model`` or ``popularity``.
+
+    Returns
+    -------
+    int
+        Their flags or-ed.
+    """
+    return source_flags(name for name, source in CANDIDATE_SOURCES.items() if source.label == label)
+
+
+def _top_scores(inputs: SourceInputs, scores: sparse.csr_matrix, size: int) -> Proposal:
+    """The ``size`` best allowed items of each row of ``scores`` with a positive score."""
+    rows, cols = _entry_rows(scores), scores.indices.astype(np.int64)
+    keep = inputs.allows(rows, cols) & (scores.data > 0)
+    row, item, rank = _top_per_row(rows[keep], cols[keep], scores.data[keep], size)
+    return Proposal(row, item, rank, lambda r, i: _lookup(scores, r, i))
+
+
+@candidate_source("own", label="repurchase")
+def own_items(inputs: SourceInputs, size: int) -> Proposal:
+    """The repeat-purchase source: what the customer bought, by decayed purchases.
+
+    Parameters
+    ----------
+    inputs
+        The block and the filters.
+    size
+        Items per customer.
+
+    Returns
+    -------
+    Proposal
+        Without rank or score features (the pair's history features say it all).
+    """
+    purchases = inputs.block.purchases
+    bought = purchases.data > 0
+    rows = _entry_rows(purchases)[bought]
+    cols = purchases.indices[bought].astype(np.int64)
+    weight = inputs.block.weight.data[bought]
+    keep = inputs.allows(rows, cols)
+    row, item, _ = _top_per_row(rows[keep], cols[keep], weight[keep], size)
+    return Proposal(row, item)
+
+
+@candidate_source("als", label="model", rank_feature="als_rank", score_feature="als_score")
+def als_items(inputs: SourceInputs, size: int) -> Proposal:
+    """The factorisation: the top items of ``user_factors @ item_factors.T`` (``implicit`` ALS on
+    BM25-weighted purchases) over the allowed items, found exactly by :class:`ItemFactorIndex`
+    without scoring most of the catalogue.
+
+    Parameters
+    ----------
+    inputs
+        The block and the filters.
+    size
+        Items per customer.
+
+    Returns
+    -------
+    Proposal
+        With ranks; the score of a pair is the dot product of its factors.
+    """
+    n_items, excluded = inputs.data.n_items, inputs.excluded_keys
+    row, item, rank = inputs.item_index.top(inputs.block.factors, size, inputs.allowed, excluded // n_items,
+                                            excluded % n_items)
+    factors = np.asarray(inputs.block.factors, dtype=np.float32)
+    item_factors = inputs.item_index.item_factors
+
+    def scores(rows: IntArray, items: IntArray) -> NDArray[np.floating]:
+        return np.einsum("ij,ij->i", factors[rows], item_factors[items])
+
+    return Proposal(row, item, rank, scores)
+
+
+@candidate_source("knn", label="model", rank_feature="knn_rank", score_feature="knn_score")
+def knn_items(inputs: SourceInputs, size: int) -> Proposal:
+    """Item-KNN, "customers who bought X also bought": the top items of ``user_items @
+    similarity``, the score of ``implicit``'s item-item models (BM25 similarity, K neighbours per
+    item).
+
+    Parameters
+    ----------
+    inputs
+        The block and the filters.
+    size
+        Items per customer.
+
+    Returns
+    -------
+    Proposal
+        With ranks and scores.
+    """
+
+    def compute() -> sparse.csr_matrix:
+        scores = (inputs.block.weight @ inputs.similarity).tocsr()
+        scores.sort_indices()
+        return scores
+
+    return _top_scores(inputs, inputs.block_scores("knn", size, compute), size)
+
+
+@candidate_source("tifu", label="model", rank_feature="tifu_rank", score_feature="tifu_score")
+def tifu_items(inputs: SourceInputs, size: int) -> Proposal:
+    """TIFU-KNN (Hu et al., SIGIR 2020): the top items of ``alpha * u + (1 - alpha) * mean of the k
+    nearest customers' u``, ``u`` the customer's time-decayed item frequencies over baskets
+    (:func:`training.recommend.data.tifu_vectors`), the neighbours the most similar (cosine) of a
+    pool of the most active customers (:class:`TifuNeighbours`; without one, ``u`` alone).
+
+    Parameters
+    ----------
+    inputs
+        The block and the filters.
+    size
+        Items per customer.
+
+    Returns
+    -------
+    Proposal
+        With ranks and scores.
+    """
+    block, tifu = inputs.block, inputs.tifu
+
+    def compute() -> sparse.csr_matrix:
+        return tifu.scores(block) if tifu is not None else sparse.csr_matrix(block.tifu)
+
+    return _top_scores(inputs, inputs.block_scores("tifu", size, compute), size)
+
+
+@candidate_source("popular", label="popularity", search_sizes=(10, 50), score_feature="popular_rank")
+def popular_items(inputs: SourceInputs, size: int) -> Proposal:
+    """The popular list (the allowed items with the most buyers in the last 30 days, or the
+    segment's list given), the same for every customer but for their exclusions: the seasonal
+    trend.
+
+    Parameters
+    ----------
+    inputs
+        The block and the filters.
+    size
+        Items per customer.
+
+    Returns
+    -------
+    Proposal
+        The score of a pair is the item's place in the list (its length for an item not on it).
+    """
+    data, b = inputs.data, inputs.block.size
+    ranked = data.popular_overall if inputs.popular is None else np.asarray(inputs.popular, dtype=np.int64)
+    ranked = ranked[inputs.allowed[ranked]][: size + (inputs.sizes.own if inputs.exclude_owned else 0)]
+    rows = np.repeat(np.arange(b, dtype=np.int64), len(ranked))
+    cols = np.tile(ranked, b)
+    keep = inputs.allows(rows, cols)
+    places = -np.tile(np.arange(len(ranked), dtype=np.float64), b)[keep]
+    row, item, _ = _top_per_row(rows[keep], cols[keep], places, size)
+    place = np.full(data.n_items, float(len(ranked)))
+    place[ranked] = np.arange(len(ranked))
+    return Proposal(row, item, pair_scores=lambda _, items: place[items])
+
+
+# --- candidate generation -------------------------------------------------------------------------
 
 
 def candidates(
@@ -617,30 +948,16 @@ def candidates(
     keep_owned: BoolArray | None = None,
     popular: IntArray | None = None,
     tifu: TifuNeighbours | None = None,
-    scores: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None,
+    shared: dict[str, sparse.csr_matrix] | None = None,
 ) -> Candidates:
     """Candidates of every customer of ``block`` with their features.
 
-    The five sources:
-
-    - *own* items: what the customer bought, by decayed purchases (the repeat-purchase source), at
-      most ``sizes.own``;
-    - *ALS*: the top ``sizes.als`` items of the factorisation (``implicit`` ALS on BM25-weighted
-      purchases), ``user_factors @ item_factors.T`` over the allowed items, found exactly by
-      :class:`ItemFactorIndex` without scoring most of the catalogue;
-    - *item-KNN*: the top ``sizes.knn`` items of ``user_items @ similarity``, the score of
-      ``implicit``'s item-item models (BM25 similarity, K neighbours per item), "customers who
-      bought X also bought";
-    - *TIFU-KNN* (Hu et al., SIGIR 2020): the top ``sizes.tifu`` items of ``alpha * u + (1 - alpha)
-      * mean of the k nearest customers' u``, with ``u`` the customer's time-decayed item-frequency
-      vector over baskets (:func:`training.recommend.data.tifu_vectors`) and the neighbours found
-      by cosine similarity among a pool of the most active customers (:class:`TifuNeighbours`);
-    - *popular*: the ``sizes.popular`` allowed items with the most buyers in the last 30 days (the
-      same for every customer: the seasonal trend).
-
-    Candidates are deduplicated per customer; every pair gets every feature (:data:`FEATURES`)
-    whatever source proposed it: the ALS and KNN scores are computed for all pairs, the ranks are
-    the position in that source's list (the list length when the source did not propose the item).
+    Every source of :data:`CANDIDATE_SOURCES` proposes its lists (at most its size of ``sizes``
+    per customer; own purchases, ALS, item-KNN, TIFU-KNN and the popular list: see their
+    functions). Candidates are deduplicated per customer, each keeping the flags of the sources
+    that proposed it; every pair gets every feature (:data:`FEATURES`) whatever source proposed it:
+    a source's score is computed for all pairs, its rank is the position in its list (its size
+    when it did not propose the item).
 
     Parameters
     ----------
@@ -653,7 +970,7 @@ def candidates(
     similarity
         Item × item similarity of the item-KNN source.
     sizes
-        Candidates per source.
+        Candidates per source (a source of size 0 proposes nothing).
     allowed
         Items that may be proposed at all (a mask over ``data.item_ids``: recommendable, category
         include/exclude, the caller's exclusions).
@@ -665,9 +982,10 @@ def candidates(
         Item positions by popularity for the popular source; ``None``: overall popularity.
     tifu
         TIFU-KNN's neighbours; ``None``: the customers' own vectors only (``alpha`` 1).
-    scores
-        :func:`source_scores` of the block with the same ``similarity``, ``sizes`` and ``tifu``,
-        when several calls on one block share them (they do not depend on the filters).
+    shared
+        The sources' scores of this block that no filter changes (item-KNN's, TIFU-KNN's), filled
+        by the first call and read by the next ones on the same block with the same ``sizes``,
+        ``similarity`` and ``tifu``; ``None``: kept for this call only.
 
     Returns
     -------
@@ -679,73 +997,33 @@ def candidates(
     if exclude_owned:
         er, ec = owned_exclusion(block, keep_owned)
         excluded_keys = np.sort(er * n_items + ec)
-
-    def not_excluded(rows: IntArray, cols: IntArray) -> BoolArray:
-        ok = allowed[cols]
-        if len(excluded_keys):
-            keys = rows * n_items + cols
-            pos = np.minimum(np.searchsorted(excluded_keys, keys), len(excluded_keys) - 1)
-            ok &= excluded_keys[pos] != keys
-        return ok
-
-    # Own items by decayed weight.
-    bought = block.purchases.data > 0
-    o_rows = _entry_rows(block.purchases)[bought]
-    o_cols = block.purchases.indices[bought].astype(np.int64)
-    o_w = block.weight.data[bought]
-    keep = not_excluded(o_rows, o_cols)
-    own_r, own_c, _ = _top_per_row(o_rows[keep], o_cols[keep], o_w[keep], sizes.own)
-
-    # ALS over the allowed items, owned ones left out when excluded.
-    excluded_rows, excluded_cols = excluded_keys // n_items, excluded_keys % n_items
-    als_r, als_c, als_rank = item_index.top(block.factors, sizes.als, allowed, excluded_rows, excluded_cols)
-
-    # Item-KNN: the scores implicit's item-item models rank by (0 for a source of size 0).
-    knn_scores, tifu_scores = scores if scores is not None else source_scores(block, similarity=similarity,
-                                                                             sizes=sizes, tifu=tifu)
-    kr, kc = _entry_rows(knn_scores), knn_scores.indices.astype(np.int64)
-    keep = not_excluded(kr, kc) & (knn_scores.data > 0)
-    knn_r, knn_c, knn_rank = _top_per_row(kr[keep], kc[keep], knn_scores.data[keep], sizes.knn)
-
-    # TIFU-KNN: personal and neighbours' decayed basket frequencies.
-    tr, tc = _entry_rows(tifu_scores), tifu_scores.indices.astype(np.int64)
-    keep = not_excluded(tr, tc) & (tifu_scores.data > 0)
-    tifu_r, tifu_c, tifu_rank = _top_per_row(tr[keep], tc[keep], tifu_scores.data[keep], sizes.tifu)
-
-    # Popular: the same ranked list for everyone, minus each customer's exclusions.
-    ranked = data.popular_overall if popular is None else np.asarray(popular, dtype=np.int64)
-    ranked = ranked[allowed[ranked]][: sizes.popular + (sizes.own if exclude_owned else 0)]
-    pr = np.repeat(np.arange(b, dtype=np.int64), len(ranked))
-    pc = np.tile(ranked, b)
-    keep = not_excluded(pr, pc)
-    pop_r, pop_c, pop_rank = _top_per_row(pr[keep], pc[keep], -np.tile(np.arange(len(ranked), dtype=np.float64), b)[keep],
-                                          sizes.popular)
-
-    keys_by_source = [own_r * n_items + own_c, als_r * n_items + als_c, knn_r * n_items + knn_c,
-                      pop_r * n_items + pop_c, tifu_r * n_items + tifu_c]
-    ranks_by_source = [None, als_rank, knn_rank, None, tifu_rank]
+    inputs = SourceInputs(data=data, block=block, item_index=item_index, similarity=similarity, tifu=tifu,
+                          sizes=sizes, allowed=allowed, exclude_owned=exclude_owned, excluded_keys=excluded_keys,
+                          popular=popular, shared={} if shared is None else shared)
+    proposals = [(source, source.propose(inputs, getattr(sizes, name))) for name, source in CANDIDATE_SOURCES.items()]
+    keys_by_source = [p.row * n_items + p.item for _, p in proposals]
     keys, inverse = np.unique(np.concatenate(keys_by_source), return_inverse=True)
     inverse = inverse.ravel()
     row, item = keys // n_items, keys % n_items
     sources = np.zeros(len(keys), dtype=np.int8)
-    source_ranks: dict[int, FloatArray] = {}
+    x = np.zeros((len(keys), len(FEATURES)), dtype=np.float32)
     start = 0
     # Each source's entries are a stretch of the concatenation: ``inverse`` tells which pair each is.
-    for flag, source_keys, source_rank in zip((SOURCE_OWN, SOURCE_ALS, SOURCE_KNN, SOURCE_POPULAR, SOURCE_TIFU),
-                                              keys_by_source,
-                                              ranks_by_source):
+    for (source, proposal), source_keys in zip(proposals, keys_by_source):
         at = inverse[start : start + len(source_keys)]
         start += len(source_keys)
-        sources[at] |= flag
-        if source_rank is not None:
-            source_ranks[flag] = np.full(len(keys), np.nan)
-            source_ranks[flag][at] = source_rank
+        sources[at] |= source.flag
+        if source.rank_feature is not None:
+            if proposal.rank is None:
+                raise TypeError(f"candidate source {source.name!r} gives no rank for {source.rank_feature}")
+            rank = np.full(len(keys), float(getattr(sizes, source.name)))
+            rank[at] = proposal.rank
+            x[:, _F[source.rank_feature]] = rank
+        if source.score_feature is not None:
+            if proposal.pair_scores is None:
+                raise TypeError(f"candidate source {source.name!r} gives no scores for {source.score_feature}")
+            x[:, _F[source.score_feature]] = proposal.pair_scores(row, item)
 
-    def rank_of(flag: int, missing: int) -> FloatArray:
-        out = source_ranks[flag]
-        return np.where(np.isnan(out), float(missing), out)
-
-    x = np.zeros((len(keys), len(FEATURES)), dtype=np.float32)
     # The four history matrices share one sparsity: find each pair's entry once.
     entry = _entry_of(block.purchases, row, item)
     stored = entry >= 0
@@ -785,15 +1063,4 @@ def candidates(
     x[:, _F["item_buyers_90d"]] = data.buyers_90d[item]
     x[:, _F["item_trend"]] = (data.buyers_30d[item] + 1.0) / (data.buyers_90d[item] / 3.0 + 1.0)
     x[:, _F["item_orders_per_buyer"]] = data.orders_per_buyer[item]
-
-    factors = np.asarray(block.factors, dtype=np.float32)
-    x[:, _F["als_score"]] = np.einsum("ij,ij->i", factors[row], item_index.item_factors[item])
-    x[:, _F["als_rank"]] = rank_of(SOURCE_ALS, sizes.als)
-    x[:, _F["knn_score"]] = _lookup(knn_scores, row, item)
-    x[:, _F["knn_rank"]] = rank_of(SOURCE_KNN, sizes.knn)
-    popular_rank = np.full(n_items, float(len(ranked)))
-    popular_rank[ranked] = np.arange(len(ranked))
-    x[:, _F["popular_rank"]] = popular_rank[item]
-    x[:, _F["tifu_score"]] = _lookup(tifu_scores, row, item)
-    x[:, _F["tifu_rank"]] = rank_of(SOURCE_TIFU, sizes.tifu)
     return Candidates(row=row, item=item, sources=sources, x=x)

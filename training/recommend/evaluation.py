@@ -388,7 +388,7 @@ def compare(
     buy_again: dict[int, list[str]] = {}
     block = UserBlock.of_users(data, rows, model.models_.user_factors)
     own = candidates(data, block, item_index=model.models_.item_index, similarity=model.models_.similarity,
-                     sizes=CandidateSizes(own=K, als=0, knn=0, popular=0, tifu=0), allowed=allowed,
+                     sizes=CandidateSizes(own=K).only(("own",)), allowed=allowed,
                      exclude_owned=False)
     # Ties on the decayed weight go to the most recent purchase, then to the item id.
     order = np.lexsort((own.item, own.feature("days_since_purchase"), -own.feature("weight"), own.row))
