@@ -7,7 +7,7 @@ learns from co-purchases has something real to find: the ranked blend must beat 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -16,15 +16,11 @@ from typer.testing import CliRunner
 
 from features.interactions import PURCHASES, interactions
 from features.store import ibis_backend
+from tests.fixtures_history import synthetic_store
 from training.plotting import run_plot_dir
 from training.recommend.artefact import RecommenderArtefactError, load, save
-from training.recommend.candidates import (
-    FEATURES,
-    CandidateSizes,
-    ItemFactorIndex,
-    UserBlock,
-    candidates,
-)
+from training.recommend.block import UserBlock
+from training.recommend.candidates import FEATURES, CandidateSizes, candidates
 from training.recommend.data import build_interaction_data
 from training.recommend.evaluation import (
     ALS,
@@ -39,11 +35,11 @@ from training.recommend.evaluation import (
 from training.recommend.model import RecommenderInputError, RecommenderModel, RecommenderSettings
 from training.recommend.options import RecommendOptions
 from training.recommend.ranked import RECOMMENDATION_COLUMNS
-from tests.fixtures_history import synthetic_store
+from training.recommend.topk import ItemFactorIndex
 
 pytestmark = pytest.mark.data
 
-NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
 SMALL = RecommenderSettings(factors=16, iterations=8, n_estimators=60, knn_neighbours=50,
                             candidates=CandidateSizes(own=30, als=30, knn=30, popular=20))
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from training.recommend.candidates import FEATURES, Candidates, TifuNeighbours, UserBlock
+from training.recommend.block import UserBlock
+from training.recommend.candidates import FEATURES, Candidates
 from training.recommend.data import TifuDecay, tifu_vectors
 from training.recommend.evaluation import (
     ALS,
@@ -25,6 +26,7 @@ from training.recommend.evaluation import (
 )
 from training.recommend.ranker import rule_scores
 from training.recommend.search import choose_champion
+from training.recommend.tifu import TifuNeighbours
 
 pytestmark = pytest.mark.unit
 

@@ -20,9 +20,11 @@ from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from features.interactions import confidence
-from training.recommend.candidates import ItemFactorIndex, TifuNeighbours, UserBlock, tifu_pool, tifu_pool_vectors
+from training.recommend.block import UserBlock
 from training.recommend.data import InteractionData
 from training.recommend.options import RecommenderInputError
+from training.recommend.tifu import TifuNeighbours, tifu_pool, tifu_pool_vectors
+from training.recommend.topk import ItemFactorIndex
 
 if TYPE_CHECKING:
     from training.recommend.model import RecommenderSettings
@@ -66,13 +68,25 @@ class CandidateModels:
 
     @cached_property
     def item_index(self) -> ItemFactorIndex:
-        """The item factors ordered for the ALS top-k (built on first use)."""
+        """The item factors ordered for the ALS top-k (built on first use).
+
+        Returns
+        -------
+        ItemFactorIndex
+            Over :attr:`item_factors`.
+        """
         return ItemFactorIndex(self.item_factors)
 
     @cached_property
     def similarity_keys(self) -> IntArray:
         """``row * items + column`` of every stored similarity, ascending (the matrix has sorted
-        indices): many ``similarity[j, i]`` are found at once by one binary search, for reasons."""
+        indices): many ``similarity[j, i]`` are found at once by one binary search, for reasons.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64, one key per stored entry of :attr:`similarity`.
+        """
         sim = self.similarity
         rows = np.repeat(np.arange(sim.shape[0], dtype=np.int64), np.diff(sim.indptr))
         return rows * sim.shape[1] + sim.indices.astype(np.int64)

@@ -23,14 +23,8 @@ from threadpoolctl import threadpool_limits
 
 from features.errors import NoDataError
 from training.progress import reporter
-from training.recommend.candidates import (
-    CandidateSizes,
-    ItemFactorIndex,
-    UserBlock,
-    candidates,
-    ranks_in_rows,
-    row_score_order,
-)
+from training.recommend.block import UserBlock
+from training.recommend.candidates import CandidateSizes, candidates
 from training.recommend.data import InteractionData
 from training.recommend.metrics import (
     EXPLORE_SUFFIX,
@@ -47,6 +41,7 @@ from training.recommend.metrics import (
 from training.recommend.model import RecommenderModel, RecommenderSettings
 from training.recommend.options import RecommendOptions
 from training.recommend.split import TemporalSplit, purchases_between
+from training.recommend.topk import ItemFactorIndex, ranks_in_rows, row_score_order
 
 logger = logging.getLogger(__name__)
 

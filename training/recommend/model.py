@@ -29,17 +29,9 @@ from threadpoolctl import threadpool_limits
 from features.history import utc_naive
 from features.schema import Col
 from training.progress import reporter
+from training.recommend.block import UserBlock
 from training.recommend.candidate_models import CandidateModels, als_contributions, fit_candidate_models, fold_in
-from training.recommend.candidates import (
-    BLOCK_CUSTOMERS,
-    CANDIDATE_SOURCES,
-    Candidates,
-    CandidateSizes,
-    UserBlock,
-    candidates,
-    ranks_in_rows,
-    row_score_order,
-)
+from training.recommend.candidates import BLOCK_CUSTOMERS, CANDIDATE_SOURCES, Candidates, CandidateSizes, candidates
 from training.recommend.data import InteractionData, TifuDecay, build_interaction_data
 
 # The options and their error are numpy-only too (a worker reads a request's options before the model loads).
@@ -49,6 +41,7 @@ from training.recommend.ranker import RANKERS, RULE_SOURCES, RankerTraining, can
 from training.recommend.reasons import ItemSentences, item_sentences, pair_reasons, popular_reason, served_sources
 from training.recommend.similar import similar_items
 from training.recommend.split import purchases_between
+from training.recommend.topk import ranks_in_rows, row_score_order
 
 logger = logging.getLogger(__name__)
 

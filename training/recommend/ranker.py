@@ -17,9 +17,11 @@ import lightgbm as lgb
 import numpy as np
 from numpy.typing import NDArray
 
+from training.recommend.block import UserBlock
 from training.recommend.candidate_models import CandidateModels
-from training.recommend.candidates import BLOCK_CUSTOMERS, FEATURES, Candidates, UserBlock, _lookup, candidates
+from training.recommend.candidates import BLOCK_CUSTOMERS, FEATURES, Candidates, candidates
 from training.recommend.data import InteractionData, relevant_positions
+from training.recommend.data import lookup_pairs as _lookup
 from training.recommend.options import RecommenderInputError
 
 if TYPE_CHECKING:

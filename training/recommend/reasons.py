@@ -12,10 +12,12 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from training.recommend.block import UserBlock
 from training.recommend.candidate_models import CandidateModels
-from training.recommend.candidates import Candidates, UserBlock, label_flags, row_score_order, source_flags
+from training.recommend.candidates import Candidates, label_flags, source_flags
 from training.recommend.data import InteractionData
 from training.recommend.ranked import SOURCES
+from training.recommend.topk import row_score_order
 
 IntArray = NDArray[np.int64]
 
