@@ -11,7 +11,7 @@ customer with fewer items than it could have. Everything is numpy / scipy over t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -91,7 +91,7 @@ class CandidateSizes:
             A copy with the other sources' sizes 0.
         """
         keep = set(names)
-        return CandidateSizes(**{f.name: (getattr(self, f.name) if f.name in keep else 0) for f in fields(self)})
+        return replace(self, **{f.name: 0 for f in fields(self) if f.name not in keep})
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ class CandidateSource:
 
 
 #: The candidate sources by name, in the order they were registered; every name is a field of
-#: :class:`CandidateSizes` (its size) and a key of the ``recommend_candidates`` setting.
+#: :class:`CandidateSizes` (its size) and a key of the ``recommend.model.candidates`` setting.
 CANDIDATE_SOURCES: dict[str, CandidateSource] = {}
 
 
@@ -293,7 +293,7 @@ def candidate_source(name: str, *, label: str, search_sizes: tuple[int, int] = (
     Parameters
     ----------
     name
-        The source's name: a field of :class:`CandidateSizes`, a key of ``recommend_candidates``.
+        The source's name: a field of :class:`CandidateSizes`, a key of ``recommend.model.candidates``.
     label
         How a list names the items it proposed: ``repurchase``, ``model`` or ``popularity``.
     search_sizes
@@ -365,21 +365,9 @@ def _top_scores(inputs: SourceInputs, scores: sparse.csr_matrix, size: int) -> P
 
 
 @candidate_source("own", label="repurchase")
-def own_items(inputs: SourceInputs, size: int) -> Proposal:
-    """The repeat-purchase source: what the customer bought, by decayed purchases.
-
-    Parameters
-    ----------
-    inputs
-        The block and the filters.
-    size
-        Items per customer.
-
-    Returns
-    -------
-    Proposal
-        Without rank or score features (the pair's history features say it all).
-    """
+def _own_items(inputs: SourceInputs, size: int) -> Proposal:
+    """The repeat-purchase source: what the customer bought, by decayed purchases (no rank or score
+    feature: the pair's history features say it all)."""
     purchases = inputs.block.purchases
     bought = purchases.data > 0
     rows = entry_rows(purchases)[bought]
@@ -391,23 +379,10 @@ def own_items(inputs: SourceInputs, size: int) -> Proposal:
 
 
 @candidate_source("als", label="model", rank_feature="als_rank", score_feature="als_score")
-def als_items(inputs: SourceInputs, size: int) -> Proposal:
+def _als_items(inputs: SourceInputs, size: int) -> Proposal:
     """The factorisation: the top items of ``user_factors @ item_factors.T`` (``implicit`` ALS on
     BM25-weighted purchases) over the allowed items, found exactly by :class:`ItemFactorIndex`
-    without scoring most of the catalogue.
-
-    Parameters
-    ----------
-    inputs
-        The block and the filters.
-    size
-        Items per customer.
-
-    Returns
-    -------
-    Proposal
-        With ranks; the score of a pair is the dot product of its factors.
-    """
+    without scoring most of the catalogue. Its score of a pair is the dot product of their factors."""
     n_items, excluded = inputs.data.n_items, inputs.excluded_keys
     row, item, rank = inputs.item_index.top(inputs.block.factors, size, inputs.allowed, excluded // n_items,
                                             excluded % n_items)
@@ -421,23 +396,10 @@ def als_items(inputs: SourceInputs, size: int) -> Proposal:
 
 
 @candidate_source("knn", label="model", rank_feature="knn_rank", score_feature="knn_score")
-def knn_items(inputs: SourceInputs, size: int) -> Proposal:
+def _knn_items(inputs: SourceInputs, size: int) -> Proposal:
     """Item-KNN, "customers who bought X also bought": the top items of ``user_items @
     similarity``, the score of ``implicit``'s item-item models (BM25 similarity, K neighbours per
-    item).
-
-    Parameters
-    ----------
-    inputs
-        The block and the filters.
-    size
-        Items per customer.
-
-    Returns
-    -------
-    Proposal
-        With ranks and scores.
-    """
+    item), which is also its score of a pair."""
 
     def compute() -> sparse.csr_matrix:
         scores = (inputs.block.weight @ inputs.similarity).tocsr()
@@ -448,24 +410,11 @@ def knn_items(inputs: SourceInputs, size: int) -> Proposal:
 
 
 @candidate_source("tifu", label="model", rank_feature="tifu_rank", score_feature="tifu_score")
-def tifu_items(inputs: SourceInputs, size: int) -> Proposal:
+def _tifu_items(inputs: SourceInputs, size: int) -> Proposal:
     """TIFU-KNN (Hu et al., SIGIR 2020): the top items of ``alpha * u + (1 - alpha) * mean of the k
     nearest customers' u``, ``u`` the customer's time-decayed item frequencies over baskets
     (:func:`training.recommend.data.tifu_vectors`), the neighbours the most similar (cosine) of a
-    pool of the most active customers (:class:`TifuNeighbours`; without one, ``u`` alone).
-
-    Parameters
-    ----------
-    inputs
-        The block and the filters.
-    size
-        Items per customer.
-
-    Returns
-    -------
-    Proposal
-        With ranks and scores.
-    """
+    pool of the most active customers (:class:`TifuNeighbours`; without one, ``u`` alone)."""
     block, tifu = inputs.block, inputs.tifu
 
     def compute() -> sparse.csr_matrix:
@@ -475,23 +424,12 @@ def tifu_items(inputs: SourceInputs, size: int) -> Proposal:
 
 
 @candidate_source("popular", label="popularity", search_sizes=(10, 50), score_feature="popular_rank")
-def popular_items(inputs: SourceInputs, size: int) -> Proposal:
+def _popular_items(inputs: SourceInputs, size: int) -> Proposal:
     """The popular list (the allowed items with the most buyers in the last 30 days, or the
     segment's list given), the same for every customer but for their exclusions: the seasonal
-    trend.
-
-    Parameters
-    ----------
-    inputs
-        The block and the filters.
-    size
-        Items per customer.
-
-    Returns
-    -------
-    Proposal
-        The score of a pair is the item's place in the list (its length for an item not on it).
-    """
+    trend. Its score of a pair is the item's place in the list (the list's length when not on it);
+    the list is cut ``sizes.own`` items longer when purchases are excluded, so that the customers'
+    purchases leave enough of it."""
     data, b = inputs.data, inputs.block.size
     ranked = data.popular_overall if inputs.popular is None else np.asarray(inputs.popular, dtype=np.int64)
     ranked = ranked[inputs.allowed[ranked]][: size + (inputs.sizes.own if inputs.exclude_owned else 0)]
