@@ -213,6 +213,8 @@ def test_the_registry_names_every_source_once_with_its_size_default_and_features
         candidate_source("new", label="bestseller")
     with pytest.raises(ValueError, match="not in FEATURES"):
         candidate_source("new", label="model", rank_feature="new_rank")
+    with pytest.raises(ValueError, match="already filled"):
+        candidate_source("new", label="model", score_feature="knn_score")
 
 
 @pytest.mark.parametrize("name", list(CANDIDATE_SOURCES))
@@ -248,8 +250,8 @@ def test_each_source_alone_keeps_to_its_size_and_to_every_filter(model, name):
 
 
 def test_a_new_source_is_its_function_its_registration_and_its_size(model, monkeypatch):
-    """A source registered with its size joins the candidates: its pairs flagged by its bit, its
-    rank and score in the features it named, the other sources' candidates unchanged."""
+    """A source registered with its size joins the candidates, its pairs flagged by its bit, and
+    leaves the other sources' candidates as they were."""
     import training.recommend.candidates as cand
 
     monkeypatch.setattr(cand, "CANDIDATE_SOURCES", dict(CANDIDATE_SOURCES))
@@ -258,15 +260,14 @@ def test_a_new_source_is_its_function_its_registration_and_its_size(model, monke
     class WithNewest(CandidateSizes):
         newest: int = 3
 
-    @candidate_source("newest", label="model", rank_feature="als_rank", score_feature="als_score")
+    @candidate_source("newest", label="model")
     def newest_items(inputs, size):
         """The highest allowed item positions, the same for everyone (a stand-in for a real source)."""
         items = np.flatnonzero(inputs.allowed)[::-1][:size]
         row = np.repeat(np.arange(inputs.block.size, dtype=np.int64), len(items))
         item = np.tile(items, inputs.block.size).astype(np.int64)
         keep = inputs.allows(row, item)
-        rank = np.tile(np.arange(len(items), dtype=np.int64), inputs.block.size)
-        return cand.Proposal(row[keep], item[keep], rank[keep], lambda r, i: i.astype(np.float64))
+        return cand.Proposal(row[keep], item[keep])
 
     data, models = model.data_, model.models_
     block = UserBlock.of_users(data, np.arange(30), models.user_factors)
@@ -276,7 +277,7 @@ def test_a_new_source_is_its_function_its_registration_and_its_size(model, monke
     newest = np.flatnonzero(data.recommendable)[::-1][:3]
     assert sorted(set(found.item.tolist())) == sorted(newest.tolist())
     assert (found.group_sizes(30) == 3).all() and found.proposed_by(("newest",)).all()
-    np.testing.assert_array_equal(found.feature("als_score"), found.item.astype(np.float32))
+    assert (found.sources == cand.CANDIDATE_SOURCES["newest"].flag).all()
     everything = candidates(data, block, sizes=WithNewest(**dataclasses.asdict(SMALL.candidates)), **kwargs)
     before = candidates(data, block, sizes=WithNewest(**dataclasses.asdict(SMALL.candidates), newest=0), **kwargs)
     old = everything.proposed_by(tuple(CANDIDATE_SOURCES))

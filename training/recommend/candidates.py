@@ -288,7 +288,8 @@ CANDIDATE_SOURCES: dict[str, CandidateSource] = {}
 def candidate_source(name: str, *, label: str, search_sizes: tuple[int, int] = (10, 100),
                      rank_feature: str | None = None,
                      score_feature: str | None = None) -> Callable[[ProposeFunction], ProposeFunction]:
-    """Register a candidate source's function under ``name``, the next bit its flag.
+    """Register a candidate source's function under ``name``, the next bit its flag (each feature
+    is filled by one source at most).
 
     Parameters
     ----------
@@ -313,6 +314,10 @@ def candidate_source(name: str, *, label: str, search_sizes: tuple[int, int] = (
     unknown = [f for f in (rank_feature, score_feature) if f is not None and f not in _F]
     if unknown:
         raise ValueError(f"candidate source {name!r}: {', '.join(unknown)} not in FEATURES")
+    claimed = {f: s.name for s in CANDIDATE_SOURCES.values() for f in (s.rank_feature, s.score_feature) if f}
+    taken = [f"{f} (by {claimed[f]!r})" for f in (rank_feature, score_feature) if f in claimed]
+    if taken:
+        raise ValueError(f"candidate source {name!r}: {', '.join(taken)} already filled by another source")
 
     def register(propose: ProposeFunction) -> ProposeFunction:
         flag = 1 << len(CANDIDATE_SOURCES)
