@@ -349,7 +349,7 @@ def main() -> None:
 
     parts: list[tuple[str, float]] = []
     recommend_model.fit_candidate_models = _timed(parts, "candidate models", recommend_model.fit_candidate_models)
-    recommend_model._fit_ranker = _timed(parts, "ranker", recommend_model._fit_ranker)
+    recommend_model.fit_ranker = _timed(parts, "ranker", recommend_model.fit_ranker)
     AlternatingLeastSquares.fit = _timed(parts, "ALS", AlternatingLeastSquares.fit)
     BM25Recommender.fit = _timed(parts, "item-KNN", BM25Recommender.fit)
 

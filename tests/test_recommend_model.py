@@ -7,7 +7,8 @@ learns from co-purchases has something real to find: the ranked blend must beat 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import dataclasses
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -15,17 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from features.interactions import PURCHASES, interactions
+from features.settings import RecommendModelSettings
 from features.store import ibis_backend
+from tests.fixtures_history import synthetic_store
 from training.plotting import run_plot_dir
 from training.recommend.artefact import RecommenderArtefactError, load, save
-from training.recommend.candidates import (
-    FEATURES,
-    SOURCE_OWN,
-    CandidateSizes,
-    ItemFactorIndex,
-    UserBlock,
-    candidates,
-)
+from training.recommend.block import UserBlock
+from training.recommend.candidates import CANDIDATE_SOURCES, FEATURES, CandidateSizes, candidate_source, candidates
 from training.recommend.data import build_interaction_data
 from training.recommend.evaluation import (
     ALS,
@@ -37,18 +34,14 @@ from training.recommend.evaluation import (
     RECALL_NEW,
     recommender_gate,
 )
-from training.recommend.model import (
-    RECOMMENDATION_COLUMNS,
-    RecommenderInputError,
-    RecommenderModel,
-    RecommenderSettings,
-)
+from training.recommend.model import RecommenderInputError, RecommenderModel, RecommenderSettings
 from training.recommend.options import RecommendOptions
-from tests.fixtures_history import synthetic_store
+from training.recommend.ranked import RECOMMENDATION_COLUMNS, SOURCES
+from training.recommend.topk import ItemFactorIndex
 
 pytestmark = pytest.mark.data
 
-NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
 SMALL = RecommenderSettings(factors=16, iterations=8, n_estimators=60, knn_neighbours=50,
                             candidates=CandidateSizes(own=30, als=30, knn=30, popular=20))
 
@@ -131,13 +124,13 @@ def _full_top(users, items, k, allowed, excluded):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_als_top_k_skips_items_but_finds_the_same_lists_as_scoring_every_item(seed, monkeypatch):
-    import training.recommend.candidates as cand
+    import training.recommend.topk as topk
 
     # Small stretches so that a 3,000-item catalogue takes many steps (the production sizes are
     # tuned for 50,000 items).
-    monkeypatch.setattr(cand, "ALS_FIRST_ITEMS", 64)
-    monkeypatch.setattr(cand, "ALS_STRETCH_ITEMS", 128)
-    monkeypatch.setattr(cand, "ALS_DOUBLING_FROM", 1_024)
+    monkeypatch.setattr(topk, "ALS_FIRST_ITEMS", 64)
+    monkeypatch.setattr(topk, "ALS_STRETCH_ITEMS", 128)
+    monkeypatch.setattr(topk, "ALS_DOUBLING_FROM", 1_024)
     rng = np.random.default_rng(seed)
     n_items, n_users, k = 3_000, 60, 40
     # Zipf-like norms as ALS gives them, a block of never-bought items with zero factors (ties at
@@ -180,7 +173,7 @@ def test_candidates_features_and_the_owned_filter(model):
     assert data.recommendable[found.item].all()
     owned = found.feature("owned") == 1
     # Own items come from the repeat-purchase source and carry the customer's purchases.
-    assert np.array_equal(owned[(found.sources & SOURCE_OWN) > 0], np.ones(int(((found.sources & SOURCE_OWN) > 0).sum()), bool))
+    assert np.array_equal(owned[found.proposed_by(("own",))], np.ones(int(found.proposed_by(("own",)).sum()), bool))
     purchases = np.asarray(data.purchases[rows[found.row], found.item]).ravel()
     np.testing.assert_array_equal(found.feature("purchases"), purchases)
     assert np.isnan(found.feature("days_since_purchase")[~owned]).all()
@@ -196,6 +189,101 @@ def test_candidates_features_and_the_owned_filter(model):
     keep[found.item[owned]] = True
     kept = candidates(data, block, exclude_owned=True, keep_owned=keep, **kwargs)
     assert (kept.feature("owned") == 1).any()
+
+
+# --- candidate sources ---------------------------------------------------------------------------
+
+
+def test_the_registry_names_every_source_once_with_its_size_default_and_features():
+    """A source is its function, its registration, its size default (a field of CandidateSizes, the
+    same in the ``recommend.model.candidates`` setting's default) and its features among FEATURES."""
+    sizes = {f.name: f.default for f in dataclasses.fields(CandidateSizes)}
+    assert list(CANDIDATE_SOURCES) == ["own", "als", "knn", "tifu", "popular"]  # the search's order
+    assert set(CANDIDATE_SOURCES) == set(sizes)
+    assert RecommendModelSettings.model_fields["candidates"].default_factory() == sizes
+    flags = [source.flag for source in CANDIDATE_SOURCES.values()]
+    assert sorted(flags) == [1 << i for i in range(len(flags))]  # one bit each
+    for source in CANDIDATE_SOURCES.values():
+        assert source.label in SOURCES
+        assert {source.rank_feature, source.score_feature} - {None} <= set(FEATURES)
+        assert 1 <= source.search_sizes[0] <= source.search_sizes[1]
+    with pytest.raises(ValueError, match="registered twice"):
+        candidate_source("own", label="repurchase")
+    with pytest.raises(ValueError, match="label"):
+        candidate_source("new", label="bestseller")
+    with pytest.raises(ValueError, match="not in FEATURES"):
+        candidate_source("new", label="model", rank_feature="new_rank")
+    with pytest.raises(ValueError, match="already filled"):
+        candidate_source("new", label="model", score_feature="knn_score")
+
+
+@pytest.mark.parametrize("name", list(CANDIDATE_SOURCES))
+def test_each_source_alone_keeps_to_its_size_and_to_every_filter(model, name):
+    """Every registered source, the only one with a size: its candidates are flagged by it alone,
+    at most its size per customer, allowed items only, never a purchase when purchases are excluded
+    (but for a repurchasable item), and its rank feature (if it has one) is the place in its list."""
+    data, models = model.data_, model.models_
+    rows = np.arange(60)
+    block = UserBlock.of_users(data, rows, models.user_factors)
+    allowed = data.recommendable & ~data.in_categories(sorted({c for c in data.category if c})[:1])
+    size = 7
+    sizes = CandidateSizes(**{f.name: size for f in dataclasses.fields(CandidateSizes)}).only((name,))
+    found = candidates(data, block, item_index=models.item_index, similarity=models.similarity, sizes=sizes,
+                       allowed=allowed, exclude_owned=True, tifu=models.tifu(SMALL))
+    source = CANDIDATE_SOURCES[name]
+    if name != "own":  # every customer bought something: the own source has nothing left to propose
+        assert len(found) > 0
+    assert (found.sources == source.flag).all()
+    assert found.proposed_by((name,)).all()
+    assert allowed[found.item].all()
+    assert (found.feature("owned") == 0).all()
+    assert (found.group_sizes(len(rows)) <= size).all()
+    if source.rank_feature is not None:
+        ranks = found.feature(source.rank_feature)
+        for r in np.unique(found.row):
+            assert sorted(ranks[found.row == r].tolist()) == list(range(int((found.row == r).sum())))
+    # With purchases allowed, the own source proposes the customers' purchases only.
+    kept = candidates(data, block, item_index=models.item_index, similarity=models.similarity, sizes=sizes,
+                      allowed=allowed, exclude_owned=False, tifu=models.tifu(SMALL))
+    if name == "own":
+        assert len(kept) > 0 and (kept.feature("owned") == 1).all()
+
+
+def test_a_new_source_is_its_function_its_registration_and_its_size(model, monkeypatch):
+    """A source registered with its size joins the candidates, its pairs flagged by its bit, and
+    leaves the other sources' candidates as they were."""
+    import training.recommend.candidates as cand
+
+    monkeypatch.setattr(cand, "CANDIDATE_SOURCES", dict(CANDIDATE_SOURCES))
+
+    @dataclasses.dataclass(frozen=True)
+    class WithNewest(CandidateSizes):
+        newest: int = 3
+
+    @candidate_source("newest", label="model")
+    def newest_items(inputs, size):
+        """The highest allowed item positions, the same for everyone (a stand-in for a real source)."""
+        items = np.flatnonzero(inputs.allowed)[::-1][:size]
+        row = np.repeat(np.arange(inputs.block.size, dtype=np.int64), len(items))
+        item = np.tile(items, inputs.block.size).astype(np.int64)
+        keep = inputs.allows(row, item)
+        return cand.Proposal(row[keep], item[keep])
+
+    data, models = model.data_, model.models_
+    block = UserBlock.of_users(data, np.arange(30), models.user_factors)
+    kwargs = dict(item_index=models.item_index, similarity=models.similarity, allowed=data.recommendable,
+                  exclude_owned=False, tifu=models.tifu(SMALL))
+    found = candidates(data, block, sizes=WithNewest(newest=3).only(("newest",)), **kwargs)
+    newest = np.flatnonzero(data.recommendable)[::-1][:3]
+    assert sorted(set(found.item.tolist())) == sorted(newest.tolist())
+    assert (found.group_sizes(30) == 3).all() and found.proposed_by(("newest",)).all()
+    assert (found.sources == cand.CANDIDATE_SOURCES["newest"].flag).all()
+    everything = candidates(data, block, sizes=WithNewest(**dataclasses.asdict(SMALL.candidates)), **kwargs)
+    before = candidates(data, block, sizes=WithNewest(**dataclasses.asdict(SMALL.candidates), newest=0), **kwargs)
+    old = everything.proposed_by(tuple(CANDIDATE_SOURCES))
+    assert (everything.proposed_by(("newest",)) | old).all()
+    keys = before.row * data.n_items + before.item
+    assert set(keys.tolist()) == set((everything.row[old] * data.n_items + everything.item[old]).tolist())
 
 
 # --- recommend -----------------------------------------------------------------------------------
@@ -225,11 +313,11 @@ def test_lists_are_ranked_distinct_recommendable_and_exclude_purchases(model):
 
 
 def test_large_frames_carry_the_same_item_ids(model, monkeypatch):
-    import training.recommend.model as recommend_model
+    import training.recommend.ranked as ranked
 
     customers = _busy_customers(model, 8)
     small = model.recommend(customers, 10)
-    monkeypatch.setattr(recommend_model, "LARGE_FRAME_ROWS", 1)  # item ids taken in Arrow
+    monkeypatch.setattr(ranked, "LARGE_FRAME_ROWS", 1)  # item ids taken in Arrow
     pd.testing.assert_frame_equal(model.recommend(customers, 10), small)
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from training.recommend.candidates import FEATURES, Candidates, TifuNeighbours, UserBlock
+from training.recommend.block import UserBlock
+from training.recommend.candidates import FEATURES, Candidates
 from training.recommend.data import TifuDecay, tifu_vectors
 from training.recommend.evaluation import (
     ALS,
@@ -23,8 +24,9 @@ from training.recommend.evaluation import (
     TOP_FREQUENCY,
     recommender_gate,
 )
-from training.recommend.model import rule_scores
+from training.recommend.ranker import rule_scores
 from training.recommend.search import choose_champion
+from training.recommend.tifu import TifuNeighbours
 
 pytestmark = pytest.mark.unit
 

@@ -262,9 +262,11 @@ def load(directory: Path | str) -> RecommenderModel:
     import lightgbm as lgb
     from scipy import sparse
 
-    from training.recommend.candidates import tifu_pool_vectors
+    from training.recommend.candidate_models import CandidateModels
     from training.recommend.data import InteractionData, PopularList
-    from training.recommend.model import CandidateModels, RankerTraining, RecommenderModel, RecommenderSettings
+    from training.recommend.model import RecommenderModel, RecommenderSettings
+    from training.recommend.ranker import RankerTraining
+    from training.recommend.tifu import tifu_pool_vectors
 
     where = Path(directory)
     reader = _header(where)

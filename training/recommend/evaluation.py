@@ -23,14 +23,8 @@ from threadpoolctl import threadpool_limits
 
 from features.errors import NoDataError
 from training.progress import reporter
-from training.recommend.candidates import (
-    CandidateSizes,
-    ItemFactorIndex,
-    UserBlock,
-    candidates,
-    ranks_in_rows,
-    row_score_order,
-)
+from training.recommend.block import UserBlock
+from training.recommend.candidates import CandidateSizes, candidates
 from training.recommend.data import InteractionData
 from training.recommend.metrics import (
     EXPLORE_SUFFIX,
@@ -47,6 +41,7 @@ from training.recommend.metrics import (
 from training.recommend.model import RecommenderModel, RecommenderSettings
 from training.recommend.options import RecommendOptions
 from training.recommend.split import TemporalSplit, purchases_between
+from training.recommend.topk import ItemFactorIndex, ranks_in_rows, row_score_order
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +383,7 @@ def compare(
     buy_again: dict[int, list[str]] = {}
     block = UserBlock.of_users(data, rows, model.models_.user_factors)
     own = candidates(data, block, item_index=model.models_.item_index, similarity=model.models_.similarity,
-                     sizes=CandidateSizes(own=K, als=0, knn=0, popular=0, tifu=0), allowed=allowed,
+                     sizes=CandidateSizes(own=K).only(("own",)), allowed=allowed,
                      exclude_owned=False)
     # Ties on the decayed weight go to the most recent purchase, then to the item id.
     order = np.lexsort((own.item, own.feature("days_since_purchase"), -own.feature("weight"), own.row))

@@ -1,22 +1,21 @@
-"""The recommender: candidates from repeat purchases, ALS, item-KNN and popularity, ranked by LightGBM.
+"""The recommender: :class:`RecommenderModel`, the two stages behind one scikit-learn-style model.
 
-People re-buy what they bought, and they also discover: :class:`RecommenderModel` generates
-candidates from both and learns the mix with a learning-to-rank model (or ranks them by a rule, so
-that a baseline that wins on validation is served through the same code). :meth:`RecommenderModel.rank`
-is the one scoring path of batch lists, the CLI and the service; :meth:`RecommenderModel.similar_items`
-serves product pages ("customers also bought": the item-KNN neighbours, ALS neighbours when an item
-has too few) and :meth:`RecommenderModel.explain` gives ALS's own explanation of a score."""
+People re-buy what they bought, and they also discover: the model's candidates come from every
+source of :mod:`training.recommend.candidates` (fitted in :mod:`training.recommend.candidate_models`)
+and are ordered by :mod:`training.recommend.ranker` (LightGBM, or a rule so that a baseline that wins
+on validation is served through the same code). :meth:`RecommenderModel.rank` is the one scoring
+path of batch lists, the CLI and the service; :meth:`RecommenderModel.similar_items` serves product
+pages (:mod:`training.recommend.similar`) and :meth:`RecommenderModel.explain` gives ALS's own
+explanation of a score. :class:`RecommenderSettings` holds everything a fit depends on."""
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import Any, TypeVar
 
 import ibis
@@ -24,43 +23,25 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy import sparse
 from sklearn.exceptions import NotFittedError
 from threadpoolctl import threadpool_limits
 
 from features.history import utc_naive
-from features.interactions import confidence
 from features.schema import Col
 from training.progress import reporter
-from training.recommend.candidates import (
-    FEATURES,
-    SOURCE_ALS,
-    SOURCE_KNN,
-    SOURCE_OWN,
-    SOURCE_POPULAR,
-    SOURCE_TIFU,
-    Candidates,
-    CandidateSizes,
-    ItemFactorIndex,
-    TifuNeighbours,
-    UserBlock,
-    _lookup,
-    candidates,
-    ranks_in_rows,
-    row_score_order,
-    source_scores,
-    tifu_pool,
-    tifu_pool_vectors,
-)
-from training.recommend.data import InteractionData, TifuDecay, build_interaction_data, relevant_positions
+from training.recommend.block import UserBlock
+from training.recommend.candidate_models import CandidateModels, als_contributions, fit_candidate_models, fold_in
+from training.recommend.candidates import BLOCK_CUSTOMERS, CANDIDATE_SOURCES, Candidates, CandidateSizes, candidates
+from training.recommend.data import InteractionData, TifuDecay, build_interaction_data
 
 # The options and their error are numpy-only too (a worker reads a request's options before the model loads).
 from training.recommend.options import RecommenderInputError, RecommendOptions, checked_n
-
-# Ranked lists and their columns live in a module of their own (numpy only): a service's worker
-# answers from the default lists with them before it has imported the model's libraries.
-from training.recommend.ranked import LARGE_FRAME_ROWS, RECOMMENDATION_COLUMNS, SOURCES, Ranked  # noqa: F401
+from training.recommend.ranked import Ranked
+from training.recommend.ranker import RANKERS, RULE_SOURCES, RankerTraining, candidate_scores, fit_ranker, rule_scores
+from training.recommend.reasons import ItemSentences, item_sentences, pair_reasons, popular_reason, served_sources
+from training.recommend.similar import similar_items
 from training.recommend.split import purchases_between
+from training.recommend.topk import ranks_in_rows, row_score_order
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +50,6 @@ _T = TypeVar("_T")
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
-
-#: How a model orders its candidates: the LightGBM ranker (the blend), TIFU-KNN's score alone, or
-#: personal top frequency (the customer's items by their number of orders, then the popular list).
-#: The last two learn nothing beyond the candidate models: they are the rules of thumb the ranker
-#: must beat, servable through the same code.
-RANKERS: tuple[str, ...] = ("lightgbm", "tifu_knn", "top_frequency")
-#: Candidate sources each ranker reads (the others are left empty to save their cost).
-_RULE_SOURCES = {"tifu_knn": ("own", "tifu", "popular"), "top_frequency": ("own", "popular")}
-#: The flag of each candidate source (:class:`CandidateSizes`' fields) in :attr:`Candidates.sources`.
-_SOURCE_FLAGS = {"own": SOURCE_OWN, "als": SOURCE_ALS, "knn": SOURCE_KNN, "popular": SOURCE_POPULAR, "tifu": SOURCE_TIFU}
-#: Candidate rows from which the ranker scores on several threads.
-PARALLEL_SCORING_ROWS = 20_000
-#: Customers per block of candidate generation (the ALS top-k scores the items in stretches, so a
-#: block's memory is its candidates: about 130 rows of 20 features a customer).
-BLOCK_CUSTOMERS = 1_000
 
 
 @dataclass(frozen=True)
@@ -177,10 +143,8 @@ class RecommenderSettings:
     @property
     def ranked_candidates(self) -> CandidateSizes:
         """The candidate sizes the ranker reads: all of them for the blend, its own sources for a rule."""
-        used = _RULE_SOURCES.get(self.ranker)
-        if used is None:
-            return self.candidates
-        return CandidateSizes(**{name: (size if name in used else 0) for name, size in self.candidates.__dict__.items()})
+        used = RULE_SOURCES.get(self.ranker)
+        return self.candidates if used is None else self.candidates.only(used)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -193,159 +157,6 @@ class RecommenderSettings:
         values["candidates"] = CandidateSizes(**values.get("candidates", {}))
         values["repurchasable_categories"] = tuple(values.get("repurchasable_categories", ()))
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class CandidateModels:
-    """The fitted first stage: ALS factors, the item-item similarity and the ALS input weighting."""
-
-    user_factors: NDArray[np.float32]
-    item_factors: NDArray[np.float32]
-    similarity: sparse.csr_matrix
-    #: BM25 of the ALS input (users as documents): IDF per item and the mean customer weight.
-    als_idf: FloatArray
-    als_mean_row_weight: float
-    #: TIFU-KNN's neighbour pool: the customers' rows in the data and their vectors.
-    tifu_pool_rows: IntArray
-    tifu_pool: sparse.csr_matrix
-
-    def tifu(self, settings: RecommenderSettings) -> TifuNeighbours:
-        """TIFU-KNN's neighbour search with the settings' k and alpha (built once per pair)."""
-        key = (settings.tifu_neighbours, settings.tifu_alpha)
-        built = self.__dict__.setdefault("_tifu", {})
-        if key not in built:
-            built[key] = TifuNeighbours(self.tifu_pool_rows, self.tifu_pool, *key)
-        return built[key]
-
-    @cached_property
-    def item_index(self) -> ItemFactorIndex:
-        """The item factors ordered for the ALS top-k (built on first use)."""
-        return ItemFactorIndex(self.item_factors)
-
-    @cached_property
-    def similarity_keys(self) -> IntArray:
-        """``row * items + column`` of every stored similarity, ascending (the matrix has sorted
-        indices): many ``similarity[j, i]`` are found at once by one binary search, for reasons."""
-        sim = self.similarity
-        rows = np.repeat(np.arange(sim.shape[0], dtype=np.int64), np.diff(sim.indptr))
-        return rows * sim.shape[1] + sim.indices.astype(np.int64)
-
-
-def _bm25_rows(weight: sparse.csr_matrix, idf: FloatArray, mean_row: float, k1: float, b: float) -> sparse.csr_matrix:
-    """The ALS input weighting of some customers' rows, with the IDF and mean fitted on all customers
-    (equal to ``confidence(matrix, documents="users")`` for the fitted matrix's own rows)."""
-    coo = sparse.coo_matrix(weight)
-    row_sums = np.ravel(weight.sum(axis=1))
-    norm = (1.0 - b) + b * row_sums / (mean_row if mean_row > 0 else 1.0)
-    data = coo.data * (k1 + 1.0) / (k1 * norm[coo.row] + coo.data) * idf[coo.col]
-    out = sparse.csr_matrix((data, (coo.row, coo.col)), shape=weight.shape)
-    out.sort_indices()
-    return out
-
-
-def _als(settings: RecommenderSettings, n_threads: int) -> Any:
-    from implicit.cpu.als import AlternatingLeastSquares
-
-    return AlternatingLeastSquares(
-        factors=settings.factors, regularization=settings.regularization, iterations=settings.iterations,
-        calculate_training_loss=False, num_threads=n_threads, random_state=settings.seed,
-    )
-
-
-def _warm_factors(data: InteractionData, earlier: InteractionData, models: CandidateModels,
-                  seed: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Starting factors for an ALS fit on ``data`` from one fitted on ``earlier`` (the same store some
-    weeks before): each known customer and item starts where it was, new ones as implicit starts
-    them (uniform in [0, 0.01))."""
-    rng = np.random.default_rng(seed)
-    n_factors = models.item_factors.shape[1]
-
-    def carry(ids: NDArray[Any], earlier_ids: NDArray[Any], earlier_factors: NDArray[np.float32]) -> NDArray[np.float32]:
-        out = (rng.random((len(ids), n_factors), dtype=np.float32) * 0.01).astype(np.float32)
-        if len(earlier_ids):
-            pos = np.minimum(np.searchsorted(earlier_ids, ids), len(earlier_ids) - 1)
-            known = earlier_ids[pos] == ids
-            out[known] = earlier_factors[pos[known]]
-        return out
-
-    return (carry(data.customer_ids, earlier.customer_ids, models.user_factors),
-            carry(data.item_ids, earlier.item_ids, models.item_factors))
-
-
-def fit_candidate_models(data: InteractionData, settings: RecommenderSettings, *,
-                         warm_start: tuple[InteractionData, CandidateModels] | None = None) -> CandidateModels:
-    """ALS on the BM25-weighted decayed purchases and the BM25 item-item similarity (``implicit``).
-
-    ``warm_start``: the history and candidate models of an earlier cutoff; ALS then starts from their
-    factors and runs ``warm_iterations`` instead of ``iterations`` (most of the fit's time at a
-    million customers)."""
-    from implicit.nearest_neighbours import BM25Recommender
-
-    if data.n_users == 0 or data.weight.nnz == 0:
-        raise RecommenderInputError(f"no interaction before {data.as_of:%Y-%m-%d}: nothing to learn from")
-    weight = data.weight.astype(np.float64)
-    n_users = weight.shape[0]
-    counts = np.bincount(weight.indices, minlength=weight.shape[1])
-    idf = np.log(float(n_users)) - np.log1p(counts)
-    mean_row = float(np.ravel(weight.sum(axis=1)).mean())
-    als_input = confidence(weight, scheme="bm25", K1=settings.bm25_k1, B=settings.bm25_b, documents="users")
-    with threadpool_limits(1, "blas"):
-        als = _als(settings, settings.num_threads)
-        if warm_start is not None:
-            als.user_factors, als.item_factors = _warm_factors(data, *warm_start, seed=settings.seed)
-            als.iterations = settings.warm_iterations
-        als.fit(als_input.astype(np.float32).tocsr(), show_progress=False)
-        knn = BM25Recommender(K=settings.knn_neighbours, K1=settings.knn_k1, B=settings.knn_b,
-                              num_threads=settings.num_threads)
-        with warnings.catch_warnings():
-            # implicit's BM25 weighting hands a COO matrix to its own fit and warns about it.
-            warnings.filterwarnings("ignore", message="Method expects CSR input")
-            knn.fit(weight.tocsr(), show_progress=False)
-    similarity = sparse.csr_matrix(knn.similarity, dtype=np.float64)
-    similarity.sort_indices()
-    pool = tifu_pool(data, settings.tifu_pool)
-    return CandidateModels(
-        user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
-        item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
-        similarity=similarity,
-        als_idf=idf.astype(np.float64),
-        als_mean_row_weight=mean_row,
-        tifu_pool_rows=pool,
-        tifu_pool=tifu_pool_vectors(data, pool),
-    )
-
-
-def _ranker_params(settings: RecommenderSettings) -> dict[str, Any]:
-    return {
-        "objective": "rank_xendcg",
-        "metric": "ndcg",
-        "eval_at": [20],
-        "learning_rate": settings.learning_rate,
-        "num_leaves": settings.num_leaves,
-        "min_data_in_leaf": settings.min_child_samples,
-        # 63 bins instead of 255: histograms a quarter the size, the same splits on these features
-        # (counts, days, ranks and scores) to a few percent of a feature's range.
-        "max_bin": 63,
-        "num_threads": settings.num_threads,
-        "seed": settings.seed,
-        "deterministic": True,
-        "verbose": -1,
-    }
-
-
-@dataclass(frozen=True)
-class RankerTraining:
-    """What the ranker learned from: the label period and how well the candidates covered it."""
-
-    label_start: datetime
-    label_end: datetime
-    n_customers: int
-    n_pairs: int
-    positives: int
-    relevant: int
-    candidate_recall: float  # share of the label period's purchases (of known items) among the candidates
-    best_iteration: int
-    validation_ndcg20: float
 
 
 class RecommenderModel:
@@ -446,7 +257,7 @@ class RecommenderModel:
         training: RankerTraining | None = None
         if settings.ranker == "lightgbm":
             step("ranker on the label period")
-            booster, training = _fit_ranker(before, models_before, relevant, settings, before.as_of, data.as_of)
+            booster, training = fit_ranker(before, models_before, relevant, settings, before.as_of, data.as_of)
         step("final candidate models")
         self.data_ = data
         # ALS starts from the label period's factors: a few iterations move them to the cutoff.
@@ -702,7 +513,7 @@ class RecommenderModel:
         scores, sources and reasons.
 
         The candidates are those of the ranker reading the most sources; a rule ranks the ones its
-        own sources proposed (:data:`_RULE_SOURCES`): the very pairs, with the same features and in the
+        own sources proposed (:data:`~training.recommend.ranker.RULE_SOURCES`): the very pairs, with the same features and in the
         same order, that its own candidate generation gives (every source's list is cut on its own).
         The item-KNN and TIFU-KNN scores of a block are computed once for all the options. An
         evaluation of the servable configurations then costs about one of them."""
@@ -720,24 +531,22 @@ class RecommenderModel:
             raise RecommenderInputError(f"{int((~known).sum()):,} of the customers are unknown to the model: "
                                         "ranked_items ranks known customers only")
         # The union of the rankers' sources (all of them for the blend).
-        used = {name for r in rankers for name in _RULE_SOURCES.get(r, self.settings_.candidates.__dict__)}
-        sizes = CandidateSizes(**{name: (size if name in used else 0)
-                                  for name, size in self.settings_.candidates.__dict__.items()})
-        flags = {r: sum(_SOURCE_FLAGS[name] for name in _RULE_SOURCES[r]) for r in rankers if r in _RULE_SOURCES}
+        used = {name for r in rankers for name in RULE_SOURCES.get(r, tuple(CANDIDATE_SOURCES))}
+        sizes = self.settings_.candidates.only(used)
         blocks = [np.arange(start, min(start + BLOCK_CUSTOMERS, len(ids))) for start in range(0, len(ids), BLOCK_CUSTOMERS)]
         threads = min(self.settings_.num_threads, len(blocks))
 
         def rank(at: IntArray) -> dict[tuple[str, RecommendOptions], tuple[IntArray, IntArray]]:
             block = UserBlock.of_users(data, rows[at], self.models_.user_factors)
-            scores = source_scores(block, similarity=self.models_.similarity, sizes=sizes,
-                                   tifu=self.models_.tifu(self.settings_))
+            # Item-KNN's and TIFU-KNN's scores of the block, shared by the options' candidates.
+            shared: dict[str, Any] = {}
             out = {}
             for option, resolved_option in resolved.items():
-                found = self._candidates(block, resolved_option, sizes, scores)
+                found = self._candidates(block, resolved_option, sizes, shared)
                 for ranker in rankers:
                     mine = found
-                    if ranker in flags:
-                        keep = (found.sources & flags[ranker]) != 0
+                    if ranker in RULE_SOURCES:
+                        keep = found.proposed_by(RULE_SOURCES[ranker])
                         mine = Candidates(found.row[keep], found.item[keep], found.sources[keep], found.x[keep])
                     if len(mine) == 0:
                         ranked = np.empty(0)
@@ -768,37 +577,17 @@ class RecommenderModel:
         pos, known = self.data_.item_positions(list(items))
         if not known.any():
             return None
-        block = UserBlock.folded_in(self.data_.n_items, pos[known], np.zeros(self.models_.item_factors.shape[1]),
-                                    tifu_weight=self.settings_.tifu_decay.basket_weight)
-        weighted = _bm25_rows(block.weight, self.models_.als_idf, self.models_.als_mean_row_weight,
-                              self.settings_.bm25_k1, self.settings_.bm25_b)
-        als = self._als_object()
-        with threadpool_limits(1, "blas"):
-            factors = als.recalculate_user(0, weighted.astype(np.float32))
-        return replace(block, factors=np.asarray(factors, dtype=np.float32).reshape(1, -1))
-
-    def _als_object(self) -> Any:
-        als = _als(self.settings_, 1)
-        als.item_factors = self.models_.item_factors
-        als.user_factors = self.models_.user_factors
-        return als
+        return fold_in(self.models_, self.settings_, pos[known])
 
     def _score(self, found: Candidates, threads: int | None = None) -> FloatArray:
-        if len(found) == 0:
-            return np.empty(0)
-        if self.booster_ is None:
-            return rule_scores(found, self.settings_.ranker)
-        if threads is None:
-            # LightGBM's OpenMP threads cost milliseconds to wake up: one thread for a single request.
-            threads = self.settings_.num_threads if len(found) >= PARALLEL_SCORING_ROWS else 1
-        return np.asarray(self.booster_.predict(found.x, num_threads=threads), dtype=np.float64)
+        return candidate_scores(found, self.booster_, self.settings_.ranker, self.settings_.num_threads, threads)
 
     def _candidates(self, block: UserBlock, resolved: _Resolved, sizes: CandidateSizes,
-                    scores: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None) -> Candidates:
+                    shared: dict[str, Any] | None = None) -> Candidates:
         return candidates(self.data_, block, item_index=self.models_.item_index, similarity=self.models_.similarity,
                           sizes=sizes, allowed=resolved.allowed, exclude_owned=resolved.options.exclude_purchased,
                           keep_owned=resolved.keep_owned, popular=resolved.popular,
-                          tifu=self.models_.tifu(self.settings_), scores=scores)
+                          tifu=self.models_.tifu(self.settings_), shared=shared)
 
     @staticmethod
     def _top(found: Candidates, scores: FloatArray, n: int) -> tuple[IntArray, IntArray, FloatArray]:
@@ -816,74 +605,19 @@ class RecommenderModel:
                     scoring_threads: int | None = None) -> Ranked:
         found = self._candidates(block, resolved, self.settings_.ranked_candidates)
         at, rank, score = self._top(found, self._score(found, scoring_threads), resolved.options.n)
-        row, item, sources = found.row[at], found.item[at], found.sources[at]
-        source = np.asarray(SOURCES, dtype=object)[np.where(sources & SOURCE_OWN, 0, np.where(
-            sources & (SOURCE_ALS | SOURCE_KNN | SOURCE_TIFU), 1, 2))]
-        reasons = self._reasons(block, row, item, sources, found, at)
+        row, item = found.row[at], found.item[at]
+        reasons = pair_reasons(self.data_, self.models_, block, found, at, self._item_sentences())
         return Ranked(customer_id=customer_ids[row].astype(np.int64), rank=(rank + 1).astype(np.int64), item=item,
-                      score=score, source=source, reason=reasons, fallback=np.zeros(len(row), dtype=bool))
+                      score=score, source=served_sources(found.sources[at]), reason=reasons,
+                      fallback=np.zeros(len(row), dtype=bool))
 
-    def _reasons(self, block: UserBlock, row: IntArray, item: IntArray, sources: NDArray[np.int8],
-                 found: Candidates, at: IntArray) -> NDArray[np.object_]:
-        """Words for each recommended pair, by its source: the repurchase history; for an item-KNN
-        candidate the bought item that makes its score (the largest ``weight[u, j] * similarity[j,
-        i]``, the first such item on a tie); for ALS and TIFU-KNN the similar customers; else (the
-        popular source alone) its popularity. "because you bought" is only ever said of an item the
-        item-KNN source proposed."""
-        data = self.data_
-        out = np.empty(len(row), dtype=object)
-        purchases = found.feature("purchases")[at]
-        days = found.feature("days_since_purchase")[at]
-        own = np.flatnonzero(sources & SOURCE_OWN)
-        if len(own):
-            # One sentence per distinct (times, days): written once, shared by every pair that says it.
-            times = purchases[own].astype(np.int64)
-            ago = np.where(np.isfinite(days[own]), days[own], -1.0).astype(np.int64)
-            combos, inverse = np.unique(np.stack([times, ago], axis=1), axis=0, return_inverse=True)
-            texts = np.asarray([f"you bought it {t} time{'s' if t != 1 else ''}"
-                                + ("" if d < 0 else f", last {d} days ago") for t, d in combos.tolist()], dtype=object)
-            out[own] = texts[inverse.ravel()]
-        rest = np.flatnonzero(~(sources & SOURCE_OWN).astype(bool) & (sources & SOURCE_KNN).astype(bool))
-        # Every (pair, item the customer has) at once: its share of the pair's KNN score.
-        weight = block.weight
-        starts, stops = weight.indptr[row[rest]], weight.indptr[row[rest] + 1]
-        lengths = (stops - starts).astype(np.int64)
-        pair = np.repeat(np.arange(len(rest), dtype=np.int64), lengths)
-        offsets = np.cumsum(lengths) - lengths
-        entry = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
-        bought, w = weight.indices[entry].astype(np.int64), weight.data[entry]
-        keys = bought * data.n_items + item[rest][pair]
-        sim_keys = self.models_.similarity_keys
-        best_item = np.full(len(rest), -1, dtype=np.int64)
-        if len(sim_keys) and len(keys):
-            # Sorted needles: numpy's binary searches then walk the 5-million-entry array in order.
-            ascending = np.argsort(keys)
-            at_key = np.empty(len(keys), dtype=np.int64)
-            at_key[ascending] = np.minimum(np.searchsorted(sim_keys, keys[ascending]), len(sim_keys) - 1)
-            share = np.where(sim_keys[at_key] == keys, self.models_.similarity.data[at_key], 0.0) * w
-            # A pair's entries come by bought item: on a tie, the lower one explains the pair.
-            order = row_score_order(pair, share)
-            first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]]
-            positive = share[first] > 0
-            best_item[pair[first][positive]] = bought[first][positive]
-        because, popular = self._item_sentences()
-        has = best_item >= 0
-        out[rest[has]] = because[best_item[has]]
-        others = np.flatnonzero(out == None)  # noqa: E711 (an elementwise test of the object array)
-        alike = (sources[others] & (SOURCE_ALS | SOURCE_KNN | SOURCE_TIFU)).astype(bool)
-        out[others[alike]] = "customers with similar purchases bought it"
-        out[others[~alike]] = popular[item[others[~alike]]]
-        return out
-
-    def _item_sentences(self) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
-        """Per item, once per fit: "because you bought <item>" and "popular: <n> buyers in the last 30 days"."""
+    def _item_sentences(self) -> ItemSentences:
+        """Per item, once per fit: "because you bought <item>" and its popularity in the last 30 days."""
         memo = self._memo()
         if "sentences" not in memo:
-            data = self.data_
-            memo["sentences"] = (
-                np.asarray([f"because you bought {_label(data, j)}" for j in range(data.n_items)], dtype=object),
-                np.asarray([f"popular: {int(b):,} buyers in the last 30 days" for b in data.buyers_30d], dtype=object))
-        return memo["sentences"]
+            memo["sentences"] = item_sentences(self.data_)
+        sentences: ItemSentences = memo["sentences"]
+        return sentences
 
     def _popular_list(self, customer: int, resolved: _Resolved) -> Ranked:
         """The cold-start list: the segment's popular items, topped up with the overall ones; score
@@ -892,12 +626,12 @@ class RecommenderModel:
         items, counts, what = self._popular(resolved.options.channel, resolved.options.country)
         keep = allowed[items]
         items, counts = items[keep][:n], counts[keep][:n]
-        reasons = [f"popular: {int(c):,} {what}" for c in counts]
+        reasons = [popular_reason(c, what) for c in counts]
         if len(items) < n:
             overall, overall_counts, overall_what = self._popular(None, None)
             extra = allowed[overall] & ~np.isin(overall, items)
             more, more_counts = overall[extra][: n - len(items)], overall_counts[extra][: n - len(items)]
-            reasons += [f"popular: {int(c):,} {overall_what}" for c in more_counts]
+            reasons += [popular_reason(c, overall_what) for c in more_counts]
             items = np.concatenate([items, more])
         k = len(items)
         return Ranked(
@@ -929,29 +663,9 @@ class RecommenderModel:
         i = int(pos[0])
         allowed = self.allowed_items(categories=categories, exclude_categories=exclude_categories,
                                      exclude_items=exclude_items)
-        allowed[i] = False
-        sim = self.models_.similarity
-        neighbours = sim.indices[sim.indptr[i] : sim.indptr[i + 1]].astype(np.int64)
-        values = sim.data[sim.indptr[i] : sim.indptr[i + 1]]
-        keep = allowed[neighbours] & (values > 0)
-        order = np.lexsort((neighbours[keep], -values[keep]))[:n]
-        items, scores = list(neighbours[keep][order]), list(values[keep][order])
-        sources = ["co-purchase"] * len(items)
-        if len(items) < n:
-            factors = self.models_.item_factors.astype(np.float64)
-            norms = np.linalg.norm(factors, axis=1)
-            cosine = factors @ factors[i] / np.where(norms * norms[i] > 0, norms * norms[i], 1.0)
-            cosine[~allowed] = -np.inf
-            cosine[items] = -np.inf
-            extra = np.argsort(-cosine, kind="stable")[: n - len(items)]
-            extra = extra[np.isfinite(cosine[extra]) & (cosine[extra] > 0)]  # only items that are alike
-            items += list(extra)
-            scores += list(cosine[extra])
-            sources += ["model"] * len(extra)
+        items, scores, sources = similar_items(self.models_, i, allowed, n)
         return pd.DataFrame({"rank": np.arange(1, len(items) + 1, dtype=np.int64),
-                             Col.ITEM_ID: self.data_.item_ids[np.asarray(items, dtype=np.int64)],
-                             "score": np.asarray(scores, dtype=np.float64),
-                             "source": np.asarray(sources, dtype=object)})
+                             Col.ITEM_ID: self.data_.item_ids[items], "score": scores, "source": sources})
 
     def explain(self, customer_id: Hashable, item_id: Hashable, n: int = 3) -> pd.DataFrame:
         """ALS's explanation of the customer's score for the item: the ``n`` items they bought that
@@ -964,12 +678,8 @@ class RecommenderModel:
         pos, iknown = self.data_.item_positions([item_id])
         if not iknown[0]:
             raise KeyError(f"item {item_id!r} is not known to the recommender")
-        weighted = _bm25_rows(self.data_.weight[rows], self.models_.als_idf, self.models_.als_mean_row_weight,
-                              self.settings_.bm25_k1, self.settings_.bm25_b).astype(np.float32)
-        with threadpool_limits(1, "blas"):
-            _, top, _ = self._als_object().explain(0, weighted, int(pos[0]), N=n)
-        return pd.DataFrame({Col.ITEM_ID: [self.data_.item_ids[j] for j, _ in top],
-                             "contribution": np.asarray([float(s) for _, s in top], dtype=np.float64)})
+        items, contributions = als_contributions(self.models_, self.settings_, self.data_.weight[rows], int(pos[0]), n)
+        return pd.DataFrame({Col.ITEM_ID: list(self.data_.item_ids[items]), "contribution": contributions})
 
 
 def _side_by_side(work: Callable[[IntArray], _T], blocks: Sequence[IntArray], threads: int) -> Iterator[_T]:
@@ -983,97 +693,6 @@ def _side_by_side(work: Callable[[IntArray], _T], blocks: Sequence[IntArray], th
             stack.enter_context(threadpool_limits(1, "blas"))
             results = stack.enter_context(ThreadPoolExecutor(max_workers=threads)).map(work, blocks)
         yield from results
-
-
-# --- ranker training -------------------------------------------------------------------------------
-
-
-def _fit_ranker(
-    data: InteractionData,
-    models: CandidateModels,
-    relevant: Mapping[int, set[str]],
-    settings: RecommenderSettings,
-    label_start: datetime,
-    label_end: datetime,
-) -> tuple[lgb.Booster, RankerTraining]:
-    """The LightGBM ranker on the candidates of the customers who bought something in the label period."""
-    labels = relevant_positions(data, relevant)
-    with_labels = np.flatnonzero(np.diff(labels.indptr) > 0)
-    if len(with_labels) < 10:
-        raise RecommenderInputError(
-            f"only {len(with_labels)} known customers bought in {label_start:%Y-%m-%d} .. {label_end:%Y-%m-%d}: "
-            "too few to learn the ranking (need 10)")
-    rng = np.random.default_rng(settings.seed)
-    if len(with_labels) > settings.max_training_customers:
-        with_labels = np.sort(rng.choice(with_labels, settings.max_training_customers, replace=False))
-    allowed = data.recommendable
-    xs, ys, groups = [], [], []
-    size = BLOCK_CUSTOMERS
-    for start in range(0, len(with_labels), size):
-        rows = with_labels[start : start + size]
-        block = UserBlock.of_users(data, rows, models.user_factors)
-        found = candidates(data, block, item_index=models.item_index, similarity=models.similarity,
-                           sizes=settings.candidates, allowed=allowed, exclude_owned=False, tifu=models.tifu(settings))
-        y = _lookup(labels[rows], found.row, found.item)
-        xs.append(found.x)
-        ys.append(y)
-        groups.append(found.group_sizes(len(rows)))
-    x, y, group = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
-    relevant_total = int(labels[with_labels].sum())
-    positives = int(y.sum())
-    # Customers whose candidates hold none of their purchases teach the ranking nothing.
-    offsets = np.concatenate([[0], np.cumsum(group)])
-    per_customer = np.add.reduceat(y, offsets[:-1]) if len(group) else np.empty(0)
-    useful = np.flatnonzero((group > 0) & (per_customer > 0))
-    if len(useful) < 10:
-        raise RecommenderInputError("fewer than 10 customers have a later purchase among their candidates")
-    # A fifth of the customers (at least one, and at least one left to learn from) for early stopping.
-    valid_mask = np.zeros(len(useful), dtype=bool)
-    valid_mask[rng.permutation(len(useful))[: min(len(useful) - 1, max(1, round(0.2 * len(useful))))]] = True
-    parts = {}
-    for name, chosen in (("train", useful[~valid_mask]), ("valid", useful[valid_mask])):
-        take = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in chosen])
-        parts[name] = (x[take], y[take], group[chosen])
-    train_set = lgb.Dataset(parts["train"][0], parts["train"][1], group=parts["train"][2],
-                            feature_name=list(FEATURES), free_raw_data=True)
-    valid_set = lgb.Dataset(parts["valid"][0], parts["valid"][1], group=parts["valid"][2], reference=train_set)
-    booster = lgb.train(
-        _ranker_params(settings), train_set, num_boost_round=settings.n_estimators, valid_sets=[valid_set],
-        valid_names=["valid"],
-        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
-    )
-    best = int(booster.best_iteration or settings.n_estimators)
-    ndcg = float(booster.best_score.get("valid", {}).get("ndcg@20", float("nan")))
-    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-    training = RankerTraining(
-        label_start=label_start, label_end=label_end, n_customers=int(len(useful)), n_pairs=int(len(y)),
-        positives=positives, relevant=relevant_total,
-        candidate_recall=positives / relevant_total if relevant_total else float("nan"),
-        best_iteration=best, validation_ndcg20=ndcg,
-    )
-    return booster, training
-
-
-# --- rules of thumb ------------------------------------------------------------------------------------
-
-
-def rule_scores(found: Candidates, ranker: str) -> FloatArray:
-    """The scores of the rule rankers of :data:`RANKERS`, larger first.
-
-    ``top_frequency`` (P-TopFreq): an item the customer bought scores its number of orders, plus
-    ``0.5 / (2 + days since its last purchase)`` so that a tie goes to the more recent; every other
-    candidate scores below any of them by its place in the popular list. ``tifu_knn``: TIFU-KNN's
-    score where it is positive, then the popular list the same way."""
-    n_popular = float(np.nanmax(found.feature("popular_rank"))) + 2.0
-    popular = -(found.feature("popular_rank").astype(np.float64) + 1.0) / n_popular  # in (-1, 0)
-    if ranker == "top_frequency":
-        purchases = found.feature("purchases").astype(np.float64)
-        days = np.nan_to_num(found.feature("days_since_purchase").astype(np.float64), nan=0.0)
-        return np.where(purchases > 0, purchases + 0.5 / (2.0 + days), popular)
-    if ranker == "tifu_knn":
-        tifu = found.feature("tifu_score").astype(np.float64)
-        return np.where(tifu > 0, tifu, popular)
-    raise ValueError(f"ranker {ranker!r} is not a rule; expected one of {', '.join(RANKERS[1:])}")
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -1097,8 +716,3 @@ def _customer_id(value: Any) -> int:
     if isinstance(value, float) and not float(value).is_integer():
         raise RecommenderInputError(f"customer ids are whole numbers, got {value!r}")
     return out
-
-
-def _label(data: InteractionData, item: int) -> str:
-    name = data.name[item]
-    return f"{name} ({data.item_ids[item]})" if name else str(data.item_ids[item])

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from training.progress import reporter
-from training.recommend.candidates import CandidateSizes
+from training.recommend.candidates import CANDIDATE_SOURCES, CandidateSizes
 from training.recommend.data import InteractionData
 from training.recommend.evaluation import (
     ALS,
@@ -142,8 +142,9 @@ def suggest(trial: Any, base: RecommenderSettings) -> dict[str, Any]:
 
     half_life = categorical("half_life_days", tuple(str(h) for h in HALF_LIVES), str(base.half_life_days))
     given = base.candidates
-    sizes = {name: integer(f"candidates_{name}", 10, 100, getattr(given, name)) for name in ("own", "als", "knn", "tifu")}
-    sizes["popular"] = integer("candidates_popular", 10, 50, given.popular)
+    # Each source's size within the range it registered, in the order of the registry.
+    sizes = {name: integer(f"candidates_{name}", *source.search_sizes, getattr(given, name))
+             for name, source in CANDIDATE_SOURCES.items()}
     return {
         "half_life_days": None if half_life == "None" else float(half_life),
         "factors": categorical("factors", (32, 64, 128), base.factors),
