@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from features.history import utc_naive
 from features.schema import Col
+from features.settings import RecommendModelSettings, check_section
 from training.progress import reporter
 from training.recommend.block import UserBlock
 from training.recommend.candidate_models import CandidateModels, als_contributions, fit_candidate_models, fold_in
@@ -61,6 +62,11 @@ class _Resolved:
     allowed: BoolArray
     keep_owned: BoolArray | None
     popular: IntArray
+
+
+#: The fields of :class:`RecommenderSettings` that are the deployment's settings
+#: (``settings.recommend.model``); the candidate sizes are checked by :class:`CandidateSizes`.
+_SECTION_FIELDS = tuple(name for name in RecommendModelSettings.model_fields if name != "candidates")
 
 
 @dataclass(frozen=True)
@@ -106,31 +112,21 @@ class RecommenderSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # The deployment's settings (features.settings.RecommendModelSettings) are checked against
+        # their declaration there; the others here.
+        check_section(RecommendModelSettings, {name: getattr(self, name) for name in _SECTION_FIELDS},
+                      "RecommenderSettings")
         checks: list[tuple[str, bool]] = [
             ("half_life_days", self.half_life_days is None or self.half_life_days > 0),
             ("short_half_life_days", self.short_half_life_days > 0),
-            ("browse_weight", self.browse_weight >= 0),
-            ("factors", self.factors >= 1),
-            ("regularization", self.regularization >= 0),
-            ("iterations", self.iterations >= 1),
-            ("warm_iterations", self.warm_iterations >= 1),
             ("bpr_iterations", self.bpr_iterations >= 1),
-            ("knn_neighbours", self.knn_neighbours >= 1),
             ("label_days", self.label_days >= 1),
-            ("max_training_customers", self.max_training_customers >= 10),
-            ("n_estimators", self.n_estimators >= 1),
             ("learning_rate", 0 < self.learning_rate <= 1),
             ("num_leaves", self.num_leaves >= 2),
             ("min_child_samples", self.min_child_samples >= 1),
             ("early_stopping_rounds", self.early_stopping_rounds >= 1),
             ("num_threads", self.num_threads >= 1),
             ("ranker", self.ranker in RANKERS),
-            ("tifu_neighbours", self.tifu_neighbours >= 1),
-            ("tifu_alpha", 0 <= self.tifu_alpha <= 1),
-            ("tifu_group_size", self.tifu_group_size >= 1),
-            ("tifu_within_decay", 0 < self.tifu_within_decay <= 1),
-            ("tifu_across_decay", 0 < self.tifu_across_decay <= 1),
-            ("tifu_pool", self.tifu_pool >= 1),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
