@@ -258,8 +258,8 @@ class Lookups:
         rows, unknown = table.rows(customer_ids)
         if unknown:
             raise unknown_customers(unknown)
-        scores = [schemas.CustomerScore.model_construct(**row) for row in table.records(rows)]
-        return schemas.CustomerScoresResponse.model_construct(scores=scores, metadata=self.metadata)
+        # Validated as one object (pydantic's compiled path: faster than building each row's model).
+        return schemas.CustomerScoresResponse.model_validate({"scores": table.records(rows), "metadata": self.metadata})
 
     def info(self) -> schemas.InfoResponse:
         manifest = self.manifest

@@ -71,11 +71,15 @@ class Runtime:
         self.snapshot_date = lookups.snapshot_date
         self.metadata = lookups.metadata
         self._score_versions = {"clv": self.versions["clv"], "churn": self.versions["churn"]}
-        self._customers_index = bundle.snapshot.customers.index
+        self._customers_index = None if bundle.snapshot is None else bundle.snapshot.customers.index
 
     @classmethod
     def from_directory(cls, directory: Path | str, settings: Settings, lookups: Lookups | None = None) -> Runtime:
-        return cls(load_bundle(directory), settings, lookups)
+        """The runtime of the bundle in ``directory``; its scoring snapshot is read only when the
+        bundle has no score rows (hundreds of megabytes a worker at a million customers otherwise)."""
+        if lookups is None:
+            return cls(load_bundle(directory), settings)
+        return cls(load_bundle(directory, snapshot=lookups.scores is None), settings, lookups)
 
     # --- lookups ----------------------------------------------------------------------------------
 
@@ -165,12 +169,15 @@ class Runtime:
     def recomputed_scores(self, customer_ids: Sequence[int]) -> schemas.CustomerScoresResponse:
         """The score rows of ``customer_ids`` computed from the snapshot with the models
         (:func:`training.scoring.score_rows`, what the export stores), answered as the looked-up ones."""
+        snapshot = self.bundle.snapshot
+        if snapshot is None or self._customers_index is None:
+            raise RuntimeError("the bundle was loaded without its scoring snapshot: load_bundle(snapshot=True)")
         wanted = pd.Index(list(dict.fromkeys(int(c) for c in customer_ids)), dtype=np.int64)
         # get_indexer uses the index's own hash table (built once); isin would hash a million ids per call.
         unknown = wanted[self._customers_index.get_indexer(wanted) < 0]
         if len(unknown):
             raise unknown_customers(unknown.tolist())
-        frame = score_rows(self.bundle.snapshot, wanted, self.bundle.clv, self.bundle.churn,
+        frame = score_rows(snapshot, wanted, self.bundle.clv, self.bundle.churn,
                            versions=self._score_versions)
         return self.lookups.customer_scores(wanted.tolist(), ScoreTable.from_frame(frame))
 

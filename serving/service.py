@@ -140,7 +140,8 @@ class Rapport:
     """Recommendations and customer scores of the champion models in a serving bundle.
 
     A worker answers from the bundle's lookups (:mod:`serving.lookup`: numpy, memory-mapped) as
-    soon as it starts and loads the models and the scoring snapshot right after, in a thread; the
+    soon as it starts and loads the models right after, in a thread (and the scoring snapshot, for
+    a bundle without score rows only); the
     requests that need them wait for them, so a restarted worker takes its share of the load again
     without waiting for its imports. A known customer's plain list (no filter, ``n`` up to
     ``serving.default_lists``) was ranked at export and is looked up, and so are the customers'
@@ -183,7 +184,8 @@ class Rapport:
         threading.Thread(target=self._load_runtime, name="rapport-bundle", daemon=True).start()
 
     def _load_runtime(self) -> None:
-        """The models and the scoring snapshot (the thread started by ``__init__``)."""
+        """The models (and the scoring snapshot of a bundle without score rows): the thread started by
+        ``__init__``."""
         started = time.perf_counter()
         try:
             from serving.runtime import Runtime

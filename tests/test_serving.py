@@ -385,7 +385,12 @@ def test_a_bundle_without_score_rows_recomputes_them_and_says_so_once(trained, b
     said = [r.getMessage() for r in caplog.records if "no score rows" in r.getMessage()]
     assert lookups.scores is None and runtime.bundle.scores is None and len(said) == 1, said
     assert "export the bundle again" in said[0]
-    _bitwise(recomputed, Lookups.from_directory(directory, settings).customer_scores(ids).model_dump()["scores"])
+    current = Lookups.from_directory(directory, settings)
+    _bitwise(recomputed, current.customer_scores(ids).model_dump()["scores"])
+    # A worker reads the snapshot only to score with it: not when the bundle holds the rows.
+    assert runtime.bundle.snapshot is not None
+    looking_up = Runtime.from_directory(directory, settings, current)
+    assert looking_up.bundle.snapshot is None and looking_up.customer_scores(ids[:5]).scores[0].customer_id == ids[0]
     # Unknown customers: the same 404 either way.
     for answer in (runtime.customer_scores, Lookups.from_directory(directory, settings).customer_scores):
         with pytest.raises(RequestError) as refused:

@@ -491,7 +491,8 @@ class Bundle:
     clv: ClvModel
     churn: ChurnModel
     recommender: Any  # training.recommend.model.RecommenderModel
-    snapshot: Snapshot
+    #: None when loaded without it (load_bundle(snapshot=False)).
+    snapshot: Snapshot | None
     identity: pd.DataFrame
     #: training.recommend.precomputed.DefaultLists, or None when the bundle has none.
     default_lists: Any = None
@@ -614,7 +615,7 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def load_bundle(directory: Path | str) -> Bundle:
+def load_bundle(directory: Path | str, *, snapshot: bool = True) -> Bundle:
     """The bundle written by :func:`export_bundle` (or a synthetic one with the same layout).
 
     The large arrays (the recommender's and the default lists) are uncompressed ``.npy`` files that
@@ -627,11 +628,15 @@ def load_bundle(directory: Path | str) -> Bundle:
     ----------
     directory
         The bundle's directory.
+    snapshot
+        Read the scoring snapshot (the service reads it only for a bundle without score rows, which
+        it scores per request).
 
     Returns
     -------
     Bundle
-        The manifest, the three models, the scoring snapshot and the identity map.
+        The manifest, the three models, the scoring snapshot (None when not read) and the identity
+        map.
 
     Raises
     ------
@@ -664,8 +669,8 @@ def load_bundle(directory: Path | str) -> Bundle:
     churn = read(CHURN_STATE, lambda path: ChurnModel.from_dict(json.loads(path.read_text(encoding="utf-8"))))
     recommender = read(RECOMMENDER_DIR, artefact.load)
     as_of = datetime.fromisoformat(manifest["snapshot_as_of"])
-    snapshot = Snapshot(as_of=as_of, customers=read(tables[SNAPSHOT_CUSTOMERS].name, read_table),
-                        churn=read(tables[SNAPSHOT_CHURN].name, read_table))
+    features = Snapshot(as_of=as_of, customers=read(tables[SNAPSHOT_CUSTOMERS].name, read_table),
+                        churn=read(tables[SNAPSHOT_CHURN].name, read_table)) if snapshot else None
     identity = read(tables[IDENTITY].name, read_table)
     if not IDENTITY_COLUMNS <= set(identity.columns):
         raise BundleError(f"{tables[IDENTITY]}: columns {sorted(identity.columns)}, expected {sorted(IDENTITY_COLUMNS)}")
@@ -673,7 +678,7 @@ def load_bundle(directory: Path | str) -> Bundle:
         default_lists = DefaultLists.load(where, recommender)
     except DefaultListsError as exc:
         raise BundleError(f"bundle {where}: {exc}") from None
-    return Bundle(manifest=manifest, clv=clv, churn=churn, recommender=recommender, snapshot=snapshot,
+    return Bundle(manifest=manifest, clv=clv, churn=churn, recommender=recommender, snapshot=features,
                   identity=identity, default_lists=default_lists, scores=read_scores(where))
 
 

@@ -156,8 +156,9 @@ class ScoreTable:
                 raise ScoreTableError(f"score columns: codes of {name} outside its {len(labels[name])} values")
         self._ids = ids
         self._arrays = arrays
-        # Code -1 (an empty value) indexes the None appended at the end.
-        self._values = {name: [*labels[name], None] for name in CODED}
+        # Code -1 (an empty value) indexes the None appended at the end; object arrays, so that the
+        # values of many rows are taken in one numpy call.
+        self._values = {name: np.asarray([*labels[name], None], dtype=object) for name in CODED}
 
     @classmethod
     def from_columns(cls, table: Columns) -> ScoreTable:
@@ -191,8 +192,7 @@ class ScoreTable:
         for name in SCORE_COLUMNS:
             taken = self._arrays[name][rows]
             if name in self._values:
-                values = self._values[name]
-                columns.append([values[code] for code in taken.tolist()])
+                columns.append(self._values[name][taken].tolist())
             elif name in FLOATS and not bool(np.isfinite(taken).all()):
                 columns.append([value if math.isfinite(value) else None for value in taken.tolist()])
             else:
