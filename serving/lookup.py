@@ -1,15 +1,12 @@
 """What a worker answers from the moment it starts, with numpy alone: the bundle's manifest
-(``/info``), the default lists ranked at export (a known customer's plain ``recommend``), the
-customers' score rows written at export (``customer_scores``), the identity index (raw keys) and
-the error bodies.
+(``/info``), the default lists and the score rows written at export (a known customer's plain
+``recommend``, ``customer_scores``), the identity index (raw keys) and the error bodies.
 
 A worker that starts (at the server's start, or after one crashed or was killed) reads these in a
 fraction of a second: every array is memory-mapped (the page cache already holds them when another
 worker runs) and nothing here imports pandas, LightGBM, scikit-learn, SciPy, Ibis, DuckDB or MLflow
-(``tests/test_serving_start.py`` checks it). The models and the scoring snapshot
-(:class:`serving.runtime.Runtime`) are loaded right after, in the background (:mod:`serving.service`);
-a request that needs them waits for them (``customer_scores`` only on a bundle written before the
-score rows, which the runtime recomputes).
+(``tests/test_serving_start.py`` checks it). The models (:class:`serving.runtime.Runtime`) are loaded
+right after, in the background (:mod:`serving.service`); a request that needs them waits for them.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """The CRM scores of a serving bundle as columns: every customer's row of ``rapport score``, written
-once at export and looked up by the service (``customer_scores``) instead of recomputed.
+once at export (:func:`encode`, then :func:`training.frames.write_frame`) and looked up by the
+service's ``customer_scores`` instead of recomputed (:class:`ScoreTable`, numpy only).
 
-:func:`encode` turns rows of :func:`training.scoring.score_rows` into the stored form: the customer
-id (int64, ascending: the snapshot's order), the numbers as float64 (bit for bit), and every other
-column as dictionary codes into the JSON values it is answered with (the risk band, the reasons, the
-model versions, the next order date as an ISO date, the churn horizon as an integer; code -1 for
-an empty value). The bundle keeps them as a folder of ``.npy`` columns (:mod:`training.frames`),
-memory-mapped read-only, so the workers share one copy through the page cache.
-
-:class:`ScoreTable` answers with numpy alone (a worker looks scores up before it has imported
-pandas or the models): customer ids to rows by binary search in the sorted id column, each column
-taken at those rows, codes to values by list index. The service's recomputing path (a bundle
-written before the scores were) goes through :meth:`ScoreTable.from_frame`, so both paths answer
-with the same conversion.
+Stored: the customer id (int64, ascending), the numbers as float64 (bit for bit), every other column
+as dictionary codes into the JSON values it is answered with (code -1: empty). Memory-mapped
+read-only, so the workers share one copy through the page cache; the service's recomputing path (a
+bundle written before the score rows) answers through :meth:`ScoreTable.from_frame`, the same
+conversion.
 """
 
 from __future__ import annotations
@@ -96,8 +90,10 @@ _ANSWERED: dict[str, Callable[[Any], Any]] = {
 
 def encode(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of :func:`training.scoring.score_rows` in their stored form (see the module docstring):
-    the same columns, the customer ids ascending, the coded columns as categoricals of their JSON
-    values (written by :func:`training.frames.write_frame` as codes and dictionary).
+    the same columns, the customer ids ascending, the coded columns (:data:`CODED`: the value segment,
+    risk band, reasons, model versions and ``as_of`` as text, the next order date as its ISO date, the
+    churn horizon as an integer) as categoricals of their JSON values (written by
+    :func:`training.frames.write_frame` as codes and dictionary).
 
     Parameters
     ----------
@@ -138,7 +134,9 @@ def encode(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 class ScoreTable:
-    """Score rows as columns, looked up by customer id (numpy only; see the module docstring)."""
+    """Score rows as columns, looked up by customer id with numpy alone (a worker answers from them
+    before it has imported pandas or the models): ids to rows by binary search in the ascending id
+    column, each column taken at those rows, codes to their values by index."""
 
     def __init__(self, arrays: dict[str, np.ndarray], labels: dict[str, list[Any]]) -> None:
         missing = [name for name in SCORE_COLUMNS if name not in arrays] + \
