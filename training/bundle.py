@@ -380,7 +380,24 @@ def write_default_lists(recommender: Any, directory: Path, length: int,
 
 def write_scores(chunks: Iterable[pd.DataFrame], directory: Path) -> None:
     """Write the rows of :func:`training.scoring.score_chunks` (``rapport score``'s) into the
-    bundle's ``scores`` table in their stored form (:func:`training.score_table.encode`)."""
+    bundle's ``scores`` table in their stored form (:func:`training.score_table.encode`).
+
+    Parameters
+    ----------
+    chunks
+        The score rows, chunk by chunk (columns :data:`training.score_table.SCORE_COLUMNS`).
+    directory
+        The bundle's directory; the table goes into its ``scores/`` folder (replaced).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    training.score_table.ScoreTableError
+        A column is missing or a customer appears twice.
+    """
     import pandas as pd
 
     frames = list(chunks)
@@ -620,7 +637,7 @@ def load_bundle(directory: Path | str, *, snapshot: bool = True) -> Bundle:
 
     The large arrays (the recommender's and the default lists) are uncompressed ``.npy`` files that
     are memory-mapped read-only: the service's workers share them through the page cache, and a
-    worker that is restarted has almost nothing to read. The three tables are folders of ``.npy``
+    worker that is restarted has almost nothing to read. The tables are folders of ``.npy``
     columns (:mod:`training.frames`), read without decoding; a bundle written with them as Parquet
     files (``snapshot_customers.parquet``, ...) is still read.
 
@@ -684,7 +701,23 @@ def load_bundle(directory: Path | str, *, snapshot: bool = True) -> Bundle:
 
 def read_scores(directory: Path | str) -> ScoreTable | None:
     """The bundle's score columns, memory-mapped (numpy only: a worker answers from them before it
-    has imported pandas), or None when the bundle was written before them."""
+    has imported pandas), or None when the bundle was written before them.
+
+    Parameters
+    ----------
+    directory
+        The bundle's directory.
+
+    Returns
+    -------
+    training.score_table.ScoreTable or None
+        The score rows; None when the bundle has no ``scores/`` folder.
+
+    Raises
+    ------
+    BundleError
+        The folder's columns cannot be read or do not hold score rows (the message says which).
+    """
     where = Path(directory)
     if not (where / SCORES).is_dir():
         return None
