@@ -10,7 +10,9 @@ The bundle is synthesised, not exported from a 1M-customer store: the recommende
 synthetic interactions of ``benchmarks/recommend.py`` (``RecommenderModel.fit_data``); the CLV and
 churn models are the ones of a small trained bundle (``--models``, e.g. one written by
 ``rapport serve export`` after ``rapport demo``), and the scoring snapshot is that bundle's rows
-resampled to the 1M customers; the identity map gets three random keys per customer.
+resampled to the 1M customers; the identity map gets three random keys per customer. Every
+customer's score row is written as ``rapport serve export`` writes it (``score_chunks`` of that
+snapshot with those models, ``training.bundle.write_scores``; the seconds it took are printed).
 
 The bundle holds the default lists (``--default-lists``, the top 20 of every customer ranked at
 export, as ``rapport serve export`` writes them; the seconds it took are printed).
@@ -18,15 +20,21 @@ export, as ``rapport serve export`` writes them; the seconds it took are printed
     python benchmarks/serve.py --models bundle [--customers 1000000] [--items 50000]
                                [--interactions 10000000] [--seconds 30] [--connections 16] [--workers 2]
                                [--client wrk|httpx] [--default-lists 20] [--reuse] [--kill-worker]
-                               [--worker-start N]
+                               [--worker-start N] [--cases customer_scores,customer_scores_1000,echo]
 
 Prints, for ``recommend`` (a random known customer, n=10, no option: the web shop's plain list, a
 lookup in the default lists), ``recommend_ranked`` (the same with ``exclude_purchased: false``: an
 option, so the model ranks the list per request, in blocks of concurrent requests),
-``customer_scores`` (one random customer) and ``echo`` (the HTTP layer alone): requests/s, p50 and
-p99 latency, errors; the share of echo's throughput recommend reaches, and the server's resident
-memory per worker. Targets on 2 cores: recommend >= 1,000 requests/s, p99 < 50 ms, zero errors,
->= 60 % of echo; < 2 GB per worker.
+``customer_scores`` (one random customer: a lookup in the score rows), ``customer_scores_1000``
+(1,000 random customers a request, the CRM's batch, on one connection: the latency of one request
+with no other waiting) and ``echo`` (the HTTP layer alone): requests/s, p50 and p99 latency, errors;
+the share of echo's throughput each endpoint reaches and its latencies as multiples of echo's (the
+machine's speed divides out), the load average before and after, and each worker's resident (RSS)
+and proportional (PSS: the shared pages of the memory-mapped bundle split between the processes
+that map them) memory. Targets on 2 cores: recommend >= 1,000 requests/s, p99 < 50 ms, zero errors,
+>= 60 % of echo; customer_scores >= 3,000 requests/s with p99 < 10 ms, a 1,000-customer request
+under 20 ms; < 2 GB per worker. ``--cases`` measures only the cases named (echo is always measured,
+last).
 
 ``--kill-worker`` measures recovery instead: ``recommend`` under the same load for ``--seconds``, one
 of the workers killed (SIGKILL) a third of the way in; prints the requests lost and the seconds until
@@ -67,8 +75,9 @@ API_KEY = "benchmark-key"
 def build_bundle(args: argparse.Namespace, out: Path) -> None:
     import recommend as synthetic  # benchmarks/recommend.py
 
-    from training.bundle import CHURN_STATE, CLV_STATE, IDENTITY, RECOMMENDER_DIR, SNAPSHOT_CHURN, \
-        SNAPSHOT_CUSTOMERS, read_manifest, read_table, sort_identity, table_path, write_default_lists, write_manifest
+    from training.bundle import CHURN_STATE, CLV_STATE, IDENTITY, MODEL_KEYS, RECOMMENDER_DIR, SNAPSHOT_CHURN, \
+        SNAPSHOT_CUSTOMERS, load_bundle, read_manifest, read_table, sort_identity, table_path, write_default_lists, \
+        write_manifest, write_scores
     from training.frames import write_frame
     from training.recommend import artefact
     from training.recommend.model import RecommenderModel, RecommenderSettings
@@ -113,6 +122,14 @@ def build_bundle(args: argparse.Namespace, out: Path) -> None:
         read_table(out / name)
         print(f"{name}: {len(frame):,} rows read in {time.perf_counter() - began:.2f} s as .npy columns, "
               f"{parquet_s:.2f} s as Parquet", flush=True)
+    started = time.perf_counter()
+    from training.scoring import Snapshot, score_chunks
+
+    models = load_bundle(source)
+    versions = {key: str(manifest["models"][key]["version"]) for key in MODEL_KEYS}
+    write_scores(score_chunks(Snapshot(as_of=models.snapshot.as_of, customers=rows, churn=in_churn), models.clv,
+                              models.churn, versions=versions), out)
+    print(f"score rows of {len(ids):,} customers written in {time.perf_counter() - started:.0f} s", flush=True)
     n_keys = 3 * len(ids)
     write_frame(sort_identity(pd.DataFrame({
         "key_type": pd.Categorical(np.resize(np.asarray(["email", "account", "device"]), n_keys)),
@@ -150,6 +167,9 @@ async def _drive(url: str, endpoint: str, ids: list[int], seconds: float, connec
                     body = {"customer_id": ids[i], "n": 10, "exclude_purchased": False}
                 elif endpoint == "customer_scores":
                     body = {"customer_ids": [ids[i]]}
+                elif endpoint == "customer_scores_1000":
+                    start = i % (len(ids) - BATCH + 1)
+                    body = {"customer_ids": ids[start : start + BATCH]}
                 else:
                     body = {"message": "ping"}
                 t = time.perf_counter()
@@ -182,6 +202,11 @@ function setup(thread)
   threads = threads + 1
 end
 local i = nil
+-- %(batch)d consecutive customers of the list from the i-th on (wrapping before its end)
+local function batch(start)
+  start = ((start - 1) %% (#ids - %(batch)d + 1)) + 1
+  return table.concat(ids, ",", start, start + %(batch)d - 1)
+end
 request = function()
   i = ((i or offset or 0) %% #ids) + 1
   return wrk.format(nil, "/%(endpoint)s", nil, %(body)s)
@@ -194,6 +219,8 @@ done = function(summary, latency, requests)
 end
 """
 
+#: Customers per request of the ``customer_scores_1000`` case (the service's largest batch).
+BATCH = 1_000
 #: Per measured case: the endpoint's path and the request body (Lua expression of the customer ids[i]).
 #: ``recommend`` asks for a plain list (a lookup in the default lists ranked at export);
 #: ``recommend_ranked`` keeps purchases in the list (an option), so the model ranks it per request.
@@ -201,9 +228,12 @@ _WRK_BODIES = {
     "recommend": ("recommend", "'{\"customer_id\": ' .. ids[i] .. ', \"n\": 10}'"),
     "recommend_ranked": ("recommend", "'{\"customer_id\": ' .. ids[i] .. ', \"n\": 10, \"exclude_purchased\": false}'"),
     "customer_scores": ("customer_scores", "'{\"customer_ids\": [' .. ids[i] .. ']}'"),
+    "customer_scores_1000": ("customer_scores", "'{\"customer_ids\": [' .. batch(i) .. ']}'"),
     "echo": ("echo", "'{\"message\": \"ping\"}'"),
 }
 CASES = tuple(_WRK_BODIES)
+#: Cases measured on one connection whatever --connections says: the latency of a request alone.
+ONE_CONNECTION = ("customer_scores_1000",)
 
 
 def drive_wrk(url: str, endpoint: str, ids_file: Path, seconds: float, connections: int) -> dict:
@@ -212,7 +242,7 @@ def drive_wrk(url: str, endpoint: str, ids_file: Path, seconds: float, connectio
     script = ids_file.parent / f"{endpoint}.lua"
     path, body = _WRK_BODIES[endpoint]
     script.write_text(_WRK_SCRIPT % {"key": API_KEY, "ids": ids_file.with_suffix(".txt"), "endpoint": path,
-                                     "body": body})
+                                     "body": body, "batch": BATCH})
     threads = str(min(4, connections))
     for duration in (5.0, seconds):  # warm-up, then the measure
         done = subprocess.run(["wrk", "-t", threads, "-c", str(connections), "-d", f"{duration:g}s", "-s", str(script),
@@ -256,7 +286,7 @@ def kill_worker_case(url: str, server_pid: int, ids_file: Path, seconds: float, 
     script = ids_file.parent / "kill.lua"
     path, body = _WRK_BODIES["recommend"]
     script.write_text(_WRK_SCRIPT % {"key": API_KEY, "ids": ids_file.with_suffix(".txt"), "endpoint": path,
-                                     "body": body})
+                                     "body": body, "batch": BATCH})
     threads = str(min(4, connections))
     command = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{seconds:g}s", "-s", str(script), url]
     subprocess.run([*command[:6], "5s", *command[7:]], capture_output=True, text=True, check=True)  # warm-up
@@ -332,6 +362,25 @@ def _rss_mb(pid: int) -> float:
     return total
 
 
+def _worker_memory_mb(server_pid: int) -> list[tuple[int, float, float]]:
+    """(pid, RSS, PSS) of each worker, from /proc/<pid>/smaps_rollup, in MB."""
+    out = []
+    for process in _workers(server_pid):
+        fields: dict[str, float] = {}
+        with contextlib.suppress(FileNotFoundError):  # a process that ended meanwhile
+            for line in Path(f"/proc/{process.pid}/smaps_rollup").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name in ("Rss", "Pss"):
+                    fields[name] = int(rest.split()[0]) / 1024
+        if fields:
+            out.append((process.pid, fields.get("Rss", 0.0), fields.get("Pss", 0.0)))
+    return sorted(out)
+
+
+def _load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", required=True, help="A small bundle whose CLV and churn models are reused.")
@@ -351,9 +400,14 @@ def main() -> None:
     parser.add_argument("--worker-start", type=int, default=0, metavar="N",
                         help="Only a worker's start without load: one worker killed N times, the seconds until a new "
                              "process answers and until its models are loaded.")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"The cases to measure, comma-separated, among {', '.join(CASES)} (echo always).")
     parser.add_argument("--default-lists", type=int, default=20,
                         help="Length of the default lists ranked into the bundle (serving.default_lists; 0: none).")
     args = parser.parse_args()
+    cases = [c for c in CASES if c in {*args.cases.split(","), "echo"}]
+    if unknown := set(args.cases.split(",")) - set(CASES):
+        raise SystemExit(f"unknown case(s) {', '.join(sorted(unknown))}: the cases are {', '.join(CASES)}")
 
     client = args.client or ("wrk" if shutil.which("wrk") else "httpx")
     if client == "wrk" and not shutil.which("wrk"):
@@ -389,7 +443,7 @@ def main() -> None:
         print(f"server ready in {time.perf_counter() - started:.0f} s (bundle load)", flush=True)
         manifest = json.loads((bundle / "manifest.json").read_text())
         ids_all = read_table(table_path(bundle, SNAPSHOT_CUSTOMERS)).index.to_numpy()
-        ids = np.random.default_rng(1).choice(ids_all, 20_000, replace=False).tolist()
+        ids = np.random.default_rng(1).choice(ids_all, min(20_000, len(ids_all)), replace=False).tolist()
         ids_file = bundle.parent / "ids.json"
         ids_file.write_text(json.dumps([int(i) for i in ids]))
         ids_file.with_suffix(".txt").write_text("\n".join(str(int(i)) for i in ids) + "\n")
@@ -414,28 +468,40 @@ def main() -> None:
                   f"{recovered}; {r['workers_after']} workers at the end ({args.seconds:.0f} s, "
                   f"{args.connections} connections)", flush=True)
             return
-        results = []
+        results: dict[str, dict] = {}
+        load_before = _load_average()
         # recommend first: BentoML keeps every answered request's timer for the 10 s timeout, and
         # echo's tens of thousands would still be in the heap during the next endpoint's run.
-        for endpoint in CASES:
+        # A case on one connection is compared with echo on one connection too.
+        runs = [(c, 1 if c in ONE_CONNECTION else args.connections) for c in cases]
+        if any(c in ONE_CONNECTION for c in cases):
+            runs.append(("echo", 1))
+        for endpoint, connections in runs:
+            label = endpoint if (endpoint, connections) != ("echo", 1) else "echo, 1 connection"
             if client == "wrk":
-                results.append(drive_wrk(url, endpoint, ids_file, args.seconds, args.connections))
+                results[label] = drive_wrk(url, endpoint, ids_file, args.seconds, connections)
             else:
                 done = subprocess.run([sys.executable, __file__, "--drive", url, endpoint, str(ids_file),
-                                       str(args.seconds), str(args.connections)], capture_output=True, text=True,
+                                       str(args.seconds), str(connections)], capture_output=True, text=True,
                                       check=True)
-                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            r = results[-1]
-            print(f"{endpoint:<16} {r['rps']:8.0f} req/s   p50 {r['p50']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
-                  f"errors {r['errors']}   ({r['requests']:,} requests)", flush=True)
+                results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+            r = results[label]
+            print(f"{label:<20} {r['rps']:8.0f} req/s   p50 {r['p50']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
+                  f"errors {r['errors']}   ({r['requests']:,} requests, {connections} connection(s))", flush=True)
         rss = _rss_mb(server.pid)
-        echo = results[CASES.index("echo")]["rps"]
         print()
         print(f"bundle: {manifest['counts']['customers']:,} customers, {manifest['counts']['items']:,} items; "
-              f"{args.connections} connections, {args.seconds:.0f} s each, {args.workers} worker(s), client {client}")
-        print(f"recommend / echo throughput: {results[0]['rps'] / echo:.0%} (default lists); "
-              f"{results[1]['rps'] / echo:.0%} ranked per request")
+              f"{args.connections} connections, {args.seconds:.0f} s each, {args.workers} worker(s), client {client}; "
+              f"load average (1 / 5 / 15 min) {load_before} before, {_load_average()} after")
+        for endpoint, r in results.items():
+            if not endpoint.startswith("echo"):
+                echo = results["echo, 1 connection" if endpoint in ONE_CONNECTION else "echo"]
+                print(f"{endpoint} / echo: throughput {r['rps'] / echo['rps']:.0%}, p50 {r['p50'] / echo['p50']:.1f}x, "
+                      f"p99 {r['p99'] / echo['p99']:.1f}x" + (" (both on one connection)" if endpoint in ONE_CONNECTION
+                                                              else ""))
         print(f"server resident memory (largest process): {rss:,.0f} MB")
+        for pid, resident, proportional in _worker_memory_mb(server.pid):
+            print(f"worker {pid}: RSS {resident:,.0f} MB, PSS {proportional:,.0f} MB")
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

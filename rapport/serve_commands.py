@@ -26,8 +26,9 @@ from rapport.app import (
 def serve_export(
     output: Annotated[Path, typer.Option(help="Directory to write the bundle to (replaced if it is a bundle).")] = Path("bundle"),
 ) -> None:
-    """Write the serving bundle: the champion models, the scoring snapshot at the CLV champion's cutoff
-    and the identity map. The service needs nothing else (no store, no tracking server)."""
+    """Write the serving bundle: the champion models, the scoring snapshot at the CLV champion's cutoff,
+    every customer's scores (the rows of rapport score, which customer_scores looks up) and the
+    identity map. The service needs nothing else (no store, no tracking server)."""
     from training.bundle import export_bundle
 
     with _progress() as progress:

@@ -1,19 +1,19 @@
 """What a worker answers from the moment it starts, with numpy alone: the bundle's manifest
-(``/info``), the default lists ranked at export (a known customer's plain ``recommend``), the
-identity index (raw keys) and the error bodies.
+(``/info``), the default lists and the score rows written at export (a known customer's plain
+``recommend``, ``customer_scores``), the identity index (raw keys) and the error bodies.
 
 A worker that starts (at the server's start, or after one crashed or was killed) reads these in a
 fraction of a second: every array is memory-mapped (the page cache already holds them when another
 worker runs) and nothing here imports pandas, LightGBM, scikit-learn, SciPy, Ibis, DuckDB or MLflow
-(``tests/test_serving_start.py`` checks it). The models and the scoring snapshot
-(:class:`serving.runtime.Runtime`) are loaded right after, in the background (:mod:`serving.service`);
-a request that needs them waits for them.
+(``tests/test_serving_start.py`` checks it). The models (:class:`serving.runtime.Runtime`) are loaded
+right after, in the background (:mod:`serving.service`); a request that needs them waits for them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from training.bundle import (
     BundleError,
     key_hash_words,
     manifest_versions,
+    read_scores,
     salt_check,
     table_path,
     verify_bundle,
@@ -41,6 +42,7 @@ from training.recommend.artefact import RecommenderArtefactError, read_ids
 from training.recommend.options import RecommendOptions
 from training.recommend.precomputed import DefaultLists, DefaultListsError
 from training.recommend.ranked import Ranked
+from training.score_table import ScoreTable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -126,6 +128,13 @@ def _sorted_keys(codes: np.ndarray, high: np.ndarray, low: np.ndarray) -> bool:
     return bool(np.all((c0 < c1) | ((c0 == c1) & ((h0 < h1) | ((h0 == h1) & (low[:-1] <= low[1:]))))))
 
 
+def unknown_customers(unknown: Sequence[int]) -> RequestError:
+    """The 404 of a ``customer_scores`` request naming the customers the snapshot does not hold."""
+    shown = ", ".join(str(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+    return RequestError(404, "customer_ids", f"{len(unknown)} unknown customer(s): {shown}",
+                        unknown_customer_ids=[int(c) for c in unknown])
+
+
 @dataclass
 class Outcome:
     """What an answer did, for the service's counters."""
@@ -138,9 +147,16 @@ class Lookups:
     """The answers that are lookups in the bundle (see the module docstring)."""
 
     def __init__(self, manifest: dict[str, Any], settings: Settings, *, customer_ids: np.ndarray,
-                 item_ids: np.ndarray, default_lists: DefaultLists | None, identity: IdentityIndex | None) -> None:
+                 item_ids: np.ndarray, default_lists: DefaultLists | None, identity: IdentityIndex | None,
+                 scores: ScoreTable | None = None) -> None:
         self.manifest = manifest
         self.settings = settings
+        #: None in a bundle written before the score rows: the runtime recomputes them.
+        self.scores = scores
+        if scores is None:
+            log.warning("the bundle has no score rows (written before rapport serve export stored them): "
+                        "customer_scores recomputes every answer from the snapshot; export the bundle again "
+                        "to look them up")
         #: None until the full runtime supplies it (a bundle whose identity table is Parquet).
         self.identity = identity
         self.default_lists = default_lists
@@ -157,7 +173,7 @@ class Lookups:
     @classmethod
     def from_directory(cls, directory: Path | str, settings: Settings) -> Lookups:
         """The lookups of the bundle in ``directory``: its manifest (every file's size checked), the
-        recommender's ids, the default lists and the identity table, memory-mapped."""
+        recommender's ids, the default lists, the score rows and the identity table, memory-mapped."""
         where = Path(directory)
         manifest = verify_bundle(where, digests=False)
         try:
@@ -169,7 +185,7 @@ class Lookups:
         except (RecommenderArtefactError, DefaultListsError, FrameFileError) as exc:
             raise BundleError(f"bundle {where}: {exc}") from None
         return cls(manifest, settings, customer_ids=customer_ids, item_ids=item_ids, default_lists=default_lists,
-                   identity=identity)
+                   identity=identity, scores=read_scores(where))
 
     def resolve_key(self, key: schemas.RawKey) -> int | None:
         """The customer of a raw key (None: nobody's); a :class:`RequestError` (503) when the salt is
@@ -227,6 +243,20 @@ class Lookups:
         response = schemas.RecommendResponse.model_construct(customer_id=customer, known=known, fallback=fallback,
                                                              items=items, metadata=self.metadata)
         return response, Outcome(fallback=fallback, unknown_customers=0 if known else 1)
+
+    def customer_scores(self, customer_ids: Sequence[int],
+                        table: ScoreTable | None = None) -> schemas.CustomerScoresResponse:
+        """The score rows of ``customer_ids`` (duplicates once, in the order asked) from ``table``
+        (default: the bundle's, :attr:`scores`); a :class:`RequestError` (404) naming the customers it
+        does not hold."""
+        table = self.scores if table is None else table
+        if table is None:
+            raise RuntimeError("the bundle has no score rows: the runtime recomputes them (Runtime.customer_scores)")
+        rows, unknown = table.rows(customer_ids)
+        if unknown:
+            raise unknown_customers(unknown)
+        # Validated as one object (pydantic's compiled path: faster than building each row's model).
+        return schemas.CustomerScoresResponse.model_validate({"scores": table.records(rows), "metadata": self.metadata})
 
     def info(self) -> schemas.InfoResponse:
         manifest = self.manifest

@@ -1,13 +1,13 @@
 """The service's in-memory state and answers, without HTTP: a loaded bundle, the identity index and
 one function per endpoint. :mod:`serving.service` wraps it in BentoML; tests call it directly too.
 
-Scores and lists come from the code paths of ``rapport score`` and ``rapport recommend``, so the
-service and the batch files agree; no lookup touches a database (:class:`Runtime` says how)."""
+Scores are the rows of ``rapport score`` stored in the bundle at export, lists come from the code path
+of ``rapport recommend``, so the service and the batch files agree; no lookup touches a database
+(:class:`Runtime` says how)."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,56 +18,22 @@ import pandas as pd
 from features.schema import Col
 from features.settings import Settings
 from serving import schemas
-from serving.lookup import IdentityIndex, Lookups, Outcome, RequestError, bundle_directory, worker_count
+from serving.lookup import (
+    IdentityIndex,
+    Lookups,
+    Outcome,
+    RequestError,
+    bundle_directory,
+    unknown_customers,
+    worker_count,
+)
 from training.bundle import Bundle, BundleError, load_bundle
 from training.recommend.model import RecommenderInputError
 from training.recommend.options import RecommendOptions
-from training.scoring import SCORE_COLUMNS, score_rows
+from training.score_table import ScoreTable
+from training.scoring import score_rows
 
 log = logging.getLogger(__name__)
-
-
-def _float(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
-        return None
-    return str(value)
-
-
-def _date(value: Any) -> str | None:
-    if value is None or pd.isna(value):
-        return None
-    return pd.Timestamp(value).date().isoformat()
-
-
-_FLOATS = ("expected_purchases_30d", "expected_purchases_90d", "expected_purchases_365d", "probability_alive",
-           "expected_order_value", "clv", "clv_lower", "clv_upper", "churn_probability", "percentile")
-_TEXTS = ("value_segment", "risk_band", "reason_1", "reason_2", "reason_3", "clv_model_version",
-          "churn_model_version", "as_of")
-
-
-def score_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """:func:`score_rows` output as JSON-ready rows: NaN and empty values as None, the next order date
-    as an ISO date."""
-    columns = {name: frame[name].tolist() for name in SCORE_COLUMNS}
-    out = []
-    for k in range(len(frame)):
-        row: dict[str, Any] = {Col.CUSTOMER_ID: int(columns[Col.CUSTOMER_ID][k])}
-        for name in _FLOATS:
-            row[name] = _float(columns[name][k])
-        for name in _TEXTS:
-            row[name] = _text(columns[name][k])
-        row["expected_next_order_date"] = _date(columns["expected_next_order_date"][k])
-        horizon = columns["churn_horizon_days"][k]
-        row["churn_horizon_days"] = None if horizon is None or pd.isna(horizon) else int(horizon)
-        out.append(row)
-    return out
 
 
 class Runtime:
@@ -81,8 +47,10 @@ class Runtime:
     the recommender's sorted id array; raw keys are hashed with the deployment's salt
     (:func:`features.identity.hash_key`) and found by binary search in
     :class:`serving.lookup.IdentityIndex`, the identity map as sorted 64-bit words (24 bytes a key).
-    Scores come from :func:`training.scoring.score_rows` and lists from
-    ``RecommenderModel.recommend``. A request for a known customer's plain list (no filter, ``n``
+    Scores are the rows :func:`training.scoring.score_chunks` wrote into the bundle at export
+    (:mod:`training.score_table`: customer ids to rows by binary search, no model called); a bundle
+    written before them is scored per request with :func:`training.scoring.score_rows`. Lists come
+    from ``RecommenderModel.recommend``. A request for a known customer's plain list (no filter, ``n``
     within the bundle's ``serving.default_lists``) is a lookup in the lists the same model ranked at
     export (:mod:`training.recommend.precomputed`)."""
 
@@ -95,7 +63,7 @@ class Runtime:
         if lookups is None:
             lookups = Lookups(bundle.manifest, settings, customer_ids=bundle.recommender.data_.customer_ids,
                               item_ids=bundle.recommender.data_.item_ids, default_lists=bundle.default_lists,
-                              identity=self.identity)
+                              identity=self.identity, scores=bundle.scores)
         elif lookups.identity is None:
             lookups.identity = self.identity
         self.lookups = lookups
@@ -103,11 +71,15 @@ class Runtime:
         self.snapshot_date = lookups.snapshot_date
         self.metadata = lookups.metadata
         self._score_versions = {"clv": self.versions["clv"], "churn": self.versions["churn"]}
-        self._customers_index = bundle.snapshot.customers.index
+        self._customers_index = None if bundle.snapshot is None else bundle.snapshot.customers.index
 
     @classmethod
     def from_directory(cls, directory: Path | str, settings: Settings, lookups: Lookups | None = None) -> Runtime:
-        return cls(load_bundle(directory), settings, lookups)
+        """The runtime of the bundle in ``directory``; its scoring snapshot is read only when the
+        bundle has no score rows (hundreds of megabytes a worker at a million customers otherwise)."""
+        if lookups is None:
+            return cls(load_bundle(directory), settings)
+        return cls(load_bundle(directory, snapshot=lookups.scores is None), settings, lookups)
 
     # --- lookups ----------------------------------------------------------------------------------
 
@@ -188,17 +160,26 @@ class Runtime:
         return schemas.SimilarItemsResponse(item_id=request.item_id, items=items, metadata=self.metadata)
 
     def customer_scores(self, customer_ids: Sequence[int]) -> schemas.CustomerScoresResponse:
+        """The score rows of ``customer_ids``: looked up in the bundle's (:meth:`Lookups.customer_scores`),
+        or, in a bundle written before them, recomputed (:meth:`recomputed_scores`)."""
+        if self.lookups.scores is not None:
+            return self.lookups.customer_scores(customer_ids)
+        return self.recomputed_scores(customer_ids)
+
+    def recomputed_scores(self, customer_ids: Sequence[int]) -> schemas.CustomerScoresResponse:
+        """The score rows of ``customer_ids`` computed from the snapshot with the models
+        (:func:`training.scoring.score_rows`, what the export stores), answered as the looked-up ones."""
+        snapshot = self.bundle.snapshot
+        if snapshot is None or self._customers_index is None:
+            raise RuntimeError("the bundle was loaded without its scoring snapshot: load_bundle(snapshot=True)")
         wanted = pd.Index(list(dict.fromkeys(int(c) for c in customer_ids)), dtype=np.int64)
         # get_indexer uses the index's own hash table (built once); isin would hash a million ids per call.
         unknown = wanted[self._customers_index.get_indexer(wanted) < 0]
         if len(unknown):
-            shown = ", ".join(str(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-            raise RequestError(404, "customer_ids", f"{len(unknown)} unknown customer(s): {shown}",
-                               unknown_customer_ids=[int(c) for c in unknown])
-        frame = score_rows(self.bundle.snapshot, wanted, self.bundle.clv, self.bundle.churn,
+            raise unknown_customers(unknown.tolist())
+        frame = score_rows(snapshot, wanted, self.bundle.clv, self.bundle.churn,
                            versions=self._score_versions)
-        scores = [schemas.CustomerScore(**row) for row in score_records(frame)]
-        return schemas.CustomerScoresResponse(scores=scores, metadata=self.metadata)
+        return self.lookups.customer_scores(wanted.tolist(), ScoreTable.from_frame(frame))
 
     def info(self) -> schemas.InfoResponse:
         return self.lookups.info()
@@ -208,4 +189,4 @@ class Runtime:
 
 
 __all__ = ["BundleError", "IdentityIndex", "Lookups", "Outcome", "RequestError", "Runtime", "bundle_directory",
-           "score_records", "worker_count"]
+           "worker_count"]

@@ -140,11 +140,12 @@ class Rapport:
     """Recommendations and customer scores of the champion models in a serving bundle.
 
     A worker answers from the bundle's lookups (:mod:`serving.lookup`: numpy, memory-mapped) as
-    soon as it starts and loads the models and the scoring snapshot right after, in a thread; the
+    soon as it starts and loads the models right after, in a thread (and the scoring snapshot, for
+    a bundle without score rows only); the
     requests that need them wait for them, so a restarted worker takes its share of the load again
     without waiting for its imports. A known customer's plain list (no filter, ``n`` up to
-    ``serving.default_lists``) was ranked at export and is looked up; other concurrent
-    ``recommend`` requests are ranked together (:mod:`serving.batching`). The bundle's objects are
+    ``serving.default_lists``) was ranked at export and is looked up, and so are the customers'
+    scores; other concurrent ``recommend`` requests are ranked together (:mod:`serving.batching`). The bundle's objects are
     frozen out of the garbage collector's full passes once loaded, and its thresholds raised.
 
     Refusals happen before a body is read: a missing or wrong API key gets a 401 / 403 and a body
@@ -183,7 +184,8 @@ class Rapport:
         threading.Thread(target=self._load_runtime, name="rapport-bundle", daemon=True).start()
 
     def _load_runtime(self) -> None:
-        """The models and the scoring snapshot (the thread started by ``__init__``)."""
+        """The models (and the scoring snapshot of a bundle without score rows): the thread started by
+        ``__init__``."""
         started = time.perf_counter()
         try:
             from serving.runtime import Runtime
@@ -295,8 +297,13 @@ class Rapport:
             return self._error(ctx, exc)
 
     @bentoml.api(input_spec=schemas.CustomerScoresRequest, output_spec=schemas.CustomerScoresResponse)
-    def customer_scores(self, ctx: bentoml.Context, **fields: Any) -> schemas.CustomerScoresResponse | JSONResponse:
+    async def customer_scores(self, ctx: bentoml.Context,
+                              **fields: Any) -> schemas.CustomerScoresResponse | JSONResponse:
         """CLV and churn outputs of 1..1,000 customers (the rows of rapport score). Needs X-API-Key.
+
+        A lookup in the rows the bundle's export scored (no model is called, the worker answers
+        before its models are loaded); a bundle written before them is scored per request, off the
+        event loop, once the models are loaded.
 
         Parameters
         ----------
@@ -311,10 +318,13 @@ class Rapport:
             One row per customer (CLV with interval and next order date, churn probability, risk
             band, reasons); a JSON 404 naming the unknown customers.
         """
-        # A thread of BentoML's pool: waiting here holds no other request.
-        runtime = self.runtime or self._loaded.result()
+        customer_ids = fields["customer_ids"]
         try:
-            return runtime.customer_scores(fields["customer_ids"])
+            if self.lookups.scores is not None:
+                return self.lookups.customer_scores(customer_ids)
+            runtime = await self._runtime()
+            # Tens of milliseconds of model calls: in a thread, so the other requests go on meanwhile.
+            return await asyncio.to_thread(runtime.recomputed_scores, customer_ids)
         except RequestError as exc:
             if exc.unknown_customer_ids:
                 self._metrics.unknown_customers.labels(endpoint="customer_scores").inc(len(exc.unknown_customer_ids))

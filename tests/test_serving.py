@@ -318,6 +318,87 @@ def test_customer_scores_equal_the_batch_scores_of_the_store(server, bundle, tra
     assert status == 200 and len(body["scores"]) == 1
 
 
+def _every_customer_answered(answer, ids: list[int]) -> list[dict]:
+    """``answer(chunk)`` (a CustomerScoresResponse) for every id, 1,000 at a time (the request limit)."""
+    rows: list[dict] = []
+    for start in range(0, len(ids), 1_000):
+        rows += answer(ids[start : start + 1_000]).model_dump()["scores"]
+    return rows
+
+
+def _bitwise(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want) and [sorted(g) for g in got] == [sorted(w) for w in want]
+    for g, w in zip(got, want):
+        # Bits, not values: -0.0 == 0.0, and a rounding in the last place must show.
+        assert {k: np.float64(v).tobytes() if isinstance(v, float) else v for k, v in g.items()} == \
+            {k: np.float64(v).tobytes() if isinstance(v, float) else v for k, v in w.items()}, w["customer_id"]
+
+
+def test_customer_scores_are_the_rows_of_rapport_score_looked_up(server, bundle, trained, tmp_path, monkeypatch):
+    """Every customer of the bundle: the looked-up answer is, bit for bit, the row ``rapport score``
+    writes and the answer recomputed from the bundle's snapshot with the models (the path of a
+    bundle without score rows); 1,000 of them over HTTP too."""
+    from typer.testing import CliRunner
+
+    from rapport.cli import app
+    from serving.lookup import Lookups
+    from serving.runtime import Runtime
+
+    settings, directory = trained
+    monkeypatch.setenv("RAPPORT_DATA_DIR", str(settings.data_dir))
+    done = CliRunner().invoke(app, ["score", "--output", str(tmp_path / "scores.parquet")], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    batch = pd.read_parquet(tmp_path / "scores.parquet")
+    ids = [int(c) for c in batch["customer_id"]]
+    assert sorted(ids) == bundle.snapshot.customers.index.tolist()
+    lookups = Lookups.from_directory(directory, settings)
+    assert lookups.scores is not None and len(lookups.scores) == len(ids)
+    looked_up = _every_customer_answered(lookups.customer_scores, ids)
+    _bitwise(looked_up, _records(batch))
+    _bitwise(looked_up, _every_customer_answered(Runtime(bundle, settings).recomputed_scores, ids))
+    # Over HTTP: the same JSON (a float's shortest form parses back to its bits).
+    chosen = ids[::-1][:1_000]
+    status, body = call(server, "/customer_scores", {"customer_ids": chosen}, key=API_KEY)
+    assert status == 200
+    _bitwise(body["scores"], _every_customer_answered(lookups.customer_scores, chosen))
+    _metadata_ok(body, bundle)
+
+
+def test_a_bundle_without_score_rows_recomputes_them_and_says_so_once(trained, bundle, tmp_path, caplog):
+    from serving.lookup import Lookups, RequestError
+    from serving.runtime import Runtime
+    from training.bundle import SCORES, read_manifest, write_manifest
+
+    settings, directory = trained
+    earlier = tmp_path / "bundle"
+    shutil.copytree(directory, earlier)
+    shutil.rmtree(earlier / SCORES)
+    manifest = read_manifest(earlier)
+    manifest.pop("files")
+    write_manifest(earlier, manifest)
+    with caplog.at_level("WARNING", logger="serving.lookup"):
+        lookups = Lookups.from_directory(earlier, settings)
+        runtime = Runtime.from_directory(earlier, settings, lookups)
+        lapsed = bundle.snapshot.customers.index.difference(bundle.snapshot.churn.index)
+        ids = bundle.snapshot.churn.index[:150].tolist() + lapsed[:50].tolist()
+        recomputed = runtime.customer_scores(ids + ids[:3]).model_dump()["scores"]
+    said = [r.getMessage() for r in caplog.records if "no score rows" in r.getMessage()]
+    assert lookups.scores is None and runtime.bundle.scores is None and len(said) == 1, said
+    assert "export the bundle again" in said[0]
+    current = Lookups.from_directory(directory, settings)
+    _bitwise(recomputed, current.customer_scores(ids).model_dump()["scores"])
+    # A worker reads the snapshot only to score with it: not when the bundle holds the rows.
+    assert runtime.bundle.snapshot is not None
+    looking_up = Runtime.from_directory(directory, settings, current)
+    assert looking_up.bundle.snapshot is None and looking_up.customer_scores(ids[:5]).scores[0].customer_id == ids[0]
+    # Unknown customers: the same 404 either way.
+    for answer in (runtime.customer_scores, Lookups.from_directory(directory, settings).customer_scores):
+        with pytest.raises(RequestError) as refused:
+            answer([ids[0], 987_654_321, 987_654_320])
+        assert refused.value.status == 404 and refused.value.unknown_customer_ids == [987_654_321, 987_654_320]
+        assert refused.value.message == "2 unknown customer(s): 987654321, 987654320"
+
+
 # --- errors -------------------------------------------------------------------------------------------
 
 

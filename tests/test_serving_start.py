@@ -187,7 +187,8 @@ by_id = lookups.listed(schemas.RecommendRequest(customer_id=customer, n=5))
 by_key = lookups.listed(schemas.RecommendRequest(key=schemas.RawKey(type=KeyType.EMAIL, value=email), n=5))
 answers = {"by_id": [i.item_id for i in by_id[0].items], "by_key": [i.item_id for i in by_key[0].items],
            "info": lookups.info().process_id == os.getpid(),
-           "error": lookups.error(RequestError(404, "item_id", "not known"))["detail"][0]["loc"] == ["item_id"]}
+           "error": lookups.error(RequestError(404, "item_id", "not known"))["detail"][0]["loc"] == ["item_id"],
+           "looked_up_scores": [s.customer_id for s in lookups.customer_scores([customer]).scores] == [customer]}
 before_service = sorted(seen)
 # The service's own start: the models are loaded by its thread, never by the thread that starts it.
 service = Rapport.inner()
@@ -203,8 +204,8 @@ def _email(value: str) -> schemas.RawKey:
 
 
 def test_a_worker_answers_before_it_imports_the_model_libraries(serving_bundle):
-    """The lookups a worker answers with at once (default lists by id and by raw key, /info, error
-    bodies) import none of the model libraries, and neither does the service's start (its
+    """The lookups a worker answers with at once (default lists by id and by raw key, customer scores,
+    /info, error bodies) import none of the model libraries, and neither does the service's start (its
     ``__init__``, what a worker runs before it accepts requests): they are loaded right after, in the
     thread that loads the models."""
     settings, bundle = serving_bundle
@@ -225,7 +226,7 @@ def test_a_worker_answers_before_it_imports_the_model_libraries(serving_bundle):
     assert found["before_service"] == [] and found["on_start"] == [], found
     assert found["answers"] == {"by_id": [i.item_id for i in expected_by_id[0].items],
                                 "by_key": [i.item_id for i in expected_by_key[0].items],
-                                "info": True, "error": True, "scores": True}, found
+                                "info": True, "error": True, "looked_up_scores": True, "scores": True}, found
     # The watch itself sees the imports: the thread that loads the models does import them.
     assert {"pandas", "lightgbm", "sklearn", "scipy"} <= set(found["later"]), found
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +24,10 @@ import numpy as np
 from features.errors import RapportError
 from features.schema import Col
 from features.settings import Settings
-from training.frames import read_frame, write_frame
+from training.frames import FrameFileError, read_columns, read_frame, write_frame
 from training.models import BUNDLE_KEYS, CHURN, CLV, MODELS, RECOMMEND
 from training.progress import reporter
+from training.score_table import SCORE_COLUMNS, ScoreTable, ScoreTableError, encode
 
 if TYPE_CHECKING:
     # The models and pandas are imported where a bundle is written or fully loaded: a service's
@@ -50,6 +51,8 @@ RECOMMENDER_DIR = RECOMMEND.bundle_file
 SNAPSHOT_CUSTOMERS = "snapshot_customers"
 SNAPSHOT_CHURN = "snapshot_churn"
 IDENTITY = "identity"
+#: Every customer's row of ``rapport score`` (training.score_table); absent from earlier bundles.
+SCORES = "scores"
 #: Keys of manifest["models"], in the order the service reports them.
 MODEL_KEYS: tuple[str, ...] = BUNDLE_KEYS
 #: Key of the manifest's file list: relative path -> {"bytes", "sha256"}.
@@ -237,13 +240,17 @@ def export_bundle(settings: Settings, directory: Path | str, *,
         identity/                 the identity map, compact, sorted by key: key_type, the 128-bit key
                                   digest as two unsigned 64-bit words, customer_id (no key in clear,
                                   no salt)
+        scores/                   every snapshot customer's row of ``rapport score`` (score_chunks of
+                                  the snapshot above), by ascending customer id: numbers as float64,
+                                  text and dates as dictionary codes (training.score_table)
         default_lists/ + .json    every known customer's top-N under the default options, ranked by
                                   the recommender at export (training.recommend.precomputed; absent
                                   when serving.default_lists is 0)
 
     The snapshot is taken at the CLV champion's cutoff with the code ``rapport score`` uses
-    (:func:`training.scoring.build_snapshot`), so the service's ``customer_scores`` are the batch
-    scores of the same customers.
+    (:func:`training.scoring.build_snapshot`) and scored with its code too
+    (:func:`training.scoring.score_chunks`): the service's ``customer_scores`` looks up the rows of
+    ``rapport score`` of the same customers.
 
     Parameters
     ----------
@@ -271,7 +278,7 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     from features.store import connect, ibis_backend
     from training import tracking
     from training.recommend import artefact
-    from training.scoring import build_snapshot, churn_lookback_days
+    from training.scoring import build_snapshot, churn_lookback_days, score_chunks
 
     step = reporter(log, progress)
 
@@ -311,6 +318,9 @@ def export_bundle(settings: Settings, directory: Path | str, *,
     write_frame(snapshot.customers, out / SNAPSHOT_CUSTOMERS)
     write_frame(snapshot.churn, out / SNAPSHOT_CHURN)
     write_frame(sort_identity(identity), out / IDENTITY, index=False)
+    step(f"scores of {len(snapshot):,} customers")
+    versions = {key: described[key]["version"] for key in (CLV.bundle_key, CHURN.bundle_key)}
+    write_scores(score_chunks(snapshot, clv, churn, versions=versions), out)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -366,6 +376,33 @@ def write_default_lists(recommender: Any, directory: Path, length: int,
     lists = DefaultLists.compute(recommender, length, progress=progress)
     lists.save(directory)
     return lists
+
+
+def write_scores(chunks: Iterable[pd.DataFrame], directory: Path) -> None:
+    """Write the rows of :func:`training.scoring.score_chunks` (``rapport score``'s) into the
+    bundle's ``scores`` table in their stored form (:func:`training.score_table.encode`).
+
+    Parameters
+    ----------
+    chunks
+        The score rows, chunk by chunk (columns :data:`training.score_table.SCORE_COLUMNS`).
+    directory
+        The bundle's directory; the table goes into its ``scores/`` folder (replaced).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    training.score_table.ScoreTableError
+        A column is missing or a customer appears twice.
+    """
+    import pandas as pd
+
+    frames = list(chunks)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
+    write_frame(encode(rows), directory / SCORES, index=False)
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -471,10 +508,13 @@ class Bundle:
     clv: ClvModel
     churn: ChurnModel
     recommender: Any  # training.recommend.model.RecommenderModel
-    snapshot: Snapshot
+    #: None when loaded without it (load_bundle(snapshot=False)).
+    snapshot: Snapshot | None
     identity: pd.DataFrame
     #: training.recommend.precomputed.DefaultLists, or None when the bundle has none.
     default_lists: Any = None
+    #: Every customer's score row (training.score_table), or None in a bundle written before them.
+    scores: ScoreTable | None = None
 
     def versions(self) -> dict[str, str]:
         """The version of each model in the bundle (:func:`manifest_versions`).
@@ -592,12 +632,12 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def load_bundle(directory: Path | str) -> Bundle:
+def load_bundle(directory: Path | str, *, snapshot: bool = True) -> Bundle:
     """The bundle written by :func:`export_bundle` (or a synthetic one with the same layout).
 
     The large arrays (the recommender's and the default lists) are uncompressed ``.npy`` files that
     are memory-mapped read-only: the service's workers share them through the page cache, and a
-    worker that is restarted has almost nothing to read. The three tables are folders of ``.npy``
+    worker that is restarted has almost nothing to read. The tables are folders of ``.npy``
     columns (:mod:`training.frames`), read without decoding; a bundle written with them as Parquet
     files (``snapshot_customers.parquet``, ...) is still read.
 
@@ -605,11 +645,15 @@ def load_bundle(directory: Path | str) -> Bundle:
     ----------
     directory
         The bundle's directory.
+    snapshot
+        Read the scoring snapshot (the service reads it only for a bundle without score rows, which
+        it scores per request).
 
     Returns
     -------
     Bundle
-        The manifest, the three models, the scoring snapshot and the identity map.
+        The manifest, the three models, the scoring snapshot (None when not read) and the identity
+        map.
 
     Raises
     ------
@@ -642,8 +686,8 @@ def load_bundle(directory: Path | str) -> Bundle:
     churn = read(CHURN_STATE, lambda path: ChurnModel.from_dict(json.loads(path.read_text(encoding="utf-8"))))
     recommender = read(RECOMMENDER_DIR, artefact.load)
     as_of = datetime.fromisoformat(manifest["snapshot_as_of"])
-    snapshot = Snapshot(as_of=as_of, customers=read(tables[SNAPSHOT_CUSTOMERS].name, read_table),
-                        churn=read(tables[SNAPSHOT_CHURN].name, read_table))
+    features = Snapshot(as_of=as_of, customers=read(tables[SNAPSHOT_CUSTOMERS].name, read_table),
+                        churn=read(tables[SNAPSHOT_CHURN].name, read_table)) if snapshot else None
     identity = read(tables[IDENTITY].name, read_table)
     if not IDENTITY_COLUMNS <= set(identity.columns):
         raise BundleError(f"{tables[IDENTITY]}: columns {sorted(identity.columns)}, expected {sorted(IDENTITY_COLUMNS)}")
@@ -651,5 +695,33 @@ def load_bundle(directory: Path | str) -> Bundle:
         default_lists = DefaultLists.load(where, recommender)
     except DefaultListsError as exc:
         raise BundleError(f"bundle {where}: {exc}") from None
-    return Bundle(manifest=manifest, clv=clv, churn=churn, recommender=recommender, snapshot=snapshot,
-                  identity=identity, default_lists=default_lists)
+    return Bundle(manifest=manifest, clv=clv, churn=churn, recommender=recommender, snapshot=features,
+                  identity=identity, default_lists=default_lists, scores=read_scores(where))
+
+
+def read_scores(directory: Path | str) -> ScoreTable | None:
+    """The bundle's score columns, memory-mapped (numpy only: a worker answers from them before it
+    has imported pandas), or None when the bundle was written before them.
+
+    Parameters
+    ----------
+    directory
+        The bundle's directory.
+
+    Returns
+    -------
+    training.score_table.ScoreTable or None
+        The score rows; None when the bundle has no ``scores/`` folder.
+
+    Raises
+    ------
+    BundleError
+        The folder's columns cannot be read or do not hold score rows (the message says which).
+    """
+    where = Path(directory)
+    if not (where / SCORES).is_dir():
+        return None
+    try:
+        return ScoreTable.from_columns(read_columns(where / SCORES))
+    except (FrameFileError, ScoreTableError) as exc:
+        raise BundleError(f"bundle {where}: {exc}") from None

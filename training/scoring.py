@@ -22,34 +22,11 @@ from features.churn import DEFAULT_LOOKBACK_DAYS, churn_features
 from features.customer import customer_features
 from features.schema import Col, Feature
 from training.progress import reporter
+from training.score_table import SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
 
 LAPSED = "lapsed"
-#: Columns of :func:`score_rows`, in order.
-SCORE_COLUMNS: tuple[str, ...] = (
-    Col.CUSTOMER_ID,
-    "expected_purchases_30d",
-    "expected_purchases_90d",
-    "expected_purchases_365d",
-    "probability_alive",
-    "expected_order_value",
-    "clv",
-    "clv_lower",
-    "clv_upper",
-    "expected_next_order_date",
-    "value_segment",
-    "churn_probability",
-    "churn_horizon_days",
-    "risk_band",
-    "percentile",
-    "reason_1",
-    "reason_2",
-    "reason_3",
-    "clv_model_version",
-    "churn_model_version",
-    "as_of",
-)
 _CLV_COLUMNS = SCORE_COLUMNS[1:11]
 def churn_lookback_days(churn_model: object) -> int:
     """The population lookback the churn model was trained with (365 days when it does not say).
