@@ -59,7 +59,7 @@ def test_a_rapport_error_raised_outside_a_guard_is_one_line(run, monkeypatch):
     from features.errors import NoDataError
     from features.settings import Settings
 
-    monkeypatch.setattr(Settings, "model_dump", _raising(NoDataError("the store holds no sale")))
+    monkeypatch.setattr(Settings, "leaves", _raising(NoDataError("the store holds no sale")))
     out = run("config")
     assert out.exit_code == 1
     assert out.output.strip().splitlines() == ["error: the store holds no sale"]
