@@ -661,7 +661,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         rest = parts[len(found):]
         if info is not None and (not rest or (len(rest) == 1 and _is_mapping(info))):
             continue  # a setting, a section as JSON, or FIELD__KEY: one key of a mapping
-        problems.append(f"{name}: not a setting{_suggestion(upper[len(ENV_PREFIX):], variable=True)}")
+        problems.append(f"{name}: not a setting{_suggestion(upper[len(ENV_PREFIX):], as_variable=True)}")
     return problems
 
 
@@ -669,7 +669,7 @@ def _is_mapping(info: FieldInfo) -> bool:
     return typing.get_origin(info.annotation) is dict
 
 
-def _suggestion(name: str, *, variable: bool) -> str:
+def _suggestion(name: str, *, as_variable: bool) -> str:
     """``; did you mean X?`` with the closest setting, as a variable or as a dotted TOML key."""
     paths = {path: path for path, _ in _leaves(Settings)}
     keys: dict[str, tuple[str, ...]] = {"_".join(path): path for path in paths}
@@ -679,7 +679,7 @@ def _suggestion(name: str, *, variable: bool) -> str:
     if not close:
         return " (rapport config lists the settings)"
     path = keys[close[0]]
-    return f"; did you mean {globals()['variable'](path) if variable else '.'.join(path)}?"
+    return f"; did you mean {variable(path) if as_variable else '.'.join(path)}?"
 
 
 def _is_secret(path: Sequence[str]) -> bool:
@@ -757,7 +757,7 @@ def _describe(error: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[s
         key = ".".join(str(part) for part in loc)
         config = _config_file()
         where = f"{key} (argument)" if loc and loc[0] in overrides or config is None else f"{config}: {key}"
-        return where, f"not a setting{_suggestion(key.replace('.', '_'), variable=False)}", ""
+        return where, f"not a setting{_suggestion(key.replace('.', '_'), as_variable=False)}", ""
     where = _origin(path, overrides) + "".join(f"[{part}]" for part in loc[len(path):])
     if kind in _EXPECTED:
         expected = _EXPECTED[kind]
